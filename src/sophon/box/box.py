@@ -1,0 +1,240 @@
+"""The host's handle on one running box: requests to boxd over its stdin/stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from sophon.box.cgroups import BoxCgroup
+from sophon.box.protocol import (
+    Done,
+    Entry,
+    ExecResult,
+    Failure,
+    Output,
+    Ready,
+    encode,
+    read_reply,
+)
+from sophon.errors import BoxError, BoxProtocolError, BoxRequestError
+
+log = logging.getLogger(__name__)
+
+Reply = Output | Done | Failure
+
+
+@dataclass(frozen=True)
+class ExecOutcome:
+    """What an exec came to, as the host judged it (boxd's word plus the cgroup's)."""
+
+    exit_code: int
+    timed_out: bool = False
+    oom_killed: bool = False
+    truncated: bool = False
+    duration_ms: int = 0
+    signal: int | None = None
+
+
+@dataclass
+class ExecEvent:
+    stream: str
+    data: str
+
+
+@dataclass
+class _Pending:
+    queue: asyncio.Queue[Reply | BaseException] = field(default_factory=asyncio.Queue)
+
+
+class Box:
+    """A running sandbox. Safe to use from many tasks at once."""
+
+    def __init__(
+        self,
+        box_id: str,
+        proc: asyncio.subprocess.Process,
+        cgroup: BoxCgroup | None,
+        on_stop: Callable[[Box], None] | None = None,
+    ) -> None:
+        self.id = box_id
+        self._proc = proc
+        self.cgroup = cgroup
+        self._on_stop = on_stop
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+        self.active = 0  # requests in flight
+        self.leases = 0  # holders of the box (see BoxManager.use)
+        self.last_used = time.monotonic()
+        self.stopped = asyncio.Event()
+        self.started_at = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.active or self.leases)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    async def wait_ready(self, timeout: float) -> None:
+        assert self._proc.stdout is not None
+        try:
+            first = await asyncio.wait_for(read_reply(self._proc.stdout), timeout)
+        except (TimeoutError, BoxProtocolError) as exc:
+            await self.stop()
+            raise BoxError(f"box {self.id} did not start: {exc or 'timed out'}") from exc
+        if not isinstance(first, Ready):
+            stderr = await self._stderr_tail()
+            await self.stop()
+            raise BoxError(f"box {self.id} did not start: {stderr or 'no greeting from boxd'}")
+        self._reader = asyncio.create_task(self._read_loop(), name=f"box-{self.id}-reader")
+
+    async def _stderr_tail(self) -> str:
+        if self._proc.stderr is None:
+            return ""
+        with contextlib.suppress(TimeoutError):
+            data = await asyncio.wait_for(self._proc.stderr.read(4096), 1.0)
+            return data.decode(errors="replace").strip()
+        return ""
+
+    async def _read_loop(self) -> None:
+        assert self._proc.stdout is not None
+        error: BaseException = BoxError(f"box {self.id} stopped")
+        try:
+            while True:
+                reply = await read_reply(self._proc.stdout)
+                if reply is None:
+                    break
+                pending = self._pending.get(reply.id)
+                if pending is not None and not isinstance(reply, Ready):
+                    pending.queue.put_nowait(reply)
+        except BoxProtocolError as exc:
+            log.warning("box %s broke protocol: %s", self.id, exc)
+            error = exc
+        finally:
+            for pending in self._pending.values():
+                pending.queue.put_nowait(error)
+            if not self.stopped.is_set():
+                asyncio.get_running_loop().create_task(self.stop())
+
+    async def _send(self, frame: dict[str, object]) -> None:
+        stdin = self._proc.stdin
+        if self.stopped.is_set() or stdin is None or stdin.is_closing():
+            raise BoxError(f"box {self.id} is not running")
+        async with self._write_lock:
+            try:
+                stdin.write(encode(frame))
+                await stdin.drain()
+            except (ConnectionError, BrokenPipeError) as exc:
+                raise BoxError(f"box {self.id} is not running") from exc
+
+    async def _stream(self, op: str, fields: dict[str, object]) -> AsyncIterator[Reply]:
+        rid = next(self._ids)
+        pending = self._pending[rid] = _Pending()
+        self.active += 1
+        self.last_used = time.monotonic()
+        try:
+            await self._send({"id": rid, "op": op, **fields})
+            while True:
+                item = await pending.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if not isinstance(item, Output):
+                    return
+        finally:
+            self._pending.pop(rid, None)
+            self.active -= 1
+            self.last_used = time.monotonic()
+
+    async def request(self, op: str, **fields: object) -> Done:
+        async for reply in self._stream(op, fields):
+            if isinstance(reply, Failure):
+                raise BoxRequestError(reply.code, reply.message)
+            if isinstance(reply, Done):
+                return reply
+        raise BoxProtocolError(f"boxd ended {op} without a result")
+
+    async def exec(
+        self,
+        argv: list[str],
+        *,
+        timeout: float,
+        env: dict[str, str],
+        cwd: str,
+        output_cap: int,
+        script: str | None = None,
+    ) -> AsyncIterator[ExecEvent | ExecOutcome]:
+        """Run a command; yields output chunks, then exactly one ``ExecOutcome``."""
+        oom_before = self.cgroup.oom_kills() if self.cgroup else 0
+        fields: dict[str, object] = {
+            "argv": argv,
+            "timeout": timeout,
+            "env": env,
+            "cwd": cwd,
+            "output_cap": output_cap,
+        }
+        if script is not None:
+            fields["script"] = script
+        async for reply in self._stream("exec", fields):
+            if isinstance(reply, Output):
+                yield ExecEvent(reply.stream, reply.data)
+            elif isinstance(reply, Failure):
+                raise BoxRequestError(reply.code, reply.message)
+            else:
+                result = ExecResult.model_validate(reply.model_dump())
+                oom = bool(self.cgroup) and self.cgroup.oom_kills() > oom_before  # type: ignore[union-attr]
+                yield ExecOutcome(
+                    exit_code=result.exit_code,
+                    timed_out=result.timed_out,
+                    oom_killed=oom and result.signal == 9,
+                    truncated=result.truncated,
+                    duration_ms=result.duration_ms,
+                    signal=result.signal,
+                )
+
+    async def cancel_all(self) -> None:
+        """Kill every exec this host has in flight on the box."""
+        for rid in list(self._pending):
+            with contextlib.suppress(BoxError, BoxRequestError):
+                await self.request("cancel", target=rid)
+
+    async def read_file(self, path: str, limit: int = 4 * 1024 * 1024) -> bytes:
+        done = await self.request("read", path=path, limit=limit)
+        return base64.b64decode(str(getattr(done, "data", "")))
+
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        await self.request("write", path=path, data=base64.b64encode(data).decode(), mode=mode)
+
+    async def list_dir(self, path: str) -> list[Entry]:
+        done = await self.request("list", path=path)
+        return [Entry.model_validate(e) for e in getattr(done, "entries", [])]
+
+    async def process_count(self) -> int:
+        done = await self.request("procs")
+        return int(getattr(done, "count", 0))
+
+    async def stop(self) -> None:
+        """Stop the box: every process in it dies, its files stay."""
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.remove)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._proc.wait(), 5)
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        if self._on_stop is not None:
+            self._on_stop(self)

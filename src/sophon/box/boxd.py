@@ -1,0 +1,334 @@
+"""boxd: the agent that runs as the first process inside every box.
+
+Standard library only: it must run under any python3 an image offers. It speaks
+length-prefixed JSON frames on stdin/stdout (4-byte big-endian length, then UTF-8
+JSON). Every request carries an integer ``id``; requests run concurrently, each
+on its own thread, and every reply frame echoes the id.
+
+Replies: ``{"id", "kind": "out", "stream", "data"}`` while an exec runs, then
+exactly one ``{"id", "kind": "done", ...}`` or ``{"id", "kind": "error", "code",
+"message"}``.
+
+This process lives on the untrusted side of the boundary: the host validates
+every frame it sends. It makes itself non-dumpable so that workloads, which run
+under the same uid, cannot ptrace it or read its memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import ctypes
+import json
+import os
+import selectors
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 8 * 1024 * 1024
+CHUNK = 64 * 1024
+PR_SET_DUMPABLE = 4
+
+_write_lock = threading.Lock()
+_out = sys.stdout.buffer
+_running: dict[int, subprocess.Popen[bytes]] = {}
+_running_lock = threading.Lock()
+
+
+def send(frame: dict[str, object]) -> None:
+    data = json.dumps(frame, separators=(",", ":")).encode()
+    with _write_lock:
+        _out.write(HEADER.pack(len(data)) + data)
+        _out.flush()
+
+
+def read_exact(stream, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        part = stream.read(n - len(buf))
+        if not part:
+            return None
+        buf += part
+    return buf
+
+
+class RequestError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- operations -------------------------------------------------------------
+
+
+def op_exec(rid: int, req: dict) -> dict:
+    argv = req["argv"]
+    timeout = float(req.get("timeout", 60))
+    cap = int(req.get("output_cap", 1024 * 1024))
+    env = req.get("env") or {}
+    cwd = req.get("cwd") or os.environ.get("HOME", "/")
+    script = req.get("script")
+    script_path = None
+    if script is not None:
+        os.makedirs("/tmp/.boxd", mode=0o700, exist_ok=True)
+        script_path = f"/tmp/.boxd/exec-{rid}"
+        with open(script_path, "w", encoding="utf-8") as f:
+            f.write(script)
+        argv = [a.replace("{script}", script_path) for a in argv]
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except (OSError, ValueError) as exc:
+        raise RequestError("spawn_failed", f"could not start {argv[0]!r}: {exc}") from exc
+    with _running_lock:
+        _running[rid] = proc
+    sent = {"stdout": 0, "stderr": 0}
+    truncated = {"stdout": False, "stderr": False}
+    decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in sent}
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    deadline = started + timeout
+    timed_out = False
+    exited_at: float | None = None
+    try:
+        while sel.get_map():
+            now = time.monotonic()
+            if now >= deadline:
+                timed_out = True
+                _kill_group(proc)
+                break
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            # Once the main process has exited, a background child may still hold
+            # the pipes open: give it a moment to flush, then stop listening.
+            if exited_at is not None and now - exited_at > 0.2:
+                break
+            wait = min(deadline - now, 0.05 if exited_at is not None else 0.25)
+            for key, _ in sel.select(wait):
+                name = key.data
+                data = os.read(key.fileobj.fileno(), CHUNK)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    continue
+                room = cap - sent[name]
+                if room <= 0:
+                    truncated[name] = True
+                    continue
+                if len(data) > room:
+                    data = data[:room]
+                    truncated[name] = True
+                sent[name] += len(data)
+                text = decoders[name].decode(data)
+                if text:
+                    send({"id": rid, "kind": "out", "stream": name, "data": text})
+        if not timed_out:
+            remaining = deadline - time.monotonic()
+            try:
+                proc.wait(timeout=max(remaining, 0))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc)
+        proc.wait()
+    finally:
+        sel.close()
+        proc.stdout.close()
+        proc.stderr.close()
+        with _running_lock:
+            _running.pop(rid, None)
+        if script_path:
+            try:
+                os.unlink(script_path)
+            except OSError:
+                pass
+    for name, dec in decoders.items():
+        tail = dec.decode(b"", final=True)
+        if tail:
+            send({"id": rid, "kind": "out", "stream": name, "data": tail})
+    code = proc.returncode
+    return {
+        "exit_code": code if code >= 0 else 128 - code,
+        "signal": -code if code < 0 else None,
+        "timed_out": timed_out,
+        "truncated": truncated["stdout"] or truncated["stderr"],
+        "duration_ms": int((time.monotonic() - started) * 1000),
+    }
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def op_cancel(rid: int, req: dict) -> dict:
+    with _running_lock:
+        proc = _running.get(int(req["target"]))
+    if proc is None:
+        return {"cancelled": False}
+    _kill_group(proc)
+    return {"cancelled": True}
+
+
+def _entry(path: str, name: str) -> dict:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        kind = "symlink"
+    elif stat.S_ISDIR(st.st_mode):
+        kind = "dir"
+    elif stat.S_ISREG(st.st_mode):
+        kind = "file"
+    else:
+        kind = "other"
+    return {"name": name, "type": kind, "size": st.st_size, "mtime": st.st_mtime,
+            "mode": stat.S_IMODE(st.st_mode)}
+
+
+def op_stat(rid: int, req: dict) -> dict:
+    try:
+        return _entry(req["path"], os.path.basename(req["path"]))
+    except FileNotFoundError as exc:
+        raise RequestError("not_found", f"{req['path']} does not exist") from exc
+
+
+def op_list(rid: int, req: dict) -> dict:
+    path = req["path"]
+    try:
+        names = sorted(os.listdir(path))
+    except FileNotFoundError as exc:
+        raise RequestError("not_found", f"{path} does not exist") from exc
+    except NotADirectoryError as exc:
+        raise RequestError("not_a_directory", f"{path} is not a directory") from exc
+    entries = []
+    for name in names:
+        try:
+            entries.append(_entry(os.path.join(path, name), name))
+        except FileNotFoundError:
+            continue
+    return {"entries": entries}
+
+
+def op_read(rid: int, req: dict) -> dict:
+    limit = int(req.get("limit", MAX_FRAME // 2))
+    try:
+        # O_NOFOLLOW: a symlink planted by a workload is reported, never followed.
+        fd = os.open(req["path"], os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError as exc:
+        raise RequestError("not_found", f"{req['path']} does not exist") from exc
+    except OSError as exc:
+        raise RequestError("unreadable", f"{req['path']}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(limit)
+    return {"data": base64.b64encode(data).decode(), "size": size,
+            "truncated": size > len(data)}
+
+
+def op_write(rid: int, req: dict) -> dict:
+    path = req["path"]
+    data = base64.b64decode(req["data"])
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, int(req.get("mode", 0o644)))
+    except OSError as exc:
+        raise RequestError("unwritable", f"{path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return {"size": len(data)}
+
+
+def op_procs(rid: int, req: dict) -> dict:
+    """Count workload processes: everything but boxd and the sandbox's init."""
+    me, count = os.getpid(), 0
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, me):
+            count += 1
+    return {"count": count}
+
+
+def op_ping(rid: int, req: dict) -> dict:
+    return {"pid": os.getpid()}
+
+
+OPS = {
+    "exec": op_exec,
+    "cancel": op_cancel,
+    "stat": op_stat,
+    "list": op_list,
+    "read": op_read,
+    "write": op_write,
+    "procs": op_procs,
+    "ping": op_ping,
+}
+
+
+def handle(req: dict) -> None:
+    rid = req.get("id")
+    if not isinstance(rid, int):
+        return
+    op = OPS.get(req.get("op"))
+    try:
+        if op is None:
+            raise RequestError("unknown_op", f"unknown op {req.get('op')!r}")
+        result = op(rid, req)
+        send({"id": rid, "kind": "done", **result})
+    except RequestError as exc:
+        send({"id": rid, "kind": "error", "code": exc.code, "message": exc.message})
+    except Exception as exc:  # a bug here must not kill the box
+        send({"id": rid, "kind": "error", "code": "internal", "message": repr(exc)})
+
+
+def make_undumpable() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def main() -> None:
+    make_undumpable()
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    inp = sys.stdin.buffer
+    send({"id": 0, "kind": "ready", "pid": os.getpid()})
+    while True:
+        header = read_exact(inp, HEADER.size)
+        if header is None:
+            break
+        (length,) = HEADER.unpack(header)
+        if length > MAX_FRAME:
+            break
+        body = read_exact(inp, length)
+        if body is None:
+            break
+        try:
+            req = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(req, dict):
+            threading.Thread(target=handle, args=(req,), daemon=True).start()
+    # The host went away. Exiting ends the sandbox: its init exits with us and the
+    # kernel kills every process left in the pid namespace.
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""The bubblewrap backend: each box is a ``bwrap`` sandbox whose first process is boxd.
+
+Layers, outermost first:
+1. ``/bin/sh`` (as the server's uid) writes its own pid into the box's cgroups,
+   so the limits hold from the first instruction of the box;
+2. ``setpriv`` (only when the server runs as root) drops to an unprivileged host
+   uid with no supplementary groups: a box never runs as host root, even inside
+   its user namespace;
+3. ``bwrap`` makes new user, pid, mount, ipc, uts, cgroup and network namespaces,
+   drops every capability, and mounts a minimal read-only system view with only
+   the box's own ``workspace`` and ``home`` writable;
+4. boxd, as uid 1000 inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from sophon.box.box import Box
+from sophon.box.cgroups import CgroupTree, Limits
+from sophon.errors import BoxError
+
+log = logging.getLogger(__name__)
+
+BOX_UID = 1000
+BOX_GID = 1000
+WORKSPACE = "/workspace"
+HOME = "/home/user"
+BOXD_PATH = "/opt/sophon/boxd.py"
+
+# Host paths shown read-only inside every box when they exist.
+SYSTEM_DIRS = ("/usr", "/opt/node", "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates")
+SYSTEM_FILES = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/localtime",
+    "/etc/nsswitch.conf",
+    "/etc/mime.types",
+    "/etc/protocols",
+    "/etc/services",
+)
+SYSTEM_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
+
+ETC_FILES = {
+    "passwd": (
+        "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+        f"user:x:{BOX_UID}:{BOX_GID}:sandbox user:{HOME}:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    ),
+    "group": f"root:x:0:\nuser:x:{BOX_GID}:\nnogroup:x:65534:\n",
+    "hostname": "sandbox\n",
+    "hosts": "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost\n",
+    "resolv.conf": "",
+}
+
+# The environment every process in a box starts from; execs add their own on top.
+BASE_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": HOME,
+    "USER": "user",
+    "LOGNAME": "user",
+    "SHELL": "/bin/bash",
+    "LANG": "C.UTF-8",
+    "TMPDIR": "/tmp",
+    "PYTHONUNBUFFERED": "1",
+    # /usr is read-only and pip's user scheme writes only under $HOME.
+    "PIP_BREAK_SYSTEM_PACKAGES": "1",
+    "PIP_NO_INPUT": "1",
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+}
+
+
+@dataclass(frozen=True)
+class BoxSpec:
+    box_id: str
+    workspace: Path
+    home: Path
+    limits: Limits
+    tmp_bytes: int
+
+
+class BwrapBackend:
+    """Starts boxes with bubblewrap. One instance per server."""
+
+    name = "bwrap"
+
+    def __init__(
+        self,
+        runtime_dir: Path,
+        cgroups: CgroupTree | None,
+        host_uid: int,
+        python: str = "/usr/bin/python3",
+    ) -> None:
+        self.runtime_dir = runtime_dir
+        self.cgroups = cgroups
+        self.python = python
+        self.is_root = os.geteuid() == 0
+        self.host_uid = host_uid if self.is_root else os.geteuid()
+        self.bwrap = shutil.which("bwrap")
+        self.setpriv = shutil.which("setpriv")
+        if self.bwrap is None:
+            raise BoxError("bubblewrap (bwrap) is not installed; install the 'bubblewrap' package")
+        if self.is_root and self.setpriv is None:
+            raise BoxError("setpriv is needed to drop root for boxes (package util-linux)")
+        self._install_runtime()
+
+    def check_reachable(self, path: Path) -> None:
+        """bwrap runs as the box's host uid, so it must be able to walk to every path it
+        binds. Directories the server makes are 0711 (walk, not list); this checks the
+        ones above them, which are not ours to change."""
+        if not self.is_root:
+            return
+        for parent in path.resolve().parents:
+            if not parent.stat().st_mode & 0o001:
+                raise BoxError(
+                    f"{parent} is not searchable by other users, so sandboxes cannot reach "
+                    f"{path}. Put the data directory elsewhere (e.g. SOPHON_DATA_DIR="
+                    "/var/lib/sophon)."
+                )
+
+    def _install_runtime(self) -> None:
+        """Write boxd and the box's /etc files where bwrap can bind them read-only."""
+        self.check_reachable(self.runtime_dir)
+        etc = self.runtime_dir / "etc"
+        etc.mkdir(parents=True, exist_ok=True)
+        for name, text in ETC_FILES.items():
+            (etc / name).write_text(text)
+        boxd = Path(__file__).with_name("boxd.py")
+        shutil.copyfile(boxd, self.runtime_dir / "boxd.py")
+        for p in [self.runtime_dir, etc, *etc.iterdir(), self.runtime_dir / "boxd.py"]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+
+    def prepare_dirs(self, spec: BoxSpec) -> None:
+        for d in (spec.workspace, spec.home):
+            d.mkdir(parents=True, exist_ok=True)
+            if self.is_root:
+                os.chown(d, self.host_uid, self.host_uid)
+            d.chmod(0o700)
+
+    def argv(self, spec: BoxSpec) -> list[str]:
+        args = [
+            self.bwrap or "bwrap",
+            "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+            "--unshare-uts", "--unshare-cgroup",
+            "--uid", str(BOX_UID), "--gid", str(BOX_GID),
+            "--hostname", "sandbox",
+            "--cap-drop", "ALL",
+            "--new-session",
+            "--die-with-parent",
+            "--disable-userns",
+            "--clearenv",
+        ]
+        for d in SYSTEM_DIRS:
+            if os.path.isdir(d):
+                args += ["--ro-bind", d, d]
+        for link, target in SYSTEM_LINKS.items():
+            if os.path.islink(link):
+                args += ["--symlink", target, link]
+            elif os.path.isdir(link):
+                args += ["--ro-bind", link, link]
+        for f in SYSTEM_FILES:
+            if os.path.exists(f):
+                args += ["--ro-bind", f, f]
+        for name in ETC_FILES:
+            args += ["--ro-bind", str(self.runtime_dir / "etc" / name), f"/etc/{name}"]
+        args += [
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--size", str(spec.tmp_bytes), "--tmpfs", "/tmp",
+            "--bind", str(spec.workspace), WORKSPACE,
+            "--bind", str(spec.home), HOME,
+            "--ro-bind", str(self.runtime_dir / "boxd.py"), BOXD_PATH,
+            "--chdir", WORKSPACE,
+        ]
+        for key, value in BASE_ENV.items():
+            args += ["--setenv", key, value]
+        args += [self.python, "-I", "-S", BOXD_PATH]
+        return args
+
+    def launcher(self, spec: BoxSpec, procs_files: list[Path]) -> list[str]:
+        inner = self.argv(spec)
+        if self.is_root:
+            inner = [
+                self.setpriv or "setpriv",
+                f"--reuid={self.host_uid}", f"--regid={self.host_uid}",
+                "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
+                *inner,
+            ]
+        if not procs_files:
+            return inner
+        joins = "; ".join(f"echo $$ > {shlex.quote(str(f))}" for f in procs_files)
+        return ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *inner]
+
+    def rlimit_fallback(self, spec: BoxSpec, argv: list[str]) -> list[str]:
+        """Without cgroups: per-process limits only, which a determined workload can
+        spread across processes. The server says so at start-up."""
+        mem_kib = spec.limits.memory_bytes // 1024
+        script = f"ulimit -v {mem_kib} && ulimit -u {spec.limits.pids} && exec \"$@\""
+        return ["/bin/sh", "-c", script, "sh", *argv]
+
+    async def start(self, spec: BoxSpec, ready_timeout: float = 15.0) -> Box:
+        self.prepare_dirs(spec)
+        cgroup = None
+        try:
+            if self.cgroups is not None:
+                cgroup = await asyncio.to_thread(self.cgroups.create, spec.box_id, spec.limits)
+                argv = self.launcher(spec, cgroup.procs_files)
+            else:
+                argv = self.rlimit_fallback(spec, self.launcher(spec, []))
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                limit=2**20,
+            )
+        except OSError as exc:
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.remove)
+            raise BoxError(f"could not start box {spec.box_id}: {exc}") from exc
+
+        box = Box(spec.box_id, proc, cgroup)
+        await box.wait_ready(ready_timeout)
+        return box

@@ -1,0 +1,219 @@
+"""Per-box resource limits through cgroups, v2 or v1, whichever the host has.
+
+A ``CgroupTree`` owns one directory per controller hierarchy (one for v2, one per
+controller for v1), named after the server's data directory so two servers on one
+machine never touch each other's boxes. Each box gets a child cgroup in it. A box
+process is placed in its cgroup before it execs bubblewrap (see ``procs_files``), so
+nothing in the box ever runs outside its limits.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "pids", "cpu")
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int
+    cpus: float
+    pids: int
+
+
+def _write(path: Path, value: str) -> None:
+    path.write_text(value)
+
+
+def _own_cgroups() -> dict[str, str]:
+    """Map controller (or "" for v2) to this process's cgroup path."""
+    found: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            found[""] = path
+        for c in controllers.split(","):
+            if c:
+                found[c] = path
+    return found
+
+
+def _v1_mounts() -> dict[str, Path]:
+    mounts: dict[str, Path] = {}
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] == "cgroup":
+            for opt in parts[3].split(","):
+                if opt in V1_CONTROLLERS:
+                    mounts[opt] = Path(parts[1])
+    return mounts
+
+
+class BoxCgroup:
+    """One box's cgroup (a directory per hierarchy)."""
+
+    def __init__(self, dirs: list[Path], version: int) -> None:
+        self.dirs = dirs
+        self.version = version
+
+    @property
+    def procs_files(self) -> list[Path]:
+        return [d / "cgroup.procs" for d in self.dirs]
+
+    def _memory_dir(self) -> Path:
+        return self.dirs[0]  # v2 has one dir; v1 lists the memory hierarchy first
+
+    def oom_kills(self) -> int:
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        try:
+            text = (self._memory_dir() / name).read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for f in self.procs_files:
+            try:
+                found.update(int(p) for p in f.read_text().split())
+            except OSError:
+                continue
+        return sorted(found)
+
+    def kill_all(self, deadline_s: float = 5.0) -> None:
+        if self.version == 2:
+            kill = self.dirs[0] / "cgroup.kill"
+            if kill.exists():
+                try:
+                    _write(kill, "1")
+                except OSError:
+                    pass
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.01)
+        log.warning("cgroup %s still has processes after kill", self.dirs[0])
+
+    def remove(self) -> None:
+        self.kill_all()
+        for d in self.dirs:
+            _rmdir_tree(d)
+
+
+def _rmdir_tree(d: Path) -> None:
+    if not d.exists():
+        return
+    for child in d.iterdir():
+        if child.is_dir():
+            _rmdir_tree(child)
+    for _ in range(100):
+        try:
+            d.rmdir()
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            if exc.errno != errno.EBUSY:
+                raise
+            time.sleep(0.01)
+
+
+class CgroupTree:
+    """The server's slice of the cgroup hierarchy; ``None`` from ``detect`` when unusable."""
+
+    def __init__(self, parents: list[Path], version: int) -> None:
+        self.parents = parents
+        self.version = version
+
+    @classmethod
+    def detect(cls, name: str) -> CgroupTree | None:
+        try:
+            if (CGROUP_ROOT / "cgroup.controllers").exists():
+                return cls._setup_v2(name)
+            return cls._setup_v1(name)
+        except OSError as exc:
+            log.debug("cgroups unusable: %s", exc)
+            return None
+
+    @classmethod
+    def _setup_v1(cls, name: str) -> CgroupTree | None:
+        mounts, own = _v1_mounts(), _own_cgroups()
+        if any(c not in mounts for c in V1_CONTROLLERS):
+            return None
+        parents = []
+        for c in V1_CONTROLLERS:
+            parent = mounts[c] / own.get(c, "/").lstrip("/") / name
+            parent.mkdir(exist_ok=True)
+            parents.append(parent)
+        return cls(parents, 1)
+
+    @classmethod
+    def _setup_v2(cls, name: str) -> CgroupTree | None:
+        own = CGROUP_ROOT / _own_cgroups().get("", "/").lstrip("/")
+        wanted = {"memory", "pids", "cpu"}
+        if not wanted <= set((own / "cgroup.controllers").read_text().split()):
+            return None
+        parent = own / name
+        parent.mkdir(exist_ok=True)
+        enable = " ".join(f"+{c}" for c in sorted(wanted))
+        try:
+            _write(own / "subtree_control", enable)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            # "No internal processes": move the server into a leaf of its own first.
+            leaf = own / "sophon-server"
+            leaf.mkdir(exist_ok=True)
+            _write(leaf / "cgroup.procs", str(os.getpid()))
+            _write(own / "subtree_control", enable)
+        _write(parent / "cgroup.subtree_control", enable)
+        return cls([parent], 2)
+
+    def create(self, box_id: str, limits: Limits) -> BoxCgroup:
+        dirs = [p / box_id for p in self.parents]
+        for d in dirs:
+            d.mkdir(exist_ok=True)
+        cg = BoxCgroup(dirs, self.version)
+        if self.version == 2:
+            d = dirs[0]
+            _write(d / "memory.max", str(limits.memory_bytes))
+            if (d / "memory.swap.max").exists():
+                _write(d / "memory.swap.max", "0")
+            _write(d / "pids.max", str(limits.pids))
+            _write(d / "cpu.max", f"{int(limits.cpus * 100_000)} 100000")
+            return cg
+        mem, pids, cpu = dirs
+        _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
+        if (mem / "memory.memsw.limit_in_bytes").exists():
+            _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+        _write(pids / "pids.max", str(limits.pids))
+        _write(cpu / "cpu.cfs_period_us", "100000")
+        _write(cpu / "cpu.cfs_quota_us", str(int(limits.cpus * 100_000)))
+        return cg
+
+    def reap_orphans(self) -> int:
+        """Kill and remove box cgroups a previous run of this server left behind."""
+        names = {d.name for p in self.parents if p.exists() for d in p.iterdir() if d.is_dir()}
+        for name in names:
+            BoxCgroup([p / name for p in self.parents], self.version).remove()
+        return len(names)

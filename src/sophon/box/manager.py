@@ -1,0 +1,161 @@
+"""BoxManager: starts boxes on demand, reuses running ones, stops idle ones.
+
+A box is named by an id; its files live under ``<data>/boxes/<id>/`` and outlive
+the box's processes. Asking for a stopped box starts it again over the same files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from sophon.box.box import Box
+from sophon.box.bwrap import BoxSpec, BwrapBackend
+from sophon.box.cgroups import CgroupTree, Limits
+from sophon.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BoxManager:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # 0711: box uids may walk through to their own directory, never list others.
+        for d, mode in ((settings.data_dir, 0o711), (settings.boxes_dir, 0o711),
+                        (settings.runtime_dir, 0o755)):
+            d.mkdir(parents=True, exist_ok=True)
+            d.chmod(mode)
+        # Named after the data directory, so servers with different data never meet.
+        digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
+        self.cgroups = CgroupTree.detect(f"sophon-{digest}")
+        if self.cgroups is None:
+            log.warning(
+                "cgroups are not usable here: box limits fall back to rlimits, which bound "
+                "each process but not a box as a whole. Run the server as root (or with a "
+                "delegated cgroup) for real per-box memory, CPU and process limits."
+            )
+        self.backend = BwrapBackend(
+            settings.runtime_dir,
+            self.cgroups,
+            host_uid=settings.box_host_uid,
+            python=settings.box_python,
+        )
+        lim = settings.limits
+        self.limits = Limits(lim.memory_mb * 2**20, lim.cpus, lim.pids)
+        self._boxes: dict[str, Box] = {}
+        self._idle_after: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def limits_mode(self) -> str:
+        return f"cgroup v{self.cgroups.version}" if self.cgroups else "rlimit"
+
+    def box_dir(self, box_id: str) -> Path:
+        return self.settings.boxes_dir / box_id
+
+    async def start(self) -> None:
+        self.settings.boxes_dir.mkdir(parents=True, exist_ok=True)
+        if self.cgroups is not None:
+            reaped = await asyncio.to_thread(self.cgroups.reap_orphans)
+            if reaped:
+                log.info("reaped %d box(es) left over from a previous run", reaped)
+        self._reaper = asyncio.create_task(self._reap_idle_loop(), name="box-idle-reaper")
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(*(b.stop() for b in list(self._boxes.values())))
+
+    def running(self, box_id: str) -> Box | None:
+        box = self._boxes.get(box_id)
+        return box if box is not None and not box.stopped.is_set() else None
+
+    @contextlib.asynccontextmanager
+    async def use(self, box_id: str, idle_after: float | None = None) -> AsyncIterator[Box]:
+        """Hold a box for a piece of work: the idle reaper never stops a held box."""
+        box = await self.get(box_id, idle_after)
+        box.leases += 1
+        try:
+            yield box
+        finally:
+            box.leases -= 1
+            box.last_used = time.monotonic()
+
+    async def get(self, box_id: str, idle_after: float | None = None) -> Box:
+        """The running box with this id, started (over its existing files) if needed."""
+        box = self.running(box_id)
+        if box is not None:
+            return box
+        lock = self._locks.setdefault(box_id, asyncio.Lock())
+        async with lock:
+            box = self.running(box_id)
+            if box is not None:
+                return box
+            d = self.box_dir(box_id)
+            spec = BoxSpec(
+                box_id=box_id,
+                workspace=d / "workspace",
+                home=d / "home",
+                limits=self.limits,
+                tmp_bytes=self.settings.limits.tmp_mb * 2**20,
+            )
+            box = await self.backend.start(spec)
+            box._on_stop = self._forget
+            self._boxes[box_id] = box
+            self._idle_after[box_id] = idle_after or self.settings.thread_idle_seconds
+            log.debug("box %s started (pid %d)", box_id, box.pid)
+            return box
+
+    def _forget(self, box: Box) -> None:
+        if self._boxes.get(box.id) is box:
+            del self._boxes[box.id]
+
+    async def stop(self, box_id: str) -> None:
+        box = self._boxes.get(box_id)
+        if box is not None:
+            await box.stop()
+
+    async def destroy(self, box_id: str) -> None:
+        """Stop the box and delete its files for good."""
+        await self.stop(box_id)
+        self._locks.pop(box_id, None)
+        self._idle_after.pop(box_id, None)
+        # rmtree works through directory fds and never follows a symlink a workload made.
+        assert shutil.rmtree.avoids_symlink_attacks
+        await asyncio.to_thread(shutil.rmtree, self.box_dir(box_id), True)
+
+    async def stop_if_idle(self, box_id: str) -> bool:
+        box = self.running(box_id)
+        if box is None or box.busy:
+            return False
+        if time.monotonic() - box.last_used < self._idle_after.get(box_id, 0):
+            return False
+        try:
+            if await box.process_count() > 0:
+                box.last_used = time.monotonic()
+                return False
+        except Exception:
+            pass  # an unresponsive box is as good as idle
+        if box.busy:
+            return False
+        await box.stop()
+        log.info("box %s stopped after being idle", box_id)
+        return True
+
+    async def _reap_idle_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.idle_check_seconds)
+            for box_id in list(self._boxes):
+                try:
+                    await self.stop_if_idle(box_id)
+                except Exception:
+                    log.exception("idle check of box %s failed", box_id)

@@ -1,0 +1,58 @@
+"""The exception hierarchy. Each error knows its HTTP status and machine code;
+the API maps them to ``{"error": code, "message": text}`` in one place."""
+
+from __future__ import annotations
+
+
+class SophonError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(SophonError):
+    status = 400
+    code = "invalid_request"
+
+
+class Unauthorized(SophonError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(SophonError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(SophonError):
+    status = 409
+    code = "conflict"
+
+
+class ThreadBusy(Conflict):
+    code = "thread_busy"
+
+
+class BoxError(SophonError):
+    """The sandbox failed (could not start, died, broke protocol)."""
+
+    status = 503
+    code = "sandbox_unavailable"
+
+
+class BoxProtocolError(BoxError):
+    code = "sandbox_protocol_error"
+
+
+class BoxRequestError(SophonError):
+    """boxd refused a request (file not found, spawn failed, ...)."""
+
+    status = 400
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
