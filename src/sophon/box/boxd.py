@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import contextlib
 import ctypes
 import json
 import os
@@ -153,10 +154,8 @@ def op_exec(rid: int, req: dict) -> dict:
         with _running_lock:
             _running.pop(rid, None)
         if script_path:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(script_path)
-            except OSError:
-                pass
     for name, dec in decoders.items():
         tail = dec.decode(b"", final=True)
         if tail:
@@ -172,10 +171,8 @@ def op_exec(rid: int, req: dict) -> dict:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def op_cancel(rid: int, req: dict) -> dict:
@@ -299,10 +296,8 @@ def handle(req: dict) -> None:
 
 
 def make_undumpable() -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def main() -> None:

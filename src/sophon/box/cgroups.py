@@ -9,6 +9,7 @@ nothing in the box ever runs outside its limits.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -97,20 +98,16 @@ class BoxCgroup:
         if self.version == 2:
             kill = self.dirs[0] / "cgroup.kill"
             if kill.exists():
-                try:
+                with contextlib.suppress(OSError):
                     _write(kill, "1")
-                except OSError:
-                    pass
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             pids = self.pids()
             if not pids:
                 return
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             time.sleep(0.01)
         log.warning("cgroup %s still has processes after kill", self.dirs[0])
 

@@ -1,0 +1,99 @@
+"""The ``sophon`` command. Heavy imports happen inside commands, so --help is quick."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Optional  # noqa: UP035 - typer needs Optional at runtime
+
+import typer
+
+app = typer.Typer(help="Sophon: Claude coding sessions in isolated sandboxes.",
+                  no_args_is_help=True, add_completion=False)
+users_app = typer.Typer(help="Manage users and their API keys.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+DataDir = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--data-dir", help="Where Sophon keeps its database and sandboxes [env SOPHON_DATA_DIR].")]
+
+
+def _settings(data_dir: Path | None, **extra: object):  # type: ignore[no-untyped-def]
+    from sophon.config import load_settings
+
+    overrides = {k: v for k, v in extra.items() if v is not None}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    return load_settings(**overrides)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on.")] = None,  # noqa: UP045
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on.")] = None,  # noqa: UP045
+    data_dir: DataDir = None,
+) -> None:
+    """Start the server (API and sandboxes) on one port.
+
+    Example: sophon serve --port 8765
+    """
+    import logging
+
+    import uvicorn
+
+    from sophon.api.app import create_app
+    from sophon.errors import SophonError
+
+    settings = _settings(data_dir, host=host, port=port)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        application = create_app(settings)
+    except SophonError as exc:
+        _fail(exc.message)
+    typer.echo(f"Sophon listening on http://{settings.host}:{settings.port} "
+               f"(data: {settings.data_dir})")
+    typer.echo("Create an API key with: sophon users add NAME")
+    uvicorn.run(application, host=settings.host, port=settings.port,
+                log_level=settings.log_level, access_log=False)
+
+
+@users_app.command("add")
+def users_add(name: str, data_dir: DataDir = None) -> None:
+    """Create a user and print their new API key (shown once; stored hashed).
+
+    Example: sophon users add alice
+    """
+    from sophon.errors import SophonError
+    from sophon.store.db import make_engine, migrate, sessionmaker
+    from sophon.users import UserService
+
+    settings = _settings(data_dir)
+
+    async def run() -> str:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            await migrate(engine)
+            _, key = await UserService(sessionmaker(engine)).create(name)
+            return key
+        finally:
+            await engine.dispose()
+
+    try:
+        key = asyncio.run(run())
+    except SophonError as exc:
+        _fail(exc.message)
+    typer.echo(key)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""Executions: run code in a thread's box, stream it, record it.
+
+Every execution is a ``Run``: a task that drives one exec in a box and an
+append-only list of NDJSON-ready events (``status``, ``output``, ``result``) that any
+number of readers follow. The JSON, NDJSON and async forms of the API are three
+ways of reading the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import shutil
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sophon.box.box import ExecEvent, ExecOutcome
+from sophon.box.bwrap import BASE_ENV, WORKSPACE
+from sophon.box.manager import BoxManager
+from sophon.errors import BadRequest, BoxError, BoxRequestError, NotFound, ThreadBusy
+from sophon.sandbox.models import TERMINAL, ExecuteRequest, ExecutionStatus, SandboxResult
+from sophon.store.tables import Execution, Thread
+from sophon.users import Principal
+
+log = logging.getLogger(__name__)
+
+# The script goes to a file in the box's private /tmp, never on a command line
+# (one argument is capped at 128 KiB). Python keeps the working directory on
+# sys.path, as ``python -c`` would.
+RUNNERS: dict[str, list[str]] = {
+    "python": ["python3", "-c",
+               "import runpy,sys;sys.argv=['-c'];runpy.run_path('{script}',run_name='__main__')"],
+    "bash": ["bash", "{script}"],
+    "node": ["node", "{script}"],
+}
+FINISHED_RUNS_KEPT = 256
+
+
+def new_trace_id() -> str:
+    return "trc_" + secrets.token_hex(10)
+
+
+def _iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+class Run:
+    def __init__(self, trace_id: str, principal: Principal, req: ExecuteRequest, mode: str):
+        self.trace_id = trace_id
+        self.principal = principal
+        self.req = req
+        self.mode = mode
+        self.status = "queued"
+        self.events: list[dict[str, Any]] = []
+        self.result: SandboxResult | None = None
+        self.truncated = False
+        self.duration_ms = 0
+        self.created_at = datetime.now(UTC)
+        self.completed_at: datetime | None = None
+        self.cancelled = False
+        self.box_id: str | None = None
+        self.done = asyncio.Event()
+        self._changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def emit(self, event: dict[str, Any]) -> None:
+        event["seq"] = len(self.events) + 1
+        self.events.append(event)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(
+        self, after: int = 0, keepalive: float = 15.0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every event after ``after``, then live ones until the result."""
+        i = after
+        while True:
+            while i < len(self.events):
+                i += 1
+                yield self.events[i - 1]
+            if self.done.is_set() and i >= len(self.events):
+                return
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), keepalive)
+            except TimeoutError:
+                yield {"type": "keepalive", "seq": i}
+
+    def status_view(self) -> ExecutionStatus:
+        r = self.result
+        return ExecutionStatus(
+            trace_id=self.trace_id,
+            status=self.status,  # type: ignore[arg-type]
+            exit_code=r.exit_code if r else None,
+            stdout=r.stdout if r else None,
+            stderr=r.stderr if r else None,
+            error=r.error if r else None,
+            duration_ms=self.duration_ms,
+            delivery_mode=self.mode,
+            created_at=_iso(self.created_at) or "",
+            completed_at=_iso(self.completed_at),
+            output_truncated=self.truncated,
+            thread_id=self.req.thread_id,
+            metadata=self.req.metadata,
+        )
+
+
+class ExecutionService:
+    def __init__(self, boxes: BoxManager, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.boxes = boxes
+        self._sessions = sessions
+        self._runs: OrderedDict[str, Run] = OrderedDict()
+        self._busy: dict[tuple[str, str], str] = {}
+        self._thread_ids: dict[tuple[str, str], str] = {}
+        self.languages = {"python", "bash"}
+        if shutil.which("node", path="/usr/local/bin:/usr/bin:/bin"):
+            self.languages.add("node")
+
+    async def recover(self) -> int:
+        """Runs cut off by a server stop end as failed; none stays 'running' forever."""
+        async with self._sessions() as db:
+            res = await db.execute(
+                update(Execution)
+                .where(Execution.status.in_(("queued", "running")))
+                .values(status="failed", error="interrupted", exit_code=-1,
+                        completed_at=datetime.now(UTC))
+            )
+            await db.commit()
+        return res.rowcount or 0  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        tasks = [r.task for r in self._runs.values() if r.task and not r.task.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- starting ---------------------------------------------------------
+
+    async def start(self, principal: Principal, req: ExecuteRequest, mode: str) -> Run:
+        if req.language not in self.languages:
+            raise BadRequest(f"language {req.language!r} is not available on this server")
+        key = (principal.user_id, req.thread_id) if req.thread_id else None
+        if key is not None and key in self._busy:
+            raise ThreadBusy(
+                f"thread {req.thread_id!r} is already running an execution "
+                f"({self._busy[key]}); wait for it to finish or cancel it"
+            )
+        run = Run(new_trace_id(), principal, req, mode)
+        if key is not None:
+            self._busy[key] = run.trace_id
+        self._runs[run.trace_id] = run
+        if mode == "async":
+            await self._insert(run)
+        run.task = asyncio.create_task(self._drive(run, key), name=f"run-{run.trace_id}")
+        return run
+
+    async def _box_id_for(self, principal: Principal, thread: str | None) -> tuple[str, bool]:
+        if thread is None:
+            return "x" + uuid.uuid4().hex[:31], True
+        key = (principal.user_id, thread)
+        cached = self._thread_ids.get(key)
+        if cached:
+            return cached, False
+        async with self._sessions() as db:
+            found = (await db.execute(
+                select(Thread.id).where(Thread.user_id == key[0], Thread.name == thread)
+            )).scalar_one_or_none()
+            if found is None:
+                found = "t" + uuid.uuid4().hex[:31]
+                db.add(Thread(id=found, user_id=key[0], name=thread))
+                try:
+                    await db.commit()
+                except IntegrityError:
+                    await db.rollback()
+                    found = (await db.execute(
+                        select(Thread.id).where(Thread.user_id == key[0], Thread.name == thread)
+                    )).scalar_one()
+        self._thread_ids[key] = found
+        return found, False
+
+    # --- running ----------------------------------------------------------
+
+    async def _drive(self, run: Run, busy_key: tuple[str, str] | None) -> None:
+        started = time.monotonic()
+        out: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        outcome: ExecOutcome | None = None
+        infra_error: str | None = None
+        fresh = False
+        try:
+            box_id, fresh = await self._box_id_for(run.principal, run.req.thread_id)
+            run.box_id = box_id
+            run.status = "running"
+            run.emit({"type": "status", "trace_id": run.trace_id, "status": "running"})
+            if run.cancelled:
+                raise asyncio.CancelledError
+            outcome = await self._exec(run, box_id, out)
+        except BoxRequestError as exc:
+            infra_error = exc.code
+            out["stderr"].append(exc.message + "\n")
+        except BoxError as exc:
+            log.warning("execution %s: %s", run.trace_id, exc)
+            infra_error = "sandbox_error"
+        except asyncio.CancelledError:
+            run.cancelled = True
+        except Exception:
+            log.exception("execution %s failed", run.trace_id)
+            infra_error = "internal_error"
+        finally:
+            if busy_key is not None:
+                self._busy.pop(busy_key, None)
+            if fresh and run.box_id:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.boxes.destroy(run.box_id))
+        run.duration_ms = int((time.monotonic() - started) * 1000)
+        self._settle(run, outcome, infra_error, "".join(out["stdout"]), "".join(out["stderr"]))
+        try:
+            await asyncio.shield(self._save(run))
+        except Exception:
+            log.exception("could not record execution %s", run.trace_id)
+        assert run.result is not None
+        run.emit({"type": "result", "trace_id": run.trace_id, "status": run.status,
+                  "result": run.result.model_dump(), "output_truncated": run.truncated})
+        run.done.set()
+        self._forget_old_runs()
+
+    async def _exec(self, run: Run, box_id: str, out: dict[str, list[str]]) -> ExecOutcome | None:
+        env = {**BASE_ENV, **(run.req.env_vars or {})}
+        outcome = None
+        async with self.boxes.use(box_id) as box:
+            async for ev in box.exec(
+                RUNNERS[run.req.language],
+                script=run.req.code,
+                timeout=run.req.timeout,
+                env=env,
+                cwd=WORKSPACE,
+                output_cap=self.boxes.settings.limits.output_cap_bytes,
+            ):
+                if isinstance(ev, ExecEvent):
+                    out[ev.stream].append(ev.data)
+                    run.emit({"type": "output", "stream": ev.stream, "data": ev.data})
+                else:
+                    outcome = ev
+        return outcome
+
+    def _settle(self, run: Run, outcome: ExecOutcome | None, infra_error: str | None,
+                stdout: str, stderr: str) -> None:
+        run.completed_at = datetime.now(UTC)
+        if run.cancelled:
+            code = outcome.exit_code if outcome else -1
+            run.status, error = "cancelled", "cancelled"
+        elif outcome is None:
+            code, run.status, error = -1, "failed", infra_error or "sandbox_error"
+        elif outcome.timed_out:
+            code, run.status, error = outcome.exit_code, "timeout", "timeout"
+        elif outcome.oom_killed:
+            code, run.status, error = outcome.exit_code, "oom", "memory_limit_exceeded"
+        else:
+            code, error = outcome.exit_code, None
+            run.status = "success" if code == 0 else "failed"
+        run.truncated = bool(outcome and outcome.truncated)
+        run.result = SandboxResult(success=run.status == "success", stdout=stdout,
+                                   stderr=stderr, exit_code=code, error=error)
+
+    async def _insert(self, run: Run) -> None:
+        async with self._sessions() as db:
+            db.add(self._row(run))
+            await db.commit()
+
+    async def _save(self, run: Run) -> None:
+        async with self._sessions() as db:
+            await db.merge(self._row(run))
+            await db.commit()
+
+    def _row(self, run: Run) -> Execution:
+        r = run.result
+        return Execution(
+            trace_id=run.trace_id, user_id=run.principal.user_id, thread_id=run.req.thread_id,
+            language=run.req.language, status=run.status, delivery_mode=run.mode,
+            stdout=r.stdout if r else "", stderr=r.stderr if r else "",
+            exit_code=r.exit_code if r else None, error=r.error if r else None,
+            output_truncated=run.truncated, duration_ms=run.duration_ms, meta=run.req.metadata,
+            created_at=run.created_at, completed_at=run.completed_at,
+        )
+
+    def _forget_old_runs(self) -> None:
+        finished = [t for t, r in self._runs.items() if r.done.is_set()]
+        for trace_id in finished[: max(0, len(finished) - FINISHED_RUNS_KEPT)]:
+            del self._runs[trace_id]
+
+    # --- reading and cancelling ------------------------------------------
+
+    def live(self, principal: Principal, trace_id: str) -> Run | None:
+        run = self._runs.get(trace_id)
+        if run is not None and run.principal.user_id == principal.user_id:
+            return run
+        return None
+
+    async def status(self, principal: Principal, trace_id: str) -> ExecutionStatus:
+        run = self.live(principal, trace_id)
+        if run is not None:
+            return run.status_view()
+        row = await self._load(principal, trace_id)
+        return ExecutionStatus(
+            trace_id=row.trace_id, status=row.status,  # type: ignore[arg-type]
+            exit_code=row.exit_code, stdout=row.stdout, stderr=row.stderr, error=row.error,
+            duration_ms=row.duration_ms, delivery_mode=row.delivery_mode,
+            created_at=_iso(row.created_at) or "", completed_at=_iso(row.completed_at),
+            output_truncated=row.output_truncated, thread_id=row.thread_id, metadata=row.meta,
+        )
+
+    async def _load(self, principal: Principal, trace_id: str) -> Execution:
+        async with self._sessions() as db:
+            row = await db.get(Execution, trace_id)
+        if row is None or row.user_id != principal.user_id:
+            raise NotFound(f"no execution {trace_id!r}")
+        return row
+
+    async def events(self, principal: Principal, trace_id: str,
+                     after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """The run's event stream; for a run from before a restart, rebuilt from its record."""
+        run = self.live(principal, trace_id)
+        if run is not None:
+            return run.follow(after)
+        st = await self.status(principal, trace_id)
+        return _replay(st, after)
+
+    async def cancel(self, principal: Principal, trace_id: str) -> str:
+        run = self.live(principal, trace_id)
+        if run is None:
+            return (await self.status(principal, trace_id)).status
+        if run.done.is_set():
+            return run.status
+        run.cancelled = True
+        box = self.boxes.running(run.box_id) if run.box_id else None
+        if box is not None:
+            await box.cancel_all()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.done.wait(), 10)
+        return "cancelled"
+
+
+async def _replay(st: ExecutionStatus, after: int) -> AsyncIterator[dict[str, Any]]:
+    events: list[dict[str, Any]] = [
+        {"type": "status", "trace_id": st.trace_id, "status": "running"}
+    ]
+    for stream in ("stdout", "stderr"):
+        data = getattr(st, stream)
+        if data:
+            events.append({"type": "output", "stream": stream, "data": data})
+    if st.status in TERMINAL:
+        result = SandboxResult(success=st.status == "success", stdout=st.stdout or "",
+                               stderr=st.stderr or "",
+                               exit_code=-1 if st.exit_code is None else st.exit_code,
+                               error=st.error)
+        events.append({"type": "result", "trace_id": st.trace_id, "status": st.status,
+                       "result": result.model_dump(), "output_truncated": st.output_truncated})
+    for i, ev in enumerate(events, 1):
+        if i > after:
+            yield {**ev, "seq": i}
