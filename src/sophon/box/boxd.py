@@ -40,6 +40,7 @@ _write_lock = threading.Lock()
 _out = sys.stdout.buffer
 _running: dict[int, subprocess.Popen[bytes]] = {}
 _running_lock = threading.Lock()
+_cancelled: set[int] = set()  # cancels that arrived before their exec started
 
 
 def send(frame: dict[str, object]) -> None:
@@ -99,6 +100,9 @@ def op_exec(rid: int, req: dict) -> dict:
         raise RequestError("spawn_failed", f"could not start {argv[0]!r}: {exc}") from exc
     with _running_lock:
         _running[rid] = proc
+        if rid in _cancelled:
+            _cancelled.discard(rid)
+            _kill_group(proc)
     sent = {"stdout": 0, "stderr": 0}
     truncated = {"stdout": False, "stderr": False}
     decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in sent}
@@ -176,10 +180,12 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def op_cancel(rid: int, req: dict) -> dict:
+    target = int(req["target"])
     with _running_lock:
-        proc = _running.get(int(req["target"]))
-    if proc is None:
-        return {"cancelled": False}
+        proc = _running.get(target)
+        if proc is None:
+            _cancelled.add(target)
+            return {"cancelled": False}
     _kill_group(proc)
     return {"cancelled": True}
 

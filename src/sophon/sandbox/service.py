@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sophon.box.box import ExecEvent, ExecOutcome
+from sophon.box.box import Box, ExecEvent, ExecOutcome
 from sophon.box.bwrap import BASE_ENV, WORKSPACE
 from sophon.box.manager import BoxManager
 from sophon.errors import BadRequest, BoxError, BoxRequestError, NotFound, ThreadBusy
@@ -73,6 +73,7 @@ class Run:
         self.completed_at: datetime | None = None
         self.cancelled = False
         self.box_id: str | None = None
+        self.box: Box | None = None  # set while the exec runs
         self.done = asyncio.Event()
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -205,8 +206,6 @@ class ExecutionService:
             run.box_id = box_id
             run.status = "running"
             run.emit({"type": "status", "trace_id": run.trace_id, "status": "running"})
-            if run.cancelled:
-                raise asyncio.CancelledError
             outcome = await self._exec(run, box_id, out)
         except BoxRequestError as exc:
             infra_error = exc.code
@@ -241,6 +240,11 @@ class ExecutionService:
         env = {**BASE_ENV, **(run.req.env_vars or {})}
         outcome = None
         async with self.boxes.use(box_id) as box:
+            # No await between this check and the exec being registered with the box,
+            # so a cancel either sees run.box or is seen here.
+            if run.cancelled:
+                return None
+            run.box = box
             async for ev in box.exec(
                 RUNNERS[run.req.language],
                 script=run.req.code,
@@ -345,9 +349,8 @@ class ExecutionService:
         if run.done.is_set():
             return run.status
         run.cancelled = True
-        box = self.boxes.running(run.box_id) if run.box_id else None
-        if box is not None:
-            await box.cancel_all()
+        if run.box is not None:
+            await run.box.cancel_all()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.done.wait(), 10)
         return "cancelled"

@@ -1,0 +1,55 @@
+"""Figure 1: a warm execute, end to end over HTTP on loopback.
+
+The thread's box is already running, so a call is: HTTP request -> auth (cached) ->
+ExecutionService -> one exec frame to boxd -> boxd spawns ``bash <script>`` -> result
+frame -> execution row written -> HTTP response. The baseline is the cost of the
+process spawn alone: a bare ``subprocess.run(["true"])`` in this process.
+
+    .venv/bin/python bench/run.py --only warm
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from common import EXECUTE, Figure, check, client, execute_body, live_server, sample_ms
+
+GOAL_P50_MS = 5.0
+
+
+def run(calls: int = 300, warmup: int = 30) -> list[Figure]:
+    base = sample_ms(lambda: subprocess.run(["true"], check=True), calls, warmup=20)
+
+    with live_server() as (srv, key), client(srv, key) as http:
+        body = execute_body("true", "bash", thread_id="bench-warm")
+
+        def call() -> None:
+            check(http.post(EXECUTE, json=body))
+
+        warm = sample_ms(call, calls, warmup=warmup)
+        # Reference floors on the same connection: HTTP only, and HTTP + API-key auth.
+        health = sample_ms(lambda: http.get("/healthz").raise_for_status(), calls, warmup=20)
+        me = sample_ms(lambda: http.get("/v1/me").raise_for_status(), calls, warmup=20)
+
+    return [Figure(
+        key="warm",
+        title="Warm execute p50 (existing thread, bash `true`, HTTP keep-alive)",
+        command=".venv/bin/python bench/run.py --only warm",
+        value=warm.p50,
+        unit="ms",
+        baseline=base.p50,
+        baseline_label='`subprocess.run(["true"])` p50',
+        goal=f"p50 < {GOAL_P50_MS:g} ms",
+        met=warm.p50 < GOAL_P50_MS,
+        details=[
+            f"warm execute: {warm.describe()}; {warmup} warm-up calls not counted",
+            f"baseline `subprocess.run([\"true\"])`: {base.describe()}",
+            f"reference, GET /healthz (HTTP only): {health.describe()}",
+            f"reference, GET /v1/me (HTTP + auth): {me.describe()}",
+        ],
+    )]
+
+
+if __name__ == "__main__":
+    for fig in run():
+        print(fig.title, "\n  " + "\n  ".join(fig.details))

@@ -1,0 +1,127 @@
+"""Shared fixtures: a real server on a free loopback port with its own data directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+SERVER_START_DEADLINE = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], deadline: float = 10.0, interval: float = 0.02,
+             what: str = "condition") -> object:
+    """Poll until ``predicate`` returns something truthy, or fail after ``deadline`` s."""
+    end = time.monotonic() + deadline
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def make_data_dir() -> Path:
+    # Under /tmp (not pytest's 0700 tmp_path): sandboxes run as an unprivileged host
+    # uid that must be able to walk to their own directory.
+    path = Path(tempfile.mkdtemp(prefix="sophon-test-", dir="/tmp"))
+    path.chmod(0o711)
+    return path
+
+
+class LiveServer:
+    """``sophon serve`` in a child process, as a user would run it."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "SOPHON_DATA_DIR": str(data_dir), **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "server.log"
+
+    def start(self) -> LiveServer:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sophon.cli", "serve", "--port", str(self.port)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.log.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            return False
+
+        wait_for(healthy, SERVER_START_DEADLINE, 0.05, "the server to start")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> LiveServer:
+        self.stop()
+        return self.start()
+
+    def add_user(self, name: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "sophon.cli", "users", "add", name],
+            env=self.env, capture_output=True, text=True, check=True,
+        )
+        return out.stdout.strip()
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    path = make_data_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def server(data_dir: Path) -> Iterator[LiveServer]:
+    srv = LiveServer(data_dir).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def api_key(server: LiveServer) -> str:
+    return server.add_user("alice")
+
+
+@pytest.fixture
+def http(server: LiveServer, api_key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60,
+                      headers={"Authorization": f"Bearer {api_key}"}) as client:
+        yield client
