@@ -8,6 +8,7 @@ directory, exactly as a user would run it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import platform
@@ -41,12 +42,29 @@ def live_server(user: str = "bench") -> Iterator[tuple[LiveServer, str]]:
     """A fresh ``sophon serve`` and an API key for one user; everything removed after."""
     data_dir = make_data_dir()
     srv = LiveServer(data_dir, env=SERVER_ENV)
+    cgroups = ""
     try:
         srv.start()
+        assert srv.proc is not None
+        cgroups = Path(f"/proc/{srv.proc.pid}/cgroup").read_text()
         yield srv, srv.add_user(user)
     finally:
         srv.stop()
+        remove_server_cgroups(data_dir, cgroups)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def remove_server_cgroups(data_dir: Path, proc_cgroup: str) -> None:
+    """The server leaves its (by now empty) ``sophon-<digest>`` cgroup parents behind;
+    a benchmark run makes a few servers, so it tidies up after each one."""
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+              if line.split()[2] in ("cgroup", "cgroup2")]
+    paths = {line.split(":", 2)[2].lstrip("/") for line in proc_cgroup.splitlines()}
+    for mount in mounts:
+        for rel in paths | {p.removesuffix("sophon-server").rstrip("/") for p in paths}:
+            with contextlib.suppress(OSError):
+                (Path(mount) / rel / f"sophon-{digest}").rmdir()
 
 
 def client(srv: LiveServer, key: str) -> httpx.Client:
@@ -180,6 +198,7 @@ def machine() -> dict[str, str]:
         "bubblewrap": _first_line(["bwrap", "--version"]),
         "cgroups": cgroup,
         "running as": "root" if os.geteuid() == 0 else f"uid {os.geteuid()}",
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 

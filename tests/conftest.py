@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -93,12 +95,21 @@ class LiveServer:
         self.stop()
         return self.start()
 
-    def add_user(self, name: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "sophon.cli", "users", "add", name],
-            env=self.env, capture_output=True, text=True, check=True,
-        )
-        return out.stdout.strip()
+    def add_user(self, name: str | None = None) -> str:
+        """A new user with a fresh API key (written straight to the server's database)."""
+        from sophon.store.db import make_engine, sessionmaker
+        from sophon.users import UserService
+
+        async def create() -> str:
+            engine = make_engine(f"sqlite+aiosqlite:///{self.data_dir / 'sophon.db'}")
+            try:
+                _, key = await UserService(sessionmaker(engine)).create(
+                    name or f"user-{uuid.uuid4().hex[:8]}")
+                return key
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(create())
 
 
 @pytest.fixture
@@ -108,8 +119,20 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    """One server per test module; each test gets its own user (``api_key``), and
+    threads and executions are per user, so tests do not see each other."""
+    path = make_data_dir()
+    srv = LiveServer(path).start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
-def server(data_dir: Path) -> Iterator[LiveServer]:
+def own_server(data_dir: Path) -> Iterator[LiveServer]:
+    """A server for this test alone, for tests that stop, kill or restart it."""
     srv = LiveServer(data_dir).start()
     yield srv
     srv.stop()
@@ -117,7 +140,7 @@ def server(data_dir: Path) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def api_key(server: LiveServer) -> str:
-    return server.add_user("alice")
+    return server.add_user()
 
 
 @pytest.fixture

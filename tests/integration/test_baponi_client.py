@@ -144,7 +144,7 @@ def test_busy_thread_is_409(client: Baponi, server: LiveServer, api_key: str) ->
 
 def test_threads_belong_to_their_user(server: LiveServer, client: Baponi) -> None:
     client.execute("open('mine.txt','w').write('alice')", thread_id="shared-name")
-    with Baponi(api_key=server.add_user("bob"), base_url=server.url, max_retries=0) as bob:
+    with Baponi(api_key=server.add_user(), base_url=server.url, max_retries=0) as bob:
         seen = bob.execute("import os; print(os.listdir('.'))", thread_id="shared-name")
     assert seen.stdout == "[]\n"
 

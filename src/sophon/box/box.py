@@ -137,6 +137,10 @@ class Box:
                 raise BoxError(f"box {self.id} is not running") from exc
 
     async def _stream(self, op: str, fields: dict[str, object]) -> AsyncIterator[Reply]:
+        """Send a request; yield its output frames, then its one final frame.
+
+        The bookkeeping ends before the final frame is yielded, so a caller that
+        stops reading at the final frame leaves nothing counted as in flight."""
         rid = next(self._ids)
         pending = self._pending[rid] = _Pending()
         self.active += 1
@@ -147,13 +151,15 @@ class Box:
                 item = await pending.queue.get()
                 if isinstance(item, BaseException):
                     raise item
-                yield item
                 if not isinstance(item, Output):
-                    return
+                    final = item
+                    break
+                yield item
         finally:
             self._pending.pop(rid, None)
             self.active -= 1
             self.last_used = time.monotonic()
+        yield final
 
     async def request(self, op: str, **fields: object) -> Done:
         async for reply in self._stream(op, fields):

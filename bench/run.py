@@ -1,0 +1,104 @@
+"""Run every benchmark and print a markdown summary (the ``make bench`` entry point).
+
+Each figure is measured against a baseline taken in the same run, on the same
+machine, and reported as a ratio (sophon / baseline). Each benchmark starts its
+own ``sophon serve`` with a fresh data directory, so no figure sees another's boxes.
+
+    .venv/bin/python bench/run.py                       # everything, ~1.5 min
+    .venv/bin/python bench/run.py --only warm,cold      # some of it
+    .venv/bin/python bench/run.py --quick               # fewer samples, a smoke test
+    .venv/bin/python bench/run.py --json out.json       # also write the raw figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_cold  # noqa: E402
+import bench_memory  # noqa: E402
+import bench_throughput  # noqa: E402
+import bench_warm  # noqa: E402
+from common import Figure, fmt, machine  # noqa: E402
+
+BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
+    "warm": (bench_warm.run, {"calls": 60, "warmup": 10}),
+    "cold": (bench_cold.run, {"calls": 10, "warmup": 2}),
+    "throughput": (bench_throughput.run, {"seconds": 3.0}),
+    "memory": (bench_memory.run, {"settle": 1.0}),
+}
+
+
+def _verdict(fig: Figure) -> str:
+    if fig.met is None:
+        return "—"
+    return "**yes**" if fig.met else "**NO**"
+
+
+def _ratio(fig: Figure) -> str:
+    return "—" if math.isnan(fig.ratio) else f"{fig.ratio:.2f}×"
+
+
+def markdown(figures: list[Figure], info: dict[str, str], seconds: float) -> str:
+    out = ["## Sophon benchmarks", ""]
+    out.append("Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()))
+    out += ["", "| Figure | Sophon | Baseline | Ratio | Goal | Met |",
+            "|---|---|---|---|---|---|"]
+    for f in figures:
+        out.append(f"| {f.title} | {fmt(f.value, f.unit)} | {f.baseline_label}: "
+                   f"{fmt(f.baseline, f.unit)} | {_ratio(f)} | {f.goal or '—'} | {_verdict(f)} |")
+    out.append("")
+    for f in figures:
+        if not f.details:
+            continue
+        out += [f"### {f.title}", "", f"`{f.command}`", ""]
+        out += [f"- {d}" for d in f.details]
+        out.append("")
+    out.append(f"_Total benchmark time {seconds:.0f} s; ratio = sophon / baseline._")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(BENCHES),
+                        help=f"comma-separated subset of: {', '.join(BENCHES)}")
+    parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke test)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when a goal is not met")
+    args = parser.parse_args(argv)
+
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+
+    started = time.monotonic()
+    info = machine()
+    figures: list[Figure] = []
+    for name in names:
+        fn, quick = BENCHES[name]
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        figures += fn(**quick) if args.quick else fn()
+        print(f"  {name} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+
+    print(markdown(figures, info, time.monotonic() - started))
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"machine": info,
+             "figures": [{**asdict(f), "ratio": f.ratio} for f in figures]}, indent=2))
+    return 1 if args.strict and any(f.met is False for f in figures) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

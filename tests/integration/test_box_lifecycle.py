@@ -1,0 +1,101 @@
+"""Boxes start on demand, stop when idle, come back over the same files, and never
+outlive the server."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, wait_for
+
+FAST_IDLE = {"SOPHON_THREAD_IDLE_SECONDS": "0.3", "SOPHON_IDLE_CHECK_SECONDS": "0.1"}
+
+
+def box_processes(data_dir: Path) -> list[str]:
+    """Host processes whose command line names this server's data directory (bwrap)."""
+    out = subprocess.run(["pgrep", "-af", str(data_dir)], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+
+
+def execute(srv: LiveServer, key: str, code: str, **extra: object) -> dict:
+    r = httpx.post(srv.url + "/v1/sandbox/execute", timeout=60,
+                   headers={"Authorization": f"Bearer {key}"},
+                   json={"code": code, "language": "bash", **extra})
+    assert r.status_code in (200, 202), r.text
+    return r.json()
+
+
+@pytest.fixture
+def idle_server(data_dir: Path):
+    srv = LiveServer(data_dir, env=FAST_IDLE).start()
+    yield srv
+    srv.stop()
+
+
+def test_idle_box_stops_and_restarts_over_same_files(idle_server: LiveServer) -> None:
+    key = idle_server.add_user()
+    execute(idle_server, key, "echo kept > state.txt", thread_id="sleepy")
+    wait_for(lambda: not box_processes(idle_server.data_dir), 10, what="the idle box to stop")
+    result = execute(idle_server, key, "cat state.txt", thread_id="sleepy")
+    assert result["stdout"] == "kept\n"
+    assert box_processes(idle_server.data_dir)
+
+
+def test_box_with_a_running_process_is_not_idle(idle_server: LiveServer) -> None:
+    key = idle_server.add_user()
+    execute(idle_server, key, "setsid sleep 30 >/dev/null 2>&1 < /dev/null &", thread_id="bg")
+    # Many idle checks pass (every 0.1 s, idle after 0.3 s): the box must stay up.
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        assert box_processes(idle_server.data_dir), "a box with a live process was stopped"
+        time.sleep(0.1)
+    result = execute(idle_server, key, "pgrep -c sleep", thread_id="bg")
+    assert result["stdout"].strip() == "1"
+
+
+def test_nothing_outlives_the_server(own_server: LiveServer) -> None:
+    key = own_server.add_user()
+    execute(own_server, key, "setsid sleep 300 >/dev/null 2>&1 < /dev/null &", thread_id="a")
+    r = httpx.post(own_server.url + "/v1/sandbox/execute", timeout=30,
+                   headers={"Authorization": f"Bearer {key}", "Prefer": "respond-async"},
+                   json={"code": "sleep 300", "language": "bash", "thread_id": "b"})
+    assert r.status_code == 202
+    wait_for(lambda: len(box_processes(own_server.data_dir)) >= 2, what="two boxes")
+    own_server.stop()
+    wait_for(lambda: not box_processes(own_server.data_dir), 10,
+             what="every box process to end with the server")
+
+
+def test_kill_9_then_restart_ends_runs_as_failed(own_server: LiveServer) -> None:
+    key = own_server.add_user()
+    headers = {"Authorization": f"Bearer {key}"}
+    r = httpx.post(own_server.url + "/v1/sandbox/execute", timeout=30,
+                   headers={**headers, "Prefer": "respond-async"},
+                   json={"code": "echo begun; sleep 300", "language": "bash",
+                         "thread_id": "cut"})
+    trace = r.json()["trace_id"]
+
+    def running() -> bool:
+        st = httpx.get(f"{own_server.url}/v1/executions/{trace}", headers=headers).json()
+        return st["status"] == "running" and bool(box_processes(own_server.data_dir))
+
+    wait_for(running, what="the execution to run")
+    own_server.kill()
+    # --die-with-parent: the sandbox goes with the server, even on SIGKILL.
+    wait_for(lambda: not box_processes(own_server.data_dir), 10, what="the box to die")
+    own_server.start()
+    st = httpx.get(f"{own_server.url}/v1/executions/{trace}", headers=headers).json()
+    assert st["status"] == "failed" and st["error"] == "interrupted"
+    # The thread is usable again, with its files.
+    assert execute(own_server, key, "echo again", thread_id="cut")["stdout"] == "again\n"
+
+
+def test_fresh_execution_leaves_no_box_behind(server: LiveServer, api_key: str) -> None:
+    execute(server, api_key, "echo temp > f.txt")
+    boxes = server.data_dir / "boxes"
+    wait_for(lambda: not [d for d in boxes.iterdir() if d.name.startswith("x")],
+             what="the one-off box's files to be removed")

@@ -1,0 +1,69 @@
+"""Fixtures for the security suite: every test attacks a live server through its HTTP API.
+
+Starting a server and adding a user costs a few seconds, so ``server``, ``api_key`` and
+``http`` here are module-scoped versions of the ones in tests/conftest.py (same
+``LiveServer``, same data-directory rules): the tests of one module share one server and
+each uses thread ids of its own. Tests that stop the server, or need it started with a
+special environment, start their own with ``helpers.live_server``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+from tests.security.helpers import client, execute, live_server
+
+Run = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    with live_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def api_key(server: LiveServer) -> str:
+    return server.add_user("alice")
+
+
+@pytest.fixture(scope="module")
+def http(server: LiveServer, api_key: str) -> Iterator[httpx.Client]:
+    with client(server, api_key) as c:
+        yield c
+
+
+@pytest.fixture
+def run(http: httpx.Client) -> Run:
+    """``run(code, language=..., timeout=..., thread_id=...)``: the execution's result."""
+
+    def _run(code: str, **kw: Any) -> dict[str, Any]:
+        return execute(http, code, **kw)
+
+    return _run
+
+
+@pytest.fixture
+def host_canary() -> Iterator[Path]:
+    """A world-writable host directory with a world-readable canary file in it.
+
+    Boxes run as an unprivileged host uid, so permissions would not keep a box out of
+    this directory: only its not being reachable from inside the box does. A box that
+    can read the canary, or leave a file here, has reached the host's filesystem.
+    """
+    d = Path(f"/tmp/sophon-sec-canary-{secrets.token_hex(6)}")
+    d.mkdir()
+    d.chmod(0o777)
+    canary = d / "canary.txt"
+    canary.write_text(f"host-canary-{secrets.token_hex(8)}\n")
+    canary.chmod(0o666)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
