@@ -21,7 +21,7 @@ MAX_FRAME = 8 * 1024 * 1024
 
 
 class _Reply(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     id: int = Field(ge=0)
 
 
