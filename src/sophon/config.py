@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     box_host_uid: int = 60000
     box_backend: str = "bwrap"
     box_python: str = "/usr/bin/python3"
+    box_pool_size: int = Field(2, ge=0, description="started, empty boxes kept ready")
     thread_idle_seconds: float = 600.0
     idle_check_seconds: float = 15.0
     limits: BoxLimits = Field(default_factory=BoxLimits)

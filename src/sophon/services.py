@@ -32,11 +32,11 @@ class Services:
         await migrate(engine)
         db = sessionmaker(engine)
         boxes = BoxManager(settings)
-        await boxes.start()
         executions = ExecutionService(boxes, db)
         cut_off = await executions.recover()
         if cut_off:
             log.warning("%d execution(s) were cut off by the last stop; marked failed", cut_off)
+        await boxes.start()
         return cls(settings, engine, db, UserService(db), boxes, executions)
 
     async def close(self) -> None:

@@ -150,9 +150,9 @@ def test_threads_belong_to_their_user(server: LiveServer, client: Baponi) -> Non
 
 
 def test_bad_key_is_401(server: LiveServer) -> None:
-    with Baponi(api_key="sk-sophon-wrong", base_url=server.url, max_retries=0) as c:
-        with pytest.raises(AuthenticationError):
-            c.execute("print(1)")
+    with (Baponi(api_key="sk-sophon-wrong", base_url=server.url, max_retries=0) as c,
+          pytest.raises(AuthenticationError)):
+        c.execute("print(1)")
     r = httpx.post(server.url + "/v1/sandbox/execute", json={"code": "print(1)"})
     assert r.status_code == 401 and r.json()["error"] == "unauthorized"
 

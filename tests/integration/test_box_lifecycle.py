@@ -15,10 +15,18 @@ from tests.conftest import LiveServer, wait_for
 FAST_IDLE = {"SOPHON_THREAD_IDLE_SECONDS": "0.3", "SOPHON_IDLE_CHECK_SECONDS": "0.1"}
 
 
-def box_processes(data_dir: Path) -> list[str]:
-    """Host processes whose command line names this server's data directory (bwrap)."""
-    out = subprocess.run(["pgrep", "-af", str(data_dir)], capture_output=True, text=True)
+def box_processes(data_dir: Path, box_id: str = "") -> list[str]:
+    """Host processes (bwrap) whose command line names this server's data directory,
+    or one box in it."""
+    pattern = str(data_dir / "boxes" / box_id) if box_id else str(data_dir)
+    out = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+
+
+def box_holding(data_dir: Path, filename: str) -> str:
+    """The id of the box whose workspace holds ``filename`` (looked at from the host)."""
+    (found,) = (data_dir / "boxes").glob(f"*/workspace/{filename}")
+    return found.parent.parent.name
 
 
 def execute(srv: LiveServer, key: str, code: str, **extra: object) -> dict:
@@ -39,19 +47,23 @@ def idle_server(data_dir: Path):
 def test_idle_box_stops_and_restarts_over_same_files(idle_server: LiveServer) -> None:
     key = idle_server.add_user()
     execute(idle_server, key, "echo kept > state.txt", thread_id="sleepy")
-    wait_for(lambda: not box_processes(idle_server.data_dir), 10, what="the idle box to stop")
+    box_id = box_holding(idle_server.data_dir, "state.txt")
+    wait_for(lambda: not box_processes(idle_server.data_dir, box_id), 10,
+             what="the idle box to stop")
     result = execute(idle_server, key, "cat state.txt", thread_id="sleepy")
     assert result["stdout"] == "kept\n"
-    assert box_processes(idle_server.data_dir)
+    assert box_processes(idle_server.data_dir, box_id)
 
 
 def test_box_with_a_running_process_is_not_idle(idle_server: LiveServer) -> None:
     key = idle_server.add_user()
-    execute(idle_server, key, "setsid sleep 30 >/dev/null 2>&1 < /dev/null &", thread_id="bg")
+    execute(idle_server, key, "touch bg.txt; setsid sleep 30 >/dev/null 2>&1 < /dev/null &",
+            thread_id="bg")
+    box_id = box_holding(idle_server.data_dir, "bg.txt")
     # Many idle checks pass (every 0.1 s, idle after 0.3 s): the box must stay up.
     end = time.monotonic() + 1.5
     while time.monotonic() < end:
-        assert box_processes(idle_server.data_dir), "a box with a live process was stopped"
+        assert box_processes(idle_server.data_dir, box_id), "a box with a live process stopped"
         time.sleep(0.1)
     result = execute(idle_server, key, "pgrep -c sleep", thread_id="bg")
     assert result["stdout"].strip() == "1"
@@ -64,7 +76,9 @@ def test_nothing_outlives_the_server(own_server: LiveServer) -> None:
                    headers={"Authorization": f"Bearer {key}", "Prefer": "respond-async"},
                    json={"code": "sleep 300", "language": "bash", "thread_id": "b"})
     assert r.status_code == 202
-    wait_for(lambda: len(box_processes(own_server.data_dir)) >= 2, what="two boxes")
+    wait_for(lambda: httpx.get(f"{own_server.url}/v1/executions/{r.json()['trace_id']}",
+                               headers={"Authorization": f"Bearer {key}"}
+                               ).json()["status"] == "running", what="the sleep to run")
     own_server.stop()
     wait_for(lambda: not box_processes(own_server.data_dir), 10,
              what="every box process to end with the server")
@@ -75,13 +89,14 @@ def test_kill_9_then_restart_ends_runs_as_failed(own_server: LiveServer) -> None
     headers = {"Authorization": f"Bearer {key}"}
     r = httpx.post(own_server.url + "/v1/sandbox/execute", timeout=30,
                    headers={**headers, "Prefer": "respond-async"},
-                   json={"code": "echo begun; sleep 300", "language": "bash",
+                   json={"code": "touch cut.txt; sleep 300", "language": "bash",
                          "thread_id": "cut"})
     trace = r.json()["trace_id"]
 
     def running() -> bool:
         st = httpx.get(f"{own_server.url}/v1/executions/{trace}", headers=headers).json()
-        return st["status"] == "running" and bool(box_processes(own_server.data_dir))
+        boxes = own_server.data_dir / "boxes"
+        return st["status"] == "running" and any(boxes.glob("*/workspace/cut.txt"))
 
     wait_for(running, what="the execution to run")
     own_server.kill()
@@ -96,6 +111,5 @@ def test_kill_9_then_restart_ends_runs_as_failed(own_server: LiveServer) -> None
 
 def test_fresh_execution_leaves_no_box_behind(server: LiveServer, api_key: str) -> None:
     execute(server, api_key, "echo temp > f.txt")
-    boxes = server.data_dir / "boxes"
-    wait_for(lambda: not [d for d in boxes.iterdir() if d.name.startswith("x")],
+    wait_for(lambda: not list((server.data_dir / "boxes").glob("*/workspace/f.txt")),
              what="the one-off box's files to be removed")

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -52,6 +53,10 @@ class BoxManager:
         self._idle_after: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
+        # Started, empty boxes waiting to be handed out: a new thread or a one-off
+        # execution takes one instead of paying for a sandbox start.
+        self._pool: list[str] = []
+        self._refill: asyncio.Task[None] | None = None
 
     @property
     def limits_mode(self) -> str:
@@ -67,13 +72,45 @@ class BoxManager:
             if reaped:
                 log.info("reaped %d box(es) left over from a previous run", reaped)
         self._reaper = asyncio.create_task(self._reap_idle_loop(), name="box-idle-reaper")
+        self._top_up()
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        for task in (self._reaper, self._refill):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        pooled, self._pool = self._pool, []
+        await asyncio.gather(*(self.destroy(box_id) for box_id in pooled))
         await asyncio.gather(*(b.stop() for b in list(self._boxes.values())))
+
+    def new_box_id(self) -> str:
+        """An id for a new box: a started one from the pool when there is one."""
+        self._top_up()
+        while self._pool:
+            box_id = self._pool.pop(0)
+            box = self.running(box_id)
+            if box is not None:
+                box.leases -= 1
+                box.last_used = time.monotonic()
+                return box_id
+        return "x" + uuid.uuid4().hex[:31]
+
+    def _top_up(self) -> None:
+        if self.settings.box_pool_size and (self._refill is None or self._refill.done()):
+            self._refill = asyncio.create_task(self._fill_pool(), name="box-pool")
+
+    async def _fill_pool(self) -> None:
+        while len(self._pool) < self.settings.box_pool_size:
+            box_id = "x" + uuid.uuid4().hex[:31]
+            try:
+                box = await self.get(box_id)
+            except Exception:
+                log.exception("could not start a box for the pool")
+                await self.destroy(box_id)
+                return
+            box.leases += 1  # the pool holds it, so the idle reaper leaves it alone
+            self._pool.append(box_id)
 
     def running(self, box_id: str) -> Box | None:
         box = self._boxes.get(box_id)

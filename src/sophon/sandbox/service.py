@@ -14,7 +14,6 @@ import logging
 import secrets
 import shutil
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -132,7 +131,13 @@ class ExecutionService:
             self.languages.add("node")
 
     async def recover(self) -> int:
-        """Runs cut off by a server stop end as failed; none stays 'running' forever."""
+        """Runs cut off by a server stop end as failed; none stays 'running' forever.
+        One-off boxes a crash left on disk are deleted. Call before boxes start."""
+        async with self._sessions() as db:
+            threads = set((await db.execute(select(Thread.id))).scalars())
+        for d in self.boxes.settings.boxes_dir.iterdir():
+            if d.name.startswith("x") and d.name not in threads:
+                await self.boxes.destroy(d.name)
         async with self._sessions() as db:
             res = await db.execute(
                 update(Execution)
@@ -171,7 +176,7 @@ class ExecutionService:
 
     async def _box_id_for(self, principal: Principal, thread: str | None) -> tuple[str, bool]:
         if thread is None:
-            return "x" + uuid.uuid4().hex[:31], True
+            return self.boxes.new_box_id(), True
         key = (principal.user_id, thread)
         cached = self._thread_ids.get(key)
         if cached:
@@ -181,12 +186,13 @@ class ExecutionService:
                 select(Thread.id).where(Thread.user_id == key[0], Thread.name == thread)
             )).scalar_one_or_none()
             if found is None:
-                found = "t" + uuid.uuid4().hex[:31]
+                found = self.boxes.new_box_id()
                 db.add(Thread(id=found, user_id=key[0], name=thread))
                 try:
                     await db.commit()
-                except IntegrityError:
+                except IntegrityError:  # the same thread was made concurrently
                     await db.rollback()
+                    await self.boxes.destroy(found)
                     found = (await db.execute(
                         select(Thread.id).where(Thread.user_id == key[0], Thread.name == thread)
                     )).scalar_one()
