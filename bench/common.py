@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import LiveServer, make_data_dir  # noqa: E402
+from conftest import LiveServer, make_data_dir, wait_for  # noqa: E402
+
+__all__ = ["LiveServer", "make_data_dir", "wait_for"]  # re-exported for the probes
 
 EXECUTE = "/v1/sandbox/execute"
 SERVER_ENV = {"SOPHON_LOG_LEVEL": "warning"}

@@ -104,6 +104,7 @@ class BwrapBackend:
         self.host_uid = host_uid if self.is_root else os.geteuid()
         self.bwrap = shutil.which("bwrap")
         self.setpriv = shutil.which("setpriv")
+        self.prlimit = shutil.which("prlimit")
         if self.bwrap is None:
             raise BoxError("bubblewrap (bwrap) is not installed; install the 'bubblewrap' package")
         if self.is_root and self.setpriv is None:
@@ -200,9 +201,8 @@ class BwrapBackend:
     def rlimit_fallback(self, spec: BoxSpec, argv: list[str]) -> list[str]:
         """Without cgroups: per-process limits only, which a determined workload can
         spread across processes. The server says so at start-up."""
-        mem_kib = spec.limits.memory_bytes // 1024
-        script = f"ulimit -v {mem_kib} && ulimit -u {spec.limits.pids} && exec \"$@\""
-        return ["/bin/sh", "-c", script, "sh", *argv]
+        return [self.prlimit or "prlimit", f"--as={spec.limits.memory_bytes}",
+                f"--nproc={spec.limits.pids}", "--", *argv]
 
     async def start(self, spec: BoxSpec, ready_timeout: float = 15.0) -> Box:
         self.prepare_dirs(spec)

@@ -24,6 +24,11 @@ from sophon.config import Settings
 log = logging.getLogger(__name__)
 
 
+def cgroup_name(data_dir: Path) -> str:
+    """Named after the data directory, so servers with different data never meet."""
+    return "sophon-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+
+
 class BoxManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -32,9 +37,7 @@ class BoxManager:
                         (settings.runtime_dir, 0o755)):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(mode)
-        # Named after the data directory, so servers with different data never meet.
-        digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
-        self.cgroups = CgroupTree.detect(f"sophon-{digest}")
+        self.cgroups = CgroupTree.detect(cgroup_name(settings.data_dir))
         if self.cgroups is None:
             log.warning(
                 "cgroups are not usable here: box limits fall back to rlimits, which bound "

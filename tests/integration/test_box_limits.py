@@ -1,0 +1,70 @@
+"""Limits hold with cgroups and, less tightly, without them; leftovers of a crashed
+server are cleaned up at the next start."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sophon.box.box import ExecEvent, ExecOutcome
+from sophon.box.cgroups import CgroupTree
+from sophon.box.manager import BoxManager, cgroup_name
+from sophon.config import Settings
+from tests.conftest import LiveServer, wait_for
+
+
+async def run(manager: BoxManager, box_id: str, code: str) -> tuple[str, ExecOutcome]:
+    stderr, outcome = "", None
+    async with manager.use(box_id) as box:
+        async for ev in box.exec(["python3", "-c", code], timeout=30, env={"PATH": "/usr/bin"},
+                                 cwd="/workspace", output_cap=65536):
+            if isinstance(ev, ExecEvent):
+                stderr += ev.data if ev.stream == "stderr" else ""
+            else:
+                outcome = ev
+    assert outcome is not None
+    return stderr, outcome
+
+
+async def test_without_cgroups_rlimits_hold_and_the_server_says_so(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(CgroupTree, "detect", classmethod(lambda cls, name: None))
+    with caplog.at_level(logging.WARNING):
+        manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
+    assert manager.limits_mode == "rlimit"
+    assert any("fall back to rlimits" in r.message for r in caplog.records)
+    await manager.start()
+    try:
+        stderr, outcome = await run(manager, "r1", "x = bytearray(2 * 1024**3)")
+        assert outcome.exit_code != 0 and "MemoryError" in stderr
+        _, fine = await run(manager, "r1", "print('ok')")
+        assert fine.exit_code == 0
+    finally:
+        await manager.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups are managed only by a root server")
+def test_crashed_servers_cgroups_are_reaped_at_start(own_server: LiveServer) -> None:
+    key = own_server.add_user()
+    r = httpx.post(own_server.url + "/v1/sandbox/execute", timeout=30,
+                   headers={"Authorization": f"Bearer {key}"},
+                   json={"code": "true", "language": "bash", "thread_id": "t"})
+    assert r.status_code == 200
+    tree = CgroupTree.detect(cgroup_name(own_server.data_dir))
+    assert tree is not None
+
+    def box_cgroups() -> set[str]:
+        return {d.name for p in tree.parents for d in p.iterdir() if d.is_dir()}
+
+    assert box_cgroups()
+    own_server.kill()
+    before = box_cgroups()
+    assert before, "a SIGKILLed server cannot clean up its cgroups itself"
+    own_server.start()
+    # Everything from before the crash is gone (new pool boxes may have appeared).
+    wait_for(lambda: not (box_cgroups() & before), what="stale cgroups to be removed")
