@@ -33,6 +33,7 @@ from common import (
     execute_body,
     live_server,
     sample_ms,
+    sample_pairs_ms,
 )
 
 GOAL_P50_MS = 50.0
@@ -56,7 +57,6 @@ def _run(argv: list[str]) -> None:
 
 def run(calls: int = 40, warmup: int = 3) -> list[Figure]:
     bwrap_true = bare_bwrap("/usr/bin/true")
-    base = sample_ms(lambda: _run(bwrap_true), calls, warmup=5)
     py = sample_ms(lambda: _run([BOX_PYTHON, "-I", "-S", "-c", "pass"]), calls, warmup=5)
     bwrap_py = bare_bwrap(BOX_PYTHON, "-I", "-S", "-c", "pass")
     bwpy = sample_ms(lambda: _run(bwrap_py), calls, warmup=5)
@@ -71,7 +71,8 @@ def run(calls: int = 40, warmup: int = 3) -> list[Figure]:
             check(http.post(EXECUTE, json=execute_body("true", "bash")))
 
         # Warm-up calls start boxes too; they only warm the server's code paths.
-        samples = sample_ms(cold, calls, warmup=warmup)
+        # Alternating execute and baseline: any other load weighs on both alike.
+        samples, base = sample_pairs_ms(cold, lambda: _run(bwrap_true), calls, warmup=warmup)
         eph = sample_ms(ephemeral, calls, warmup=warmup)
 
     return [Figure(
@@ -92,7 +93,8 @@ def _details(samples: Samples, base: Samples, py: Samples, bwpy: Samples, eph: S
              warmup: int) -> list[str]:
     return [
         f"cold execute: {samples.describe()}; {warmup} warm-up calls not counted",
-        f"baseline bare bwrap + `true`: {base.describe()}",
+        f"baseline bare bwrap + `true`, timed alternately with the executes: "
+        f"{base.describe()}",
         f"reference, `{BOX_PYTHON} -I -S -c pass` (boxd's interpreter): {py.describe()}",
         f"reference, bare bwrap + `{BOX_PYTHON} -I -S -c pass`: {bwpy.describe()}",
         f"reference, execute without thread_id (throw-away box, teardown included): "

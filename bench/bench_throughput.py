@@ -90,9 +90,13 @@ async def _load(url: str, key: str, seconds: float,
 
 
 def run(seconds: float = 10.0, concurrency: int = CONCURRENCY) -> list[Figure]:
-    base_rate, base_n = baseline(seconds, concurrency)
+    # The baseline runs for half the time just before and half just after Sophon's
+    # run, so that a change in the machine's other load weighs on both alike.
+    before, n_before = baseline(seconds / 2, concurrency)
     with live_server() as (srv, key):
         rate, n, lat, failures = asyncio.run(_load(srv.url, key, seconds, concurrency))
+    after, n_after = baseline(seconds / 2, concurrency)
+    base_rate, base_n = (before + after) / 2, n_before + n_after
     if failures:
         raise RuntimeError(f"{failures} executes failed under load")
     return [Figure(
@@ -106,7 +110,8 @@ def run(seconds: float = 10.0, concurrency: int = CONCURRENCY) -> list[Figure]:
         details=[
             f"sophon: {n} executes in ~{seconds:g} s over {concurrency} connections; "
             f"per-call latency under load: {lat.describe()}",
-            f"baseline: {base_n} spawns in ~{seconds:g} s",
+            f"baseline: {base_n} spawns in ~{seconds:g} s ({before:.0f}/s just before, "
+            f"{after:.0f}/s just after)",
         ],
     )]
 

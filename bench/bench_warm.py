@@ -12,21 +12,32 @@ from __future__ import annotations
 
 import subprocess
 
-from common import EXECUTE, Figure, check, client, execute_body, live_server, sample_ms
+from common import (
+    EXECUTE,
+    Figure,
+    check,
+    client,
+    execute_body,
+    live_server,
+    sample_ms,
+    sample_pairs_ms,
+)
 
 GOAL_P50_MS = 5.0
 
 
 def run(calls: int = 300, warmup: int = 30) -> list[Figure]:
-    base = sample_ms(lambda: subprocess.run(["true"], check=True), calls, warmup=20)
-
     with live_server() as (srv, key), client(srv, key) as http:
         body = execute_body("true", "bash", thread_id="bench-warm")
 
         def call() -> None:
             check(http.post(EXECUTE, json=body))
 
-        warm = sample_ms(call, calls, warmup=warmup)
+        def bare() -> None:
+            subprocess.run(["true"], check=True)
+
+        # Alternating execute and baseline calls: any other load weighs on both alike.
+        warm, base = sample_pairs_ms(call, bare, calls, warmup=warmup)
         # Reference floors on the same connection: HTTP only, and HTTP + API-key auth.
         health = sample_ms(lambda: http.get("/healthz").raise_for_status(), calls, warmup=20)
         me = sample_ms(lambda: http.get("/v1/me").raise_for_status(), calls, warmup=20)
@@ -43,7 +54,8 @@ def run(calls: int = 300, warmup: int = 30) -> list[Figure]:
         met=warm.p50 < GOAL_P50_MS,
         details=[
             f"warm execute: {warm.describe()}; {warmup} warm-up calls not counted",
-            f"baseline `subprocess.run([\"true\"])`: {base.describe()}",
+            f"baseline `subprocess.run([\"true\"])`, timed alternately with the executes: "
+            f"{base.describe()}",
             f"reference, GET /healthz (HTTP only): {health.describe()}",
             f"reference, GET /v1/me (HTTP + auth): {me.describe()}",
         ],

@@ -104,6 +104,20 @@ def sample_ms(fn: Callable[[], object], n: int, warmup: int = 0) -> Samples:
     return Samples([time_ms(fn) for _ in range(n)])
 
 
+def sample_pairs_ms(a: Callable[[], object], b: Callable[[], object], n: int,
+                    warmup: int = 0) -> tuple[Samples, Samples]:
+    """Time ``a`` and ``b`` alternately, so that whatever else the machine is doing
+    weighs on both alike and their ratio stays meaningful."""
+    for _ in range(warmup):
+        a()
+        b()
+    ta, tb = [], []
+    for _ in range(n):
+        ta.append(time_ms(a))
+        tb.append(time_ms(b))
+    return Samples(ta), Samples(tb)
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100): a value that was actually observed."""
     if not values:

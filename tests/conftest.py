@@ -95,13 +95,14 @@ class LiveServer:
         self.stop()
         return self.start()
 
-    def add_user(self, name: str | None = None) -> str:
+    def add_user(self, name: str | None = None, database_url: str | None = None) -> str:
         """A new user with a fresh API key (written straight to the server's database)."""
         from sophon.store.db import make_engine, sessionmaker
         from sophon.users import UserService
 
         async def create() -> str:
-            engine = make_engine(f"sqlite+aiosqlite:///{self.data_dir / 'sophon.db'}")
+            engine = make_engine(
+                database_url or f"sqlite+aiosqlite:///{self.data_dir / 'sophon.db'}")
             try:
                 _, key = await UserService(sessionmaker(engine)).create(
                     name or f"user-{uuid.uuid4().hex[:8]}")
