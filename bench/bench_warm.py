@@ -3,7 +3,9 @@
 The thread's box is already running, so a call is: HTTP request -> auth (cached) ->
 ExecutionService -> one exec frame to boxd -> boxd spawns ``bash <script>`` -> result
 frame -> execution row written -> HTTP response. The baseline is the cost of the
-process spawn alone: a bare ``subprocess.run(["true"])`` in this process.
+process spawn alone: a bare ``subprocess.run(["true"])`` in this process, timed
+alternately with the executes. GET /healthz and GET /v1/me on the same connection
+are measured too, as the floor of the HTTP layer.
 
     .venv/bin/python bench/run.py --only warm
 """

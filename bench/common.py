@@ -17,9 +17,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -27,9 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import LiveServer, make_data_dir, wait_for  # noqa: E402
-
-__all__ = ["LiveServer", "make_data_dir", "wait_for"]  # re-exported for the probes
+# wait_for is re-exported for the probes.
+from conftest import LiveServer, make_data_dir, wait_for  # noqa: E402, F401
 
 EXECUTE = "/v1/sandbox/execute"
 SERVER_ENV = {"SOPHON_LOG_LEVEL": "warning"}
@@ -40,10 +40,11 @@ BOX_PYTHON = "/usr/bin/python3"  # the interpreter boxd runs under (Settings.box
 
 
 @contextlib.contextmanager
-def live_server(user: str = "bench") -> Iterator[tuple[LiveServer, str]]:
+def live_server(user: str = "bench",
+                env: dict[str, str] | None = None) -> Iterator[tuple[LiveServer, str]]:
     """A fresh ``sophon serve`` and an API key for one user; everything removed after."""
     data_dir = make_data_dir()
-    srv = LiveServer(data_dir, env=SERVER_ENV)
+    srv = LiveServer(data_dir, env={**SERVER_ENV, **(env or {})})
     cgroups = ""
     try:
         srv.start()
@@ -176,8 +177,10 @@ def fmt(value: float, unit: str) -> str:
         return f"{value:.2f} ms"
     if unit == "MiB":
         return f"{value:.1f} MiB"
-    if unit == "exec/s":
-        return f"{value:.0f} exec/s"
+    if unit in ("exec/s", "events/s"):
+        return f"{value:,.0f} {unit}"
+    if unit in ("s", "KiB"):
+        return f"{value:.1f} {unit}"
     return f"{value:g} {unit}"
 
 
@@ -203,7 +206,9 @@ def machine() -> dict[str, str]:
         m = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
         mem = f"{int(m.group(1)) / 2**20:.1f} GiB" if m else "?"
     cgroup = "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1"
+    commit = _first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
     return {
+        "sophon": f"git {commit}",
         "nproc": str(len(os.sched_getaffinity(0))),
         "cpu": cpu,
         "memory": mem,
@@ -253,3 +258,37 @@ def proc_cmdline(pid: int) -> str:
     if len(words) > 6:  # bwrap's command line is long: its program and its payload tell
         words = [words[0], "…", *words[-3:]]
     return " ".join(words)
+
+
+# --- an in-process server, for benchmarks that append events directly ----------------
+
+
+@contextlib.asynccontextmanager
+async def inprocess_server() -> AsyncIterator[tuple[Any, str, Any]]:
+    """``sophon serve``'s app on a loopback port in this process: (services, url,
+    principal-and-key). The benchmark can then use the services (e.g. the event log)
+    directly while real HTTP clients connect to ``url``."""
+    import asyncio
+
+    import uvicorn
+
+    from conftest import free_port
+    from sophon.api.app import create_app
+    from sophon.config import Settings
+
+    data = make_data_dir()
+    settings = Settings(data_dir=data, port=free_port(), box_pool_size=0, log_level="warning")
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port,
+                                           log_level="warning", access_log=False))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to await
+            await asyncio.sleep(0.01)
+        services = app.state.services
+        user = await services.users.create("bench")
+        yield services, f"http://127.0.0.1:{settings.port}", user
+    finally:
+        server.should_exit = True
+        await task
+        shutil.rmtree(data, ignore_errors=True)

@@ -57,7 +57,7 @@ def ms_since(t0: int) -> float:
 
 
 async def start_stages(calls: int, data_dir: Path) -> list[tuple[str, Samples]]:
-    settings = load_settings(data_dir=data_dir)
+    settings = load_settings(data_dir=data_dir, box_pool_size=0)
     boxes = BoxManager(settings)
     backend = boxes.backend
     assert boxes.cgroups is not None, "this probe wants cgroups (run as root)"
@@ -152,8 +152,17 @@ def until_ready(argv: list[str]) -> float:
     return took
 
 
+def host_path(argv: list[str], inside: str) -> str:
+    """Where the file bwrap shows at ``inside`` lives on the host, from its binds."""
+    for i, a in enumerate(argv[:-2]):
+        dest = argv[i + 2]
+        if a in ("--ro-bind", "--bind") and (inside == dest or inside.startswith(dest + "/")):
+            return argv[i + 1] + inside[len(dest):]
+    raise RuntimeError(f"{inside} is not bound from the host")
+
+
 def chain_variants(calls: int, data_dir: Path) -> list[tuple[str, Samples]]:
-    settings = load_settings(data_dir=data_dir)
+    settings = load_settings(data_dir=data_dir, box_pool_size=0)
     boxes = BoxManager(settings)  # installs boxd and the /etc files under runtime/
     backend = boxes.backend
     assert boxes.cgroups is not None
@@ -163,7 +172,7 @@ def chain_variants(calls: int, data_dir: Path) -> list[tuple[str, Samples]]:
     backend.prepare_dirs(spec)
     full = backend.argv(spec)  # ends with: python3 -I -S /opt/sophon/boxd.py
     body = full[:-4]
-    boxd_host = str(settings.runtime_dir / "boxd.py")
+    boxd_host = host_path(full, full[-1])
     launcher = backend.launcher(spec, [])
     setpriv = launcher[: len(launcher) - len(full)]  # setpriv and its flags (root only)
     no_net = [a for a in body if a != "--unshare-net"]

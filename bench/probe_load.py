@@ -21,8 +21,11 @@ import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import httpx
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bench_memory import BOX_HOST_UID
 from common import (
@@ -46,9 +49,27 @@ CONCURRENCY = 16
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-async def service_load(data_dir: Path, seconds: float, save: bool) -> list[str]:
-    settings = load_settings(data_dir=data_dir)
-    engine = make_engine(settings.resolved_database_url)
+def one_connection_engine(url: str) -> AsyncEngine:
+    """Sophon's engine, but with a pool of one connection: writers queue in the pool
+    instead of meeting in SQLite's lock (and its sleeping busy handler)."""
+    engine = create_async_engine(url, pool_size=1, max_overflow=0)
+    event.listen(engine.sync_engine, "connect", _pragmas)  # the same PRAGMAs as make_engine
+    return engine
+
+
+def _pragmas(conn: Any, _record: Any) -> None:
+    cur = conn.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
+                   "busy_timeout=5000"):
+        cur.execute(f"PRAGMA {pragma}")
+    cur.close()
+
+
+async def service_load(data_dir: Path, seconds: float, save: bool,
+                       one_connection: bool = False) -> list[str]:
+    settings = load_settings(data_dir=data_dir, box_pool_size=0)
+    url = settings.resolved_database_url
+    engine = one_connection_engine(url) if one_connection else make_engine(url)
     boxes = BoxManager(settings)
     try:
         await migrate(engine)
@@ -89,7 +110,8 @@ async def service_load(data_dir: Path, seconds: float, save: bool) -> list[str]:
     finally:
         await boxes.close()
         await engine.dispose()
-    label = "with _save" if save else "_save disabled"
+    label = "_save disabled" if not save else (
+        "with _save, a one-connection pool" if one_connection else "with _save")
     out = [f"in-process service, 16 loops, {label}: {rate:.0f} exec/s"]
     out += [f"  {k} under load: {Samples(v).describe()}" for k, v in stages.items()]
     return out
@@ -173,10 +195,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     lines: list[str] = []
-    for save in (True, False):
+    for save, one in ((True, False), (True, True), (False, False)):
         data_dir = make_data_dir()
         try:
-            lines += asyncio.run(service_load(data_dir, args.seconds, save))
+            lines += asyncio.run(service_load(data_dir, args.seconds, save, one))
         finally:
             remove_server_cgroups(data_dir, Path("/proc/self/cgroup").read_text())
             shutil.rmtree(data_dir, ignore_errors=True)

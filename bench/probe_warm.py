@@ -7,7 +7,9 @@ prints a table of p50s from which each layer's cost is the difference:
             ``exec ["true"]``, ``exec bash <script>`` (what the service sends), and
             boxd's own ``duration_ms`` for that exec (spawn -> exit inside the box)
   service   ExecutionService.start -> run.done (sqlite), with ``_box_id_for``,
-            ``_exec`` and ``_save`` timed separately by wrapping them
+            ``_exec`` and ``_save`` timed separately by wrapping them; then again
+            with ``_save`` (the execution row's write) replaced by a no-op
+  (the in-process parts run with the box pool off, so no box starts behind them)
   http      the live server: GET /v1/me (HTTP + auth) and the full warm execute
 
     .venv/bin/python bench/probe_warm.py [--calls 200]
@@ -71,7 +73,7 @@ def wrap_timed(obj: Any, name: str, bucket: dict[str, list[float]]) -> None:
 
 async def in_process(calls: int, data_dir: Path) -> list[tuple[str, Samples]]:
     rows: list[tuple[str, Samples]] = []
-    settings = load_settings(data_dir=data_dir)
+    settings = load_settings(data_dir=data_dir, box_pool_size=0)
     engine = make_engine(settings.resolved_database_url)
     boxes = BoxManager(settings)
     try:
@@ -114,6 +116,13 @@ async def in_process(calls: int, data_dir: Path) -> list[tuple[str, Samples]]:
         rows.append(("service: start -> done (no HTTP)", await asample(via_service, calls)))
         for name in ("_box_id_for", "_exec", "_save"):
             rows.append((f"  service.{name}", Samples(stages[name][-calls:])))
+
+        async def no_save(run: object) -> None:
+            return None
+
+        service._save = no_save  # type: ignore[method-assign]
+        rows.append(("service: start -> done with _save stubbed out",
+                     await asample(via_service, calls)))
         await service.close()
     finally:
         await boxes.close()

@@ -4,7 +4,7 @@ Each figure is measured against a baseline taken in the same run, on the same
 machine, and reported as a ratio (sophon / baseline). Each benchmark starts its
 own ``sophon serve`` with a fresh data directory, so no figure sees another's boxes.
 
-    .venv/bin/python bench/run.py                       # everything, ~1.5 min
+    .venv/bin/python bench/run.py                       # everything, about 2 minutes
     .venv/bin/python bench/run.py --only warm,cold      # some of it
     .venv/bin/python bench/run.py --quick               # fewer samples, a smoke test
     .venv/bin/python bench/run.py --json out.json       # also write the raw figures
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,17 +24,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_agent  # noqa: E402
+import bench_cli  # noqa: E402
 import bench_cold  # noqa: E402
+import bench_events  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_sessions  # noqa: E402
 import bench_throughput  # noqa: E402
 import bench_warm  # noqa: E402
 from common import Figure, fmt, machine  # noqa: E402
 
 BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
     "warm": (bench_warm.run, {"calls": 60, "warmup": 10}),
-    "cold": (bench_cold.run, {"calls": 10, "warmup": 2}),
+    "cold": (bench_cold.run, {"calls": 10, "warmup": 2, "paced_calls": 5}),
     "throughput": (bench_throughput.run, {"seconds": 3.0}),
     "memory": (bench_memory.run, {"settle": 1.0}),
+    "events": (bench_events.run, {"replay": 10_000, "samples": 100, "appends": 300}),
+    "sessions": (bench_sessions.run, {"sessions": 50}),
+    "agent": (bench_agent.run, {"n": 15}),
+    "cli": (bench_cli.run, {"n": 5, "seconds": 2.0}),
 }
 
 
@@ -62,7 +71,9 @@ def markdown(figures: list[Figure], info: dict[str, str], seconds: float) -> str
         out += [f"### {f.title}", "", f"`{f.command}`", ""]
         out += [f"- {d}" for d in f.details]
         out.append("")
-    out.append(f"_Total benchmark time {seconds:.0f} s; ratio = sophon / baseline._")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    out.append(f"_Total benchmark time {seconds:.0f} s; load average at the end {load}; "
+               "ratio = sophon / baseline._")
     return "\n".join(out)
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Optional  # noqa: UP035 - typer needs Optional at runtime
 
 import typer
 
+from sophon.commands import claude_code, sandbox
+from sophon.testing.cli import testing_app
+
 app = typer.Typer(help="Sophon: Claude coding sessions in isolated sandboxes.",
                   no_args_is_help=True, add_completion=False)
 users_app = typer.Typer(help="Manage users and their API keys.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+app.add_typer(claude_code.app, name="claude-code")
+app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(testing_app, name="testing")
 
 DataDir = Annotated[Optional[Path], typer.Option(  # noqa: UP045
     "--data-dir", help="Where Sophon keeps its database and sandboxes [env SOPHON_DATA_DIR].")]
@@ -58,8 +63,10 @@ def serve(
     typer.echo(f"Sophon listening on http://{settings.host}:{settings.port} "
                f"(data: {settings.data_dir})")
     typer.echo("Create an API key with: sophon users add NAME")
+    # Event streams never end by themselves: give open connections a moment at shutdown,
+    # then close them, so that the boxes are stopped and nothing is left behind.
     uvicorn.run(application, host=settings.host, port=settings.port,
-                log_level=settings.log_level, access_log=False)
+                log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=2)
 
 
 @users_app.command("add")
@@ -68,6 +75,8 @@ def users_add(name: str, data_dir: DataDir = None) -> None:
 
     Example: sophon users add alice
     """
+    import asyncio
+
     from sophon.errors import SophonError
     from sophon.store.db import make_engine, migrate, sessionmaker
     from sophon.users import UserService
@@ -89,6 +98,27 @@ def users_add(name: str, data_dir: DataDir = None) -> None:
     except SophonError as exc:
         _fail(exc.message)
     typer.echo(key)
+
+
+@app.command()
+def login(
+    url: Annotated[str, typer.Option(help="The server, e.g. http://127.0.0.1:8765")],
+    api_key: Annotated[str, typer.Option(help="Your API key (from `sophon users add`).")],
+) -> None:
+    """Save the server and key for every other command (in a 0600 file).
+
+    Example: sophon login --url http://127.0.0.1:8765 --api-key sk-sophon-...
+    """
+    from sophon.client import Client, SophonAPIError
+    from sophon.client._common import save_config
+
+    try:
+        with Client(url, api_key) as c:
+            who = c.me()
+    except SophonAPIError as exc:
+        _fail(exc.message)
+    path = save_config(url, api_key)
+    typer.echo(f"logged in to {url} as {who['name']} (saved in {path})")
 
 
 def main() -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
@@ -31,6 +32,50 @@ class BoxLimits(BaseSettings):
     output_cap_bytes: int = Field(1024 * 1024, ge=1024, description="per stream, per exec")
 
 
+class Price(BaseModel):
+    """US dollars per million tokens."""
+
+    input: float
+    output: float
+    cache_read: float
+    cache_write: float
+
+
+class ModelSettings(BaseSettings):
+    """The model provider, the aliases users pick from, prices, and budgets."""
+
+    model_config = SettingsConfigDict(env_prefix="SOPHON_", extra="ignore",
+                                      populate_by_name=True)
+
+    # The provider's own variable names work, so an existing setup needs no change.
+    anthropic_api_key: str | None = Field(
+        None, validation_alias=AliasChoices("SOPHON_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"))
+    anthropic_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("SOPHON_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"))
+    model_aliases: dict[str, str] = {
+        "opus": "claude-opus-4-5",
+        "sonnet": "claude-sonnet-4-5",
+        "haiku": "claude-haiku-4-5",
+    }
+    prices: dict[str, Price] = {
+        "claude-opus-4-5": Price(input=5, output=25, cache_read=0.5, cache_write=6.25),
+        "claude-sonnet-4-5": Price(input=3, output=15, cache_read=0.3, cache_write=3.75),
+        "claude-haiku-4-5": Price(input=1, output=5, cache_read=0.1, cache_write=1.25),
+    }
+    # Used for a model id missing from the table: priced as the dearest, never as free.
+    default_price: Price = Price(input=5, output=25, cache_read=0.5, cache_write=6.25)
+    max_tokens: int = Field(8192, ge=1)
+    # Tokens (input + output) a user may spend across all sessions; 0 = no limit.
+    user_token_budget: int = Field(0, ge=0)
+    approval_webhook_timeout: float = Field(10.0, gt=0)
+
+    def resolve(self, model: str) -> str:
+        return self.model_aliases.get(model, model)
+
+    def price(self, model: str) -> Price:
+        return self.prices.get(model, self.default_price)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SOPHON_", extra="ignore")
 
@@ -47,8 +92,20 @@ class Settings(BaseSettings):
     box_python: str = "/usr/bin/python3"
     box_pool_size: int = Field(2, ge=0, description="started, empty boxes kept ready")
     thread_idle_seconds: float = 600.0
+    session_idle_seconds: float = 7200.0
+    sse_heartbeat_seconds: float = 15.0
+    # Host directories a git starter may clone from by local path or file:// URL.
+    # Empty: local clones are refused (a path could name anything the box uid can read).
+    git_local_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+
     idle_check_seconds: float = 15.0
     limits: BoxLimits = Field(default_factory=BoxLimits)
+    models: ModelSettings = Field(default_factory=lambda: ModelSettings())
+
+    @field_validator("git_local_roots", mode="before")
+    @classmethod
+    def _split_paths(cls, v: object) -> object:
+        return [p for p in v.split(":") if p] if isinstance(v, str) else v
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -37,6 +37,43 @@ class ThreadBusy(Conflict):
     code = "thread_busy"
 
 
+class TurnBusy(Conflict):
+    code = "turn_in_progress"
+
+
+class NetworkDisabled(BadRequest):
+    code = "network_disabled"
+
+
+class BudgetExceeded(SophonError):
+    status = 402
+    code = "budget_exceeded"
+
+
+class PreconditionFailed(SophonError):
+    """The resource changed since the client read it (a stale ETag)."""
+
+    status = 412
+    code = "precondition_failed"
+
+
+class PayloadTooLarge(SophonError):
+    status = 413
+    code = "payload_too_large"
+
+
+class PreconditionRequired(SophonError):
+    """Overwriting needs an ETag, so that no change is lost unseen."""
+
+    status = 428
+    code = "precondition_required"
+
+
+class ProviderNotConfigured(SophonError):
+    status = 503
+    code = "provider_not_configured"
+
+
 class BoxError(SophonError):
     """The sandbox failed (could not start, died, broke protocol)."""
 

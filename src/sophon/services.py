@@ -7,9 +7,15 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from sophon.agent.service import AgentService
 from sophon.box.manager import BoxManager
 from sophon.config import Settings
+from sophon.events.log import EventLog
+from sophon.gateway.service import Gateway
 from sophon.sandbox.service import ExecutionService
+from sophon.sessions.secrets import SecretStore, load_key
+from sophon.sessions.service import SessionService
+from sophon.sessions.workspace import Workspace
 from sophon.store.db import make_engine, migrate, sessionmaker
 from sophon.users import UserService
 
@@ -24,6 +30,10 @@ class Services:
     users: UserService
     boxes: BoxManager
     executions: ExecutionService
+    sessions: SessionService
+    workspace: Workspace
+    gateway: Gateway
+    agent: AgentService
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -32,14 +42,26 @@ class Services:
         await migrate(engine)
         db = sessionmaker(engine)
         boxes = BoxManager(settings)
-        executions = ExecutionService(boxes, db)
+        executions = ExecutionService(boxes, db, engine)
         cut_off = await executions.recover()
         if cut_off:
             log.warning("%d execution(s) were cut off by the last stop; marked failed", cut_off)
+        events = EventLog(engine)
+        sessions = SessionService(settings, db, boxes, events,
+                                  SecretStore(db, load_key(settings.data_dir)))
+        await sessions.recover()
         await boxes.start()
-        return cls(settings, engine, db, UserService(db), boxes, executions)
+        gateway = Gateway(settings.models, db, events)
+        if not gateway.configured:
+            log.warning("no model provider key (ANTHROPIC_API_KEY): sessions work, but a "
+                        "message to the agent will fail until one is set")
+        return cls(settings, engine, db, UserService(db), boxes, executions, sessions,
+                   Workspace(sessions), gateway, AgentService(sessions, gateway, settings))
 
     async def close(self) -> None:
+        await self.agent.close()
+        await self.gateway.close()
+        await self.sessions.close()
         await self.executions.close()
         await self.boxes.close()
         await self.engine.dispose()

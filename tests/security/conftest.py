@@ -1,10 +1,8 @@
 """Fixtures for the security suite: every test attacks a live server through its HTTP API.
 
-Starting a server and adding a user costs a few seconds, so ``server``, ``api_key`` and
-``http`` here are module-scoped versions of the ones in tests/conftest.py (same
-``LiveServer``, same data-directory rules): the tests of one module share one server and
-each uses thread ids of its own. Tests that stop the server, or need it started with a
-special environment, start their own with ``helpers.live_server``.
+``server`` (one per module), ``own_server``, ``api_key`` (a new user per test) and
+``http`` come from tests/conftest.py. Tests that need the server started with a special
+environment start their own with ``helpers.live_server``.
 """
 
 from __future__ import annotations
@@ -18,27 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
-from tests.security.helpers import client, execute, live_server
+from tests.security.helpers import execute
 
 Run = Callable[..., dict[str, Any]]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    with live_server() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def api_key(server: LiveServer) -> str:
-    return server.add_user("alice")
-
-
-@pytest.fixture(scope="module")
-def http(server: LiveServer, api_key: str) -> Iterator[httpx.Client]:
-    with client(server, api_key) as c:
-        yield c
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import secrets
 import shutil
@@ -13,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from sophon.box.manager import cgroup_name
 from tests.conftest import LiveServer, make_data_dir, wait_for
 
 TERMINAL = {"success", "failed", "timeout", "cancelled", "oom"}
@@ -151,8 +151,7 @@ def box_cgroups(srv: LiveServer, controller: str) -> Path:
         _, controllers, path = line.split(":", 2)
         if controller in controllers.split(","):
             own = path
-    digest = hashlib.sha256(str(srv.data_dir.resolve()).encode()).hexdigest()[:12]
-    return Path("/sys/fs/cgroup") / controller / own.lstrip("/") / f"sophon-{digest}"
+    return Path("/sys/fs/cgroup") / controller / own.lstrip("/") / cgroup_name(srv.data_dir)
 
 
 def box_dir_holding(srv: LiveServer, relpath: str) -> Path:

@@ -10,15 +10,50 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sophon.api import health, sandbox
+from sophon.api import gateway, health, sandbox, sessions
 from sophon.config import Settings
-from sophon.errors import SophonError
+from sophon.errors import PayloadTooLarge, SophonError
 from sophon.services import Services
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes: by Content-Length up front, and by
+    counting for chunked bodies. (A plain ASGI middleware: far cheaper per request than
+    Starlette's BaseHTTPMiddleware.)"""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body is larger than {self.limit} bytes"
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                response = JSONResponse(error_body(PayloadTooLarge.code, message), 413)
+                await response(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.limit:
+                raise PayloadTooLarge(message)
+            return msg
+
+        await self.app(scope, counted, send)
 
 
 def error_body(code: str, message: str) -> dict[str, str]:
@@ -64,15 +99,9 @@ def create_app(settings: Settings) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse(
-                error_body("payload_too_large",
-                           f"request body is larger than {MAX_BODY_BYTES} bytes"), 413)
-        return await call_next(request)
-
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.include_router(health.router)
     app.include_router(sandbox.router)
+    app.include_router(sessions.router)
+    app.include_router(gateway.router)
     return app

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 
 from sophon.box.cgroups import BoxCgroup
 from sophon.box.protocol import (
+    Change,
     Done,
     Entry,
     ExecResult,
     Failure,
     Output,
     Ready,
+    Watching,
     encode,
     read_reply,
 )
@@ -26,7 +28,7 @@ from sophon.errors import BoxError, BoxProtocolError, BoxRequestError
 
 log = logging.getLogger(__name__)
 
-Reply = Output | Done | Failure
+Reply = Output | Change | Watching | Done | Failure
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ExecEvent:
 
 @dataclass
 class _Pending:
+    op: str
     queue: asyncio.Queue[Reply | BaseException] = field(default_factory=asyncio.Queue)
 
 
@@ -136,14 +139,16 @@ class Box:
             except (ConnectionError, BrokenPipeError) as exc:
                 raise BoxError(f"box {self.id} is not running") from exc
 
-    async def _stream(self, op: str, fields: dict[str, object]) -> AsyncIterator[Reply]:
+    async def _stream(self, op: str, fields: dict[str, object],
+                      busy: bool = True) -> AsyncIterator[Reply]:
         """Send a request; yield its output frames, then its one final frame.
 
         The bookkeeping ends before the final frame is yielded, so a caller that
         stops reading at the final frame leaves nothing counted as in flight."""
         rid = next(self._ids)
-        pending = self._pending[rid] = _Pending()
-        self.active += 1
+        pending = self._pending[rid] = _Pending(op)
+        counted = int(busy)  # a watch is not work: it must not keep the box from idling
+        self.active += counted
         self.last_used = time.monotonic()
         try:
             await self._send({"id": rid, "op": op, **fields})
@@ -151,14 +156,15 @@ class Box:
                 item = await pending.queue.get()
                 if isinstance(item, BaseException):
                     raise item
-                if not isinstance(item, Output):
+                if not isinstance(item, Output | Change | Watching):
                     final = item
                     break
                 yield item
         finally:
             self._pending.pop(rid, None)
-            self.active -= 1
-            self.last_used = time.monotonic()
+            self.active -= counted
+            if counted:
+                self.last_used = time.monotonic()
         yield final
 
     async def request(self, op: str, **fields: object) -> Done:
@@ -178,8 +184,10 @@ class Box:
         cwd: str,
         output_cap: int,
         script: str | None = None,
+        binary: bool = False,
     ) -> AsyncIterator[ExecEvent | ExecOutcome]:
-        """Run a command; yields output chunks, then exactly one ``ExecOutcome``."""
+        """Run a command; yields output chunks, then exactly one ``ExecOutcome``.
+        With ``binary``, chunk data is base64 and nothing is decoded as text."""
         oom_before = self.cgroup.oom_kills() if self.cgroup else 0
         fields: dict[str, object] = {
             "argv": argv,
@@ -190,7 +198,11 @@ class Box:
         }
         if script is not None:
             fields["script"] = script
+        if binary:
+            fields["binary"] = True
         async for reply in self._stream("exec", fields):
+            if isinstance(reply, Change | Watching):
+                continue
             if isinstance(reply, Output):
                 yield ExecEvent(reply.stream, reply.data)
             elif isinstance(reply, Failure):
@@ -207,9 +219,9 @@ class Box:
                     signal=result.signal,
                 )
 
-    async def cancel_all(self) -> None:
-        """Kill every exec this host has in flight on the box."""
-        for rid in list(self._pending):
+    async def cancel_all(self, op: str = "exec") -> None:
+        """Kill every exec (or end every request of ``op``) in flight on the box."""
+        for rid in [r for r, p in self._pending.items() if p.op == op]:
             with contextlib.suppress(BoxError, BoxRequestError):
                 await self.request("cancel", target=rid)
 
@@ -223,6 +235,34 @@ class Box:
     async def list_dir(self, path: str) -> list[Entry]:
         done = await self.request("list", path=path)
         return [Entry.model_validate(e) for e in getattr(done, "entries", [])]
+
+    async def read_path(self, root: str, path: str, limit: int) -> dict[str, object]:
+        """A file under ``root``, never following a symlink; data is bytes."""
+        done = await self.request("fread", root=root, path=path, limit=limit)
+        got = done.model_dump()
+        got["data"] = base64.b64decode(str(got.get("data", "")))
+        return got
+
+    async def write_path(self, root: str, path: str, data: bytes, *,
+                         if_match: str | None = None,
+                         if_none_match: bool = False) -> dict[str, object]:
+        done = await self.request("fwrite", root=root, path=path,
+                                  data=base64.b64encode(data).decode(),
+                                  if_match=if_match, if_none_match=if_none_match)
+        return done.model_dump()
+
+    async def tree(self, root: str, path: str = "") -> dict[str, object]:
+        return (await self.request("tree", root=root, path=path)).model_dump()
+
+    async def watch(self, root: str, interval: float = 0.25) -> AsyncIterator[Change | Watching]:
+        """A ``Watching`` once the first snapshot is taken, then file changes under
+        ``root`` as they are seen, until the box stops."""
+        fields: dict[str, object] = {"root": root, "interval": interval}
+        async for reply in self._stream("watch", fields, busy=False):
+            if isinstance(reply, Change | Watching):
+                yield reply
+            elif isinstance(reply, Failure):
+                raise BoxRequestError(reply.code, reply.message)
 
     async def process_count(self) -> int:
         done = await self.request("procs")

@@ -9,7 +9,8 @@ Layers, outermost first:
 3. ``bwrap`` makes new user, pid, mount, ipc, uts, cgroup and network namespaces,
    drops every capability, and mounts a minimal read-only system view with only
    the box's own ``workspace`` and ``home`` writable;
-4. boxd, as uid 1000 inside.
+4. boxd, as uid 1000 and pid 1 inside (no bwrap init in the box: it would hold
+   the host's pipes where a workload could open them through /proc).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ BOX_UID = 1000
 BOX_GID = 1000
 WORKSPACE = "/workspace"
 HOME = "/home/user"
-BOXD_PATH = "/opt/sophon/boxd.py"
+AGENT_DIR = "/opt/sophon/agent"
+BOXD_PATH = f"{AGENT_DIR}/boxd.py"
 
 # Host paths shown read-only inside every box when they exist.
 SYSTEM_DIRS = ("/usr", "/opt/node", "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates")
@@ -83,6 +85,7 @@ class BoxSpec:
     home: Path
     limits: Limits
     tmp_bytes: int
+    extra_ro_binds: tuple[tuple[str, str], ...] = ()  # (host path, box path)
 
 
 class BwrapBackend:
@@ -132,9 +135,11 @@ class BwrapBackend:
         etc.mkdir(parents=True, exist_ok=True)
         for name, text in ETC_FILES.items():
             (etc / name).write_text(text)
-        boxd = Path(__file__).with_name("boxd.py")
-        shutil.copyfile(boxd, self.runtime_dir / "boxd.py")
-        for p in [self.runtime_dir, etc, *etc.iterdir(), self.runtime_dir / "boxd.py"]:
+        agent = self.runtime_dir / "agent"
+        agent.mkdir(exist_ok=True)
+        for src in Path(__file__).with_name("agent").glob("*.py"):
+            shutil.copyfile(src, agent / src.name)
+        for p in [self.runtime_dir, etc, agent, *etc.iterdir(), *agent.iterdir()]:
             p.chmod(0o755 if p.is_dir() else 0o644)
 
     def prepare_dirs(self, spec: BoxSpec) -> None:
@@ -154,6 +159,7 @@ class BwrapBackend:
             "--cap-drop", "ALL",
             "--new-session",
             "--die-with-parent",
+            "--as-pid-1",
             "--disable-userns",
             "--clearenv",
         ]
@@ -173,10 +179,15 @@ class BwrapBackend:
         args += [
             "--proc", "/proc",
             "--dev", "/dev",
+            "--size", str(spec.tmp_bytes), "--tmpfs", "/dev/shm",
             "--size", str(spec.tmp_bytes), "--tmpfs", "/tmp",
             "--bind", str(spec.workspace), WORKSPACE,
             "--bind", str(spec.home), HOME,
-            "--ro-bind", str(self.runtime_dir / "boxd.py"), BOXD_PATH,
+            "--ro-bind", str(self.runtime_dir / "agent"), AGENT_DIR,
+            *[a for host, inside in spec.extra_ro_binds for a in ("--ro-bind", host, inside)],
+            # Everything not mounted writable above is read-only: the root and /dev.
+            "--remount-ro", "/dev",
+            "--remount-ro", "/",
             "--chdir", WORKSPACE,
         ]
         for key, value in BASE_ENV.items():

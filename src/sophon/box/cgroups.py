@@ -208,6 +208,12 @@ class CgroupTree:
         _write(cpu / "cpu.cfs_quota_us", str(int(limits.cpus * 100_000)))
         return cg
 
+    def remove(self) -> None:
+        """Remove the server's (by now empty) parent cgroups at shutdown."""
+        for p in self.parents:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
     def reap_orphans(self) -> int:
         """Kill and remove box cgroups a previous run of this server left behind."""
         names = {d.name for p in self.parents if p.exists() for d in p.iterdir() if d.is_dir()}

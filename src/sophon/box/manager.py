@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from sophon.box.box import Box
@@ -56,6 +56,7 @@ class BoxManager:
         self._idle_after: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self.on_idle_stop: list[Callable[[str], Awaitable[None]]] = []
         # Started, empty boxes waiting to be handed out: a new thread or a one-off
         # execution takes one instead of paying for a sandbox start.
         self._pool: list[str] = []
@@ -86,6 +87,8 @@ class BoxManager:
         pooled, self._pool = self._pool, []
         await asyncio.gather(*(self.destroy(box_id) for box_id in pooled))
         await asyncio.gather(*(b.stop() for b in list(self._boxes.values())))
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.remove)
 
     def new_box_id(self) -> str:
         """An id for a new box: a started one from the pool when there is one."""
@@ -120,9 +123,10 @@ class BoxManager:
         return box if box is not None and not box.stopped.is_set() else None
 
     @contextlib.asynccontextmanager
-    async def use(self, box_id: str, idle_after: float | None = None) -> AsyncIterator[Box]:
+    async def use(self, box_id: str, idle_after: float | None = None,
+                  extra_ro_binds: dict[str, str] | None = None) -> AsyncIterator[Box]:
         """Hold a box for a piece of work: the idle reaper never stops a held box."""
-        box = await self.get(box_id, idle_after)
+        box = await self.get(box_id, idle_after, extra_ro_binds)
         box.leases += 1
         try:
             yield box
@@ -130,8 +134,10 @@ class BoxManager:
             box.leases -= 1
             box.last_used = time.monotonic()
 
-    async def get(self, box_id: str, idle_after: float | None = None) -> Box:
-        """The running box with this id, started (over its existing files) if needed."""
+    async def get(self, box_id: str, idle_after: float | None = None,
+                  extra_ro_binds: dict[str, str] | None = None) -> Box:
+        """The running box with this id, started (over its existing files) if needed.
+        ``extra_ro_binds`` (host path: box path) apply only if this call starts it."""
         box = self.running(box_id)
         if box is not None:
             return box
@@ -147,6 +153,7 @@ class BoxManager:
                 home=d / "home",
                 limits=self.limits,
                 tmp_bytes=self.settings.limits.tmp_mb * 2**20,
+                extra_ro_binds=tuple((extra_ro_binds or {}).items()),
             )
             box = await self.backend.start(spec)
             box._on_stop = self._forget
@@ -187,8 +194,19 @@ class BoxManager:
             pass  # an unresponsive box is as good as idle
         if box.busy:
             return False
-        await box.stop()
-        log.info("box %s stopped after being idle", box_id)
+        # Under the box's lock: a request that wants the box meanwhile waits in get()
+        # until the stop (cgroup removal included) and its hooks are done, then starts
+        # a new box, instead of racing the old one's cleanup.
+        async with self._locks.setdefault(box_id, asyncio.Lock()):
+            if box.busy or box.stopped.is_set():
+                return False
+            await box.stop()
+            log.info("box %s stopped after being idle", box_id)
+            for hook in self.on_idle_stop:
+                try:
+                    await hook(box_id)
+                except Exception:
+                    log.exception("idle-stop hook failed for box %s", box_id)
         return True
 
     async def _reap_idle_loop(self) -> None:

@@ -36,6 +36,24 @@ class Output(_Reply):
     data: str
 
 
+class Change(_Reply):
+    """A file in a watched tree was created, modified or deleted."""
+
+    kind: Literal["change"]
+    path: str = Field(min_length=1, max_length=4096)
+    change: Literal["created", "modified", "deleted"]
+    size: int | None = Field(None, ge=0)
+    diff: str | None = Field(None, max_length=70_000)
+    diff_truncated: bool = False
+    binary: bool = False
+
+
+class Watching(_Reply):
+    """A watch has taken its first snapshot: every change from now on is reported."""
+
+    kind: Literal["watching"]
+
+
 class Done(_Reply):
     kind: Literal["done"]
 
@@ -46,8 +64,9 @@ class Failure(_Reply):
     message: str = Field(max_length=4096)
 
 
-Reply = Annotated[Ready | Output | Done | Failure, Field(discriminator="kind")]
-_reply_adapter: TypeAdapter[Ready | Output | Done | Failure] = TypeAdapter(Reply)
+AnyReply = Ready | Output | Change | Watching | Done | Failure
+Reply = Annotated[AnyReply, Field(discriminator="kind")]
+_reply_adapter: TypeAdapter[AnyReply] = TypeAdapter(Reply)
 
 
 class ExecResult(BaseModel):
@@ -73,7 +92,7 @@ def encode(frame: dict[str, object]) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
-async def read_reply(reader: asyncio.StreamReader) -> Ready | Output | Done | Failure | None:
+async def read_reply(reader: asyncio.StreamReader) -> AnyReply | None:
     """Read one frame; None at a clean end of stream."""
     try:
         header = await reader.readexactly(HEADER.size)

@@ -11,7 +11,10 @@ exactly one ``{"id", "kind": "done", ...}`` or ``{"id", "kind": "error", "code",
 
 This process lives on the untrusted side of the boundary: the host validates
 every frame it sends. It makes itself non-dumpable so that workloads, which run
-under the same uid, cannot ptrace it or read its memory.
+under the same uid, cannot ptrace it, read its memory, or open its end of the
+host's pipes through /proc. It runs as pid 1 of the box (bwrap --as-pid-1): an
+init that a workload could reach would hold those same pipes. As pid 1 it reaps
+every orphan, so it owns all waiting: one thread calls waitpid(-1) for the box.
 """
 
 from __future__ import annotations
@@ -41,6 +44,51 @@ _out = sys.stdout.buffer
 _running: dict[int, subprocess.Popen[bytes]] = {}
 _running_lock = threading.Lock()
 _cancelled: set[int] = set()  # cancels that arrived before their exec started
+
+
+class Reaper:
+    """The one place that waits for children: ours and every orphan in the box."""
+
+    def __init__(self) -> None:
+        self._status: dict[int, int] = {}
+        self._cond = threading.Condition()
+        self._children = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def spawned(self) -> None:
+        self._children.set()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                self._children.clear()
+                self._children.wait(1.0)
+                continue
+            with self._cond:
+                self._status[pid] = os.waitstatus_to_exitcode(status)
+                self._cond.notify_all()
+
+    def wait(self, pid: int, timeout: float | None) -> int | None:
+        """The exit code of ``pid`` (negative: killed by that signal), or None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while pid not in self._status:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            return self._status.pop(pid)
+
+    def exited(self, pid: int) -> bool:
+        with self._cond:
+            return pid in self._status
+
+
+_reaper = Reaper()
 
 
 def send(frame: dict[str, object]) -> None:
@@ -75,14 +123,12 @@ def op_exec(rid: int, req: dict) -> dict:
     timeout = float(req.get("timeout", 60))
     cap = int(req.get("output_cap", 1024 * 1024))
     env = req.get("env") or {}
+    binary = bool(req.get("binary"))
     cwd = req.get("cwd") or os.environ.get("HOME", "/")
     script = req.get("script")
     script_path = None
     if script is not None:
-        os.makedirs("/tmp/.boxd", mode=0o700, exist_ok=True)
-        script_path = f"/tmp/.boxd/exec-{rid}"
-        with open(script_path, "w", encoding="utf-8") as f:
-            f.write(script)
+        script_path = _write_script(rid, script)
         argv = [a.replace("{script}", script_path) for a in argv]
     started = time.monotonic()
     try:
@@ -98,6 +144,7 @@ def op_exec(rid: int, req: dict) -> dict:
         )
     except (OSError, ValueError) as exc:
         raise RequestError("spawn_failed", f"could not start {argv[0]!r}: {exc}") from exc
+    _reaper.spawned()
     with _running_lock:
         _running[rid] = proc
         if rid in _cancelled:
@@ -119,7 +166,7 @@ def op_exec(rid: int, req: dict) -> dict:
                 timed_out = True
                 _kill_group(proc)
                 break
-            if exited_at is None and proc.poll() is not None:
+            if exited_at is None and _reaper.exited(proc.pid):
                 exited_at = now
             # Once the main process has exited, a background child may still hold
             # the pipes open: give it a moment to flush, then stop listening.
@@ -140,17 +187,23 @@ def op_exec(rid: int, req: dict) -> dict:
                     data = data[:room]
                     truncated[name] = True
                 sent[name] += len(data)
+                if binary:
+                    send({"id": rid, "kind": "out", "stream": name,
+                          "data": base64.b64encode(data).decode()})
+                    continue
                 text = decoders[name].decode(data)
                 if text:
                     send({"id": rid, "kind": "out", "stream": name, "data": text})
+        code = None
         if not timed_out:
-            remaining = deadline - time.monotonic()
-            try:
-                proc.wait(timeout=max(remaining, 0))
-            except subprocess.TimeoutExpired:
+            code = _reaper.wait(proc.pid, max(deadline - time.monotonic(), 0))
+            if code is None:
                 timed_out = True
                 _kill_group(proc)
-        proc.wait()
+        if code is None:
+            code = _reaper.wait(proc.pid, None)
+        # Popen must not wait for this pid itself: it may belong to a new child by now.
+        proc.returncode = code
     finally:
         sel.close()
         proc.stdout.close()
@@ -161,10 +214,9 @@ def op_exec(rid: int, req: dict) -> dict:
             with contextlib.suppress(OSError):
                 os.unlink(script_path)
     for name, dec in decoders.items():
-        tail = dec.decode(b"", final=True)
+        tail = "" if binary else dec.decode(b"", final=True)
         if tail:
             send({"id": rid, "kind": "out", "stream": name, "data": tail})
-    code = proc.returncode
     return {
         "exit_code": code if code >= 0 else 128 - code,
         "signal": -code if code < 0 else None,
@@ -174,6 +226,38 @@ def op_exec(rid: int, req: dict) -> dict:
     }
 
 
+_script_dir: list[str] = []
+_script_lock = threading.Lock()
+
+
+def _write_script(rid: int, script: str) -> str:
+    """Write code to run into a private directory under /tmp.
+
+    Workloads share boxd's uid and can replace anything there; a directory that is
+    no longer ours (gone, or swapped for a symlink) is replaced by a new one, and the
+    file is created exclusively without following links. At worst a workload spoils
+    its own execution, never boxd or a later one."""
+    import tempfile
+
+    with _script_lock:
+        d = _script_dir[0] if _script_dir else None
+        try:
+            st = os.lstat(d) if d else None
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            d = tempfile.mkdtemp(prefix=".boxd-", dir="/tmp")
+            _script_dir[:] = [d]
+    path = f"{d}/exec-{rid}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise RequestError("spawn_failed", f"could not write the code to run: {exc}") from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(script)
+    return path
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -181,6 +265,9 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 def op_cancel(rid: int, req: dict) -> dict:
     target = int(req["target"])
+    if target in _watches:
+        _watches[target].set()
+        return {"cancelled": True}
     with _running_lock:
         proc = _running.get(target)
         if proc is None:
@@ -250,7 +337,8 @@ def op_write(rid: int, req: dict) -> dict:
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+    flags |= os.O_APPEND if req.get("append") else os.O_TRUNC
     try:
         fd = os.open(path, flags, int(req.get("mode", 0o644)))
     except OSError as exc:
@@ -258,6 +346,63 @@ def op_write(rid: int, req: dict) -> dict:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     return {"size": len(data)}
+
+
+def _files():  # type: ignore[no-untyped-def]
+    import files  # imported on first use: a box that never touches files starts faster
+
+    return files
+
+
+def _path_errors(fn):  # type: ignore[no-untyped-def]
+    def wrapped(rid: int, req: dict) -> dict:
+        mod = _files()
+        try:
+            return fn(mod, rid, req)
+        except mod.PathError as exc:
+            raise RequestError(exc.code, exc.message) from exc
+        except FileNotFoundError as exc:
+            raise RequestError("not_found", f"{req.get('path')!r} does not exist") from exc
+        except NotADirectoryError as exc:
+            raise RequestError("not_a_directory", f"{req.get('path')!r}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise RequestError("io_error", f"{req.get('path')!r}: {exc.strerror}") from exc
+    return wrapped
+
+
+@_path_errors
+def op_fread(files, rid: int, req: dict) -> dict:  # type: ignore[no-untyped-def]
+    got = files.read(req["root"], req["path"], int(req.get("limit", MAX_FRAME // 2)))
+    got["data"] = base64.b64encode(got["data"]).decode()
+    return got
+
+
+@_path_errors
+def op_fwrite(files, rid: int, req: dict) -> dict:  # type: ignore[no-untyped-def]
+    return files.write(req["root"], req["path"], base64.b64decode(req["data"]),
+                       req.get("if_match"), bool(req.get("if_none_match")))
+
+
+@_path_errors
+def op_tree(files, rid: int, req: dict) -> dict:  # type: ignore[no-untyped-def]
+    return files.tree(req["root"], req.get("path", ""))
+
+
+_watches: dict[int, threading.Event] = {}
+
+
+def op_watch(rid: int, req: dict) -> dict:
+    """Stream file changes under ``root`` as ``change`` frames until cancelled."""
+    import watch
+
+    stop = _watches[rid] = threading.Event()
+    try:
+        watch.run(req["root"], lambda change: send({"id": rid, "kind": "change", **change}),
+                  stop, float(req.get("interval", 0.25)),
+                  ready=lambda: send({"id": rid, "kind": "watching"}))
+    finally:
+        _watches.pop(rid, None)
+    return {"stopped": True}
 
 
 def op_procs(rid: int, req: dict) -> dict:
@@ -281,6 +426,10 @@ OPS = {
     "read": op_read,
     "write": op_write,
     "procs": op_procs,
+    "fread": op_fread,
+    "fwrite": op_fwrite,
+    "tree": op_tree,
+    "watch": op_watch,
     "ping": op_ping,
 }
 
@@ -307,8 +456,11 @@ def make_undumpable() -> None:
 
 
 def main() -> None:
+    # -I leaves the script's directory off sys.path; the agent's modules live there.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     make_undumpable()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    _reaper.start()
     inp = sys.stdin.buffer
     send({"id": 0, "kind": "ready", "pid": os.getpid()})
     while True:

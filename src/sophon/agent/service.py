@@ -1,0 +1,87 @@
+"""Turns: one at a time per session, queued on request, interruptible."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+from sophon.agent.runtime import Turn, run_turn
+from sophon.config import Settings
+from sophon.errors import TurnBusy
+from sophon.gateway.service import Gateway
+from sophon.sessions.service import SessionService
+from sophon.users import Principal
+
+log = logging.getLogger(__name__)
+
+
+
+
+class AgentService:
+    def __init__(self, sessions: SessionService, gateway: Gateway, settings: Settings) -> None:
+        self.sessions = sessions
+        self.gateway = gateway
+        self.settings = settings
+        self._turns: dict[str, Turn] = {}
+        self._queued: dict[str, deque[Turn]] = {}
+
+    def running(self, session_id: str) -> Turn | None:
+        return self._turns.get(session_id)
+
+    async def send(self, principal: Principal, session_id: str, content: str,
+                   queue: bool = False) -> dict[str, object]:
+        await self.sessions.get_row(principal, session_id)  # 404 for a stranger
+        turn = Turn(session_id, principal, content)
+        if session_id in self._turns:
+            if not queue:
+                raise TurnBusy("a turn is already running in this session; wait for it, "
+                               "interrupt it, or send with \"queue\": true")
+            pending = self._queued.setdefault(session_id, deque())
+            pending.append(turn)
+            return {"queued": True, "position": len(pending)}
+        self._start(turn)
+        return {"queued": False}
+
+    def _start(self, turn: Turn) -> None:
+        self._turns[turn.session_id] = turn
+        turn.task = asyncio.create_task(self._run(turn), name=f"turn-{turn.session_id}")
+
+    async def _run(self, turn: Turn) -> None:
+        try:
+            await run_turn(turn, self.sessions, self.gateway, self.settings)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("turn in session %s failed", turn.session_id)
+        finally:
+            if self._turns.get(turn.session_id) is turn:
+                del self._turns[turn.session_id]
+            pending = self._queued.get(turn.session_id)
+            if pending and not turn.interrupted:
+                self._start(pending.popleft())
+
+    async def interrupt(self, principal: Principal, session_id: str) -> bool:
+        """Stop the running turn now: commands are killed (their output so far is kept),
+        a model reply being streamed is cut where it is. Queued messages are dropped."""
+        await self.sessions.get_row(principal, session_id)
+        self._queued.pop(session_id, None)
+        turn = self._turns.get(session_id)
+        if turn is None or turn.task is None:
+            return False
+        turn.interrupted = True
+        if turn.phase == "tool" and turn.box is not None:
+            await turn.box.cancel_all()  # the tool returns with what it had; the loop ends
+        else:
+            turn.task.cancel()  # streaming, or waiting for an approval: stop right there
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(turn.task), 15)
+        return True
+
+    async def close(self) -> None:
+        for turn in list(self._turns.values()):
+            if turn.task is not None:
+                turn.task.cancel()
+        await asyncio.gather(*(t.task for t in self._turns.values() if t.task),
+                             return_exceptions=True)

@@ -1,0 +1,43 @@
+"""The model gateway's Anthropic-compatible endpoint, for runtimes inside boxes.
+
+It authenticates with a per-session token (``x-api-key`` or ``Authorization: Bearer``),
+never a user's API key, and the provider key never leaves the server.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from sophon.api.deps import ServicesDep
+from sophon.errors import SophonError
+
+router = APIRouter(tags=["gateway"])
+
+
+def _anthropic_error(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"type": "error", "error": {"type": kind, "message": message}}, status)
+
+
+@router.post("/v1/messages")
+async def messages(request: Request, services: ServicesDep) -> object:
+    token = request.headers.get("x-api-key")
+    if not token:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        token = value.strip() if scheme.lower() == "bearer" else None
+    try:
+        row = await services.gateway.session_for_token(token)
+        body = json.loads(await request.body() or b"{}")
+        if not isinstance(body, dict):
+            return _anthropic_error(400, "invalid_request_error", "the body must be an object")
+        status, headers, stream = await services.gateway.forward(row, body,
+                                                                 dict(request.headers))
+    except SophonError as exc:
+        kind = {401: "authentication_error", 402: "billing_error",
+                503: "api_error"}.get(exc.status, "invalid_request_error")
+        return _anthropic_error(exc.status, kind, exc.message)
+    except ValueError:
+        return _anthropic_error(400, "invalid_request_error", "the body is not valid JSON")
+    return StreamingResponse(stream, status_code=status, media_type=headers["content-type"])

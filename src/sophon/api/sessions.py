@@ -1,0 +1,267 @@
+"""Sessions API: thin routes over SessionService and Workspace."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from sophon.api.deps import PrincipalDep, ServicesDep
+from sophon.errors import BadRequest
+from sophon.events.log import Stored
+from sophon.events.types import to_wire
+from sophon.sessions.models import (
+    CreateSession,
+    Decision,
+    ExecRequest,
+    FileContent,
+    FileTree,
+    SecretValue,
+    SendMessage,
+    SessionPage,
+    SessionView,
+    UpdateSession,
+    check_secret_name,
+)
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+NDJSON = "application/x-ndjson"
+
+
+@router.post("", status_code=201, response_model=SessionView)
+async def create_session(body: CreateSession, services: ServicesDep,
+                         principal: PrincipalDep) -> SessionView:
+    return await services.sessions.create(principal, body)
+
+
+@router.get("", response_model=SessionPage)
+async def list_sessions(services: ServicesDep, principal: PrincipalDep,
+                        limit: int = Query(50, ge=1, le=200),
+                        cursor: datetime | None = None) -> SessionPage:
+    views = await services.sessions.list(principal, limit + 1, cursor)
+    more = len(views) > limit
+    views = views[:limit]
+    return SessionPage(sessions=views,
+                       next_cursor=views[-1].created_at.isoformat() if more else None)
+
+
+@router.get("/{session_id}", response_model=SessionView)
+async def get_session(session_id: str, services: ServicesDep,
+                      principal: PrincipalDep) -> SessionView:
+    return await services.sessions.view(await services.sessions.get_row(principal, session_id))
+
+
+@router.patch("/{session_id}", response_model=SessionView)
+async def update_session(session_id: str, body: UpdateSession, services: ServicesDep,
+                         principal: PrincipalDep) -> SessionView:
+    changes = body.model_dump(exclude_unset=True)
+    return await services.sessions.update(principal, session_id, changes)
+
+
+@router.delete("/{session_id}", status_code=204)
+async def delete_session(session_id: str, services: ServicesDep,
+                         principal: PrincipalDep) -> Response:
+    await services.sessions.delete(principal, session_id)
+    return Response(status_code=204)
+
+
+# --- events -----------------------------------------------------------------
+
+def _sse(batch: list[Stored]) -> bytes:
+    return "".join(f"id: {s.seq}\nevent: {s.type}\ndata: {s.json}\n\n"
+                   for s in batch).encode()
+
+
+@router.get("/{session_id}/events")
+async def events(
+    session_id: str,
+    request: Request,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    after: int | None = Query(None, ge=0),
+    limit: int = Query(500, ge=1, le=5000),
+    last_event_id: str | None = Header(None),
+) -> Response:
+    await services.sessions.get_row(principal, session_id)
+    start = after
+    if start is None and last_event_id:
+        if not last_event_id.isdigit():
+            raise BadRequest("Last-Event-ID must be an event seq (a number)")
+        start = int(last_event_id)
+    start = start or 0
+    log = services.sessions.events
+    if "application/json" in request.headers.get("accept", ""):
+        page = await log.read_raw(session_id, start, limit)
+        body = (f'{{"events":[{",".join(s.json for s in page)}],'
+                f'"last_seq":{await log.last_seq(session_id)}}}')
+        return Response(body, media_type="application/json")
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"
+        async for batch in log.follow(session_id, start, batch=True,
+                                      heartbeat=services.settings.sse_heartbeat_seconds):
+            yield b": heartbeat\n\n" if batch is None else _sse(batch)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# --- exec, files, diff --------------------------------------------------------
+
+@router.post("/{session_id}/exec")
+async def exec_command(session_id: str, body: ExecRequest, services: ServicesDep,
+                       principal: PrincipalDep) -> StreamingResponse:
+    await services.sessions.get_row(principal, session_id)
+
+    async def stream() -> AsyncIterator[bytes]:
+        async for ev in services.sessions.exec(principal, session_id, body.command,
+                                               body.timeout):
+            yield json.dumps(to_wire(ev), separators=(",", ":")).encode() + b"\n"
+
+    return StreamingResponse(stream(), media_type=NDJSON)
+
+
+@router.get("/{session_id}/files", response_model=FileTree)
+async def file_tree(session_id: str, services: ServicesDep,
+                    principal: PrincipalDep) -> FileTree:
+    return await services.workspace.tree(principal, session_id)
+
+
+@router.get("/{session_id}/files/{path:path}", response_model=FileContent)
+async def read_file(session_id: str, path: str, services: ServicesDep,
+                    principal: PrincipalDep) -> JSONResponse:
+    content = await services.workspace.read(principal, session_id, path)
+    headers = {"ETag": f'"{content.etag}"'} if content.etag else {}
+    return JSONResponse(content.model_dump(), headers=headers)
+
+
+@router.put("/{session_id}/files/{path:path}")
+async def write_file(session_id: str, path: str, request: Request, services: ServicesDep,
+                     principal: PrincipalDep, if_match: str | None = Header(None),
+                     if_none_match: str | None = Header(None)) -> JSONResponse:
+    data = await request.body()
+    got = await services.workspace.write(principal, session_id, path, data, if_match,
+                                         if_none_match == "*")
+    status = 201 if got.get("created") else 200
+    return JSONResponse({"path": path, "size": got["size"], "etag": got["etag"]}, status,
+                        headers={"ETag": f'"{got["etag"]}"'})
+
+
+@router.get("/{session_id}/diff")
+async def diff(session_id: str, services: ServicesDep, principal: PrincipalDep,
+               since: str | None = None) -> dict[str, str]:
+    text = await services.workspace.diff(principal, session_id, since)
+    return {"base": since or "HEAD", "diff": text}
+
+
+# --- approvals, secrets, export -------------------------------------------------
+
+@router.get("/{session_id}/approvals")
+async def pending_approvals(session_id: str, services: ServicesDep,
+                            principal: PrincipalDep) -> dict[str, list[dict[str, Any]]]:
+    await services.sessions.get_row(principal, session_id)
+    rows = await services.sessions.approvals.pending(session_id)
+    return {"approvals": [{"approval_id": r.id, "tool": r.tool, "input": r.input,
+                           "reason": r.reason, "created_at": r.created_at.isoformat()}
+                          for r in rows]}
+
+
+@router.post("/{session_id}/approvals/{approval_id}")
+async def decide(session_id: str, approval_id: str, body: Decision, services: ServicesDep,
+                 principal: PrincipalDep) -> dict[str, Any]:
+    await services.sessions.get_row(principal, session_id)
+    event = await services.sessions.approvals.decide(
+        session_id, approval_id, body.decision, body.remember, by=principal.name,
+        reason=body.reason)
+    return to_wire(event)
+
+
+@router.get("/{session_id}/secrets")
+async def list_secrets(session_id: str, services: ServicesDep,
+                       principal: PrincipalDep) -> dict[str, list[str]]:
+    await services.sessions.get_row(principal, session_id)
+    return {"names": await services.sessions.secrets.names(session_id)}
+
+
+@router.put("/{session_id}/secrets/{name}", status_code=204)
+async def put_secret(session_id: str, name: str, request: Request, services: ServicesDep,
+                     principal: PrincipalDep) -> Response:
+    await services.sessions.get_row(principal, session_id)
+    try:
+        check_secret_name(name)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    raw = await request.body()
+    try:  # {"value": "..."} or the raw value itself
+        value = SecretValue.model_validate_json(raw).value
+    except ValueError:
+        value = raw.decode("utf-8", "replace")
+    if not value or len(value) > 65_536:
+        raise BadRequest("a secret value is 1 to 65536 characters")
+    await services.sessions.secrets.put(session_id, name, value)
+    await services.sessions.refresh_secrets(session_id)
+    return Response(status_code=204)
+
+
+@router.delete("/{session_id}/secrets/{name}", status_code=204)
+async def delete_secret(session_id: str, name: str, services: ServicesDep,
+                        principal: PrincipalDep) -> Response:
+    await services.sessions.get_row(principal, session_id)
+    await services.sessions.secrets.remove(session_id, name)
+    await services.sessions.refresh_secrets(session_id)
+    return Response(status_code=204)
+
+
+@router.get("/{session_id}/export")
+async def export(session_id: str, services: ServicesDep,
+                 principal: PrincipalDep) -> StreamingResponse:
+    chunks = services.sessions.export(principal, session_id)
+    first = await anext(chunks, b"")  # errors before the first byte are proper responses
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
+    return StreamingResponse(body(), media_type="application/gzip", headers={
+        "Content-Disposition": f'attachment; filename="{session_id}.tar.gz"'})
+
+
+# --- the agent ------------------------------------------------------------------
+
+@router.post("/{session_id}/messages", status_code=202)
+async def send_message(session_id: str, body: SendMessage, services: ServicesDep,
+                       principal: PrincipalDep) -> dict[str, object]:
+    return await services.agent.send(principal, session_id, body.content, body.queue)
+
+
+@router.post("/{session_id}/interrupt")
+async def interrupt(session_id: str, services: ServicesDep,
+                    principal: PrincipalDep) -> dict[str, bool]:
+    return {"interrupted": await services.agent.interrupt(principal, session_id)}
+
+
+@router.get("/{session_id}/usage")
+async def usage(session_id: str, services: ServicesDep,
+                principal: PrincipalDep) -> dict[str, object]:
+    await services.sessions.get_row(principal, session_id)
+    calls = await services.gateway.usage_series(session_id)
+    last = calls[-1] if calls else {}
+    # Totals from the same read as the calls, so the two always agree.
+    return {"session_id": session_id, "totals": {
+        "input_tokens": last.get("cumulative_input_tokens", 0),
+        "output_tokens": last.get("cumulative_output_tokens", 0),
+        "cost_usd": last.get("cumulative_cost_usd", 0.0)}, "calls": calls}
+
+
+@router.post("/{session_id}/gateway-token")
+async def gateway_token(session_id: str, services: ServicesDep,
+                        principal: PrincipalDep) -> dict[str, str]:
+    """A new token for a runtime inside the session's box to reach the model gateway
+    (the previous one stops working). It can only call the model, for this session."""
+    await services.sessions.get_row(principal, session_id)
+    return {"token": await services.gateway.issue_token(session_id)}

@@ -1,0 +1,137 @@
+"""File change detection for boxd: who changed a file does not matter (the agent, an
+exec, an editor save, a background process); every change is seen.
+
+It polls: a scan compares (mtime, size, inode) of every entry with the last scan.
+For text files it keeps the last content, to send a unified diff. Standard library
+only. Directories of dependencies and caches are not watched (see SKIP_DIRS).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import stat
+import time
+
+SKIP_DIRS = frozenset({".git", "node_modules", "__pycache__", ".venv", ".mypy_cache",
+                       ".pytest_cache", ".ruff_cache"})
+TEXT_LIMIT = 256 * 1024      # larger files get no diff
+DIFF_LIMIT = 64 * 1024       # a longer diff is cut and flagged
+CACHE_BUDGET = 32 * 1024 * 1024
+
+
+def scan(root: str) -> dict[str, tuple[int, int, int, bool]]:
+    found: dict[str, tuple[int, int, int, bool]] = {}
+
+    def walk(path: str, prefix: str) -> None:
+        try:
+            it = os.scandir(path)
+        except OSError:
+            return
+        with it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if e.name not in SKIP_DIRS:
+                        walk(e.path, prefix + e.name + "/")
+                    continue
+                found[prefix + e.name] = (st.st_mtime_ns, st.st_size, st.st_ino,
+                                          stat.S_ISREG(st.st_mode))
+
+    walk(root, "")
+    return found
+
+
+def _text(root: str, rel: str) -> tuple[str | None, bool]:
+    """(content, binary): content is None for a large, unreadable or binary file."""
+    try:
+        fd = os.open(os.path.join(root, rel), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None, False
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(TEXT_LIMIT + 1)
+    if len(data) > TEXT_LIMIT:
+        return None, b"\x00" in data[:8192]
+    if b"\x00" in data[:8192]:
+        return None, True
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return None, True
+
+
+class Watcher:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.cache: dict[str, str] = {}
+        self.cached_bytes = 0
+        self.state = scan(root)
+        for rel, sig in self.state.items():
+            if sig[3] and sig[1] <= TEXT_LIMIT:
+                self._remember(rel, _text(root, rel)[0])
+
+    def _remember(self, rel: str, text: str | None) -> None:
+        old = self.cache.pop(rel, None)
+        if old is not None:
+            self.cached_bytes -= len(old)
+        if text is not None and self.cached_bytes + len(text) <= CACHE_BUDGET:
+            self.cache[rel] = text
+            self.cached_bytes += len(text)
+
+    def changes(self) -> list[dict]:
+        new = scan(self.root)
+        out: list[dict] = []
+        for rel in sorted(self.state.keys() - new.keys()):
+            before = self.cache.get(rel)
+            out.append(self._change(rel, "deleted", None, before, "", False))
+            self._remember(rel, None)
+        for rel, sig in sorted(new.items()):
+            old = self.state.get(rel)
+            if old == sig:
+                continue
+            kind = "created" if old is None else "modified"
+            if not sig[3]:  # a symlink or special file: no content to diff
+                out.append({"path": rel, "change": kind, "size": sig[1], "diff": None,
+                            "diff_truncated": False, "binary": False})
+                continue
+            text, binary = _text(self.root, rel)
+            before = self.cache.get(rel, "" if kind == "created" else None)
+            if kind == "modified" and text is not None and text == before:
+                continue  # touched, not changed
+            out.append(self._change(rel, kind, sig[1], before, text, binary))
+            self._remember(rel, text)
+        self.state = new
+        return out
+
+    @staticmethod
+    def _change(rel: str, kind: str, size: int | None, before: str | None,
+                after: str | None, binary: bool) -> dict:
+        diff, cut = None, False
+        if before is not None and after is not None:
+            lines = difflib.unified_diff(before.splitlines(keepends=True),
+                                         after.splitlines(keepends=True),
+                                         fromfile="/dev/null" if kind == "created" else f"a/{rel}",
+                                         tofile="/dev/null" if kind == "deleted" else f"b/{rel}")
+            diff = "".join(lines)
+            if len(diff) > DIFF_LIMIT:
+                diff, cut = diff[:DIFF_LIMIT], True
+        return {"path": rel, "change": kind, "size": size, "diff": diff,
+                "diff_truncated": cut, "binary": binary}
+
+
+def run(root: str, emit, stop, interval: float = 0.25,  # type: ignore[no-untyped-def]
+        ready=None) -> None:
+    """Scan every ``interval`` seconds (more slowly when a scan is slow) until ``stop``.
+    ``ready`` is called once the first snapshot is taken: changes after it are seen."""
+    watcher = Watcher(root)
+    if ready is not None:
+        ready()
+    while not stop.is_set():
+        started = time.monotonic()
+        for change in watcher.changes():
+            emit(change)
+        spent = time.monotonic() - started
+        stop.wait(max(interval, spent * 4))

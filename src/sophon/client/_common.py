@@ -1,0 +1,169 @@
+"""What the sync and async clients share: configuration, errors, request shapes, SSE."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8765"
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "sophon" / "config.json"
+
+
+def load_config() -> dict[str, str]:
+    try:
+        data = json.loads(config_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+def save_config(url: str, api_key: str) -> Path:
+    """Write the CLI's config (mode 0600: it holds a key)."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "api_key": api_key}, f, indent=2)
+    path.chmod(0o600)
+    return path
+
+
+def resolve(base_url: str | None, api_key: str | None) -> tuple[str, str]:
+    """Arguments first, then SOPHON_URL / SOPHON_API_KEY, then `sophon login`'s file."""
+    saved = load_config()
+    url = base_url or os.environ.get("SOPHON_URL") or saved.get("url") or DEFAULT_URL
+    key = api_key or os.environ.get("SOPHON_API_KEY") or saved.get("api_key")
+    if not key:
+        raise AuthenticationError(
+            "no API key: pass api_key=, set SOPHON_API_KEY, or run `sophon login`", 401,
+            "unauthorized")
+    return url.rstrip("/"), key
+
+
+# --- errors ---------------------------------------------------------------------
+
+
+class SophonAPIError(Exception):
+    """An error answer from the server: ``status``, machine ``code``, a sentence."""
+
+    def __init__(self, message: str, status: int = 0, code: str = "error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class BadRequestError(SophonAPIError):
+    pass
+
+
+class AuthenticationError(SophonAPIError):
+    pass
+
+
+class NotFoundError(SophonAPIError):
+    pass
+
+
+class ConflictError(SophonAPIError):
+    pass
+
+
+class PreconditionFailedError(SophonAPIError):
+    pass
+
+
+class ServerError(SophonAPIError):
+    pass
+
+
+class ConnectionFailed(SophonAPIError):
+    """The server could not be reached at all."""
+
+
+_BY_STATUS = {400: BadRequestError, 401: AuthenticationError, 404: NotFoundError,
+              409: ConflictError, 412: PreconditionFailedError, 428: PreconditionFailedError}
+
+
+def raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+        code, message = str(body.get("error", "error")), str(body.get("message", body))
+    except (ValueError, AttributeError):
+        code, message = "error", response.text or f"HTTP {response.status_code}"
+    cls = _BY_STATUS.get(response.status_code,
+                         ServerError if response.status_code >= 500 else SophonAPIError)
+    raise cls(message, response.status_code, code)
+
+
+def unreachable(url: str, exc: Exception) -> ConnectionFailed:
+    return ConnectionFailed(f"cannot reach the Sophon server at {url} ({exc.__class__.__name__})"
+                            "; is it running? (sophon serve)")
+
+
+# --- request shapes ----------------------------------------------------------------
+
+
+def session_body(name: str, *, base: str, model: str, system_prompt: str | None,
+                 template: str | None, clone: str | None, ref: str | None, runtime: str,
+                 approval: dict[str, Any] | None, max_turns: int | None,
+                 max_budget_usd: float | None) -> dict[str, Any]:
+    if template and clone:
+        raise ValueError("give a template or a clone URL, not both")
+    starter: dict[str, Any] = {"type": "empty"}
+    if template:
+        starter = {"type": "template", "name": template}
+    elif clone:
+        starter = {"type": "git", "url": clone, **({"ref": ref} if ref else {})}
+    body: dict[str, Any] = {"name": name, "starter": starter, "base": base, "model": model,
+                            "runtime": runtime}
+    for key, value in (("system_prompt", system_prompt), ("approval", approval),
+                       ("max_turns", max_turns), ("max_budget_usd", max_budget_usd)):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def execute_body(code: str, language: str, timeout: int, thread_id: str | None,
+                 env_vars: dict[str, str] | None,
+                 metadata: dict[str, str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "language": language, "timeout": timeout}
+    for key, value in (("thread_id", thread_id), ("env_vars", env_vars),
+                       ("metadata", metadata)):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+# --- server-sent events --------------------------------------------------------------
+
+
+@dataclass
+class SSEParser:
+    """Feeds lines, yields each complete event's data (comments and heartbeats skipped)."""
+
+    data: list[str] | None = None
+
+    def feed(self, line: str) -> Iterator[str]:
+        if line == "":
+            if self.data:
+                yield "\n".join(self.data)
+            self.data = None
+        elif line.startswith(":"):
+            return
+        else:
+            field, _, value = line.partition(":")
+            if field == "data":
+                self.data = [*(self.data or []), value.removeprefix(" ")]

@@ -1,0 +1,178 @@
+"""The typed events of a session. Every fact about a session is one of these.
+
+On the wire (SSE, JSON pages, events.jsonl) an event is one JSON object with ``type``,
+``seq`` and ``ts`` and its own fields at the top level. docs/EVENTS.md documents each.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int = 0  # assigned by the log when the event is appended
+    ts: datetime = Field(default_factory=_now)
+
+
+class SessionStart(_Event):
+    type: Literal["session_start"] = "session_start"
+    name: str
+    base: str
+    model: str
+    runtime: str
+    starter: dict[str, Any]
+
+
+class SessionEnd(_Event):
+    type: Literal["session_end"] = "session_end"
+    reason: str
+
+
+class SessionError(_Event):
+    type: Literal["session_error"] = "session_error"
+    code: str
+    message: str
+
+
+class Status(_Event):
+    type: Literal["status"] = "status"
+    status: str
+    detail: str | None = None
+
+
+class User(_Event):
+    type: Literal["user"] = "user"
+    content: str
+
+
+class Assistant(_Event):
+    type: Literal["assistant"] = "assistant"
+    text: str
+
+
+class Thinking(_Event):
+    type: Literal["thinking"] = "thinking"
+    text: str
+    signature: str | None = None
+
+
+class ToolUse(_Event):
+    type: Literal["tool_use"] = "tool_use"
+    tool_use_id: str
+    tool: str
+    input: dict[str, Any]
+
+
+class ToolResult(_Event):
+    type: Literal["tool_result"] = "tool_result"
+    tool_use_id: str
+    content: str
+    is_error: bool = False
+
+
+class FileChange(_Event):
+    type: Literal["file_change"] = "file_change"
+    path: str
+    change: Literal["created", "modified", "deleted"]
+    size: int | None = None
+    diff: str | None = None
+    diff_truncated: bool = False
+    binary: bool = False
+
+
+class ApprovalRequest(_Event):
+    type: Literal["approval_request"] = "approval_request"
+    approval_id: str
+    tool: str
+    input: dict[str, Any]
+    reason: str
+
+
+class ApprovalDecision(_Event):
+    type: Literal["approval_decision"] = "approval_decision"
+    approval_id: str
+    decision: Literal["allow", "deny"]
+    remember: bool = False
+    by: str
+    reason: str | None = None
+
+
+class ExecStart(_Event):
+    type: Literal["exec_start"] = "exec_start"
+    exec_id: str
+    command: str
+
+
+class ExecOutput(_Event):
+    type: Literal["exec_output"] = "exec_output"
+    exec_id: str
+    stream: Literal["stdout", "stderr"]
+    data: str
+
+
+class ExecEnd(_Event):
+    type: Literal["exec_end"] = "exec_end"
+    exec_id: str
+    exit_code: int
+    error: str | None = None
+    duration_ms: int = 0
+    truncated: bool = False
+
+
+class Usage(_Event):
+    type: Literal["usage"] = "usage"
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class TaskUpdate(_Event):
+    type: Literal["task_update"] = "task_update"
+    task_id: str
+    subject: str
+    status: Literal["pending", "in_progress", "completed"]
+    description: str | None = None
+
+
+Event = Annotated[
+    SessionStart | SessionEnd | SessionError | Status | User | Assistant | Thinking
+    | ToolUse | ToolResult | FileChange | ApprovalRequest | ApprovalDecision | ExecStart
+    | ExecOutput | ExecEnd | Usage | TaskUpdate,
+    Field(discriminator="type"),
+]
+_adapter: list[TypeAdapter[Any]] = []
+
+
+def event_adapter() -> TypeAdapter[Any]:
+    """Built on first use: the union's schema costs tens of ms, which a CLI that never
+    parses an event should not pay at start-up."""
+    if not _adapter:
+        _adapter.append(TypeAdapter(Event))
+    return _adapter[0]
+
+
+EVENT_TYPES: tuple[str, ...] = tuple(
+    m.model_fields["type"].default for m in _Event.__subclasses__()
+)
+
+
+def to_wire(event: BaseModel) -> dict[str, Any]:
+    return event.model_dump(mode="json")
+
+
+def from_wire(data: dict[str, Any] | str | bytes) -> Any:
+    if isinstance(data, str | bytes):
+        return event_adapter().validate_json(data)
+    return event_adapter().validate_python(data)

@@ -1,0 +1,255 @@
+"""The model gateway: the only way to the provider, and the meter on every call.
+
+The provider key stays here. The native runtime calls ``stream``; a runtime inside a
+box calls the Anthropic-compatible ``/v1/messages`` route with a per-session token
+(see ``forward``). Both are metered per call, session and user, and both refuse a call
+that would pass a budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sophon.config import ModelSettings
+from sophon.errors import BudgetExceeded, ProviderNotConfigured, Unauthorized
+from sophon.events.log import EventLog
+from sophon.events.types import Usage
+from sophon.store.tables import SessionRow, UsageRecord
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+
+
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _estimate_input_tokens(params: dict[str, Any]) -> int:
+    """A cheap upper-ish estimate (4 characters a token) used only for budget checks."""
+    size = len(json.dumps(params.get("messages", []))) + len(str(params.get("system") or ""))
+    size += len(json.dumps(params.get("tools", [])))
+    return size // 4
+
+
+class Gateway:
+    def __init__(self, models: ModelSettings, db: async_sessionmaker[AsyncSession],
+                 events: EventLog) -> None:
+        self.models = models
+        self._db = db
+        self._events = events
+        self._client: Any = None
+        self._http: httpx.AsyncClient | None = None
+        self._recording: set[asyncio.Task[Any]] = set()
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.models.anthropic_api_key)
+
+    def _require_key(self) -> str:
+        if not self.models.anthropic_api_key:
+            raise ProviderNotConfigured(
+                "no model provider is configured: set ANTHROPIC_API_KEY (and "
+                "ANTHROPIC_BASE_URL for another Anthropic-compatible endpoint) in the "
+                "server's environment and restart it")
+        return self.models.anthropic_api_key
+
+    def client(self) -> Any:
+        key = self._require_key()
+        if self._client is None:
+            from anthropic import AsyncAnthropic  # a heavy import, paid on first use
+
+            self._client = AsyncAnthropic(api_key=key, base_url=self.models.anthropic_base_url,
+                                          max_retries=2)
+        return self._client
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._recording, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+        if self._http is not None:
+            await self._http.aclose()
+
+    # --- money ------------------------------------------------------------------
+
+    def cost(self, model: str, usage: dict[str, int]) -> float:
+        p = self.models.price(model)
+        return (usage.get("input_tokens", 0) * p.input
+                + usage.get("output_tokens", 0) * p.output
+                + usage.get("cache_read_input_tokens", 0) * p.cache_read
+                + usage.get("cache_creation_input_tokens", 0) * p.cache_write) / 1_000_000
+
+    async def user_tokens(self, user_id: str) -> int:
+        async with self._db() as db:
+            used = await db.scalar(
+                select(func.coalesce(func.sum(UsageRecord.input_tokens
+                                              + UsageRecord.output_tokens), 0))
+                .where(UsageRecord.user_id == user_id))
+        return int(used or 0)
+
+    async def check_budget(self, row: SessionRow, model: str, params: dict[str, Any],
+                           pending_cost: float = 0.0) -> None:
+        """Refuse a call that would take the session (as of ``row``, fresh from the
+        store, plus ``pending_cost`` not yet recorded there) or its user past a budget."""
+        estimate = _estimate_input_tokens(params)
+        if row.max_budget_usd is not None:
+            spent = row.cost_usd + pending_cost
+            next_cost = self.cost(model, {"input_tokens": estimate})
+            if spent + next_cost > row.max_budget_usd:
+                raise BudgetExceeded(
+                    f"the session's budget of ${row.max_budget_usd:.2f} is spent "
+                    f"(${spent:.4f} so far; the next call would cost about "
+                    f"${next_cost:.4f}); raise max_budget_usd to continue")
+        budget = self.models.user_token_budget
+        if budget:
+            used = await self.user_tokens(row.user_id)
+            if used + estimate > budget:
+                raise BudgetExceeded(
+                    f"your token budget of {budget:,} tokens is spent ({used:,} used)")
+
+    async def record(self, session_id: str, model: str, usage: dict[str, int]) -> Any:
+        """Meter one call: a usage record, the session's totals, and a ``usage`` event."""
+        cost = self.cost(model, usage)
+        async with self._db() as db:
+            user_id = await db.scalar(select(SessionRow.user_id)
+                                      .where(SessionRow.id == session_id))
+            if user_id is None:
+                return None
+            db.add(UsageRecord(
+                user_id=user_id, session_id=session_id, ts=datetime.now(UTC), model=model,
+                input_tokens=usage.get("input_tokens", 0),
+                output_tokens=usage.get("output_tokens", 0),
+                cache_read_tokens=usage.get("cache_read_input_tokens", 0),
+                cache_write_tokens=usage.get("cache_creation_input_tokens", 0),
+                cost_usd=cost))
+            await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(
+                input_tokens=SessionRow.input_tokens + usage.get("input_tokens", 0),
+                output_tokens=SessionRow.output_tokens + usage.get("output_tokens", 0),
+                cost_usd=SessionRow.cost_usd + cost))
+            await db.commit()
+        return await self._events.append(session_id, Usage(
+            model=model, input_tokens=usage.get("input_tokens", 0),
+            output_tokens=usage.get("output_tokens", 0),
+            cache_read_tokens=usage.get("cache_read_input_tokens", 0),
+            cache_write_tokens=usage.get("cache_creation_input_tokens", 0),
+            cost_usd=round(cost, 8)))
+
+    async def usage_series(self, session_id: str) -> list[dict[str, Any]]:
+        async with self._db() as db:
+            rows = (await db.execute(
+                select(UsageRecord).where(UsageRecord.session_id == session_id)
+                .order_by(UsageRecord.id))).scalars().all()
+        out, total_in, total_out, total_cost = [], 0, 0, 0.0
+        for r in rows:
+            total_in += r.input_tokens
+            total_out += r.output_tokens
+            total_cost += r.cost_usd
+            ts = r.ts if r.ts.tzinfo else r.ts.replace(tzinfo=UTC)
+            out.append({"ts": ts.isoformat(), "model": r.model,
+                        "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+                        "cache_read_tokens": r.cache_read_tokens,
+                        "cache_write_tokens": r.cache_write_tokens,
+                        "cost_usd": r.cost_usd, "cumulative_input_tokens": total_in,
+                        "cumulative_output_tokens": total_out,
+                        "cumulative_cost_usd": round(total_cost, 8)})
+        return out
+
+    # --- per-session tokens for runtimes inside boxes ----------------------------
+
+    async def issue_token(self, session_id: str) -> str:
+        token = "sk-sophon-session-" + secrets.token_urlsafe(32)
+        async with self._db() as db:
+            await db.execute(update(SessionRow).where(SessionRow.id == session_id)
+                             .values(gateway_token_hash=token_hash(token)))
+            await db.commit()
+        return token
+
+    async def session_for_token(self, token: str | None) -> SessionRow:
+        if not token:
+            raise Unauthorized("missing session token (x-api-key)")
+        async with self._db() as db:
+            row = (await db.execute(select(SessionRow).where(
+                SessionRow.gateway_token_hash == token_hash(token)))).scalar_one_or_none()
+        if row is None:
+            raise Unauthorized("invalid session token")
+        return row
+
+    async def forward(self, row: SessionRow, body: dict[str, Any],
+                      headers: dict[str, str]) -> tuple[int, dict[str, str],
+                                                        AsyncIterator[bytes]]:
+        """Pass a Messages API call through to the provider with the real key, metering
+        what comes back. Returns status, headers and the body as it streams."""
+        key = self._require_key()
+        model = self.models.resolve(str(body.get("model", row.model)))
+        body = {**body, "model": model}
+        await self.check_budget(row, model, body)
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10))
+        base = (self.models.anthropic_base_url or DEFAULT_BASE_URL).rstrip("/")
+        out_headers = {"x-api-key": key, "content-type": "application/json",
+                       "anthropic-version": headers.get("anthropic-version", ANTHROPIC_VERSION)}
+        if "anthropic-beta" in headers:
+            out_headers["anthropic-beta"] = headers["anthropic-beta"]
+        request = self._http.build_request("POST", f"{base}/v1/messages", json=body,
+                                           headers=out_headers)
+        response = await self._http.send(request, stream=True)
+        media = response.headers.get("content-type", "application/json")
+
+        async def relay() -> AsyncIterator[bytes]:
+            usage: dict[str, int] = {}
+            buffer = b""
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+                    if response.status_code == 200:
+                        buffer += chunk
+                        buffer = _scan_usage(buffer, usage, media)
+                if response.status_code == 200 and "json" in media:
+                    _merge_usage(usage, json.loads(buffer or b"{}").get("usage") or {})
+            finally:
+                await response.aclose()
+                if usage:  # metered after the client has its last byte, not before
+                    task = asyncio.create_task(self.record(row.id, model, usage))
+                    self._recording.add(task)
+                    task.add_done_callback(self._recording.discard)
+
+        return response.status_code, {"content-type": media}, relay()
+
+
+def _merge_usage(total: dict[str, int], usage: dict[str, Any]) -> None:
+    for k, v in usage.items():
+        if isinstance(v, int):
+            total[k] = v  # the API reports cumulative figures
+
+
+def _scan_usage(buffer: bytes, usage: dict[str, int], media: str) -> bytes:
+    """Pick usage out of whole SSE frames; return what is left of the buffer."""
+    if "event-stream" not in media:
+        return buffer
+    *frames, rest = buffer.split(b"\n\n")
+    for frame in frames:
+        for line in frame.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                data = json.loads(line[5:])
+            except ValueError:
+                continue
+            if data.get("type") == "message_start":
+                _merge_usage(usage, data.get("message", {}).get("usage") or {})
+            elif data.get("type") == "message_delta":
+                _merge_usage(usage, data.get("usage") or {})
+    return rest

@@ -1,0 +1,78 @@
+"""Approvals: a pending question to the session's owner, answered through the API.
+
+Whoever needs an answer (the agent, later) calls ``ask`` and awaits the result; the
+owner answers with ``decide``. Pending approvals are rows, so they survive a restart;
+an answer that arrives after a restart is recorded even though nobody waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sophon.errors import Conflict, NotFound
+from sophon.events.log import EventLog
+from sophon.events.types import ApprovalDecision, ApprovalRequest
+from sophon.store.tables import ApprovalRow
+
+StatusSetter = Callable[[str, str], Awaitable[None]]
+
+
+class ApprovalService:
+    def __init__(self, db: async_sessionmaker[AsyncSession], log: EventLog,
+                 set_status: StatusSetter) -> None:
+        self._db = db
+        self._log = log
+        self._set_status = set_status
+        self._waiting: dict[str, asyncio.Future[ApprovalDecision]] = {}
+
+    async def ask(self, session_id: str, tool: str, input: dict[str, Any],
+                  reason: str) -> ApprovalDecision:
+        """Record a pending approval, then wait for the owner's answer."""
+        approval_id = "apr_" + secrets.token_hex(10)
+        async with self._db() as db:
+            db.add(ApprovalRow(id=approval_id, session_id=session_id, tool=tool, input=input,
+                               reason=reason, status="pending", remember=False))
+            await db.commit()
+        future: asyncio.Future[ApprovalDecision] = asyncio.get_running_loop().create_future()
+        self._waiting[approval_id] = future
+        try:
+            await self._log.append(session_id, ApprovalRequest(
+                approval_id=approval_id, tool=tool, input=input, reason=reason))
+            await self._set_status(session_id, "waiting_approval")
+            return await future
+        finally:
+            self._waiting.pop(approval_id, None)
+
+    async def pending(self, session_id: str) -> list[ApprovalRow]:
+        async with self._db() as db:
+            return list((await db.execute(
+                select(ApprovalRow).where(ApprovalRow.session_id == session_id,
+                                          ApprovalRow.status == "pending")
+                .order_by(ApprovalRow.created_at))).scalars())
+
+    async def decide(self, session_id: str, approval_id: str, decision: str, remember: bool,
+                     by: str, reason: str | None = None) -> ApprovalDecision:
+        async with self._db() as db:
+            row = await db.get(ApprovalRow, approval_id)
+            if row is None or row.session_id != session_id:
+                raise NotFound(f"no approval {approval_id!r} in this session")
+            if row.status != "pending":
+                raise Conflict(f"approval {approval_id!r} was already answered ({row.status})")
+            row.status, row.remember, row.decided_at = decision, remember, datetime.now(UTC)
+            await db.commit()
+        event = await self._log.append(session_id, ApprovalDecision(
+            approval_id=approval_id, decision=decision,  # type: ignore[arg-type]
+            remember=remember, by=by, reason=reason))
+        future = self._waiting.get(approval_id)
+        if future is not None and not future.done():
+            future.set_result(event)
+        elif not await self.pending(session_id):
+            await self._set_status(session_id, "idle")  # nobody waits: the turn is gone
+        return event  # type: ignore[no-any-return]

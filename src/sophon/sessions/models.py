@@ -1,0 +1,158 @@
+"""Wire models of the sessions API."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MODEL_ALIASES = ("opus", "sonnet", "haiku")
+SECRET_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
+
+
+class EmptyStarter(BaseModel):
+    type: Literal["empty"] = "empty"
+
+
+class GitStarter(BaseModel):
+    type: Literal["git"]
+    url: str = Field(min_length=1, max_length=2048)
+    ref: str | None = Field(None, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+
+class TemplateStarter(BaseModel):
+    type: Literal["template"]
+    name: str = Field(min_length=1, max_length=64)
+
+
+Starter = Annotated[EmptyStarter | GitStarter | TemplateStarter, Field(discriminator="type")]
+
+ShellPolicy = Literal["ask_once", "allow", "deny"]
+ToolPolicy = Literal["allow", "ask", "deny"]
+
+
+class ApprovalPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shell: ShellPolicy = "ask_once"
+    tools: dict[str, ToolPolicy] = Field(default_factory=dict)
+    webhook: str | None = Field(None, max_length=2048, pattern=r"^https?://")
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    starter: Starter = Field(default_factory=EmptyStarter)
+    base: str = "generic"
+    model: str = Field("sonnet", min_length=1, max_length=100)
+    system_prompt: str | None = Field(None, max_length=100_000)
+    runtime: Literal["native", "claude-code"] = "native"
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    max_turns: int | None = Field(None, ge=1, le=10_000)
+    max_budget_usd: float | None = Field(None, gt=0)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if v in MODEL_ALIASES or re.match(r"^claude-[a-z0-9.\-]+$", v):
+            return v
+        raise ValueError("model must be opus, sonnet, haiku or a full model id (claude-...)")
+
+
+class UpdateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    system_prompt: str | None = Field(None, max_length=100_000)
+    approval: ApprovalPolicy | None = None
+    max_turns: int | None = Field(None, ge=1, le=10_000)
+    max_budget_usd: float | None = Field(None, gt=0)
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class SessionView(BaseModel):
+    id: str
+    name: str
+    status: Literal["idle", "running", "waiting_approval", "sleeping", "error"]
+    base: str
+    model: str
+    runtime: str
+    system_prompt: str | None
+    starter: dict[str, object]
+    approval: ApprovalPolicy
+    created_at: datetime
+    last_activity_at: datetime
+    usage: Usage
+    max_turns: int | None = None
+    max_budget_usd: float | None = None
+    last_seq: int
+
+
+class SendMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    content: str = Field(min_length=1, max_length=1_000_000)
+    queue: bool = False
+
+
+class SessionPage(BaseModel):
+    sessions: list[SessionView]
+    next_cursor: str | None = None
+
+
+class ExecRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: str = Field(min_length=1, max_length=100_000)
+    timeout: int = Field(600, ge=1, le=3600)
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["allow", "deny"]
+    remember: bool = False
+    reason: str | None = Field(None, max_length=2000)
+
+
+class SecretValue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: str = Field(min_length=1, max_length=65_536)
+
+
+def check_secret_name(name: str) -> str:
+    if not SECRET_NAME.match(name):
+        raise ValueError("secret names are uppercase letters, digits and '_', "
+                         "starting with a letter (e.g. GITHUB_TOKEN)")
+    return name
+
+
+class FileEntry(BaseModel):
+    path: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mtime: float
+
+
+class FileTree(BaseModel):
+    entries: list[FileEntry]
+    truncated: bool = False
+
+
+class FileContent(BaseModel):
+    path: str
+    size: int
+    etag: str | None
+    binary: bool = False
+    truncated: bool = False
+    content: str | None = None
+    encoding: Literal["utf-8", "base64"] | None = None

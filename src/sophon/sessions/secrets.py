@@ -1,0 +1,65 @@
+"""Session secrets: encrypted at rest, injected as environment variables, never returned."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sophon.errors import NotFound, SophonError
+from sophon.store.tables import SecretRow
+
+
+def load_key(data_dir: Path) -> bytes:
+    """SOPHON_SECRET_KEY, or a key made once and kept (0600) in the data directory."""
+    env = os.environ.get("SOPHON_SECRET_KEY")
+    if env:
+        return env.encode()
+    path = data_dir / "secret.key"
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        key = Fernet.generate_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
+
+
+class SecretStore:
+    def __init__(self, db: async_sessionmaker[AsyncSession], key: bytes) -> None:
+        self._db = db
+        self._fernet = Fernet(key)
+
+    async def put(self, session_id: str, name: str, value: str) -> None:
+        token = self._fernet.encrypt(value.encode())
+        async with self._db() as db:
+            await db.merge(SecretRow(session_id=session_id, name=name, value=token))
+            await db.commit()
+
+    async def names(self, session_id: str) -> list[str]:
+        async with self._db() as db:
+            return list((await db.execute(
+                select(SecretRow.name).where(SecretRow.session_id == session_id)
+                .order_by(SecretRow.name))).scalars())
+
+    async def remove(self, session_id: str, name: str) -> None:
+        async with self._db() as db:
+            res = await db.execute(delete(SecretRow).where(
+                SecretRow.session_id == session_id, SecretRow.name == name))
+            await db.commit()
+        if not res.rowcount:  # type: ignore[attr-defined]
+            raise NotFound(f"no secret named {name!r}")
+
+    async def values(self, session_id: str) -> dict[str, str]:
+        async with self._db() as db:
+            rows = (await db.execute(
+                select(SecretRow).where(SecretRow.session_id == session_id))).scalars().all()
+        try:
+            return {r.name: self._fernet.decrypt(r.value).decode() for r in rows}
+        except InvalidToken as exc:
+            raise SophonError("stored secrets cannot be decrypted: the secret key changed "
+                              "(SOPHON_SECRET_KEY or secret.key in the data directory)") from exc

@@ -1,0 +1,384 @@
+"""Sessions: a persistent git workspace in a box, and the event log of all that happens.
+
+The session row caches what the log says (status, usage, last activity); the log is
+the truth. A session's box stops when idle (the session is then ``sleeping``) and
+starts again on the next request that needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sophon.box.box import Box, ExecEvent, ExecOutcome
+from sophon.box.bwrap import BASE_ENV, WORKSPACE
+from sophon.box.manager import BoxManager
+from sophon.box.protocol import Watching
+from sophon.config import Settings
+from sophon.errors import BadRequest, NotFound, SophonError
+from sophon.events.log import EventLog
+from sophon.events.types import (
+    ExecEnd,
+    ExecOutput,
+    ExecStart,
+    FileChange,
+    SessionError,
+    SessionStart,
+    Status,
+)
+from sophon.sessions import profiles
+from sophon.sessions.approvals import ApprovalService
+from sophon.sessions.models import (
+    ApprovalPolicy,
+    CreateSession,
+    SessionView,
+    Usage,
+)
+from sophon.sessions.secrets import SecretStore
+from sophon.sessions.starters import prepare_workspace, validate_starter
+from sophon.store.tables import OpenExec, SessionRow
+from sophon.users import Principal
+
+log = logging.getLogger(__name__)
+
+BUSY_STATUSES = ("running", "waiting_approval")
+
+
+def box_id_of(session_id: str) -> str:
+    return "s" + session_id.removeprefix("ses_")
+
+
+def session_id_of(box_id: str) -> str | None:
+    return "ses_" + box_id[1:] if box_id.startswith("s") else None
+
+
+class SessionService:
+    def __init__(self, settings: Settings, db: async_sessionmaker[AsyncSession],
+                 boxes: BoxManager, events: EventLog, secrets_store: SecretStore) -> None:
+        self.settings = settings
+        self._db = db
+        self.boxes = boxes
+        self.events = events
+        self.secrets = secrets_store
+        self.approvals = ApprovalService(db, events, self.set_status)
+        self._watchers: dict[str, tuple[Box, asyncio.Task[None], asyncio.Event]] = {}
+        self._versions: dict[str, int] = {}  # bumped on every change of a session's settings
+        boxes.on_idle_stop.append(self._box_went_idle)
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a restart: turns that were running were cut off, execs too."""
+        async with self._db() as db:
+            cut = list((await db.execute(
+                select(SessionRow.id).where(SessionRow.status == "running"))).scalars())
+            open_execs = list((await db.execute(select(OpenExec))).scalars())
+        for session_id in cut:
+            await self.events.append(session_id, SessionError(
+                code="interrupted",
+                message="the server stopped during a turn, which was cut off; send the "
+                        "next message to continue"))
+            await self.set_status(session_id, "idle")
+        for ex in open_execs:
+            await self.events.append(ex.session_id, ExecEnd(
+                exec_id=ex.exec_id, exit_code=-1, error="interrupted"))
+        async with self._db() as db:
+            await db.execute(delete(OpenExec))
+            await db.commit()
+
+    async def close(self) -> None:
+        for _, task, _ in self._watchers.values():
+            task.cancel()
+        await asyncio.gather(*(t for _, t, _ in self._watchers.values()),
+                             return_exceptions=True)
+        await self.events.close()
+
+    async def create(self, principal: Principal, req: CreateSession) -> SessionView:
+        if req.runtime != "native":
+            # Refused rather than quietly run natively: the choice must mean what it says.
+            raise BadRequest("the claude-code runtime is not available on this server yet; "
+                             "use runtime 'native'")
+        profiles.resolve(req.base)
+        source = validate_starter(req.starter, self.settings)
+        session_id = "ses_" + secrets.token_hex(12)
+        row = SessionRow(
+            id=session_id, user_id=principal.user_id, name=req.name, base=req.base,
+            model=req.model, runtime=req.runtime, system_prompt=req.system_prompt,
+            starter=req.starter.model_dump(), approval=req.approval.model_dump(),
+            status="idle", box_id=box_id_of(session_id), input_tokens=0, output_tokens=0,
+            cost_usd=0.0, max_turns=req.max_turns, max_budget_usd=req.max_budget_usd,
+        )
+        async with self._db() as db:
+            db.add(row)
+            await db.commit()
+        try:
+            await self.events.append(session_id, SessionStart(
+                name=req.name, base=req.base, model=req.model, runtime=req.runtime,
+                starter=req.starter.model_dump()))
+            extra = {source: "/mnt/source"} if source else None
+            async with self.boxes.use(row.box_id, self.settings.session_idle_seconds,
+                                      extra_ro_binds=extra) as box:
+                await prepare_workspace(box, req.starter, self.exec_env({}))
+                self._watch(session_id, box)
+        except BaseException:
+            await self._purge(row)
+            raise
+        return await self.view(row)
+
+    async def _purge(self, row: SessionRow) -> None:
+        watcher = self._watchers.pop(row.id, None)
+        if watcher is not None:
+            watcher[1].cancel()
+        await self.boxes.destroy(row.box_id)
+        async with self._db() as db:
+            await db.execute(delete(SessionRow).where(SessionRow.id == row.id))
+            await db.commit()
+        await self.events.delete(row.id)
+
+    async def delete(self, principal: Principal, session_id: str) -> None:
+        await self._purge(await self.get_row(principal, session_id))
+
+    async def get_row(self, principal: Principal, session_id: str) -> SessionRow:
+        async with self._db() as db:
+            row = await db.get(SessionRow, session_id)
+        if row is None or row.user_id != principal.user_id:
+            raise NotFound(f"no session {session_id!r}")
+        return row
+
+    async def view(self, row: SessionRow) -> SessionView:
+        status = row.status
+        if status == "idle" and self.boxes.running(row.box_id) is None:
+            status = "sleeping"
+        return SessionView(
+            id=row.id, name=row.name, status=status,  # type: ignore[arg-type]
+            base=row.base, model=row.model, runtime=row.runtime,
+            system_prompt=row.system_prompt, starter=row.starter,
+            approval=ApprovalPolicy.model_validate(row.approval),
+            created_at=_utc(row.created_at), last_activity_at=_utc(row.last_activity_at),
+            usage=Usage(input_tokens=row.input_tokens, output_tokens=row.output_tokens,
+                        cost_usd=row.cost_usd),
+            max_turns=row.max_turns, max_budget_usd=row.max_budget_usd,
+            last_seq=await self.events.last_seq(row.id),
+        )
+
+    async def list(self, principal: Principal, limit: int,
+                   before: datetime | None) -> list[SessionView]:
+        query = (select(SessionRow).where(SessionRow.user_id == principal.user_id)
+                 .order_by(SessionRow.created_at.desc(), SessionRow.id.desc()).limit(limit))
+        if before is not None:
+            query = query.where(SessionRow.created_at < before)
+        async with self._db() as db:
+            rows = (await db.execute(query)).scalars().all()
+        return [await self.view(r) for r in rows]
+
+    def version(self, session_id: str) -> int:
+        return self._versions.get(session_id, 0)
+
+    async def update(self, principal: Principal, session_id: str,
+                     changes: dict[str, Any]) -> SessionView:
+        async with self._db() as db:
+            row = await db.get(SessionRow, session_id)
+            if row is None or row.user_id != principal.user_id:
+                raise NotFound(f"no session {session_id!r}")
+            for key, value in changes.items():
+                setattr(row, key, value)
+            await db.commit()
+        self._versions[session_id] = self.version(session_id) + 1
+        return await self.view(row)
+
+    async def set_status(self, session_id: str, status: str, detail: str | None = None) -> None:
+        async with self._db() as db:
+            row = await db.get(SessionRow, session_id)
+            if row is None or row.status == status:
+                return
+            row.status = status
+            row.last_activity_at = datetime.now(UTC)
+            await db.commit()
+        await self.events.append(session_id, Status(status=status, detail=detail))
+
+    async def touch(self, session_id: str) -> None:
+        async with self._db() as db:
+            row = await db.get(SessionRow, session_id)
+            if row is not None:
+                row.last_activity_at = datetime.now(UTC)
+                await db.commit()
+
+    # --- the box -------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def box(self, row: SessionRow) -> AsyncIterator[Box]:
+        """The session's running box, woken if it was sleeping, with its watcher on."""
+        await self.refresh_secrets(row.id)
+        was_sleeping = self.boxes.running(row.box_id) is None
+        async with self.boxes.use(row.box_id, self.settings.session_idle_seconds) as box:
+            watching = self._watch(row.id, box)
+            # Hand the box out only once the watcher has its first snapshot, so a change
+            # made by this very request is reported.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watching.wait(), 10)
+            if was_sleeping:
+                async with self._db() as db:
+                    current = await db.scalar(
+                        select(SessionRow.status).where(SessionRow.id == row.id))
+                # Only an idle session says so; in a turn, the status stays "running".
+                if current == "idle":
+                    await self.events.append(row.id, Status(status="idle", detail="woke up"))
+            yield box
+
+    def _watch(self, session_id: str, box: Box) -> asyncio.Event:
+        """Make sure the box's changes are being followed; the event is set once the
+        watcher has taken its first snapshot."""
+        current = self._watchers.get(session_id)
+        if current is not None and current[0] is box and not current[1].done():
+            return current[2]
+        watching = asyncio.Event()
+        task = asyncio.create_task(self._follow_changes(session_id, box, watching),
+                                   name=f"watch-{session_id}")
+        self._watchers[session_id] = (box, task, watching)
+        return watching
+
+    async def _follow_changes(self, session_id: str, box: Box, watching: asyncio.Event) -> None:
+        try:
+            async for ch in box.watch(WORKSPACE):
+                if isinstance(ch, Watching):
+                    watching.set()
+                    continue
+                await self.events.append(session_id, FileChange(
+                    path=ch.path, change=ch.change, size=ch.size, diff=ch.diff,
+                    diff_truncated=ch.diff_truncated, binary=ch.binary))
+        except SophonError:
+            pass  # the box stopped; the next request starts a new watcher
+        except Exception:
+            log.exception("file watcher of session %s failed", session_id)
+        finally:
+            watching.set()  # never leave a request waiting on a watcher that is gone
+
+    async def _box_went_idle(self, box_id: str) -> None:
+        session_id = session_id_of(box_id)
+        if session_id is not None:
+            await self.events.append(session_id, Status(status="sleeping",
+                                                        detail="box stopped after idle"))
+
+    async def refresh_secrets(self, session_id: str) -> dict[str, str]:
+        """The session's secrets, and the log told to redact their current values."""
+        values = await self.secrets.values(session_id)
+        self.events.set_secrets(session_id, values.values())
+        return values
+
+    def exec_env(self, secret_values: dict[str, str]) -> dict[str, str]:
+        # No .pyc files in the project: an edit that keeps a file's size within the same
+        # second (an agent's quick fix) would otherwise run the stale bytecode.
+        return {**BASE_ENV, "TERM": "dumb", "PYTHONDONTWRITEBYTECODE": "1", **secret_values}
+
+    # --- exec ----------------------------------------------------------------
+
+    async def exec(self, principal: Principal, session_id: str, command: str,
+                   timeout: int) -> AsyncIterator[Any]:
+        """Run the owner's command in the workspace; yields the events it makes.
+
+        The command runs to its end even if the caller stops reading."""
+        row = await self.get_row(principal, session_id)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.create_task(self._run_exec(row, command, timeout, queue))
+        while True:
+            item = await queue.get()
+            if item is None:
+                break
+            yield item
+        await task
+
+    async def _run_exec(self, row: SessionRow, command: str, timeout: int,
+                        queue: asyncio.Queue[Any]) -> None:
+        exec_id = "exe_" + secrets.token_hex(10)
+        started = time.monotonic()
+        outcome: ExecOutcome | None = None
+        error: str | None = None
+        try:
+            values = await self.refresh_secrets(row.id)
+            async with self._db() as db:
+                db.add(OpenExec(exec_id=exec_id, session_id=row.id))
+                await db.commit()
+            await queue.put(await self.events.append(
+                row.id, ExecStart(exec_id=exec_id, command=command)))
+            async with self.box(row) as box:
+                async for ev in box.exec(["bash", "-c", command], timeout=timeout,
+                                         env=self.exec_env(values), cwd=WORKSPACE,
+                                         output_cap=self.settings.limits.output_cap_bytes):
+                    if isinstance(ev, ExecEvent):
+                        await queue.put(await self.events.append(row.id, ExecOutput(
+                            exec_id=exec_id, stream=ev.stream,  # type: ignore[arg-type]
+                            data=ev.data)))
+                    else:
+                        outcome = ev
+        except SophonError as exc:
+            error = exc.code
+            log.warning("exec in session %s failed: %s", row.id, exc.message)
+        finally:
+            if outcome is not None and outcome.timed_out:
+                error = "timeout"
+            elif outcome is not None and outcome.oom_killed:
+                error = "memory_limit_exceeded"
+            end = ExecEnd(
+                exec_id=exec_id,
+                exit_code=outcome.exit_code if outcome else -1,
+                error=error,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                truncated=bool(outcome and outcome.truncated),
+            )
+            with contextlib.suppress(Exception):
+                await queue.put(await asyncio.shield(self.events.append(row.id, end)))
+                async with self._db() as db:
+                    await db.execute(delete(OpenExec).where(OpenExec.exec_id == exec_id))
+                    await db.commit()
+                await self.touch(row.id)
+            await queue.put(None)
+
+    # --- export --------------------------------------------------------------
+
+    async def export(self, principal: Principal, session_id: str) -> AsyncIterator[bytes]:
+        """A tar.gz of the project (with .git), events.jsonl and session.json, made in
+        the box and streamed as it is made."""
+        import base64
+
+        row = await self.get_row(principal, session_id)
+        view = await self.view(row)
+        staging = "/tmp/.sophon-export"
+        async with self.box(row) as box:
+            await box.write_path("/tmp", ".sophon-export/session.json",
+                                 view.model_dump_json(indent=2).encode())
+            await box.write_path("/tmp", ".sophon-export/events.jsonl", b"")
+            after = 0
+            while True:
+                page = await self.events.read_raw(row.id, after, 2000)
+                if not page:
+                    break
+                await box.request("write", path=f"{staging}/events.jsonl", append=True,
+                                  data=base64.b64encode(
+                                      ("\n".join(s.json for s in page) + "\n").encode()
+                                  ).decode())
+                after = page[-1].seq
+            command = (f"tar -czf - --transform='s,^\\.,project,' -C {WORKSPACE} . "
+                       f"-C {staging} events.jsonl session.json; rc=$?; rm -rf {staging}; "
+                       "exit $rc")
+            async for ev in box.exec(["bash", "-c", command], timeout=3600,
+                                     env=self.exec_env({}), cwd=WORKSPACE,
+                                     output_cap=1 << 40, binary=True):
+                if isinstance(ev, ExecEvent) and ev.stream == "stdout":
+                    yield base64.b64decode(ev.data)
+                elif isinstance(ev, ExecOutcome) and ev.exit_code != 0:
+                    raise BadRequest(f"export failed (tar exited {ev.exit_code})")
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
