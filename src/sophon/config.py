@@ -88,14 +88,17 @@ class Settings(BaseSettings):
     # The host uid that box processes run as when the server runs as root.
     # Never root: a box's own uid inside its user namespace maps to this one.
     box_host_uid: int = 60000
+    # The uid of the throwaway box that clones a local repository for a new session: it
+    # owns no box's files, so a clone path can reach only what any host user can read.
+    box_staging_uid: int = 59999
     box_backend: str = "bwrap"
     box_python: str = "/usr/bin/python3"
     box_pool_size: int = Field(2, ge=0, description="started, empty boxes kept ready")
     thread_idle_seconds: float = 600.0
     session_idle_seconds: float = 7200.0
     sse_heartbeat_seconds: float = 15.0
-    # Host directories a git starter may clone from by local path or file:// URL.
-    # Empty: local clones are refused (a path could name anything the box uid can read).
+    # If set, the only host directories a git starter may clone from by local path or
+    # file:// URL. Empty: any directory that other users may read.
     git_local_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     idle_check_seconds: float = 15.0

@@ -86,6 +86,7 @@ class BoxSpec:
     limits: Limits
     tmp_bytes: int
     extra_ro_binds: tuple[tuple[str, str], ...] = ()  # (host path, box path)
+    host_uid: int | None = None  # None: the backend's box uid
 
 
 class BwrapBackend:
@@ -142,11 +143,15 @@ class BwrapBackend:
         for p in [self.runtime_dir, etc, agent, *etc.iterdir(), *agent.iterdir()]:
             p.chmod(0o755 if p.is_dir() else 0o644)
 
+    def uid_of(self, spec: BoxSpec) -> int:
+        return spec.host_uid if self.is_root and spec.host_uid is not None else self.host_uid
+
     def prepare_dirs(self, spec: BoxSpec) -> None:
+        uid = self.uid_of(spec)
         for d in (spec.workspace, spec.home):
             d.mkdir(parents=True, exist_ok=True)
             if self.is_root:
-                os.chown(d, self.host_uid, self.host_uid)
+                os.chown(d, uid, uid)
             d.chmod(0o700)
 
     def argv(self, spec: BoxSpec) -> list[str]:
@@ -198,9 +203,10 @@ class BwrapBackend:
     def launcher(self, spec: BoxSpec, procs_files: list[Path]) -> list[str]:
         inner = self.argv(spec)
         if self.is_root:
+            uid = self.uid_of(spec)
             inner = [
                 self.setpriv or "setpriv",
-                f"--reuid={self.host_uid}", f"--regid={self.host_uid}",
+                f"--reuid={uid}", f"--regid={uid}",
                 "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
                 *inner,
             ]

@@ -162,6 +162,31 @@ class BoxManager:
             log.debug("box %s started (pid %d)", box_id, box.pid)
             return box
 
+    @contextlib.asynccontextmanager
+    async def staging(self, ro_binds: dict[str, str]) -> AsyncIterator[tuple[Box, Path]]:
+        """A throwaway box that runs as the staging uid, with ``ro_binds`` mounted.
+
+        It is for reading host paths a user names (a local clone): the staging uid owns
+        no box's files, so whatever the path resolves to, the box reads only what any
+        host user may. Yields the box and its workspace directory on the host, which is
+        made readable by other uids once the box has stopped, so that a session box can
+        mount it; both are gone when the block ends."""
+        box_id = "g" + uuid.uuid4().hex[:31]
+        d = self.box_dir(box_id)
+        spec = BoxSpec(
+            box_id=box_id, workspace=d / "workspace", home=d / "home", limits=self.limits,
+            tmp_bytes=self.settings.limits.tmp_mb * 2**20,
+            extra_ro_binds=tuple(ro_binds.items()), host_uid=self.settings.box_staging_uid,
+        )
+        try:
+            box = await self.backend.start(spec)
+            try:
+                yield box, spec.workspace
+            finally:
+                await box.stop()
+        finally:
+            await asyncio.to_thread(shutil.rmtree, d, True)
+
     def _forget(self, box: Box) -> None:
         if self._boxes.get(box.id) is box:
             del self._boxes[box.id]

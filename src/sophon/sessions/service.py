@@ -44,7 +44,12 @@ from sophon.sessions.models import (
     Usage,
 )
 from sophon.sessions.secrets import SecretStore
-from sophon.sessions.starters import prepare_workspace, validate_starter
+from sophon.sessions.starters import (
+    SOURCE_MOUNT,
+    prepare_workspace,
+    stage_clone,
+    validate_starter,
+)
 from sophon.store.tables import OpenExec, SessionRow
 from sophon.users import Principal
 
@@ -124,11 +129,22 @@ class SessionService:
             await self.events.append(session_id, SessionStart(
                 name=req.name, base=req.base, model=req.model, runtime=req.runtime,
                 starter=req.starter.model_dump()))
-            extra = {source: "/mnt/source"} if source else None
-            async with self.boxes.use(row.box_id, self.settings.session_idle_seconds,
-                                      extra_ro_binds=extra) as box:
-                await prepare_workspace(box, req.starter, self.exec_env({}))
-                self._watch(session_id, box)
+            env = self.exec_env({})
+            async with contextlib.AsyncExitStack() as stack:
+                extra = None
+                if source is not None:
+                    # Read the user's path in a box that can read nothing of any other
+                    # box, then let the session's box clone from that box's copy.
+                    staging, staged = await stack.enter_async_context(
+                        self.boxes.staging({source: SOURCE_MOUNT}))
+                    await stage_clone(staging, req.starter, env)  # type: ignore[arg-type]
+                    await staging.stop()
+                    staged.chmod(0o755)
+                    extra = {str(staged): SOURCE_MOUNT}
+                async with self.boxes.use(row.box_id, self.settings.session_idle_seconds,
+                                          extra_ro_binds=extra) as box:
+                    await prepare_workspace(box, req.starter, env)
+                    self._watch(session_id, box)
         except BaseException:
             await self._purge(row)
             raise

@@ -7,6 +7,7 @@ workspace is a git repository with at least one commit when this is done.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sophon.box.box import Box, ExecEvent, ExecOutcome
@@ -36,24 +37,27 @@ def validate_starter(starter: EmptyStarter | GitStarter | TemplateStarter,
         return None
     if not isinstance(starter, GitStarter):
         return None
-    url = starter.url
-    if url.startswith("file://"):
-        url = url.removeprefix("file://")
+    url = starter.url.removeprefix("file://")
     if not url.startswith("/"):
         raise NetworkDisabled(
             "sandboxes on this server have no network, so a clone from a URL cannot work; "
-            "clone from a local path under SOPHON_GIT_LOCAL_ROOTS instead")
-    path = Path(url).resolve()
+            "clone from a local path or file:// URL instead")
+    path = Path(url)
     roots = [r.resolve() for r in settings.git_local_roots]
-    data = settings.data_dir.resolve()
-    if not any(path == r or r in path.parents for r in roots):
-        raise BadRequest(
-            f"{url} is not under a directory allowed for local clones "
-            "(SOPHON_GIT_LOCAL_ROOTS, a ':'-separated list; empty by default)")
-    if path == data or data in path.parents or path in data.parents:
-        raise BadRequest("the server's data directory cannot be cloned")
+    if roots:
+        real = path.resolve()
+        if not any(real == r or r in real.parents for r in roots):
+            raise BadRequest(f"{url} is not under a directory this server allows clones "
+                             f"from (SOPHON_GIT_LOCAL_ROOTS)")
+    if os.geteuid() != 0:
+        # Boxes of an unprivileged server run as the server's own uid, which can read
+        # its data; a root server clones in a staging box that cannot (see service).
+        data = settings.data_dir.resolve()
+        real = path.resolve()
+        if real == data or data in real.parents or real in data.parents:
+            raise BadRequest("the server's data directory cannot be cloned")
     if not path.is_dir():
-        raise BadRequest(f"{url} is not a directory")
+        raise BadRequest(f"{url} is not a directory on this server")
     return str(path)
 
 
@@ -71,19 +75,34 @@ async def _run(box: Box, argv: list[str], env: dict[str, str], what: str) -> Non
         raise BadRequest(f"{what} failed: {detail}")
 
 
+# The source belongs to another uid inside a box, which git refuses unless told it is
+# safe. Command-line config does not reach the upload-pack of a local clone, so a clone
+# gets a global config file of its own.
+_CLONE_CONFIG = ("/tmp", ".sophon-clone.gitconfig", b"[safe]\n\tdirectory = *\n")
+
+
+async def _clone(box: Box, source: str, dest: str, ref: str | None,
+                 env: dict[str, str]) -> None:
+    await box.write_path(*_CLONE_CONFIG)
+    argv = ["git", "clone", "--no-hardlinks", "-q"]
+    if ref:
+        argv += ["--branch", ref]
+    await _run(box, [*argv, "--", source, dest],
+               {**env, "GIT_CONFIG_GLOBAL": "/".join(_CLONE_CONFIG[:2])}, "git clone")
+
+
+async def stage_clone(staging: Box, starter: GitStarter, env: dict[str, str]) -> None:
+    """In the staging box: clone the user's path (at SOURCE_MOUNT) to /workspace/repo."""
+    await _clone(staging, SOURCE_MOUNT, f"{WORKSPACE}/repo", starter.ref, env)
+    # The session's box runs as another uid: it must be able to read the copy.
+    await _run(staging, ["chmod", "-R", "a+rX", f"{WORKSPACE}/repo"], env, "chmod")
+
+
 async def prepare_workspace(box: Box, starter: EmptyStarter | GitStarter | TemplateStarter,
                             env: dict[str, str]) -> None:
     if isinstance(starter, GitStarter):
-        # The source belongs to another uid in here, which git refuses unless told it is
-        # safe. Command-line config does not reach the upload-pack of a local clone, so
-        # the clone gets a global config file of its own.
-        await box.write_path("/tmp", ".sophon-clone.gitconfig",
-                             b"[safe]\n\tdirectory = *\n")
-        clone_env = {**env, "GIT_CONFIG_GLOBAL": "/tmp/.sophon-clone.gitconfig"}
-        argv = ["git", "clone", "--no-hardlinks", "-q"]
-        if starter.ref:
-            argv += ["--branch", starter.ref]
-        await _run(box, [*argv, "--", SOURCE_MOUNT, "."], clone_env, "git clone")
+        # SOURCE_MOUNT holds the staging box's workspace; its clone already has the ref.
+        await _clone(box, f"{SOURCE_MOUNT}/repo", ".", None, env)
         await _run(box, ["git", "remote", "remove", "origin"], env, "git remote")
         return
     if isinstance(starter, TemplateStarter):
