@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, make_data_dir
+from tests.conftest import LiveServer, make_data_dir, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +177,51 @@ def test_delete_removes_box_files_and_events(http: httpx.Client, server: LiveSer
     assert http.get(f"/v1/sessions/{s['id']}/events",
                     headers={"Accept": "application/json"}).status_code == 404
     assert not list(boxes.glob("*/workspace/marker-for-delete.txt"))
+
+
+def test_delete_ends_open_event_streams(http: httpx.Client, server: LiveServer,
+                                        api_key: str) -> None:
+    import threading
+
+    s = create(http)
+    ended = threading.Event()
+    seen: list[str] = []
+
+    def follow() -> None:
+        with httpx.Client(base_url=server.url, timeout=30,
+                          headers={"Authorization": f"Bearer {api_key}"}) as c, \
+                c.stream("GET", f"/v1/sessions/{s['id']}/events") as r:
+            for line in r.iter_lines():
+                seen.append(line)
+        ended.set()
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    wait_for(lambda: any(line.startswith("id: ") for line in seen), what="the stream to start")
+    assert not ended.is_set()
+    assert http.delete(f"/v1/sessions/{s['id']}").status_code == 204
+    wait_for(ended.is_set, 10, what="the stream of a deleted session to end")
+
+
+def test_sessions_created_in_the_same_instant_are_not_skipped_across_pages(
+        http: httpx.Client, server: LiveServer) -> None:
+    import sqlite3
+
+    ids = [create(http, name=f"same{i}")["id"] for i in range(4)]
+    with sqlite3.connect(server.data_dir / "sophon.db") as db:
+        db.executemany("UPDATE sessions SET created_at = '2026-01-01 00:00:00.000000' "
+                       "WHERE id = ?", [(i,) for i in ids])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, object] = {"limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        page = http.get("/v1/sessions", params=params).json()
+        seen += [s["id"] for s in page["sessions"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+    bad = http.get("/v1/sessions", params={"cursor": "yesterday"})
+    assert bad.status_code == 400 and "next_cursor" in bad.json()["message"]

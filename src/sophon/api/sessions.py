@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -27,6 +26,7 @@ from sophon.sessions.models import (
     UpdateSession,
     check_secret_name,
 )
+from sophon.sessions.service import page_cursor
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 NDJSON = "application/x-ndjson"
@@ -41,12 +41,11 @@ async def create_session(body: CreateSession, services: ServicesDep,
 @router.get("", response_model=SessionPage)
 async def list_sessions(services: ServicesDep, principal: PrincipalDep,
                         limit: int = Query(50, ge=1, le=200),
-                        cursor: datetime | None = None) -> SessionPage:
+                        cursor: str | None = None) -> SessionPage:
     views = await services.sessions.list(principal, limit + 1, cursor)
     more = len(views) > limit
     views = views[:limit]
-    return SessionPage(sessions=views,
-                       next_cursor=views[-1].created_at.isoformat() if more else None)
+    return SessionPage(sessions=views, next_cursor=page_cursor(views[-1]) if more else None)
 
 
 @router.get("/{session_id}", response_model=SessionView)

@@ -48,6 +48,7 @@ class _Overflow:
 
 
 OVERFLOW = _Overflow()
+CLOSED = _Overflow()  # the session was deleted: its followers end
 
 
 def redact(value: Any, secrets: Iterable[str]) -> Any:
@@ -100,6 +101,8 @@ class _SqliteWriter:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
+        # An event of a session deleted meanwhile must fail, not leave an orphan row.
+        db.execute("PRAGMA foreign_keys=ON")
         try:
             while (job := self._jobs.get()) is not None:
                 batch, loop, done = job
@@ -287,6 +290,8 @@ class EventLog:
                         items.append(queue.get_nowait())
                     fresh: list[Stored] = []
                     gap = False
+                    if CLOSED in items:
+                        return
                     for it in items:
                         if it is OVERFLOW or it.seq > last + 1:
                             gap = True  # back to the store for the rest
@@ -315,6 +320,8 @@ class EventLog:
         self._last.pop(session_id, None)
         self._secrets.pop(session_id, None)
         self._locks.pop(session_id, None)
+        for q in self._subs.get(session_id, ()):
+            q.put_nowait(CLOSED)
 
 
 def _reset(q: asyncio.Queue[Any]) -> None:

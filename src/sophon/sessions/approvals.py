@@ -70,9 +70,9 @@ class ApprovalService:
         event = await self._log.append(session_id, ApprovalDecision(
             approval_id=approval_id, decision=decision,  # type: ignore[arg-type]
             remember=remember, by=by, reason=reason))
+        # Nobody waits for an answer given after a restart: the turn it belonged to was
+        # cut off at start-up, so the session's status is not this answer's to change.
         future = self._waiting.get(approval_id)
         if future is not None and not future.done():
             future.set_result(event)
-        elif not await self.pending(session_id):
-            await self._set_status(session_id, "idle")  # nobody waits: the turn is gone
         return event  # type: ignore[no-any-return]

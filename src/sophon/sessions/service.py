@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sophon.box.box import Box, ExecEvent, ExecOutcome
@@ -58,6 +58,19 @@ log = logging.getLogger(__name__)
 BUSY_STATUSES = ("running", "waiting_approval")
 
 
+def page_cursor(view: SessionView) -> str:
+    return f"{view.created_at.isoformat()}~{view.id}"
+
+
+def parse_cursor(cursor: str) -> tuple[datetime, str]:
+    created, _, session_id = cursor.partition("~")
+    try:
+        when = datetime.fromisoformat(created)
+    except ValueError:
+        raise BadRequest("cursor is not one this API gave out; use next_cursor as is") from None
+    return _utc(when), session_id
+
+
 def box_id_of(session_id: str) -> str:
     return "s" + session_id.removeprefix("ses_")
 
@@ -82,16 +95,19 @@ class SessionService:
     # --- lifecycle -----------------------------------------------------------
 
     async def recover(self) -> None:
-        """After a restart: turns that were running were cut off, execs too."""
+        """After a restart: turns that were running (or waiting for an approval) were
+        cut off, execs too. A pending approval stays answerable; its answer is recorded,
+        but no turn waits for it any more."""
         async with self._db() as db:
-            cut = list((await db.execute(
-                select(SessionRow.id).where(SessionRow.status == "running"))).scalars())
+            cut = list((await db.execute(select(SessionRow.id, SessionRow.status).where(
+                SessionRow.status.in_(("running", "waiting_approval"))))).all())
             open_execs = list((await db.execute(select(OpenExec))).scalars())
-        for session_id in cut:
+        for session_id, status in cut:
+            waiting = " while it waited for an approval" if status == "waiting_approval" else ""
             await self.events.append(session_id, SessionError(
                 code="interrupted",
-                message="the server stopped during a turn, which was cut off; send the "
-                        "next message to continue"))
+                message=f"the server stopped during a turn{waiting}, and the turn was cut "
+                        "off; send the next message to continue"))
             await self.set_status(session_id, "idle")
         for ex in open_execs:
             await self.events.append(ex.session_id, ExecEnd(
@@ -187,11 +203,16 @@ class SessionService:
         )
 
     async def list(self, principal: Principal, limit: int,
-                   before: datetime | None) -> list[SessionView]:
+                   cursor: str | None) -> list[SessionView]:
+        """Newest first; ``cursor`` (from ``page_cursor``) resumes after a session."""
         query = (select(SessionRow).where(SessionRow.user_id == principal.user_id)
                  .order_by(SessionRow.created_at.desc(), SessionRow.id.desc()).limit(limit))
-        if before is not None:
-            query = query.where(SessionRow.created_at < before)
+        if cursor is not None:
+            created, session_id = parse_cursor(cursor)
+            # The id breaks ties, so sessions created in the same instant are never skipped.
+            query = query.where(or_(SessionRow.created_at < created,
+                                    and_(SessionRow.created_at == created,
+                                         SessionRow.id < session_id)))
         async with self._db() as db:
             rows = (await db.execute(query)).scalars().all()
         return [await self.view(r) for r in rows]
