@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
-# wait_for is re-exported for the probes.
+# wait_for is re-exported for the benchmarks.
 from conftest import LiveServer, make_data_dir, wait_for  # noqa: E402, F401
 
 EXECUTE = "/v1/sandbox/execute"

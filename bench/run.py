@@ -29,6 +29,7 @@ import bench_cli  # noqa: E402
 import bench_cold  # noqa: E402
 import bench_events  # noqa: E402
 import bench_memory  # noqa: E402
+import bench_session_exec  # noqa: E402
 import bench_sessions  # noqa: E402
 import bench_throughput  # noqa: E402
 import bench_warm  # noqa: E402
@@ -41,6 +42,7 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
     "memory": (bench_memory.run, {"settle": 1.0}),
     "events": (bench_events.run, {"replay": 10_000, "samples": 100, "appends": 300}),
     "sessions": (bench_sessions.run, {"sessions": 50}),
+    "session_exec": (bench_session_exec.run, {"calls": 40, "warmup": 5}),
     "agent": (bench_agent.run, {"n": 15}),
     "cli": (bench_cli.run, {"n": 5, "seconds": 2.0}),
 }

@@ -33,12 +33,20 @@ class SecretStore:
     def __init__(self, db: async_sessionmaker[AsyncSession], key: bytes) -> None:
         self._db = db
         self._fernet = Fernet(key)
+        # Decrypted values per session, read on every exec and turn; this process is the
+        # only writer, so dropping an entry on each change keeps it true.
+        self._cache: dict[str, dict[str, str]] = {}
+
+    def forget(self, session_id: str) -> None:
+        self._cache.pop(session_id, None)
 
     async def put(self, session_id: str, name: str, value: str) -> None:
         token = self._fernet.encrypt(value.encode())
+        self.forget(session_id)
         async with self._db() as db:
             await db.merge(SecretRow(session_id=session_id, name=name, value=token))
             await db.commit()
+        self.forget(session_id)
 
     async def names(self, session_id: str) -> list[str]:
         async with self._db() as db:
@@ -51,15 +59,21 @@ class SecretStore:
             res = await db.execute(delete(SecretRow).where(
                 SecretRow.session_id == session_id, SecretRow.name == name))
             await db.commit()
+        self.forget(session_id)
         if not res.rowcount:  # type: ignore[attr-defined]
             raise NotFound(f"no secret named {name!r}")
 
     async def values(self, session_id: str) -> dict[str, str]:
+        cached = self._cache.get(session_id)
+        if cached is not None:
+            return dict(cached)
         async with self._db() as db:
             rows = (await db.execute(
                 select(SecretRow).where(SecretRow.session_id == session_id))).scalars().all()
         try:
-            return {r.name: self._fernet.decrypt(r.value).decode() for r in rows}
+            values = {r.name: self._fernet.decrypt(r.value).decode() for r in rows}
         except InvalidToken as exc:
             raise SophonError("stored secrets cannot be decrypted: the secret key changed "
                               "(SOPHON_SECRET_KEY or secret.key in the data directory)") from exc
+        self._cache[session_id] = values
+        return dict(values)

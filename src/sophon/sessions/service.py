@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sophon.box.box import Box, ExecEvent, ExecOutcome
@@ -90,6 +90,7 @@ class SessionService:
         self.approvals = ApprovalService(db, events, self.set_status)
         self._watchers: dict[str, tuple[Box, asyncio.Task[None], asyncio.Event]] = {}
         self._versions: dict[str, int] = {}  # bumped on every change of a session's settings
+        self._tasks: set[asyncio.Task[None]] = set()
         boxes.on_idle_stop.append(self._box_went_idle)
 
     # --- lifecycle -----------------------------------------------------------
@@ -117,10 +118,10 @@ class SessionService:
             await db.commit()
 
     async def close(self) -> None:
-        for _, task, _ in self._watchers.values():
+        tasks = [t for _, t, _ in self._watchers.values()] + list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*(t for _, t, _ in self._watchers.values()),
-                             return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.events.close()
 
     async def create(self, principal: Principal, req: CreateSession) -> SessionView:
@@ -175,6 +176,7 @@ class SessionService:
             await db.execute(delete(SessionRow).where(SessionRow.id == row.id))
             await db.commit()
         await self.events.delete(row.id)
+        self.secrets.forget(row.id)
 
     async def delete(self, principal: Principal, session_id: str) -> None:
         await self._purge(await self.get_row(principal, session_id))
@@ -326,12 +328,15 @@ class SessionService:
         row = await self.get_row(principal, session_id)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(self._run_exec(row, command, timeout, queue))
+        # Tracked until done: it outlives this generator when the caller stops reading,
+        # and its bookkeeping runs after the last event is handed out.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         while True:
             item = await queue.get()
             if item is None:
                 break
             yield item
-        await task
 
     async def _run_exec(self, row: SessionRow, command: str, timeout: int,
                         queue: asyncio.Queue[Any]) -> None:
@@ -339,17 +344,27 @@ class SessionService:
         started = time.monotonic()
         outcome: ExecOutcome | None = None
         error: str | None = None
+        # exec_start is stored while the command starts: the two overlap, and the
+        # caller gets exec_start (once stored) before any output.
+        opening: asyncio.Future[Any] | None = None
+        announced = False
+
+        async def announce() -> None:
+            nonlocal announced
+            if opening is not None and not announced:
+                announced = True
+                await queue.put((await opening)[0])
+
         try:
             values = await self.refresh_secrets(row.id)
-            async with self._db() as db:
-                db.add(OpenExec(exec_id=exec_id, session_id=row.id))
-                await db.commit()
-            await queue.put(await self.events.append(
-                row.id, ExecStart(exec_id=exec_id, command=command)))
+            opening = asyncio.gather(
+                self.events.append(row.id, ExecStart(exec_id=exec_id, command=command)),
+                self._mark_open(exec_id, row.id))
             async with self.box(row) as box:
                 async for ev in box.exec(["bash", "-c", command], timeout=timeout,
                                          env=self.exec_env(values), cwd=WORKSPACE,
                                          output_cap=self.settings.limits.output_cap_bytes):
+                    await announce()
                     if isinstance(ev, ExecEvent):
                         await queue.put(await self.events.append(row.id, ExecOutput(
                             exec_id=exec_id, stream=ev.stream,  # type: ignore[arg-type]
@@ -359,6 +374,9 @@ class SessionService:
         except SophonError as exc:
             error = exc.code
             log.warning("exec in session %s failed: %s", row.id, exc.message)
+        except Exception:
+            error = "sandbox_error"
+            log.exception("exec in session %s failed", row.id)
         finally:
             if outcome is not None and outcome.timed_out:
                 error = "timeout"
@@ -372,12 +390,21 @@ class SessionService:
                 truncated=bool(outcome and outcome.truncated),
             )
             with contextlib.suppress(Exception):
+                await announce()
                 await queue.put(await asyncio.shield(self.events.append(row.id, end)))
+            await queue.put(None)
+            # After the caller has its answer: the exec is over and recorded as such.
+            with contextlib.suppress(Exception):
                 async with self._db() as db:
                     await db.execute(delete(OpenExec).where(OpenExec.exec_id == exec_id))
+                    await db.execute(update(SessionRow).where(SessionRow.id == row.id)
+                                     .values(last_activity_at=datetime.now(UTC)))
                     await db.commit()
-                await self.touch(row.id)
-            await queue.put(None)
+
+    async def _mark_open(self, exec_id: str, session_id: str) -> None:
+        async with self._db() as db:
+            await db.execute(insert(OpenExec).values(exec_id=exec_id, session_id=session_id))
+            await db.commit()
 
     # --- export --------------------------------------------------------------
 
