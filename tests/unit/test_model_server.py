@@ -18,9 +18,10 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from sophon.testing import ModelServer, load_script, loads_script
+from sophon.testing import ModelServer, load_script, loads_script, parse_script
 from sophon.testing import cli as testing_cli
 from sophon.testing.model_server import ScriptSource
+from sophon.testing.wire import build_message, stream_events
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -90,7 +91,10 @@ def test_the_event_sequence_is_the_real_apis(srv: ModelServer) -> None:
     assert tool_start["content_block"]["id"].startswith("toolu_")
     delta = frames[-2][1]
     assert delta["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
-    assert delta["usage"] == {"output_tokens": 42}
+    # Cumulative usage, as the real API sends it: input and cache counts, not only output.
+    assert delta["usage"] == {"input_tokens": start["usage"]["input_tokens"],
+                              "cache_creation_input_tokens": 0,
+                              "cache_read_input_tokens": 0, "output_tokens": 42}
 
 
 def test_streaming_text_arrives_in_pieces(srv: ModelServer) -> None:
@@ -159,7 +163,33 @@ async def test_raw_stream_reports_usage_and_stop_reason(srv: ModelServer) -> Non
     assert start.message.usage.cache_creation_input_tokens == 5
     assert start.message.usage.output_tokens == 1
     assert delta.delta.stop_reason == "max_tokens" and delta.usage.output_tokens == 7
+    # message_delta repeats the cumulative input and cache counts (the SDK overwrites with them).
+    assert (delta.usage.input_tokens, delta.usage.cache_read_input_tokens,
+            delta.usage.cache_creation_input_tokens) == (100, 90, 5)
     assert events[-1].type == "message_stop"
+
+
+def test_message_delta_usage_is_the_whole_messages_usage() -> None:
+    reply = parse_script([{"content": "hi", "usage": {
+        "input_tokens": 11, "output_tokens": 3, "cache_read_input_tokens": 4,
+        "cache_creation_input_tokens": 2}}]).turns[0].reply
+    assert reply is not None
+    message = build_message(reply, {"model": "m", "messages": HELLO})
+    [delta] = [e for e in stream_events(message) if e["type"] == "message_delta"]
+    assert delta["usage"] == message["usage"] == {
+        "input_tokens": 11, "cache_creation_input_tokens": 2, "cache_read_input_tokens": 4,
+        "output_tokens": 3}
+
+
+async def test_streamed_final_usage_matches_the_plain_reply(srv: ModelServer) -> None:
+    usage = {"input_tokens": 50, "output_tokens": 6, "cache_read_input_tokens": 40,
+             "cache_creation_input_tokens": 8}
+    client = aplay(srv, [{"content": "same", "usage": usage}] * 2)
+    plain = await client.messages.create(model="m", max_tokens=64, messages=HELLO)
+    async with client.messages.stream(model="m", max_tokens=64, messages=HELLO) as stream:
+        final = await stream.get_final_message()
+    assert final.usage.model_dump(include=set(usage)) == \
+        plain.usage.model_dump(include=set(usage)) == usage
 
 
 def test_usage_is_estimated_when_not_given(srv: ModelServer) -> None:

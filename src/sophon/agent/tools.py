@@ -25,6 +25,7 @@ FILE_LIMIT = 4 * 1024 * 1024
 BASH_DEFAULT_MS = 120_000
 BASH_MAX_MS = 600_000
 CWD_FILE = "/tmp/.sophon-bash-cwd"
+GREP_FILE_LIMIT = 5000
 
 
 class ToolError(Exception):
@@ -69,7 +70,8 @@ TOOLS: list[dict[str, Any]] = [
      "input_schema": _schema({"pattern": {"type": "string"}, "path": {"type": "string"}},
                              ["pattern"])},
     {"name": "Grep", "description": "Searches file contents with a regular expression "
-     "(extended syntax). output_mode: files_with_matches (default), content or count.",
+     "(extended syntax). output_mode: files_with_matches (default), content or count. "
+     "glob filters the files searched (e.g. '*.py', '*.{ts,tsx}', 'src/**/*.ts').",
      "input_schema": _schema({
          "pattern": {"type": "string"}, "path": {"type": "string"}, "glob": {"type": "string"},
          "output_mode": {"type": "string",
@@ -266,6 +268,31 @@ async def _run(ctx: ToolContext, argv: list[str], timeout: float,
     return (outcome.exit_code if outcome else None), "".join(out), "".join(err), timed_out
 
 
+def _braces(pattern: str) -> list[str]:
+    """``*.{ts,tsx}`` as ``*.ts`` and ``*.tsx``: grep's --include has no braces."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if m is None:
+        return [pattern]
+    return [alt for part in m.group(1).split(",")
+            for alt in _braces(pattern[:m.start()] + part + pattern[m.end():])]
+
+
+async def _glob_files(ctx: ToolContext, base: str, pattern: str) -> list[str]:
+    """The files under ``base`` whose path below it matches ``pattern``, for grep."""
+    try:
+        got = await ctx.box.tree(WORKSPACE, base)
+    except BoxRequestError as exc:
+        raise ToolError(exc.message) from exc
+    rx = glob_regex(pattern.removeprefix("./"))
+    prefix = base + "/" if base else ""
+    files = [prefix + e["path"] for e in got["entries"]  # type: ignore[index]
+             if e["type"] == "file" and rx.match(e["path"])]
+    if len(files) > GREP_FILE_LIMIT:
+        raise ToolError(f"glob {pattern} matches {len(files)} files (at most "
+                        f"{GREP_FILE_LIMIT}); narrow it or give a path")
+    return files
+
+
 async def grep(ctx: ToolContext, inp: dict[str, Any]) -> str:
     pattern = inp.get("pattern")
     if not isinstance(pattern, str) or not pattern:
@@ -273,7 +300,8 @@ async def grep(ctx: ToolContext, inp: dict[str, Any]) -> str:
     mode = inp.get("output_mode") or "files_with_matches"
     if mode not in ("content", "files_with_matches", "count"):
         raise ToolError("output_mode is content, files_with_matches or count")
-    argv = ["grep", "-r", "-E", "-I", "--exclude-dir=.git", "--color=never"]
+    # -H: every line names its file, even when path is a single file.
+    argv = ["grep", "-r", "-E", "-I", "-H", "--exclude-dir=.git", "--color=never"]
     if inp.get("-i"):
         argv.append("-i")
     if mode == "files_with_matches":
@@ -286,10 +314,18 @@ async def grep(ctx: ToolContext, inp: dict[str, Any]) -> str:
         for flag in ("-A", "-B", "-C"):
             if inp.get(flag) is not None:
                 argv += [flag, str(int(inp[flag]))]
-    if inp.get("glob"):
-        argv.append(f"--include={inp['glob']}")
     path = workspace_path(inp["path"]) if inp.get("path") not in (None, "", WORKSPACE) else "."
-    argv += ["-e", pattern, "--", path]
+    operands = [path]
+    pick = inp.get("glob")
+    if pick and not isinstance(pick, str):
+        raise ToolError("glob must be a string")
+    if pick and "/" in pick:  # a path glob: grep's --include sees base names only
+        operands = await _glob_files(ctx, "" if path == "." else path, pick)
+        if not operands:
+            return "No matches found"
+    elif pick:
+        argv += [f"--include={alt}" for alt in _braces(pick)]
+    argv += ["-e", pattern, "--", *operands]
     code, out, err, _ = await _run(ctx, argv, 60)
     if code == 1:
         return "No matches found"

@@ -18,6 +18,8 @@ from typing import Any
 from sophon.testing.script import Reply, StreamErrorSpec, TextBlock, ThinkingBlock
 
 _ALPHABET = string.ascii_letters + string.digits
+_USAGE_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+               "output_tokens")
 
 
 def new_id(prefix: str) -> str:
@@ -94,9 +96,11 @@ def stream_events(message: dict[str, Any],
     if stream_error is not None:
         yield _error_event(stream_error)
         return
+    # The real API's message_delta carries the whole usage so far (input and cache counts
+    # too, not only output_tokens): clients and the SDK overwrite, never add.
     yield {"type": "message_delta",
            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-           "usage": {"output_tokens": usage["output_tokens"]}}
+           "usage": {key: usage[key] for key in _USAGE_KEYS}}
     yield {"type": "message_stop"}
 
 
