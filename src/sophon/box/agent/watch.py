@@ -18,6 +18,9 @@ SKIP_DIRS = frozenset({".git", "node_modules", "__pycache__", ".venv", ".mypy_ca
 TEXT_LIMIT = 256 * 1024      # larger files get no diff
 DIFF_LIMIT = 64 * 1024       # a longer diff is cut and flagged
 CACHE_BUDGET = 32 * 1024 * 1024
+# difflib's line matching can be quadratic: a changed stretch longer than this is shown
+# as one hunk that replaces it (a correct diff, if not the smallest), made in linear time.
+MATCH_LIMIT = 5000
 
 
 def scan(root: str) -> dict[str, tuple[int, int, int, bool]]:
@@ -61,6 +64,35 @@ def _text(root: str, rel: str) -> tuple[str | None, bool]:
         return data.decode("utf-8"), False
     except UnicodeDecodeError:
         return None, True
+
+
+def _span(start: int, length: int) -> str:
+    """A hunk range as unified diffs write it (1-based; an empty range names the line
+    before it)."""
+    if length == 1:
+        return str(start + 1)
+    return f"{start + 1 if length else start},{length}"
+
+
+def unified(a: list[str], b: list[str], fromfile: str, tofile: str) -> str:
+    """A unified diff of two lists of lines, with 3 lines of context."""
+    p = 0
+    while p < len(a) and p < len(b) and a[p] == b[p]:
+        p += 1
+    s = 0
+    while s < len(a) - p and s < len(b) - p and a[-1 - s] == b[-1 - s]:
+        s += 1
+    if max(len(a), len(b)) - p - s <= MATCH_LIMIT:
+        return "".join(difflib.unified_diff(a, b, fromfile, tofile))
+    lo, end_a, end_b = max(0, p - 3), len(a) - s, len(b) - s
+    hi_a, hi_b = min(len(a), end_a + 3), min(len(b), end_b + 3)
+    out = [f"--- {fromfile}\n", f"+++ {tofile}\n",
+           f"@@ -{_span(lo, hi_a - lo)} +{_span(lo, hi_b - lo)} @@\n"]
+    out += [" " + line for line in a[lo:p]]
+    out += ["-" + line for line in a[p:end_a]]
+    out += ["+" + line for line in b[p:end_b]]
+    out += [" " + line for line in a[end_a:hi_a]]
+    return "".join(out)
 
 
 class Watcher:
@@ -111,11 +143,9 @@ class Watcher:
                 after: str | None, binary: bool) -> dict:
         diff, cut = None, False
         if before is not None and after is not None:
-            lines = difflib.unified_diff(before.splitlines(keepends=True),
-                                         after.splitlines(keepends=True),
-                                         fromfile="/dev/null" if kind == "created" else f"a/{rel}",
-                                         tofile="/dev/null" if kind == "deleted" else f"b/{rel}")
-            diff = "".join(lines)
+            diff = unified(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                           "/dev/null" if kind == "created" else f"a/{rel}",
+                           "/dev/null" if kind == "deleted" else f"b/{rel}")
             if len(diff) > DIFF_LIMIT:
                 diff, cut = diff[:DIFF_LIMIT], True
         return {"path": rel, "change": kind, "size": size, "diff": diff,
