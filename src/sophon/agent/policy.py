@@ -59,7 +59,9 @@ async def authorize(sessions: SessionService, session_id: str, policy: ApprovalP
         verdict = Verdict(decision.decision == "allow", decision.reason)
         if decision.remember:
             await _remember(sessions, owner, session_id, tool, decision.decision)
-    if verdict.allowed and tool == SHELL_TOOL and policy.shell == "ask_once":
+    if (verdict.allowed and tool == SHELL_TOOL and tool not in policy.tools
+            and policy.shell == "ask_once"):
+        # ask_once is the shell's setting; "tools": {"Bash": "ask"} asks every time.
         await _remember(sessions, owner, session_id, tool, "allow")
     return verdict
 

@@ -119,6 +119,8 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
                     break
     except asyncio.CancelledError:
         await asyncio.shield(_keep_partial(turn, sessions))
+        if turn.interrupted and turn.phase == "approval":
+            await asyncio.shield(_withdraw_approvals(turn, sessions))
         if not turn.interrupted:  # the server is stopping
             await asyncio.shield(emit.append(sid, SessionError(
                 code="interrupted", message="the server stopped during this turn, which was "
@@ -238,6 +240,16 @@ async def _keep_partial(turn: Turn, sessions: SessionService) -> None:
     text = "".join(turn.partial)
     if text:
         await sessions.events.append(turn.session_id, Assistant(text=text))
+
+
+async def _withdraw_approvals(turn: Turn, sessions: SessionService) -> None:
+    """An interrupt while the turn waits for an approval withdraws the question: it is
+    no longer pending, and its record says why."""
+    for row in await sessions.approvals.pending(turn.session_id):
+        with contextlib.suppress(SophonError):  # answered at the same moment
+            await sessions.approvals.decide(
+                turn.session_id, row.id, "deny", False, by=turn.principal.name,
+                reason="withdrawn: the turn was interrupted before it was answered")
 
 
 def _describe(exc: Exception) -> str:

@@ -16,7 +16,8 @@ from sophon.users import Principal
 
 log = logging.getLogger(__name__)
 
-
+CANCEL_TRIES = 20  # an interrupted tool has this many
+CANCEL_INTERVAL = 0.25  # seconds each to return before the turn is cancelled outright
 
 
 class AgentService:
@@ -72,7 +73,19 @@ class AgentService:
             return False
         turn.interrupted = True
         if turn.phase == "tool" and turn.box is not None:
-            await turn.box.cancel_all()  # the tool returns with what it had; the loop ends
+            # The tool returns with what it had, and the loop ends. A command that was
+            # only starting is not in flight yet: ask again until the turn ends, and if
+            # it still runs, stop it outright (its output is then lost, not the turn).
+            for _ in range(CANCEL_TRIES):
+                box = turn.box
+                if box is None:
+                    break
+                await box.cancel_all()
+                done, _ = await asyncio.wait({turn.task}, timeout=CANCEL_INTERVAL)
+                if done:
+                    break
+            else:
+                turn.task.cancel()
         else:
             turn.task.cancel()  # streaming, or waiting for an approval: stop right there
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):

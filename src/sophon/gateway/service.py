@@ -9,6 +9,7 @@ that would pass a budget.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import secrets
@@ -54,6 +55,7 @@ class Gateway:
         self._client: Any = None
         self._http: httpx.AsyncClient | None = None
         self._recording: set[asyncio.Task[Any]] = set()
+        self._unrecorded: dict[str, float] = {}  # cost of proxied calls being recorded
 
     @property
     def configured(self) -> bool:
@@ -153,9 +155,12 @@ class Gateway:
                 select(UsageRecord).where(UsageRecord.session_id == session_id)
                 .order_by(UsageRecord.id))).scalars().all()
         out, total_in, total_out, total_cost = [], 0, 0, 0.0
+        total_read = total_write = 0
         for r in rows:
             total_in += r.input_tokens
             total_out += r.output_tokens
+            total_read += r.cache_read_tokens
+            total_write += r.cache_write_tokens
             total_cost += r.cost_usd
             ts = r.ts if r.ts.tzinfo else r.ts.replace(tzinfo=UTC)
             out.append({"ts": ts.isoformat(), "model": r.model,
@@ -164,6 +169,8 @@ class Gateway:
                         "cache_write_tokens": r.cache_write_tokens,
                         "cost_usd": r.cost_usd, "cumulative_input_tokens": total_in,
                         "cumulative_output_tokens": total_out,
+                        "cumulative_cache_read_tokens": total_read,
+                        "cumulative_cache_write_tokens": total_write,
                         "cumulative_cost_usd": round(total_cost, 8)})
         return out
 
@@ -195,11 +202,19 @@ class Gateway:
         key = self._require_key()
         model = self.models.resolve(str(body.get("model", row.model)))
         body = {**body, "model": model}
-        await self.check_budget(row, model, body)
+        # The cost of calls still being recorded, taken before the session is read again:
+        # a record that lands in between is counted twice, never missed.
+        pending = self._unrecorded.get(row.id, 0.0)
+        async with self._db() as db:
+            row = await db.get(SessionRow, row.id) or row
+        await self.check_budget(row, model, body, pending)
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10))
         base = (self.models.anthropic_base_url or DEFAULT_BASE_URL).rstrip("/")
+        # identity: the body is relayed byte for byte without its content-encoding
+        # header, and read here for the usage.
         out_headers = {"x-api-key": key, "content-type": "application/json",
+                       "accept-encoding": "identity",
                        "anthropic-version": headers.get("anthropic-version", ANTHROPIC_VERSION)}
         if "anthropic-beta" in headers:
             out_headers["anthropic-beta"] = headers["anthropic-beta"]
@@ -218,15 +233,30 @@ class Gateway:
                         buffer += chunk
                         buffer = _scan_usage(buffer, usage, media)
                 if response.status_code == 200 and "json" in media:
-                    _merge_usage(usage, json.loads(buffer or b"{}").get("usage") or {})
+                    with contextlib.suppress(ValueError, AttributeError):
+                        _merge_usage(usage, json.loads(buffer or b"{}").get("usage") or {})
             finally:
                 await response.aclose()
                 if usage:  # metered after the client has its last byte, not before
-                    task = asyncio.create_task(self.record(row.id, model, usage))
-                    self._recording.add(task)
-                    task.add_done_callback(self._recording.discard)
+                    self._meter_later(row.id, model, usage)
 
         return response.status_code, {"content-type": media}, relay()
+
+    def _meter_later(self, session_id: str, model: str, usage: dict[str, int]) -> None:
+        cost = self.cost(model, usage)
+        self._unrecorded[session_id] = self._unrecorded.get(session_id, 0.0) + cost
+        task = asyncio.create_task(self.record(session_id, model, usage))
+        self._recording.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._recording.discard(task)
+            left = self._unrecorded.get(session_id, 0.0) - cost
+            if left > 1e-12:
+                self._unrecorded[session_id] = left
+            else:
+                self._unrecorded.pop(session_id, None)
+
+        task.add_done_callback(done)
 
 
 def _merge_usage(total: dict[str, int], usage: dict[str, Any]) -> None:
