@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_agent  # noqa: E402
+import bench_claude_code  # noqa: E402
 import bench_cli  # noqa: E402
 import bench_cold  # noqa: E402
 import bench_events  # noqa: E402
@@ -45,6 +46,7 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
     "session_exec": (bench_session_exec.run, {"calls": 40, "warmup": 5}),
     "agent": (bench_agent.run, {"n": 15}),
     "cli": (bench_cli.run, {"n": 5, "seconds": 2.0}),
+    "claude_code": (bench_claude_code.run, {"rounds": 3, "repeats": 1}),
 }
 
 

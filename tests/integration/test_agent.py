@@ -55,7 +55,7 @@ def turn_over(http: httpx.Client, sid: str, nth: int) -> list[dict[str, Any]] | 
     """The events, once the nth message's turn has ended (an idle status after it)."""
     evs = events(http, sid)
     users = [i for i, e in enumerate(evs) if e["type"] == "user"]
-    if len(users) >= nth and any(e["type"] == "status" and e["status"] == "idle"
+    if len(users) >= nth and any(e["type"] == "status" and e["status"] in ("idle", "error")
                                  for e in evs[users[nth - 1]:]):
         return evs
     return None

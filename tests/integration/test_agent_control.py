@@ -108,7 +108,7 @@ def wait_idle_after(http: httpx.Client, sid: str, users: int) -> list[dict[str, 
     def over() -> list[dict[str, Any]] | None:
         evs = events(http, sid)
         at = [i for i, e in enumerate(evs) if e["type"] == "user"]
-        if len(at) >= users and any(e["type"] == "status" and e["status"] == "idle"
+        if len(at) >= users and any(e["type"] == "status" and e["status"] in ("idle", "error")
                                     for e in evs[at[users - 1] + 1:]):
             return evs
         return None

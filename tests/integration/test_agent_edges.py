@@ -163,7 +163,7 @@ def of_type(evs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def turn_over(evs: list[dict[str, Any]], users: int) -> bool:
     """The ``users``-th user message is logged and an idle status follows the last one."""
     at = [i for i, e in enumerate(evs) if e["type"] == "user"]
-    return len(at) >= users and any(e["type"] == "status" and e["status"] == "idle"
+    return len(at) >= users and any(e["type"] == "status" and e["status"] in ("idle", "error")
                                     for e in evs[at[-1] + 1:])
 
 
@@ -506,8 +506,10 @@ def test_without_a_provider_key_a_turn_fails_fast(ms: ModelServer,
             [error] = of_type(evs, "session_error")
             assert error["code"] == "provider_not_configured"
             assert "set ANTHROPIC_API_KEY" in error["message"]
-            assert evs[-1]["type"] == "status" and evs[-1]["status"] == "idle"
-            assert http.get(f"/v1/sessions/{sid}").json()["status"] == "idle"
+            # A failed turn leaves the session in "error", saying why.
+            assert evs[-1]["type"] == "status" and evs[-1]["status"] == "error"
+            assert "ANTHROPIC_API_KEY" in evs[-1]["detail"]
+            assert http.get(f"/v1/sessions/{sid}").json()["status"] == "error"
             assert not of_type(evs, "assistant")
 
             # The gateway says so too, as an Anthropic-style error.
@@ -551,3 +553,27 @@ def test_user_token_budget_stops_the_loop(ms: ModelServer) -> None:
         assert "token budget" in error["message"]
         assert not of_type(evs, "assistant") and not of_type(evs, "tool_use")
         assert len(ms.requests) == 1
+
+
+# --- 8. a failed turn --------------------------------------------------------------------
+
+@pytest.mark.parametrize("failure", [
+    {"error": {"status": 400, "message": "prompt is too long"}},
+    {"content": ["half a sent"], "stream_error": {"type": "api_error",
+                                                 "message": "the stream broke"}},
+], ids=["http-error", "stream-error"])
+def test_a_failed_turn_leaves_the_session_in_error_until_the_next_message(
+        ms: ModelServer, http: httpx.Client, failure: dict[str, Any]) -> None:
+    ms.set_script([failure, "back on track"])
+    sid = create_session(http)
+    evs = run_turn(http, sid, "first")
+    [error] = of_type(evs, "session_error")
+    assert error["code"] == "model_error" and "the model call failed" in error["message"]
+    assert evs[-1]["type"] == "status" and evs[-1]["status"] == "error"
+    assert evs[-1]["detail"] == error["message"]
+    assert http.get(f"/v1/sessions/{sid}").json()["status"] == "error"
+
+    evs = run_turn(http, sid, "again")
+    assert of_type(evs, "assistant")[-1]["text"] == "back on track"
+    assert evs[-1]["type"] == "status" and evs[-1]["status"] == "idle"
+    assert http.get(f"/v1/sessions/{sid}").json()["status"] in ("idle", "sleeping")

@@ -225,3 +225,28 @@ def test_sessions_created_in_the_same_instant_are_not_skipped_across_pages(
     assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
     bad = http.get("/v1/sessions", params={"cursor": "yesterday"})
     assert bad.status_code == 400 and "next_cursor" in bad.json()["message"]
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"name": None}, "name cannot be null"),
+    ({"approval": None}, "approval cannot be null"),
+    ({"max_turns": 0}, "max_turns"),
+    ({"colour": "red"}, "colour"),
+])
+def test_bad_patches_are_400_and_change_nothing(http: httpx.Client, body: dict,
+                                                needle: str) -> None:
+    s = create(http, max_turns=5)
+    r = http.patch(f"/v1/sessions/{s['id']}", json=body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["message"]
+    got = http.get(f"/v1/sessions/{s['id']}").json()
+    assert (got["name"], got["max_turns"], got["approval"]) == (s["name"], 5, s["approval"])
+
+
+def test_patch_with_null_clears_optional_limits(http: httpx.Client) -> None:
+    s = create(http, max_turns=5, max_budget_usd=2.5, system_prompt="Be brief.")
+    r = http.patch(f"/v1/sessions/{s['id']}",
+                   json={"max_turns": None, "max_budget_usd": None, "system_prompt": None})
+    assert r.status_code == 200, r.text
+    got = http.get(f"/v1/sessions/{s['id']}").json()
+    assert (got["max_turns"], got["max_budget_usd"], got["system_prompt"]) == (None, None, None)

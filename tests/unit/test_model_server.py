@@ -439,3 +439,16 @@ def test_cli_refuses_a_bad_script(tmp_path: Path) -> None:
     path.write_text("turns: [{nonsense: 1}]")
     result = CliRunner().invoke(testing_cli.testing_app, ["model-server", "--script", str(path)])
     assert result.exit_code == 1
+
+
+def test_system_role_messages_are_accepted_as_claude_code_sends_them() -> None:
+    with ModelServer(["fine"]) as srv:
+        key = {"x-api-key": "test"}
+        r = httpx.post(srv.url + "/v1/messages", headers=key, json={
+            "model": "claude-test", "max_tokens": 8,
+            "messages": [*HELLO, {"role": "system", "content": "context"}]})
+        assert r.status_code == 200, r.text
+        bad = httpx.post(srv.url + "/v1/messages", headers=key, json={
+            "model": "claude-test", "max_tokens": 8,
+            "messages": [{"role": "tool", "content": "x"}]})
+        assert bad.status_code == 400 and "messages.0.role" in bad.text

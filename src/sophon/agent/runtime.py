@@ -30,6 +30,9 @@ from sophon.sessions.service import SessionService
 from sophon.store.tables import SessionRow
 from sophon.users import Principal
 
+# Errors that are a limit doing its job: the turn ends, but nothing failed.
+LIMITS = frozenset({"budget_exceeded"})
+
 SYSTEM_PROMPT = """You are Claude, working as a software engineer in a sandboxed project.
 The project is the git repository at /workspace; it persists between turns. Use the tools
 to read, write and run code: Read before you Edit or overwrite a file, run the tests with
@@ -79,6 +82,7 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
     row = await sessions.get_row(turn.principal, sid)
     await emit.append(sid, User(content=turn.content))
     await sessions.set_status(sid, "running")
+    failed: str | None = None
     try:
         gateway.client()  # without a provider key, the turn ends here, saying why
         events = await _all_events(sessions, sid)
@@ -128,15 +132,20 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
             raise
     except SophonError as exc:
         await emit.append(sid, SessionError(code=exc.code, message=exc.message))
+        failed = None if exc.code in LIMITS else exc.message
     except Exception as exc:  # a model or network failure ends the turn, not the server
-        await emit.append(sid, SessionError(code="model_error", message=_describe(exc)))
+        failed = _describe(exc)
+        await emit.append(sid, SessionError(code="model_error", message=failed))
     finally:
         turn.box = None
         with contextlib.suppress(Exception):
             await asyncio.shield(turn.settle_usage())
-        detail = "interrupted by the user" if turn.interrupted else None
+        # A turn that failed leaves the session in "error" until the next message; one
+        # that reached a limit or was interrupted ended as it should, so it is idle.
+        status, detail = ("error", failed) if failed else (
+            "idle", "interrupted by the user" if turn.interrupted else None)
         with contextlib.suppress(Exception):
-            await asyncio.shield(sessions.set_status(sid, "idle", detail))
+            await asyncio.shield(sessions.set_status(sid, status, detail))
 
 
 async def _all_events(sessions: SessionService, sid: str) -> list[Any]:

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MODEL_ALIASES = ("opus", "sonnet", "haiku")
 SECRET_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
@@ -70,6 +70,14 @@ class UpdateSession(BaseModel):
     approval: ApprovalPolicy | None = None
     max_turns: int | None = Field(None, ge=1, le=10_000)
     max_budget_usd: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _no_null_for_required(self) -> UpdateSession:
+        # null clears an optional limit or the system prompt; a session always has these.
+        for name in ("name", "approval"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null; leave it out to keep it")
+        return self
 
 
 class Usage(BaseModel):

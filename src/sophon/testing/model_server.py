@@ -182,6 +182,9 @@ async def _read_request(request: Request, *,
     return body, None
 
 
+ROLES = ("user", "assistant", "system")
+
+
 def _problem(body: dict[str, Any], require: tuple[str, ...]) -> str | None:
     for key in require:
         if key not in body:
@@ -195,8 +198,10 @@ def _problem(body: dict[str, Any], require: tuple[str, ...]) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "messages: Input should be a non-empty list"
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        # Claude Code (2.1) sends "system" messages between turns as well, and the API
+        # takes them, so the stand-in must too.
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            return f"messages.{i}.role: Input should be 'user', 'assistant' or 'system'"
         if not isinstance(message.get("content"), str | list):
             return f"messages.{i}.content: Input should be a string or a list of blocks"
     return None
