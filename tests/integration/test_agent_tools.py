@@ -258,3 +258,18 @@ def test_bash_working_directory_persists(ms: ModelServer, http: httpx.Client) ->
     # A failing command still leaves its directory behind for the next call.
     assert got["fail_after_cd"] == (True, "Exit code 1")
     assert got["pwd3"] == (False, "/workspace/sub")
+
+
+def test_edit_refuses_a_file_changed_since_it_was_read(ms: ModelServer,
+                                                       http: httpx.Client) -> None:
+    sid = seeded(http, {"f.txt": "one\ntwo\n"})
+    got = call(ms, http, sid, [
+        ("r", "Read", {"file_path": "f.txt"}),
+        ("e1", "Edit", {"file_path": "f.txt", "old_string": "one", "new_string": "ONE"}),
+        ("e2", "Edit", {"file_path": "f.txt", "old_string": "two", "new_string": "TWO"}),
+        ("b", "Bash", {"command": "echo from-someone-else >> f.txt"}),
+        ("e3", "Edit", {"file_path": "f.txt", "old_string": "ONE", "new_string": "uno"}),
+    ])
+    assert not got["e1"][0] and not got["e2"][0]  # an edit after an edit needs no Read
+    assert got["e3"][0] and "changed since it was read" in got["e3"][1]
+    assert file_text(http, sid, "f.txt") == "ONE\nTWO\nfrom-someone-else\n"

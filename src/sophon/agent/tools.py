@@ -28,6 +28,10 @@ CWD_FILE = "/tmp/.sophon-bash-cwd"
 GREP_FILE_LIMIT = 5000
 
 
+CONTENT_CACHE = 8 * 2**20       # bytes of file contents a turn keeps for Edit
+CONTENT_CACHE_FILE = 2**20      # larger files are read again
+
+
 class ToolError(Exception):
     """A failure to report to the model, not a failure of the turn."""
 
@@ -40,6 +44,16 @@ class ToolContext:
     read_etags: dict[str, str] = field(default_factory=dict)  # path -> etag last seen
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     output_cap: int = 1024 * 1024
+    # The bytes behind an etag this turn read or wrote, so an Edit needs no second read:
+    # its write is conditional on that etag, so a change made meanwhile still refuses it.
+    contents: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+
+    def remember(self, rel: str, etag: str, data: bytes) -> None:
+        self.read_etags[rel] = etag
+        self.contents.pop(rel, None)
+        if len(data) <= CONTENT_CACHE_FILE and \
+                sum(len(d) for _, d in self.contents.values()) + len(data) <= CONTENT_CACHE:
+            self.contents[rel] = (etag, data)
 
 
 def _schema(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -141,7 +155,7 @@ async def read(ctx: ToolContext, inp: dict[str, Any]) -> str:
         raise ToolError(f"{rel} is a binary file")
     text = data.decode("utf-8", errors="replace")
     if etag:
-        ctx.read_etags[rel] = etag
+        ctx.remember(rel, etag, data)
     if not text:
         return "(the file exists and is empty)"
     lines = text.splitlines()
@@ -165,7 +179,7 @@ async def _write(ctx: ToolContext, rel: str, data: bytes, etag: str | None) -> N
             raise ToolError(f"{rel} has changed since it was read (by the user or another "
                             "process); Read it again before writing it") from exc
         raise ToolError(exc.message) from exc
-    ctx.read_etags[rel] = str(got["etag"])
+    ctx.remember(rel, str(got["etag"]), data)
 
 
 async def write(ctx: ToolContext, inp: dict[str, Any]) -> str:
@@ -186,7 +200,9 @@ async def edit(ctx: ToolContext, inp: dict[str, Any]) -> str:
         raise ToolError("old_string and new_string are the same; nothing to change")
     if rel not in ctx.read_etags:
         raise ToolError(f"{rel} has not been read yet; Read it before editing it")
-    data, etag = await _read_bytes(ctx, rel)
+    etag, data = ctx.contents.get(rel, ("", b""))
+    if etag != ctx.read_etags[rel]:
+        data, etag = await _read_bytes(ctx, rel)
     if etag != ctx.read_etags[rel]:
         raise ToolError(f"{rel} has changed since it was read (by the user or another "
                         "process); Read it again before editing it")
