@@ -357,6 +357,10 @@ def test_secrets_reach_bash_but_no_event_or_log(server: LiveServer, api_key: str
         ("value=[redacted]", False), ("same", False)]
     assert of_type(evs, "assistant")[-1]["text"] == "The secret is [redacted]."
     assert len(model.requests) == 3
+    # The model is given the redacted result too: the value never reaches the provider.
+    sent = json.dumps([m for req in model.requests for m in req["messages"]
+                       if m["role"] == "user"])
+    assert "value=[redacted]" in sent and value not in sent
     # ... and nowhere in what is stored, streamed or logged.
     assert streamed == evs[:len(streamed)] and len(streamed) == len(evs)
     assert value not in json.dumps(evs) and value not in json.dumps(streamed)

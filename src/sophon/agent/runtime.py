@@ -114,10 +114,12 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
                     if asked:  # an answer may have changed the policy (ask_once, remember)
                         current = ApprovalPolicy.model_validate(
                             (await turn.fresh_row(sessions)).approval)
-                    await emit.append(sid, ToolResult(tool_use_id=call["id"], content=content,
-                                                      is_error=is_error))
+                    logged = await emit.append(sid, ToolResult(
+                        tool_use_id=call["id"], content=content, is_error=is_error))
+                    # The model gets the logged (redacted) result: a secret's value never
+                    # reaches the provider, and a rebuilt history reads the same.
                     results.append({"type": "tool_result", "tool_use_id": call["id"],
-                                    "content": content, "is_error": is_error})
+                                    "content": logged.content, "is_error": is_error})
                 messages.append({"role": "user", "content": results})
                 if turn.interrupted:
                     break
