@@ -1,4 +1,9 @@
-"""The CLI: how fast it starts, and whether `stream` keeps up with a busy session."""
+"""The CLI: how fast it starts, and whether `stream` keeps up with a busy session.
+
+Start-up: `sophon --help` and `sophon claude-code list` (against a live server holding a
+few sessions), run in interleaved rounds with `python -c pass` and `python -S -c pass` as
+the same-run baselines. `.venv/bin/python bench/bench_cli.py [ROUNDS]` prints just these.
+"""
 
 from __future__ import annotations
 
@@ -19,39 +24,63 @@ from sophon.events.types import User
 SOPHON = str(Path(sys.executable).with_name("sophon"))
 
 
-def _wall_ms(argv: list[str], env: dict[str, str], n: int) -> Samples:
-    out = []
+def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a user's shell: bytecode caches written and used (as for an
+    installed package; PYTHONDONTWRITEBYTECODE would recompile sophon on every run) and no
+    SOPHON_* from outside."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "PYTHONDONTWRITEBYTECODE" and not k.startswith("SOPHON_")}
+    return {**env, **(extra or {})}
+
+
+def _run(argv: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=True)
+    return (time.perf_counter() - t0) * 1000
+
+
+def _interleaved(commands: dict[str, tuple[list[str], dict[str, str]]], n: int,
+                 warmup: int = 2) -> dict[str, Samples]:
+    """Wall time of each command, ``n`` rounds of one run each in turn (hyperfine-like,
+    but interleaved, so the machine's other load weighs on every command alike)."""
+    for _ in range(warmup):
+        for argv, env in commands.values():
+            _run(argv, env)
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(n):
-        t0 = time.perf_counter()
-        subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=True)
-        out.append((time.perf_counter() - t0) * 1000)
-    return Samples(out)
+        for name, (argv, env) in commands.items():
+            times[name].append(_run(argv, env))
+    return {name: Samples(ms) for name, ms in times.items()}
 
 
 def _startup(n: int) -> list[Figure]:
-    env = dict(os.environ)
-    base = _wall_ms([sys.executable, "-c", "pass"], env, n)
-    figures = []
-    help_ = _wall_ms([SOPHON, "--help"], env, n)
-    figures.append(Figure(
-        key="cli_help", title="`sophon --help` start-up (p50)", command="bench/run.py --only "
-        "cli", value=help_.p50, unit="ms", baseline=base.p50,
-        baseline_label="the same interpreter running `pass`", goal="< 300 ms",
-        met=help_.p50 < 300, details=[f"sophon --help: {help_.describe()}",
-                                      f"python -c pass: {base.describe()}"]))
     with live_server() as (srv, key):
         with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {key}"}) as c:
             for i in range(3):
-                c.post("/v1/sessions", json={"name": f"s{i}"})
-        env = {**os.environ, "SOPHON_URL": srv.url, "SOPHON_API_KEY": key}
-        listing = _wall_ms([SOPHON, "claude-code", "list"], env, n)
-    figures.append(Figure(
-        key="cli_list", title="`sophon claude-code list` (p50, 3 sessions)",
-        command="bench/run.py --only cli", value=listing.p50, unit="ms", baseline=base.p50,
-        baseline_label="the same interpreter running `pass`", goal="< 300 ms",
-        met=listing.p50 < 300, details=[f"list: {listing.describe()}"]))
-    return figures
+                c.post("/v1/sessions", json={"name": f"s{i}"}).raise_for_status()
+        plain = _child_env()
+        user = _child_env({"SOPHON_URL": srv.url, "SOPHON_API_KEY": key})
+        got = _interleaved({
+            "python -c pass": ([sys.executable, "-c", "pass"], plain),
+            "python -S -c pass": ([sys.executable, "-S", "-c", "pass"], plain),
+            "sophon --help": ([SOPHON, "--help"], plain),
+            "sophon claude-code list": ([SOPHON, "claude-code", "list"], user),
+        }, n)
+    base = got["python -c pass"]
+    details = [f"`{name}`: {samples.describe()}" for name, samples in got.items()]
+    command = "bench/bench_cli.py (or bench/run.py --only cli)"
+    return [
+        Figure(key="cli_help", title="`sophon --help` start-up (p50)", command=command,
+               value=got["sophon --help"].p50, unit="ms", baseline=base.p50,
+               baseline_label="the same interpreter running `pass`", goal="< 300 ms",
+               met=got["sophon --help"].p50 < 300, details=details),
+        Figure(key="cli_list", title="`sophon claude-code list` (p50, 3 sessions, live server)",
+               command=command, value=got["sophon claude-code list"].p50, unit="ms",
+               baseline=base.p50, baseline_label="the same interpreter running `pass`",
+               goal="< 300 ms", met=got["sophon claude-code list"].p50 < 300,
+               details=["measured in the same rounds as the figure above"]),
+    ]
 
 
 async def _stream(rate: int, seconds: float) -> Figure:
@@ -104,3 +133,11 @@ async def _stream(rate: int, seconds: float) -> Figure:
 
 def run(n: int = 15, rate: int = 1000, seconds: float = 5.0) -> list[Figure]:
     return [*_startup(n), asyncio.run(_stream(rate, seconds))]
+
+
+if __name__ == "__main__":  # the start-up figures alone: bench/bench_cli.py [ROUNDS]
+    for fig in _startup(int(sys.argv[1]) if len(sys.argv) > 1 else 20):
+        print(f"{fig.title}: {fig.value:.0f} ms (goal {fig.goal}: "
+              f"{'met' if fig.met else 'NOT met'}); baseline {fig.baseline:.0f} ms")
+        for line in fig.details:
+            print(f"  {line}")

@@ -1,4 +1,8 @@
-"""The ``sophon`` command. Heavy imports happen inside commands, so --help is quick."""
+"""The ``sophon`` command. Heavy imports happen inside commands, so --help is quick.
+
+The client commands talk to the server through the SDK's ``RawClient`` (standard library
+only) and print without rich where plain text will do: see bench/bench_cli.py for what
+start-up costs."""
 
 from __future__ import annotations
 
@@ -109,15 +113,20 @@ def login(
 
     Example: sophon login --url http://127.0.0.1:8765 --api-key sk-sophon-...
     """
-    from sophon.client import Client, SophonAPIError
-    from sophon.client._common import save_config
+    from sophon.client._common import SophonAPIError, save_config
+    from sophon.client._raw import RawClient
 
     try:
-        with Client(url, api_key) as c:
+        with RawClient(url, api_key) as c:
             who = c.me()
+    except ValueError as exc:  # not an http(s) URL
+        _fail(str(exc))
     except SophonAPIError as exc:
         _fail(exc.message)
-    path = save_config(url, api_key)
+    try:
+        path = save_config(url, api_key)
+    except OSError as exc:
+        _fail(f"cannot save the config: {exc.filename}: {exc.strerror}")
     typer.echo(f"logged in to {url} as {who['name']} (saved in {path})")
 
 

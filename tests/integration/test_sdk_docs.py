@@ -11,16 +11,22 @@ server first; ``<!-- expect: TEXT -->`` requires TEXT in what the block printed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import itertools
+import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import tarfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,7 +168,7 @@ def test_the_doc_has_its_examples() -> None:
     headings = {b.heading for b in BLOCKS}
     for needed in ("Configure", "Errors", "Sessions", "Run a command", "Files", "Diff",
                    "Secrets", "Talk to the agent", "Read the event log", "Usage", "Export",
-                   "Delete", "The execution API", "AsyncClient"):
+                   "Delete", "The execution API", "AsyncClient", "RawClient"):
         assert needed in headings, f"no example under '## {needed}'"
     for block in BLOCKS:
         assert block.script is None or block.script in SCRIPTS, block.id
@@ -347,22 +353,24 @@ def test_list_sessions_newest_first_with_a_limit(client: Client) -> None:
     assert len(list(client.list_sessions(limit=50))) == 4
 
 
-def test_list_sessions_follows_the_cursor_across_pages(client: Client) -> None:
-    """With pages of 2 (the hook shrinks the client's page size), 5 sessions take 3 pages
-    and come out once each, in order."""
+def test_list_sessions_follows_the_cursor_across_pages(client: Client,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pages of 2, 5 sessions take 3 pages and come out once each, in order."""
     made = [client.create_session(f"p{i}").id for i in range(5)]
     cursors: list[str | None] = []
+    call = client._http.call
 
-    def small_pages(request: httpx.Request) -> None:
-        if request.method == "GET" and request.url.path == "/v1/sessions":
-            request.url = request.url.copy_set_param("limit", "2")
-            cursors.append(request.url.params.get("cursor"))
+    def counting(method: str, path: str, **kwargs: Any) -> Any:
+        if method == "GET" and path == "/v1/sessions":
+            assert kwargs["params"]["limit"] == 2
+            cursors.append(kwargs["params"].get("cursor"))
+        return call(method, path, **kwargs)
 
-    client._http.event_hooks = {"request": [small_pages], "response": []}
-    assert [s.id for s in client.list_sessions()] == made[::-1]
+    monkeypatch.setattr(client._http, "call", counting)
+    assert [s.id for s in client.list_sessions(page_size=2)] == made[::-1]
     assert len(cursors) == 3 and cursors[0] is None and all(cursors[1:])
     cursors.clear()
-    assert [s.id for s in client.list_sessions(limit=3)] == made[:1:-1]
+    assert [s.id for s in client.list_sessions(limit=3, page_size=2)] == made[:1:-1]
     assert len(cursors) == 2  # stops fetching once it has enough
 
 
@@ -449,13 +457,14 @@ def test_file_names_with_url_characters(client: Client) -> None:
         assert client.read_file(sid, name).content == name
 
 
-def test_file_names_with_url_characters_are_fine_over_http(client: Client) -> None:
+def test_file_names_with_url_characters_are_fine_over_http(client: Client,
+                                                            http: httpx.Client) -> None:
     """What the SDK should do: the API itself handles these names when they are quoted."""
     from urllib.parse import quote
 
     sid = client.create_session("names").id
     for name in ODD_NAMES:
-        r = client._http.put(f"/v1/sessions/{sid}/files/{quote(name)}", content=name.encode())
+        r = http.put(f"/v1/sessions/{sid}/files/{quote(name)}", content=name.encode())
         assert r.status_code == 201, r.text
     assert set(ODD_NAMES) <= {e.path for e in client.files(sid).entries}
 
@@ -546,3 +555,261 @@ async def test_async_turn_with_an_approval(server: LiveServer, api_key: str,
         assert texts == ["I'll run the tests.", "All 3 tests pass."]
         assert await ac.interrupt(s.id) is False
         assert (await ac.usage(s.id))["totals"]["input_tokens"] > 0
+
+
+# --- reconnecting with Last-Event-ID ------------------------------------------------------------
+
+class Proxy:
+    """A TCP proxy in front of the server that keeps what went through each connection
+    and can cut them all, as a network or a load balancer would."""
+
+    def __init__(self, port: int) -> None:
+        self._upstream = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.sent: list[bytearray] = []  # what each client sent, by connection
+        self.received: list[bytearray] = []  # what the server answered
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._upstream))
+            up, down = bytearray(), bytearray()
+            with self._lock:
+                self.sent.append(up)
+                self.received.append(down)
+                self._open += [client, server]
+            for src, dst, log in ((client, server, up), (server, client, down)):
+                threading.Thread(target=self._pump, args=(src, dst, log), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, log: bytearray) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                log += data
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self._lock:
+            open_, self._open = self._open, []
+        for s in open_:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def event_streams(self, sid: str) -> list[tuple[str | None, list[int]]]:
+        """For each events request: its Last-Event-ID, and the ids the server sent back."""
+        with self._lock:
+            pairs = list(zip(self.sent, self.received, strict=True))
+        out = []
+        for up, down in pairs:
+            head = bytes(up).decode("latin-1")
+            if not head.startswith(f"GET /v1/sessions/{sid}/events"):
+                continue
+            last = re.search(r"(?im)^last-event-id: *(\d+)\r$", head)
+            ids = [int(i) for i in re.findall(rb"(?m)^id: (\d+)$", bytes(down))]
+            out.append((last.group(1) if last else None, ids))
+        return out
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()
+
+
+@pytest.fixture
+def proxy(server: LiveServer) -> Iterator[Proxy]:
+    p = Proxy(server.port)
+    yield p
+    p.close()
+
+
+def test_events_resume_after_the_last_event_seen(client: Client, proxy: Proxy,
+                                                 api_key: str) -> None:
+    """A dropped stream is asked again with Last-Event-ID = the last seq yielded, so the
+    server replays only what was missed: nothing twice, nothing lost."""
+    sid = client.create_session("resume").id
+    run(client, sid, "echo before")
+    before = client.get_session(sid).last_seq
+    got: list[Any] = []
+    with Client(proxy.url, api_key) as follower:
+        events = follower.events(sid)
+        while not got or got[-1].seq < before:
+            got.append(next(events))
+        proxy.cut()
+        during = run(client, sid, "echo during")  # written while the stream is down
+        while got[-1].seq < during[-1].seq:
+            got.append(next(events))
+        events.close()
+    streams = proxy.event_streams(sid)
+    assert [last for last, _ in streams] == ["0", str(before)]
+    assert streams[1][1][0] == before + 1  # the server replayed from there, not from 1
+    assert [e.seq for e in got] == list(range(1, during[-1].seq + 1))
+    assert got == list(client.events(sid, follow=False))
+
+
+async def test_async_events_resume_after_the_last_event_seen(client: Client, proxy: Proxy,
+                                                             api_key: str) -> None:
+    sid = client.create_session("resume").id
+    run(client, sid, "echo before")
+    before = client.get_session(sid).last_seq
+    reconnects: list[int] = []
+    got: list[Any] = []
+    async with AsyncClient(proxy.url, api_key) as follower, contextlib.aclosing(
+            follower.events(sid, on_reconnect=reconnects.append)) as events:
+        async for event in events:
+            got.append(event)
+            if event.seq == before:
+                proxy.cut()
+                during = await asyncio.to_thread(run, client, sid, "echo during")
+            elif reconnects and event.type == "exec_end":
+                break
+    streams = proxy.event_streams(sid)
+    assert [last for last, _ in streams] == ["0", str(before)] and reconnects == [before]
+    assert streams[1][1][0] == before + 1
+    assert [e.seq for e in got] == list(range(1, during[-1].seq + 1))
+
+
+# --- diff, deny, the execution routes ------------------------------------------------------------
+
+def test_diff_since_an_older_commit(client: Client) -> None:
+    sid = client.create_session("diff", template="python", base="python").id
+    first = "".join(e.data for e in run(client, sid, "git rev-parse HEAD")
+                    if e.type == "exec_output").strip()
+    calc = client.read_file(sid, "calc.py")
+    client.write_file(sid, "calc.py", calc.content + "# second\n", etag=calc.etag)
+    ended = run(client, sid, "git -c user.name=t -c user.email=t@x commit -qam second")
+    assert ended[-1].exit_code == 0, ended
+    assert client.diff(sid) == ""  # the workspace is HEAD now
+    since = client.diff(sid, since=first)
+    assert "+# second" in since and "calc.py" in since
+
+
+def test_deny_with_a_reason_reaches_the_model(client: Client, model: ModelServer) -> None:
+    model.set_script(SCRIPTS["approval"])
+    sid = client.create_session("deny", template="python", base="python").id
+    client.send_message(sid, "Run the tests.")
+    pending = wait_for(lambda: client.approvals(sid), 20, 0.05, "an approval request")
+    decision = client.deny(sid, pending[0]["approval_id"], reason="not before lunch")  # type: ignore[index]
+    assert (decision.type, decision.decision, decision.reason) == (
+        "approval_decision", "deny", "not before lunch")
+    wait_for(lambda: client.get_session(sid).status == "idle", 20, 0.05, "the turn to end")
+    told = json.dumps(model.requests[-1]["messages"][-1])
+    assert "was denied: not before lunch" in told, told
+    assert not any(e.type == "exec_start" for e in client.events(sid, follow=False))
+
+
+LONG = "import time\nprint('started', flush=True)\ntime.sleep(120)\n"
+
+
+def test_get_and_cancel_an_execution(client: Client) -> None:
+    accepted = client.start_execution(LONG, timeout=300)
+    trace = accepted["trace_id"]
+    assert accepted["status"] == "queued"
+    wait_for(lambda: client.get_execution(trace)["status"] == "running", 30, 0.05,
+             "the execution to run")
+    t0 = time.monotonic()
+    assert client.cancel_execution(trace) == "cancelled"
+    assert time.monotonic() - t0 < 30
+    status = client.get_execution(trace)
+    assert (status["trace_id"], status["status"]) == (trace, "cancelled")
+    assert [e["type"] for e in client.execution_output(trace)][-1] == "result"
+    with pytest.raises(NotFoundError):
+        client.get_execution("exe_does_not_exist")
+
+    streamed = list(client.execute_stream("print(6 * 7)"))  # the status event names it
+    done = client.get_execution(streamed[0]["trace_id"])
+    assert (done["status"], done["stdout"], done["delivery_mode"]) == ("success", "42\n",
+                                                                       "stream")
+    assert client.cancel_execution(done["trace_id"]) == "success"  # over: nothing to stop
+
+
+# --- AsyncClient: everything Client has ----------------------------------------------------------
+
+def test_async_client_has_every_method_of_client() -> None:
+    public = {n for n in dir(Client) if not n.startswith("_")} - {"close"}
+    missing = {n for n in public if not hasattr(AsyncClient, n)}
+    assert not missing, missing
+
+
+async def poll(check: Callable[[], Awaitable[Any]], what: str, deadline: float = 30) -> Any:
+    """``wait_for`` for coroutines: the first truthy answer, or fail after ``deadline`` s."""
+    end = time.monotonic() + deadline
+    for _ in itertools.count():
+        if value := await check():
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def running(ac: AsyncClient, trace: str) -> bool:
+    return (await ac.get_execution(trace))["status"] == "running"
+
+
+async def idle(ac: AsyncClient, sid: str) -> bool:
+    return (await ac.get_session(sid)).status == "idle"
+
+
+async def test_async_client_everything_else(server: LiveServer, api_key: str,
+                                            model: ModelServer, tmp_path: Path) -> None:
+    async with AsyncClient(server.url, api_key) as ac:
+        assert (await ac.me())["name"]
+        s = await ac.create_session("more", template="python", base="python")
+        ran = [e async for e in ac.exec(s.id, "echo hi")]
+        log = [e async for e in ac.events(s.id, follow=False)]
+        assert [e.seq for e in log] == list(range(1, len(log) + 1)) and log[-len(ran):] == ran
+        assert await ac.event_page(s.id, after=1, limit=2) == log[1:3]
+
+        await ac.set_secret(s.id, "ONE", "first-secret")
+        await ac.set_secret(s.id, "TWO", "second-secret")
+        assert await ac.secrets(s.id) == ["ONE", "TWO"]
+        await ac.delete_secret(s.id, "ONE")
+        assert await ac.secrets(s.id) == ["TWO"]
+
+        seen: list[int] = []
+        size = await ac.export(s.id, tmp_path / "out", progress=seen.append)
+        archive = tmp_path / "out" / f"{s.id}.tar.gz"
+        assert archive.stat().st_size == size == seen[-1]
+        with tarfile.open(archive) as tar:
+            assert "project/calc.py" in tar.getnames()
+        buffer = io.BytesIO()
+        assert await ac.export(s.id, buffer) > 0 and buffer.getvalue()[:2] == b"\x1f\x8b"
+        with pytest.raises(NotFoundError):
+            await ac.export("ses_nope", tmp_path / "nope.tar.gz")
+        assert not (tmp_path / "nope.tar.gz").exists()
+
+        streamed = [e async for e in ac.execute_stream("print('a'); print('b')")]
+        assert streamed[0]["type"] == "status" and streamed[-1]["type"] == "result"
+        assert "".join(e["data"] for e in streamed if e["type"] == "output") == "a\nb\n"
+        assert (await ac.get_execution(streamed[0]["trace_id"]))["stdout"] == "a\nb\n"
+        trace = (await ac.start_execution(LONG, timeout=300))["trace_id"]
+        await poll(lambda: running(ac, trace), "the execution to run")
+        assert await ac.cancel_execution(trace) == "cancelled"
+        assert (await ac.get_execution(trace))["status"] == "cancelled"
+        assert [e["type"] async for e in ac.execution_output(trace)][-1] == "result"
+
+        # approve and deny, one after the other (ask_once: the shell asks until allowed)
+        model.set_script({"turns": [
+            {"content": [tool("Bash", command="echo first")]}, {"reply": "denied, fine"},
+            {"content": [tool("Bash", command="echo second")]}, {"reply": "done"}]})
+        for answer in ("deny", "approve"):
+            await ac.send_message(s.id, "go")
+            pending = await poll(lambda: ac.approvals(s.id), "an approval request")
+            if answer == "deny":
+                decision = await ac.deny(s.id, pending[0]["approval_id"], reason="no")
+            else:
+                decision = await ac.approve(s.id, pending[0]["approval_id"])
+            assert decision.decision == ("deny" if answer == "deny" else "allow")
+            await poll(lambda: idle(ac, s.id), "the turn to end")
+        outputs = [e.content for e in await ac.event_page(s.id, limit=5000)
+                   if e.type == "tool_result"]
+        assert outputs[0].startswith("Permission to use Bash was denied: no")
+        assert outputs[1].strip() == "second"
+        assert [x.id for x in await ac.list_sessions(limit=1)] == [s.id]

@@ -1,4 +1,11 @@
-"""The Python SDK: ``Client`` (sync) and ``AsyncClient`` over Sophon's REST + SSE API."""
+"""The Python SDK: ``Client`` (sync, typed), ``AsyncClient`` (asyncio, typed) and
+``RawClient`` (sync, plain JSON, standard library only) over Sophon's REST + SSE API.
+
+``Client`` and ``AsyncClient`` are imported on first use: they bring pydantic (and httpx
+for the async one), which the CLI never needs.
+"""
+
+from typing import Any
 
 from sophon.client._common import (
     AuthenticationError,
@@ -10,11 +17,15 @@ from sophon.client._common import (
     ServerError,
     SophonAPIError,
 )
-from sophon.client.sync import Client
+from sophon.client._raw import RawClient
 
 
-def __getattr__(name: str) -> object:
-    if name == "AsyncClient":  # imported on first use: the CLI never needs it
+def __getattr__(name: str) -> Any:
+    if name == "Client":
+        from sophon.client.sync import Client
+
+        return Client
+    if name == "AsyncClient":
         from sophon.client.aio import AsyncClient
 
         return AsyncClient
@@ -23,6 +34,6 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AsyncClient", "AuthenticationError", "BadRequestError", "Client", "ConflictError",
-    "ConnectionFailed", "NotFoundError", "PreconditionFailedError", "ServerError",
-    "SophonAPIError",
+    "ConnectionFailed", "NotFoundError", "PreconditionFailedError", "RawClient",
+    "ServerError", "SophonAPIError",
 ]

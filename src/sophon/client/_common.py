@@ -1,4 +1,7 @@
-"""What the sync and async clients share: configuration, errors, request shapes, SSE."""
+"""What the clients share: configuration, errors, request shapes, SSE.
+
+Standard library only: the CLI imports this on every run, so it must stay cheap.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 DEFAULT_URL = "http://127.0.0.1:8765"
+# Waits between reconnections of an events stream (the last one repeats).
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 def config_path() -> Path:
@@ -95,20 +98,22 @@ _BY_STATUS = {400: BadRequestError, 401: AuthenticationError, 404: NotFoundError
               409: ConflictError, 412: PreconditionFailedError, 428: PreconditionFailedError}
 
 
-def raise_for(response: httpx.Response) -> None:
-    if response.is_success:
-        return
+def error_for(status: int, body: bytes) -> SophonAPIError:
+    """The typed exception for an error answer (the API's ``{error, message}``)."""
     try:
-        body = response.json()
-        code, message = str(body.get("error", "error")), str(body.get("message", body))
+        data = json.loads(body)
+        code, message = str(data.get("error", "error")), str(data.get("message", data))
     except (ValueError, AttributeError):
-        code, message = "error", response.text or f"HTTP {response.status_code}"
-    cls = _BY_STATUS.get(response.status_code,
-                         ServerError if response.status_code >= 500 else SophonAPIError)
-    raise cls(message, response.status_code, code)
+        code = "error"
+        message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+    cls = _BY_STATUS.get(status, ServerError if status >= 500 else SophonAPIError)
+    return cls(message, status, code)
 
 
-def unreachable(url: str, exc: Exception) -> ConnectionFailed:
+def unreachable(url: str, exc: BaseException) -> ConnectionFailed:
+    if isinstance(exc, TimeoutError) or "Timeout" in exc.__class__.__name__:
+        return ConnectionFailed(f"the Sophon server at {url} did not answer in time "
+                                f"({exc.__class__.__name__})")
     return ConnectionFailed(f"cannot reach the Sophon server at {url} ({exc.__class__.__name__})"
                             "; is it running? (sophon serve)")
 
@@ -167,3 +172,17 @@ class SSEParser:
             field, _, value = line.partition(":")
             if field == "data":
                 self.data = [*(self.data or []), value.removeprefix(" ")]
+
+
+def split_lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """Lines (without their ending) from a stream of byte chunks, as they complete."""
+    rest = b""
+    for chunk in chunks:
+        rest += chunk
+        if b"\n" not in chunk:
+            continue
+        *lines, rest = rest.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", "replace")
+    if rest:
+        yield rest.rstrip(b"\r").decode("utf-8", "replace")

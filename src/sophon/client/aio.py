@@ -1,31 +1,50 @@
 """``sophon.AsyncClient``: the asyncio SDK, for programs (and agents) that drive many
-sessions at once. The everyday methods of ``sophon.Client``, awaited (sessions,
-messages, approvals, events, exec, files, diff, secrets, execute); export and the
-execution-status routes are on ``Client`` only."""
+sessions at once. The methods of ``sophon.Client``, awaited; ``exec``, ``events``,
+``list_sessions``, ``execute_stream`` and ``execution_output`` are async iterators."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import httpx
 
 from sophon.client._common import (
+    RECONNECT_DELAYS,
+    ConnectionFailed,
     ServerError,
     SSEParser,
+    error_for,
     execute_body,
-    raise_for,
     resolve,
     session_body,
     unreachable,
 )
-from sophon.client.sync import RECONNECT_DELAYS
+from sophon.client._http import seg
+from sophon.client._raw import NDJSON, export_target
 from sophon.events.types import from_wire
 from sophon.sandbox.models import SandboxResult
 from sophon.sessions.models import FileContent, FileTree, SessionView
+
+
+async def _check(response: httpx.Response) -> None:
+    if not response.is_success:
+        raise error_for(response.status_code, await response.aread())
+
+
+async def _copy(response: httpx.Response, out: BinaryIO,
+                progress: Callable[[int], None] | None) -> int:
+    total = 0
+    async for chunk in response.aiter_bytes():
+        out.write(chunk)
+        total += len(chunk)
+        if progress is not None:
+            progress(total)
+    return total
 
 
 class AsyncClient:
@@ -49,8 +68,24 @@ class AsyncClient:
             response = await self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise unreachable(self.base_url, exc) from exc
-        raise_for(response)
+        await _check(response)
         return response.json() if response.content else None
+
+    async def _lines(self, method: str, path: str, read: float | None,
+                     **kwargs: Any) -> AsyncIterator[str]:
+        try:
+            async with self._http.stream(method, path, timeout=httpx.Timeout(60, read=read),
+                                         **kwargs) as r:
+                await _check(r)
+                async for line in r.aiter_lines():
+                    yield line
+        except httpx.TransportError as exc:
+            raise unreachable(self.base_url, exc) from exc
+
+    # --- sessions -------------------------------------------------------------
+
+    async def me(self) -> dict[str, str]:
+        return dict(await self._json("GET", "/v1/me"))
 
     async def create_session(self, name: str, *, base: str = "generic", model: str = "sonnet",
                              system_prompt: str | None = None, template: str | None = None,
@@ -64,66 +99,177 @@ class AsyncClient:
                             max_budget_usd=max_budget_usd)
         return SessionView.model_validate(await self._json("POST", "/v1/sessions", json=body))
 
-    async def list_sessions(self, limit: int = 100) -> list[SessionView]:
-        page = await self._json("GET", "/v1/sessions", params={"limit": min(limit, 200)})
-        return [SessionView.model_validate(s) for s in page["sessions"]]
+    async def list_sessions(self, limit: int | None = None, *,
+                            page_size: int = 100) -> list[SessionView]:
+        """Yours, newest first (every page, or the first ``limit``)."""
+        out: list[SessionView] = []
+        cursor = None
+        while limit is None or len(out) < limit:
+            params: dict[str, Any] = {"limit": page_size}
+            if cursor:
+                params["cursor"] = cursor
+            page = await self._json("GET", "/v1/sessions", params=params)
+            out += [SessionView.model_validate(s) for s in page["sessions"]]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        return out if limit is None else out[:limit]
 
     async def get_session(self, session_id: str) -> SessionView:
-        return SessionView.model_validate(await self._json("GET", f"/v1/sessions/{session_id}"))
+        return SessionView.model_validate(
+            await self._json("GET", f"/v1/sessions/{seg(session_id)}"))
 
     async def update_session(self, session_id: str, **changes: Any) -> SessionView:
         return SessionView.model_validate(
-            await self._json("PATCH", f"/v1/sessions/{session_id}", json=changes))
+            await self._json("PATCH", f"/v1/sessions/{seg(session_id)}", json=changes))
 
     async def delete_session(self, session_id: str) -> None:
-        await self._json("DELETE", f"/v1/sessions/{session_id}")
+        await self._json("DELETE", f"/v1/sessions/{seg(session_id)}")
+
+    # --- the agent --------------------------------------------------------------
 
     async def send_message(self, session_id: str, content: str, *,
                            queue: bool = False) -> dict[str, Any]:
-        return dict(await self._json("POST", f"/v1/sessions/{session_id}/messages",
+        return dict(await self._json("POST", f"/v1/sessions/{seg(session_id)}/messages",
                                      json={"content": content, "queue": queue}))
 
     async def interrupt(self, session_id: str) -> bool:
-        return bool((await self._json("POST", f"/v1/sessions/{session_id}/interrupt"))
+        return bool((await self._json("POST", f"/v1/sessions/{seg(session_id)}/interrupt"))
                     ["interrupted"])
 
     async def approvals(self, session_id: str) -> list[dict[str, Any]]:
-        return list((await self._json("GET", f"/v1/sessions/{session_id}/approvals"))
+        return list((await self._json("GET", f"/v1/sessions/{seg(session_id)}/approvals"))
                     ["approvals"])
 
     async def decide(self, session_id: str, approval_id: str, decision: str, *,
-                     remember: bool = False) -> Any:
+                     remember: bool = False, reason: str | None = None) -> Any:
+        body: dict[str, Any] = {"decision": decision, "remember": remember}
+        if reason:
+            body["reason"] = reason
         return from_wire(await self._json(
-            "POST", f"/v1/sessions/{session_id}/approvals/{approval_id}",
-            json={"decision": decision, "remember": remember}))
+            "POST", f"/v1/sessions/{seg(session_id)}/approvals/{seg(approval_id)}", json=body))
+
+    async def approve(self, session_id: str, approval_id: str, *,
+                      remember: bool = False) -> Any:
+        return await self.decide(session_id, approval_id, "allow", remember=remember)
+
+    async def deny(self, session_id: str, approval_id: str, *, reason: str | None = None,
+                   remember: bool = False) -> Any:
+        return await self.decide(session_id, approval_id, "deny", reason=reason,
+                                 remember=remember)
 
     async def usage(self, session_id: str) -> dict[str, Any]:
-        return dict(await self._json("GET", f"/v1/sessions/{session_id}/usage"))
+        return dict(await self._json("GET", f"/v1/sessions/{seg(session_id)}/usage"))
+
+    # --- events -------------------------------------------------------------------
+
+    async def event_page(self, session_id: str, after: int = 0,
+                         limit: int = 500) -> list[Any]:
+        page = await self._json("GET", f"/v1/sessions/{seg(session_id)}/events",
+                                params={"after": after, "limit": limit},
+                                headers={"Accept": "application/json"})
+        return [from_wire(e) for e in page["events"]]
+
+    async def events(self, session_id: str, after: int = 0, *, follow: bool = True,
+                     on_reconnect: Callable[[int], None] | None = None) -> AsyncIterator[Any]:
+        """Every event after ``after``; with ``follow``, then live ones forever,
+        reconnecting by itself (Last-Event-ID) when the connection drops."""
+        last = after
+        if not follow:
+            while page := await self.event_page(session_id, last, 5000):
+                for event in page:
+                    yield event
+                last = page[-1].seq
+            return
+        failures = 0
+        while True:
+            try:
+                parser = SSEParser()
+                async for line in self._lines(
+                        "GET", f"/v1/sessions/{seg(session_id)}/events", None,
+                        headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"}):
+                    for data in parser.feed(line):
+                        if json.loads(data)["seq"] > last:
+                            event = from_wire(data)
+                            last, failures = event.seq, 0
+                            yield event
+            except (ConnectionFailed, ServerError, httpx.HTTPError):
+                pass  # dropped, or a proxy's 5xx while the server restarts: try again
+            failures += 1
+            await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS)) - 1])
+            if on_reconnect is not None:
+                on_reconnect(last)
+
+    # --- work in the session -----------------------------------------------------
+
+    async def exec(self, session_id: str, command: str,
+                   timeout: int = 600) -> AsyncIterator[Any]:
+        async for line in self._lines("POST", f"/v1/sessions/{seg(session_id)}/exec",
+                                      timeout + 60,
+                                      json={"command": command, "timeout": timeout}):
+            if line:
+                yield from_wire(line)
 
     async def files(self, session_id: str) -> FileTree:
-        return FileTree.model_validate(await self._json("GET",
-                                                        f"/v1/sessions/{session_id}/files"))
+        return FileTree.model_validate(
+            await self._json("GET", f"/v1/sessions/{seg(session_id)}/files"))
 
     async def read_file(self, session_id: str, path: str) -> FileContent:
         return FileContent.model_validate(
-            await self._json("GET", f"/v1/sessions/{session_id}/files/{quote(path)}"))
+            await self._json("GET", f"/v1/sessions/{seg(session_id)}/files/{quote(path)}"))
 
     async def write_file(self, session_id: str, path: str, data: bytes | str, *,
-                         etag: str | None = None) -> str:
-        headers = {"If-Match": f'"{etag}"'} if etag else {}
+                         etag: str | None = None, create_only: bool = False) -> str:
+        headers = {}
+        if etag:
+            headers["If-Match"] = f'"{etag}"'
+        if create_only:
+            headers["If-None-Match"] = "*"
         content = data.encode() if isinstance(data, str) else data
-        got = await self._json("PUT", f"/v1/sessions/{session_id}/files/{quote(path)}",
+        got = await self._json("PUT", f"/v1/sessions/{seg(session_id)}/files/{quote(path)}",
                                content=content, headers=headers)
         return str(got["etag"])
 
     async def diff(self, session_id: str, since: str | None = None) -> str:
         params = {"since": since} if since else {}
-        return str((await self._json("GET", f"/v1/sessions/{session_id}/diff",
+        return str((await self._json("GET", f"/v1/sessions/{seg(session_id)}/diff",
                                      params=params))["diff"])
 
+    async def secrets(self, session_id: str) -> list[str]:
+        return list((await self._json("GET", f"/v1/sessions/{seg(session_id)}/secrets"))
+                    ["names"])
+
     async def set_secret(self, session_id: str, name: str, value: str) -> None:
-        await self._json("PUT", f"/v1/sessions/{session_id}/secrets/{name}",
+        await self._json("PUT", f"/v1/sessions/{seg(session_id)}/secrets/{seg(name)}",
                          json={"value": value})
+
+    async def delete_secret(self, session_id: str, name: str) -> None:
+        await self._json("DELETE", f"/v1/sessions/{seg(session_id)}/secrets/{seg(name)}")
+
+    async def export(self, session_id: str, dest: str | Path | BinaryIO, *,
+                     progress: Callable[[int], None] | None = None) -> int:
+        """Stream the archive into a file (through ``NAME.part``: a failed export leaves
+        nothing), a directory or an open binary file; returns the number of bytes."""
+        try:
+            async with self._http.stream("GET", f"/v1/sessions/{seg(session_id)}/export",
+                                         timeout=httpx.Timeout(60, read=None)) as r:
+                await _check(r)
+                target = export_target(dest, session_id)
+                if not isinstance(target, Path):
+                    return await _copy(r, target, progress)
+                partial = target.with_name(target.name + ".part")
+                try:
+                    with open(partial, "wb") as out:  # noqa: ASYNC230 - a local file
+                        total = await _copy(r, out, progress)
+                    partial.replace(target)
+                except BaseException:
+                    partial.unlink(missing_ok=True)
+                    raise
+                return total
+        except httpx.TransportError as exc:
+            raise unreachable(self.base_url, exc) from exc
+
+    # --- the execution API ---------------------------------------------------------
 
     async def execute(self, code: str, *, language: str = "python", timeout: int = 60,
                       thread_id: str | None = None, env_vars: dict[str, str] | None = None,
@@ -133,41 +279,36 @@ class AsyncClient:
             "POST", "/v1/sandbox/execute", json=body,
             timeout=httpx.Timeout(60, read=timeout + 60)))
 
-    async def exec(self, session_id: str, command: str,
-                   timeout: int = 600) -> AsyncIterator[Any]:
-        try:
-            async with self._http.stream("POST", f"/v1/sessions/{session_id}/exec",
-                                         json={"command": command, "timeout": timeout},
-                                         timeout=httpx.Timeout(60, read=timeout + 60)) as r:
-                if not r.is_success:
-                    await r.aread()
-                    raise_for(r)
-                async for line in r.aiter_lines():
-                    if line:
-                        yield from_wire(json.loads(line))
-        except httpx.TransportError as exc:
-            raise unreachable(self.base_url, exc) from exc
+    async def execute_stream(self, code: str, *, language: str = "python", timeout: int = 60,
+                             thread_id: str | None = None,
+                             env_vars: dict[str, str] | None = None,
+                             metadata: dict[str, str] | None = None,
+                             ) -> AsyncIterator[dict[str, Any]]:
+        """The execution's events: status, output (stream, data), keepalive, result."""
+        body = execute_body(code, language, timeout, thread_id, env_vars, metadata)
+        async for line in self._lines("POST", "/v1/sandbox/execute", timeout + 60, json=body,
+                                      headers={"Accept": NDJSON}):
+            if line:
+                yield json.loads(line)
 
-    async def events(self, session_id: str, after: int = 0) -> AsyncIterator[Any]:
-        """Every event after ``after``, then live ones forever; reconnects by itself."""
-        last, failures = after, 0
-        while True:
-            try:
-                async with self._http.stream(
-                        "GET", f"/v1/sessions/{session_id}/events",
-                        headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"},
-                        timeout=httpx.Timeout(60, read=None)) as r:
-                    if not r.is_success:
-                        await r.aread()
-                        raise_for(r)
-                    parser = SSEParser()
-                    async for line in r.aiter_lines():
-                        for data in parser.feed(line):
-                            event = from_wire(json.loads(data))
-                            if event.seq > last:
-                                last, failures = event.seq, 0
-                                yield event
-            except (httpx.TransportError, httpx.RemoteProtocolError, ServerError):
-                pass
-            failures += 1
-            await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS)) - 1])
+    async def start_execution(self, code: str, *, language: str = "python",
+                              timeout: int = 60, thread_id: str | None = None,
+                              env_vars: dict[str, str] | None = None,
+                              metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        body = execute_body(code, language, timeout, thread_id, env_vars, metadata)
+        return dict(await self._json("POST", "/v1/sandbox/execute", json=body,
+                                     headers={"Prefer": "respond-async"}))
+
+    async def get_execution(self, trace_id: str) -> dict[str, Any]:
+        return dict(await self._json("GET", f"/v1/executions/{seg(trace_id)}"))
+
+    async def cancel_execution(self, trace_id: str) -> str:
+        return str((await self._json("POST", f"/v1/executions/{seg(trace_id)}/cancel"))
+                   ["status"])
+
+    async def execution_output(self, trace_id: str,
+                               after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
+        async for line in self._lines("GET", f"/v1/executions/{seg(trace_id)}/output", None,
+                                      params={"after_seq": after_seq}):
+            if line:
+                yield json.loads(line)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar  # noqa: UP035 - typer needs Optional
 
@@ -20,18 +21,30 @@ F = TypeVar("F", bound=Callable[..., Any])
 SessionId = Annotated[str, typer.Argument(help="The session's id (ses_...).")]
 
 
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line on stderr; raise what this returns to exit with ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
 def friendly(fn: F) -> F:
-    """A user's mistake (bad id, server down, no key) is one line on stderr, not a trace."""
+    """A user's mistake (bad id, server down, no key, a path that cannot be written) is
+    one line on stderr and a non-zero exit, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sophon.client import SophonAPIError
+        from sophon.client._common import SophonAPIError
 
         try:
             return fn(*args, **kwargs)
         except SophonAPIError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(1) from None
+            raise fail(exc.message) from None
+        except BrokenPipeError:  # `... | head`: the reader has gone, so stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise fail(f"{where}{exc.strerror or exc}") from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
 
@@ -39,15 +52,21 @@ def friendly(fn: F) -> F:
 
 
 def client() -> Any:
-    from sophon.client import Client
+    """The SDK's RawClient: plain JSON over the standard library, so commands start fast
+    (no httpx, no pydantic)."""
+    from sophon.client._common import SophonAPIError
+    from sophon.client._raw import RawClient
 
-    return Client()
+    try:
+        return RawClient()
+    except ValueError as exc:  # SOPHON_URL is not a URL
+        raise SophonAPIError(str(exc)) from None
 
 
-def console() -> Any:
+def console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, stderr=stderr)
 
 
 @app.command()
@@ -68,71 +87,93 @@ def new(
     Example: sophon claude-code new --name refactor-api --base node --template node
     """
     if clone and template:
-        typer.echo("error: give --clone or --template, not both", err=True)
-        raise typer.Exit(2)
+        raise fail("give --clone or --template, not both", 2)
     if system_prompt and system_prompt.startswith("@"):
         path = Path(system_prompt[1:])
         try:
             system_prompt = path.read_text()
-        except OSError as exc:
-            typer.echo(f"error: cannot read {path}: {exc.strerror}", err=True)
-            raise typer.Exit(2) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fail(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
+                       2) from None
     s = client().create_session(name, base=base, model=model, system_prompt=system_prompt,
                                 clone=clone, template=template, runtime=runtime)
-    typer.echo(s.id)
+    typer.echo(s["id"])
 
 
 @app.command("list")
 @friendly
-def list_(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
-          = False) -> None:
+def list_(as_json: Annotated[bool, typer.Option(
+        "--json", help="One JSON array of the sessions, as the API returns them.")] = False,
+          ) -> None:
     """List your sessions, newest first.
 
     Example: sophon claude-code list
     """
     sessions = list(client().list_sessions())
     if as_json:
-        for s in sessions:
-            typer.echo(s.model_dump_json())
+        typer.echo(json.dumps(sessions, indent=2, ensure_ascii=False))
         return
-    from rich.table import Table
+    rows = [[_cut(s["name"], 40), s["status"], s["base"], s["model"],
+             f"{s['usage']['input_tokens'] + s['usage']['output_tokens']:,}",
+             f"${s['usage']['cost_usd']:.2f}", _when(s["last_activity_at"]), s["id"]]
+            for s in sessions]
+    typer.echo(table(["NAME", "STATUS", "BASE", "MODEL", "TOKENS", "COST", "LAST ACTIVE",
+                      "ID"], rows, right={4, 5}))
 
-    table = Table("NAME", "STATUS", "BASE", "MODEL", "TOKENS", "COST", "LAST ACTIVE")
-    table.add_column("ID", no_wrap=True, min_width=28)  # ids are for copying: never cut
-    for s in sessions:
-        table.add_row(s.name, s.status, s.base, s.model,
-                      str(s.usage.input_tokens + s.usage.output_tokens),
-                      f"${s.usage.cost_usd:.2f}", s.last_activity_at.strftime("%Y-%m-%d %H:%M"),
-                      s.id)
-    console().print(table)
+
+def table(headers: list[str], rows: list[list[str]], right: Collection[int] = ()) -> str:
+    """Columns padded to their widest cell, two spaces apart (plain text: no import of
+    rich, which would cost more than the rest of the command)."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join(line(r) for r in [headers, *rows])
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _when(iso: str) -> str:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 def _follow(c: Any, session_id: str, after: int, as_json: bool,
-            until_turn_ends: bool = False, answer: bool = False) -> None:
-    out = console()
-    from sophon.commands.render import render
-
+            until_turn_ends: bool = False, answer: bool = False) -> str | None:
+    """Print events as they come; with ``until_turn_ends``, stop at the status that ends
+    the turn after this message and return it (idle, or error if the turn failed)."""
+    out = None if as_json else console()
+    if out is not None:
+        from sophon.commands.render import render
+    write, flush = sys.stdout.write, sys.stdout.flush
     seen_user = False
     for ev in c.events(session_id, after):
-        if as_json:
-            typer.echo(ev.model_dump_json())
+        if out is None:
+            write(json.dumps(ev, ensure_ascii=False) + "\n")
+            flush()
         else:
             render(out, ev)
-        if ev.type == "approval_request" and answer:
+        if ev["type"] == "approval_request" and answer:
             _answer(c, session_id, ev)
         if until_turn_ends:
-            seen_user = seen_user or ev.type == "user"
-            if seen_user and ev.type == "status" and ev.status == "idle":
-                return
+            seen_user = seen_user or ev["type"] == "user"
+            if seen_user and ev["type"] == "status" and ev["status"] in ("idle", "error"):
+                return str(ev["status"])
+    return None
 
 
-def _answer(c: Any, session_id: str, ev: Any) -> None:
+def _answer(c: Any, session_id: str, ev: dict[str, Any]) -> None:
     if not sys.stdin.isatty():
-        typer.echo(f"  answer with: sophon claude-code approve {session_id} {ev.approval_id}"
-                   f"  (or deny)", err=True)
+        typer.echo(f"  answer with: sophon claude-code approve {session_id} "
+                   f"{ev['approval_id']}  (or deny)", err=True)
         return
-    allow = typer.confirm(f"  allow {ev.tool}?", default=False)
-    c.decide(session_id, ev.approval_id, "allow" if allow else "deny")
+    allow = typer.confirm(f"  allow {ev['tool']}?", default=False)
+    c.decide(session_id, ev["approval_id"], "allow" if allow else "deny")
 
 
 @app.command()
@@ -148,7 +189,7 @@ def stream(
     Example: sophon claude-code stream ses_0123abcd --from-start
     """
     c = client()
-    after = 0 if from_start else c.get_session(session_id).last_seq
+    after = 0 if from_start else c.get_session(session_id)["last_seq"]
     try:
         _follow(c, session_id, after, as_json)
     except KeyboardInterrupt:
@@ -163,14 +204,16 @@ def send(
     as_json: Annotated[bool, typer.Option("--json", help="Raw events, one per line.")] = False,
     queue: Annotated[bool, typer.Option(help="Queue behind a running turn.")] = False,
 ) -> None:
-    """Send a message and show the turn until it ends; asks y/n for approvals.
+    """Send a message and show the turn until it ends; asks y/n for approvals. Exits 1
+    if the turn failed (the session's status is then "error").
 
     Example: sophon claude-code send ses_0123abcd "add a test for the parser"
     """
     c = client()
-    after = c.get_session(session_id).last_seq
+    after = c.get_session(session_id)["last_seq"]
     c.send_message(session_id, message, queue=queue)
-    _follow(c, session_id, after, as_json, until_turn_ends=True, answer=True)
+    if _follow(c, session_id, after, as_json, until_turn_ends=True, answer=True) == "error":
+        raise typer.Exit(1)
 
 
 @app.command("exec")
@@ -186,14 +229,14 @@ def exec_(
     """
     code = 1
     for ev in client().exec(session_id, command, timeout):
-        if ev.type == "exec_output":
-            stream = sys.stdout if ev.stream == "stdout" else sys.stderr
-            stream.write(ev.data)
+        if ev["type"] == "exec_output":
+            stream = sys.stdout if ev["stream"] == "stdout" else sys.stderr
+            stream.write(ev["data"])
             stream.flush()
-        elif ev.type == "exec_end":
-            code = ev.exit_code if ev.exit_code >= 0 else 1
-            if ev.error:
-                typer.echo(f"({ev.error})", err=True)
+        elif ev["type"] == "exec_end":
+            code = ev["exit_code"] if ev["exit_code"] >= 0 else 1
+            if ev.get("error"):
+                typer.echo(f"({ev['error']})", err=True)
     raise typer.Exit(code)
 
 
@@ -207,7 +250,8 @@ def delete(session_id: SessionId,
     """
     c = client()
     s = c.get_session(session_id)
-    if not yes and not typer.confirm(f"Delete session {s.name} ({s.id}) and all its files?"):
+    if not yes and not typer.confirm(f"Delete session {s['name']} ({s['id']}) and all its "
+                                     "files?"):
         raise typer.Exit(1)
     c.delete_session(session_id)
     typer.echo(f"deleted {session_id}")
@@ -222,18 +266,25 @@ def export(session_id: SessionId,
 
     Example: sophon claude-code export ses_0123abcd --out ./archive/
     """
-    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TransferSpeedColumn
-
     # A path not ending in .tar.gz is a directory (made if need be): typer drops the
     # trailing "/" of "./archive/", so the name is what tells.
     is_file = out.name.endswith((".tar.gz", ".tgz")) and not out.is_dir()
     target = out if is_file else out / f"{session_id}.tar.gz"
+    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TransferSpeedColumn
+
     with Progress(SpinnerColumn(), "[progress.description]{task.description}",
                   DownloadColumn(), TransferSpeedColumn(), transient=True,
-                  console=console()) as progress:
+                  console=console(stderr=True)) as progress:
         task = progress.add_task(f"exporting {session_id}", total=None)
-        size = client().export(session_id, target,
-                               progress=lambda n: progress.update(task, completed=n))
+        try:
+            size = client().export(session_id, target,
+                                   progress=lambda n: progress.update(task, completed=n))
+        except OSError as exc:  # the archive's place: not writable, not a directory, ...
+            error = f"cannot write {exc.filename or target}: {exc.strerror or exc}"
+        else:
+            error = None
+    if error is not None:  # said once the progress bar is gone, so it stays on screen
+        raise fail(error)
     typer.echo(f"{target} ({size:,} bytes)")
 
 
@@ -301,7 +352,10 @@ def secrets_set(session_id: SessionId, name: str,
     Example: sophon claude-code secrets set ses_0123abcd GITHUB_TOKEN
     """
     if value is None:
-        value = typer.prompt(f"{name}", hide_input=True)
+        if sys.stdin.isatty():
+            value = typer.prompt(f"{name}", hide_input=True)
+        else:  # piped: `pass show token | sophon claude-code secrets set ID NAME`
+            value = sys.stdin.readline().rstrip("\r\n")
     client().set_secret(session_id, name, value)
     typer.echo(f"set {name}")
 

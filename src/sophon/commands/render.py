@@ -1,4 +1,6 @@
-"""How the CLI shows events in a terminal: one line or a short folded block each."""
+"""How the CLI shows events in a terminal: one line or a short folded block each.
+
+Events are the API's JSON (dicts), as ``RawClient`` yields them."""
 
 from __future__ import annotations
 
@@ -38,49 +40,53 @@ def _diffstat(diff: str | None) -> str:
     return f" [green]+{added}[/green] [red]-{removed}[/red]"
 
 
-def render(console: Console, ev: Any) -> None:
-    t = ev.type
+def render(console: Console, ev: dict[str, Any]) -> None:
+    t, get = ev["type"], ev.get
     if t == "user":
-        console.print(f"[bold cyan]› you[/bold cyan] {escape(ev.content)}")
+        console.print(f"[bold cyan]› you[/bold cyan] {escape(get('content', ''))}")
     elif t == "assistant":
-        console.print(f"[bold]● claude[/bold] {escape(ev.text)}")
+        console.print(f"[bold]● claude[/bold] {escape(get('text', ''))}")
     elif t == "thinking":
-        console.print(f"[dim italic]  ✻ {escape(_fold(ev.text, 3))}[/dim italic]")
+        console.print(f"[dim italic]  ✻ {escape(_fold(get('text', ''), 3))}[/dim italic]")
     elif t == "tool_use":
-        console.print(f"[yellow]  ⏺ {escape(_summary(ev.tool, ev.input))}[/yellow]")
+        console.print(f"[yellow]  ⏺ {escape(_summary(get('tool', '?'), get('input') or {}))}"
+                      "[/yellow]")
     elif t == "tool_result":
-        style = "red" if ev.is_error else "dim"
-        console.print(f"[{style}]{escape(_indent(_fold(ev.content)))}[/{style}]")
+        style = "red" if get("is_error") else "dim"
+        console.print(f"[{style}]{escape(_indent(_fold(get('content', ''))))}[/{style}]")
     elif t == "file_change":
-        console.print(f"[magenta]  ✎ {ev.change} {escape(ev.path)}[/magenta]"
-                      f"{_diffstat(ev.diff)}")
+        console.print(f"[magenta]  ✎ {get('change')} {escape(get('path', ''))}[/magenta]"
+                      f"{_diffstat(get('diff'))}")
     elif t == "approval_request":
         console.print(f"[bold yellow]? approval needed[/bold yellow] "
-                      f"{escape(_summary(ev.tool, ev.input))} — {escape(ev.reason)} "
-                      f"[dim]({ev.approval_id})[/dim]")
+                      f"{escape(_summary(get('tool', '?'), get('input') or {}))} — "
+                      f"{escape(get('reason') or '')} [dim]({get('approval_id')})[/dim]")
     elif t == "approval_decision":
-        color = "green" if ev.decision == "allow" else "red"
-        console.print(f"[{color}]  {ev.decision} by {escape(ev.by)}[/{color}]"
-                      + (f" — {escape(ev.reason)}" if ev.reason else ""))
+        color = "green" if get("decision") == "allow" else "red"
+        reason = f" — {escape(get('reason'))}" if get("reason") else ""
+        console.print(f"[{color}]  {get('decision')} by {escape(get('by') or '?')}[/{color}]"
+                      + reason)
     elif t == "usage":
-        console.print(f"[dim]  tokens {ev.input_tokens} in / {ev.output_tokens} out, "
-                      f"${ev.cost_usd:.4f}[/dim]")
+        console.print(f"[dim]  tokens {get('input_tokens')} in / {get('output_tokens')} out, "
+                      f"${get('cost_usd') or 0:.4f}[/dim]")
     elif t == "status":
-        detail = f" ({escape(ev.detail)})" if ev.detail else ""
-        console.print(f"[dim]— {ev.status}{detail}[/dim]")
+        detail = f" ({escape(get('detail'))})" if get("detail") else ""
+        console.print(f"[dim]— {get('status')}{detail}[/dim]")
     elif t == "session_error":
-        console.print(f"[bold red]✗ {escape(ev.code)}:[/bold red] {escape(ev.message)}")
+        console.print(f"[bold red]✗ {escape(get('code', ''))}:[/bold red] "
+                      f"{escape(get('message', ''))}")
     elif t == "session_start":
-        console.print(f"[dim]— session {escape(ev.name)} started ({ev.base}, {ev.model})[/dim]")
+        console.print(f"[dim]— session {escape(get('name', ''))} started "
+                      f"({get('base')}, {get('model')})[/dim]")
     elif t == "exec_start":
-        console.print(f"[bold]$ {escape(ev.command)}[/bold]")
+        console.print(f"[bold]$ {escape(get('command', ''))}[/bold]")
     elif t == "exec_output":
-        console.out(ev.data, end="", highlight=False)
+        console.out(get("data", ""), end="", highlight=False)
     elif t == "exec_end":
-        console.print(f"[dim]  exit {ev.exit_code}"
-                      + (f" ({ev.error})" if ev.error else "") + "[/dim]")
+        error = f" ({get('error')})" if get("error") else ""
+        console.print(f"[dim]  exit {get('exit_code')}{error}[/dim]")
     elif t == "task_update":
-        mark = {"completed": "☑", "in_progress": "▶"}.get(ev.status, "☐")
-        console.print(f"[blue]  {mark} #{ev.task_id} {escape(ev.subject)}[/blue]")
+        mark = {"completed": "☑", "in_progress": "▶"}.get(get("status", ""), "☐")
+        console.print(f"[blue]  {mark} #{get('task_id')} {escape(get('subject', ''))}[/blue]")
     else:
         console.print(f"[dim]{escape(t)}[/dim]")

@@ -51,6 +51,16 @@ OVERFLOW = _Overflow()
 CLOSED = _Overflow()  # the session was deleted: its followers end
 
 
+def redact_event(data: dict[str, Any], secrets: Iterable[str]) -> dict[str, Any]:
+    """Redact an event's wire form. Its frame (type, seq, ts) and ids are Sophon's own,
+    never a secret: a short secret such as "1" must not break a timestamp or an id."""
+    return {k: v if k in FRAME or k.endswith("_id") else redact(v, secrets)
+            for k, v in data.items()}
+
+
+FRAME = frozenset({"type", "seq", "ts"})
+
+
 def redact(value: Any, secrets: Iterable[str]) -> Any:
     """Replace every occurrence of a secret value in every string inside ``value``."""
     if isinstance(value, str):
@@ -162,7 +172,7 @@ class EventLog:
             data["seq"] = seq
             secrets = self._secrets.get(session_id)
             if secrets:
-                data = redact(data, secrets)
+                data = redact_event(data, secrets)
                 model = from_wire(data)
             else:
                 model = event.model_copy(update={"seq": seq})

@@ -1,0 +1,317 @@
+"""``RawClient``: every route of the API, synchronous, answers as plain JSON (dicts).
+
+``sophon.Client`` is this with typed answers (pydantic models); it overrides only the
+``_as_*`` hooks below. The CLI uses ``RawClient`` itself: it needs only the standard
+library, so a command starts without importing httpx or pydantic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+from sophon.client._common import (
+    RECONNECT_DELAYS,
+    ConnectionFailed,
+    ServerError,
+    SSEParser,
+    execute_body,
+    resolve,
+    session_body,
+)
+from sophon.client._http import Http, Response, seg
+
+NDJSON = "application/x-ndjson"
+
+
+class RawClient:
+    """Talks to a Sophon server; each answer is the API's JSON, decoded."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 timeout: float = 60.0) -> None:
+        self.base_url, self._key = resolve(base_url, api_key)
+        self.timeout = timeout
+        self._http = Http(self.base_url, {"Authorization": f"Bearer {self._key}"}, timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # How answers are returned: as they are here; ``Client`` makes them typed.
+    def _as_session(self, data: dict[str, Any]) -> Any:
+        return data
+
+    def _as_event(self, data: dict[str, Any]) -> Any:
+        return data
+
+    def _as_tree(self, data: dict[str, Any]) -> Any:
+        return data
+
+    def _as_file(self, data: dict[str, Any]) -> Any:
+        return data
+
+    def _as_result(self, data: dict[str, Any]) -> Any:
+        return data
+
+    def _lines(self, response: Response) -> Iterator[Any]:
+        with response:
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
+
+    # --- sessions -------------------------------------------------------------
+
+    def me(self) -> dict[str, str]:
+        return dict(self._http.call("GET", "/v1/me"))
+
+    def create_session(self, name: str, *, base: str = "generic", model: str = "sonnet",
+                       system_prompt: str | None = None, template: str | None = None,
+                       clone: str | None = None, ref: str | None = None,
+                       runtime: str = "native", approval: dict[str, Any] | None = None,
+                       max_turns: int | None = None,
+                       max_budget_usd: float | None = None) -> Any:
+        body = session_body(name, base=base, model=model, system_prompt=system_prompt,
+                            template=template, clone=clone, ref=ref, runtime=runtime,
+                            approval=approval, max_turns=max_turns,
+                            max_budget_usd=max_budget_usd)
+        return self._as_session(self._http.call("POST", "/v1/sessions", json_body=body))
+
+    def list_sessions(self, limit: int | None = None, *, page_size: int = 100) -> Iterator[Any]:
+        """Yours, newest first; pages (of ``page_size``) are fetched as you iterate."""
+        cursor, seen = None, 0
+        while limit is None or seen < limit:
+            page = self._http.call("GET", "/v1/sessions",
+                                   params={"limit": page_size, "cursor": cursor})
+            for s in page["sessions"]:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield self._as_session(s)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def get_session(self, session_id: str) -> Any:
+        return self._as_session(self._http.call("GET", f"/v1/sessions/{seg(session_id)}"))
+
+    def update_session(self, session_id: str, **changes: Any) -> Any:
+        return self._as_session(self._http.call("PATCH", f"/v1/sessions/{seg(session_id)}",
+                                                json_body=changes))
+
+    def delete_session(self, session_id: str) -> None:
+        self._http.call("DELETE", f"/v1/sessions/{seg(session_id)}")
+
+    # --- the agent --------------------------------------------------------------
+
+    def send_message(self, session_id: str, content: str, *,
+                     queue: bool = False) -> dict[str, Any]:
+        return dict(self._http.call("POST", f"/v1/sessions/{seg(session_id)}/messages",
+                                    json_body={"content": content, "queue": queue}))
+
+    def interrupt(self, session_id: str) -> bool:
+        got = self._http.call("POST", f"/v1/sessions/{seg(session_id)}/interrupt")
+        return bool(got.get("interrupted"))
+
+    def approvals(self, session_id: str) -> list[dict[str, Any]]:
+        return list(self._http.call("GET", f"/v1/sessions/{seg(session_id)}/approvals")
+                    ["approvals"])
+
+    def decide(self, session_id: str, approval_id: str, decision: str, *,
+               remember: bool = False, reason: str | None = None) -> Any:
+        body: dict[str, Any] = {"decision": decision, "remember": remember}
+        if reason:
+            body["reason"] = reason
+        return self._as_event(self._http.call(
+            "POST", f"/v1/sessions/{seg(session_id)}/approvals/{seg(approval_id)}",
+            json_body=body))
+
+    def approve(self, session_id: str, approval_id: str, *, remember: bool = False) -> Any:
+        return self.decide(session_id, approval_id, "allow", remember=remember)
+
+    def deny(self, session_id: str, approval_id: str, *, reason: str | None = None,
+             remember: bool = False) -> Any:
+        return self.decide(session_id, approval_id, "deny", reason=reason, remember=remember)
+
+    def usage(self, session_id: str) -> dict[str, Any]:
+        return dict(self._http.call("GET", f"/v1/sessions/{seg(session_id)}/usage"))
+
+    # --- events -------------------------------------------------------------------
+
+    def _page(self, session_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+        return list(self._http.call("GET", f"/v1/sessions/{seg(session_id)}/events",
+                                    params={"after": after, "limit": limit},
+                                    headers={"Accept": "application/json"})["events"])
+
+    def event_page(self, session_id: str, after: int = 0, limit: int = 500) -> list[Any]:
+        """One page of the log: at most ``limit`` events after ``after``."""
+        return [self._as_event(e) for e in self._page(session_id, after, limit)]
+
+    def events(self, session_id: str, after: int = 0, *, follow: bool = True,
+               on_reconnect: Callable[[int], None] | None = None) -> Iterator[Any]:
+        """Every event after ``after``; with ``follow``, then live ones forever,
+        reconnecting by itself (Last-Event-ID) when the connection drops."""
+        last = after
+        if not follow:
+            while page := self._page(session_id, last, 5000):
+                yield from (self._as_event(e) for e in page)
+                last = page[-1]["seq"]
+            return
+        failures = 0
+        while True:
+            try:
+                with self._http.open("GET", f"/v1/sessions/{seg(session_id)}/events",
+                                     headers={"Last-Event-ID": str(last),
+                                              "Accept": "text/event-stream"},
+                                     read_timeout=None) as r:
+                    parser = SSEParser()
+                    for line in r.iter_lines():
+                        for data in parser.feed(line):
+                            event = json.loads(data)
+                            if event["seq"] > last:
+                                last, failures = event["seq"], 0
+                                yield self._as_event(event)
+            except (ConnectionFailed, ServerError):
+                pass  # dropped, or a proxy's 5xx while the server restarts: try again
+            failures += 1
+            time.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS)) - 1])
+            if on_reconnect is not None:
+                on_reconnect(last)
+
+    # --- work in the session -----------------------------------------------------
+
+    def exec(self, session_id: str, command: str, timeout: int = 600) -> Iterator[Any]:
+        """Run a command in the workspace: exec_start, exec_output..., exec_end."""
+        r = self._http.open("POST", f"/v1/sessions/{seg(session_id)}/exec",
+                            json_body={"command": command, "timeout": timeout},
+                            read_timeout=timeout + 60)
+        return (self._as_event(e) for e in self._lines(r))
+
+    def files(self, session_id: str) -> Any:
+        return self._as_tree(self._http.call("GET", f"/v1/sessions/{seg(session_id)}/files"))
+
+    def read_file(self, session_id: str, path: str) -> Any:
+        return self._as_file(self._http.call(
+            "GET", f"/v1/sessions/{seg(session_id)}/files/{quote(path)}"))
+
+    def write_file(self, session_id: str, path: str, data: bytes | str, *,
+                   etag: str | None = None, create_only: bool = False) -> str:
+        """Write a file; ``etag`` (from ``read_file``) is required to overwrite one, so a
+        change made meanwhile is never lost (PreconditionFailedError). Returns the new ETag."""
+        headers = {}
+        if etag:
+            headers["If-Match"] = f'"{etag}"'
+        if create_only:
+            headers["If-None-Match"] = "*"
+        content = data.encode() if isinstance(data, str) else data
+        got = self._http.call("PUT", f"/v1/sessions/{seg(session_id)}/files/{quote(path)}",
+                              content=content, headers=headers)
+        return str(got["etag"])
+
+    def diff(self, session_id: str, since: str | None = None) -> str:
+        return str(self._http.call("GET", f"/v1/sessions/{seg(session_id)}/diff",
+                                   params={"since": since})["diff"])
+
+    def secrets(self, session_id: str) -> list[str]:
+        return list(self._http.call("GET", f"/v1/sessions/{seg(session_id)}/secrets")["names"])
+
+    def set_secret(self, session_id: str, name: str, value: str) -> None:
+        self._http.call("PUT", f"/v1/sessions/{seg(session_id)}/secrets/{seg(name)}",
+                        json_body={"value": value})
+
+    def delete_secret(self, session_id: str, name: str) -> None:
+        self._http.call("DELETE", f"/v1/sessions/{seg(session_id)}/secrets/{seg(name)}")
+
+    def export(self, session_id: str, dest: str | Path | BinaryIO, *,
+               progress: Callable[[int], None] | None = None) -> int:
+        """Stream the session's archive (tar.gz) into a file or a directory; returns the
+        number of bytes. ``progress`` is called with the bytes received so far."""
+        with self._http.open("GET", f"/v1/sessions/{seg(session_id)}/export",
+                             read_timeout=None) as r:
+            return write_archive(r.iter_bytes(), export_target(dest, session_id), progress)
+
+    # --- the execution API ---------------------------------------------------------
+
+    def execute(self, code: str, *, language: str = "python", timeout: int = 60,
+                thread_id: str | None = None, env_vars: dict[str, str] | None = None,
+                metadata: dict[str, str] | None = None) -> Any:
+        body = execute_body(code, language, timeout, thread_id, env_vars, metadata)
+        return self._as_result(self._http.call("POST", "/v1/sandbox/execute", json_body=body,
+                                               read_timeout=timeout + 60))
+
+    def execute_stream(self, code: str, *, language: str = "python", timeout: int = 60,
+                       thread_id: str | None = None, env_vars: dict[str, str] | None = None,
+                       metadata: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+        """The execution's events: status, output (stream, data), keepalive, result."""
+        body = execute_body(code, language, timeout, thread_id, env_vars, metadata)
+        r = self._http.open("POST", "/v1/sandbox/execute", json_body=body,
+                            headers={"Accept": NDJSON}, read_timeout=timeout + 60)
+        return self._lines(r)
+
+    def start_execution(self, code: str, *, language: str = "python", timeout: int = 60,
+                        thread_id: str | None = None, env_vars: dict[str, str] | None = None,
+                        metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        """Start an execution and return at once: ``{"trace_id": ..., "status": "queued"}``."""
+        body = execute_body(code, language, timeout, thread_id, env_vars, metadata)
+        return dict(self._http.call("POST", "/v1/sandbox/execute", json_body=body,
+                                    headers={"Prefer": "respond-async"}))
+
+    def get_execution(self, trace_id: str) -> dict[str, Any]:
+        return dict(self._http.call("GET", f"/v1/executions/{seg(trace_id)}"))
+
+    def cancel_execution(self, trace_id: str) -> str:
+        return str(self._http.call("POST", f"/v1/executions/{seg(trace_id)}/cancel")["status"])
+
+    def execution_output(self, trace_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+        """An execution's events after ``after_seq``: live while it runs, then its record."""
+        r = self._http.open("GET", f"/v1/executions/{seg(trace_id)}/output",
+                            params={"after_seq": after_seq}, read_timeout=None)
+        return self._lines(r)
+
+
+def export_target(dest: str | Path | BinaryIO, session_id: str) -> Path | BinaryIO:
+    """A directory (made if need be) or a path ending in .tar.gz; or an open file."""
+    if not isinstance(dest, str | Path):
+        return dest
+    target = Path(dest)
+    if target.is_dir() or not target.name.endswith((".tar.gz", ".tgz")):
+        target.mkdir(parents=True, exist_ok=True)
+        target = target / f"{session_id}.tar.gz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def write_archive(chunks: Iterator[bytes], target: Path | BinaryIO,
+                  progress: Callable[[int], None] | None) -> int:
+    """Write the chunks; into a file, through ``NAME.part`` so that only a complete
+    archive ever takes the name (a failed one leaves nothing)."""
+    if not isinstance(target, Path):
+        return _copy(chunks, target, progress)
+    partial = target.with_name(target.name + ".part")
+    try:
+        with open(partial, "wb") as out:
+            total = _copy(chunks, out, progress)
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return total
+
+
+def _copy(chunks: Iterator[bytes], out: BinaryIO,
+          progress: Callable[[int], None] | None) -> int:
+    total = 0
+    for chunk in chunks:
+        out.write(chunk)
+        total += len(chunk)
+        if progress is not None:
+            progress(total)
+    return total
