@@ -38,7 +38,6 @@ from common import (
     smaps_rollup,
 )
 
-BOX_HOST_UID = 60000  # Settings.box_host_uid
 MiB = 2**20
 
 
@@ -95,13 +94,13 @@ def _thread_box_id(data_dir: Path, thread: str) -> str:
     return str(row[0])
 
 
-def _uid_scan(box_id: str) -> set[int]:
+def _uid_scan(box_id: str, uid: int) -> set[int]:
     pids = set()
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
-            if proc_uid(int(p.name)) == BOX_HOST_UID and box_id in (p / "cgroup").read_text():
+            if proc_uid(int(p.name)) == uid and box_id in (p / "cgroup").read_text():
                 pids.add(int(p.name))
         except OSError:
             continue
@@ -131,9 +130,10 @@ def run(settle: float = 2.0) -> list[Figure]:
         if mem_dir is None:
             raise RuntimeError("the box has no memory cgroup (cgroups unusable here?)")
         pids = sorted({int(p) for p in (mem_dir / "cgroup.procs").read_text().split()})
-        scanned = _uid_scan(box_id)
+        uid = int((srv.data_dir / "boxes" / box_id / "uid").read_text())  # the box's own
+        scanned = _uid_scan(box_id, uid)
         if set(pids) != scanned:
-            raise RuntimeError(f"cgroup.procs {pids} != uid-{BOX_HOST_UID} scan {sorted(scanned)}")
+            raise RuntimeError(f"cgroup.procs {pids} != uid-{uid} scan {sorted(scanned)}")
         per_proc = [(pid, _role(pid), smaps_rollup(pid)) for pid in pids]
         usage = _read_int(mem_dir / "memory.usage_in_bytes") or _read_int(
             mem_dir / "memory.current")
@@ -141,7 +141,7 @@ def run(settle: float = 2.0) -> list[Figure]:
 
     rss = sum(s["Rss"] for _, _, s in per_proc)
     pss = sum(s["Pss"] for _, _, s in per_proc)
-    details = [f"box {box_id}: {len(pids)} processes, all uid {BOX_HOST_UID}, memory cgroup "
+    details = [f"box {box_id}: {len(pids)} processes, all uid {uid}, memory cgroup "
                f"{mem_dir}"]
     if others:
         details.append(f"besides it the server keeps {len(others)} started, empty box(es) in "

@@ -85,12 +85,11 @@ class Settings(BaseSettings):
     port: int = 8765
     log_level: str = "info"
 
-    # The host uid that box processes run as when the server runs as root.
-    # Never root: a box's own uid inside its user namespace maps to this one.
-    box_host_uid: int = 60000
-    # The uid of the throwaway box that clones a local repository for a new session: it
-    # owns no box's files, so a clone path can reach only what any host user can read.
-    box_staging_uid: int = 59999
+    # Host uids for boxes when the server runs as root: each box gets its own from
+    # [box_uid_first, box_uid_first + box_uid_count). Never root: a box's own uid inside
+    # its user namespace maps to this one.
+    box_uid_first: int = Field(60000, ge=1000)
+    box_uid_count: int = Field(5000, ge=1)
     box_backend: str = "bwrap"
     box_python: str = "/usr/bin/python3"
     box_pool_size: int = Field(2, ge=0, description="started, empty boxes kept ready")

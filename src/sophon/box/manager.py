@@ -19,7 +19,9 @@ from pathlib import Path
 from sophon.box.box import Box
 from sophon.box.bwrap import BoxSpec, BwrapBackend
 from sophon.box.cgroups import CgroupTree, Limits
+from sophon.box.uids import UidPool
 from sophon.config import Settings
+from sophon.errors import BoxError
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,16 @@ class BoxManager:
         self.backend = BwrapBackend(
             settings.runtime_dir,
             self.cgroups,
-            host_uid=settings.box_host_uid,
+            host_uid=settings.box_uid_first,
             python=settings.box_python,
         )
+        # Each box its own host uid (only a root server can switch uids; otherwise every
+        # box runs as the server's, which it says at start-up).
+        self.uids = UidPool(settings.boxes_dir, settings.box_uid_first,
+                            settings.box_uid_count) if self.backend.is_root else None
+        if self.uids is None:
+            log.warning("not running as root: boxes run as the server's own uid, so a box "
+                        "that escaped its namespaces could reach other boxes' files")
         lim = settings.limits
         self.limits = Limits(lim.memory_mb * 2**20, lim.cpus, lim.pids)
         self._boxes: dict[str, Box] = {}
@@ -154,6 +163,7 @@ class BoxManager:
                 limits=self.limits,
                 tmp_bytes=self.settings.limits.tmp_mb * 2**20,
                 extra_ro_binds=tuple((extra_ro_binds or {}).items()),
+                host_uid=await self._uid_for(box_id),
             )
             box = await self.backend.start(spec)
             box._on_stop = self._forget
@@ -164,21 +174,21 @@ class BoxManager:
 
     @contextlib.asynccontextmanager
     async def staging(self, ro_binds: dict[str, str]) -> AsyncIterator[tuple[Box, Path]]:
-        """A throwaway box that runs as the staging uid, with ``ro_binds`` mounted.
+        """A throwaway box, with ``ro_binds`` mounted.
 
-        It is for reading host paths a user names (a local clone): the staging uid owns
-        no box's files, so whatever the path resolves to, the box reads only what any
-        host user may. Yields the box and its workspace directory on the host, which is
+        It is for reading host paths a user names (a local clone): its fresh uid owns no
+        box's files, so whatever the path resolves to, the box reads only what any host
+        user may. Yields the box and its workspace directory on the host, which is
         made readable by other uids once the box has stopped, so that a session box can
         mount it; both are gone when the block ends."""
         box_id = "g" + uuid.uuid4().hex[:31]
         d = self.box_dir(box_id)
-        spec = BoxSpec(
-            box_id=box_id, workspace=d / "workspace", home=d / "home", limits=self.limits,
-            tmp_bytes=self.settings.limits.tmp_mb * 2**20,
-            extra_ro_binds=tuple(ro_binds.items()), host_uid=self.settings.box_staging_uid,
-        )
         try:
+            spec = BoxSpec(
+                box_id=box_id, workspace=d / "workspace", home=d / "home",
+                limits=self.limits, tmp_bytes=self.settings.limits.tmp_mb * 2**20,
+                extra_ro_binds=tuple(ro_binds.items()), host_uid=await self._uid_for(box_id),
+            )
             box = await self.backend.start(spec)
             try:
                 yield box, spec.workspace
@@ -186,6 +196,8 @@ class BoxManager:
                 await box.stop()
         finally:
             await asyncio.to_thread(shutil.rmtree, d, True)
+            if self.uids is not None:
+                self.uids.release(box_id)
 
     def _forget(self, box: Box) -> None:
         if self._boxes.get(box.id) is box:
@@ -204,6 +216,23 @@ class BoxManager:
         # rmtree works through directory fds and never follows a symlink a workload made.
         assert shutil.rmtree.avoids_symlink_attacks
         await asyncio.to_thread(shutil.rmtree, self.box_dir(box_id), True)
+        if self.uids is not None and not self.box_dir(box_id).exists():
+            self.uids.release(box_id)  # only now: its next owner must find nothing old
+
+    async def _uid_for(self, box_id: str) -> int | None:
+        if self.uids is None:
+            return None
+        uid, new = self.uids.get(box_id)
+        d = self.box_dir(box_id)
+        if new and any((d / sub).exists() for sub in ("workspace", "home")):
+            # A box from before uids were per box: its files become its own uid's. The
+            # box is not running, and chown -R changes symlinks, never what they name.
+            proc = await asyncio.create_subprocess_exec(
+                "chown", "-R", "-P", "-h", f"{uid}:{uid}", "--",
+                *(str(d / sub) for sub in ("workspace", "home") if (d / sub).exists()))
+            if await proc.wait() != 0:
+                raise BoxError(f"could not hand box {box_id}'s files to its uid {uid}")
+        return uid
 
     async def stop_if_idle(self, box_id: str) -> bool:
         box = self.running(box_id)

@@ -139,7 +139,8 @@ class ExecutionService:
         async with self._sessions() as db:
             threads = set((await db.execute(select(Thread.id))).scalars())
         for d in self.boxes.settings.boxes_dir.iterdir():
-            if d.name.startswith("x") and d.name not in threads:
+            # x: a one-off execution's box; g: a clone's staging box (never kept).
+            if (d.name.startswith("x") and d.name not in threads) or d.name.startswith("g"):
                 await self.boxes.destroy(d.name)
         async with self._sessions() as db:
             res = await db.execute(

@@ -1,0 +1,106 @@
+"""One host uid per box: an escape from one box's namespaces reaches no other box's files,
+and a uid handed to a new box after its former box was deleted finds nothing of it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+from tests.security.helpers import client, execute, live_server
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="per-box uids need a root server")
+
+
+def thread_box(srv: LiveServer, thread_id: str) -> Path:
+    with sqlite3.connect(srv.data_dir / "sophon.db") as db:
+        (box_id,) = db.execute("SELECT id FROM threads WHERE name = ?",
+                               (thread_id,)).fetchone()
+    return srv.data_dir / "boxes" / box_id
+
+
+def uid_of(box: Path) -> int:
+    return int((box / "uid").read_text())
+
+
+def as_uid(uid: int, command: str) -> subprocess.CompletedProcess[str]:
+    """Run a host command as ``uid``: what a workload that escaped its box could do."""
+    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                           "sh", "-c", command], capture_output=True, text=True, timeout=30)
+
+
+def test_an_escaped_workload_cannot_read_another_boxs_files(http: httpx.Client,
+                                                            server: LiveServer) -> None:
+    for t in ("uid-a", "uid-b"):
+        assert execute(http, f"echo secret-of-{t} > /workspace/s.txt; echo x > ~/h.txt",
+                       thread_id=t)["exit_code"] == 0
+    a, b = thread_box(server, "uid-a"), thread_box(server, "uid-b")
+    assert uid_of(a) != uid_of(b)
+    for box in (a, b):
+        for sub in ("workspace", "home"):
+            st = (box / sub).stat()
+            assert (st.st_uid, st.st_mode & 0o777) == (uid_of(box), 0o700)
+        assert (box / "workspace" / "s.txt").stat().st_uid == uid_of(box)
+    # Control: as its own uid, box a's files are readable ...
+    own = as_uid(uid_of(a), f"cat {a}/workspace/s.txt")
+    assert own.stdout == "secret-of-uid-a\n", own.stderr
+    # ... as box b's uid they are not, nor is b's home.
+    other = as_uid(uid_of(b), f"cat {a}/workspace/s.txt; ls {a}/home")
+    assert "secret-of-uid-a" not in other.stdout
+    assert other.stderr.count("Permission denied") == 2, other.stderr
+
+
+def test_a_reused_uid_finds_nothing_of_its_former_box() -> None:
+    env = {"SOPHON_BOX_UID_COUNT": "1", "SOPHON_BOX_POOL_SIZE": "0"}
+    with live_server(env) as srv, client(srv, srv.add_user()) as http:
+        first = http.post("/v1/sessions", json={"name": "first"}).json()["id"]
+        r = http.post(f"/v1/sessions/{first}/exec", json={
+            "command": "echo old > /workspace/old.txt; echo old > ~/old.txt; "
+                       "echo old > /tmp/old.txt; echo old > /dev/shm/old.txt"})
+        assert r.status_code == 200
+        boxes = srv.data_dir / "boxes"
+        [box] = list(boxes.iterdir())
+        uid = uid_of(box)
+
+        # The only uid is taken: a second box cannot start, and says why.
+        r = http.post("/v1/sessions", json={"name": "second"})
+        assert r.status_code == 503 and "SOPHON_BOX_UID_COUNT" in r.json()["message"]
+
+        assert http.delete(f"/v1/sessions/{first}").status_code == 204
+        second = http.post("/v1/sessions", json={"name": "second"})
+        assert second.status_code == 201, second.text
+        [box] = list(boxes.iterdir())
+        assert uid_of(box) == uid  # the same uid, handed out again
+        r = http.post(f"/v1/sessions/{second.json()['id']}/exec", json={
+            "command": "ls -A /workspace ~ /tmp /dev/shm"})
+        out = "".join(httpx.Response(200, content=line).json().get("data", "")
+                      for line in r.content.splitlines())
+        assert "old.txt" not in out and ".git" in out, out
+        owned = subprocess.run(["find", str(srv.data_dir), "-uid", str(uid), "-name", "old*"],
+                               capture_output=True, text=True)
+        assert owned.stdout == ""
+
+
+def test_a_box_from_before_per_box_uids_gets_its_own() -> None:
+    with live_server({"SOPHON_BOX_POOL_SIZE": "0"}) as srv, \
+            client(srv, srv.add_user()) as http:
+        assert execute(http, "echo kept > /workspace/k.txt", thread_id="legacy")[
+            "exit_code"] == 0
+        box = thread_box(srv, "legacy")
+        srv.stop()
+        # As an older server left it: no uid file, files owned by the one shared uid.
+        (box / "uid").unlink()
+        subprocess.run(["chown", "-R", "60000:60000", str(box / "workspace"),
+                        str(box / "home")], check=True)
+        srv.start()
+        got = execute(http, "cat /workspace/k.txt; echo more >> /workspace/k.txt",
+                      thread_id="legacy")
+        assert got["stdout"] == "kept\n" and got["exit_code"] == 0
+        uid = uid_of(box)
+        assert (box / "workspace" / "k.txt").stat().st_uid == uid
+        assert (box / "workspace").stat().st_uid == uid
