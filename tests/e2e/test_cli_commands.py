@@ -1,0 +1,283 @@
+"""The ``sophon`` console script end to end, one command at a time: sandbox exec, every
+option of ``claude-code new``, approve and deny, interrupt, secrets, usage, export errors.
+
+Every command runs as a subprocess, the way a user runs it, against a real server and a
+scripted model (tests/e2e/conftest.py). Each test has its own user and config directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sophon.client import Client
+from sophon.testing import ModelServer
+from tests.conftest import LiveServer, wait_for
+from tests.e2e.cli_support import (
+    BASH,
+    CLI_DEADLINE,
+    SOPHON,
+    Pty,
+    assert_one_line_error,
+    sophon,
+    start,
+    stop,
+)
+
+# --- 1. sandbox exec -----------------------------------------------------------------------
+
+
+def test_sandbox_exec(env: dict[str, str]) -> None:
+    r = sophon(env, "sandbox", "exec", "--language", "python", "print(6*7)")
+    assert (r.returncode, r.stdout) == (0, "42\n"), r.stderr
+
+    r = sophon(env, "sandbox", "exec", "--thread", "t1", "echo kept > note.txt")
+    assert r.returncode == 0, r.stderr
+    r = sophon(env, "sandbox", "exec", "--thread", "t1", "cat note.txt")
+    assert (r.returncode, r.stdout) == (0, "kept\n"), r.stderr
+
+    r = sophon(env, "sandbox", "exec", "--language", "python", "-",
+               input="import sys\nprint('from', 'stdin')\nprint('oops', file=sys.stderr)\n")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "from stdin\n", "oops\n")
+
+    r = sophon(env, "sandbox", "exec", "echo partial; exit 7")
+    assert (r.returncode, r.stdout) == (7, "partial\n"), r.stderr
+    r = sophon(env, "sandbox", "exec", "--language", "python", "raise SystemExit(4)")
+    assert r.returncode == 4, r.stderr
+
+
+# --- 2. creating sessions: every option of `new` --------------------------------------------
+
+
+def session(env: dict[str, str], sid: str) -> dict[str, Any]:
+    """The session as `list --json` shows it."""
+    r = sophon(env, "claude-code", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    return next(s for s in json.loads(r.stdout) if s["id"] == sid)
+
+
+def test_new_with_a_model_and_a_system_prompt_file(env: dict[str, str], model: ModelServer,
+                                                   tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.md"
+    prompt.write_text("Answer like a pirate.\nNever use the word 'treasure'.\n")
+    r = sophon(env, "claude-code", "new", "--name", "pirate", "--model", "haiku",
+               "--system-prompt", f"@{prompt}")
+    assert r.returncode == 0, r.stderr
+    sid = r.stdout.strip()
+    shown = session(env, sid)
+    assert (shown["model"], shown["system_prompt"]) == ("haiku", prompt.read_text())
+
+    # The model gets it: the turn's request carries the file's text and the chosen model.
+    model.set_script({"turns": [{"rules": [
+        {"when": {"system_contains": "Answer like a pirate."}, "reply": "Arr."}],
+        "default": "No pirate prompt."}]})
+    r = sophon(env, "claude-code", "send", sid, "hello")
+    assert r.returncode == 0, r.stderr
+    assert "Arr." in r.stdout, r.stdout
+    assert "haiku" in model.requests[0]["model"]
+
+    r = sophon(env, "claude-code", "new", "--name", "plain", "--system-prompt", "Be brief.")
+    assert session(env, r.stdout.strip())["system_prompt"] == "Be brief."
+    r = sophon(env, "claude-code", "new", "--name", "x", "--system-prompt",
+               f"@{tmp_path / 'missing.md'}")
+    assert r.returncode == 2
+    assert_one_line_error(r, "cannot read", "missing.md")
+
+
+def test_new_clone_of_a_local_repository(env: dict[str, str]) -> None:
+    repo = Path(tempfile.mkdtemp(prefix="sophon-cli-repo-", dir="/tmp"))
+    try:
+        git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+        subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+        (repo / "README.md").write_text("cloned from a local path\n")
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-qm", "first commit"], check=True)
+        subprocess.run(["chmod", "-R", "a+rX", str(repo)], check=True)
+
+        r = sophon(env, "claude-code", "new", "--name", "cloned", "--clone", str(repo))
+        assert r.returncode == 0, r.stderr
+        sid = r.stdout.strip()
+        starter = session(env, sid)["starter"]
+        assert (starter["type"], starter["url"]) == ("git", str(repo))
+        r = sophon(env, "claude-code", "exec", sid, "cat README.md; git log --format=%s")
+        assert (r.returncode, r.stdout) == (0, "cloned from a local path\nfirst commit\n"), \
+            r.stderr
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+def test_new_runtime_reaches_the_server(env: dict[str, str]) -> None:
+    r = sophon(env, "claude-code", "new", "--name", "native", "--runtime", "native")
+    assert r.returncode == 0, r.stderr
+    assert session(env, r.stdout.strip())["runtime"] == "native"
+    # This server has no claude-code runtime yet and says so; a CLI that dropped the flag
+    # would have made a native session instead.
+    r = sophon(env, "claude-code", "new", "--name", "cc", "--runtime", "claude-code")
+    if r.returncode == 0:
+        assert session(env, r.stdout.strip())["runtime"] == "claude-code"
+    else:
+        assert_one_line_error(r, "claude-code")
+        assert [s["name"] for s in json.loads(
+            sophon(env, "claude-code", "list", "--json").stdout)] == ["native"]
+
+
+# --- 3. approvals, interrupt, secrets, usage ---------------------------------------------------
+
+DENIED_TURN = {"turns": [
+    {"content": ["Let me write the file.",
+                 {"type": "tool_use", "name": "Bash", "input": {"command": BASH}}]},
+    {"rules": [{"when": {"last_tool_result_contains": "was denied"},
+                "reply": "Understood, I did not run it."}],
+     "default": "It ran."},
+]}
+
+
+def test_deny_with_a_reason(env: dict[str, str], model: ModelServer) -> None:
+    model.set_script(DENIED_TURN)
+    sid = sophon(env, "claude-code", "new", "--name", "deny").stdout.strip()
+    proc, out, err = start(env, "claude-code", "send", sid, "write hi.txt")
+    try:
+        hint = err.wait_until(lambda lines: re.search(r"approve \S+ (apr_\w+)", "".join(lines)),
+                              what="how to answer")
+        r = sophon(env, "claude-code", "deny", sid, hint.group(1), "--reason", "not on a Friday")
+        assert (r.returncode, r.stdout.strip()) == (0, "denied"), r.stderr
+        assert proc.wait(CLI_DEADLINE) == 0
+    finally:
+        stop(proc)
+    stdout = out.finish()
+    assert "deny by" in stdout and "not on a Friday" in stdout, stdout
+    assert "Understood, I did not run it." in stdout and "greetings" not in stdout
+    told = json.dumps(model.requests[-1]["messages"][-1])
+    assert "was denied: not on a Friday" in told, told
+    r = sophon(env, "claude-code", "exec", sid, "test -e hi.txt")
+    assert r.returncode == 1  # the command never ran
+
+
+def test_send_answered_no_at_the_prompt(env: dict[str, str], model: ModelServer) -> None:
+    model.set_script(DENIED_TURN)
+    sid = sophon(env, "claude-code", "new", "--name", "says-no").stdout.strip()
+    term = Pty([*SOPHON, "claude-code", "send", sid, "write hi.txt"], env)
+    try:
+        term.expect("allow Bash?")
+        term.send("n\n")
+        code = term.wait()
+    finally:
+        term.close()
+    out = term.text
+    assert code == 0, out
+    assert "deny by" in out and "Understood, I did not run it." in out, out
+    assert "greetings" not in out and "Traceback" not in out
+    assert sophon(env, "claude-code", "exec", sid, "test -e hi.txt").returncode == 1
+
+
+def test_interrupt_stops_the_running_turn(env: dict[str, str], server: LiveServer,
+                                          key: str, model: ModelServer) -> None:
+    model.set_script({"turns": [
+        {"content": [{"type": "tool_use", "name": "Bash", "input": {"command": "sleep 300"}}]},
+        {"reply": "Stopped."}]})
+    with Client(server.url, key) as c:
+        sid = c.create_session("long", approval={"shell": "allow"}).id
+        c.send_message(sid, "wait a long time")
+        wait_for(lambda: any(e.type == "exec_start" or e.type == "tool_use"
+                             for e in c.events(sid, follow=False))
+                 and c.get_session(sid).status == "running", CLI_DEADLINE, 0.05,
+                 "the tool call to start")
+        t0 = time.monotonic()
+        r = sophon(env, "claude-code", "interrupt", sid)
+        assert (r.returncode, r.stdout.strip()) == (0, "interrupted"), r.stderr
+        wait_for(lambda: c.get_session(sid).status == "idle", CLI_DEADLINE, 0.05,
+                 "the turn to stop")
+        assert time.monotonic() - t0 < 60  # long before `sleep 300` would have ended
+    r = sophon(env, "claude-code", "interrupt", sid)
+    assert (r.returncode, r.stdout.strip()) == (0, "no turn was running"), r.stderr
+
+
+def test_secrets_set_list_rm_never_show_a_value(env: dict[str, str]) -> None:
+    sid = sophon(env, "claude-code", "new", "--name", "secrets").stdout.strip()
+    shown = ""
+    r = sophon(env, "claude-code", "secrets", "set", sid, "API_TOKEN", "arg-value-123")
+    assert (r.returncode, r.stdout.strip()) == (0, "set API_TOKEN"), r.stderr
+    shown += r.stdout + r.stderr
+    r = sophon(env, "claude-code", "secrets", "set", sid, "PIPED", input="piped-value-456\n")
+    assert (r.returncode, r.stdout.strip()) == (0, "set PIPED"), r.stderr
+    shown += r.stdout + r.stderr
+    term = Pty([*SOPHON, "claude-code", "secrets", "set", sid, "TYPED"], env)
+    try:
+        # "TYPED:", then getpass turns echo off (dropping what was typed before) and
+        # writes the space: type after it, as a person would.
+        term.expect("TYPED: ")
+        term.send("typed-value-789\n")
+        assert term.wait() == 0, term.text
+    finally:
+        term.close()
+    shown += term.text
+    assert "set TYPED" in term.text
+
+    r = sophon(env, "claude-code", "secrets", "list", sid)
+    assert (r.returncode, r.stdout.split()) == (0, ["API_TOKEN", "PIPED", "TYPED"]), r.stderr
+    shown += r.stdout + r.stderr
+    r = sophon(env, "claude-code", "exec", sid, 'test "$API_TOKEN $PIPED $TYPED" = '
+               '"arg-value-123 piped-value-456 typed-value-789" && echo all-set')
+    assert (r.returncode, r.stdout) == (0, "all-set\n"), r.stderr
+    for value in ("arg-value-123", "piped-value-456", "typed-value-789"):
+        assert value not in shown, shown  # never echoed, never printed back
+
+    r = sophon(env, "claude-code", "secrets", "rm", sid, "PIPED")
+    assert (r.returncode, r.stdout.strip()) == (0, "removed PIPED"), r.stderr
+    assert sophon(env, "claude-code", "secrets", "list", sid).stdout.split() == [
+        "API_TOKEN", "TYPED"]
+    assert_one_line_error(sophon(env, "claude-code", "secrets", "set", sid, "bad-name", "v"),
+                          "secret names")
+
+
+def test_usage(env: dict[str, str], server: LiveServer, key: str, model: ModelServer) -> None:
+    model.set_script({"turns": ["Hello!", "Hello again!"]})
+    sid = sophon(env, "claude-code", "new", "--name", "usage").stdout.strip()
+    r = sophon(env, "claude-code", "usage", sid)
+    assert r.stdout.strip() == "0 tokens in, 0 out, $0.0000 over 0 calls", r.stderr
+    for message in ("hi", "again"):
+        assert sophon(env, "claude-code", "send", sid, message).returncode == 0
+    with Client(server.url, key) as c:
+        expected = c.usage(sid)
+    t = expected["totals"]
+    assert t["input_tokens"] > 0 and len(expected["calls"]) == 2
+    r = sophon(env, "claude-code", "usage", sid)
+    assert r.stdout.strip() == (f"{t['input_tokens']:,} tokens in, {t['output_tokens']:,} "
+                                f"out, ${t['cost_usd']:.4f} over 2 calls"), r.stderr
+    r = sophon(env, "claude-code", "usage", sid, "--json")
+    assert json.loads(r.stdout) == expected
+
+
+# --- 4. sandbox timeouts, export errors ----------------------------------------------------
+
+
+def test_sandbox_exec_timeout(env: dict[str, str]) -> None:
+    t0 = time.monotonic()
+    r = sophon(env, "sandbox", "exec", "--timeout", "1", "echo started; sleep 30; echo late")
+    elapsed = time.monotonic() - t0
+    assert r.returncode != 0 and r.stdout == "started\n", (r.stdout, r.stderr)
+    assert "(timeout)" in r.stderr and "Traceback" not in r.stderr
+    assert elapsed < 20, elapsed  # killed after 1 s, not after the 30 s sleep
+    r = sophon(env, "sandbox", "exec", "--timeout", "0", "true")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("where", ["/proc/nope/", "FILE/sub/"])
+def test_export_to_a_place_that_cannot_be_written(env: dict[str, str], tmp_path: Path,
+                                                  where: str) -> None:
+    sid = sophon(env, "claude-code", "new", "--name", "exp").stdout.strip()
+    blocker = tmp_path / "FILE"
+    blocker.write_text("a file, not a directory")
+    out = where.replace("FILE", str(blocker))
+    r = sophon(env, "claude-code", "export", sid, "--out", out)
+    assert r.returncode == 1
+    assert_one_line_error(r, "cannot write", out.rstrip("/"))
+    assert blocker.read_text() == "a file, not a directory"
