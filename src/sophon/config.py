@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     # its user namespace maps to this one.
     box_uid_first: int = Field(60000, ge=1000)
     box_uid_count: int = Field(5000, ge=1)
+    # The hard disk quota of a box's /workspace and /home/user together (root servers).
+    box_disk_mb: int = Field(2048, ge=16)
     box_backend: str = "bwrap"
     box_python: str = "/usr/bin/python3"
     box_pool_size: int = Field(2, ge=0, description="started, empty boxes kept ready")

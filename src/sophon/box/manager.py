@@ -19,6 +19,7 @@ from pathlib import Path
 from sophon.box.box import Box
 from sophon.box.bwrap import BoxSpec, BwrapBackend
 from sophon.box.cgroups import CgroupTree, Limits
+from sophon.box.disk import Disks, DiskUse
 from sophon.box.uids import UidPool
 from sophon.config import Settings
 from sophon.errors import BoxError
@@ -56,6 +57,9 @@ class BoxManager:
         # box runs as the server's, which it says at start-up).
         self.uids = UidPool(settings.boxes_dir, settings.box_uid_first,
                             settings.box_uid_count) if self.backend.is_root else None
+        self.disks = Disks(settings.boxes_dir, settings.box_disk_mb)
+        if not self.disks.enabled:
+            log.warning("disk quotas are off: %s", self.disks.mode)
         if self.uids is None:
             log.warning("not running as root: boxes run as the server's own uid, so a box "
                         "that escaped its namespaces could reach other boxes' files")
@@ -69,6 +73,7 @@ class BoxManager:
         # Started, empty boxes waiting to be handed out: a new thread or a one-off
         # execution takes one instead of paying for a sandbox start.
         self._pool: list[str] = []
+        self._detaching: set[asyncio.Task[None]] = set()
         self._refill: asyncio.Task[None] | None = None
 
     @property
@@ -80,6 +85,9 @@ class BoxManager:
 
     async def start(self) -> None:
         self.settings.boxes_dir.mkdir(parents=True, exist_ok=True)
+        stale = await self.disks.detach_all()  # a crash leaves its boxes' disks mounted
+        if stale:
+            log.info("unmounted %d box disk(s) left over from a previous run", stale)
         if self.cgroups is not None:
             reaped = await asyncio.to_thread(self.cgroups.reap_orphans)
             if reaped:
@@ -96,6 +104,7 @@ class BoxManager:
         pooled, self._pool = self._pool, []
         await asyncio.gather(*(self.destroy(box_id) for box_id in pooled))
         await asyncio.gather(*(b.stop() for b in list(self._boxes.values())))
+        await self.disks.detach_all()
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.remove)
 
@@ -133,9 +142,10 @@ class BoxManager:
 
     @contextlib.asynccontextmanager
     async def use(self, box_id: str, idle_after: float | None = None,
-                  extra_ro_binds: dict[str, str] | None = None) -> AsyncIterator[Box]:
+                  extra_ro_binds: dict[str, str] | None = None,
+                  disk_mb: int | None = None) -> AsyncIterator[Box]:
         """Hold a box for a piece of work: the idle reaper never stops a held box."""
-        box = await self.get(box_id, idle_after, extra_ro_binds)
+        box = await self.get(box_id, idle_after, extra_ro_binds, disk_mb)
         box.leases += 1
         try:
             yield box
@@ -144,9 +154,11 @@ class BoxManager:
             box.last_used = time.monotonic()
 
     async def get(self, box_id: str, idle_after: float | None = None,
-                  extra_ro_binds: dict[str, str] | None = None) -> Box:
+                  extra_ro_binds: dict[str, str] | None = None,
+                  disk_mb: int | None = None) -> Box:
         """The running box with this id, started (over its existing files) if needed.
-        ``extra_ro_binds`` (host path: box path) apply only if this call starts it."""
+        ``extra_ro_binds`` (host path: box path) apply only if this call starts it;
+        ``disk_mb`` only if it makes the box's disk (default ``SOPHON_BOX_DISK_MB``)."""
         box = self.running(box_id)
         if box is not None:
             return box
@@ -156,6 +168,8 @@ class BoxManager:
             if box is not None:
                 return box
             d = self.box_dir(box_id)
+            uid = await self._uid_for(box_id)
+            await self.disks.attach(box_id, disk_mb)
             spec = BoxSpec(
                 box_id=box_id,
                 workspace=d / "workspace",
@@ -163,9 +177,13 @@ class BoxManager:
                 limits=self.limits,
                 tmp_bytes=self.settings.limits.tmp_mb * 2**20,
                 extra_ro_binds=tuple((extra_ro_binds or {}).items()),
-                host_uid=await self._uid_for(box_id),
+                host_uid=uid,
             )
-            box = await self.backend.start(spec)
+            try:
+                box = await self.backend.start(spec)
+            except BaseException:
+                await self.disks.detach(box_id)
+                raise
             box._on_stop = self._forget
             self._boxes[box_id] = box
             self._idle_after[box_id] = idle_after or self.settings.thread_idle_seconds
@@ -184,10 +202,12 @@ class BoxManager:
         box_id = "g" + uuid.uuid4().hex[:31]
         d = self.box_dir(box_id)
         try:
+            uid = await self._uid_for(box_id)
+            await self.disks.attach(box_id)
             spec = BoxSpec(
                 box_id=box_id, workspace=d / "workspace", home=d / "home",
                 limits=self.limits, tmp_bytes=self.settings.limits.tmp_mb * 2**20,
-                extra_ro_binds=tuple(ro_binds.items()), host_uid=await self._uid_for(box_id),
+                extra_ro_binds=tuple(ro_binds.items()), host_uid=uid,
             )
             box = await self.backend.start(spec)
             try:
@@ -195,6 +215,7 @@ class BoxManager:
             finally:
                 await box.stop()
         finally:
+            await self.disks.detach(box_id)
             await asyncio.to_thread(shutil.rmtree, d, True)
             if self.uids is not None:
                 self.uids.release(box_id)
@@ -202,6 +223,20 @@ class BoxManager:
     def _forget(self, box: Box) -> None:
         if self._boxes.get(box.id) is box:
             del self._boxes[box.id]
+        if self.disks.enabled:
+            task = asyncio.get_running_loop().create_task(self._detach_if_stopped(box.id))
+            self._detaching.add(task)
+            task.add_done_callback(self._detaching.discard)
+
+    async def _detach_if_stopped(self, box_id: str) -> None:
+        # Under the box's lock: a start of the same box waits, or has already begun and
+        # then owns the mount.
+        async with self._locks.setdefault(box_id, asyncio.Lock()):
+            if self.running(box_id) is None:
+                try:
+                    await self.disks.detach(box_id)
+                except Exception:
+                    log.exception("could not unmount the disk of box %s", box_id)
 
     async def stop(self, box_id: str) -> None:
         box = self._boxes.get(box_id)
@@ -211,6 +246,7 @@ class BoxManager:
     async def destroy(self, box_id: str) -> None:
         """Stop the box and delete its files for good."""
         await self.stop(box_id)
+        await self.disks.detach(box_id)
         self._locks.pop(box_id, None)
         self._idle_after.pop(box_id, None)
         # rmtree works through directory fds and never follows a symlink a workload made.
@@ -218,6 +254,12 @@ class BoxManager:
         await asyncio.to_thread(shutil.rmtree, self.box_dir(box_id), True)
         if self.uids is not None and not self.box_dir(box_id).exists():
             self.uids.release(box_id)  # only now: its next owner must find nothing old
+
+    def disk_use(self, box_id: str) -> DiskUse:
+        return self.disks.usage(box_id)
+
+    def disk_full(self, box_id: str) -> bool:
+        return self.disks.full(box_id)
 
     async def _uid_for(self, box_id: str) -> int | None:
         if self.uids is None:

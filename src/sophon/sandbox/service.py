@@ -282,6 +282,9 @@ class ExecutionService:
             code, run.status, error = outcome.exit_code, "timeout", "timeout"
         elif outcome.oom_killed:
             code, run.status, error = outcome.exit_code, "oom", "memory_limit_exceeded"
+        elif outcome.exit_code != 0 and run.box is not None and \
+                self.boxes.disk_full(run.box.id):
+            code, run.status, error = outcome.exit_code, "failed", "disk_quota_exceeded"
         else:
             code, error = outcome.exit_code, None
             run.status = "success" if code == 0 else "failed"

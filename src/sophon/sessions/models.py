@@ -9,7 +9,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MODEL_ALIASES = ("opus", "sonnet", "haiku")
-SECRET_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
+# Whole-string patterns: checked with ``fullmatch`` (``re.match`` with ``$`` lets a
+# trailing newline through); pydantic's ``pattern`` (Rust regex) anchors ``$`` at the end.
+SECRET_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,127}")
+MODEL_ID = re.compile(r"claude-[a-z0-9.\-]+")
+WEBHOOK_URL = r"^https?://[^\s\x00-\x1f\x7f]+$"
 
 
 class EmptyStarter(BaseModel):
@@ -38,7 +42,7 @@ class ApprovalPolicy(BaseModel):
 
     shell: ShellPolicy = "ask_once"
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
-    webhook: str | None = Field(None, max_length=2048, pattern=r"^https?://")
+    webhook: str | None = Field(None, max_length=2048, pattern=WEBHOOK_URL)
 
 
 class CreateSession(BaseModel):
@@ -53,11 +57,13 @@ class CreateSession(BaseModel):
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     max_turns: int | None = Field(None, ge=1, le=10_000)
     max_budget_usd: float | None = Field(None, gt=0)
+    # The hard quota of /workspace and /home/user together; default SOPHON_BOX_DISK_MB.
+    disk_mb: int | None = Field(None, ge=16, le=1024 * 1024)
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        if v in MODEL_ALIASES or re.match(r"^claude-[a-z0-9.\-]+$", v):
+        if v in MODEL_ALIASES or MODEL_ID.fullmatch(v):
             return v
         raise ValueError("model must be opus, sonnet, haiku or a full model id (claude-...)")
 
@@ -86,6 +92,11 @@ class Usage(BaseModel):
     cost_usd: float = 0.0
 
 
+class DiskInfo(BaseModel):
+    used_bytes: int
+    limit_bytes: int | None  # None: this box has no quota (an unprivileged server)
+
+
 class SessionView(BaseModel):
     id: str
     name: str
@@ -102,6 +113,7 @@ class SessionView(BaseModel):
     max_turns: int | None = None
     max_budget_usd: float | None = None
     last_seq: int
+    disk: DiskInfo
 
 
 class SendMessage(BaseModel):
@@ -138,7 +150,7 @@ class SecretValue(BaseModel):
 
 
 def check_secret_name(name: str) -> str:
-    if not SECRET_NAME.match(name):
+    if not SECRET_NAME.fullmatch(name):
         raise ValueError("secret names are uppercase letters, digits and '_', "
                          "starting with a letter (e.g. GITHUB_TOKEN)")
     return name

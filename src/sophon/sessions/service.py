@@ -40,6 +40,7 @@ from sophon.sessions.approvals import ApprovalService
 from sophon.sessions.models import (
     ApprovalPolicy,
     CreateSession,
+    DiskInfo,
     SessionView,
     Usage,
 )
@@ -159,7 +160,7 @@ class SessionService:
                     staged.chmod(0o755)
                     extra = {str(staged): SOURCE_MOUNT}
                 async with self.boxes.use(row.box_id, self.settings.session_idle_seconds,
-                                          extra_ro_binds=extra) as box:
+                                          extra_ro_binds=extra, disk_mb=req.disk_mb) as box:
                     await prepare_workspace(box, req.starter, env)
                     self._watch(session_id, box)
         except BaseException:
@@ -202,6 +203,7 @@ class SessionService:
                         cost_usd=row.cost_usd),
             max_turns=row.max_turns, max_budget_usd=row.max_budget_usd,
             last_seq=await self.events.last_seq(row.id),
+            disk=DiskInfo(**vars(self.boxes.disk_use(row.box_id))),
         )
 
     async def list(self, principal: Principal, limit: int,
@@ -382,6 +384,9 @@ class SessionService:
                 error = "timeout"
             elif outcome is not None and outcome.oom_killed:
                 error = "memory_limit_exceeded"
+            elif outcome is not None and outcome.exit_code != 0 and \
+                    self.boxes.disk_full(row.box_id):
+                error = "disk_quota_exceeded"
             end = ExecEnd(
                 exec_id=exec_id,
                 exit_code=outcome.exit_code if outcome else -1,
