@@ -9,7 +9,8 @@ router = APIRouter()
 
 @router.get("/healthz")
 async def healthz(services: ServicesDep) -> dict[str, object]:
-    return {"status": "ok", "box_limits": services.boxes.limits_mode}
+    return {"status": "ok", "box_limits": services.boxes.limits_mode,
+            "box_seccomp": services.boxes.backend.seccomp_mode}
 
 
 @router.get("/v1/me")

@@ -7,8 +7,9 @@ Layers, outermost first:
    uid with no supplementary groups: a box never runs as host root, even inside
    its user namespace;
 3. ``bwrap`` makes new user, pid, mount, ipc, uts, cgroup and network namespaces,
-   drops every capability, and mounts a minimal read-only system view with only
-   the box's own ``workspace`` and ``home`` writable;
+   drops every capability, mounts a minimal read-only system view with only
+   the box's own ``workspace`` and ``home`` writable, and loads the seccomp
+   filter (seccomp.py) just before it execs boxd;
 4. boxd, as uid 1000 and pid 1 inside (no bwrap init in the box: it would hold
    the host's pipes where a workload could open them through /proc).
 """
@@ -20,11 +21,12 @@ import logging
 import os
 import shlex
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sophon.box.box import Box
 from sophon.box.cgroups import CgroupTree, Limits
+from sophon.box.seccomp import SeccompUnavailable, compile_filter
 from sophon.errors import BoxError
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,24 @@ BASE_ENV = {
 }
 
 
+@dataclass
+class BoxFds:
+    """Descriptors one box start hands to bwrap (inherited through the sh and setpriv
+    layers by ``pass_fds``). bwrap reads each to its end and closes it, so nothing in
+    the box holds them; the server closes its copies once the box is spawned."""
+
+    seccomp: int | None = None
+    data: list[int] = field(default_factory=list)  # in the order of ``data_files``
+
+    def all(self) -> tuple[int, ...]:
+        return (*([] if self.seccomp is None else [self.seccomp]), *self.data)
+
+    def close(self) -> None:
+        for fd in self.all():
+            os.close(fd)
+        self.seccomp, self.data = None, []
+
+
 @dataclass(frozen=True)
 class BoxSpec:
     box_id: str
@@ -114,6 +134,9 @@ class BwrapBackend:
         if self.is_root and self.setpriv is None:
             raise BoxError("setpriv is needed to drop root for boxes (package util-linux)")
         self._install_runtime()
+        self.seccomp_filter: Path | None = None
+        self.seccomp_mode = "off"
+        self._install_seccomp()
 
     def check_reachable(self, path: Path) -> None:
         """bwrap runs as the box's host uid, so it must be able to walk to every path it
@@ -142,6 +165,38 @@ class BwrapBackend:
             shutil.copyfile(src, agent / src.name)
         for p in [self.runtime_dir, etc, agent, *etc.iterdir(), *agent.iterdir()]:
             p.chmod(0o755 if p.is_dir() else 0o644)
+        # Copied into every box from descriptors (see argv): (host file, path in the box).
+        self.data_files = [(etc / name, f"/etc/{name}") for name in ETC_FILES] + [
+            (f, f"{AGENT_DIR}/{f.name}") for f in sorted(agent.glob("*.py"))]
+
+    def open_fds(self) -> BoxFds:
+        """Fresh descriptors for one box start: bwrap reads each to its end."""
+        fds = BoxFds()
+        try:
+            if self.seccomp_filter is not None:
+                fds.seccomp = os.open(self.seccomp_filter, os.O_RDONLY | os.O_CLOEXEC)
+            for host, _ in self.data_files:
+                fds.data.append(os.open(host, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            fds.close()
+            raise
+        return fds
+
+    def _install_seccomp(self) -> None:
+        """Compile the box filter once; without libseccomp boxes start unfiltered, and
+        the server says so now and in /healthz."""
+        path = self.runtime_dir / "seccomp.bpf"
+        try:
+            compile_filter(path)
+        except SeccompUnavailable as exc:
+            path.unlink(missing_ok=True)
+            log.warning("SECCOMP FILTER OFF: %s. Boxes run without a syscall filter "
+                        "(ptrace attach, pidfd_getfd, keyctl, bpf, mount, ... are not "
+                        "denied).", exc)
+            self.seccomp_mode = f"off: {exc}"
+            return
+        self.seccomp_filter = path
+        self.seccomp_mode = "on"
 
     def uid_of(self, spec: BoxSpec) -> int:
         return spec.host_uid if self.is_root and spec.host_uid is not None else self.host_uid
@@ -154,7 +209,7 @@ class BwrapBackend:
                 os.chown(d, uid, uid)
             d.chmod(0o700)
 
-    def argv(self, spec: BoxSpec) -> list[str]:
+    def argv(self, spec: BoxSpec, fds: BoxFds | None = None) -> list[str]:
         args = [
             self.bwrap or "bwrap",
             "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
@@ -168,6 +223,21 @@ class BwrapBackend:
             "--disable-userns",
             "--clearenv",
         ]
+        if fds is not None and fds.seccomp is not None:
+            # bwrap loads the filter just before it execs boxd.
+            args += ["--seccomp", str(fds.seccomp)]
+        # The generated /etc files and boxd are copies made by bwrap from descriptors,
+        # not binds of the runtime directory: a bind's source path shows in the box's
+        # /proc/self/mountinfo, and that path names the server's data directory.
+        data_fds: list[int | None] = [*fds.data] if fds else [None] * len(self.data_files)
+        data = {inside: (host, fd)
+                for (host, inside), fd in zip(self.data_files, data_fds, strict=True)}
+
+        def copy_in(inside: str) -> list[str]:
+            host, fd = data[inside]
+            if fd is None:
+                return ["--ro-bind", str(host), inside]
+            return ["--perms", "0644", "--ro-bind-data", str(fd), inside]
         for d in SYSTEM_DIRS:
             if os.path.isdir(d):
                 args += ["--ro-bind", d, d]
@@ -180,7 +250,7 @@ class BwrapBackend:
             if os.path.exists(f):
                 args += ["--ro-bind", f, f]
         for name in ETC_FILES:
-            args += ["--ro-bind", str(self.runtime_dir / "etc" / name), f"/etc/{name}"]
+            args += copy_in(f"/etc/{name}")
         args += [
             "--proc", "/proc",
             "--dev", "/dev",
@@ -188,7 +258,8 @@ class BwrapBackend:
             "--size", str(spec.tmp_bytes), "--tmpfs", "/tmp",
             "--bind", str(spec.workspace), WORKSPACE,
             "--bind", str(spec.home), HOME,
-            "--ro-bind", str(self.runtime_dir / "agent"), AGENT_DIR,
+            *[a for _, inside in self.data_files if inside.startswith(AGENT_DIR + "/")
+              for a in copy_in(inside)],
             *[a for host, inside in spec.extra_ro_binds for a in ("--ro-bind", host, inside)],
             # Everything not mounted writable above is read-only: the root and /dev.
             "--remount-ro", "/dev",
@@ -200,8 +271,9 @@ class BwrapBackend:
         args += [self.python, "-I", "-S", BOXD_PATH]
         return args
 
-    def launcher(self, spec: BoxSpec, procs_files: list[Path]) -> list[str]:
-        inner = self.argv(spec)
+    def launcher(self, spec: BoxSpec, procs_files: list[Path],
+                 fds: BoxFds | None = None) -> list[str]:
+        inner = self.argv(spec, fds)
         if self.is_root:
             uid = self.uid_of(spec)
             inner = [
@@ -224,12 +296,14 @@ class BwrapBackend:
     async def start(self, spec: BoxSpec, ready_timeout: float = 15.0) -> Box:
         self.prepare_dirs(spec)
         cgroup = None
+        fds = BoxFds()
         try:
+            fds = self.open_fds()
             if self.cgroups is not None:
                 cgroup = await asyncio.to_thread(self.cgroups.create, spec.box_id, spec.limits)
-                argv = self.launcher(spec, cgroup.procs_files)
+                argv = self.launcher(spec, cgroup.procs_files, fds)
             else:
-                argv = self.rlimit_fallback(spec, self.launcher(spec, []))
+                argv = self.rlimit_fallback(spec, self.launcher(spec, [], fds))
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
@@ -237,11 +311,14 @@ class BwrapBackend:
                 stderr=asyncio.subprocess.PIPE,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                 limit=2**20,
+                pass_fds=fds.all(),
             )
         except OSError as exc:
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
             raise BoxError(f"could not start box {spec.box_id}: {exc}") from exc
+        finally:
+            fds.close()
 
         box = Box(spec.box_id, proc, cgroup)
         await box.wait_ready(ready_timeout)

@@ -2,15 +2,19 @@
 
 A ``CgroupTree`` owns one directory per controller hierarchy (one for v2, one per
 controller for v1), named after the server's data directory so two servers on one
-machine never touch each other's boxes. Each box gets a child cgroup in it. A box
+machine never touch each other's boxes. Each start of a box gets a child cgroup in it,
+named after the box and the start (``<box id>.<n>``): a box that died and is being
+cleaned up never shares a cgroup with the same box started again meanwhile. A box
 process is placed in its cgroup before it execs bubblewrap (see ``procs_files``), so
-nothing in the box ever runs outside its limits.
+nothing in the box ever runs outside its limits. ``CgroupTree.remove`` at shutdown
+takes the whole tree away, leftovers of interrupted starts included.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import signal
@@ -123,6 +127,11 @@ def _rmdir_tree(d: Path) -> None:
     for child in d.iterdir():
         if child.is_dir():
             _rmdir_tree(child)
+    _rmdir(d)
+
+
+def _rmdir(d: Path) -> None:
+    """rmdir, waiting out (for a second) the moment a just-emptied cgroup stays busy."""
     for _ in range(100):
         try:
             d.rmdir()
@@ -138,22 +147,29 @@ def _rmdir_tree(d: Path) -> None:
 class CgroupTree:
     """The server's slice of the cgroup hierarchy; ``None`` from ``detect`` when unusable."""
 
-    def __init__(self, parents: list[Path], version: int) -> None:
+    def __init__(self, parents: list[Path], version: int,
+                 server_leaf: Path | None = None) -> None:
         self.parents = parents
         self.version = version
+        self.server_leaf = server_leaf  # v2: the leaf the server moved itself into
+        self._starts = itertools.count(1)
 
     @classmethod
     def detect(cls, name: str) -> CgroupTree | None:
+        made: list[Path] = []  # taken away again if the setup fails half-way
         try:
             if (CGROUP_ROOT / "cgroup.controllers").exists():
-                return cls._setup_v2(name)
-            return cls._setup_v1(name)
+                return cls._setup_v2(name, made)
+            return cls._setup_v1(name, made)
         except OSError as exc:
             log.debug("cgroups unusable: %s", exc)
+            for d in reversed(made):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
             return None
 
     @classmethod
-    def _setup_v1(cls, name: str) -> CgroupTree | None:
+    def _setup_v1(cls, name: str, made: list[Path]) -> CgroupTree | None:
         mounts, own = _v1_mounts(), _own_cgroups()
         if any(c not in mounts for c in V1_CONTROLLERS):
             return None
@@ -161,20 +177,23 @@ class CgroupTree:
         for c in V1_CONTROLLERS:
             parent = mounts[c] / own.get(c, "/").lstrip("/") / name
             parent.mkdir(exist_ok=True)
+            made.append(parent)
             parents.append(parent)
         return cls(parents, 1)
 
     @classmethod
-    def _setup_v2(cls, name: str) -> CgroupTree | None:
+    def _setup_v2(cls, name: str, made: list[Path]) -> CgroupTree | None:
         own = CGROUP_ROOT / _own_cgroups().get("", "/").lstrip("/")
         wanted = {"memory", "pids", "cpu"}
         if not wanted <= set((own / "cgroup.controllers").read_text().split()):
             return None
         parent = own / name
         parent.mkdir(exist_ok=True)
+        made.append(parent)
         enable = " ".join(f"+{c}" for c in sorted(wanted))
+        leaf = None
         try:
-            _write(own / "subtree_control", enable)
+            _write(own / "cgroup.subtree_control", enable)
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise
@@ -182,12 +201,13 @@ class CgroupTree:
             leaf = own / "sophon-server"
             leaf.mkdir(exist_ok=True)
             _write(leaf / "cgroup.procs", str(os.getpid()))
-            _write(own / "subtree_control", enable)
+            _write(own / "cgroup.subtree_control", enable)
         _write(parent / "cgroup.subtree_control", enable)
-        return cls([parent], 2)
+        return cls([parent], 2, leaf)
 
     def create(self, box_id: str, limits: Limits) -> BoxCgroup:
-        dirs = [p / box_id for p in self.parents]
+        name = f"{box_id}.{next(self._starts)}"
+        dirs = [p / name for p in self.parents]
         for d in dirs:
             d.mkdir(exist_ok=True)
         cg = BoxCgroup(dirs, self.version)
@@ -209,13 +229,30 @@ class CgroupTree:
         return cg
 
     def remove(self) -> None:
-        """Remove the server's (by now empty) parent cgroups at shutdown."""
-        for p in self.parents:
+        """Remove the server's cgroups at shutdown: every box's that is still there (a
+        start cut short by the shutdown leaves one, with a process in it), then the
+        parents; on v2, the server goes back where it was and its leaf goes too."""
+        try:
+            self.reap_orphans()
+            for p in self.parents:
+                _rmdir(p)
+        except OSError as exc:
+            log.warning("could not remove the server's cgroups: %s", exc)
+        left = [str(p) for p in self.parents if p.exists()]
+        if left:
+            log.warning("the server's cgroups are still there: %s", ", ".join(left))
+        if self.server_leaf is not None:
+            own = self.server_leaf.parent
             with contextlib.suppress(OSError):
-                p.rmdir()
+                # The controllers were off before the server turned them on (a cgroup
+                # with processes cannot have them), so turning them off restores it.
+                _write(own / "cgroup.subtree_control", "-cpu -memory -pids")
+                _write(own / "cgroup.procs", str(os.getpid()))
+                _rmdir(self.server_leaf)
 
     def reap_orphans(self) -> int:
-        """Kill and remove box cgroups a previous run of this server left behind."""
+        """Kill and remove every box cgroup in the tree: at start-up, those a previous run
+        of this server left behind."""
         names = {d.name for p in self.parents if p.exists() for d in p.iterdir() if d.is_dir()}
         for name in names:
             BoxCgroup([p / name for p in self.parents], self.version).remove()

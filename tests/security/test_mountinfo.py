@@ -1,0 +1,42 @@
+"""What a box's mount table tells about the host.
+
+``/proc/self/mountinfo`` shows, for every bind mount, the source's path within its
+filesystem. The server's generated files (``/etc/passwd``, boxd) are therefore copied in
+by bwrap rather than bound from the data directory, and a box's own files live on a
+filesystem of their own (its disk image), so neither the data directory nor the box's id
+appears. What does remain visible is listed in docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+from tests.security.helpers import box_dir_holding, execute, thread_name
+
+PROBE = "cat /proc/self/mountinfo; echo ===; cat /proc/self/mounts; echo ===; " \
+        "cat /proc/1/mountinfo 2>&1"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="an unprivileged server has no box disks: "
+                    "its boxes' workspace binds show their host paths")
+def test_mount_table_names_neither_the_data_dir_nor_the_box(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    thread = thread_name("mounts")
+    token = secrets.token_hex(6)
+    res = execute(http, f"echo {token} > /workspace/{token}; {PROBE}", thread_id=thread)
+    assert res["exit_code"] == 0, res
+    table = res["stdout"]
+    box_id = box_dir_holding(server, f"workspace/{token}").name
+    # Control: the probe reads the box's own mount table, where a bind shows its
+    # source's path (the host's /usr is bound at /usr), and sees its own mounts.
+    assert " /usr /usr " in table and " /workspace " in table, table
+    assert " /opt/sophon/agent/boxd.py " in table, table
+    for secret in {str(server.data_dir), str(server.data_dir.resolve()), box_id}:
+        leaked = [line for line in table.splitlines() if secret in line]
+        assert not leaked, f"{secret!r} shows in the box's mount table: {leaked}"
