@@ -130,7 +130,8 @@ class RoutedModel(RemoteModel):
     def check_results(self) -> None:
         """Every tool result the agent sent back succeeded (else we timed errors)."""
         for body in self.http.get("/_sophon/requests").json()["requests"][1:]:
-            last = body["messages"][-1]["content"]
+            # Claude Code may follow the results with a role "system" reminder.
+            last = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
             bad = [b for b in last if isinstance(b, dict) and b.get("type") == "tool_result"
                    and b.get("is_error")]
             if bad or not any(isinstance(b, dict) and b.get("type") == "tool_result"

@@ -53,7 +53,7 @@ def baseline() -> dict[str, int]:
 
 def box_cgroup_dirs(server_pid: int, data_dir: Path, box_id: str) -> dict[str, Path]:
     """The box's cgroup directories, keyed by controller ("" for v2), found the way the
-    server names them: ``<server's cgroup>/sophon-<sha256(data dir)[:12]>/<box id>``."""
+    server names them: ``<server's cgroup>/sophon-<sha256(data dir)[:12]>/<box id>.<n>``."""
     digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
     found: dict[str, Path] = {}
     for line in Path(f"/proc/{server_pid}/cgroup").read_text().splitlines():
@@ -64,9 +64,10 @@ def box_cgroup_dirs(server_pid: int, data_dir: Path, box_id: str) -> dict[str, P
             root = Path("/sys/fs/cgroup") / ("memory" if c else "")
             # A v2 server may have moved itself into a "sophon-server" leaf.
             rel = path.lstrip("/").removesuffix("sophon-server").rstrip("/")
-            d = root / rel / f"sophon-{digest}" / box_id
-            if d.is_dir():
-                found[c] = d
+            # One cgroup per start of the box: <box id>.<n>.
+            for d in (root / rel / f"sophon-{digest}").glob(f"{box_id}.*"):
+                if d.is_dir():
+                    found[c] = d
     return found
 
 
