@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint system-deps clean
+.PHONY: run test bench bench-smoke lint system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: system-deps $(STAMP)
 
 bench: system-deps $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Every benchmark once, with few samples: proves they run, measures nothing (CI runs it).
+bench-smoke: system-deps $(STAMP)
+	$(BIN)/python bench/run.py --quick > /dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
