@@ -6,13 +6,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sophon.api import gateway, health, sandbox, sessions
+from sophon.api import gateway, health, openapi, sandbox, sessions
 from sophon.config import Settings
 from sophon.errors import PayloadTooLarge, SophonError
 from sophon.services import Services
@@ -22,12 +23,15 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
-
-
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes: by Content-Length up front, and by
-    counting for chunked bodies. (A plain ASGI middleware: far cheaper per request than
-    Starlette's BaseHTTPMiddleware.)"""
+    """Refuse request bodies over ``limit`` bytes on every route, however they arrive.
+
+    A Content-Length over the limit is refused before anything is read. Otherwise (a
+    chunked body has no length) the body is read here, counting while it comes, before
+    any route parses it: the 413 goes out as soon as the count passes the limit, and no
+    more than ``limit`` bytes are ever held. The whole body is then handed to the app as
+    one message. (A plain ASGI middleware: far cheaper per request than Starlette's
+    BaseHTTPMiddleware.)"""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -37,23 +41,48 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"request body is larger than {self.limit} bytes"
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                response = JSONResponse(error_body(PayloadTooLarge.code, message), 413)
-                await response(scope, receive, send)
+                await self._refuse(scope, receive, send)
                 return
-        seen = 0
+        pending = await self._read(receive)
+        if pending is None:
+            await self._refuse(scope, receive, send)
+            return
 
-        async def counted() -> Message:
-            nonlocal seen
-            msg = await receive()
-            seen += len(msg.get("body", b""))
-            if seen > self.limit:
-                raise PayloadTooLarge(message)
-            return msg
+        async def replay() -> Message:
+            nonlocal pending
+            if pending is not None:
+                message, pending = pending, None
+                return message
+            return await receive()
 
-        await self.app(scope, counted, send)
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> Message | None:
+        """The request's first message, holding the whole body if it came in parts;
+        None as soon as the body passes the limit."""
+        message = await receive()
+        parts: list[bytes] = []
+        size = 0
+        while message["type"] == "http.request":
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                return None
+            if not message.get("more_body", False):
+                if not parts:
+                    return message
+                parts.append(body)
+                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+            parts.append(body)
+            message = await receive()
+        return message  # http.disconnect: the app sees that the client went away
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = error_body(PayloadTooLarge.code,
+                          f"the request body is larger than {self.limit} bytes")
+        await JSONResponse(body, PayloadTooLarge.status)(scope, receive, send)
 
 
 def error_body(code: str, message: str) -> dict[str, str]:
@@ -69,6 +98,12 @@ def _describe(exc: RequestValidationError) -> str:
             msg = "the body is not valid JSON"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts) or "invalid request"
+
+
+def _methods(routers: tuple[APIRouter, ...], path: str) -> set[str]:
+    return {method for router in routers for route in router.routes
+            if isinstance(route, APIRoute) and route.path_regex.match(path)
+            for method in route.methods}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -94,14 +129,25 @@ def create_app(settings: Settings) -> FastAPI:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body("invalid_request", _describe(exc)), 400)
 
+    routers = (health.router, sandbox.router, sessions.router, gateway.router)
+
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Every method of the path, not only those of the first route that matched it.
+            headers["Allow"] = ", ".join(sorted(_methods(routers, request.scope["path"])))
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code,
+                            headers=headers or None)
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:
+        # Logged with its traceback by the server; the client gets the usual shape.
+        return JSONResponse(error_body("internal_error", "internal server error"), 500)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-    app.include_router(health.router)
-    app.include_router(sandbox.router)
-    app.include_router(sessions.router)
-    app.include_router(gateway.router)
+    for router in routers:
+        app.include_router(router)
+    openapi.install(app, *routers)
     return app

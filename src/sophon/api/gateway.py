@@ -16,12 +16,37 @@ from sophon.errors import SophonError
 
 router = APIRouter(tags=["gateway"])
 
+# Errors here are the Anthropic API's, so that its clients understand them.
+ANTHROPIC_ERROR = {"type": "object", "required": ["type", "error"], "properties": {
+    "type": {"type": "string", "enum": ["error"]},
+    "error": {"type": "object", "required": ["type", "message"], "properties": {
+        "type": {"type": "string"}, "message": {"type": "string"}}}}}
+
+
+def _documented(text: str) -> dict[str, object]:
+    return {"description": text, "content": {"application/json": {"schema": ANTHROPIC_ERROR}}}
+
+
+RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"description": "The provider's answer, as JSON or (`stream: true`) server-sent "
+                         "events", "content": {"application/json": {"schema": {}},
+                                               "text/event-stream": {"schema": {}}}},
+    400: _documented("The body is not a JSON object (`invalid_request_error`)"),
+    401: _documented("No session token, or one that is not valid "
+                          "(`authentication_error`)"),
+    402: _documented("The session's budget is spent (`billing_error`)"),
+    503: _documented("No provider key on the server (`api_error`)"),
+    "default": {"description": "The provider's own status and error, passed through"},
+}
+
 
 def _anthropic_error(status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse({"type": "error", "error": {"type": kind, "message": message}}, status)
 
 
-@router.post("/v1/messages")
+@router.post("/v1/messages", responses=RESPONSES, openapi_extra={"requestBody": {
+    "description": "An Anthropic Messages API request",
+    "content": {"application/json": {"schema": {"type": "object"}}}}})
 async def messages(request: Request, services: ServicesDep) -> object:
     token = request.headers.get("x-api-key")
     if not token:

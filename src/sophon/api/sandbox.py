@@ -12,15 +12,27 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from sophon.api.deps import PrincipalDep, ServicesDep
+from sophon.api.openapi import NDJSON, NDJSONResponse, errors, ndjson
 from sophon.sandbox.models import Accepted, ExecuteRequest, ExecutionStatus, SandboxResult
 
 router = APIRouter(prefix="/v1", tags=["sandbox"])
-NDJSON = "application/x-ndjson"
 
 
 async def _ndjson(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     async for ev in events:
+        if ev.get("type") == "result" and isinstance(ev.get("result"), dict):
+            # The result object says whether its output was cut, as the inline form does.
+            ev = {**ev, "result": {**ev["result"],
+                                   "output_truncated": bool(ev.get("output_truncated"))}}
         yield json.dumps(ev, separators=(",", ":")).encode() + b"\n"
+
+
+def _links(trace_id: str) -> dict[str, Any]:
+    """OpenAPI links from an execution's answer to the routes that take its trace_id."""
+    execution = "#/paths/~1v1~1executions~1{trace_id}"
+    return {name: {"operationRef": execution + tail, "parameters": {"trace_id": trace_id}}
+            for name, tail in (("GetExecution", "/get"), ("CancelExecution", "~1cancel/post"),
+                               ("ExecutionOutput", "~1output/get"))}
 
 
 def _wants_ndjson(request: Request) -> bool:
@@ -39,7 +51,19 @@ async def _parse(request: Request) -> ExecuteRequest:
 @router.post(
     "/sandbox/execute",
     response_model=SandboxResult,
-    responses={202: {"model": Accepted}},
+    responses={
+        200: {"description": "The result (JSON), or with `Accept: application/x-ndjson` "
+                             "the execution's events as they happen, one JSON object a line",
+              "content": ndjson("status, output, keepalive and result events"),
+              "headers": {"X-Trace-Id": {"description": "The execution's id",
+                                         "schema": {"type": "string"}}},
+              "links": _links("$response.header.X-Trace-Id")},
+        202: {"model": Accepted,
+              "description": "With `Prefer: respond-async`: accepted; follow it with "
+                             "GET /v1/executions/{trace_id}",
+              "links": _links("$response.body#/trace_id")},
+        **errors(400, (409, "The thread is already running an execution (`thread_busy`).")),
+    },
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": ExecuteRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     }}}},
@@ -60,24 +84,29 @@ async def execute(
                                  headers={"X-Trace-Id": run.trace_id})
     run = await services.executions.start(principal, body, "inline")
     await run.done.wait()
-    return JSONResponse(run.result.model_dump() if run.result else {},
-                        headers={"X-Trace-Id": run.trace_id})
+    result = run.result.model_dump() if run.result else {}
+    result["output_truncated"] = run.truncated
+    return JSONResponse(result, headers={"X-Trace-Id": run.trace_id})
 
 
-@router.get("/executions/{trace_id}", response_model=ExecutionStatus)
+@router.get("/executions/{trace_id}", response_model=ExecutionStatus,
+            responses=errors(404))
 async def get_execution(trace_id: str, services: ServicesDep,
                         principal: PrincipalDep) -> ExecutionStatus:
     return await services.executions.status(principal, trace_id)
 
 
-@router.post("/executions/{trace_id}/cancel")
+@router.post("/executions/{trace_id}/cancel", responses=errors(404))
 async def cancel_execution(trace_id: str, services: ServicesDep,
                            principal: PrincipalDep) -> dict[str, str]:
     status = await services.executions.cancel(principal, trace_id)
     return {"trace_id": trace_id, "status": status}
 
 
-@router.get("/executions/{trace_id}/output")
+@router.get("/executions/{trace_id}/output", response_class=NDJSONResponse, responses={
+    200: {"description": "The execution's events from `after_seq` on, one JSON object a "
+                         "line; a running execution is followed to its end"},
+    **errors(404)})
 async def execution_output(
     trace_id: str,
     services: ServicesDep,

@@ -10,6 +10,13 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from sophon.api.deps import PrincipalDep, ServicesDep
+from sophon.api.openapi import (
+    SSE_EVENT,
+    EventStreamResponse,
+    GzipResponse,
+    NDJSONResponse,
+    errors,
+)
 from sophon.errors import BadRequest
 from sophon.events.log import Stored
 from sophon.events.types import to_wire
@@ -31,8 +38,20 @@ from sophon.sessions.service import page_cursor
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 NDJSON = "application/x-ndjson"
 
+MAX_SEQ = 2**63 - 1  # an event seq is a 64-bit integer in the store
 
-@router.post("", status_code=201, response_model=SessionView)
+# Documentation only (OpenAPI): shapes that have no model of their own.
+EVENT_PAGE = {"type": "object", "required": ["events", "last_seq"], "properties": {
+    "events": {"type": "array", "items": {"type": "object"}},
+    "last_seq": {"type": "integer"}}}
+WRITTEN = {"type": "object", "required": ["path", "size", "etag"], "properties": {
+    "path": {"type": "string"}, "size": {"type": "integer"}, "etag": {"type": "string"}}}
+SECRET_BODY = {"type": "object", "required": ["value"], "additionalProperties": False,
+               "properties": {"value": {"type": "string", "minLength": 1,
+                                        "maxLength": 65536}}}
+
+
+@router.post("", status_code=201, response_model=SessionView, responses=errors(503))
 async def create_session(body: CreateSession, services: ServicesDep,
                          principal: PrincipalDep) -> SessionView:
     return await services.sessions.create(principal, body)
@@ -48,20 +67,20 @@ async def list_sessions(services: ServicesDep, principal: PrincipalDep,
     return SessionPage(sessions=views, next_cursor=page_cursor(views[-1]) if more else None)
 
 
-@router.get("/{session_id}", response_model=SessionView)
+@router.get("/{session_id}", response_model=SessionView, responses=errors(404))
 async def get_session(session_id: str, services: ServicesDep,
                       principal: PrincipalDep) -> SessionView:
     return await services.sessions.view(await services.sessions.get_row(principal, session_id))
 
 
-@router.patch("/{session_id}", response_model=SessionView)
+@router.patch("/{session_id}", response_model=SessionView, responses=errors(404))
 async def update_session(session_id: str, body: UpdateSession, services: ServicesDep,
                          principal: PrincipalDep) -> SessionView:
     changes = body.model_dump(exclude_unset=True)
     return await services.sessions.update(principal, session_id, changes)
 
 
-@router.delete("/{session_id}", status_code=204)
+@router.delete("/{session_id}", status_code=204, responses=errors(404))
 async def delete_session(session_id: str, services: ServicesDep,
                          principal: PrincipalDep) -> Response:
     await services.sessions.delete(principal, session_id)
@@ -75,15 +94,20 @@ def _sse(batch: list[Stored]) -> bytes:
                    for s in batch).encode()
 
 
-@router.get("/{session_id}/events")
+@router.get("/{session_id}/events", response_class=EventStreamResponse, responses={
+    200: {"description": "The session's events as server-sent events, followed live; "
+                         "with `Accept: application/json`, one page of them",
+          "content": {"text/event-stream": {"schema": SSE_EVENT},
+                      "application/json": {"schema": EVENT_PAGE}}},
+    **errors(404)})
 async def events(
     session_id: str,
     request: Request,
     services: ServicesDep,
     principal: PrincipalDep,
-    after: int | None = Query(None, ge=0),
+    after: int | None = Query(None, ge=0, le=MAX_SEQ),
     limit: int = Query(500, ge=1, le=5000),
-    last_event_id: str | None = Header(None),
+    last_event_id: str | None = Header(None, pattern=r"^[0-9]{0,18}$"),
 ) -> Response:
     await services.sessions.get_row(principal, session_id)
     start = after
@@ -111,7 +135,10 @@ async def events(
 
 # --- exec, files, diff --------------------------------------------------------
 
-@router.post("/{session_id}/exec")
+@router.post("/{session_id}/exec", response_class=NDJSONResponse, responses={
+    200: {"description": "exec_start, exec_output and exec_end events, one JSON object "
+                         "a line"},
+    **errors(404)})
 async def exec_command(session_id: str, body: ExecRequest, services: ServicesDep,
                        principal: PrincipalDep) -> StreamingResponse:
     await services.sessions.get_row(principal, session_id)
@@ -124,13 +151,15 @@ async def exec_command(session_id: str, body: ExecRequest, services: ServicesDep
     return StreamingResponse(stream(), media_type=NDJSON)
 
 
-@router.get("/{session_id}/files", response_model=FileTree)
+@router.get("/{session_id}/files", response_model=FileTree,
+            responses=errors(400, 404, 503))
 async def file_tree(session_id: str, services: ServicesDep,
                     principal: PrincipalDep) -> FileTree:
     return await services.workspace.tree(principal, session_id)
 
 
-@router.get("/{session_id}/files/{path:path}", response_model=FileContent)
+@router.get("/{session_id}/files/{path:path}", response_model=FileContent,
+            responses=errors(400, 404, 503))
 async def read_file(session_id: str, path: str, services: ServicesDep,
                     principal: PrincipalDep) -> JSONResponse:
     content = await services.workspace.read(principal, session_id, path)
@@ -138,7 +167,15 @@ async def read_file(session_id: str, path: str, services: ServicesDep,
     return JSONResponse(content.model_dump(), headers=headers)
 
 
-@router.put("/{session_id}/files/{path:path}")
+@router.put("/{session_id}/files/{path:path}", responses={
+    200: {"description": "The file was replaced",
+          "content": {"application/json": {"schema": WRITTEN}}},
+    201: {"description": "The file was created",
+          "content": {"application/json": {"schema": WRITTEN}}},
+    **errors(400, 404, 412, 428, 503)},
+    openapi_extra={"requestBody": {"description": "The file's new content, as is",
+                                   "content": {"application/octet-stream": {
+                                       "schema": {"type": "string", "format": "binary"}}}}})
 async def write_file(session_id: str, path: str, request: Request, services: ServicesDep,
                      principal: PrincipalDep, if_match: str | None = Header(None),
                      if_none_match: str | None = Header(None)) -> JSONResponse:
@@ -150,7 +187,7 @@ async def write_file(session_id: str, path: str, request: Request, services: Ser
                         headers={"ETag": f'"{got["etag"]}"'})
 
 
-@router.get("/{session_id}/diff")
+@router.get("/{session_id}/diff", responses=errors(404, 503))
 async def diff(session_id: str, services: ServicesDep, principal: PrincipalDep,
                since: str | None = None) -> dict[str, str]:
     text = await services.workspace.diff(principal, session_id, since)
@@ -159,7 +196,7 @@ async def diff(session_id: str, services: ServicesDep, principal: PrincipalDep,
 
 # --- approvals, secrets, export -------------------------------------------------
 
-@router.get("/{session_id}/approvals")
+@router.get("/{session_id}/approvals", responses=errors(404))
 async def pending_approvals(session_id: str, services: ServicesDep,
                             principal: PrincipalDep) -> dict[str, list[dict[str, Any]]]:
     await services.sessions.get_row(principal, session_id)
@@ -169,7 +206,8 @@ async def pending_approvals(session_id: str, services: ServicesDep,
                           for r in rows]}
 
 
-@router.post("/{session_id}/approvals/{approval_id}")
+@router.post("/{session_id}/approvals/{approval_id}", responses=errors(
+    404, (409, "The approval was already answered (`conflict`).")))
 async def decide(session_id: str, approval_id: str, body: Decision, services: ServicesDep,
                  principal: PrincipalDep) -> dict[str, Any]:
     await services.sessions.get_row(principal, session_id)
@@ -179,14 +217,18 @@ async def decide(session_id: str, approval_id: str, body: Decision, services: Se
     return to_wire(event)
 
 
-@router.get("/{session_id}/secrets")
+@router.get("/{session_id}/secrets", responses=errors(404))
 async def list_secrets(session_id: str, services: ServicesDep,
                        principal: PrincipalDep) -> dict[str, list[str]]:
     await services.sessions.get_row(principal, session_id)
     return {"names": await services.sessions.secrets.names(session_id)}
 
 
-@router.put("/{session_id}/secrets/{name}", status_code=204)
+@router.put("/{session_id}/secrets/{name}", status_code=204, responses=errors(400, 404),
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": SECRET_BODY},
+                 "text/plain": {"schema": {"type": "string", "minLength": 1,
+                                           "maxLength": 65536}}}}})
 async def put_secret(session_id: str, name: str, request: Request, services: ServicesDep,
                      principal: PrincipalDep) -> Response:
     await services.sessions.get_row(principal, session_id)
@@ -206,7 +248,7 @@ async def put_secret(session_id: str, name: str, request: Request, services: Ser
     return Response(status_code=204)
 
 
-@router.delete("/{session_id}/secrets/{name}", status_code=204)
+@router.delete("/{session_id}/secrets/{name}", status_code=204, responses=errors(404))
 async def delete_secret(session_id: str, name: str, services: ServicesDep,
                         principal: PrincipalDep) -> Response:
     await services.sessions.get_row(principal, session_id)
@@ -215,7 +257,8 @@ async def delete_secret(session_id: str, name: str, services: ServicesDep,
     return Response(status_code=204)
 
 
-@router.get("/{session_id}/export")
+@router.get("/{session_id}/export", response_class=GzipResponse, responses={
+    200: {"description": "The workspace as a .tar.gz"}, **errors(400, 404, 503)})
 async def export(session_id: str, services: ServicesDep,
                  principal: PrincipalDep) -> StreamingResponse:
     chunks = services.sessions.export(principal, session_id)
@@ -232,19 +275,20 @@ async def export(session_id: str, services: ServicesDep,
 
 # --- the agent ------------------------------------------------------------------
 
-@router.post("/{session_id}/messages", status_code=202)
+@router.post("/{session_id}/messages", status_code=202, responses=errors(
+    404, (409, "A turn is running and `queue` is false (`turn_in_progress`).")))
 async def send_message(session_id: str, body: SendMessage, services: ServicesDep,
                        principal: PrincipalDep) -> dict[str, object]:
     return await services.agent.send(principal, session_id, body.content, body.queue)
 
 
-@router.post("/{session_id}/interrupt")
+@router.post("/{session_id}/interrupt", responses=errors(404))
 async def interrupt(session_id: str, services: ServicesDep,
                     principal: PrincipalDep) -> dict[str, bool]:
     return {"interrupted": await services.agent.interrupt(principal, session_id)}
 
 
-@router.get("/{session_id}/usage")
+@router.get("/{session_id}/usage", responses=errors(404))
 async def usage(session_id: str, services: ServicesDep,
                 principal: PrincipalDep) -> dict[str, object]:
     await services.sessions.get_row(principal, session_id)
@@ -257,7 +301,7 @@ async def usage(session_id: str, services: ServicesDep,
         "cost_usd": last.get("cumulative_cost_usd", 0.0)}, "calls": calls}
 
 
-@router.post("/{session_id}/gateway-token")
+@router.post("/{session_id}/gateway-token", responses=errors(404))
 async def gateway_token(session_id: str, services: ServicesDep,
                         principal: PrincipalDep) -> dict[str, str]:
     """A new token for a runtime inside the session's box to reach the model gateway

@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_CODE_BYTES = 1024 * 1024
-THREAD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-ENV_KEY = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
-METADATA_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,39}$")
+# Names are checked as whole strings (``fullmatch``): with ``re.match`` and ``$``, a
+# trailing newline would pass ("abc\n" a different thread from "abc"). The same
+# patterns go into the OpenAPI document, where ``^...$`` also means the whole string.
+THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+ENV_KEY_PATTERN = r"^[A-Z][A-Z0-9_]{0,127}$"
+METADATA_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,39}$"
+THREAD_ID = re.compile(THREAD_ID_PATTERN.strip("^$"))
+ENV_KEY = re.compile(ENV_KEY_PATTERN.strip("^$"))
+METADATA_KEY = re.compile(METADATA_KEY_PATTERN.strip("^$"))
+
+
+def whole_seconds(v: Any) -> Any:
+    """A number of seconds is a JSON integer: not a string ("10"), not a boolean (true
+    would otherwise count as 1), not a float. Checked before pydantic's lax coercion."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"must be a whole number of seconds (an integer), not {_kind(v)}")
+    return v
+
+
+def _kind(v: Any) -> str:
+    names = {bool: "a boolean", str: "a string", float: "a number with a decimal point",
+             type(None): "null", list: "a list", dict: "an object"}
+    return names.get(type(v), type(v).__name__)
+
+
+Seconds = Annotated[int, BeforeValidator(whole_seconds)]
 
 # Variables a caller may not set: they would change how the sandbox itself works.
 RESERVED_ENV = frozenset({
@@ -30,10 +53,12 @@ class ExecuteRequest(BaseModel):
 
     code: str = Field(min_length=1)
     language: Language = "python"
-    timeout: int = Field(60, ge=1, le=3600)
-    thread_id: str | None = None
-    metadata: dict[str, str] | None = None
-    env_vars: dict[str, str] | None = None
+    timeout: Seconds = Field(60, ge=1, le=3600)
+    thread_id: str | None = Field(None, json_schema_extra={"pattern": THREAD_ID_PATTERN})
+    metadata: dict[str, str] | None = Field(None, json_schema_extra={
+        "maxProperties": 10, "propertyNames": {"pattern": METADATA_KEY_PATTERN}})
+    env_vars: dict[str, str] | None = Field(None, json_schema_extra={
+        "maxProperties": 50, "propertyNames": {"pattern": ENV_KEY_PATTERN}})
 
     @field_validator("code")
     @classmethod
@@ -47,7 +72,7 @@ class ExecuteRequest(BaseModel):
     @field_validator("thread_id")
     @classmethod
     def _thread(cls, v: str | None) -> str | None:
-        if v is not None and not THREAD_ID.match(v):
+        if v is not None and not THREAD_ID.fullmatch(v):
             raise ValueError(
                 "thread_id must be 1-128 characters: letters, digits, '-' or '_', "
                 "starting with a letter or digit"
@@ -62,7 +87,7 @@ class ExecuteRequest(BaseModel):
         if len(v) > 10:
             raise ValueError("metadata has more than 10 keys")
         for key, value in v.items():
-            if not METADATA_KEY.match(key):
+            if not METADATA_KEY.fullmatch(key):
                 raise ValueError(f"metadata key {key!r} is not valid")
             if len(value) > 256:
                 raise ValueError(f"metadata value for {key!r} is longer than 256 characters")
@@ -77,7 +102,7 @@ class ExecuteRequest(BaseModel):
             raise ValueError("more than 50 environment variables")
         total = 0
         for key, value in v.items():
-            if not ENV_KEY.match(key):
+            if not ENV_KEY.fullmatch(key):
                 raise ValueError(
                     f"environment variable {key!r}: names are uppercase letters, digits "
                     "and '_', starting with a letter"
@@ -98,6 +123,8 @@ class SandboxResult(BaseModel):
     stderr: str
     exit_code: int
     error: str | None = None
+    # stdout or stderr was cut at the output cap (Baponi's clients ignore the field).
+    output_truncated: bool = False
 
 
 class ExecutionStatus(BaseModel):

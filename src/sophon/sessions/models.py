@@ -13,7 +13,10 @@ MODEL_ALIASES = ("opus", "sonnet", "haiku")
 # trailing newline through); pydantic's ``pattern`` (Rust regex) anchors ``$`` at the end.
 SECRET_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,127}")
 MODEL_ID = re.compile(r"claude-[a-z0-9.\-]+")
-WEBHOOK_URL = r"^https?://[^\s\x00-\x1f\x7f]+$"
+WEBHOOK_URL = r"^https?://[^\s\x00-\x1f\x7f]*$"
+# Request bodies: no unknown fields, no coercion ("10" or true is not a number of
+# seconds or turns, 0 is not false), and no infinite numbers (1e999 is not a budget).
+REQUEST = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class EmptyStarter(BaseModel):
@@ -38,7 +41,7 @@ ToolPolicy = Literal["allow", "ask", "deny"]
 
 
 class ApprovalPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     shell: ShellPolicy = "ask_once"
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
@@ -46,7 +49,7 @@ class ApprovalPolicy(BaseModel):
 
 
 class CreateSession(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: str = Field(min_length=1, max_length=200)
     starter: Starter = Field(default_factory=EmptyStarter)
@@ -69,7 +72,7 @@ class CreateSession(BaseModel):
 
 
 class UpdateSession(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     name: str | None = Field(None, min_length=1, max_length=200)
     system_prompt: str | None = Field(None, max_length=100_000)
@@ -117,7 +120,7 @@ class SessionView(BaseModel):
 
 
 class SendMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     content: str = Field(min_length=1, max_length=1_000_000)
     queue: bool = False
@@ -129,14 +132,14 @@ class SessionPage(BaseModel):
 
 
 class ExecRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     command: str = Field(min_length=1, max_length=100_000)
     timeout: int = Field(600, ge=1, le=3600)
 
 
 class Decision(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     decision: Literal["allow", "deny"]
     remember: bool = False
@@ -144,7 +147,7 @@ class Decision(BaseModel):
 
 
 class SecretValue(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
 
     value: str = Field(min_length=1, max_length=65_536)
 
