@@ -14,7 +14,9 @@ from common import Figure, live_server, wait_for
 
 
 def _du(path: Path) -> int:
-    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
+    # Allocated bytes, not apparent size: each box's disk image is a sparse file.
+    out = subprocess.run(["du", "-s", "--block-size=1", str(path)], capture_output=True,
+                         text=True, check=True)
     return int(out.stdout.split()[0])
 
 

@@ -141,11 +141,10 @@ async def events(
     **errors(404)})
 async def exec_command(session_id: str, body: ExecRequest, services: ServicesDep,
                        principal: PrincipalDep) -> StreamingResponse:
-    await services.sessions.get_row(principal, session_id)
+    events = await services.sessions.exec(principal, session_id, body.command, body.timeout)
 
     async def stream() -> AsyncIterator[bytes]:
-        async for ev in services.sessions.exec(principal, session_id, body.command,
-                                               body.timeout):
+        async for ev in events:
             yield json.dumps(to_wire(ev), separators=(",", ":")).encode() + b"\n"
 
     return StreamingResponse(stream(), media_type=NDJSON)

@@ -324,21 +324,21 @@ class SessionService:
 
     async def exec(self, principal: Principal, session_id: str, command: str,
                    timeout: int) -> AsyncIterator[Any]:
-        """Run the owner's command in the workspace; yields the events it makes.
-
-        The command runs to its end even if the caller stops reading."""
+        """Start the owner's command in the workspace (a missing session raises here);
+        returns the events it makes as they come. The command runs to its end even if
+        the caller stops reading."""
         row = await self.get_row(principal, session_id)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(self._run_exec(row, command, timeout, queue))
-        # Tracked until done: it outlives this generator when the caller stops reading,
-        # and its bookkeeping runs after the last event is handed out.
+        # Tracked until done: it outlives the reader when the caller stops reading, and
+        # its bookkeeping runs after the last event is handed out.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        while True:
-            item = await queue.get()
-            if item is None:
-                break
-            yield item
+
+        async def events() -> AsyncIterator[Any]:
+            while (item := await queue.get()) is not None:
+                yield item
+        return events()
 
     async def _run_exec(self, row: SessionRow, command: str, timeout: int,
                         queue: asyncio.Queue[Any]) -> None:
