@@ -12,17 +12,35 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The dashboard (ui/): npm packages from the registry (package-lock.json), built into
+# ui/dist, which `sophon serve` serves at /. Skipped while ui/dist is newer than its sources.
+UI_STAMP   := ui/dist/.built
+UI_SOURCES := $(shell find ui/src -type f 2>/dev/null) ui/index.html ui/package.json \
+              ui/package-lock.json ui/tsconfig.json ui/vite.config.ts
+
+.PHONY: ui
+ui: $(UI_STAMP)
+
+$(UI_STAMP): $(UI_SOURCES)
+	@command -v npm >/dev/null 2>&1 || { echo "make ui needs node (>= 20.19) and npm" >&2; exit 1; }
+	cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build
+	touch $(UI_STAMP)
+
 # Debian packages the sandbox needs (bubblewrap, python3 and pip for workloads, git).
 system-deps:
 	@./scripts/system-deps
 
-run: system-deps $(STAMP)
+# The admin user is made once (its key shown that once); every run prints a new one-time
+# link (15 minutes) that signs admin in to the dashboard. SOPHON_HOST/SOPHON_PORT move both.
+run: system-deps $(STAMP) ui
 	@$(BIN)/sophon users add admin 2>/dev/null \
 		&& echo "^ API key for user 'admin' (shown once). More keys: $(BIN)/sophon users add NAME" \
-		|| echo "Create an API key with: $(BIN)/sophon users add NAME"
+		|| true
+	@echo "Dashboard: open this one-time sign-in link (valid for 15 minutes):"
+	@$(BIN)/sophon users sign-in-link admin
 	$(BIN)/sophon serve
 
-test: system-deps $(STAMP)
+test: system-deps $(STAMP) ui
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q
 

@@ -104,6 +104,47 @@ def users_add(name: str, data_dir: DataDir = None) -> None:
     typer.echo(key)
 
 
+@users_app.command("sign-in-link")
+def users_sign_in_link(
+    name: str,
+    url: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="The server's address as the browser reaches it "
+             "(default: http://HOST:PORT from SOPHON_HOST and SOPHON_PORT).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Print a one-time link that signs NAME in to the dashboard (valid for 15 minutes).
+
+    Example: sophon users sign-in-link alice --url https://sophon.example.com
+    """
+    import asyncio
+
+    from sophon.errors import SophonError
+    from sophon.store.db import make_engine, migrate, sessionmaker
+    from sophon.users import UserService
+
+    settings = _settings(data_dir)
+    if url is None:
+        host = settings.host
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else "localhost" if host == "::" else host
+        host = f"[{host}]" if ":" in host else host
+        url = f"http://{host}:{settings.port}"
+
+    async def run() -> str:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            await migrate(engine)
+            return await UserService(sessionmaker(engine)).create_sign_in_link(name)
+        finally:
+            await engine.dispose()
+
+    try:
+        token = asyncio.run(run())
+    except SophonError as exc:
+        _fail(exc.message)
+    typer.echo(f"{url.rstrip('/')}/v1/auth/link/{token}")
+
+
 @app.command()
 def login(
     url: Annotated[str, typer.Option(help="The server, e.g. http://127.0.0.1:8765")],

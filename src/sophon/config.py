@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8765
     log_level: str = "info"
+    # The built dashboard served at `/`; None: the repository's ui/dist (`make ui`).
+    ui_dir: Path | None = None
 
     # Host uids for boxes when the server runs as root: each box gets its own from
     # [box_uid_first, box_uid_first + box_uid_count). Never root: a box's own uid inside

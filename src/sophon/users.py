@@ -1,4 +1,4 @@
-"""Users and their API keys."""
+"""Users, their API keys, and browser sign-ins (the dashboard's cookie, one-time links)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,18 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sophon.errors import Conflict, Unauthorized
-from sophon.store.tables import ApiKey, User
+from sophon.errors import Conflict, NotFound, SophonError, Unauthorized
+from sophon.store.tables import ApiKey, SignInLink, User, WebSession, utcnow
 
 KEY_PREFIX = "sk-sophon-"
+WEB_SESSION_TTL = timedelta(days=7)
+SIGN_IN_LINK_TTL = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,23 @@ class Principal:
 
     user_id: str
     name: str
+
+
+@dataclass(frozen=True)
+class WebSignIn:
+    """A new browser sign-in: ``cookie`` goes out once in Set-Cookie and is never stored
+    (the row's id is its sha256); ``csrf_token`` must come back with every change."""
+
+    principal: Principal
+    cookie: str
+    csrf_token: str
+
+
+class LinkGone(SophonError):
+    """A sign-in link that was used already, or has expired."""
+
+    status = 410
+    code = "link_gone"
 
 
 def hash_key(key: str) -> str:
@@ -67,7 +87,8 @@ class UserService:
 
     async def authenticate(self, key: str | None) -> Principal:
         if not key:
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' "
+                               "(or sign in to the dashboard)")
         digest = hash_key(key)
         cached = self._cache.get(digest)
         if cached is not None:
@@ -85,3 +106,87 @@ class UserService:
         principal = Principal(row.id, row.name)
         self._cache[digest] = principal
         return principal
+
+    # --- browser sign-ins -------------------------------------------------------------
+
+    async def sign_in(self, key: str) -> WebSignIn:
+        """A web session made with an API key; it ends when the key is deleted."""
+        async with self._sessions() as db:
+            row = (await db.execute(
+                select(User.id, User.name, ApiKey.id.label("key_id"))
+                .join(ApiKey, ApiKey.user_id == User.id)
+                .where(ApiKey.key_hash == hash_key(key)))).first()
+            if row is None:
+                raise Unauthorized("that API key is not valid (mistyped, or revoked): "
+                                   "check it and try again")
+            signed_in = await self._new_web_session(db, Principal(row.id, row.name), row.key_id)
+            await db.commit()
+        return signed_in
+
+    async def sign_in_with_link(self, token: str) -> WebSignIn:
+        """Use up a one-time link and make a web session with it."""
+        digest = hash_key(token)
+        now = utcnow()
+        async with self._sessions() as db:
+            used = await db.execute(
+                update(SignInLink)
+                .where(SignInLink.id == digest, SignInLink.used_at.is_(None),
+                       SignInLink.expires_at > now)
+                .values(used_at=now))
+            if used.rowcount != 1:  # type: ignore[attr-defined]
+                link = await db.get(SignInLink, digest)
+                if link is None:
+                    raise NotFound("this sign-in link is not known")
+                if link.used_at is not None:
+                    raise LinkGone("this sign-in link has been used already: links work once")
+                raise LinkGone("this sign-in link has expired: links work for 15 minutes")
+            user = (await db.execute(
+                select(User.id, User.name).join(SignInLink, SignInLink.user_id == User.id)
+                .where(SignInLink.id == digest))).one()
+            signed_in = await self._new_web_session(db, Principal(user.id, user.name), None)
+            await db.commit()
+        return signed_in
+
+    async def web_session(self, cookie: str) -> tuple[Principal, str]:
+        """The caller and CSRF token of a live web session."""
+        async with self._sessions() as db:
+            row = (await db.execute(
+                select(User.id, User.name, WebSession.csrf_token)
+                .join(WebSession, WebSession.user_id == User.id)
+                .where(WebSession.id == hash_key(cookie), WebSession.expires_at > utcnow())
+            )).first()
+        if row is None:
+            raise Unauthorized("your sign-in has ended (signed out, expired, or its key "
+                               "was revoked): sign in again")
+        return Principal(row.id, row.name), row.csrf_token
+
+    async def sign_out(self, cookie: str) -> None:
+        async with self._sessions() as db:
+            await db.execute(delete(WebSession).where(WebSession.id == hash_key(cookie)))
+            await db.commit()
+
+    async def create_sign_in_link(self, name: str,
+                                  ttl: timedelta = SIGN_IN_LINK_TTL) -> str:
+        """A one-time sign-in token for user ``name`` (stored hashed; shown once)."""
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        async with self._sessions() as db:
+            user_id = (await db.execute(
+                select(User.id).where(User.name == name))).scalar_one_or_none()
+            if user_id is None:
+                raise NotFound(f"no user named {name!r}")
+            await db.execute(delete(SignInLink).where(SignInLink.expires_at <= now))
+            db.add(SignInLink(id=hash_key(token), user_id=user_id, created_at=now,
+                              expires_at=now + ttl))
+            await db.commit()
+        return token
+
+    @staticmethod
+    async def _new_web_session(db: AsyncSession, principal: Principal,
+                               key_id: str | None) -> WebSignIn:
+        cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        now = utcnow()
+        await db.execute(delete(WebSession).where(WebSession.expires_at <= now))  # old ones
+        db.add(WebSession(id=hash_key(cookie), user_id=principal.user_id, api_key_id=key_id,
+                          csrf_token=csrf, created_at=now, expires_at=now + WEB_SESSION_TTL))
+        return WebSignIn(principal, cookie, csrf)

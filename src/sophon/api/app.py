@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sophon.api import gateway, health, openapi, sandbox, sessions
+from sophon.api import auth, gateway, health, openapi, sandbox, sessions, static
 from sophon.config import Settings
 from sophon.errors import PayloadTooLarge, SophonError
 from sophon.services import Services
@@ -129,7 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body("invalid_request", _describe(exc)), 400)
 
-    routers = (health.router, sandbox.router, sessions.router, gateway.router)
+    routers = (health.router, auth.router, sandbox.router, sessions.router, gateway.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -150,4 +150,5 @@ def create_app(settings: Settings) -> FastAPI:
     for router in routers:
         app.include_router(router)
     openapi.install(app, *routers)
+    static.install(app, settings)  # the dashboard at `/`, for what no route answers
     return app
