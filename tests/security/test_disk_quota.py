@@ -44,7 +44,9 @@ def test_a_thread_that_fills_its_disk_gets_enospc_and_nothing_else_suffers() -> 
         # The host's filesystem grew by no more than the quota (plus a little slack for
         # the database and logs), and the server still answers.
         assert used_bytes(srv.data_dir) - host_before < (QUOTA_MB + 8) * 2**20
-        assert httpx.get(srv.url + "/healthz").status_code == 200
+        health = httpx.get(srv.url + "/healthz")
+        assert health.status_code == 200
+        assert health.json()["box_disk"] == f"ext4 image per box, {QUOTA_MB} MiB by default"
         [image] = list((srv.data_dir / "boxes").glob("*/disk.img"))
         assert image.stat().st_blocks * 512 <= (QUOTA_MB + 1) * 2**20
 

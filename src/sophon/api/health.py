@@ -10,7 +10,8 @@ router = APIRouter()
 @router.get("/healthz")
 async def healthz(services: ServicesDep) -> dict[str, object]:
     return {"status": "ok", "box_limits": services.boxes.limits_mode,
-            "box_seccomp": services.boxes.backend.seccomp_mode}
+            "box_seccomp": services.boxes.backend.seccomp_mode,
+            "box_disk": services.boxes.disks.mode}
 
 
 @router.get("/v1/me")
