@@ -68,3 +68,29 @@ def test_crashed_servers_cgroups_are_reaped_at_start(own_server: LiveServer) -> 
     own_server.start()
     # Everything from before the crash is gone (new pool boxes may have appeared).
     wait_for(lambda: not (box_cgroups() & before), what="stale cgroups to be removed")
+
+
+async def test_without_loop_mounts_boxes_run_without_a_quota_and_the_server_says_so(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import types
+
+    import sophon.box.disk
+
+    # A host without e2fsprogs (what a root server sees; an unprivileged one is the same).
+    monkeypatch.setattr(sophon.box.disk, "shutil",
+                        types.SimpleNamespace(which=lambda *a, **k: None))
+    with caplog.at_level(logging.WARNING):
+        manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
+    assert manager.disks.mode.startswith("off")
+    assert any("disk quotas are off" in r.message for r in caplog.records)
+    await manager.start()
+    try:
+        _, outcome = await run(manager, "d1", "open('/workspace/f', 'w').write('x')")
+        assert outcome.exit_code == 0
+        box = data_dir / "boxes" / "d1"
+        assert (box / "workspace").is_dir() and not (box / "workspace").is_symlink()
+        assert not (box / "disk.img").exists()
+        assert manager.disk_use("d1").limit_bytes is None
+    finally:
+        await manager.close()
