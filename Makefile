@@ -22,7 +22,7 @@ UI_SOURCES := $(shell find ui/src -type f 2>/dev/null) ui/index.html ui/package.
 ui: $(UI_STAMP)
 
 $(UI_STAMP): $(UI_SOURCES)
-	@command -v npm >/dev/null 2>&1 || { echo "make ui needs node (>= 20.19) and npm" >&2; exit 1; }
+	@command -v npm >/dev/null 2>&1 || { echo "make ui needs node (>= 18.18) and npm" >&2; exit 1; }
 	cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build
 	touch $(UI_STAMP)
 

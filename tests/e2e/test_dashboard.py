@@ -1,0 +1,446 @@
+"""The dashboard in a real browser: Playwright driving Debian's chromium against a live
+server whose model is the scripted model server.
+
+A person's whole day with one session: sign in, create it from the form, send a message,
+approve the shell, watch the tool calls and the file change arrive, follow the agent's
+edit in the editor, save their own, meet a conflict without losing anything, run a
+command in the terminal, read the usage chart, export, delete.
+
+Screenshots of the main pages go to the test's tmp directory; with
+SOPHON_UPDATE_SCREENSHOTS=1 they are written to docs/screenshots/ instead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import re
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sophon.testing import ModelServer
+from tests.conftest import LiveServer, wait_for
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[2]
+DIST = REPO / "ui" / "dist" / "index.html"
+SCREENSHOTS = REPO / "docs" / "screenshots"
+DEADLINE_MS = 30_000
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="Debian's chromium is not installed (scripts/system-deps)"),
+    pytest.mark.skipif(not DIST.exists(), reason="the dashboard is not built (make ui)"),
+]
+
+NOTES = "alpha\nbeta\n"
+# One message: write notes.txt, then run Bash (the first shell use asks); a second message:
+# read the file and edit it. Each request to the model uses the next turn.
+JOURNEY = {"turns": [
+    {"content": [
+        {"type": "thinking", "thinking": "A notes file, then a check with the shell."},
+        "I'll write **notes.txt**, then check it.",
+        {"type": "tool_use", "name": "Write",
+         "input": {"file_path": "/workspace/notes.txt", "content": NOTES}}]},
+    {"content": [{"type": "tool_use", "name": "Bash",
+                  "input": {"command": "wc -l < notes.txt; echo shell-$((40+2))"}}]},
+    {"content": "Done: `notes.txt` has two lines.",
+     "usage": {"input_tokens": 1200, "output_tokens": 40}},
+    {"content": [{"type": "tool_use", "name": "Read",
+                  "input": {"file_path": "/workspace/notes.txt"}}]},
+    {"content": [{"type": "tool_use", "name": "Edit",
+                  "input": {"file_path": "/workspace/notes.txt", "old_string": "beta",
+                            "new_string": "gamma from claude"}}]},
+    {"content": "Edited notes.txt."},
+]}
+
+
+def new_user(server: LiveServer) -> str:
+    """``server.add_user`` in a thread of its own: Playwright's sync API keeps an event
+    loop running in this one, where ``asyncio.run`` is refused."""
+    got: list[str] = []
+    worker = threading.Thread(target=lambda: got.append(server.add_user()))
+    worker.start()
+    worker.join(60)
+    assert got, "could not create a user"
+    return got[0]
+
+
+@pytest.fixture
+def key(server: LiveServer) -> str:
+    return new_user(server)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: object) -> Iterator[object]:
+    """A fresh browser context (no cookies) at 1280x800; page errors fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800},  # type: ignore[attr-defined]
+                                  accept_downloads=True)
+    context.set_default_timeout(DEADLINE_MS)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    if os.environ.get("SOPHON_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    return tmp_path
+
+
+def api(server: LiveServer, key: str) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=60,
+                        headers={"Authorization": f"Bearer {key}"})
+
+
+def sign_in(page, server: LiveServer, key: str) -> None:
+    page.goto(server.url + "/")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("heading", name="Sessions").wait_for()
+
+
+def editor_text(page) -> str:
+    return page.locator(".monaco-editor .view-lines").inner_text().replace("\u00a0", " ")
+
+
+expect = playwright_api.expect
+expect.set_options(timeout=DEADLINE_MS)  # the machine is shared: generous deadlines
+
+
+def test_the_first_load_is_small_and_leaves_monaco_out() -> None:
+    """What index.html loads before any route (the entry, its preloads, its CSS) stays
+    under 300 KB gzipped; Monaco and xterm come only when the editor or terminal opens."""
+    html = DIST.read_text()
+    refs = re.findall(r'(?:src|href)="/(assets/[^"]+)"', html)
+    assert any(r.endswith(".js") for r in refs), html
+    files = [DIST.parent / r for r in refs]
+    total = sum(len(gzip.compress(f.read_bytes(), 9)) for f in files)
+    assert total < 300_000, f"first load is {total} bytes gzipped"
+    for f in files:
+        text = f.read_text(errors="replace")
+        assert "monaco-editor" not in text and "MonacoEnvironment" not in text, f.name
+        assert "xterm-helper-textarea" not in text, f.name
+
+
+def test_sign_in_refuses_a_wrong_key_and_sign_out_ends_the_cookie(
+        page, server: LiveServer, key: str, shots: Path) -> None:
+    page.goto(server.url + "/sessions")
+    page.get_by_label("API key").fill("sk-sophon-not-a-key")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("not valid")
+    page.screenshot(path=str(shots / "sign-in.png"))
+    assert not any(c["name"] == "sophon_session" for c in page.context.cookies())
+
+    sign_in(page, server, key)
+    # The key is nowhere in the page's storage; the cookie is HttpOnly.
+    stored = page.evaluate(
+        "() => JSON.stringify({...localStorage}) + JSON.stringify({...sessionStorage})")
+    assert key not in stored
+    cookie = next(c for c in page.context.cookies() if c["name"] == "sophon_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("API key")).to_be_visible()
+    page.reload()  # the cookie is gone on the server too: a reload does not sign back in
+    expect(page.get_by_label("API key")).to_be_visible()
+    assert page.request.get(server.url + "/v1/sessions").status == 401
+
+
+def test_another_users_session_is_not_reachable(page, server: LiveServer, key: str) -> None:
+    other = new_user(server)
+    with api(server, other) as theirs:
+        r = theirs.post("/v1/sessions", json={"name": "not-yours"})
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+    try:
+        sign_in(page, server, key)
+        expect(page.get_by_text("No sessions yet.")).to_be_visible()
+        page.goto(f"{server.url}/sessions/{sid}")
+        expect(page.get_by_role("heading", name="Session not found")).to_be_visible()
+        expect(page.get_by_text("not-yours")).to_have_count(0)
+    finally:
+        with api(server, other) as theirs:
+            theirs.delete(f"/v1/sessions/{sid}")
+
+
+def test_a_session_from_start_to_delete(page, server: LiveServer, key: str,
+                                        model: ModelServer, shots: Path) -> None:
+    model.set_script(JOURNEY)
+    sign_in(page, server, key)
+
+    # --- create it from the form
+    page.get_by_role("button", name="New session").click()
+    page.get_by_label("Name").fill("notes-demo")
+    page.get_by_label("Max turns").fill("20")
+    page.screenshot(path=str(shots / "new-session.png"))
+    page.get_by_role("button", name="Create session").click()
+    expect(page.get_by_role("heading", name="notes-demo")).to_be_visible()
+    sid = page.url.rsplit("/", 1)[-1]
+    client = api(server, key)
+    assert client.get(f"/v1/sessions/{sid}").json()["max_turns"] == 20
+
+    # --- a message; the shell asks first; approve it on the card
+    page.get_by_label("Message").fill("Write notes.txt and check it")
+    page.get_by_label("Message").press("Enter")
+    card = page.locator(".approval.waiting")
+    expect(card).to_contain_text("wc -l < notes.txt")
+    expect(page.locator(".approval-banner")).to_be_visible()
+    page.screenshot(path=str(shots / "approval.png"))
+    card.get_by_role("button", name="Allow", exact=True).click()
+    expect(page.locator(".approval.answered")).to_contain_text("Allowed")
+    expect(page.get_by_text("has two lines")).to_be_visible()
+    expect(page.locator(".session-head")).to_contain_text(re.compile(r"[1-9][0-9.]*k? tokens"))
+
+    # --- the tool calls and the file change, folded; unfolded they show input and result
+    write = page.locator(".tool-ok", has_text="Write")
+    bash = page.locator(".tool-ok", has_text="Bash")
+    expect(write).to_be_visible()
+    expect(bash).to_be_visible()
+    bash.get_by_role("button").first.click()
+    expect(bash.locator("pre.out")).to_contain_text("shell-42")  # the output, not the command
+    change = page.locator('.file-change[data-path="notes.txt"]').first
+    expect(change).to_contain_text("created")
+    expect(page.locator('.tree-item[data-path="notes.txt"]')).to_be_visible()  # tree refreshed
+    expect(page.locator("[data-status]").first).to_have_attribute("data-status", "idle")
+    page.screenshot(path=str(shots / "session.png"))
+
+    # --- open it in the editor; the agent's next edit arrives while nothing is unsaved
+    page.locator('.tree-item[data-path="notes.txt"]').click()
+    expect(page.locator(".monaco-editor .view-lines")).to_contain_text("beta")
+    page.get_by_label("Message").fill("Now edit it")
+    page.get_by_label("Message").press("Enter")
+    expect(page.locator(".monaco-editor .view-lines")).to_contain_text("gamma from claude")
+    expect(page.get_by_test_id("editor-state")).to_have_text("up to date")
+    expect(page.get_by_text("Edited notes.txt.")).to_be_visible()
+
+    # --- edit and save with Ctrl-S
+    page.locator(".monaco-editor .view-lines").click()
+    page.keyboard.press("Control+End")
+    page.keyboard.type("mine")
+    expect(page.get_by_test_id("editor-state")).to_have_text("unsaved changes")
+    page.keyboard.press("Control+s")
+    expect(page.get_by_test_id("editor-state")).to_have_text("saved")
+    saved = client.get(f"/v1/sessions/{sid}/files/notes.txt").json()
+    assert saved["content"] == "alpha\ngamma from claude\nmine"
+    page.screenshot(path=str(shots / "editor.png"))
+
+    # --- a conflict: unsaved edits here, a change through the API meanwhile
+    page.keyboard.type(" and more")
+    expect(page.get_by_test_id("editor-state")).to_have_text("unsaved changes")
+    r = client.put(f"/v1/sessions/{sid}/files/notes.txt", content=b"changed by the API\n",
+                   headers={"If-Match": f'"{saved["etag"]}"'})
+    assert r.status_code == 200, r.text
+    page.keyboard.press("Control+s")  # a 412 if it wins the race, else the change shows
+    conflict = page.get_by_test_id("conflict")
+    expect(conflict).to_contain_text("Conflict")
+    expect(conflict).to_contain_text("Nothing was overwritten")
+    assert "mine and more" in editor_text(page)  # the user's text is still there
+    theirs = client.get(f"/v1/sessions/{sid}/files/notes.txt").json()["content"]
+    assert theirs == "changed by the API\n"  # and the server's was not overwritten
+    page.screenshot(path=str(shots / "conflict.png"))
+    conflict.get_by_role("button", name=re.compile("Keep mine")).click()
+    expect(page.get_by_test_id("editor-state")).to_have_text("saved")
+    expect(conflict).to_have_count(0)
+    assert client.get(f"/v1/sessions/{sid}/files/notes.txt").json()["content"].endswith(
+        "mine and more")
+
+    # --- the terminal: output and exit code of a command run in the sandbox
+    page.get_by_role("tab", name="Terminal").click()
+    page.locator(".xterm").click()
+    page.keyboard.type("echo term-$((6*7)); exit 3")
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("terminal-status")).to_contain_text("exit code 3")
+    expect(page.locator(".xterm-rows")).to_contain_text("term-42")
+    expect(page.locator(".xterm-rows")).to_contain_text("[exit 3")
+    page.screenshot(path=str(shots / "terminal.png"))
+
+    # --- usage: a point per model call on the chart
+    page.get_by_role("tab", name="Usage").click()
+    chart = page.locator("figure.chart")
+    expect(chart).to_be_visible()
+    assert int(chart.get_attribute("data-points")) == len(model.requests) == 6
+    expect(chart.locator("canvas")).to_have_count(1)
+    page.screenshot(path=str(shots / "usage-session.png"))
+
+    # --- the diff against HEAD
+    page.get_by_role("tab", name="Diff").click()
+    expect(page.locator(".diff-file")).to_contain_text("notes.txt")
+    expect(page.locator(".dl.add", has_text="mine and more")).to_have_count(1)
+
+    # --- export: the workspace as a .tar.gz, with the file as saved
+    with page.expect_download() as download:
+        page.locator(".session-head").get_by_role("link", name="Export").click()
+    data = Path(download.value.path()).read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        names = tar.getnames()
+        member = next(n for n in names if n.endswith("notes.txt"))
+        assert tar.extractfile(member).read().decode().endswith("mine and more")
+
+    # --- the usage page: per day and per session
+    page.get_by_role("link", name="Usage").click()
+    expect(page.get_by_text(re.compile(r"Today: [1-9][0-9.]*k? tokens"))).to_be_visible()
+    per_session = page.locator('figure.chart[aria-label="Tokens and cost per session"]')
+    expect(per_session).to_have_attribute("data-points", "1")
+    expect(page.get_by_role("cell", name="notes-demo")).to_be_visible()
+    page.screenshot(path=str(shots / "usage.png"))
+
+    # --- the list shows it; delete it from its page, after a confirmation
+    page.get_by_role("link", name="Sessions").click()
+    row = page.locator(f'tr[data-session-id="{sid}"]')
+    expect(row).to_contain_text("notes-demo")
+    expect(row).to_contain_text("idle")
+    page.screenshot(path=str(shots / "sessions.png"))
+    row.get_by_role("link", name="notes-demo").click()
+    page.locator(".session-head").get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name="Cancel").click()
+    assert client.get(f"/v1/sessions/{sid}").status_code == 200  # cancel deletes nothing
+    page.locator(".session-head").get_by_role("button", name="Delete").click()
+    page.get_by_role("button", name="Delete session").click()
+    expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
+    expect(page.locator(f'tr[data-session-id="{sid}"]')).to_have_count(0)
+    assert client.get(f"/v1/sessions/{sid}").status_code == 404
+    client.close()
+
+
+def wait_idle(client: httpx.Client, sid: str, min_seq: int, deadline: float = 120.0) -> None:
+    def done() -> bool:
+        view = client.get(f"/v1/sessions/{sid}").json()
+        return view["status"] == "idle" and view["last_seq"] >= min_seq
+    wait_for(done, deadline, 0.2, f"session {sid} to reach seq {min_seq}")
+
+
+# Scrolls the event pane from the newest event to the oldest, one step a frame, and
+# returns every frame's duration (ms): what a reader dragging through the log would get.
+SCROLL_THROUGH = """async () => {
+  const el = document.querySelector('.event-scroll');
+  const frames = [];
+  let last = performance.now();
+  el.scrollTop = el.scrollHeight;
+  await new Promise(r => requestAnimationFrame(r));
+  last = performance.now();
+  while (el.scrollTop > 0) {
+    el.scrollTop = Math.max(0, el.scrollTop - 1500);
+    await new Promise(r => requestAnimationFrame(r));
+    const now = performance.now();
+    frames.push(now - last);
+    last = now;
+  }
+  return {frames, rows: document.querySelectorAll('.vrow').length};
+}"""
+
+
+def test_an_event_pane_of_ten_thousand_events_stays_fast(
+        page, server: LiveServer, key: str, model: ModelServer, shots: Path) -> None:
+    """A session of 10,000 events: the newest page paints at once (figures printed)."""
+    blocks = [f"Step {i}:\n\n```sh\necho {i}\n```\n- one\n- two" if i % 50 == 0
+              else f"Line {i}: " + "lorem ipsum " * (i % 7 + 1) for i in range(10_000)]
+    model.set_script({"turns": [{"content": blocks}]})
+    client = api(server, key)
+    sid = client.post("/v1/sessions", json={"name": "ten-thousand"}).json()["id"]
+    assert client.post(f"/v1/sessions/{sid}/messages", json={"content": "go"}).status_code == 202
+    wait_idle(client, sid, 10_000)
+    last_seq = client.get(f"/v1/sessions/{sid}").json()["last_seq"]
+
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/sessions/{sid}")
+    expect(page.get_by_text("Line 9999:")).to_be_visible()
+    painted = page.evaluate(
+        "() => performance.getEntriesByName('sophon:events-painted')[0].startTime")
+    nav = page.evaluate("() => performance.getEntriesByType('navigation')[0].responseEnd")
+    # Only the newest page is fetched and only the rows in view are in the DOM.
+    rows = page.locator(".vrow").count()
+    assert rows < 80, rows
+    assert painted < 3000, f"first useful paint took {painted:.0f} ms"
+
+    # Every older page, then a scroll through all of them.
+    more = page.get_by_role("button", name=re.compile(r"Load \d+ earlier"))
+    while more.count():
+        more.click()
+        expect(page.get_by_role("button", name="Loading…")).to_have_count(0)
+    expect(page.get_by_text(f"{last_seq:,} events")).to_be_visible()
+    got = page.evaluate(SCROLL_THROUGH)
+    frames = sorted(got["frames"])
+    p95 = frames[int(len(frames) * 0.95)]
+    assert got["rows"] < 120, got["rows"]  # virtualised with all 10,000 loaded
+    expect(page.get_by_text("Session “ten-thousand” started")).to_be_visible()
+    print(f"\n10,000 events: first useful paint {painted:.0f} ms after navigation "
+          f"(HTML in at {nav:.0f} ms), {rows} rows in the DOM; scroll through all: "
+          f"{len(frames)} frames, median {frames[len(frames) // 2]:.1f} ms, "
+          f"p95 {p95:.1f} ms, max {frames[-1]:.1f} ms")
+    assert p95 < 100, f"scrolling frames: p95 {p95:.0f} ms"
+    client.delete(f"/v1/sessions/{sid}")
+    client.close()
+
+
+def test_the_page_reconnects_after_a_server_restart(
+        page, own_server: LiveServer, model: ModelServer) -> None:
+    model.set_script({"turns": ["Back after the restart."]})
+    key = new_user(own_server)
+    client = api(own_server, key)
+    sid = client.post("/v1/sessions", json={"name": "restart-me"}).json()["id"]
+    sign_in(page, own_server, key)
+    page.goto(f"{own_server.url}/sessions/{sid}")
+    expect(page.get_by_text("Session “restart-me” started")).to_be_visible()
+
+    own_server.stop()
+    expect(page.get_by_text("Lost the live connection")).to_be_visible()
+    own_server.start()
+    expect(page.get_by_text("Reconnected")).to_be_visible()
+    # The stream is live again: a message sent now shows, and nothing shows twice.
+    assert client.post(f"/v1/sessions/{sid}/messages",
+                       json={"content": "still there?"}).status_code == 202
+    expect(page.get_by_text("Back after the restart.")).to_be_visible()
+    expect(page.get_by_text("Session “restart-me” started")).to_have_count(1)
+    client.close()
+
+
+def test_a_narrow_window_and_the_keyboard(page, server: LiveServer, key: str,
+                                          model: ModelServer, shots: Path) -> None:
+    """At phone width the panes become tabs; a message goes with Enter and an approval
+    is answered with a key (no mouse on the card)."""
+    model.set_script({"turns": [
+        {"content": [{"type": "tool_use", "name": "Bash",
+                      "input": {"command": "echo k-$((2*3))"}}]},
+        "The shell said k-6.",
+    ]})
+    client = api(server, key)
+    sid = client.post("/v1/sessions", json={"name": "narrow"}).json()["id"]
+    page.set_viewport_size({"width": 420, "height": 800})
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/sessions/{sid}")
+    page.get_by_role("tab", name="Chat").click()
+    box = page.get_by_label("Message")
+    box.fill("run it")
+    box.press("Enter")
+    expect(page.locator(".approval-banner")).to_be_visible()
+    page.get_by_role("heading", name="narrow").click()  # focus out of the text box
+    page.keyboard.press("a")
+    expect(page.get_by_text("The shell said k-6.")).to_be_visible()
+    expect(page.locator(".approval-banner")).to_have_count(0)
+    page.screenshot(path=str(shots / "narrow.png"))
+    page.get_by_role("tab", name="Files").click()
+    expect(page.get_by_role("navigation", name="Project files")).to_contain_text("No files yet")
+    client.delete(f"/v1/sessions/{sid}")
+    client.close()

@@ -1,0 +1,169 @@
+import { useEffect, useMemo, useState } from "react";
+import { sessions as api } from "../api";
+import { Chart, type Series } from "../lib/Chart";
+import { tokens, usd, usdFine } from "../lib/format";
+import { onLinkClick } from "../lib/router";
+import type { SessionView, UsageCall } from "../types";
+
+const MAX_SESSIONS = 100;
+
+interface Day {
+  day: string; // YYYY-MM-DD, local time
+  input: number;
+  output: number;
+  cost: number;
+}
+
+function dayOf(ts: string): string {
+  return localDay(new Date(ts));
+}
+
+function localDay(d: Date): string {
+  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
+}
+
+async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+/** Tokens and cost per day and per session, over the signed-in user's sessions. */
+export default function UsagePage() {
+  const [list, setList] = useState<SessionView[] | null>(null);
+  const [calls, setCalls] = useState<UsageCall[]>([]);
+  const [error, setError] = useState<string | null>(null);
+
+  useEffect(() => {
+    let live = true;
+    (async () => {
+      try {
+        const all = await api.all();
+        const used = all
+          .filter((s) => s.usage.input_tokens + s.usage.output_tokens > 0)
+          .slice(0, MAX_SESSIONS);
+        const reports = await mapLimit(used, 4, (s) => api.usage(s.id).catch(() => null));
+        if (!live) return;
+        setList(all);
+        setCalls(reports.flatMap((r) => r?.calls ?? []));
+      } catch (err) {
+        if (live) setError(err instanceof Error ? err.message : String(err));
+      }
+    })();
+    return () => {
+      live = false;
+    };
+  }, []);
+
+  const days = useMemo(() => {
+    const by = new Map<string, Day>();
+    for (const c of calls) {
+      const key = dayOf(c.ts);
+      const d = by.get(key) ?? { day: key, input: 0, output: 0, cost: 0 };
+      d.input += c.input_tokens;
+      d.output += c.output_tokens;
+      d.cost += c.cost_usd;
+      by.set(key, d);
+    }
+    // Every day of the last two weeks (or since the first call), with the quiet ones at 0.
+    const out: Day[] = [];
+    const today = new Date();
+    const first = [...by.keys()].sort()[0];
+    const start = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 13);
+    if (first && new Date(first + "T00:00:00") < start) start.setTime(new Date(first + "T00:00:00").getTime());
+    for (const d = start; d <= today; d.setDate(d.getDate() + 1)) {
+      const key = localDay(d);
+      out.push(by.get(key) ?? { day: key, input: 0, output: 0, cost: 0 });
+    }
+    return by.size ? out : [];
+  }, [calls]);
+
+  const dayX = useMemo(() => days.map((d) => Date.parse(d.day + "T12:00:00") / 1000), [days]);
+  const daySeries = useMemo<Series[]>(
+    () => [
+      { label: "tokens", color: "#58a6ff", values: days.map((d) => d.input + d.output), format: tokens },
+      { label: "cost", color: "#f0b72f", axis: "right", values: days.map((d) => d.cost), format: usdFine },
+    ],
+    [days],
+  );
+  const top = useMemo(
+    () =>
+      (list ?? [])
+        .filter((s) => s.usage.input_tokens + s.usage.output_tokens > 0)
+        .sort((a, b) => b.usage.input_tokens + b.usage.output_tokens - (a.usage.input_tokens + a.usage.output_tokens))
+        .slice(0, 20),
+    [list],
+  );
+  const sessionX = useMemo(() => top.map((_, i) => i), [top]);
+  const sessionNames = useMemo(() => top.map((s) => s.name), [top]);
+  const sessionSeries = useMemo<Series[]>(
+    () => [
+      { label: "tokens", color: "#58a6ff", values: top.map((s) => s.usage.input_tokens + s.usage.output_tokens), format: tokens },
+      { label: "cost", color: "#f0b72f", axis: "right", values: top.map((s) => s.usage.cost_usd), format: usdFine },
+    ],
+    [top],
+  );
+  const total = (list ?? []).reduce(
+    (t, s) => ({ tokens: t.tokens + s.usage.input_tokens + s.usage.output_tokens, cost: t.cost + s.usage.cost_usd }),
+    { tokens: 0, cost: 0 },
+  );
+
+  return (
+    <div className="page">
+      <div className="page-head">
+        <h1>Usage</h1>
+      </div>
+      {error && <p className="error" role="alert">{error}</p>}
+      {!list && !error && <p className="muted">Adding up your sessions…</p>}
+      {list && (
+        <dl className="stats">
+          <div><dt>Tokens, all sessions</dt><dd>{tokens(total.tokens)}</dd></div>
+          <div><dt>Cost, all sessions</dt><dd>{usd(total.cost)}</dd></div>
+          <div><dt>Sessions with usage</dt><dd>{top.length}</dd></div>
+        </dl>
+      )}
+      {list && days.length === 0 && <p className="muted">No model calls yet.</p>}
+      {days.length > 0 && (
+        <section>
+          <h2>Per day</h2>
+          <Chart title="Tokens and cost per day" x={dayX} series={daySeries} bars dayAxis />
+          <p className="muted small">
+            Today: {tokens(days[days.length - 1].input + days[days.length - 1].output)} tokens ·{" "}
+            {usd(days[days.length - 1].cost)}
+          </p>
+        </section>
+      )}
+      {top.length > 0 && (
+        <section>
+          <h2>Per session</h2>
+          <Chart title="Tokens and cost per session" x={sessionX} categories={sessionNames} series={sessionSeries} bars />
+          <table className="sessions small">
+            <thead>
+              <tr>
+                <th>Session</th><th className="num">Input</th><th className="num">Output</th><th className="num">Cost</th><th className="num">Budget left</th>
+              </tr>
+            </thead>
+            <tbody>
+              {top.map((s) => (
+                <tr key={s.id}>
+                  <td><a href={`/sessions/${s.id}`} onClick={onLinkClick}>{s.name}</a></td>
+                  <td className="num">{tokens(s.usage.input_tokens)}</td>
+                  <td className="num">{tokens(s.usage.output_tokens)}</td>
+                  <td className="num">{usd(s.usage.cost_usd)}</td>
+                  <td className="num">{s.max_budget_usd ? `${usd(Math.max(0, s.max_budget_usd - s.usage.cost_usd))} of ${usd(s.max_budget_usd)}` : "no limit"}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </section>
+      )}
+    </div>
+  );
+}
