@@ -179,7 +179,7 @@ def fmt(value: float, unit: str) -> str:
         return f"{value:.1f} MiB"
     if unit in ("exec/s", "events/s"):
         return f"{value:,.0f} {unit}"
-    if unit in ("s", "KiB"):
+    if unit in ("s", "KiB", "KB"):
         return f"{value:.1f} {unit}"
     return f"{value:g} {unit}"
 

@@ -28,6 +28,7 @@ import bench_agent  # noqa: E402
 import bench_claude_code  # noqa: E402
 import bench_cli  # noqa: E402
 import bench_cold  # noqa: E402
+import bench_dashboard  # noqa: E402
 import bench_events  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_session_exec  # noqa: E402
@@ -47,6 +48,7 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
     "agent": (bench_agent.run, {"n": 15}),
     "cli": (bench_cli.run, {"n": 5, "seconds": 2.0}),
     "claude_code": (bench_claude_code.run, {"rounds": 3, "repeats": 1}),
+    "dashboard": (bench_dashboard.run, {"calls": 20, "warmup": 2}),
 }
 
 
