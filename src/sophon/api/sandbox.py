@@ -8,12 +8,13 @@ from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from sophon.api.deps import PrincipalDep, ServicesDep
+from sophon.api.deps import PrincipalDep
 from sophon.api.openapi import NDJSON, NDJSONResponse, errors, ndjson
 from sophon.sandbox.models import Accepted, ExecuteRequest, ExecutionStatus, SandboxResult
+from sophon.services import Services
 
 router = APIRouter(prefix="/v1", tags=["sandbox"])
 
@@ -33,6 +34,12 @@ def _links(trace_id: str) -> dict[str, Any]:
     return {name: {"operationRef": execution + tail, "parameters": {"trace_id": trace_id}}
             for name, tail in (("GetExecution", "/get"), ("CancelExecution", "~1cancel/post"),
                                ("ExecutionOutput", "~1output/get"))}
+
+
+def _services(request: Request) -> Services:
+    # Not ServicesDep: a plain-function dependency costs a hop through the thread pool
+    # on every call.
+    return request.app.state.services  # type: ignore[no-any-return]
 
 
 def _wants_ndjson(request: Request) -> bool:
@@ -70,10 +77,10 @@ async def _parse(request: Request) -> ExecuteRequest:
 )
 async def execute(
     request: Request,
-    services: ServicesDep,
     principal: PrincipalDep,
     prefer: str | None = Header(None),
 ) -> Any:
+    services = _services(request)
     body = await _parse(request)
     if prefer and "respond-async" in prefer:
         run = await services.executions.start(principal, body, "async")
@@ -84,22 +91,22 @@ async def execute(
                                  headers={"X-Trace-Id": run.trace_id})
     run = await services.executions.start(principal, body, "inline")
     await run.done.wait()
-    result = run.result.model_dump() if run.result else {}
-    result["output_truncated"] = run.truncated
-    return JSONResponse(result, headers={"X-Trace-Id": run.trace_id})
+    # Serialised once by the run, while its row was being committed.
+    return Response(run.body, media_type="application/json",
+                    headers={"X-Trace-Id": run.trace_id})
 
 
 @router.get("/executions/{trace_id}", response_model=ExecutionStatus,
             responses=errors(404))
-async def get_execution(trace_id: str, services: ServicesDep,
+async def get_execution(trace_id: str, request: Request,
                         principal: PrincipalDep) -> ExecutionStatus:
-    return await services.executions.status(principal, trace_id)
+    return await _services(request).executions.status(principal, trace_id)
 
 
 @router.post("/executions/{trace_id}/cancel", responses=errors(404))
-async def cancel_execution(trace_id: str, services: ServicesDep,
+async def cancel_execution(trace_id: str, request: Request,
                            principal: PrincipalDep) -> dict[str, str]:
-    status = await services.executions.cancel(principal, trace_id)
+    status = await _services(request).executions.cancel(principal, trace_id)
     return {"trace_id": trace_id, "status": status}
 
 
@@ -109,9 +116,9 @@ async def cancel_execution(trace_id: str, services: ServicesDep,
     **errors(404)})
 async def execution_output(
     trace_id: str,
-    services: ServicesDep,
+    request: Request,
     principal: PrincipalDep,
     after_seq: int = Query(0, ge=0),
 ) -> StreamingResponse:
-    events = await services.executions.events(principal, trace_id, after_seq)
+    events = await _services(request).executions.events(principal, trace_id, after_seq)
     return StreamingResponse(_ndjson(events), media_type=NDJSON)

@@ -209,11 +209,13 @@ class Box:
                 raise BoxRequestError(reply.code, reply.message)
             else:
                 result = ExecResult.model_validate(reply.model_dump())
-                oom = bool(self.cgroup) and self.cgroup.oom_kills() > oom_before  # type: ignore[union-attr]
+                # Only a SIGKILL can be the memory limit's: read the counter again then.
+                oom = result.signal == 9 and self.cgroup is not None \
+                    and self.cgroup.oom_kills() > oom_before
                 yield ExecOutcome(
                     exit_code=result.exit_code,
                     timed_out=result.timed_out,
-                    oom_killed=oom and result.signal == 9,
+                    oom_killed=oom,
                     truncated=result.truncated,
                     duration_ms=result.duration_ms,
                     signal=result.signal,

@@ -74,6 +74,7 @@ class BoxManager:
         # execution takes one instead of paying for a sandbox start.
         self._pool: list[str] = []
         self._detaching: set[asyncio.Task[None]] = set()
+        self._discarding: set[asyncio.Task[None]] = set()
         self._refill: asyncio.Task[None] | None = None
 
     @property
@@ -101,6 +102,7 @@ class BoxManager:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await asyncio.gather(*self._discarding, return_exceptions=True)
         pooled, self._pool = self._pool, []
         await asyncio.gather(*(self.destroy(box_id) for box_id in pooled))
         await asyncio.gather(*(b.stop() for b in list(self._boxes.values())))
@@ -109,8 +111,11 @@ class BoxManager:
             await asyncio.to_thread(self.cgroups.remove)
 
     def new_box_id(self) -> str:
-        """An id for a new box: a started one from the pool when there is one."""
-        self._top_up()
+        """An id for a new box: a started one from the pool when there is one.
+
+        Taking a pooled box does not refill the pool: a start would compete for the CPU
+        with the very request that took the box. The caller calls ``top_up`` once it
+        has answered (``discard`` does too); a miss starts the refill at once."""
         while self._pool:
             box_id = self._pool.pop(0)
             box = self.running(box_id)
@@ -118,7 +123,28 @@ class BoxManager:
                 box.leases -= 1
                 box.last_used = time.monotonic()
                 return box_id
+        self.top_up()
         return "x" + uuid.uuid4().hex[:31]
+
+    def discard(self, box_id: str) -> None:
+        """Destroy a box in the background (a one-off execution's, once answered), then
+        refill the pool. ``close`` waits for every such destruction."""
+        task = asyncio.get_running_loop().create_task(self._discard(box_id),
+                                                      name=f"discard-{box_id}")
+        self._discarding.add(task)
+        task.add_done_callback(self._discarding.discard)
+
+    async def _discard(self, box_id: str) -> None:
+        try:
+            await self.destroy(box_id)
+        except Exception:
+            log.exception("could not delete box %s", box_id)
+        self.top_up()
+
+    def top_up(self) -> None:
+        """Refill the pool in the background, if it is short."""
+        if len(self._pool) < self.settings.box_pool_size:
+            self._top_up()
 
     def _top_up(self) -> None:
         if self.settings.box_pool_size and (self._refill is None or self._refill.done()):
@@ -129,6 +155,9 @@ class BoxManager:
             box_id = "x" + uuid.uuid4().hex[:31]
             try:
                 box = await self.get(box_id)
+            except asyncio.CancelledError:  # the server is stopping: leave nothing behind
+                await self.destroy(box_id)
+                raise
             except Exception:
                 log.exception("could not start a box for the pool")
                 await self.destroy(box_id)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import shutil
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -28,6 +29,7 @@ from sophon.box.bwrap import BASE_ENV, WORKSPACE
 from sophon.box.manager import BoxManager
 from sophon.errors import BadRequest, BoxError, BoxRequestError, NotFound, ThreadBusy
 from sophon.sandbox.models import TERMINAL, ExecuteRequest, ExecutionStatus, SandboxResult
+from sophon.sandbox.records import Recorder
 from sophon.store.tables import Execution, Thread
 from sophon.users import Principal
 
@@ -66,6 +68,7 @@ class Run:
         self.status = "queued"
         self.events: list[dict[str, Any]] = []
         self.result: SandboxResult | None = None
+        self.body = b""  # the JSON answer, serialised once
         self.truncated = False
         self.duration_ms = 0
         self.created_at = datetime.now(UTC)
@@ -127,6 +130,8 @@ class ExecutionService:
         self._sessions = sessions
         self._engine = engine
         self._runs: OrderedDict[str, Run] = OrderedDict()
+        self._finished: deque[str] = deque()
+        self.records = Recorder(engine)
         self._busy: dict[tuple[str, str], str] = {}
         self._thread_ids: dict[tuple[str, str], str] = {}
         self.languages = {"python", "bash"}
@@ -157,6 +162,7 @@ class ExecutionService:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.records.close()
 
     # --- starting ---------------------------------------------------------
 
@@ -178,30 +184,33 @@ class ExecutionService:
         run.task = asyncio.create_task(self._drive(run, key), name=f"run-{run.trace_id}")
         return run
 
-    async def _box_id_for(self, principal: Principal, thread: str | None) -> tuple[str, bool]:
+    async def _box_id_for(self, principal: Principal, thread: str | None) -> tuple[str, str]:
+        """The box for a run, and whether it is a one-off's (``fresh``), a new thread's
+        (``new``) or a known thread's (``known``)."""
         if thread is None:
-            return self.boxes.new_box_id(), True
+            return self.boxes.new_box_id(), "fresh"
         key = (principal.user_id, thread)
         cached = self._thread_ids.get(key)
         if cached:
-            return cached, False
+            return cached, "known"
+        kind = "known"
         async with self._sessions() as db:
             found = (await db.execute(
                 select(Thread.id).where(Thread.user_id == key[0], Thread.name == thread)
             )).scalar_one_or_none()
             if found is None:
-                found = self.boxes.new_box_id()
+                found, kind = self.boxes.new_box_id(), "new"
                 db.add(Thread(id=found, user_id=key[0], name=thread))
                 try:
                     await db.commit()
                 except IntegrityError:  # the same thread was made concurrently
                     await db.rollback()
-                    await self.boxes.destroy(found)
+                    await self.boxes.destroy(found)  # still "new": the pool is short
                     found = (await db.execute(
                         select(Thread.id).where(Thread.user_id == key[0], Thread.name == thread)
                     )).scalar_one()
         self._thread_ids[key] = found
-        return found, False
+        return found, kind
 
     # --- running ----------------------------------------------------------
 
@@ -210,9 +219,9 @@ class ExecutionService:
         out: dict[str, list[str]] = {"stdout": [], "stderr": []}
         outcome: ExecOutcome | None = None
         infra_error: str | None = None
-        fresh = False
+        kind = "known"
         try:
-            box_id, fresh = await self._box_id_for(run.principal, run.req.thread_id)
+            box_id, kind = await self._box_id_for(run.principal, run.req.thread_id)
             run.box_id = box_id
             run.status = "running"
             run.emit({"type": "status", "trace_id": run.trace_id, "status": "running"})
@@ -231,20 +240,34 @@ class ExecutionService:
         finally:
             if busy_key is not None:
                 self._busy.pop(busy_key, None)
-            if fresh and run.box_id:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.boxes.destroy(run.box_id))
         run.duration_ms = int((time.monotonic() - started) * 1000)
         self._settle(run, outcome, infra_error, "".join(out["stdout"]), "".join(out["stderr"]))
+        # The row is queued for the writer at once; the answer is made ready while it is
+        # committed, and released only after: an answered execution is always on record.
+        saving = self._save(run)
+        assert run.result is not None
+        result = run.result.model_dump()
+        run.body = json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            await asyncio.shield(self._save(run))
+            try:
+                await asyncio.shield(saving)
+            except asyncio.CancelledError:  # the server is stopping: the row still first
+                await asyncio.wait([saving], timeout=10)
+                raise
         except Exception:
             log.exception("could not record execution %s", run.trace_id)
-        assert run.result is not None
-        run.emit({"type": "result", "trace_id": run.trace_id, "status": run.status,
-                  "result": run.result.model_dump(), "output_truncated": run.truncated})
-        run.done.set()
-        self._forget_old_runs()
+        finally:
+            run.emit({"type": "result", "trace_id": run.trace_id, "status": run.status,
+                      "result": result, "output_truncated": run.truncated})
+            run.done.set()
+            self._forget_old_runs(run)
+            if kind == "fresh" and run.box_id:
+                # A one-off box is deleted after the answer, not before it (its stop,
+                # disk unmount and file removal take ~10-30 ms); the manager finishes
+                # every such deletion before the server stops, and then refills the pool.
+                self.boxes.discard(run.box_id)
+            elif kind == "new":
+                self.boxes.top_up()  # after the answer: a start would slow this run
 
     async def _exec(self, run: Run, box_id: str, out: dict[str, list[str]]) -> ExecOutcome | None:
         env = {**BASE_ENV, **(run.req.env_vars or {})}
@@ -290,24 +313,22 @@ class ExecutionService:
             run.status = "success" if code == 0 else "failed"
         run.truncated = bool(outcome and outcome.truncated)
         run.result = SandboxResult(success=run.status == "success", stdout=stdout,
-                                   stderr=stderr, exit_code=code, error=error)
+                                   stderr=stderr, exit_code=code, error=error,
+                                   output_truncated=run.truncated)
 
     async def _insert(self, run: Run) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(insert(Execution), [self._row(run)])
+        await self.records.insert(self._row(run))
         run.stored = True
 
-    async def _save(self, run: Run) -> None:
-        """One statement (Core, not the ORM's select-then-write): this is on the path of
-        every execution's answer."""
-        row = self._row(run)
-        async with self._engine.begin() as conn:
-            if run.stored:
-                await conn.execute(update(Execution)
-                                   .where(Execution.trace_id == run.trace_id).values(**row))
-            else:
-                await conn.execute(insert(Execution), [row])
-        run.stored = True
+    def _save(self, run: Run) -> asyncio.Future[None]:
+        """Queue the run's final row with the writer (one commit for every row waiting);
+        the future is done once it is committed. On the path of every answer."""
+        try:
+            return self.records.submit("update" if run.stored else "insert", self._row(run))
+        except Exception as exc:  # reported where it is awaited, like a failed commit
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
 
     def _row(self, run: Run) -> dict[str, Any]:
         r = run.result
@@ -322,10 +343,12 @@ class ExecutionService:
             "completed_at": run.completed_at,
         }
 
-    def _forget_old_runs(self) -> None:
-        finished = [t for t, r in self._runs.items() if r.done.is_set()]
-        for trace_id in finished[: max(0, len(finished) - FINISHED_RUNS_KEPT)]:
-            del self._runs[trace_id]
+    def _forget_old_runs(self, run: Run) -> None:
+        """Keep the last FINISHED_RUNS_KEPT finished runs in memory (the rest are read
+        from their rows)."""
+        self._finished.append(run.trace_id)
+        while len(self._finished) > FINISHED_RUNS_KEPT:
+            self._runs.pop(self._finished.popleft(), None)
 
     # --- reading and cancelling ------------------------------------------
 

@@ -3,7 +3,8 @@
 Standard library only: it must run under any python3 an image offers. It speaks
 length-prefixed JSON frames on stdin/stdout (4-byte big-endian length, then UTF-8
 JSON). Every request carries an integer ``id``; requests run concurrently, each
-on its own thread, and every reply frame echoes the id.
+on a thread of its own while it runs (threads are reused), and every reply frame
+echoes the id.
 
 Replies: ``{"id", "kind": "out", "stream", "data"}`` while an exec runs, then
 exactly one ``{"id", "kind": "done", ...}`` or ``{"id", "kind": "error", "code",
@@ -25,7 +26,7 @@ import contextlib
 import ctypes
 import json
 import os
-import selectors
+import select
 import signal
 import stat
 import struct
@@ -33,6 +34,10 @@ import subprocess
 import sys
 import threading
 import time
+
+# -I leaves the script's directory off sys.path; the agent's modules live there.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from threads import Reaper, Workers  # noqa: E402
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 8 * 1024 * 1024
@@ -44,48 +49,6 @@ _out = sys.stdout.buffer
 _running: dict[int, subprocess.Popen[bytes]] = {}
 _running_lock = threading.Lock()
 _cancelled: set[int] = set()  # cancels that arrived before their exec started
-
-
-class Reaper:
-    """The one place that waits for children: ours and every orphan in the box."""
-
-    def __init__(self) -> None:
-        self._status: dict[int, int] = {}
-        self._cond = threading.Condition()
-        self._children = threading.Event()
-
-    def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def spawned(self) -> None:
-        self._children.set()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                self._children.clear()
-                self._children.wait(1.0)
-                continue
-            with self._cond:
-                self._status[pid] = os.waitstatus_to_exitcode(status)
-                self._cond.notify_all()
-
-    def wait(self, pid: int, timeout: float | None) -> int | None:
-        """The exit code of ``pid`` (negative: killed by that signal), or None on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while pid not in self._status:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-            return self._status.pop(pid)
-
-    def exited(self, pid: int) -> bool:
-        with self._cond:
-            return pid in self._status
 
 
 _reaper = Reaper()
@@ -153,14 +116,15 @@ def op_exec(rid: int, req: dict) -> dict:
     sent = {"stdout": 0, "stderr": 0}
     truncated = {"stdout": False, "stderr": False}
     decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in sent}
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
+    poller = select.poll()
+    for fd in streams:
+        poller.register(fd, select.POLLIN)
     deadline = started + timeout
     timed_out = False
     exited_at: float | None = None
     try:
-        while sel.get_map():
+        while streams:
             now = time.monotonic()
             if now >= deadline:
                 timed_out = True
@@ -173,11 +137,12 @@ def op_exec(rid: int, req: dict) -> dict:
             if exited_at is not None and now - exited_at > 0.2:
                 break
             wait = min(deadline - now, 0.05 if exited_at is not None else 0.25)
-            for key, _ in sel.select(wait):
-                name = key.data
-                data = os.read(key.fileobj.fileno(), CHUNK)
+            for fd, _ in poller.poll(wait * 1000):
+                name = streams[fd]
+                data = os.read(fd, CHUNK)
                 if not data:
-                    sel.unregister(key.fileobj)
+                    poller.unregister(fd)
+                    del streams[fd]
                     continue
                 room = cap - sent[name]
                 if room <= 0:
@@ -205,7 +170,6 @@ def op_exec(rid: int, req: dict) -> dict:
         # Popen must not wait for this pid itself: it may belong to a new child by now.
         proc.returncode = code
     finally:
-        sel.close()
         proc.stdout.close()
         proc.stderr.close()
         with _running_lock:
@@ -230,6 +194,28 @@ _script_dir: list[str] = []
 _script_lock = threading.Lock()
 
 
+def _script_directory() -> str:
+    with _script_lock:
+        d = _script_dir[0] if _script_dir else None
+        try:
+            st = os.lstat(d) if d else None
+        except OSError:
+            st = None
+        while st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            # tempfile.mkdtemp's way without its import (~5 ms of a new box's first exec,
+            # so of every one-off execution).
+            d, st = "/tmp/.boxd-" + os.urandom(8).hex(), None
+            try:
+                os.mkdir(d, 0o700)
+                st = os.lstat(d)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise RequestError("spawn_failed", f"no directory for the code: {exc}") from exc
+        _script_dir[:] = [d]
+        return d
+
+
 def _write_script(rid: int, script: str) -> str:
     """Write code to run into a private directory under /tmp.
 
@@ -237,24 +223,17 @@ def _write_script(rid: int, script: str) -> str:
     no longer ours (gone, or swapped for a symlink) is replaced by a new one, and the
     file is created exclusively without following links. At worst a workload spoils
     its own execution, never boxd or a later one."""
-    import tempfile
-
-    with _script_lock:
-        d = _script_dir[0] if _script_dir else None
-        try:
-            st = os.lstat(d) if d else None
-        except OSError:
-            st = None
-        if st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            d = tempfile.mkdtemp(prefix=".boxd-", dir="/tmp")
-            _script_dir[:] = [d]
-    path = f"{d}/exec-{rid}"
+    path = f"{_script_directory()}/exec-{rid}"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise RequestError("spawn_failed", f"could not write the code to run: {exc}") from exc
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(script)
+    try:
+        view = memoryview(script.encode())
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     return path
 
 
@@ -434,20 +413,24 @@ OPS = {
 }
 
 
-def handle(req: dict) -> None:
+def answer(req: dict) -> dict | None:
+    """Run a request; its final frame (``done`` or ``error``), None for no id."""
     rid = req.get("id")
     if not isinstance(rid, int):
-        return
+        return None
     op = OPS.get(req.get("op"))
     try:
         if op is None:
             raise RequestError("unknown_op", f"unknown op {req.get('op')!r}")
         result = op(rid, req)
-        send({"id": rid, "kind": "done", **result})
+        return {"id": rid, "kind": "done", **result}
     except RequestError as exc:
-        send({"id": rid, "kind": "error", "code": exc.code, "message": exc.message})
+        return {"id": rid, "kind": "error", "code": exc.code, "message": exc.message}
     except Exception as exc:  # a bug here must not kill the box
-        send({"id": rid, "kind": "error", "code": "internal", "message": repr(exc)})
+        return {"id": rid, "kind": "error", "code": "internal", "message": repr(exc)}
+
+
+_workers = Workers(answer, send)
 
 
 def make_undumpable() -> None:
@@ -456,13 +439,12 @@ def make_undumpable() -> None:
 
 
 def main() -> None:
-    # -I leaves the script's directory off sys.path; the agent's modules live there.
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     make_undumpable()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     _reaper.start()
     inp = sys.stdin.buffer
     send({"id": 0, "kind": "ready", "pid": os.getpid()})
+    _workers.warm(_script_directory)
     while True:
         header = read_exact(inp, HEADER.size)
         if header is None:
@@ -478,7 +460,7 @@ def main() -> None:
         except ValueError:
             continue
         if isinstance(req, dict):
-            threading.Thread(target=handle, args=(req,), daemon=True).start()
+            _workers.submit(req)
     # The host went away. Exiting ends the sandbox: its init exits with us and the
     # kernel kills every process left in the pid namespace.
 
