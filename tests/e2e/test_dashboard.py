@@ -304,6 +304,7 @@ def test_a_session_from_start_to_delete(page, server: LiveServer, key: str,
     per_session = page.locator('figure.chart[aria-label="Tokens and cost per session"]')
     expect(per_session).to_have_attribute("data-points", "1")
     expect(page.get_by_role("cell", name="notes-demo")).to_be_visible()
+    expect(page.get_by_test_id("token-budget")).to_have_text("no limit")  # none is set
     page.screenshot(path=str(shots / "usage.png"))
 
     # --- the list shows it; delete it from its page, after a confirmation

@@ -544,6 +544,8 @@ def test_user_token_budget_stops_the_loop(ms: ModelServer) -> None:
         assert evs[-1]["type"] == "status" and evs[-1]["status"] == "idle"
         assert http.get(f"/v1/sessions/{sid}/usage").json()["totals"]["input_tokens"] \
             == 1000
+        me = http.get("/v1/me").json()  # what the dashboard shows as what is left
+        assert (me["token_budget"], me["tokens_used"]) == (2000, 1500)
 
         # The budget is the user's: another session of theirs is refused at once.
         other = create_session(http)

@@ -15,5 +15,9 @@ async def healthz(services: ServicesDep) -> dict[str, object]:
 
 
 @router.get("/v1/me")
-async def me(principal: PrincipalDep) -> dict[str, str]:
-    return {"id": principal.user_id, "name": principal.name}
+async def me(principal: PrincipalDep, services: ServicesDep) -> dict[str, object]:
+    """Who you are, and your token budget across sessions (None: no budget)."""
+    budget = services.gateway.models.user_token_budget
+    return {"id": principal.user_id, "name": principal.name,
+            "token_budget": budget or None,
+            "tokens_used": await services.gateway.user_tokens(principal.user_id)}

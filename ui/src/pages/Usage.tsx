@@ -1,5 +1,5 @@
 import { useEffect, useMemo, useState } from "react";
-import { sessions as api } from "../api";
+import { request, sessions as api } from "../api";
 import { Chart, type Series } from "../lib/Chart";
 import { tokens, usd, usdFine } from "../lib/format";
 import { onLinkClick } from "../lib/router";
@@ -40,11 +40,15 @@ export default function UsagePage() {
   const [list, setList] = useState<SessionView[] | null>(null);
   const [calls, setCalls] = useState<UsageCall[]>([]);
   const [error, setError] = useState<string | null>(null);
+  const [me, setMe] = useState<{ token_budget: number | null; tokens_used: number } | null>(null);
 
   useEffect(() => {
     let live = true;
     (async () => {
       try {
+        request<{ token_budget: number | null; tokens_used: number }>("/v1/me")
+          .then((m) => live && setMe(m))
+          .catch(() => undefined);
         const all = await api.all();
         const used = all
           .filter((s) => s.usage.input_tokens + s.usage.output_tokens > 0)
@@ -127,6 +131,16 @@ export default function UsagePage() {
           <div><dt>Tokens, all sessions</dt><dd>{tokens(total.tokens)}</dd></div>
           <div><dt>Cost, all sessions</dt><dd>{usd(total.cost)}</dd></div>
           <div><dt>Sessions with usage</dt><dd>{top.length}</dd></div>
+          {me && (
+            <div>
+              <dt>Your token budget</dt>
+              <dd data-testid="token-budget">
+                {me.token_budget === null
+                  ? "no limit"
+                  : `${tokens(Math.max(0, me.token_budget - me.tokens_used))} left of ${tokens(me.token_budget)}`}
+              </dd>
+            </div>
+          )}
         </dl>
       )}
       {list && days.length === 0 && <p className="muted">No model calls yet.</p>}
