@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     # file:// URL. Empty: any directory that other users may read.
     git_local_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
+    # Execution webhooks (sophon.sandbox.webhooks): `host:port`s that may be sent to over
+    # plain http and although they are loopback or private addresses (tests, private
+    # networks); comma-separated. The delays before each retry of a failed delivery.
+    webhook_allow_insecure_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+
     idle_check_seconds: float = 15.0
     limits: BoxLimits = Field(default_factory=BoxLimits)
     models: ModelSettings = Field(default_factory=lambda: ModelSettings())
@@ -112,6 +120,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_paths(cls, v: object) -> object:
         return [p for p in v.split(":") if p] if isinstance(v, str) else v
+
+    @field_validator("webhook_allow_insecure_hosts", "webhook_retry_delays", mode="before")
+    @classmethod
+    def _split_commas(cls, v: object) -> object:
+        return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v
 
     @cached_property
     def resolved_database_url(self) -> str:

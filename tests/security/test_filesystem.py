@@ -103,7 +103,8 @@ def test_home_is_writable_and_private_to_the_box(run: Run, server: LiveServer) -
 
 def test_only_workspace_home_and_tmp_are_writable(run: Run) -> None:
     # /dev/shm is the one extra allowed: POSIX shared memory (multiprocessing) needs it.
-    allowed = ["/workspace", "/home/user", "/tmp", "/dev/shm"]
+    # /home/baponi: a thread's storage (its home directory again, where Baponi code looks).
+    allowed = ["/workspace", "/home/user", "/home/baponi", "/tmp", "/dev/shm"]
     candidates = ["/", "/etc", "/opt", "/opt/sophon", AGENT_DIR, "/home", "/dev", "/dev/pts",
                   "/usr", "/usr/local", "/usr/bin", "/proc", *SYSTEM_DIRS]
     assert write_probe(run, allowed) == allowed  # the probe does see writable places

@@ -253,9 +253,14 @@ class Box:
         done = await self.request("list", path=path)
         return [Entry.model_validate(e) for e in getattr(done, "entries", [])]
 
-    async def read_path(self, root: str, path: str, limit: int) -> dict[str, object]:
-        """A file under ``root``, never following a symlink; data is bytes."""
-        done = await self.request("fread", root=root, path=path, limit=limit)
+    async def read_path(self, root: str, path: str, limit: int,
+                        offset: int = 0) -> dict[str, object]:
+        """A file under ``root`` (``limit`` bytes from ``offset``), never following a
+        symlink; data is bytes."""
+        fields: dict[str, object] = {"root": root, "path": path, "limit": limit}
+        if offset:
+            fields["offset"] = offset
+        done = await self.request("fread", **fields)
         got = done.model_dump()
         got["data"] = base64.b64decode(str(got.get("data", "")))
         return got
@@ -267,6 +272,16 @@ class Box:
                                   data=base64.b64encode(data).decode(),
                                   if_match=if_match, if_none_match=if_none_match)
         return done.model_dump()
+
+    async def put_chunk(self, root: str, path: str, upload: str, offset: int, data: bytes,
+                        *, final: bool = False) -> None:
+        """One chunk of a large upload under ``root`` (see agent/files.py ``put``): the
+        file appears, whole, when the ``final`` chunk is written."""
+        await self.request("fput", root=root, path=path, upload=upload, offset=offset,
+                           data=base64.b64encode(data).decode(), final=final)
+
+    async def abort_put(self, root: str, path: str, upload: str) -> None:
+        await self.request("fput", root=root, path=path, upload=upload, abort=True)
 
     async def tree(self, root: str, path: str = "") -> dict[str, object]:
         return (await self.request("tree", root=root, path=path)).model_dump()

@@ -35,6 +35,9 @@ BOX_UID = 1000
 BOX_GID = 1000
 WORKSPACE = "/workspace"
 HOME = "/home/user"
+# A thread's persistent storage, where Baponi code expects it: the box's home
+# directory, bound here as well as at HOME (see docs/ARCHITECTURE.md, "Threads").
+THREAD_HOME = "/home/baponi"
 AGENT_DIR = "/opt/sophon/agent"
 BOXD_PATH = f"{AGENT_DIR}/boxd.py"
 
@@ -107,6 +110,7 @@ class BoxSpec:
     tmp_bytes: int
     extra_ro_binds: tuple[tuple[str, str], ...] = ()  # (host path, box path)
     host_uid: int | None = None  # None: the backend's box uid
+    home_aliases: tuple[str, ...] = ()  # more box paths the home directory is bound at
 
 
 class BwrapBackend:
@@ -258,6 +262,7 @@ class BwrapBackend:
             "--size", str(spec.tmp_bytes), "--tmpfs", "/tmp",
             "--bind", str(spec.workspace), WORKSPACE,
             "--bind", str(spec.home), HOME,
+            *[a for alias in spec.home_aliases for a in ("--bind", str(spec.home), alias)],
             *[a for _, inside in self.data_files if inside.startswith(AGENT_DIR + "/")
               for a in copy_in(inside)],
             *[a for host, inside in spec.extra_ro_binds for a in ("--ro-bind", host, inside)],

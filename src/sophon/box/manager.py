@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from sophon.box.box import Box
-from sophon.box.bwrap import BoxSpec, BwrapBackend
+from sophon.box.bwrap import THREAD_HOME, BoxSpec, BwrapBackend
 from sophon.box.cgroups import CgroupTree, Limits
 from sophon.box.disk import Disks, DiskUse
 from sophon.box.uids import UidPool
@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 def cgroup_name(data_dir: Path) -> str:
     """Named after the data directory, so servers with different data never meet."""
     return "sophon-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def is_thread_box(box_id: str) -> bool:
+    """Boxes of the execution API (threads, one-off executions, the pool) are "x...";
+    sessions' are "s...", clones' staging boxes "g..."."""
+    return box_id.startswith("x")
 
 
 class BoxManager:
@@ -207,6 +213,9 @@ class BoxManager:
                 tmp_bytes=self.settings.limits.tmp_mb * 2**20,
                 extra_ro_binds=tuple((extra_ro_binds or {}).items()),
                 host_uid=uid,
+                # A thread's box ("x": made by the execution API) shows its home at
+                # /home/baponi too, Baponi's thread storage.
+                home_aliases=(THREAD_HOME,) if is_thread_box(box_id) else (),
             )
             try:
                 box = await self.backend.start(spec)

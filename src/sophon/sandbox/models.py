@@ -45,6 +45,7 @@ RESERVED_ENV_PREFIXES = ("SOPHON_", "LD_", "LC_", "BAPONI_")
 
 Language = Literal["python", "bash", "node"]
 Status = Literal["queued", "running", "success", "failed", "timeout", "cancelled", "oom"]
+WebhookDelivery = Literal["pending", "delivered", "failed"]
 TERMINAL: frozenset[str] = frozenset({"success", "failed", "timeout", "cancelled", "oom"})
 
 
@@ -59,6 +60,8 @@ class ExecuteRequest(BaseModel):
         "maxProperties": 10, "propertyNames": {"pattern": METADATA_KEY_PATTERN}})
     env_vars: dict[str, str] | None = Field(None, json_schema_extra={
         "maxProperties": 50, "propertyNames": {"pattern": ENV_KEY_PATTERN}})
+    # POSTed the execution's status when it ends, signed (sophon.sandbox.webhooks).
+    webhook_url: str | None = Field(None, max_length=2048)
 
     @field_validator("code")
     @classmethod
@@ -141,6 +144,9 @@ class ExecutionStatus(BaseModel):
     output_truncated: bool = False
     thread_id: str | None = None
     metadata: dict[str, str] | None = None
+    webhook_url: str | None = None
+    # None without a webhook_url.
+    webhook_delivery_status: WebhookDelivery | None = None
 
 
 class Accepted(BaseModel):

@@ -96,7 +96,9 @@ class _SqliteWriter:
     def _params(self, kind: str, row: dict[str, Any]) -> list[Any]:
         out = []
         for name in self._sql[kind][1]:
-            value = row[name.removeprefix("_")]  # _trace_id: the row's, in the WHERE
+            # _trace_id: the row's, in the WHERE; a column the row leaves out is NULL
+            # (as the engine writer does for the nullable webhook columns).
+            value = row.get(name.removeprefix("_"))
             conv = self._convert.get(name)
             out.append(value if conv is None else conv(value))
         return out

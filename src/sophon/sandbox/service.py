@@ -30,6 +30,8 @@ from sophon.box.manager import BoxManager
 from sophon.errors import BadRequest, BoxError, BoxRequestError, NotFound, ThreadBusy
 from sophon.sandbox.models import TERMINAL, ExecuteRequest, ExecutionStatus, SandboxResult
 from sophon.sandbox.records import Recorder
+from sophon.sandbox.webhooks import Deliverer, SecretStore, check_url
+from sophon.sessions.secrets import load_key
 from sophon.store.tables import Execution, Thread
 from sophon.users import Principal
 
@@ -80,6 +82,8 @@ class Run:
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.stored = False  # whether its row exists yet
+        # pending until the webhook is delivered or has failed; None without a webhook.
+        self.webhook_status: str | None = "pending" if req.webhook_url else None
 
     def emit(self, event: dict[str, Any]) -> None:
         event["seq"] = len(self.events) + 1
@@ -120,6 +124,8 @@ class Run:
             output_truncated=self.truncated,
             thread_id=self.req.thread_id,
             metadata=self.req.metadata,
+            webhook_url=self.req.webhook_url,
+            webhook_delivery_status=self.webhook_status,  # type: ignore[arg-type]
         )
 
 
@@ -137,6 +143,11 @@ class ExecutionService:
         self.languages = {"python", "bash"}
         if shutil.which("node", path="/usr/local/bin:/usr/bin:/bin"):
             self.languages.add("node")
+        settings = boxes.settings
+        self.webhook_secrets = SecretStore(sessions, load_key(settings.data_dir))
+        self.webhooks = Deliverer(settings.webhook_allow_insecure_hosts,
+                                  settings.webhook_retry_delays,
+                                  settings.webhook_timeout_seconds)
 
     async def recover(self) -> int:
         """Runs cut off by a server stop end as failed; none stays 'running' forever.
@@ -154,6 +165,10 @@ class ExecutionService:
                 .values(status="failed", error="interrupted", exit_code=-1,
                         completed_at=datetime.now(UTC))
             )
+            # Webhook deliveries live in memory: one a stop cut off is not resumed.
+            await db.execute(update(Execution)
+                             .where(Execution.webhook_delivery_status == "pending")
+                             .values(webhook_delivery_status="failed"))
             await db.commit()
         return res.rowcount or 0  # type: ignore[attr-defined]
 
@@ -162,6 +177,7 @@ class ExecutionService:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.webhooks.close()
         await self.records.close()
 
     # --- starting ---------------------------------------------------------
@@ -169,6 +185,11 @@ class ExecutionService:
     async def start(self, principal: Principal, req: ExecuteRequest, mode: str) -> Run:
         if req.language not in self.languages:
             raise BadRequest(f"language {req.language!r} is not available on this server")
+        if req.webhook_url is not None:
+            await check_url(req.webhook_url, self.webhooks.allow)
+            if await self.webhook_secrets.get(principal.user_id) is None:
+                raise BadRequest("webhook_url needs a webhook signing secret: create one "
+                                 "with POST /v1/webhooks/secret (shown once)")
         key = (principal.user_id, req.thread_id) if req.thread_id else None
         if key is not None and key in self._busy:
             raise ThreadBusy(
@@ -256,6 +277,9 @@ class ExecutionService:
                 raise
         except Exception:
             log.exception("could not record execution %s", run.trace_id)
+        else:
+            if run.req.webhook_url:
+                await self._send_webhook(run)
         finally:
             run.emit({"type": "result", "trace_id": run.trace_id, "status": run.status,
                       "result": result, "output_truncated": run.truncated})
@@ -340,8 +364,29 @@ class ExecutionService:
             "exit_code": r.exit_code if r else None, "error": r.error if r else None,
             "output_truncated": run.truncated, "duration_ms": run.duration_ms,
             "metadata": run.req.metadata, "created_at": run.created_at,
-            "completed_at": run.completed_at,
+            "completed_at": run.completed_at, "webhook_url": run.req.webhook_url,
+            "webhook_delivery_status": run.webhook_status,
         }
+
+    async def _send_webhook(self, run: Run) -> None:
+        """Start delivering the run's status (stored by now) to its webhook_url; the
+        outcome goes into the run and its row."""
+        assert run.req.webhook_url is not None
+        try:
+            secret = await self.webhook_secrets.get(run.principal.user_id)
+        except Exception:
+            log.exception("webhook of %s: no usable secret", run.trace_id)
+            secret = None
+        body = run.status_view().model_dump_json().encode()
+
+        async def done(delivered: bool) -> None:
+            run.webhook_status = "delivered" if delivered else "failed"
+            await self.records.update(self._row(run))
+
+        if secret is None:  # deleted or unreadable since the request was accepted
+            await done(False)
+            return
+        self.webhooks.start(run.req.webhook_url, "msg_" + run.trace_id, body, secret, done)
 
     def _forget_old_runs(self, run: Run) -> None:
         """Keep the last FINISHED_RUNS_KEPT finished runs in memory (the rest are read
@@ -369,6 +414,8 @@ class ExecutionService:
             duration_ms=row.duration_ms, delivery_mode=row.delivery_mode,
             created_at=_iso(row.created_at) or "", completed_at=_iso(row.completed_at),
             output_truncated=row.output_truncated, thread_id=row.thread_id, metadata=row.meta,
+            webhook_url=row.webhook_url,
+            webhook_delivery_status=row.webhook_delivery_status,  # type: ignore[arg-type]
         )
 
     async def _load(self, principal: Principal, trace_id: str) -> Execution:

@@ -73,6 +73,10 @@ class Execution(Base):
     meta: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Where the result is POSTed when the execution ends (sophon.sandbox.webhooks), and
+    # how that went: pending, delivered or failed. None without a webhook.
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    webhook_delivery_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class SessionRow(Base):
@@ -182,3 +186,14 @@ class SignInLink(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WebhookSecret(Base):
+    """A user's webhook signing secret (``whsec_...``), Fernet-encrypted with the key of
+    session secrets: the server signs with it, so it cannot be kept as a hash."""
+
+    __tablename__ = "webhook_secrets"
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

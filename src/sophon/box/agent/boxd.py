@@ -351,7 +351,8 @@ def _path_errors(fn):  # type: ignore[no-untyped-def]
 
 @_path_errors
 def op_fread(files, rid: int, req: dict) -> dict:  # type: ignore[no-untyped-def]
-    got = files.read(req["root"], req["path"], int(req.get("limit", MAX_FRAME // 2)))
+    got = files.read(req["root"], req["path"], int(req.get("limit", MAX_FRAME // 2)),
+                     int(req.get("offset", 0)))
     got["data"] = base64.b64encode(got["data"]).decode()
     return got
 
@@ -360,6 +361,13 @@ def op_fread(files, rid: int, req: dict) -> dict:  # type: ignore[no-untyped-def
 def op_fwrite(files, rid: int, req: dict) -> dict:  # type: ignore[no-untyped-def]
     return files.write(req["root"], req["path"], base64.b64decode(req["data"]),
                        req.get("if_match"), bool(req.get("if_none_match")))
+
+
+@_path_errors
+def op_fput(files, rid: int, req: dict) -> dict:  # type: ignore[no-untyped-def]
+    return files.put(req["root"], req["path"], str(req["upload"]), int(req.get("offset", 0)),
+                     base64.b64decode(req.get("data", "")), bool(req.get("final")),
+                     bool(req.get("abort")))
 
 
 @_path_errors
@@ -407,6 +415,7 @@ OPS = {
     "procs": op_procs,
     "fread": op_fread,
     "fwrite": op_fwrite,
+    "fput": op_fput,
     "tree": op_tree,
     "watch": op_watch,
     "ping": op_ping,

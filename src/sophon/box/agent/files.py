@@ -68,7 +68,9 @@ def etag_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-def read(root: str, rel: str, limit: int) -> dict:
+def read(root: str, rel: str, limit: int, offset: int = 0) -> dict:
+    """At most ``limit`` bytes of the file from ``offset`` (a large file is read in
+    several requests, each within a frame)."""
     parts = split(rel)
     if not parts:
         raise PathError("is_a_directory", "the workspace root is a directory")
@@ -90,11 +92,13 @@ def read(root: str, rel: str, limit: int) -> dict:
                 raise PathError("is_a_directory", f"{rel} is a directory")
             if not stat.S_ISREG(st.st_mode):
                 raise PathError("not_a_file", f"{rel} is not a regular file")
+            if offset:
+                f.seek(offset)
             data = f.read(limit + 1)
     finally:
         os.close(dfd)
     truncated = len(data) > limit
-    if truncated:
+    if truncated or offset:
         data = data[:limit]
         etag = None  # a partial read cannot vouch for the whole file
     else:
@@ -142,6 +146,58 @@ def write(root: str, rel: str, data: bytes, if_match: str | None, if_none_match:
     finally:
         os.close(dfd)
     return {"size": len(data), "etag": etag_of(data), "created": current is None}
+
+
+def put(root: str, rel: str, upload: str, offset: int, data: bytes, final: bool,
+        abort: bool = False, mode: int = 0o644) -> dict:
+    """One chunk of an upload too large for a frame. Chunks go, in order, to a hidden
+    temporary file beside the target (``upload`` names it); the final one renames it
+    over the target, so readers see the old file or the whole new one. ``abort``
+    removes the temporary file. Every chunk opens its way from the root again."""
+    parts = split(rel)
+    if not parts:
+        raise PathError("is_a_directory", "the root is a directory")
+    if not upload.isalnum() or len(upload) > 64:
+        raise PathError("invalid_request", "bad upload id")
+    tmp = f".sophon-upload-{upload}.tmp"
+    dfd = open_dir(root, parts[:-1], create=not abort)
+    try:
+        name = parts[-1]
+        if abort:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dfd)
+            return {"aborted": True}
+        if _is_link(dfd, name):
+            raise PathError("path_outside_workspace",
+                            f"{rel} is a symbolic link; links are not followed")
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        if offset == 0:
+            flags |= os.O_CREAT | os.O_EXCL
+        fd = os.open(tmp, flags, mode, dir_fd=dfd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != offset:
+                raise PathError("upload_conflict", f"the upload of {rel} was interfered with")
+            view = memoryview(data)
+            at = offset
+            while view:
+                n = os.pwrite(fd, view, at)
+                view, at = view[n:], at + n
+        finally:
+            os.close(fd)
+        if final:
+            try:
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except IsADirectoryError as exc:
+                raise PathError("is_a_directory", f"{rel} is a directory") from exc
+    except BaseException:
+        if not abort:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+        raise
+    finally:
+        os.close(dfd)
+    return {"size": offset + len(data)}
 
 
 def tree(root: str, rel: str = "") -> dict:

@@ -1,0 +1,253 @@
+"""The files API for threads: signed, expiring, single-purpose URLs back to this server.
+
+A thread's files are its box's home directory, seen inside the box at /home/baponi
+(``THREAD_HOME``). ``upload_url``/``download_url`` check the caller owns the thread and
+sign a token naming the user, the thread's box, the path, the method (PUT or GET), the
+declared length for a PUT and an expiry; ``/v1/files/blob/<token>`` takes no API key,
+only the token. File bytes go through boxd's confined file ops in chunks, so neither
+side ever holds a whole file.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sophon.box.bwrap import THREAD_HOME
+from sophon.box.manager import BoxManager
+from sophon.errors import BadRequest, BoxRequestError, NotFound, PayloadTooLarge, SophonError
+from sophon.store.tables import Thread
+
+KEY_FILE = "files.key"
+URL_TTL = 15 * 60
+CHUNK = 1024 * 1024  # per boxd request: 1.33 MiB of base64, well inside a frame
+
+
+class UrlRefused(SophonError):
+    """A signed URL that is expired, altered, or used for what it was not made for."""
+
+    status = 403
+    code = "invalid_signature"
+
+
+class LengthMismatch(BadRequest):
+    code = "content_length_mismatch"
+
+
+def load_key(data_dir: Path) -> bytes:
+    """The server's signing key for file URLs, made (0600) on first use."""
+    path = data_dir / KEY_FILE
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    key = path.read_bytes()
+    if len(key) < 32:
+        raise SophonError(f"{path} is damaged: delete it and restart (signed URLs "
+                          "given out so far stop working)")
+    return key
+
+
+def check_path(path: str, *, allow_root: bool = False) -> str:
+    """A path relative to the thread's root, without ``..``; 400 otherwise. (boxd checks
+    again, and refuses symlinks, when it opens the path.)"""
+    if path.startswith("/") or "\x00" in path or "\\" in path:
+        raise BadRequest(f"{path!r}: the path must be relative to the thread's root "
+                         f"({THREAD_HOME})", )
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise BadRequest(f"{path!r} leaves the thread's root")
+    if not parts and not allow_root:
+        raise BadRequest("the path names the thread's root, not a file")
+    return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class Grant:
+    user_id: str
+    box_id: str
+    path: str
+    method: str  # PUT or GET
+    length: int  # the declared size of a PUT; 0 for a GET
+    expires: int  # unix seconds
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign(key: bytes, grant: Grant) -> str:
+    payload = _b64(json.dumps([grant.user_id, grant.box_id, grant.path, grant.method,
+                               grant.length, grant.expires], separators=(",", ":")).encode())
+    mac = hmac.new(key, payload.encode(), hashlib.sha256).digest()
+    return f"{payload}.{_b64(mac)}"
+
+
+def verify(key: bytes, token: str, method: str, now: float | None = None) -> Grant:
+    payload, _, mac = token.partition(".")
+    if not token.isascii():  # compare_digest takes no other str; ours are base64url
+        raise UrlRefused("the URL's token is malformed")
+    want = _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+    if not mac or not hmac.compare_digest(mac, want):
+        raise UrlRefused("the URL's signature does not match: it was altered or is not ours")
+    try:
+        user_id, box_id, path, meth, length, expires = json.loads(_unb64(payload))
+        grant = Grant(str(user_id), str(box_id), str(path), str(meth), int(length),
+                      int(expires))
+    except (ValueError, TypeError) as exc:
+        raise UrlRefused("the URL's token is malformed") from exc
+    if grant.method != method:
+        raise UrlRefused(f"this URL is for {grant.method}, not {method}")
+    if (time.time() if now is None else now) >= grant.expires:
+        raise UrlRefused("this URL has expired; ask for a new one")
+    return grant
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+class ThreadFiles:
+    def __init__(self, boxes: BoxManager, db: async_sessionmaker[AsyncSession],
+                 key: bytes, ttl: int = URL_TTL) -> None:
+        self.boxes = boxes
+        self.db = db
+        self.key = key
+        self.ttl = ttl
+
+    async def box_of(self, user_id: str, thread: str, create: bool = False) -> str:
+        """The box of the caller's thread; another user's (or no) thread is a 404. An
+        upload may make the thread, as an execute would."""
+        async with self.db() as db:
+            found = (await db.execute(select(Thread.id).where(
+                Thread.user_id == user_id, Thread.name == thread))).scalar_one_or_none()
+            if found is not None or not create:
+                if found is None:
+                    raise NotFound(f"no thread {thread!r}")
+                return found
+            box_id = self.boxes.new_box_id()
+            db.add(Thread(id=box_id, user_id=user_id, name=thread))
+            try:
+                await db.commit()
+            except IntegrityError:  # made concurrently by an execute or another upload
+                await db.rollback()
+                await self.boxes.destroy(box_id)
+                return await self.box_of(user_id, thread)
+        self.boxes.top_up()
+        return box_id
+
+    async def _owned(self, grant: Grant) -> None:
+        """The thread still exists and is still the grantee's."""
+        async with self.db() as db:
+            row = await db.get(Thread, grant.box_id)
+        if row is None or row.user_id != grant.user_id:
+            raise NotFound("the thread of this URL no longer exists")
+
+    def grant(self, user_id: str, box_id: str, path: str, method: str,
+              length: int = 0) -> tuple[str, str]:
+        expires = int(time.time()) + self.ttl
+        return sign(self.key, Grant(user_id, box_id, path, method, length, expires)), \
+            iso(expires)
+
+    async def list(self, user_id: str, thread: str, path: str) -> list[dict[str, object]]:
+        box_id = await self.box_of(user_id, thread)
+        rel = check_path(path, allow_root=True)
+        async with self.boxes.use(box_id) as box:
+            try:
+                got = await box.tree(THREAD_HOME, rel)
+            except BoxRequestError as exc:
+                if exc.code in ("not_found", "not_a_directory"):
+                    return []
+                raise
+        prefix = rel + "/" if rel else ""
+        return [{"path": prefix + str(e["path"]), "size": int(e["size"]),
+                 "modified": iso(float(e["mtime"]))}
+                for e in got.get("entries", [])  # type: ignore[union-attr]
+                if e["type"] == "file"]
+
+    async def put(self, token: str, chunks: AsyncIterator[bytes],
+                  declared: int | None) -> tuple[str, int]:
+        """Stream a PUT's body into the file, ``CHUNK`` bytes a request to boxd; exactly
+        the signed length or nothing."""
+        grant = verify(self.key, token, "PUT")
+        if declared is not None and declared != grant.length:
+            raise LengthMismatch(f"Content-Length is {declared}; this URL takes exactly "
+                             f"{grant.length} bytes", )
+        await self._owned(grant)
+        upload = secrets.token_hex(12)
+        async with self.boxes.use(grant.box_id) as box:
+            done, buf = 0, bytearray()
+            try:
+                async for part in chunks:
+                    if done + len(buf) + len(part) > grant.length:
+                        raise PayloadTooLarge(f"the body is longer than the {grant.length} "
+                                             "bytes this URL takes")
+                    buf += part
+                    while len(buf) >= CHUNK and done + CHUNK < grant.length:
+                        await box.put_chunk(THREAD_HOME, grant.path, upload, done,
+                                            bytes(buf[:CHUNK]))
+                        done += CHUNK
+                        del buf[:CHUNK]
+                if done + len(buf) != grant.length:
+                    raise LengthMismatch(f"the body has {done + len(buf)} bytes; this URL "
+                                         f"takes exactly {grant.length}")
+                await box.put_chunk(THREAD_HOME, grant.path, upload, done, bytes(buf),
+                                    final=True)
+            except BaseException:
+                if done:
+                    with contextlib.suppress(Exception):
+                        await box.abort_put(THREAD_HOME, grant.path, upload)
+                raise
+        return grant.path, grant.length
+
+    async def get(self, token: str) -> tuple[int, AsyncIterator[bytes]]:
+        """The file's size and its bytes, read ``CHUNK`` at a time. The first chunk is read
+        here, so a missing file or a refused path is an error before anything is sent."""
+        grant = verify(self.key, token, "GET")
+        await self._owned(grant)
+        async with self.boxes.use(grant.box_id) as box:
+            try:
+                first = await box.read_path(THREAD_HOME, grant.path, CHUNK)
+            except BoxRequestError as exc:
+                if exc.code == "not_found":
+                    raise NotFound(f"{grant.path} does not exist in the thread") from exc
+                raise
+        size = int(first["size"])  # type: ignore[call-overload]
+
+        async def stream() -> AsyncIterator[bytes]:
+            # The box is held again only while the body is sent: a response that is never
+            # sent (the client went away) holds nothing.
+            async with self.boxes.use(grant.box_id) as box:
+                data = first["data"]
+                assert isinstance(data, bytes)
+                sent = 0
+                while True:
+                    data = data[:size - sent]
+                    if data:
+                        sent += len(data)
+                        yield data
+                    if sent >= size:
+                        return
+                    got = await box.read_path(THREAD_HOME, grant.path, CHUNK, sent)
+                    data = got["data"]  # type: ignore[assignment]
+                    if not data:  # the file shrank while it was read: cut the response
+                        raise SophonError(f"{grant.path} changed while it was downloaded")
+        return size, stream()
