@@ -166,3 +166,26 @@ def test_sessions_and_one_off_boxes_keep_their_layout(client: Baponi) -> None:
     t = thread()
     sh(client, t, "echo w > /workspace/w.txt && echo u > /home/user/u.txt")
     assert sh(client, t, "pwd; cat /workspace/w.txt /home/baponi/u.txt") == "/workspace\nw\nu\n"
+
+
+def test_the_guides_multi_step_example_in_one_thread(client: Baponi) -> None:
+    """Baponi's guide: clone into /home/baponi/repo, run a command there, commit; three
+    executes of one thread. The 'remote' is a repository an earlier execute made there
+    (tests have no internet)."""
+    t = thread()
+    ident = "-c user.name=t -c user.email=t@example.com"
+    made = client.execute(
+        "set -e; mkdir -p /home/baponi/origin && cd /home/baponi/origin && git init -q -b main"
+        f" && echo 'print(6 * 7)' > app.py && git add . && git {ident} commit -qm first",
+        language="bash", thread_id=t)
+    assert made.success, made.stderr
+    cloned = client.execute(
+        "cd /home/baponi && git clone -q /home/baponi/origin repo && cd repo && python3 app.py",
+        language="bash", thread_id=t)
+    assert cloned.success and cloned.stdout.strip() == "42", cloned.stderr
+    committed = client.execute(
+        f"cd /home/baponi/repo && echo '# notes' > NOTES.md && git add . && "
+        f"git {ident} commit -qm notes && git log --format=%s",
+        language="bash", thread_id=t)
+    assert committed.success and committed.stdout.split() == ["notes", "first"], \
+        committed.stderr
