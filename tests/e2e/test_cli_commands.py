@@ -270,6 +270,14 @@ def test_sandbox_exec_timeout(env: dict[str, str]) -> None:
     assert r.returncode != 0 and "Traceback" not in r.stderr
 
 
+def test_sandbox_webhook_secret_is_new_each_time(env: dict[str, str]) -> None:
+    first = sophon(env, "sandbox", "webhook-secret")
+    second = sophon(env, "sandbox", "webhook-secret")
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    a, b = first.stdout.strip(), second.stdout.strip()
+    assert a.startswith("whsec_") and b.startswith("whsec_") and a != b
+
+
 @pytest.mark.parametrize("where", ["/proc/nope/", "FILE/sub/"])
 def test_export_to_a_place_that_cannot_be_written(env: dict[str, str], tmp_path: Path,
                                                   where: str) -> None:

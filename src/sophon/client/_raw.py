@@ -270,6 +270,11 @@ class RawClient:
     def cancel_execution(self, trace_id: str) -> str:
         return str(self._http.call("POST", f"/v1/executions/{seg(trace_id)}/cancel")["status"])
 
+    def rotate_webhook_secret(self) -> str:
+        """A new signing secret for your execution webhooks (``whsec_...``), shown this
+        once; deliveries from now on are signed with it."""
+        return str(self._http.call("POST", "/v1/webhooks/secret")["secret"])
+
     def execution_output(self, trace_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
         """An execution's events after ``after_seq``: live while it runs, then its record."""
         r = self._http.open("GET", f"/v1/executions/{seg(trace_id)}/output",

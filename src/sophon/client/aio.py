@@ -306,6 +306,10 @@ class AsyncClient:
         return str((await self._json("POST", f"/v1/executions/{seg(trace_id)}/cancel"))
                    ["status"])
 
+    async def rotate_webhook_secret(self) -> str:
+        """A new signing secret for your execution webhooks, shown this once."""
+        return str((await self._json("POST", "/v1/webhooks/secret"))["secret"])
+
     async def execution_output(self, trace_id: str,
                                after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
         async for line in self._lines("GET", f"/v1/executions/{seg(trace_id)}/output", None,

@@ -41,3 +41,14 @@ def exec_(
             if result.get("error"):
                 typer.echo(f"({result['error']})", err=True)
     raise typer.Exit(exit_code)
+
+
+@app.command("webhook-secret")
+@friendly
+def webhook_secret() -> None:
+    """Make a new signing secret for your execution webhooks and print it (shown once;
+    the old one stops signing). Verify deliveries with any Standard Webhooks library.
+
+    Example: sophon sandbox webhook-secret
+    """
+    typer.echo(client().rotate_webhook_secret())
