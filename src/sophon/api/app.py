@@ -13,7 +13,18 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sophon.api import auth, files, gateway, health, openapi, sandbox, sessions, static, webhooks
+from sophon.api import (
+    auth,
+    files,
+    gateway,
+    health,
+    openapi,
+    sandbox,
+    sessions,
+    static,
+    volumes,
+    webhooks,
+)
 from sophon.config import Settings
 from sophon.errors import PayloadTooLarge, SophonError
 from sophon.services import Services
@@ -133,7 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(error_body("invalid_request", _describe(exc)), 400)
 
     routers = (health.router, auth.router, sandbox.router, files.router, sessions.router,
-               gateway.router, webhooks.router)
+               gateway.router, webhooks.router, volumes.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

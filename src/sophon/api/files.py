@@ -27,9 +27,10 @@ BLOB_PREFIX = "/v1/files/blob/"
 class FileRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     source: Literal["thread", "volume"] = "thread"
-    id: str = Field(pattern=THREAD_ID_PATTERN, description="The thread_id")
+    id: str = Field(pattern=THREAD_ID_PATTERN, description="The thread_id or volume name")
     path: str = Field("", max_length=4096,
-                      description="Relative to the thread's root, /home/baponi")
+                      description="Relative to the thread's root, /home/baponi, or the "
+                                  "volume's, /data/<name>")
     content_length: int | None = Field(None, ge=0, description="Upload size in bytes")
     content_type: str | None = Field(None, max_length=255)
 
@@ -71,14 +72,12 @@ def _files(request: Request) -> ThreadFiles:
     return tf  # type: ignore[no-any-return]
 
 
-class _Unsupported(BadRequest):
-    code = "unsupported_source"
-
-
-def _thread(body: FileRequest) -> str:
-    if body.source != "thread":
-        raise _Unsupported(f"source {body.source!r} is not supported here; use \"thread\"")
-    return body.id
+async def _box(files: ThreadFiles, principal: PrincipalDep, body: FileRequest,
+               create: bool = False) -> str:
+    """The box whose files the request names: the thread's, or the volume's files box."""
+    if body.source == "volume":
+        return await files.volume_box(principal.user_id, body.id)
+    return await files.box_of(principal.user_id, body.id, create=create)
 
 
 def _url(request: Request, token: str) -> str:
@@ -86,12 +85,12 @@ def _url(request: Request, token: str) -> str:
 
 
 @router.post("/upload_url", response_model=SignedUrl, responses=errors(
-    400, (413, "`content_length` is over the thread's disk size (`payload_too_large`).")))
+    400, (404, "No such volume of yours (`not_found`)."),
+    (413, "`content_length` is over the thread's disk size (`payload_too_large`).")))
 async def upload_url(body: FileRequest, request: Request,
                      principal: PrincipalDep) -> SignedUrl:
     """A URL to PUT exactly `content_length` bytes to `path`, valid for 15 minutes.
-    Makes the thread if it does not exist yet, as an execute would."""
-    thread = _thread(body)
+    Makes the thread if it does not exist yet, as an execute would (a volume must)."""
     path = check_path(body.path)
     if body.content_length is None:
         raise BadRequest("content_length is required")
@@ -99,7 +98,7 @@ async def upload_url(body: FileRequest, request: Request,
     limit = files.boxes.settings.box_disk_mb * 2**20
     if body.content_length > limit:
         raise PayloadTooLarge(f"content_length is over the thread's disk ({limit} bytes)")
-    box_id = await files.box_of(principal.user_id, thread, create=True)
+    box_id = await _box(files, principal, body, create=True)
     token, expires = files.grant(principal.user_id, box_id, path, "PUT", body.content_length)
     ctype = body.content_type or "application/octet-stream"
     return SignedUrl(url=_url(request, token), method="PUT", expires_at=expires,
@@ -110,10 +109,9 @@ async def upload_url(body: FileRequest, request: Request,
 async def download_url(body: FileRequest, request: Request,
                        principal: PrincipalDep) -> SignedUrl:
     """A URL to GET the file at `path`, valid for 15 minutes."""
-    thread = _thread(body)
     path = check_path(body.path)
     files = _files(request)
-    box_id = await files.box_of(principal.user_id, thread)
+    box_id = await _box(files, principal, body)
     token, expires = files.grant(principal.user_id, box_id, path, "GET")
     return SignedUrl(url=_url(request, token), method="GET", expires_at=expires)
 
@@ -123,8 +121,8 @@ async def list_files(body: FileRequest, request: Request,
                      principal: PrincipalDep) -> FileList:
     """Every regular file under `path` (the thread's root by default), recursively;
     `.git` directories and symbolic links are left out."""
-    thread = _thread(body)
-    got = await _files(request).list(principal.user_id, thread, body.path)
+    files = _files(request)
+    got = await files.list(principal.user_id, await _box(files, principal, body), body.path)
     return FileList(files=[FileEntry.model_validate(f) for f in got])
 
 

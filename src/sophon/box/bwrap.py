@@ -91,14 +91,43 @@ class BoxFds:
 
     seccomp: int | None = None
     data: list[int] = field(default_factory=list)  # in the order of ``data_files``
+    volumes: list[int] = field(default_factory=list)  # in the order of ``volume_binds``
 
     def all(self) -> tuple[int, ...]:
-        return (*([] if self.seccomp is None else [self.seccomp]), *self.data)
+        return (*([] if self.seccomp is None else [self.seccomp]), *self.data, *self.volumes)
 
     def close(self) -> None:
         for fd in self.all():
             os.close(fd)
-        self.seccomp, self.data = None, []
+        self.seccomp, self.data, self.volumes = None, [], []
+
+
+def open_beneath(root: Path, rel: str) -> int:
+    """An O_PATH descriptor of the directory ``rel`` under ``root``, walked one component
+    at a time without following a symlink: a workload that made a component a symlink
+    (volumes are written by boxes) gets an error, never a bind of what it names. bwrap
+    binds the descriptor (/proc/self/fd/N), so nothing can be swapped in after the check.
+    Missing directories are made (mkdirat under the checked parent)."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, flags)
+    try:
+        for part in [p for p in rel.split("/") if p]:
+            if part in (".", ".."):
+                raise BoxError(f"{rel!r}: not a plain sub-path")
+            try:
+                nxt = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:  # a sub-path asked for: made, 0770 in the group
+                os.mkdir(part, 0o770, dir_fd=fd)
+                nxt = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except OSError as exc:
+        os.close(fd)
+        raise BoxError(f"{rel or '/'} is not a directory of the volume") from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @dataclass(frozen=True)
@@ -111,6 +140,9 @@ class BoxSpec:
     extra_ro_binds: tuple[tuple[str, str], ...] = ()  # (host path, box path)
     host_uid: int | None = None  # None: the backend's box uid
     home_aliases: tuple[str, ...] = ()  # more box paths the home directory is bound at
+    # Read-write volume mounts: (volume root on the host, sub-path in it, box path).
+    volume_binds: tuple[tuple[Path, str, str], ...] = ()
+    groups: tuple[int, ...] = ()  # supplementary host groups (the volumes' gids)
 
 
 class BwrapBackend:
@@ -173,15 +205,18 @@ class BwrapBackend:
         self.data_files = [(etc / name, f"/etc/{name}") for name in ETC_FILES] + [
             (f, f"{AGENT_DIR}/{f.name}") for f in sorted(agent.glob("*.py"))]
 
-    def open_fds(self) -> BoxFds:
-        """Fresh descriptors for one box start: bwrap reads each to its end."""
+    def open_fds(self, spec: BoxSpec | None = None) -> BoxFds:
+        """Fresh descriptors for one box start: bwrap reads each to its end (and binds
+        each volume's)."""
         fds = BoxFds()
         try:
             if self.seccomp_filter is not None:
                 fds.seccomp = os.open(self.seccomp_filter, os.O_RDONLY | os.O_CLOEXEC)
             for host, _ in self.data_files:
                 fds.data.append(os.open(host, os.O_RDONLY | os.O_CLOEXEC))
-        except OSError:
+            for root, rel, _ in spec.volume_binds if spec else ():
+                fds.volumes.append(open_beneath(root, rel))
+        except BaseException:
             fds.close()
             raise
         return fds
@@ -237,6 +272,12 @@ class BwrapBackend:
         data = {inside: (host, fd)
                 for (host, inside), fd in zip(self.data_files, data_fds, strict=True)}
 
+        vol_fds: list[int | None] = ([*fds.volumes] if fds and fds.volumes
+                                     else [None] * len(spec.volume_binds))
+        volumes = [a for (root, rel, inside), fd in zip(spec.volume_binds, vol_fds, strict=True)
+                   for a in ("--bind", str(root / rel) if fd is None else f"/proc/self/fd/{fd}",
+                             inside)]
+
         def copy_in(inside: str) -> list[str]:
             host, fd = data[inside]
             if fd is None:
@@ -266,6 +307,7 @@ class BwrapBackend:
             *[a for _, inside in self.data_files if inside.startswith(AGENT_DIR + "/")
               for a in copy_in(inside)],
             *[a for host, inside in spec.extra_ro_binds for a in ("--ro-bind", host, inside)],
+            *volumes,
             # Everything not mounted writable above is read-only: the root and /dev.
             "--remount-ro", "/dev",
             "--remount-ro", "/",
@@ -284,7 +326,9 @@ class BwrapBackend:
             inner = [
                 self.setpriv or "setpriv",
                 f"--reuid={uid}", f"--regid={uid}",
-                "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
+                *([f"--groups={','.join(map(str, spec.groups))}"] if spec.groups
+                  else ["--clear-groups"]),
+                "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
                 *inner,
             ]
         if not procs_files:
@@ -303,7 +347,7 @@ class BwrapBackend:
         cgroup = None
         fds = BoxFds()
         try:
-            fds = self.open_fds()
+            fds = self.open_fds(spec)
             if self.cgroups is not None:
                 cgroup = await asyncio.to_thread(self.cgroups.create, spec.box_id, spec.limits)
                 argv = self.launcher(spec, cgroup.procs_files, fds)

@@ -10,16 +10,19 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import shutil
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sophon.box.box import Box
 from sophon.box.bwrap import THREAD_HOME, BoxSpec, BwrapBackend
 from sophon.box.cgroups import CgroupTree, Limits
-from sophon.box.disk import Disks, DiskUse
+from sophon.box.disk import Disks, DiskUse, _run
 from sophon.box.uids import UidPool
 from sophon.config import Settings
 from sophon.errors import BoxError
@@ -36,6 +39,103 @@ def is_thread_box(box_id: str) -> bool:
     """Boxes of the execution API (threads, one-off executions, the pool) are "x...";
     sessions' are "s...", clones' staging boxes "g..."."""
     return box_id.startswith("x")
+
+
+VOLUMES_MOUNT = "/data"
+# A default POSIX ACL of user::rwx group::rwx other::--- (system.posix_acl_default,
+# version 2, entries sorted by tag): with it on a directory, what is made in it gets
+# group rights as asked for, whatever the process's umask, so one box's files in a
+# volume stay writable by the other boxes of the same user (same group).
+_ACL_DEFAULT = struct.pack("<I", 2) + b"".join(
+    struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in ((1, 7), (4, 7), (0x20, 0)))
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """One volume (or one sub-path of it) to mount in a box at /data/<name>/<sub>."""
+
+    volume_id: str
+    name: str
+    gid: int
+    sub: str = ""
+
+    @property
+    def inside(self) -> str:
+        return f"{VOLUMES_MOUNT}/{self.name}" + (f"/{self.sub}" if self.sub else "")
+
+
+class VolumeStore:
+    """Volumes on the host: ``volumes/<id>/disk.img`` (a sparse ext4 image, the quota),
+    loop-mounted at ``volumes/<id>/disk`` from first use until the volume is deleted or
+    the server stops; without disk images (no root) a plain directory there. The root
+    of a volume is ``root:<gid> 2770`` with a default ACL, so every box of its user, each
+    its own uid but all given the volume's gid, can read and write all of it."""
+
+    def __init__(self, data_dir: Path, disks: Disks) -> None:
+        self.dir = data_dir / "volumes"
+        self.disks = disks
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def root(self, volume_id: str) -> Path:
+        return self.dir / volume_id / "disk"
+
+    async def attach(self, volume_id: str, size_mb: int, gid: int) -> Path:
+        async with self._locks.setdefault(volume_id, asyncio.Lock()):
+            await asyncio.to_thread(self._attach, volume_id, size_mb, gid)
+        return self.root(volume_id)
+
+    def _attach(self, volume_id: str, size_mb: int, gid: int) -> None:
+        self.dir.mkdir(mode=0o711, exist_ok=True)
+        d, mnt = self.dir / volume_id, self.root(volume_id)
+        d.mkdir(mode=0o711, exist_ok=True)
+        if self.disks.enabled and not os.path.ismount(mnt):
+            img = d / "disk.img"
+            if not img.exists():
+                tmp = img.with_suffix(".new")
+                with open(tmp, "wb") as f:
+                    f.truncate(size_mb * 2**20)
+                _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E",
+                     "lazy_itable_init=1,lazy_journal_init=1", str(tmp))
+                tmp.chmod(0o600)
+                os.replace(tmp, img)
+            mnt.mkdir(exist_ok=True)
+            _run("mount", "-o", "loop,nosuid,nodev,noatime", str(img), str(mnt))
+        mnt.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(mnt, 0, gid)
+            mnt.chmod(0o2770)
+            with contextlib.suppress(OSError):  # a filesystem without ACLs
+                os.setxattr(mnt, "system.posix_acl_default", _ACL_DEFAULT)
+            with contextlib.suppress(FileNotFoundError):
+                (mnt / "lost+found").rmdir()
+        else:
+            mnt.chmod(0o700)
+
+    async def remove(self, volume_id: str) -> None:
+        async with self._locks.setdefault(volume_id, asyncio.Lock()):
+            await asyncio.to_thread(self._remove, volume_id)
+        self._locks.pop(volume_id, None)
+
+    def _remove(self, volume_id: str) -> None:
+        mnt = self.root(volume_id)
+        if os.path.ismount(mnt):
+            _run("umount", "-l", str(mnt))
+        shutil.rmtree(self.dir / volume_id, ignore_errors=True)
+
+    def usage(self, volume_id: str) -> DiskUse:
+        mnt = self.root(volume_id)
+        if os.path.ismount(mnt):
+            st = os.statvfs(mnt)
+            return DiskUse((st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize)
+        return DiskUse(0, None)
+
+    def detach_all(self) -> None:
+        if not self.dir.is_dir():
+            return
+        for d in self.dir.iterdir():
+            if os.path.ismount(d / "disk"):
+                with contextlib.suppress(BoxError):
+                    _run("umount", "-l", str(d / "disk"))
 
 
 class BoxManager:
@@ -74,6 +174,9 @@ class BoxManager:
         self._boxes: dict[str, Box] = {}
         self._idle_after: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.volumes = VolumeStore(settings.data_dir, self.disks)
+        self._vol_sizes: dict[str, tuple[int, int]] = {}  # volume id: (size_mb, gid)
+        self._mounts: dict[str, tuple[VolumeMount, ...]] = {}  # box id: its volume mounts
         self._reaper: asyncio.Task[None] | None = None
         self.on_idle_stop: list[Callable[[str], Awaitable[None]]] = []
         # Started, empty boxes waiting to be handed out: a new thread or a one-off
@@ -92,6 +195,7 @@ class BoxManager:
 
     async def start(self) -> None:
         self.settings.boxes_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.volumes.detach_all)
         stale = await self.disks.detach_all()  # a crash leaves its boxes' disks mounted
         if stale:
             log.info("unmounted %d box disk(s) left over from a previous run", stale)
@@ -113,6 +217,7 @@ class BoxManager:
         await asyncio.gather(*(self.destroy(box_id) for box_id in pooled))
         await asyncio.gather(*(b.stop() for b in list(self._boxes.values())))
         await self.disks.detach_all()
+        await asyncio.to_thread(self.volumes.detach_all)
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.remove)
 
@@ -178,9 +283,10 @@ class BoxManager:
     @contextlib.asynccontextmanager
     async def use(self, box_id: str, idle_after: float | None = None,
                   extra_ro_binds: dict[str, str] | None = None,
-                  disk_mb: int | None = None) -> AsyncIterator[Box]:
+                  disk_mb: int | None = None,
+                  volumes: tuple[VolumeMount, ...] | None = None) -> AsyncIterator[Box]:
         """Hold a box for a piece of work: the idle reaper never stops a held box."""
-        box = await self.get(box_id, idle_after, extra_ro_binds, disk_mb)
+        box = await self.get(box_id, idle_after, extra_ro_binds, disk_mb, volumes)
         box.leases += 1
         try:
             yield box
@@ -190,18 +296,30 @@ class BoxManager:
 
     async def get(self, box_id: str, idle_after: float | None = None,
                   extra_ro_binds: dict[str, str] | None = None,
-                  disk_mb: int | None = None) -> Box:
+                  disk_mb: int | None = None,
+                  volumes: tuple[VolumeMount, ...] | None = None) -> Box:
         """The running box with this id, started (over its existing files) if needed.
         ``extra_ro_binds`` (host path: box path) apply only if this call starts it;
-        ``disk_mb`` only if it makes the box's disk (default ``SOPHON_BOX_DISK_MB``)."""
+        ``disk_mb`` only if it makes the box's disk (default ``SOPHON_BOX_DISK_MB``).
+        ``volumes`` (None: whatever the box has) are the volume mounts the box must have:
+        a running box with other mounts is stopped and started again with these."""
         box = self.running(box_id)
-        if box is not None:
+        if box is not None and (volumes is None or self._mounts.get(box_id, ()) == volumes):
             return box
         lock = self._locks.setdefault(box_id, asyncio.Lock())
         async with lock:
             box = self.running(box_id)
-            if box is not None:
+            if box is not None and (volumes is None
+                                    or self._mounts.get(box_id, ()) == volumes):
                 return box
+            if box is not None:  # mounted other volumes: restart with these
+                await box.stop()
+            mounts = self._mounts.get(box_id, ()) if volumes is None else volumes
+            binds = []
+            for m in mounts:
+                size_mb, _ = self._vol_sizes.get(m.volume_id, (self.settings.box_disk_mb, 0))
+                root = await self.volumes.attach(m.volume_id, size_mb, m.gid)
+                binds.append((root, m.sub, m.inside))
             d = self.box_dir(box_id)
             uid = await self._uid_for(box_id)
             await self.disks.attach(box_id, disk_mb)
@@ -216,6 +334,8 @@ class BoxManager:
                 # A thread's box ("x": made by the execution API) shows its home at
                 # /home/baponi too, Baponi's thread storage.
                 home_aliases=(THREAD_HOME,) if is_thread_box(box_id) else (),
+                volume_binds=tuple(binds),
+                groups=tuple(sorted({m.gid for m in mounts})),
             )
             try:
                 box = await self.backend.start(spec)
@@ -224,6 +344,7 @@ class BoxManager:
                 raise
             box._on_stop = self._forget
             self._boxes[box_id] = box
+            self._mounts[box_id] = mounts
             self._idle_after[box_id] = idle_after or self.settings.thread_idle_seconds
             log.debug("box %s started (pid %d)", box_id, box.pid)
             return box
@@ -258,6 +379,20 @@ class BoxManager:
             if self.uids is not None:
                 self.uids.release(box_id)
 
+    def know_volume(self, volume_id: str, size_mb: int, gid: int) -> None:
+        """The size and group a volume is made with on first use."""
+        self._vol_sizes[volume_id] = (size_mb, gid)
+
+    async def remove_volume(self, volume_id: str) -> None:
+        """Stop every box that mounts the volume, then delete its files for good."""
+        for box_id, mounts in list(self._mounts.items()):
+            if any(m.volume_id == volume_id for m in mounts):
+                await self.stop(box_id)
+                self._mounts.pop(box_id, None)
+        await self.destroy("v" + volume_id)
+        await self.volumes.remove(volume_id)
+        self._vol_sizes.pop(volume_id, None)
+
     def _forget(self, box: Box) -> None:
         if self._boxes.get(box.id) is box:
             del self._boxes[box.id]
@@ -287,6 +422,7 @@ class BoxManager:
         await self.disks.detach(box_id)
         self._locks.pop(box_id, None)
         self._idle_after.pop(box_id, None)
+        self._mounts.pop(box_id, None)
         # rmtree works through directory fds and never follows a symlink a workload made.
         assert shutil.rmtree.avoids_symlink_attacks
         await asyncio.to_thread(shutil.rmtree, self.box_dir(box_id), True)

@@ -6,6 +6,9 @@ sign a token naming the user, the thread's box, the path, the method (PUT or GET
 declared length for a PUT and an expiry; ``/v1/files/blob/<token>`` takes no API key,
 only the token. File bytes go through boxd's confined file ops in chunks, so neither
 side ever holds a whole file.
+
+A volume's files (``source: "volume"``) go through the volume's own files box,
+``v<volume id>``, which mounts only that volume, at /data/<name>; its grants name that box.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sophon.box.bwrap import THREAD_HOME
-from sophon.box.manager import BoxManager
+from sophon.box.manager import BoxManager, VolumeMount
 from sophon.errors import BadRequest, BoxRequestError, NotFound, PayloadTooLarge, SophonError
-from sophon.store.tables import Thread
+from sophon.store.tables import Thread, Volume
 
 KEY_FILE = "files.key"
 URL_TTL = 15 * 60
@@ -154,12 +157,33 @@ class ThreadFiles:
         self.boxes.top_up()
         return box_id
 
-    async def _owned(self, grant: Grant) -> None:
-        """The thread still exists and is still the grantee's."""
+    async def volume_box(self, user_id: str, name: str) -> str:
+        """The files box of the caller's volume; another user's (or no) volume is a 404."""
         async with self.db() as db:
-            row = await db.get(Thread, grant.box_id)
-        if row is None or row.user_id != grant.user_id:
+            found = (await db.execute(select(Volume.id).where(
+                Volume.user_id == user_id, Volume.name == name))).scalar_one_or_none()
+        if found is None:
+            raise NotFound(f"no volume {name!r}")
+        return "v" + found
+
+    async def where(self, user_id: str, box_id: str) -> tuple[str, tuple[VolumeMount, ...] | None]:
+        """The root of the files a box id stands for and the volumes to mount, once the
+        thread or volume is checked to exist and to be the user's."""
+        async with self.db() as db:
+            if box_id.startswith("v"):
+                vol = await db.get(Volume, box_id[1:])
+                if vol is None or vol.user_id != user_id:
+                    raise NotFound("the volume of this URL no longer exists")
+                self.boxes.know_volume(vol.id, vol.size_mb, vol.gid)
+                mount = VolumeMount(vol.id, vol.name, vol.gid)
+                return mount.inside, (mount,)
+            row = await db.get(Thread, box_id)
+        if row is None or row.user_id != user_id:
             raise NotFound("the thread of this URL no longer exists")
+        return THREAD_HOME, None
+
+    async def _owned(self, grant: Grant) -> tuple[str, tuple[VolumeMount, ...] | None]:
+        return await self.where(grant.user_id, grant.box_id)
 
     def grant(self, user_id: str, box_id: str, path: str, method: str,
               length: int = 0) -> tuple[str, str]:
@@ -167,12 +191,12 @@ class ThreadFiles:
         return sign(self.key, Grant(user_id, box_id, path, method, length, expires)), \
             iso(expires)
 
-    async def list(self, user_id: str, thread: str, path: str) -> list[dict[str, object]]:
-        box_id = await self.box_of(user_id, thread)
+    async def list(self, user_id: str, box_id: str, path: str) -> list[dict[str, object]]:
         rel = check_path(path, allow_root=True)
-        async with self.boxes.use(box_id) as box:
+        root, vols = await self.where(user_id, box_id)
+        async with self.boxes.use(box_id, volumes=vols) as box:
             try:
-                got = await box.tree(THREAD_HOME, rel)
+                got = await box.tree(root, rel)
             except BoxRequestError as exc:
                 if exc.code in ("not_found", "not_a_directory"):
                     return []
@@ -191,9 +215,9 @@ class ThreadFiles:
         if declared is not None and declared != grant.length:
             raise LengthMismatch(f"Content-Length is {declared}; this URL takes exactly "
                              f"{grant.length} bytes", )
-        await self._owned(grant)
+        root, vols = await self._owned(grant)
         upload = secrets.token_hex(12)
-        async with self.boxes.use(grant.box_id) as box:
+        async with self.boxes.use(grant.box_id, volumes=vols) as box:
             done, buf = 0, bytearray()
             try:
                 async for part in chunks:
@@ -202,19 +226,19 @@ class ThreadFiles:
                                              "bytes this URL takes")
                     buf += part
                     while len(buf) >= CHUNK and done + CHUNK < grant.length:
-                        await box.put_chunk(THREAD_HOME, grant.path, upload, done,
+                        await box.put_chunk(root, grant.path, upload, done,
                                             bytes(buf[:CHUNK]))
                         done += CHUNK
                         del buf[:CHUNK]
                 if done + len(buf) != grant.length:
                     raise LengthMismatch(f"the body has {done + len(buf)} bytes; this URL "
                                          f"takes exactly {grant.length}")
-                await box.put_chunk(THREAD_HOME, grant.path, upload, done, bytes(buf),
+                await box.put_chunk(root, grant.path, upload, done, bytes(buf),
                                     final=True)
             except BaseException:
                 if done:
                     with contextlib.suppress(Exception):
-                        await box.abort_put(THREAD_HOME, grant.path, upload)
+                        await box.abort_put(root, grant.path, upload)
                 raise
         return grant.path, grant.length
 
@@ -222,20 +246,20 @@ class ThreadFiles:
         """The file's size and its bytes, read ``CHUNK`` at a time. The first chunk is read
         here, so a missing file or a refused path is an error before anything is sent."""
         grant = verify(self.key, token, "GET")
-        await self._owned(grant)
-        async with self.boxes.use(grant.box_id) as box:
+        root, vols = await self._owned(grant)
+        async with self.boxes.use(grant.box_id, volumes=vols) as box:
             try:
-                first = await box.read_path(THREAD_HOME, grant.path, CHUNK)
+                first = await box.read_path(root, grant.path, CHUNK)
             except BoxRequestError as exc:
                 if exc.code == "not_found":
-                    raise NotFound(f"{grant.path} does not exist in the thread") from exc
+                    raise NotFound(f"{grant.path} does not exist") from exc
                 raise
         size = int(first["size"])  # type: ignore[call-overload]
 
         async def stream() -> AsyncIterator[bytes]:
             # The box is held again only while the body is sent: a response that is never
             # sent (the client went away) holds nothing.
-            async with self.boxes.use(grant.box_id) as box:
+            async with self.boxes.use(grant.box_id, volumes=vols) as box:
                 data = first["data"]
                 assert isinstance(data, bytes)
                 sent = 0
@@ -246,7 +270,7 @@ class ThreadFiles:
                         yield data
                     if sent >= size:
                         return
-                    got = await box.read_path(THREAD_HOME, grant.path, CHUNK, sent)
+                    got = await box.read_path(root, grant.path, CHUNK, sent)
                     data = got["data"]  # type: ignore[assignment]
                     if not data:  # the file shrank while it was read: cut the response
                         raise SophonError(f"{grant.path} changed while it was downloaded")

@@ -17,6 +17,19 @@ METADATA_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,39}$"
 THREAD_ID = re.compile(THREAD_ID_PATTERN.strip("^$"))
 ENV_KEY = re.compile(ENV_KEY_PATTERN.strip("^$"))
 METADATA_KEY = re.compile(METADATA_KEY_PATTERN.strip("^$"))
+VOLUME_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+VOLUME_NAME = re.compile(VOLUME_NAME_PATTERN.strip("^$"))
+SUB_PATH_PATTERN = r"^/data/[a-z0-9][a-z0-9-]{0,62}(/.*)?$"
+
+
+def split_sub_path(path: str) -> tuple[str, str]:
+    """``/data/<volume>/<sub>`` as (volume name, sub-path without ``.`` parts); ValueError
+    for anything else (``..``, NUL, another directory)."""
+    parts = [p for p in path.removeprefix("/data/").split("/") if p not in ("", ".")]
+    if not path.startswith("/data/") or not parts or not VOLUME_NAME.fullmatch(parts[0]) \
+            or ".." in parts or "\x00" in path or "\\" in path:
+        raise ValueError(f"sub_path {path!r} must be /data/<volume>/<path>, without '..'")
+    return parts[0], "/".join(parts[1:])
 
 
 def whole_seconds(v: Any) -> Any:
@@ -62,6 +75,19 @@ class ExecuteRequest(BaseModel):
         "maxProperties": 50, "propertyNames": {"pattern": ENV_KEY_PATTERN}})
     # POSTed the execution's status when it ends, signed (sophon.sandbox.webhooks).
     webhook_url: str | None = Field(None, max_length=2048)
+    # Narrow the volumes this execution sees to these paths (docs/ARCHITECTURE.md,
+    # "Volumes"): only they are mounted, each at its own path.
+    sub_paths: list[str] | None = Field(None, max_length=10, json_schema_extra={
+        "items": {"type": "string", "maxLength": 1024, "pattern": SUB_PATH_PATTERN}})
+
+    @field_validator("sub_paths")
+    @classmethod
+    def _sub_paths(cls, v: list[str] | None) -> list[str] | None:
+        for path in v or ():
+            if len(path) > 1024:
+                raise ValueError("a sub_path is longer than 1024 characters")
+            split_sub_path(path)
+        return v
 
     @field_validator("code")
     @classmethod

@@ -26,13 +26,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sophon.box.box import Box, ExecEvent, ExecOutcome
 from sophon.box.bwrap import BASE_ENV, WORKSPACE
-from sophon.box.manager import BoxManager
+from sophon.box.manager import BoxManager, VolumeMount
 from sophon.errors import BadRequest, BoxError, BoxRequestError, NotFound, ThreadBusy
-from sophon.sandbox.models import TERMINAL, ExecuteRequest, ExecutionStatus, SandboxResult
+from sophon.sandbox.models import (
+    TERMINAL,
+    ExecuteRequest,
+    ExecutionStatus,
+    SandboxResult,
+    split_sub_path,
+)
 from sophon.sandbox.records import Recorder
 from sophon.sandbox.webhooks import Deliverer, SecretStore, check_url
 from sophon.sessions.secrets import load_key
-from sophon.store.tables import Execution, Thread
+from sophon.store.tables import Execution, Thread, Volume
 from sophon.users import Principal
 
 log = logging.getLogger(__name__)
@@ -140,6 +146,8 @@ class ExecutionService:
         self.records = Recorder(engine)
         self._busy: dict[tuple[str, str], str] = {}
         self._thread_ids: dict[tuple[str, str], str] = {}
+        # user id: {volume name: (id, gid, size_mb)}; dropped when a volume is made or deleted
+        self._volumes: dict[str, dict[str, tuple[str, int, int]]] = {}
         self.languages = {"python", "bash"}
         if shutil.which("node", path="/usr/local/bin:/usr/bin:/bin"):
             self.languages.add("node")
@@ -180,6 +188,44 @@ class ExecutionService:
         await self.webhooks.close()
         await self.records.close()
 
+    # --- volumes ------------------------------------------------------------
+
+    async def user_volumes(self, user_id: str) -> dict[str, tuple[str, int, int]]:
+        got = self._volumes.get(user_id)
+        if got is None:
+            async with self._sessions() as db:
+                rows = (await db.execute(select(Volume).where(Volume.user_id == user_id))
+                        ).scalars().all()
+            got = {r.name: (r.id, r.gid, r.size_mb) for r in rows}
+            for vid, gid, size_mb in got.values():
+                self.boxes.know_volume(vid, size_mb, gid)
+            self._volumes[user_id] = got
+        return got
+
+    def forget_volumes(self, user_id: str) -> None:
+        self._volumes.pop(user_id, None)
+
+    async def mounts_for(self, user_id: str,
+                         sub_paths: list[str] | None) -> tuple[VolumeMount, ...]:
+        """What an execution of the user mounts: every volume at /data/<name>/, or, with
+        ``sub_paths``, only those paths. A sub_path of no such volume is a 400."""
+        vols = await self.user_volumes(user_id)
+        if sub_paths is None:
+            return tuple(VolumeMount(vid, name, gid) for name, (vid, gid, _) in
+                         sorted(vols.items()))
+        mounts = []
+        for path in sub_paths:
+            name, sub = split_sub_path(path)
+            if name not in vols:
+                raise BadRequest(f"sub_path {path!r}: you have no volume named {name!r}")
+            vid, gid, _ = vols[name]
+            mounts.append(VolumeMount(vid, name, gid, sub))
+        # A path under another one listed is already seen through it.
+        inside = [m.inside for m in mounts]
+        keep = {m for m in mounts if not any(
+            m.inside != o and m.inside.startswith(o + "/") for o in inside)}
+        return tuple(sorted(keep, key=lambda m: m.inside))
+
     # --- starting ---------------------------------------------------------
 
     async def start(self, principal: Principal, req: ExecuteRequest, mode: str) -> Run:
@@ -190,6 +236,8 @@ class ExecutionService:
             if await self.webhook_secrets.get(principal.user_id) is None:
                 raise BadRequest("webhook_url needs a webhook signing secret: create one "
                                  "with POST /v1/webhooks/secret (shown once)")
+        if req.sub_paths is not None:  # a volume that does not exist: a 400 now
+            await self.mounts_for(principal.user_id, req.sub_paths)
         key = (principal.user_id, req.thread_id) if req.thread_id else None
         if key is not None and key in self._busy:
             raise ThreadBusy(
@@ -250,6 +298,9 @@ class ExecutionService:
         except BoxRequestError as exc:
             infra_error = exc.code
             out["stderr"].append(exc.message + "\n")
+        except BadRequest as exc:  # a sub_path's volume deleted since the request
+            infra_error = exc.code
+            out["stderr"].append(exc.message + "\n")
         except BoxError as exc:
             log.warning("execution %s: %s", run.trace_id, exc)
             infra_error = "sandbox_error"
@@ -296,7 +347,8 @@ class ExecutionService:
     async def _exec(self, run: Run, box_id: str, out: dict[str, list[str]]) -> ExecOutcome | None:
         env = {**BASE_ENV, **(run.req.env_vars or {})}
         outcome = None
-        async with self.boxes.use(box_id) as box:
+        volumes = await self.mounts_for(run.principal.user_id, run.req.sub_paths)
+        async with self.boxes.use(box_id, volumes=volumes) as box:
             # No await between this check and the exec being registered with the box,
             # so a cancel either sees run.box or is seen here.
             if run.cancelled:

@@ -197,3 +197,18 @@ class WebhookSecret(Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     secret: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Volume(Base):
+    """A user's named, persistent storage, mounted at /data/<name>/ in that user's boxes
+    (``volumes/<id>/`` under the data directory; see docs/ARCHITECTURE.md, "Volumes")."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    size_mb: Mapped[int] = mapped_column(Integer)
+    # The host group that owns its files: every box that mounts it gets this group.
+    gid: Mapped[int] = mapped_column(Integer, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
