@@ -270,6 +270,20 @@ def test_sandbox_exec_timeout(env: dict[str, str]) -> None:
     assert r.returncode != 0 and "Traceback" not in r.stderr
 
 
+def test_volumes_create_list_use_and_remove(env: dict[str, str]) -> None:
+    r = sophon(env, "volumes", "create", "cli-data", "--size-mb", "32")
+    assert r.returncode == 0 and "/data/cli-data/" in r.stdout, r.stderr
+    listed = json.loads(sophon(env, "volumes", "list", "--json").stdout)
+    assert [(v["name"], v["size_mb"]) for v in listed] == [("cli-data", 32)]
+    r = sophon(env, "sandbox", "exec", "--thread", "v1", "echo shared > /data/cli-data/f")
+    assert r.returncode == 0, r.stderr
+    r = sophon(env, "sandbox", "exec", "--thread", "v2", "cat /data/cli-data/f")
+    assert r.stdout == "shared\n", r.stderr
+    assert sophon(env, "volumes", "rm", "cli-data", "--yes").returncode == 0
+    assert json.loads(sophon(env, "volumes", "list", "--json").stdout) == []
+    assert_one_line_error(sophon(env, "volumes", "rm", "cli-data", "--yes"), "cli-data")
+
+
 def test_sandbox_webhook_secret_is_new_each_time(env: dict[str, str]) -> None:
     first = sophon(env, "sandbox", "webhook-secret")
     second = sophon(env, "sandbox", "webhook-secret")

@@ -270,6 +270,19 @@ class RawClient:
     def cancel_execution(self, trace_id: str) -> str:
         return str(self._http.call("POST", f"/v1/executions/{seg(trace_id)}/cancel")["status"])
 
+    def create_volume(self, name: str, size_mb: int | None = None) -> dict[str, Any]:
+        """A named volume, mounted read-write at /data/<name>/ in your boxes."""
+        body: dict[str, Any] = {"name": name}
+        if size_mb is not None:
+            body["size_mb"] = size_mb
+        return dict(self._http.call("POST", "/v1/volumes", json_body=body))
+
+    def list_volumes(self) -> list[dict[str, Any]]:
+        return list(self._http.call("GET", "/v1/volumes")["volumes"])
+
+    def delete_volume(self, name: str) -> None:
+        self._http.call("DELETE", f"/v1/volumes/{seg(name)}")
+
     def rotate_webhook_secret(self) -> str:
         """A new signing secret for your execution webhooks (``whsec_...``), shown this
         once; deliveries from now on are signed with it."""

@@ -306,6 +306,19 @@ class AsyncClient:
         return str((await self._json("POST", f"/v1/executions/{seg(trace_id)}/cancel"))
                    ["status"])
 
+    async def create_volume(self, name: str, size_mb: int | None = None) -> dict[str, Any]:
+        """A named volume, mounted read-write at /data/<name>/ in your boxes."""
+        body: dict[str, Any] = {"name": name}
+        if size_mb is not None:
+            body["size_mb"] = size_mb
+        return dict(await self._json("POST", "/v1/volumes", json=body))
+
+    async def list_volumes(self) -> list[dict[str, Any]]:
+        return list((await self._json("GET", "/v1/volumes"))["volumes"])
+
+    async def delete_volume(self, name: str) -> None:
+        await self._json("DELETE", f"/v1/volumes/{seg(name)}")
+
     async def rotate_webhook_secret(self) -> str:
         """A new signing secret for your execution webhooks, shown this once."""
         return str((await self._json("POST", "/v1/webhooks/secret"))["secret"])
