@@ -45,6 +45,45 @@ def _run(*argv: str) -> None:
         raise BoxError(f"{argv[0]} failed: {proc.stderr.decode(errors='replace').strip()[-500:]}")
 
 
+def make_image(img: Path, size_mb: int) -> None:
+    """A sparse ext4 image of ``size_mb`` at ``img``, unless there is one already."""
+    if img.exists():
+        return
+    tmp = img.with_suffix(".new")
+    with open(tmp, "wb") as f:
+        f.truncate(size_mb * 2**20)
+    # No reserved blocks (no root inside a box); lazy init keeps it sparse and fast.
+    _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1",
+         str(tmp))
+    tmp.chmod(0o600)
+    os.replace(tmp, img)
+
+
+def mount_image(img: Path, mnt: Path) -> None:
+    """Loop-mount ``img`` at ``mnt`` (nosuid, nodev), unless it is mounted already."""
+    if not os.path.ismount(mnt):
+        mnt.mkdir(exist_ok=True)
+        _run("mount", "-o", "loop,nosuid,nodev,noatime", str(img), str(mnt))
+
+
+def unmount(mnt: Path) -> None:
+    if os.path.ismount(mnt):
+        # Lazily, so a process still finishing in a dying box cannot keep it busy.
+        try:
+            _run("umount", "-l", str(mnt))
+        except BoxError:
+            if os.path.ismount(mnt):  # not just a concurrent unmount that came first
+                raise
+
+
+def mounted_use(mnt: Path) -> DiskUse | None:
+    """Used and total bytes of the filesystem mounted at ``mnt``; None if none is."""
+    if not os.path.ismount(mnt):
+        return None
+    st = os.statvfs(mnt)
+    return DiskUse((st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize)
+
+
 class Disks:
     def __init__(self, boxes_dir: Path, default_mb: int) -> None:
         self.boxes_dir = boxes_dir
@@ -76,19 +115,9 @@ class Disks:
             return
         d, img, mnt = self.boxes_dir / box_id, self.image(box_id), self.mountpoint(box_id)
         d.mkdir(parents=True, exist_ok=True)
-        if not img.exists():
-            tmp = img.with_suffix(".new")
-            with open(tmp, "wb") as f:
-                f.truncate((size_mb or self.default_mb) * 2**20)
-            # No reserved blocks (no root inside a box); lazy init keeps it sparse and fast.
-            _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E",
-                       "lazy_itable_init=1,lazy_journal_init=1", str(tmp))
-            tmp.chmod(0o600)
-            os.replace(tmp, img)
-        if not os.path.ismount(mnt):
-            mnt.mkdir(exist_ok=True)
-            _run("mount", "-o", "loop,nosuid,nodev,noatime", str(img), str(mnt))
-            mnt.chmod(0o755)  # walkable by the box's uid; its two directories are 0700
+        make_image(img, size_mb or self.default_mb)
+        mount_image(img, mnt)
+        mnt.chmod(0o755)  # walkable by the box's uid; its two directories are 0700
         for sub in SUBDIRS:
             (mnt / sub).mkdir(exist_ok=True)
             link = d / sub
@@ -97,23 +126,13 @@ class Disks:
 
     async def detach(self, box_id: str) -> None:
         if self.enabled:
-            await asyncio.to_thread(self._detach, self.mountpoint(box_id))
-
-    @staticmethod
-    def _detach(mnt: Path) -> None:
-        if os.path.ismount(mnt):
-            # Lazily, so a process still finishing in the dying box cannot keep it busy.
-            try:
-                _run("umount", "-l", str(mnt))
-            except BoxError:
-                if os.path.ismount(mnt):  # not just a concurrent detach that came first
-                    raise
+            await asyncio.to_thread(unmount, self.mountpoint(box_id))
 
     def usage(self, box_id: str) -> DiskUse:
-        mnt, img = self.mountpoint(box_id), self.image(box_id)
-        if os.path.ismount(mnt):
-            st = os.statvfs(mnt)
-            return DiskUse((st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize)
+        use = mounted_use(self.mountpoint(box_id))
+        if use is not None:
+            return use
+        img = self.image(box_id)
         with contextlib.suppress(OSError):
             st2 = img.stat()
             return DiskUse(st2.st_blocks * 512, st2.st_size)

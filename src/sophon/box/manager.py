@@ -10,20 +10,18 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import shutil
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from sophon.box.box import Box
 from sophon.box.bwrap import THREAD_HOME, BoxSpec, BwrapBackend
 from sophon.box.cgroups import CgroupTree, Limits
-from sophon.box.disk import Disks, DiskUse, _run
+from sophon.box.disk import Disks, DiskUse
 from sophon.box.uids import UidPool
+from sophon.box.volumes import VolumeMount, VolumeStore
 from sophon.config import Settings
 from sophon.errors import BoxError
 
@@ -39,103 +37,6 @@ def is_thread_box(box_id: str) -> bool:
     """Boxes of the execution API (threads, one-off executions, the pool) are "x...";
     sessions' are "s...", clones' staging boxes "g..."."""
     return box_id.startswith("x")
-
-
-VOLUMES_MOUNT = "/data"
-# A default POSIX ACL of user::rwx group::rwx other::--- (system.posix_acl_default,
-# version 2, entries sorted by tag): with it on a directory, what is made in it gets
-# group rights as asked for, whatever the process's umask, so one box's files in a
-# volume stay writable by the other boxes of the same user (same group).
-_ACL_DEFAULT = struct.pack("<I", 2) + b"".join(
-    struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in ((1, 7), (4, 7), (0x20, 0)))
-
-
-@dataclass(frozen=True)
-class VolumeMount:
-    """One volume (or one sub-path of it) to mount in a box at /data/<name>/<sub>."""
-
-    volume_id: str
-    name: str
-    gid: int
-    sub: str = ""
-
-    @property
-    def inside(self) -> str:
-        return f"{VOLUMES_MOUNT}/{self.name}" + (f"/{self.sub}" if self.sub else "")
-
-
-class VolumeStore:
-    """Volumes on the host: ``volumes/<id>/disk.img`` (a sparse ext4 image, the quota),
-    loop-mounted at ``volumes/<id>/disk`` from first use until the volume is deleted or
-    the server stops; without disk images (no root) a plain directory there. The root
-    of a volume is ``root:<gid> 2770`` with a default ACL, so every box of its user, each
-    its own uid but all given the volume's gid, can read and write all of it."""
-
-    def __init__(self, data_dir: Path, disks: Disks) -> None:
-        self.dir = data_dir / "volumes"
-        self.disks = disks
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def root(self, volume_id: str) -> Path:
-        return self.dir / volume_id / "disk"
-
-    async def attach(self, volume_id: str, size_mb: int, gid: int) -> Path:
-        async with self._locks.setdefault(volume_id, asyncio.Lock()):
-            await asyncio.to_thread(self._attach, volume_id, size_mb, gid)
-        return self.root(volume_id)
-
-    def _attach(self, volume_id: str, size_mb: int, gid: int) -> None:
-        self.dir.mkdir(mode=0o711, exist_ok=True)
-        d, mnt = self.dir / volume_id, self.root(volume_id)
-        d.mkdir(mode=0o711, exist_ok=True)
-        if self.disks.enabled and not os.path.ismount(mnt):
-            img = d / "disk.img"
-            if not img.exists():
-                tmp = img.with_suffix(".new")
-                with open(tmp, "wb") as f:
-                    f.truncate(size_mb * 2**20)
-                _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E",
-                     "lazy_itable_init=1,lazy_journal_init=1", str(tmp))
-                tmp.chmod(0o600)
-                os.replace(tmp, img)
-            mnt.mkdir(exist_ok=True)
-            _run("mount", "-o", "loop,nosuid,nodev,noatime", str(img), str(mnt))
-        mnt.mkdir(exist_ok=True)
-        if os.geteuid() == 0:
-            os.chown(mnt, 0, gid)
-            mnt.chmod(0o2770)
-            with contextlib.suppress(OSError):  # a filesystem without ACLs
-                os.setxattr(mnt, "system.posix_acl_default", _ACL_DEFAULT)
-            with contextlib.suppress(FileNotFoundError):
-                (mnt / "lost+found").rmdir()
-        else:
-            mnt.chmod(0o700)
-
-    async def remove(self, volume_id: str) -> None:
-        async with self._locks.setdefault(volume_id, asyncio.Lock()):
-            await asyncio.to_thread(self._remove, volume_id)
-        self._locks.pop(volume_id, None)
-
-    def _remove(self, volume_id: str) -> None:
-        mnt = self.root(volume_id)
-        if os.path.ismount(mnt):
-            _run("umount", "-l", str(mnt))
-        shutil.rmtree(self.dir / volume_id, ignore_errors=True)
-
-    def usage(self, volume_id: str) -> DiskUse:
-        mnt = self.root(volume_id)
-        if os.path.ismount(mnt):
-            st = os.statvfs(mnt)
-            return DiskUse((st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize)
-        return DiskUse(0, None)
-
-    def detach_all(self) -> None:
-        if not self.dir.is_dir():
-            return
-        for d in self.dir.iterdir():
-            if os.path.ismount(d / "disk"):
-                with contextlib.suppress(BoxError):
-                    _run("umount", "-l", str(d / "disk"))
 
 
 class BoxManager:

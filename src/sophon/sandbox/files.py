@@ -31,7 +31,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sophon.box.bwrap import THREAD_HOME
-from sophon.box.manager import BoxManager, VolumeMount
+from sophon.box.manager import BoxManager
+from sophon.box.volumes import VolumeMount
 from sophon.errors import BadRequest, BoxRequestError, NotFound, PayloadTooLarge, SophonError
 from sophon.store.tables import Thread, Volume
 

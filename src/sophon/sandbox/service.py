@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sophon.box.box import Box, ExecEvent, ExecOutcome
 from sophon.box.bwrap import BASE_ENV, WORKSPACE
-from sophon.box.manager import BoxManager, VolumeMount
+from sophon.box.manager import BoxManager
+from sophon.box.volumes import VolumeMount
 from sophon.errors import BadRequest, BoxError, BoxRequestError, NotFound, ThreadBusy
 from sophon.sandbox.models import (
     TERMINAL,
