@@ -107,6 +107,12 @@ def test_the_errors_the_server_sends_are_the_ones_listed(
     wrong = http.request("OPTIONS", "/v1/sessions")
     assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
     assert wrong.headers["allow"] == "GET, POST"
+    assert wrong.json()["message"] == "OPTIONS is not allowed on /v1/sessions; use GET, POST"
+    # A path no route has: a JSON 404 that says which and where the API is described.
+    nowhere = http.get("/v1/no-such-thing")
+    assert nowhere.status_code == 404 and nowhere.json() == {
+        "error": "not_found", "message": "there is no GET /v1/no-such-thing on this server; "
+                                         "the API is described at /openapi.json"}
 
 
 def test_schemathesis_finds_no_server_error_and_no_undocumented_status(

@@ -153,7 +153,14 @@ def create_app(settings: Settings) -> FastAPI:
         if exc.status_code == 405:
             # Every method of the path, not only those of the first route that matched it.
             headers["Allow"] = ", ".join(sorted(_methods(routers, request.scope["path"])))
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code,
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":  # no route matched at all
+            message = (f"there is no {request.method} {request.scope['path']} on this "
+                       "server; the API is described at /openapi.json")
+        elif exc.status_code == 405:
+            message = (f"{request.method} is not allowed on {request.scope['path']}; "
+                       f"use {headers['Allow']}")
+        return JSONResponse(error_body(code, message), exc.status_code,
                             headers=headers or None)
 
     @app.exception_handler(Exception)
