@@ -75,6 +75,7 @@ def test_killing_boxd_ends_the_request_and_the_thread_gets_a_fresh_box(
     result: dict[str, Any] = resp.json()
     assert result["success"] is False and result["exit_code"] == -1, result
     assert result["error"] == "sandbox_error", result
+    assert "the sandbox stopped before the command finished" in result["stderr"], result
     # The whole box died with its pid 1: nothing of it runs on.
     wait_gone(f"sleep {marker}")
     assert not host_alive(boxd)

@@ -378,6 +378,10 @@ class ExecutionService:
             run.status, error = "cancelled", "cancelled"
         elif outcome is None:
             code, run.status, error = -1, "failed", infra_error or "sandbox_error"
+            if error == "sandbox_error":  # say it in words too: the code alone is cryptic
+                stderr += ("\n" if stderr and not stderr.endswith("\n") else "") + (
+                    "sophon: the sandbox stopped before the command finished; the next "
+                    "execution starts a fresh sandbox over the same files\n")
         elif outcome.timed_out:
             code, run.status, error = outcome.exit_code, "timeout", "timeout"
         elif outcome.oom_killed:
