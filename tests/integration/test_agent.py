@@ -136,8 +136,10 @@ def test_builds_tests_fixes_and_passes(http: httpx.Client, model: ModelServer) -
     assert [e["status"] for e in evs if e["type"] == "task_update"] == ["pending", "completed"]
     assert story[-1] == "status" and evs[-1 if evs[-1]["type"] != "file_change" else -2]
     assert any(e["type"] == "usage" for e in evs)
-    changed = {e["path"] for e in evs if e["type"] == "file_change"}
-    assert {"calc.py", "test_calc.py"} <= changed
+    # The watcher reports changes within a second, which may be after a quick turn ended.
+    wait_for(lambda: {"calc.py", "test_calc.py"} <= {
+        e["path"] for e in events(http, sid) if e["type"] == "file_change"}, 5,
+        what="file_change events for the files the agent wrote")
     assert sh(http, sid, "cat calc.py") == "def add(a, b):\n    return a + b\n"
     diff = http.get(f"/v1/sessions/{sid}/diff").json()["diff"]
     assert "b/calc.py" in diff and "+    return a + b" in diff and "b/test_calc.py" in diff
