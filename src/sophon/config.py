@@ -112,6 +112,10 @@ class Settings(BaseSettings):
         default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
     webhook_timeout_seconds: float = Field(10.0, gt=0)
 
+    # Users (by name) who may read server-wide pages such as GET /metrics; `make run`
+    # makes the user `admin`. Comma-separated.
+    admin_users: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["admin"])
+
     idle_check_seconds: float = 15.0
     limits: BoxLimits = Field(default_factory=BoxLimits)
     models: ModelSettings = Field(default_factory=lambda: ModelSettings())
@@ -121,7 +125,8 @@ class Settings(BaseSettings):
     def _split_paths(cls, v: object) -> object:
         return [p for p in v.split(":") if p] if isinstance(v, str) else v
 
-    @field_validator("webhook_allow_insecure_hosts", "webhook_retry_delays", mode="before")
+    @field_validator("webhook_allow_insecure_hosts", "webhook_retry_delays", "admin_users",
+                     mode="before")
     @classmethod
     def _split_commas(cls, v: object) -> object:
         return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v

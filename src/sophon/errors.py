@@ -23,6 +23,13 @@ class Unauthorized(SophonError):
     code = "unauthorized"
 
 
+class Forbidden(SophonError):
+    """Authenticated, but not allowed (an admin-only route)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(SophonError):
     status = 404
     code = "not_found"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 
+from sophon import metrics
 from sophon.agent.runtime import Turn, run_turn
 from sophon.config import Settings
 from sophon.errors import TurnBusy
@@ -50,13 +52,17 @@ class AgentService:
         turn.task = asyncio.create_task(self._run(turn), name=f"turn-{turn.session_id}")
 
     async def _run(self, turn: Turn) -> None:
+        started, outcome = time.monotonic(), "ended"
         try:
             await run_turn(turn, self.sessions, self.gateway, self.settings)
         except asyncio.CancelledError:
-            pass
+            outcome = "cancelled"
         except Exception:
+            outcome = "failed"
             log.exception("turn in session %s failed", turn.session_id)
         finally:
+            metrics.turns.labels("interrupted" if turn.interrupted else outcome).observe(
+                time.monotonic() - started)
             if self._turns.get(turn.session_id) is turn:
                 del self._turns[turn.session_id]
             pending = self._queued.get(turn.session_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI, Request
@@ -13,6 +14,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sophon import metrics
 from sophon.api import (
     auth,
     files,
@@ -25,6 +27,7 @@ from sophon.api import (
     volumes,
     webhooks,
 )
+from sophon.api import metrics as metrics_route
 from sophon.config import Settings
 from sophon.errors import PayloadTooLarge, SophonError
 from sophon.services import Services
@@ -99,6 +102,37 @@ class BodyLimit:
         await JSONResponse(body, PayloadTooLarge.status)(scope, receive, send)
 
 
+class RequestMetrics:
+    """Count every request by method, route template (never the raw path: ids would make
+    a series each) and status, and time it to the end of its response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            metrics.http_requests.labels(method, template, str(status)).inc()
+            metrics.http_seconds.labels(method, template).observe(
+                time.perf_counter() - start)
+
+
 def error_body(code: str, message: str) -> dict[str, str]:
     return {"error": code, "message": message}
 
@@ -125,6 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await Services.open(settings)
         app.state.services = services
+        metrics.install_live(lambda: metrics_route.live_gauges(services))
         log.info("sophon ready: data in %s, box limits via %s",
                  settings.data_dir, services.boxes.limits_mode)
         try:
@@ -136,15 +171,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(SophonError)
     async def _sophon_error(_: Request, exc: SophonError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(error_body(exc.code, exc.message), exc.status, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        return JSONResponse(error_body(exc.code, exc.message), exc.status,
+                            headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(error_body("invalid_request", _describe(exc)), 400)
 
     routers = (health.router, auth.router, sandbox.router, files.router, sessions.router,
-               gateway.router, webhooks.router, volumes.router)
+               gateway.router, webhooks.router, volumes.router, metrics_route.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -169,6 +207,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(error_body("internal_error", "internal server error"), 500)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(RequestMetrics)  # outermost: it sees the 413s too
     for router in routers:
         app.include_router(router)
     openapi.install(app, *routers)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
-from sophon.errors import SophonError
+from sophon.errors import Forbidden, SophonError
 from sophon.services import Services
 from sophon.users import Principal
 
@@ -85,5 +85,15 @@ async def principal(request: Request) -> Principal:
     return await services(request).users.authenticate(token)
 
 
+async def admin(request: Request) -> Principal:
+    """The caller, who must be one of ``SOPHON_ADMIN_USERS``."""
+    caller = await principal(request)
+    if caller.name not in services(request).settings.admin_users:
+        raise Forbidden(f"only an admin may read {request.url.path} (SOPHON_ADMIN_USERS "
+                        "names them)")
+    return caller
+
+
 ServicesDep = Annotated[Services, Depends(services)]
 PrincipalDep = Annotated[Principal, Depends(principal)]
+AdminDep = Annotated[Principal, Depends(admin)]

@@ -181,6 +181,14 @@ class BoxManager:
         box = self._boxes.get(box_id)
         return box if box is not None and not box.stopped.is_set() else None
 
+    def awake(self) -> list[str]:
+        """The ids of the boxes running now (the pool's included)."""
+        return [i for i, b in self._boxes.items() if not b.stopped.is_set()]
+
+    @property
+    def pool_level(self) -> int:
+        return len(self._pool)
+
     @contextlib.asynccontextmanager
     async def use(self, box_id: str, idle_after: float | None = None,
                   extra_ro_binds: dict[str, str] | None = None,

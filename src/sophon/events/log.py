@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from sophon import metrics
 from sophon.events.types import from_wire, to_wire
 from sophon.store.tables import EventRow
 
@@ -191,6 +192,7 @@ class EventLog:
                 if self._writer is None or self._writer.done():
                     self._writer = asyncio.create_task(self._write_loop(), name="event-writer")
         await write.done
+        metrics.events.labels(data["type"]).inc()
         return model
 
     def _submit_sqlite(self) -> None:

@@ -21,6 +21,7 @@ import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sophon import metrics
 from sophon.config import ModelSettings
 from sophon.errors import BudgetExceeded, ProviderNotConfigured, Unauthorized
 from sophon.events.log import EventLog
@@ -125,6 +126,11 @@ class Gateway:
     async def record(self, session_id: str, model: str, usage: dict[str, int]) -> Any:
         """Meter one call: a usage record, the session's totals, and a ``usage`` event."""
         cost = self.cost(model, usage)
+        for kind, key in (("input", "input_tokens"), ("output", "output_tokens"),
+                          ("cache_read", "cache_read_input_tokens"),
+                          ("cache_write", "cache_creation_input_tokens")):
+            metrics.gateway_tokens.labels(model, kind).inc(usage.get(key, 0))
+        metrics.gateway_cost.labels(model).inc(cost)
         async with self._db() as db:
             user_id = await db.scalar(select(SessionRow.user_id)
                                       .where(SessionRow.id == session_id))

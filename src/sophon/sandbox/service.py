@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from sophon import metrics
 from sophon.box.box import Box, ExecEvent, ExecOutcome
 from sophon.box.bwrap import BASE_ENV, WORKSPACE
 from sophon.box.manager import BoxManager
@@ -157,6 +158,11 @@ class ExecutionService:
         self.webhooks = Deliverer(settings.webhook_allow_insecure_hosts,
                                   settings.webhook_retry_delays,
                                   settings.webhook_timeout_seconds)
+
+    @property
+    def in_flight(self) -> int:
+        """Executions accepted and not finished yet."""
+        return sum(1 for r in self._runs.values() if r.task is not None and not r.task.done())
 
     async def recover(self) -> int:
         """Runs cut off by a server stop end as failed; none stays 'running' forever.
@@ -336,6 +342,8 @@ class ExecutionService:
             run.emit({"type": "result", "trace_id": run.trace_id, "status": run.status,
                       "result": result, "output_truncated": run.truncated})
             run.done.set()
+            metrics.executions.labels(run.status).observe(
+                (datetime.now(UTC) - run.created_at).total_seconds())
             self._forget_old_runs(run)
             if kind == "fresh" and run.box_id:
                 # A one-off box is deleted after the answer, not before it (its stop,
