@@ -9,6 +9,8 @@ git repository with a secret in it) by every route a user could try.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,3 +70,79 @@ def test_clone_through_a_symlink_to_another_workspace_is_refused(http: httpx.Cli
 def test_clone_of_the_data_directory_is_refused(http: httpx.Client, server: LiveServer) -> None:
     refused(http, str(server.data_dir))
     refused(http, str(server.data_dir / "boxes"))
+
+
+# --- probing the host through clone paths ---------------------------------------------
+
+
+def make_repo(path: Path, content: str) -> Path:
+    path.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    (path / "f.txt").write_text(content)
+    subprocess.run(["git", "-C", str(path), "add", "f.txt"], check=True)
+    subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t",
+                    "commit", "-qm", "f"], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(path)], check=True)
+    return path
+
+
+@pytest.fixture
+def host_dirs() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="sophon-probe-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def answer(http: httpx.Client, url: str) -> tuple[int, str, str]:
+    """What a clone of ``url`` answers, with the path itself taken out of the message."""
+    r = http.post("/v1/sessions", json={"name": "probe", "starter": {"type": "git",
+                                                                      "url": url}})
+    assert r.status_code != 500, (url, r.text)
+    body = r.json()
+    shown = url.removeprefix("file://")
+    return r.status_code, body.get("error", ""), body.get("message", "").replace(shown, "<p>")
+
+
+def test_a_path_only_root_can_read_answers_as_a_missing_one(http: httpx.Client,
+                                                            host_dirs: Path) -> None:
+    secret = host_dirs / "root-only"
+    repo = make_repo(secret / "repo", "root-only-secret\n")
+    secret.chmod(0o700)  # the repository is readable, but no one but root can reach it
+    pairs = [
+        (str(secret), str(host_dirs / "no-such-dir")),
+        (str(repo), str(secret / "no-such-repo")),
+        (f"file://{repo}", f"file://{secret}/no-such-repo"),
+        ("/proc/1/root", "/proc/1/no-such-entry"),
+        ("/proc/1/root/etc", "/proc/1/no-such-entry/etc"),
+    ]
+    for there, missing in pairs:
+        got, want = answer(http, there), answer(http, missing)
+        assert got == want, (there, got, missing, want)
+        assert got[0] == 400 and got[1] == "invalid_request", got
+    # Control: the same repository, once any user may reach it, clones.
+    secret.chmod(0o755)
+    r = http.post("/v1/sessions", json={"name": "ok", "starter": {"type": "git",
+                                                                   "url": str(repo)}})
+    assert r.status_code == 201, r.text
+    assert exec_out(http, r.json()["id"], "cat f.txt") == "root-only-secret\n"
+
+
+def test_no_clone_path_is_a_server_error(http: httpx.Client, host_dirs: Path) -> None:
+    (host_dirs / "a").symlink_to(host_dirs / "b")
+    (host_dirs / "b").symlink_to(host_dirs / "a")
+    odd = ["/proc/1/root", "/proc/self/root", "/proc/1/cwd", "/proc/self/fd/0",
+           "file:///proc/1/root/etc", "/root", "/root/.ssh", "/var/lib/sophon",
+           "/tmp/x\x00y", "/" + "a" * 2000, "/a" + "/b" * 1000, str(host_dirs / "a"),
+           "/dev/null", "/dev/shm", "/etc/passwd", "/etc/../etc/./passwd"]
+    for url in odd:
+        status, code, _ = answer(http, url)
+        assert (status, code) == (400, "invalid_request"), (url, status, code)
+    # Control: a world-readable repository clones, by its path and through a symlink.
+    repo = make_repo(host_dirs / "public", "public\n")
+    (host_dirs / "link").symlink_to(repo)
+    for url in (str(repo), f"file://{host_dirs / 'link'}"):
+        r = http.post("/v1/sessions", json={"name": "ok", "starter": {"type": "git",
+                                                                       "url": url}})
+        assert r.status_code == 201, r.text
+        assert exec_out(http, r.json()["id"], "cat f.txt") == "public\n"

@@ -7,7 +7,9 @@ workspace is a git repository with at least one commit when this is done.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 from pathlib import Path
 
 from sophon.box.box import Box, ExecEvent, ExecOutcome
@@ -21,15 +23,75 @@ SOURCE_MOUNT = "/mnt/source"
 GIT_IDENTITY = ["-c", "user.name=Sophon", "-c", "user.email=sophon@localhost"]
 
 
-
-
 def templates() -> list[str]:
     return sorted(p.name for p in TEMPLATES.iterdir() if p.is_dir())
 
 
-def validate_starter(starter: EmptyStarter | GitStarter | TemplateStarter,
-                     settings: Settings) -> str | None:
-    """Refuse a starter that cannot work; for a local clone, the host path to mount."""
+# A local clone may read only what any host user may. A root server therefore asks
+# the kernel as such a user (uid and gid "nobody", no other groups), so that a path only
+# root can see answers exactly as a missing one does; it gives back the real path it
+# opened, which is what the staging box then mounts.
+_NOBODY = 65534
+_OPEN_AS_NOBODY = (
+    "import os,sys\n"
+    "fd=os.open(sys.argv[1],os.O_RDONLY|os.O_DIRECTORY)\n"
+    "os.fchdir(fd)\n"  # needs search permission, as git in the box will
+    "sys.stdout.write(os.readlink(f'/proc/self/fd/{fd}'))\n"
+)
+
+
+def _unreadable(url: str, roots: bool) -> BadRequest:
+    # One answer for missing, forbidden, not a directory, a symlink loop, a name too
+    # long, /proc magic (and, with roots set, outside them): which of them it was would
+    # tell the caller about the host.
+    where = (" under a directory this server allows clones from (SOPHON_GIT_LOCAL_ROOTS)"
+             if roots else " (it must exist and be readable by any user of the host)")
+    return BadRequest(f"{url} is not a directory that this server's sandboxes can "
+                      f"read{where}")
+
+
+def _open_as_self(path: str) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.listdir(fd)
+            return os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return None
+
+
+async def _real_dir(path: str, python: str) -> str | None:
+    """The real path of a directory the sandbox may read; None if there is none."""
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        return None
+    if "\x00" in path:
+        return None
+    if os.geteuid() != 0:
+        # Boxes of an unprivileged server run as the server's uid: ask as it.
+        return await asyncio.to_thread(_open_as_self, path)
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("setpriv") or "setpriv", f"--reuid={_NOBODY}", f"--regid={_NOBODY}",
+        "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
+        python, "-I", "-S", "-c", _OPEN_AS_NOBODY, path,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, cwd="/", env={})
+    out, _ = await proc.communicate()
+    real = out.decode(errors="replace")
+    return real if proc.returncode == 0 and real.startswith("/") else None
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+async def validate_starter(starter: EmptyStarter | GitStarter | TemplateStarter,
+                           settings: Settings) -> str | None:
+    """Refuse a starter that cannot work; for a local clone, the host path to mount
+    (the real path of the user's, symlinks resolved)."""
     if isinstance(starter, TemplateStarter):
         if starter.name not in templates():
             raise BadRequest(f"unknown template {starter.name!r}; "
@@ -42,23 +104,22 @@ def validate_starter(starter: EmptyStarter | GitStarter | TemplateStarter,
         raise NetworkDisabled(
             "sandboxes on this server have no network, so a clone from a URL cannot work; "
             "clone from a local path or file:// URL instead")
-    path = Path(url)
-    roots = [r.resolve() for r in settings.git_local_roots]
-    if roots:
-        real = path.resolve()
-        if not any(real == r or r in real.parents for r in roots):
-            raise BadRequest(f"{url} is not under a directory this server allows clones "
-                             f"from (SOPHON_GIT_LOCAL_ROOTS)")
+    # The boxes' interpreter: the server's own may live where nobody cannot reach.
+    real = await _real_dir(url, settings.box_python)
+    return await asyncio.to_thread(_check_rules, url, real, settings)
+
+
+def _check_rules(url: str, real: str | None, settings: Settings) -> str:
+    roots = [os.path.realpath(r) for r in settings.git_local_roots]
+    if real is None or roots and not any(_under(real, r) for r in roots):
+        raise _unreadable(url, bool(roots))
     if os.geteuid() != 0:
         # Boxes of an unprivileged server run as the server's own uid, which can read
         # its data; a root server clones in a staging box that cannot (see service).
-        data = settings.data_dir.resolve()
-        real = path.resolve()
-        if real == data or data in real.parents or real in data.parents:
+        data = os.path.realpath(settings.data_dir)
+        if _under(real, data) or _under(data, real):
             raise BadRequest("the server's data directory cannot be cloned")
-    if not path.is_dir():
-        raise BadRequest(f"{url} is not a directory on this server")
-    return str(path)
+    return real
 
 
 async def _run(box: Box, argv: list[str], env: dict[str, str], what: str) -> None:
