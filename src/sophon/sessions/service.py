@@ -131,7 +131,7 @@ class SessionService:
             raise BadRequest("the claude-code runtime is not available on this server yet; "
                              "use runtime 'native'")
         profiles.resolve(req.base)
-        source = validate_starter(req.starter, self.settings)
+        source = await validate_starter(req.starter, self.settings)
         session_id = "ses_" + secrets.token_hex(12)
         row = SessionRow(
             id=session_id, user_id=principal.user_id, name=req.name, base=req.base,
