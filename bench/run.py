@@ -33,6 +33,7 @@ import bench_events  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_session_exec  # noqa: E402
 import bench_sessions  # noqa: E402
+import bench_soak  # noqa: E402
 import bench_throughput  # noqa: E402
 import bench_warm  # noqa: E402
 from common import Figure, fmt, machine  # noqa: E402
@@ -49,6 +50,7 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
     "cli": (bench_cli.run, {"n": 5, "seconds": 2.0}),
     "claude_code": (bench_claude_code.run, {"rounds": 3, "repeats": 1}),
     "dashboard": (bench_dashboard.run, {"calls": 20, "warmup": 2}),
+    "soak": (bench_soak.run, {"minutes": 0.5, "sessions": 3, "rate": 4.0, "window": 10.0}),
 }
 
 

@@ -78,6 +78,8 @@ class Box:
         self.last_used = time.monotonic()
         self.stopped = asyncio.Event()
         self.started_at = time.monotonic()
+        # Whether the box's disk is (about) full; the manager, which owns the disk, sets it.
+        self.disk_full: Callable[[], bool] = lambda: False
 
     @property
     def busy(self) -> bool:
@@ -224,8 +226,9 @@ class Box:
                 raise BoxRequestError(reply.code, reply.message)
             else:
                 result = ExecResult.model_validate(reply.model_dump())
-                # Only a SIGKILL can be the memory limit's: read the counter again then.
-                oom = result.signal == 9 and self.cgroup is not None \
+                # Only a SIGKILL can be the memory limit's: of the command itself, or of
+                # a child a shell waited for (the shell then exits 137 = 128 + SIGKILL).
+                oom = result.exit_code == 137 and self.cgroup is not None \
                     and self.cgroup.oom_kills() > oom_before
                 yield ExecOutcome(
                     exit_code=result.exit_code,

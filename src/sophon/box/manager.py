@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import shutil
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+from sophon.box import ids
 from sophon.box.box import Box
 from sophon.box.bwrap import THREAD_HOME, BoxSpec, BwrapBackend
 from sophon.box.cgroups import CgroupTree, Limits
@@ -34,9 +35,8 @@ def cgroup_name(data_dir: Path) -> str:
 
 
 def is_thread_box(box_id: str) -> bool:
-    """Boxes of the execution API (threads, one-off executions, the pool) are "x...";
-    sessions' are "s...", clones' staging boxes "g..."."""
-    return box_id.startswith("x")
+    """Whether the box is the execution API's (a thread's, a one-off's, the pool's)."""
+    return ids.kind_of(box_id) is ids.Kind.EXECUTION
 
 
 class BoxManager:
@@ -136,7 +136,7 @@ class BoxManager:
                 box.last_used = time.monotonic()
                 return box_id
         self.top_up()
-        return "x" + uuid.uuid4().hex[:31]
+        return ids.new_id(ids.Kind.EXECUTION)
 
     def discard(self, box_id: str) -> None:
         """Destroy a box in the background (a one-off execution's, once answered), then
@@ -164,7 +164,7 @@ class BoxManager:
 
     async def _fill_pool(self) -> None:
         while len(self._pool) < self.settings.box_pool_size:
-            box_id = "x" + uuid.uuid4().hex[:31]
+            box_id = ids.new_id(ids.Kind.EXECUTION)
             try:
                 box = await self.get(box_id)
             except asyncio.CancelledError:  # the server is stopping: leave nothing behind
@@ -240,7 +240,7 @@ class BoxManager:
                 tmp_bytes=self.settings.limits.tmp_mb * 2**20,
                 extra_ro_binds=tuple((extra_ro_binds or {}).items()),
                 host_uid=uid,
-                # A thread's box ("x": made by the execution API) shows its home at
+                # A thread's box (made by the execution API) shows its home at
                 # /home/baponi too, Baponi's thread storage.
                 home_aliases=(THREAD_HOME,) if is_thread_box(box_id) else (),
                 volume_binds=tuple(binds),
@@ -252,6 +252,7 @@ class BoxManager:
                 await self.disks.detach(box_id)
                 raise
             box._on_stop = self._forget
+            box.disk_full = functools.partial(self.disks.full, box_id)
             self._boxes[box_id] = box
             self._mounts[box_id] = mounts
             self._idle_after[box_id] = idle_after or self.settings.thread_idle_seconds
@@ -267,7 +268,7 @@ class BoxManager:
         user may. Yields the box and its workspace directory on the host, which is
         made readable by other uids once the box has stopped, so that a session box can
         mount it; both are gone when the block ends."""
-        box_id = "g" + uuid.uuid4().hex[:31]
+        box_id = ids.new_id(ids.Kind.STAGING)
         d = self.box_dir(box_id)
         try:
             uid = await self._uid_for(box_id)
@@ -298,7 +299,7 @@ class BoxManager:
             if any(m.volume_id == volume_id for m in mounts):
                 await self.stop(box_id)
                 self._mounts.pop(box_id, None)
-        await self.destroy("v" + volume_id)
+        await self.destroy(ids.box_id(ids.Kind.VOLUME, volume_id))
         await self.volumes.remove(volume_id)
         self._vol_sizes.pop(volume_id, None)
 
