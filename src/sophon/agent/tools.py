@@ -16,6 +16,7 @@ from typing import Any
 
 from sophon.box.box import Box, ExecEvent, ExecOutcome
 from sophon.box.bwrap import WORKSPACE
+from sophon.box.outcome import Verdict, judge
 from sophon.errors import BoxRequestError
 
 OUTPUT_LIMIT = 30_000
@@ -270,7 +271,7 @@ async def glob(ctx: ToolContext, inp: dict[str, Any]) -> str:
 
 
 async def _run(ctx: ToolContext, argv: list[str], timeout: float,
-               script: str | None = None) -> tuple[int | None, str, str, bool]:
+               script: str | None = None) -> tuple[int | None, str, str, Verdict | None]:
     out: list[str] = []
     err: list[str] = []
     outcome: ExecOutcome | None = None
@@ -280,8 +281,8 @@ async def _run(ctx: ToolContext, argv: list[str], timeout: float,
             (out if ev.stream == "stdout" else err).append(ev.data)
         else:
             outcome = ev
-    timed_out = bool(outcome and outcome.timed_out)
-    return (outcome.exit_code if outcome else None), "".join(out), "".join(err), timed_out
+    verdict = judge(outcome, ctx.box.disk_full) if outcome else None
+    return (outcome.exit_code if outcome else None), "".join(out), "".join(err), verdict
 
 
 def _braces(pattern: str) -> list[str]:
@@ -367,12 +368,13 @@ async def bash(ctx: ToolContext, inp: dict[str, Any]) -> str:
     script = (f'cd "$(cat {CWD_FILE} 2>/dev/null || echo {WORKSPACE})" 2>/dev/null '
               f"|| cd {WORKSPACE}\n"
               f"trap 'pwd > {CWD_FILE}' EXIT\n{command}\n")
-    code, out, err, timed_out = await _run(ctx, ["bash", "{script}"],
-                                           math.ceil(timeout_ms / 1000), script)
+    code, out, err, verdict = await _run(ctx, ["bash", "{script}"],
+                                         math.ceil(timeout_ms / 1000), script)
     text = out + (("\n" if out and not out.endswith("\n") else "") + err if err else "")
     text = _cut(text.rstrip("\n"))
-    if timed_out:
-        raise ToolError(f"{text}\nCommand timed out after {timeout_ms / 1000:g} s".lstrip())
+    why = verdict.says(timeout_ms / 1000) if verdict else None
+    if why:
+        raise ToolError(f"{text}\n{why}".lstrip())
     if code != 0:
         raise ToolError(f"{text}\nExit code {code}".lstrip())
     return text or "(no output)"

@@ -30,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sophon.box import ids
 from sophon.box.bwrap import THREAD_HOME
 from sophon.box.manager import BoxManager
 from sophon.box.volumes import VolumeMount
@@ -165,14 +166,15 @@ class ThreadFiles:
                 Volume.user_id == user_id, Volume.name == name))).scalar_one_or_none()
         if found is None:
             raise NotFound(f"no volume {name!r}")
-        return "v" + found
+        return ids.box_id(ids.Kind.VOLUME, found)
 
     async def where(self, user_id: str, box_id: str) -> tuple[str, tuple[VolumeMount, ...] | None]:
         """The root of the files a box id stands for and the volumes to mount, once the
         thread or volume is checked to exist and to be the user's."""
         async with self.db() as db:
-            if box_id.startswith("v"):
-                vol = await db.get(Volume, box_id[1:])
+            volume_id = ids.key_of(box_id, ids.Kind.VOLUME)
+            if volume_id is not None:
+                vol = await db.get(Volume, volume_id)
                 if vol is None or vol.user_id != user_id:
                     raise NotFound("the volume of this URL no longer exists")
                 self.boxes.know_volume(vol.id, vol.size_mb, vol.gid)

@@ -25,9 +25,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sophon import metrics
+from sophon.box import ids
 from sophon.box.box import Box, ExecEvent, ExecOutcome
 from sophon.box.bwrap import BASE_ENV, WORKSPACE
 from sophon.box.manager import BoxManager
+from sophon.box.outcome import OUT_OF_MEMORY, TIMEOUT, judge
 from sophon.box.volumes import VolumeMount
 from sophon.errors import BadRequest, BoxError, BoxRequestError, NotFound, ThreadBusy
 from sophon.sandbox.models import (
@@ -55,6 +57,8 @@ RUNNERS: dict[str, list[str]] = {
     "node": ["node", "{script}"],
 }
 FINISHED_RUNS_KEPT = 256
+# The Baponi status of an exec that did not run to its own end (else "failed").
+STATUS_OF = {TIMEOUT: "timeout", OUT_OF_MEMORY: "oom"}
 
 
 def new_trace_id() -> str:
@@ -170,8 +174,10 @@ class ExecutionService:
         async with self._sessions() as db:
             threads = set((await db.execute(select(Thread.id))).scalars())
         for d in self.boxes.settings.boxes_dir.iterdir():
-            # x: a one-off execution's box; g: a clone's staging box (never kept).
-            if (d.name.startswith("x") and d.name not in threads) or d.name.startswith("g"):
+            # An execution box no thread has is a one-off's; staging boxes are never kept.
+            kind = ids.kind_of(d.name)
+            if (kind is ids.Kind.EXECUTION and d.name not in threads) or \
+                    kind is ids.Kind.STAGING:
                 await self.boxes.destroy(d.name)
         async with self._sessions() as db:
             res = await db.execute(
@@ -390,16 +396,15 @@ class ExecutionService:
                 stderr += ("\n" if stderr and not stderr.endswith("\n") else "") + (
                     "sophon: the sandbox stopped before the command finished; the next "
                     "execution starts a fresh sandbox over the same files\n")
-        elif outcome.timed_out:
-            code, run.status, error = outcome.exit_code, "timeout", "timeout"
-        elif outcome.oom_killed:
-            code, run.status, error = outcome.exit_code, "oom", "memory_limit_exceeded"
-        elif outcome.exit_code != 0 and run.box is not None and \
-                self.boxes.disk_full(run.box.id):
-            code, run.status, error = outcome.exit_code, "failed", "disk_quota_exceeded"
         else:
-            code, error = outcome.exit_code, None
-            run.status = "success" if code == 0 else "failed"
+            box_id = run.box_id
+            code = outcome.exit_code
+            error = judge(outcome, lambda: box_id is not None and
+                          self.boxes.disk_full(box_id)).error
+            if error is None:
+                run.status = "success" if code == 0 else "failed"
+            else:
+                run.status = STATUS_OF.get(error, "failed")
         run.truncated = bool(outcome and outcome.truncated)
         run.result = SandboxResult(success=run.status == "success", stdout=stdout,
                                    stderr=stderr, exit_code=code, error=error,

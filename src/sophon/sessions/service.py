@@ -19,9 +19,11 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sophon.box import ids
 from sophon.box.box import Box, ExecEvent, ExecOutcome
 from sophon.box.bwrap import BASE_ENV, WORKSPACE
 from sophon.box.manager import BoxManager
+from sophon.box.outcome import judge
 from sophon.box.protocol import Watching
 from sophon.config import Settings
 from sophon.errors import BadRequest, NotFound, SophonError
@@ -73,11 +75,12 @@ def parse_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def box_id_of(session_id: str) -> str:
-    return "s" + session_id.removeprefix("ses_")
+    return ids.box_id(ids.Kind.SESSION, session_id.removeprefix("ses_"))
 
 
 def session_id_of(box_id: str) -> str | None:
-    return "ses_" + box_id[1:] if box_id.startswith("s") else None
+    key = ids.key_of(box_id, ids.Kind.SESSION)
+    return None if key is None else "ses_" + key
 
 
 class SessionService:
@@ -380,13 +383,8 @@ class SessionService:
             error = "sandbox_error"
             log.exception("exec in session %s failed", row.id)
         finally:
-            if outcome is not None and outcome.timed_out:
-                error = "timeout"
-            elif outcome is not None and outcome.oom_killed:
-                error = "memory_limit_exceeded"
-            elif outcome is not None and outcome.exit_code != 0 and \
-                    self.boxes.disk_full(row.box_id):
-                error = "disk_quota_exceeded"
+            if outcome is not None:
+                error = judge(outcome, lambda: self.boxes.disk_full(row.box_id)).error
             end = ExecEnd(
                 exec_id=exec_id,
                 exit_code=outcome.exit_code if outcome else -1,
