@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8765
+    # Where clients reach this server (behind a proxy, its public https address): the
+    # base of the URLs it gives out, such as signed file URLs. Default http://host:port.
+    # Never taken from a request's Host header, which the caller chooses.
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
     log_level: str = "info"
     # The built dashboard served at `/`; None: the repository's ui/dist (`make ui`).
     ui_dir: Path | None = None
@@ -136,6 +140,13 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'sophon.db'}"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def boxes_dir(self) -> Path:

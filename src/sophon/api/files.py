@@ -21,7 +21,6 @@ from sophon.sandbox.models import THREAD_ID_PATTERN
 from sophon.services import Services
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
-BLOB_PREFIX = "/v1/files/blob/"
 
 
 class FileRequest(BaseModel):
@@ -68,7 +67,8 @@ def _files(request: Request) -> ThreadFiles:
     if tf is None:
         services: Services = state.services
         tf = state.thread_files = ThreadFiles(services.boxes, services.db,
-                                              load_key(services.settings.data_dir))
+                                              load_key(services.settings.data_dir),
+                                              services.settings.base_url)
     return tf  # type: ignore[no-any-return]
 
 
@@ -78,10 +78,6 @@ async def _box(files: ThreadFiles, principal: PrincipalDep, body: FileRequest,
     if body.source == "volume":
         return await files.volume_box(principal.user_id, body.id)
     return await files.box_of(principal.user_id, body.id, create=create)
-
-
-def _url(request: Request, token: str) -> str:
-    return str(request.base_url).rstrip("/") + BLOB_PREFIX + token
 
 
 @router.post("/upload_url", response_model=SignedUrl, responses=errors(
@@ -99,9 +95,9 @@ async def upload_url(body: FileRequest, request: Request,
     if body.content_length > limit:
         raise PayloadTooLarge(f"content_length is over the thread's disk ({limit} bytes)")
     box_id = await _box(files, principal, body, create=True)
-    token, expires = files.grant(principal.user_id, box_id, path, "PUT", body.content_length)
+    url, expires = files.grant(principal.user_id, box_id, path, "PUT", body.content_length)
     ctype = body.content_type or "application/octet-stream"
-    return SignedUrl(url=_url(request, token), method="PUT", expires_at=expires,
+    return SignedUrl(url=url, method="PUT", expires_at=expires,
                      headers=[SignedUrlHeader(name="Content-Type", value=ctype)])
 
 
@@ -112,8 +108,8 @@ async def download_url(body: FileRequest, request: Request,
     path = check_path(body.path)
     files = _files(request)
     box_id = await _box(files, principal, body)
-    token, expires = files.grant(principal.user_id, box_id, path, "GET")
-    return SignedUrl(url=_url(request, token), method="GET", expires_at=expires)
+    url, expires = files.grant(principal.user_id, box_id, path, "GET")
+    return SignedUrl(url=url, method="GET", expires_at=expires)
 
 
 @router.post("/list", response_model=FileList, responses=errors(400, 404))

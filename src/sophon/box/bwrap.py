@@ -21,13 +21,14 @@ import logging
 import os
 import shlex
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sophon.box.box import Box
 from sophon.box.cgroups import CgroupTree, Limits
 from sophon.box.seccomp import SeccompUnavailable, compile_filter
-from sophon.errors import BoxError
+from sophon.errors import BoxError, BoxRequestError
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,15 @@ def open_beneath(root: Path, rel: str) -> int:
             except FileNotFoundError:  # a sub-path asked for: made, 0770 in the group
                 os.mkdir(part, 0o770, dir_fd=fd)
                 nxt = os.open(part, flags, dir_fd=fd)
+            except NotADirectoryError:  # the caller's to fix, so a 400 that says what
+                if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise BoxRequestError("sub_path_is_symlink", (
+                        f"sub-path {rel!r} of the volume: {part!r} is a symbolic link "
+                        "(links are never followed; name the directory it points to "
+                        "instead)")) from None
+                raise BoxRequestError("sub_path_not_a_directory", (
+                    f"sub-path {rel!r} of the volume: {part!r} is a file, not a "
+                    "directory")) from None
             os.close(fd)
             fd = nxt
     except OSError as exc:
@@ -128,6 +138,12 @@ def open_beneath(root: Path, rel: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def check_beneath(root: Path, rel: str) -> None:
+    """What ``open_beneath`` would refuse, refused now (a request's sub-path, before its
+    execution starts)."""
+    os.close(open_beneath(root, rel))
 
 
 @dataclass(frozen=True)

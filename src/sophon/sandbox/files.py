@@ -38,6 +38,7 @@ from sophon.errors import BadRequest, BoxRequestError, NotFound, PayloadTooLarge
 from sophon.store.tables import Thread, Volume
 
 KEY_FILE = "files.key"
+BLOB_PATH = "/v1/files/blob/"
 URL_TTL = 15 * 60
 CHUNK = 1024 * 1024  # per boxd request: 1.33 MiB of base64, well inside a frame
 
@@ -132,10 +133,11 @@ def iso(ts: float) -> str:
 
 class ThreadFiles:
     def __init__(self, boxes: BoxManager, db: async_sessionmaker[AsyncSession],
-                 key: bytes, ttl: int = URL_TTL) -> None:
+                 key: bytes, base_url: str, ttl: int = URL_TTL) -> None:
         self.boxes = boxes
         self.db = db
         self.key = key
+        self.base_url = base_url.rstrip("/")  # SOPHON_PUBLIC_URL, never a request's Host
         self.ttl = ttl
 
     async def box_of(self, user_id: str, thread: str, create: bool = False) -> str:
@@ -190,9 +192,10 @@ class ThreadFiles:
 
     def grant(self, user_id: str, box_id: str, path: str, method: str,
               length: int = 0) -> tuple[str, str]:
+        """The signed URL, on the server's configured public address, and its expiry."""
         expires = int(time.time()) + self.ttl
-        return sign(self.key, Grant(user_id, box_id, path, method, length, expires)), \
-            iso(expires)
+        token = sign(self.key, Grant(user_id, box_id, path, method, length, expires))
+        return f"{self.base_url}{BLOB_PATH}{token}", iso(expires)
 
     async def list(self, user_id: str, box_id: str, path: str) -> list[dict[str, object]]:
         rel = check_path(path, allow_root=True)

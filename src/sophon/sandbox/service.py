@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sophon import metrics
 from sophon.box import ids
 from sophon.box.box import Box, ExecEvent, ExecOutcome
-from sophon.box.bwrap import BASE_ENV, WORKSPACE
+from sophon.box.bwrap import BASE_ENV, WORKSPACE, check_beneath
 from sophon.box.manager import BoxManager
 from sophon.box.outcome import OUT_OF_MEMORY, TIMEOUT, judge
 from sophon.box.volumes import VolumeMount
@@ -239,6 +239,16 @@ class ExecutionService:
             m.inside != o and m.inside.startswith(o + "/") for o in inside)}
         return tuple(sorted(keep, key=lambda m: m.inside))
 
+    async def check_sub_paths(self, user_id: str, sub_paths: list[str]) -> None:
+        """Refuse (400) sub_paths of no such volume, or that go through a symlink or a
+        file in it. A link made after this is refused again when the box starts, and
+        the execution fails with the same code."""
+        sizes = {vid: size for vid, _, size in (await self.user_volumes(user_id)).values()}
+        for m in await self.mounts_for(user_id, sub_paths):
+            if m.sub:
+                root = await self.boxes.volumes.attach(m.volume_id, sizes[m.volume_id], m.gid)
+                await asyncio.to_thread(check_beneath, root, m.sub)
+
     # --- starting ---------------------------------------------------------
 
     async def start(self, principal: Principal, req: ExecuteRequest, mode: str) -> Run:
@@ -249,8 +259,8 @@ class ExecutionService:
             if await self.webhook_secrets.get(principal.user_id) is None:
                 raise BadRequest("webhook_url needs a webhook signing secret: create one "
                                  "with POST /v1/webhooks/secret (shown once)")
-        if req.sub_paths is not None:  # a volume that does not exist: a 400 now
-            await self.mounts_for(principal.user_id, req.sub_paths)
+        if req.sub_paths is not None:  # no such volume, or a symlink in it: a 400 now
+            await self.check_sub_paths(principal.user_id, req.sub_paths)
         key = (principal.user_id, req.thread_id) if req.thread_id else None
         if key is not None and key in self._busy:
             raise ThreadBusy(
