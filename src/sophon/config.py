@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     box_uid_count: int = Field(5000, ge=1)
     # The hard disk quota of a box's /workspace and /home/user together (root servers).
     box_disk_mb: int = Field(2048, ge=16)
+    # The most a user may ask for: a session's disk_mb, a volume's size_mb. Default (0):
+    # box_disk_mb, so users get no more than the default unless the admin says so.
+    box_disk_max_mb: int = Field(0, ge=0)
     box_backend: str = "bwrap"
     box_python: str = "/usr/bin/python3"
     box_pool_size: int = Field(2, ge=0, description="started, empty boxes kept ready")
@@ -147,6 +150,10 @@ class Settings(BaseSettings):
             return self.public_url.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def disk_max_mb(self) -> int:
+        return max(self.box_disk_max_mb, self.box_disk_mb)
 
     @property
     def boxes_dir(self) -> Path:

@@ -25,8 +25,8 @@ class VolumeCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=VOLUME_NAME_PATTERN,
                       description="Lowercase letters, digits and '-'; mounted at /data/<name>/")
-    size_mb: int | None = Field(None, ge=16, description="Its quota; at most (and by default) "
-                                                         "SOPHON_BOX_DISK_MB")
+    size_mb: int | None = Field(None, ge=16, description="Its quota; by default "
+                                "SOPHON_BOX_DISK_MB, at most SOPHON_BOX_DISK_MAX_MB")
 
 
 class VolumeView(BaseModel):
@@ -59,10 +59,11 @@ async def create_volume(body: VolumeCreate, request: Request,
     """Make a volume: every box of yours (each thread, each execution) mounts it
     read-write at /data/<name>/ from its next execution on."""
     services: Services = request.app.state.services
-    limit = services.settings.box_disk_mb
-    size = body.size_mb or limit
+    limit = services.settings.disk_max_mb
+    size = body.size_mb or services.settings.box_disk_mb
     if size > limit:
-        raise BadRequest(f"size_mb is over this server's limit ({limit})")
+        raise BadRequest(f"size_mb is {size}, over this server's ceiling of {limit} MiB "
+                         "a volume (SOPHON_BOX_DISK_MAX_MB)")
     base = services.settings.box_uid_first + services.settings.box_uid_count
     for _ in range(5):  # a gid taken concurrently: take the next
         async with services.db() as db:

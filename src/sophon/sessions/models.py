@@ -60,7 +60,8 @@ class CreateSession(BaseModel):
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     max_turns: int | None = Field(None, ge=1, le=10_000)
     max_budget_usd: float | None = Field(None, gt=0)
-    # The hard quota of /workspace and /home/user together; default SOPHON_BOX_DISK_MB.
+    # The hard quota of /workspace and /home/user together; default SOPHON_BOX_DISK_MB,
+    # at most SOPHON_BOX_DISK_MAX_MB (checked by the service: a 400 naming the ceiling).
     disk_mb: int | None = Field(None, ge=16, le=1024 * 1024)
 
     @field_validator("model")

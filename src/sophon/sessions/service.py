@@ -134,6 +134,10 @@ class SessionService:
             raise BadRequest("the claude-code runtime is not available on this server yet; "
                              "use runtime 'native'")
         profiles.resolve(req.base)
+        if req.disk_mb is not None and req.disk_mb > self.settings.disk_max_mb:
+            raise BadRequest(f"disk_mb is {req.disk_mb}, over this server's ceiling of "
+                             f"{self.settings.disk_max_mb} MiB a session "
+                             "(SOPHON_BOX_DISK_MAX_MB)")
         source = await validate_starter(req.starter, self.settings)
         session_id = "ses_" + secrets.token_hex(12)
         row = SessionRow(
