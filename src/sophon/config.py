@@ -111,9 +111,10 @@ class Settings(BaseSettings):
     # file:// URL. Empty: any directory that other users may read.
     git_local_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
-    # Execution webhooks (sophon.sandbox.webhooks): `host:port`s that may be sent to over
-    # plain http and although they are loopback or private addresses (tests, private
-    # networks); comma-separated. The delays before each retry of a failed delivery.
+    # Outbound webhooks, execution and approval (sophon.webhooks): `host:port`s that may
+    # be sent to over plain http and although they are loopback or private addresses
+    # (tests, private networks); comma-separated. The delays before each retry of a failed
+    # execution webhook delivery.
     webhook_allow_insecure_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [0.5, 1.0, 2.0, 4.0])

@@ -3,22 +3,32 @@
 Per tool the policy says allow, ask or deny; Bash follows ``shell`` (``ask_once`` by
 default: the first use asks, and an allow holds for the rest of the session). Other
 tools are allowed unless the policy names them. With a webhook, the webhook answers
-what would be asked; if it cannot be reached, or is slow, the answer is deny.
+what would be asked (through sophon.webhooks: checked again, pinned, signed with the
+user's webhook secret if there is one). Anything but a valid answer in time is a deny
+whose reason is one fixed sentence: the webhook's body, status or connection error would
+let a user read or scan what the server can reach, so those go to the server's log only.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from sophon.events.types import ApprovalDecision, ApprovalRequest
 from sophon.sessions.models import ApprovalPolicy
 from sophon.sessions.service import SessionService
+from sophon.webhooks import Webhooks, describe, json_body
+
+log = logging.getLogger(__name__)
 
 SHELL_TOOL = "Bash"
+WEBHOOK_FIELD = "approval.webhook"
+NO_VALID_ANSWER = "the approval webhook gave no valid answer"
+MAX_REASON = 500  # characters of a webhook's reason shown in the decision
+READ_LIMIT = 64 * 1024  # bytes of a webhook's answer read; a longer one is not valid JSON
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,9 @@ async def authorize(sessions: SessionService, session_id: str, policy: ApprovalP
     reason = (f"first use of the shell in this session: {input.get('command', '')!r}"
               if tool == SHELL_TOOL else f"the session's policy asks before {tool}")
     if policy.webhook:
-        verdict = await _ask_webhook(policy.webhook, session_id, tool, input, webhook_timeout)
         approval_id = "apr_" + secrets.token_hex(10)
+        verdict = await ask_webhook(sessions.webhooks, policy.webhook, approval_id,
+                                     session_id, owner.user_id, tool, input, webhook_timeout)
         await sessions.events.append(session_id, ApprovalRequest(
             approval_id=approval_id, tool=tool, input=input, reason=reason))
         await sessions.events.append(session_id, ApprovalDecision(
@@ -77,18 +88,25 @@ async def _remember(sessions: SessionService, owner: Any, session_id: str, tool:
     await sessions.update(owner, session_id, {"approval": policy.model_dump()})
 
 
-async def _ask_webhook(url: str, session_id: str, tool: str, input: dict[str, Any],
-                       timeout: float) -> Verdict:
+async def ask_webhook(webhooks: Webhooks, url: str, approval_id: str, session_id: str,
+                      user_id: str, tool: str, input: dict[str, Any],
+                      timeout: float) -> Verdict:
+    body = json_body({"session_id": session_id, "tool": tool, "input": input})
     try:
-        async with httpx.AsyncClient(timeout=timeout) as client:
-            r = await client.post(url, json={"session_id": session_id, "tool": tool,
-                                             "input": input})
-        body = r.json()
-    except httpx.TimeoutException:
-        return Verdict(False, f"the approval webhook did not answer within {timeout:g} s")
-    except (httpx.HTTPError, ValueError) as exc:
-        return Verdict(False, f"the approval webhook could not be reached: {exc}")
-    if r.status_code != 200 or not isinstance(body, dict):
-        return Verdict(False, f"the approval webhook answered HTTP {r.status_code}")
-    reason = body.get("reason") if isinstance(body.get("reason"), str) else None
-    return Verdict(body.get("approved") is True, reason)
+        secret = await webhooks.secrets.get(user_id)
+        reply = await webhooks.send(url, "msg_" + approval_id, body, secret,
+                                    field=WEBHOOK_FIELD, timeout=timeout,
+                                    read_limit=READ_LIMIT)
+    except Exception as exc:  # refused, unreachable, slow: all look the same to the user
+        log.info("approval webhook of %s (%s): %s", session_id, approval_id, describe(exc))
+        return Verdict(False, NO_VALID_ANSWER)
+    try:
+        answer = json.loads(reply.body) if reply.status == 200 else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("approved"), bool):
+        log.info("approval webhook of %s (%s): HTTP %d, not a JSON object with a boolean "
+                 "'approved'", session_id, approval_id, reply.status)
+        return Verdict(False, NO_VALID_ANSWER)
+    reason = answer.get("reason")
+    return Verdict(answer["approved"], reason[:MAX_REASON] if isinstance(reason, str) else None)

@@ -40,10 +40,9 @@ from sophon.sandbox.models import (
     split_sub_path,
 )
 from sophon.sandbox.records import Recorder
-from sophon.sandbox.webhooks import Deliverer, SecretStore, check_url
-from sophon.sessions.secrets import load_key
 from sophon.store.tables import Execution, Thread, Volume
 from sophon.users import Principal
+from sophon.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +157,8 @@ class ExecutionService:
         if shutil.which("node", path="/usr/local/bin:/usr/bin:/bin"):
             self.languages.add("node")
         settings = boxes.settings
-        self.webhook_secrets = SecretStore(sessions, load_key(settings.data_dir))
-        self.webhooks = Deliverer(settings.webhook_allow_insecure_hosts,
-                                  settings.webhook_retry_delays,
-                                  settings.webhook_timeout_seconds)
+        self.webhooks = Webhooks(settings, sessions)
+        self.webhook_secrets = self.webhooks.secrets
 
     @property
     def in_flight(self) -> int:
@@ -255,7 +252,7 @@ class ExecutionService:
         if req.language not in self.languages:
             raise BadRequest(f"language {req.language!r} is not available on this server")
         if req.webhook_url is not None:
-            await check_url(req.webhook_url, self.webhooks.allow)
+            await self.webhooks.check(req.webhook_url)
             if await self.webhook_secrets.get(principal.user_id) is None:
                 raise BadRequest("webhook_url needs a webhook signing secret: create one "
                                  "with POST /v1/webhooks/secret (shown once)")

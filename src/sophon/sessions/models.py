@@ -45,6 +45,9 @@ class ApprovalPolicy(BaseModel):
 
     shell: ShellPolicy = "ask_once"
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
+    # Only its form here (this model also shows stored policies); where it may go is the
+    # outbound-webhook policy of sophon.webhooks, checked by the session service when
+    # it is given and again before each call.
     webhook: str | None = Field(None, max_length=2048, pattern=WEBHOOK_URL)
 
 

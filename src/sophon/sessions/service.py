@@ -55,6 +55,7 @@ from sophon.sessions.starters import (
 )
 from sophon.store.tables import OpenExec, SessionRow
 from sophon.users import Principal
+from sophon.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class SessionService:
         self.events = events
         self.secrets = secrets_store
         self.approvals = ApprovalService(db, events, self.set_status)
+        self.webhooks = Webhooks(settings, db)  # approval webhooks (agent/policy.py)
         self._watchers: dict[str, tuple[Box, asyncio.Task[None], asyncio.Event]] = {}
         self._versions: dict[str, int] = {}  # bumped on every change of a session's settings
         self._tasks: set[asyncio.Task[None]] = set()
@@ -134,6 +136,8 @@ class SessionService:
             raise BadRequest("the claude-code runtime is not available on this server yet; "
                              "use runtime 'native'")
         profiles.resolve(req.base)
+        if req.approval.webhook:  # checked again before each call
+            await self.webhooks.check(req.approval.webhook, "approval.webhook")
         if req.disk_mb is not None and req.disk_mb > self.settings.disk_max_mb:
             raise BadRequest(f"disk_mb is {req.disk_mb}, over this server's ceiling of "
                              f"{self.settings.disk_max_mb} MiB a session "
@@ -233,6 +237,9 @@ class SessionService:
 
     async def update(self, principal: Principal, session_id: str,
                      changes: dict[str, Any]) -> SessionView:
+        hook = (changes.get("approval") or {}).get("webhook")
+        if hook and hook != (await self.get_row(principal, session_id)).approval.get("webhook"):
+            await self.webhooks.check(hook, "approval.webhook")  # and before each call
         async with self._db() as db:
             row = await db.get(SessionRow, session_id)
             if row is None or row.user_id != principal.user_id:
