@@ -76,7 +76,45 @@ CALLS = {
     "ptrace_attach": (101, 16, 0x3FFFFFFF, 0, 0),
     "ptrace_seize": (101, 0x4206, 0x3FFFFFFF, 0, 0),
     "clone3": (435, 0, 0),
+    # Added after the red team's pass (io_uring), and from Docker's default profile.
+    "io_uring_setup": (425, 1, 0),
+    "io_uring_enter": (426, -1, 0, 0, 0, 0, 0),
+    "io_uring_register": (427, -1, 0, 0, 0),
+    "process_madvise": (440, -1, 0, 0, 0, 0),
+    "kcmp": (312, os.getpid(), os.getpid(), 99, 0, 0),
+    "fanotify_init": (300, 0xFFFFFFFF, 0),
+    "lookup_dcookie": (212, 0, 0, 0),
+    "fsopen": (430, 0, 0),
+    "fsconfig": (431, -1, 0, 0, 0, 0),
+    "fsmount": (432, -1, 0, 0),
+    "fspick": (433, -1, 0, 0),
+    "move_mount": (429, -1, 0, -1, 0, 0),
+    "open_tree": (428, -1, 0, 0),
+    "mount_setattr": (442, -1, 0, 0, 0, 0),
+    "name_to_handle_at": (303, -1, 0, 0, 0, 0),
+    "quotactl": (179, 0, 0, 0, 0),
+    "quotactl_fd": (443, -1, 0, 0, 0),
+    "acct": (163, 1),                  # a bad pointer: never acct(NULL), which stops it
+    "settimeofday": (164, 1, 0),       # bad pointers, refused before any capability check
+    "clock_settime": (227, 0, 1),
+    "syslog": (103, 10, 0, 0),         # SYSLOG_ACTION_SIZE_BUFFER: reads a number
+    "sethostname": (170, 0, 100000),
+    "setdomainname": (171, 0, 100000),
+    "uselib": (134, 0),
+    "ustat": (136, 0, 0),
+    "sysfs": (139, 99, 0, 0),
+    "_sysctl": (156, 0),
+    "nfsservctl": (180, 0, 0, 0),
 }
+# vhangup hangs up the caller's terminal: only without one (the probe is a new session).
+try:
+    os.setsid()
+except OSError:
+    pass
+try:
+    os.close(os.open("/dev/tty", os.O_RDWR))
+except OSError:
+    CALLS["vhangup"] = (153,)
 for name, flag in [("newns", 0x20000), ("newcgroup", 0x02000000), ("newuts", 0x04000000),
                    ("newipc", 0x08000000), ("newuser", 0x10000000), ("newpid", 0x20000000),
                    ("newnet", 0x40000000)]:
@@ -101,8 +139,15 @@ print(json.dumps(out))
 """
 
 # clone3 keeps its flags in memory, out of a filter's sight: it is ENOSYS, so that libc
-# falls back to clone, whose flags the filter checks.
-EXPECTED = {"clone3": "ENOSYS"}
+# falls back to clone, whose flags the filter checks. io_uring too, so that programs
+# fall back to ordinary calls as on a kernel without it.
+EXPECTED = {"clone3": "ENOSYS", "io_uring_setup": "ENOSYS", "io_uring_enter": "ENOSYS",
+            "io_uring_register": "ENOSYS"}
+ADDED = ("io_uring_setup", "io_uring_enter", "io_uring_register", "process_madvise", "kcmp",
+         "fanotify_init", "lookup_dcookie", "fsopen", "fsconfig", "fsmount", "fspick",
+         "move_mount", "open_tree", "mount_setattr", "name_to_handle_at", "quotactl",
+         "quotactl_fd", "acct", "settimeofday", "clock_settime", "syslog", "sethostname",
+         "setdomainname", "uselib", "ustat", "sysfs", "_sysctl", "nfsservctl", "vhangup")
 
 
 def host_probe(code: str, *args: str, unprivileged: bool = False) -> Any:
@@ -110,7 +155,8 @@ def host_probe(code: str, *args: str, unprivileged: bool = False) -> Any:
     if unprivileged:
         argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", *argv]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/",
+                          stdin=subprocess.DEVNULL, start_new_session=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -142,6 +188,86 @@ def test_the_servers_filter_is_what_denies_them(server: LiveServer) -> None:
     for name, outcome in filtered.items():
         assert outcome == EXPECTED.get(name, "EPERM"), f"{name} under the filter: {outcome}"
     assert not [n for n, e in host_probe(SYSCALL_PROBE).items() if e == "EPERM"]
+
+
+@pytest.fixture(scope="module")
+def probed(server: LiveServer) -> dict[str, dict[str, str]]:
+    """The probe's answers in a box, on the host, and on the host under the filter."""
+    with client(server, server.add_user()) as http:
+        res = execute(http, SYSCALL_PROBE, language="python", timeout=30)
+    assert res["exit_code"] == 0, res
+    compiled = str(server.data_dir / "runtime" / "seccomp.bpf")
+    return {"box": json.loads(res["stdout"]), "host": host_probe(SYSCALL_PROBE),
+            "filtered": host_probe(SYSCALL_PROBE, compiled)}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the control needs the host's root")
+@pytest.mark.parametrize("call", ADDED)
+def test_each_added_call_is_refused(probed: dict[str, dict[str, str]], call: str) -> None:
+    """io_uring (ENOSYS) and what Docker's default profile refuses that a box never
+    needs (EPERM): in a box, and by the filter itself in a host root process."""
+    want = EXPECTED.get(call, "EPERM")
+    # Control: unfiltered, as root, the call reaches the kernel's own checks.
+    assert probed["host"][call] != want, (call, probed["host"][call])
+    assert probed["box"][call] == want, (call, probed["box"][call])
+    assert probed["filtered"][call] == want, (call, probed["filtered"][call])
+
+
+PERSONALITY_PROBE = r"""
+import ctypes, errno, json
+libc = ctypes.CDLL(None, use_errno=True)
+libc.personality.argtypes = [ctypes.c_ulong]
+QUERY, ADDR_NO_RANDOMIZE = 0xFFFFFFFF, 0x40000
+MMAP_PAGE_ZERO, READ_IMPLIES_EXEC = 0x100000, 0x400000
+own = libc.personality(QUERY)
+out = {"query": "ok" if own >= 0 else errno.errorcode[ctypes.get_errno()]}
+for name, flags in [("addr_no_randomize", ADDR_NO_RANDOMIZE),
+                    ("mmap_page_zero", MMAP_PAGE_ZERO),
+                    ("read_implies_exec", READ_IMPLIES_EXEC),
+                    ("mmap_page_zero_high_bit", MMAP_PAGE_ZERO | 0x80000000),
+                    ("read_implies_exec_and_more", READ_IMPLIES_EXEC | ADDR_NO_RANDOMIZE | 8)]:
+    rc = libc.personality(own | flags)
+    out[name] = "ok" if rc >= 0 else errno.errorcode[ctypes.get_errno()]
+    libc.personality(own)
+print(json.dumps(out))
+"""
+
+
+def test_personality_flags_that_weaken_memory_protection_are_refused(run: Run) -> None:
+    """gdb's ADDR_NO_RANDOMIZE and the query stay; MMAP_PAGE_ZERO and READ_IMPLIES_EXEC
+    go, with or without other bits."""
+    host = host_probe(PERSONALITY_PROBE)
+    assert set(host.values()) == {"ok"}, host  # control: the kernel takes each of them
+    boxed = run_json(run, PERSONALITY_PROBE)
+    assert boxed["query"] == "ok" and boxed["addr_no_randomize"] == "ok", boxed
+    for name in ("mmap_page_zero", "read_implies_exec", "mmap_page_zero_high_bit",
+                 "read_implies_exec_and_more"):
+        assert boxed[name] == "EPERM", (name, boxed)
+
+
+ORDINARY = r"""
+set -e
+cd "$(mktemp -d)"
+printf '#include <stdio.h>\nint main(void){puts("c-ok");return 0;}\n' > t.c
+gcc -o t t.c && ./t
+python3 -c "import asyncio, ssl, sqlite3, subprocess; print('python-ok')"
+python3 -m pip --version >/dev/null && echo pip-ok
+node -e "require('fs').promises.readFile('t.c').then(() => console.log('node-ok'))"
+node -e "const h = require('http'); const s = h.createServer((q, r) => r.end('http-ok'))
+  .listen(0, '127.0.0.1', () => h.get('http://127.0.0.1:' + s.address().port,
+  r => r.on('data', d => { console.log(String(d)); s.close(); })))"
+git init -q repo && cd repo && git -c user.email=a@b -c user.name=a commit -q --allow-empty -m m \
+  && git log --format=git-%s
+"""
+
+
+def test_ordinary_workloads_still_run(run: Run) -> None:
+    """What the additions must not break: a compiler, python and pip, node's event loop
+    (libuv would use io_uring where it can), its http, git."""
+    res = run(ORDINARY, timeout=120)
+    assert res["exit_code"] == 0, res
+    for word in ("c-ok", "python-ok", "pip-ok", "node-ok", "http-ok", "git-m"):
+        assert word in res["stdout"].split(), (word, res)
 
 
 PTRACE_PROBE = r"""
@@ -211,7 +337,10 @@ addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
 call32 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_long,
                           ctypes.c_long)(addr)
 print(json.dumps({"getpid": call32(20, 0, 0, 0), "keyctl": call32(288, 0xFFFF, 0, 0),
-                  "pidfd_getfd": call32(438, -1, 0, 0)}))
+                  "pidfd_getfd": call32(438, -1, 0, 0), "stime": call32(25, 1, 0, 0),
+                  "io_uring_setup": call32(425, 1, 0, 0),
+                  "socketcall": call32(102, 1, 0, 0),       # SYS_SOCKET, args at 0
+                  "socket_vsock": call32(359, 40, 1, 0)}))  # AF_VSOCK, SOCK_STREAM
 """
 
 
@@ -223,10 +352,20 @@ def test_the_32bit_syscall_abi_is_filtered_too(run: Run) -> None:
         pytest.skip("this kernel runs no 32-bit syscalls")
     # Control: on the host the same calls reach the kernel's own checks.
     assert host["keyctl"] != -errno.EPERM and host["pidfd_getfd"] == -errno.EBADF, host
+    assert host["stime"] == -errno.EFAULT and host["io_uring_setup"] == -errno.EFAULT, host
+    assert host["socketcall"] == -errno.EFAULT, host  # the multiplexer is there
     boxed = run_json(run, IA32_PROBE)
     assert boxed["getpid"] > 0, boxed  # the ABI works in a box (it is filtered, not killed)
     assert boxed["keyctl"] == -errno.EPERM, boxed
     assert boxed["pidfd_getfd"] == -errno.EPERM, boxed
+    assert boxed["stime"] == -errno.EPERM, boxed
+    assert boxed["io_uring_setup"] == -errno.ENOSYS, boxed
+    # socketcall hides a socket's family in memory: refused whole, so libc uses the
+    # direct call, whose family is checked.
+    assert boxed["socketcall"] == -errno.ENOSYS, boxed
+    assert boxed["socket_vsock"] == -errno.EAFNOSUPPORT, boxed
+    if host["socket_vsock"] != -errno.EAFNOSUPPORT:  # this kernel has vsock
+        assert host["socket_vsock"] >= 0, host
 
 
 FD_PROBE = r"""

@@ -2,26 +2,45 @@
 
 Default-allow with a deny list: the calls below fail with ``EPERM`` inside a box.
 They are the kernel's attack surface that a workload never needs (kernel modules,
-keyrings, BPF, perf, userfaultfd, raw I/O ports, reboot, swap), or ways to reach
-another process or namespace (ptrace attach, pidfd_getfd, process_vm_*, setns,
-unshare, new namespaces through clone, mounts, open_by_handle_at).
+keyrings, BPF, perf, userfaultfd, raw I/O ports, reboot, swap, mounts old and new,
+quotas, process accounting, setting the clock, the kernel log, legacy calls), or ways
+to reach another process or namespace (ptrace attach, pidfd_getfd, process_vm_*,
+process_madvise, kcmp, setns, unshare, new namespaces through clone, file handles).
+docs/ARCHITECTURE.md ("Seccomp") compares the list with Docker's default profile.
 
 ``ptrace``: ``PTRACE_ATTACH`` and ``PTRACE_SEIZE`` are denied whatever the target;
 ``PTRACE_TRACEME`` and every request on an existing tracee stay allowed, so a
 debugger (gdb ``run``, strace, which falls back from SEIZE to TRACEME) can still
 trace a child it starts, but nothing can attach to a process it did not start.
 
-``clone3`` passes its flags in memory, where a filter cannot look, so it fails with
-``ENOSYS``: libc then falls back to ``clone``, whose flags are checked (a new
-namespace is ``EPERM``, like ``unshare``).
+``ENOSYS``, not ``EPERM``, where a program should behave as on a kernel without the
+call: ``clone3`` passes its flags in memory, where a filter cannot look, and ENOSYS
+makes libc fall back to ``clone``, whose flags are checked (a new namespace is
+``EPERM``, like ``unshare``); ``io_uring_*`` runs other calls from a queue in memory,
+out of the filter's sight, and ENOSYS makes libuv, liburing and async runtimes fall
+back to ordinary calls, as on a kernel built without io_uring.
+
+Sockets: only ``AF_UNIX``, ``AF_INET`` and ``AF_INET6`` (and ``AF_NETLINK`` for
+``NETLINK_ROUTE`` alone, which glibc and libuv use to list the box's own interfaces);
+every other family (``AF_VSOCK``, which no network namespace covers, ``AF_PACKET``,
+``AF_ALG``, ...) fails with ``EAFNOSUPPORT``, and another netlink protocol with
+``EPROTONOSUPPORT``: what a kernel built without them answers, which libraries
+(libaudit, OpenSSL's afalg, Bluetooth stacks) take quietly as "not here".
+
+``personality``: ``MMAP_PAGE_ZERO`` and ``READ_IMPLIES_EXEC`` (which weaken memory
+protections for what the process runs next) are ``EPERM``; ``ADDR_NO_RANDOMIZE``,
+which gdb sets for the program it runs, and the query (``0xffffffff``) stay allowed.
 
 Architectures: the native one, plus its 32-bit compat ABI (ia32 on x86_64, arm on
-aarch64) with the same rules, so ``int 0x80`` is no way around the list. Any other
-ABI (x32 on x86_64) is refused by killing the process.
+aarch64) with the same rules, so ``int 0x80`` is no way around the list. ia32's
+``socketcall`` multiplexer passes a socket's family in memory, so it is ``ENOSYS``
+(libc then uses the direct ``socket`` call, whose family is checked). Any other ABI
+(x32 on x86_64) is refused by killing the process.
 
 libseccomp (the C library, ``libseccomp.so.2``) is used through ctypes: Debian's
 python3-seccomp bindings are not importable from a virtualenv. The filter is
-compiled once, at server start, to a file of BPF that bwrap loads (``--seccomp``).
+compiled once, at server start, to a file of BPF (mode 0600: bwrap only ever reads
+the descriptor the server opens) that bwrap loads (``--seccomp``).
 """
 
 from __future__ import annotations
@@ -40,8 +59,7 @@ log = logging.getLogger(__name__)
 ACT_ALLOW = 0x7FFF0000
 ACT_KILL_PROCESS = 0x80000000
 ATTR_ACT_BADARCH = 2  # enum scmp_filter_attr
-CMP_EQ = 4  # enum scmp_compare
-CMP_MASKED_EQ = 7
+CMP_NE, CMP_EQ, CMP_GT, CMP_MASKED_EQ = 1, 4, 6, 7  # enum scmp_compare
 
 
 def act_errno(err: int) -> int:
@@ -49,13 +67,25 @@ def act_errno(err: int) -> int:
 
 
 DENIED = (
-    "pidfd_getfd", "process_vm_readv", "process_vm_writev",
+    # Another process: its memory, its descriptors, comparing its kernel objects.
+    "pidfd_getfd", "process_vm_readv", "process_vm_writev", "process_madvise", "kcmp",
     "keyctl", "add_key", "request_key",
-    "bpf", "perf_event_open", "userfaultfd",
-    "mount", "umount2", "pivot_root", "unshare", "setns", "open_by_handle_at",
+    "bpf", "perf_event_open", "userfaultfd", "fanotify_init", "lookup_dcookie",
+    # Mounts and namespaces, and the new mount API (a mount by descriptors).
+    "mount", "umount", "umount2", "pivot_root", "unshare", "setns",
+    "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
+    # File handles: name_to_handle_at makes what open_by_handle_at opens.
+    "open_by_handle_at", "name_to_handle_at",
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     "reboot", "swapon", "swapoff", "iopl", "ioperm",
+    # The host's own settings: quotas, accounting, the clock, the log, the names.
+    "quotactl", "quotactl_fd", "acct", "settimeofday", "clock_settime", "clock_settime64",
+    "stime", "syslog", "sethostname", "setdomainname", "vhangup",
+    # Legacy calls (several gone from today's kernels; the list holds on older ones).
+    "uselib", "ustat", "sysfs", "_sysctl", "nfsservctl", "vm86", "vm86old",
 )
+# ENOSYS, as on a kernel without them: callers fall back (see the module's docstring).
+UNIMPLEMENTED = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_register")
 PTRACE_ATTACH = 16
 PTRACE_SEIZE = 0x4206
 CLONE_NEW_FLAGS = {
@@ -67,6 +97,14 @@ CLONE_NEW_FLAGS = {
     "CLONE_NEWPID": 0x20000000,
     "CLONE_NEWNET": 0x40000000,
 }
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+NETLINK_ROUTE = 0
+# Families each call may create; socketpair makes only AF_UNIX pairs anyway.
+SOCKET_FAMILIES = {"socket": (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK),
+                   "socketpair": (AF_UNIX, AF_INET, AF_INET6)}
+MMAP_PAGE_ZERO = 0x0100000
+READ_IMPLIES_EXEC = 0x0400000
+PERSONALITY_DENIED = (MMAP_PAGE_ZERO, READ_IMPLIES_EXEC)
 # The 32-bit ABI each 64-bit architecture also runs.
 COMPAT_ARCHES = {"x86_64": "x86", "aarch64": "arm"}
 
@@ -138,9 +176,34 @@ class _Filter:
         self.lib.seccomp_release(self.ctx)
 
 
+def _socket_rules(f: _Filter) -> None:
+    """Each family a call may not create, one rule each below the highest allowed and
+    one for everything above it (a family with high bits set included: the kernel
+    would read only the low 32)."""
+    no_family = act_errno(errno.EAFNOSUPPORT)
+    for call, allowed in SOCKET_FAMILIES.items():
+        for family in range(max(allowed)):
+            if family not in allowed:
+                f.rule(no_family, call, (0, CMP_EQ, family, 0))
+        f.rule(no_family, call, (0, CMP_GT, max(allowed), 0))
+    f.rule(act_errno(errno.EPROTONOSUPPORT), "socket",
+           (0, CMP_EQ, AF_NETLINK, 0), (2, CMP_NE, NETLINK_ROUTE, 0))
+    # ia32's multiplexer: the family is in memory, so the whole call goes.
+    f.rule(act_errno(errno.ENOSYS), "socketcall")
+
+
+def _personality_rules(f: _Filter, action: int) -> None:
+    """A denied flag set, unless the argument is the query 0xffffffff (all bits set).
+    A rule compares an argument once, so "set and not the query" is one rule per other
+    bit: the flag set and that bit clear."""
+    for flag in PERSONALITY_DENIED:
+        for bit in range(32):
+            if 1 << bit != flag:
+                f.rule(action, "personality", (0, CMP_MASKED_EQ, flag | 1 << bit, flag))
+
+
 def compile_filter(path: Path) -> None:
-    """Write the box filter, as BPF, to ``path`` (mode 0644: bwrap runs as the box uid,
-    though it only ever reads the descriptor the server opens)."""
+    """Write the box filter, as BPF, to ``path``."""
     f = _Filter(_library())
     try:
         f.check(f.lib.seccomp_attr_set(f.ctx, ATTR_ACT_BADARCH, ACT_KILL_PROCESS),
@@ -155,18 +218,21 @@ def compile_filter(path: Path) -> None:
         eperm = act_errno(errno.EPERM)
         for name in DENIED:
             f.rule(eperm, name)
+        for name in UNIMPLEMENTED:
+            f.rule(act_errno(errno.ENOSYS), name)
         for request in (PTRACE_ATTACH, PTRACE_SEIZE):
             f.rule(eperm, "ptrace", (0, CMP_EQ, request, 0))
         for flag in CLONE_NEW_FLAGS.values():
             f.rule(eperm, "clone", (0, CMP_MASKED_EQ, flag, flag))
-        f.rule(act_errno(errno.ENOSYS), "clone3")
+        _socket_rules(f)
+        _personality_rules(f, eperm)
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             f.check(f.lib.seccomp_export_bpf(f.ctx, fd), "export")
         finally:
             os.close(fd)
-        tmp.chmod(0o644)
+        tmp.chmod(0o600)
         tmp.replace(path)
     finally:
         f.release()
