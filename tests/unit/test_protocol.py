@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from sophon.box.protocol import MAX_FRAME, Done, Output, encode, read_reply
-from sophon.errors import BoxProtocolError
+from sophon.box.protocol import MAX_FRAME, Done, Output, credit, encode, read_reply
+from sophon.errors import BoxProtocolError, PayloadTooLarge
 
 
 def reader_with(data: bytes) -> asyncio.StreamReader:
@@ -36,6 +36,19 @@ async def test_valid_frames_are_parsed() -> None:
 async def test_encode_round_trips() -> None:
     reader = reader_with(encode({"id": 1, "kind": "done"}))
     assert isinstance(await read_reply(reader), Done)
+
+
+def test_the_host_never_builds_a_frame_boxd_would_refuse() -> None:
+    # boxd cannot take a frame over the limit: the host raises instead of sending one.
+    assert len(encode({"id": 1, "op": "fwrite", "data": "x" * (MAX_FRAME - 100)})) \
+        <= MAX_FRAME + 4
+    with pytest.raises(PayloadTooLarge, match="'fwrite' request"):
+        encode({"id": 1, "op": "fwrite", "data": "x" * MAX_FRAME})
+
+
+def test_credit_frames_have_no_id_so_boxd_answers_nothing() -> None:
+    body = json.loads(encode(credit(5, 1024))[4:])
+    assert body == {"op": "credit", "target": 5, "size": 1024}
 
 
 async def test_oversized_frame_is_refused_before_reading() -> None:

@@ -7,20 +7,22 @@ import base64
 import contextlib
 import itertools
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from sophon.box.cgroups import BoxCgroup
 from sophon.box.protocol import (
+    MIN_WINDOW,
     Change,
     Done,
-    Entry,
     ExecResult,
     Failure,
     Output,
     Ready,
     Watching,
+    credit,
     encode,
     read_reply,
 )
@@ -29,6 +31,8 @@ from sophon.errors import BoxError, BoxProtocolError, BoxRequestError
 log = logging.getLogger(__name__)
 
 Reply = Output | Change | Watching | Done | Failure
+
+PUT_CHUNK = 1024 * 1024  # per fput request: 1.33 MiB of base64, well inside a frame
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ class ExecEvent:
 class _Pending:
     op: str
     queue: asyncio.Queue[Reply | BaseException] = field(default_factory=asyncio.Queue)
+    # Flow control (windowed execs only): characters of output data boxd has sent and
+    # the host has not credited back, and those taken by the consumer since the last
+    # credit. ``outstanding`` never passes ``window``, so the queue holds at most that.
+    window: int | None = None
+    outstanding: int = 0
+    taken: int = 0
 
 
 class Box:
@@ -73,6 +83,7 @@ class Box:
         self._pending: dict[int, _Pending] = {}
         self._reader: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.active = 0  # requests in flight
         self.leases = 0  # holders of the box (see BoxManager.use)
         self.last_used = time.monotonic()
@@ -120,6 +131,14 @@ class Box:
                     break
                 pending = self._pending.get(reply.id)
                 if pending is not None and not isinstance(reply, Ready):
+                    if pending.window is not None and isinstance(reply, Output):
+                        # Never wait here for a slow consumer: every request on the box
+                        # shares this reader. boxd waits for credit instead.
+                        pending.outstanding += len(reply.data)
+                        if pending.outstanding > pending.window:
+                            raise BoxProtocolError(
+                                f"boxd sent {pending.outstanding} characters of output "
+                                f"past a {pending.window}-character window")
                     pending.queue.put_nowait(reply)
         except BoxProtocolError as exc:
             log.warning("box %s broke protocol: %s", self.id, exc)
@@ -131,12 +150,13 @@ class Box:
                 asyncio.get_running_loop().create_task(self.stop())
 
     async def _send(self, frame: dict[str, object]) -> None:
+        data = encode(frame)  # refuses a frame boxd could not take, before anything is sent
         stdin = self._proc.stdin
         if self.stopped.is_set() or stdin is None or stdin.is_closing():
             raise BoxError(f"box {self.id} is not running")
         async with self._write_lock:
             try:
-                stdin.write(encode(frame))
+                stdin.write(data)
                 await stdin.drain()
             except (ConnectionError, BrokenPipeError) as exc:
                 raise BoxError(f"box {self.id} is not running") from exc
@@ -146,28 +166,57 @@ class Box:
         """Send a request; yield its output frames, then its one final frame.
 
         The bookkeeping ends before the final frame is yielded, so a caller that
-        stops reading at the final frame leaves nothing counted as in flight."""
+        stops reading at the final frame leaves nothing counted as in flight.
+
+        With a ``window`` field (an exec's), output is flow-controlled: each frame
+        the caller has taken is credited back to boxd (a quarter window at a time),
+        and a caller that leaves before the end cancels the request, since nobody
+        would credit it again."""
         rid = next(self._ids)
-        pending = self._pending[rid] = _Pending(op)
+        window = fields.get("window")
+        pending = self._pending[rid] = _Pending(
+            op, window=window if isinstance(window, int) else None)
         counted = int(busy)  # a watch is not work: it must not keep the box from idling
         self.active += counted
         self.last_used = time.monotonic()
+        sent = ended = False
         try:
             await self._send({"id": rid, "op": op, **fields})
+            sent = True
             while True:
                 item = await pending.queue.get()
                 if isinstance(item, BaseException):
+                    ended = True
                     raise item
                 if not isinstance(item, Output | Change | Watching):
-                    final = item
+                    final, ended = item, True
                     break
                 yield item
+                if pending.window is not None and isinstance(item, Output):
+                    pending.taken += len(item.data)
+                    # (A stopped box has its reason waiting in the queue.)
+                    if pending.taken >= pending.window // 4 and not self.stopped.is_set():
+                        size, pending.taken = pending.taken, 0
+                        pending.outstanding -= size
+                        await self._send(credit(rid, size))
         finally:
             self._pending.pop(rid, None)
             self.active -= counted
             if counted:
                 self.last_used = time.monotonic()
+            if sent and not ended and pending.window is not None \
+                    and not self.stopped.is_set():
+                self._spawn(self._cancel(rid))
         yield final
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel(self, rid: int) -> None:
+        with contextlib.suppress(BoxError, BoxRequestError):
+            await self.request("cancel", target=rid)
 
     async def request(self, op: str, **fields: object) -> Done:
         async for reply in self._stream(op, fields):
@@ -187,9 +236,15 @@ class Box:
         output_cap: int,
         script: str | None = None,
         binary: bool = False,
+        window: int | None = None,
     ) -> AsyncIterator[ExecEvent | ExecOutcome]:
         """Run a command; yields output chunks, then exactly one ``ExecOutcome``.
-        With ``binary``, chunk data is base64 and nothing is decoded as text."""
+        With ``binary``, chunk data is base64 and nothing is decoded as text.
+
+        With ``window`` (characters of chunk data), boxd sends no more than that
+        ahead of what the caller has taken: the command waits (its pipe fills) while
+        the caller is slow, so a large output held by a slow reader costs the host at
+        most ``window``. Leaving the loop early cancels the command."""
         oom_before = self.cgroup.oom_kills() if self.cgroup else 0
         fields: dict[str, object] = {
             "argv": argv,
@@ -202,6 +257,8 @@ class Box:
             fields["script"] = script
         if binary:
             fields["binary"] = True
+        if window is not None:
+            fields["window"] = max(window, MIN_WINDOW)
         # boxd caps each stream, but boxd is on the untrusted side: the host counts too,
         # and drops what passes the cap whatever boxd sends.
         room = {"stdout": output_cap, "stderr": output_cap}
@@ -211,7 +268,8 @@ class Box:
                 continue
             if isinstance(reply, Output):
                 data = reply.data
-                size = len(data) * 3 // 4 if binary else len(data.encode())
+                size = (len(data) // 4 * 3 - data[-2:].count("=") if binary
+                        else len(data.encode()))
                 left = room.get(reply.stream, 0)
                 if size > left:
                     cut = True
@@ -245,17 +303,6 @@ class Box:
             with contextlib.suppress(BoxError, BoxRequestError):
                 await self.request("cancel", target=rid)
 
-    async def read_file(self, path: str, limit: int = 4 * 1024 * 1024) -> bytes:
-        done = await self.request("read", path=path, limit=limit)
-        return base64.b64decode(str(getattr(done, "data", "")))
-
-    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        await self.request("write", path=path, data=base64.b64encode(data).decode(), mode=mode)
-
-    async def list_dir(self, path: str) -> list[Entry]:
-        done = await self.request("list", path=path)
-        return [Entry.model_validate(e) for e in getattr(done, "entries", [])]
-
     async def read_path(self, root: str, path: str, limit: int,
                         offset: int = 0) -> dict[str, object]:
         """A file under ``root`` (``limit`` bytes from ``offset``), never following a
@@ -285,6 +332,28 @@ class Box:
 
     async def abort_put(self, root: str, path: str, upload: str) -> None:
         await self.request("fput", root=root, path=path, upload=upload, abort=True)
+
+    async def put_file(self, root: str, path: str, pieces: AsyncIterable[bytes]) -> int:
+        """Write a file of any size under ``root`` from ``pieces``, ``PUT_CHUNK`` bytes
+        a request (no frame comes near the limit); it appears whole at the end, or not
+        at all. Returns its size."""
+        upload = secrets.token_hex(8)
+        buf = bytearray()
+        done = 0
+        try:
+            async for piece in pieces:
+                buf += piece
+                while len(buf) > PUT_CHUNK:
+                    await self.put_chunk(root, path, upload, done, bytes(buf[:PUT_CHUNK]))
+                    done += PUT_CHUNK
+                    del buf[:PUT_CHUNK]
+            await self.put_chunk(root, path, upload, done, bytes(buf), final=True)
+        except BaseException:
+            if not self.stopped.is_set():
+                with contextlib.suppress(BoxError, BoxRequestError):
+                    await self.abort_put(root, path, upload)
+            raise
+        return done + len(buf)
 
     async def tree(self, root: str, path: str = "") -> dict[str, object]:
         return (await self.request("tree", root=root, path=path)).model_dump()

@@ -14,10 +14,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from sophon.errors import BoxProtocolError
+from sophon.errors import BoxProtocolError, PayloadTooLarge
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 8 * 1024 * 1024
+# Flow control of a windowed exec (see ``credit``): boxd sends at most ``window``
+# characters of output data that the host has not credited back. boxd refuses a smaller
+# window, since one output frame must fit.
+MIN_WINDOW = 256 * 1024
 
 
 class _Reply(BaseModel):
@@ -78,18 +82,22 @@ class ExecResult(BaseModel):
     duration_ms: int = Field(0, ge=0)
 
 
-class Entry(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    name: str
-    type: Literal["file", "dir", "symlink", "other"]
-    size: int = Field(ge=0)
-    mtime: float
-    mode: int = 0
-
-
 def encode(frame: dict[str, object]) -> bytes:
+    """A request as a frame. boxd cannot take a frame over ``MAX_FRAME``, so none is
+    built: large payloads go in pieces (``fput``, ``fread`` with an offset)."""
     data = json.dumps(frame, separators=(",", ":")).encode()
+    if len(data) > MAX_FRAME:
+        raise PayloadTooLarge(
+            f"a {frame.get('op', 'request')!r} request to the sandbox would be "
+            f"{len(data)} bytes, over the {MAX_FRAME}-byte frame limit; "
+            "large data must be sent in pieces")
     return HEADER.pack(len(data)) + data
+
+
+def credit(target: int, size: int) -> dict[str, object]:
+    """The host has taken ``size`` characters of request ``target``'s output: boxd may
+    send that much more. It has no id, so boxd answers nothing."""
+    return {"op": "credit", "target": target, "size": size}
 
 
 async def read_reply(reader: asyncio.StreamReader) -> AnyReply | None:

@@ -424,36 +424,45 @@ class SessionService:
 
     async def export(self, principal: Principal, session_id: str) -> AsyncIterator[bytes]:
         """A tar.gz of the project (with .git), events.jsonl and session.json, made in
-        the box and streamed as it is made."""
+        the box and streamed as it is made. The tar waits for a slow reader: boxd sends
+        at most ``EXPORT_WINDOW`` ahead of what the caller has taken, so an export costs
+        the server that much however large it is and however slowly it is read."""
         import base64
 
         row = await self.get_row(principal, session_id)
         view = await self.view(row)
-        staging = "/tmp/.sophon-export"
+        # Its own directory, so that two exports of a session at once do not meet.
+        staging = f".sophon-export-{secrets.token_hex(6)}"
         async with self.box(row) as box:
-            await box.write_path("/tmp", ".sophon-export/session.json",
-                                 view.model_dump_json(indent=2).encode())
-            await box.write_path("/tmp", ".sophon-export/events.jsonl", b"")
-            after = 0
-            while True:
-                page = await self.events.read_raw(row.id, after, 2000)
-                if not page:
-                    break
-                await box.request("write", path=f"{staging}/events.jsonl", append=True,
-                                  data=base64.b64encode(
-                                      ("\n".join(s.json for s in page) + "\n").encode()
-                                  ).decode())
-                after = page[-1].seq
+            # Both go in pieces: an event log can be far larger than one frame to boxd.
+            await box.put_file("/tmp", f"{staging}/session.json",
+                               _pieces(view.model_dump_json(indent=2).encode()))
+            await box.put_file("/tmp", f"{staging}/events.jsonl", self._event_lines(row.id))
             command = (f"tar -czf - --transform='s,^\\.,project,' -C {WORKSPACE} . "
-                       f"-C {staging} events.jsonl session.json; rc=$?; rm -rf {staging}; "
-                       "exit $rc")
+                       f"-C /tmp/{staging} events.jsonl session.json; rc=$?; "
+                       f"rm -rf /tmp/{staging}; exit $rc")
+            # The cap is no bound on memory (the window is); the box's disk bounds the size.
             async for ev in box.exec(["bash", "-c", command], timeout=3600,
                                      env=self.exec_env({}), cwd=WORKSPACE,
-                                     output_cap=1 << 40, binary=True):
+                                     output_cap=1 << 40, binary=True, window=EXPORT_WINDOW):
                 if isinstance(ev, ExecEvent) and ev.stream == "stdout":
                     yield base64.b64decode(ev.data)
                 elif isinstance(ev, ExecOutcome) and ev.exit_code != 0:
                     raise BadRequest(f"export failed (tar exited {ev.exit_code})")
+
+    async def _event_lines(self, session_id: str) -> AsyncIterator[bytes]:
+        """The session's log as JSON lines, a page at a time."""
+        after = 0
+        while page := await self.events.read_raw(session_id, after, 2000):
+            yield ("\n".join(s.json for s in page) + "\n").encode()
+            after = page[-1].seq
+
+
+EXPORT_WINDOW = 4 * 1024 * 1024  # characters of base64: 3 MiB of the tarball
+
+
+async def _pieces(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def _utc(dt: datetime) -> datetime:

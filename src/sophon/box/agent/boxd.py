@@ -8,7 +8,13 @@ echoes the id.
 
 Replies: ``{"id", "kind": "out", "stream", "data"}`` while an exec runs, then
 exactly one ``{"id", "kind": "done", ...}`` or ``{"id", "kind": "error", "code",
-"message"}``.
+"message"}``. A frame without an id gets no reply: the only one is ``credit``
+(``{"op": "credit", "target", "size"}``), the host's go-ahead for more output of an
+exec that asked for flow control with a ``window``.
+
+No frame the host sends can end boxd: one over the size limit is read and discarded,
+one that is not JSON is dropped, and either is answered with an error when its id can
+be read, so the request fails instead of the box.
 
 This process lives on the untrusted side of the boundary: the host validates
 every frame it sends. It makes itself non-dumpable so that workloads, which run
@@ -26,6 +32,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import select
 import signal
 import stat
@@ -37,16 +44,18 @@ import time
 
 # -I leaves the script's directory off sys.path; the agent's modules live there.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from threads import Reaper, Workers  # noqa: E402
+from threads import Credit, Reaper, Workers  # noqa: E402
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 8 * 1024 * 1024
+MIN_WINDOW = 256 * 1024  # characters: an output frame (CHUNK as base64) must fit
 CHUNK = 64 * 1024
 PR_SET_DUMPABLE = 4
 
 _write_lock = threading.Lock()
 _out = sys.stdout.buffer
 _running: dict[int, subprocess.Popen[bytes]] = {}
+_credits: dict[int, Credit] = {}  # windowed execs' flow control, under _running_lock
 _running_lock = threading.Lock()
 _cancelled: set[int] = set()  # cancels that arrived before their exec started
 
@@ -56,6 +65,11 @@ _reaper = Reaper()
 
 def send(frame: dict[str, object]) -> None:
     data = json.dumps(frame, separators=(",", ":")).encode()
+    if len(data) > MAX_FRAME:
+        # The host stops a box that sends a frame over the limit: fail the request instead.
+        data = json.dumps({"id": frame.get("id"), "kind": "error", "code": "reply_too_large",
+                           "message": f"the answer would be {len(data)} bytes, over the "
+                                      f"{MAX_FRAME}-byte frame limit"}).encode()
     with _write_lock:
         _out.write(HEADER.pack(len(data)) + data)
         _out.flush()
@@ -69,6 +83,27 @@ def read_exact(stream, n: int) -> bytes | None:
             return None
         buf += part
     return buf
+
+
+def skip(stream, n: int) -> bool:
+    """Read and drop ``n`` bytes, a chunk at a time; False at end of stream."""
+    while n > 0:
+        part = stream.read(min(n, CHUNK))
+        if not part:
+            return False
+        n -= len(part)
+    return True
+
+
+_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*(\d{1,18})\s*[,}]')
+
+
+def refuse(head: bytes, code: str, message: str) -> None:
+    """Answer a request boxd could not read with an error, if its id can be found at
+    its start (the host always puts it first); else nobody is waiting for it."""
+    m = _ID.match(head)
+    if m:
+        send({"id": int(m.group(1)), "kind": "error", "code": code, "message": message})
 
 
 class RequestError(Exception):
@@ -89,6 +124,13 @@ def op_exec(rid: int, req: dict) -> dict:
     binary = bool(req.get("binary"))
     cwd = req.get("cwd") or os.environ.get("HOME", "/")
     script = req.get("script")
+    window = req.get("window")
+    credit = None
+    if window is not None:
+        if not isinstance(window, int) or isinstance(window, bool) or window < MIN_WINDOW:
+            raise RequestError("invalid_request",
+                               f"an exec's window is at least {MIN_WINDOW} characters")
+        credit = Credit(window)
     script_path = None
     if script is not None:
         script_path = _write_script(rid, script)
@@ -110,9 +152,13 @@ def op_exec(rid: int, req: dict) -> dict:
     _reaper.spawned()
     with _running_lock:
         _running[rid] = proc
+        if credit is not None:
+            _credits[rid] = credit
         if rid in _cancelled:
             _cancelled.discard(rid)
             _kill_group(proc)
+            if credit is not None:
+                credit.close()
     sent = {"stdout": 0, "stderr": 0}
     truncated = {"stdout": False, "stderr": False}
     decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in sent}
@@ -123,6 +169,21 @@ def op_exec(rid: int, req: dict) -> dict:
     deadline = started + timeout
     timed_out = False
     exited_at: float | None = None
+    stalled = 0.0  # seconds spent waiting for credit since the main process exited
+
+    def emit(name: str, data: str) -> None:
+        """Send an output frame, after waiting for credit if the exec is windowed;
+        dropped if it was cancelled or the deadline passed while waiting."""
+        nonlocal stalled
+        if credit is not None:
+            began = time.monotonic()
+            ok = credit.take(len(data), deadline)
+            if exited_at is not None:
+                stalled += time.monotonic() - began
+            if not ok:
+                return
+        send({"id": rid, "kind": "out", "stream": name, "data": data})
+
     try:
         while streams:
             now = time.monotonic()
@@ -133,8 +194,10 @@ def op_exec(rid: int, req: dict) -> dict:
             if exited_at is None and _reaper.exited(proc.pid):
                 exited_at = now
             # Once the main process has exited, a background child may still hold
-            # the pipes open: give it a moment to flush, then stop listening.
-            if exited_at is not None and now - exited_at > 0.2:
+            # the pipes open: give it a moment to flush, then stop listening. Time
+            # spent waiting for the host's credit does not count: what the pipes
+            # still hold is the output's end, not a straggler's.
+            if exited_at is not None and now - exited_at - stalled > 0.2:
                 break
             wait = min(deadline - now, 0.05 if exited_at is not None else 0.25)
             for fd, _ in poller.poll(wait * 1000):
@@ -152,13 +215,10 @@ def op_exec(rid: int, req: dict) -> dict:
                     data = data[:room]
                     truncated[name] = True
                 sent[name] += len(data)
-                if binary:
-                    send({"id": rid, "kind": "out", "stream": name,
-                          "data": base64.b64encode(data).decode()})
-                    continue
-                text = decoders[name].decode(data)
+                text = (base64.b64encode(data).decode() if binary
+                        else decoders[name].decode(data))
                 if text:
-                    send({"id": rid, "kind": "out", "stream": name, "data": text})
+                    emit(name, text)
         code = None
         if not timed_out:
             code = _reaper.wait(proc.pid, max(deadline - time.monotonic(), 0))
@@ -174,13 +234,14 @@ def op_exec(rid: int, req: dict) -> dict:
         proc.stderr.close()
         with _running_lock:
             _running.pop(rid, None)
+            _credits.pop(rid, None)
         if script_path:
             with contextlib.suppress(OSError):
                 os.unlink(script_path)
     for name, dec in decoders.items():
         tail = "" if binary else dec.decode(b"", final=True)
         if tail:
-            send({"id": rid, "kind": "out", "stream": name, "data": tail})
+            emit(name, tail)
     return {
         "exit_code": code if code >= 0 else 128 - code,
         "signal": -code if code < 0 else None,
@@ -252,79 +313,22 @@ def op_cancel(rid: int, req: dict) -> dict:
         if proc is None:
             _cancelled.add(target)
             return {"cancelled": False}
+        credit = _credits.get(target)
     _kill_group(proc)
+    if credit is not None:
+        credit.close()  # its output is no longer wanted: stop waiting to send it
     return {"cancelled": True}
 
 
-def _entry(path: str, name: str) -> dict:
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        kind = "symlink"
-    elif stat.S_ISDIR(st.st_mode):
-        kind = "dir"
-    elif stat.S_ISREG(st.st_mode):
-        kind = "file"
-    else:
-        kind = "other"
-    return {"name": name, "type": kind, "size": st.st_size, "mtime": st.st_mtime,
-            "mode": stat.S_IMODE(st.st_mode)}
-
-
-def op_stat(rid: int, req: dict) -> dict:
-    try:
-        return _entry(req["path"], os.path.basename(req["path"]))
-    except FileNotFoundError as exc:
-        raise RequestError("not_found", f"{req['path']} does not exist") from exc
-
-
-def op_list(rid: int, req: dict) -> dict:
-    path = req["path"]
-    try:
-        names = sorted(os.listdir(path))
-    except FileNotFoundError as exc:
-        raise RequestError("not_found", f"{path} does not exist") from exc
-    except NotADirectoryError as exc:
-        raise RequestError("not_a_directory", f"{path} is not a directory") from exc
-    entries = []
-    for name in names:
-        try:
-            entries.append(_entry(os.path.join(path, name), name))
-        except FileNotFoundError:
-            continue
-    return {"entries": entries}
-
-
-def op_read(rid: int, req: dict) -> dict:
-    limit = int(req.get("limit", MAX_FRAME // 2))
-    try:
-        # O_NOFOLLOW: a symlink planted by a workload is reported, never followed.
-        fd = os.open(req["path"], os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError as exc:
-        raise RequestError("not_found", f"{req['path']} does not exist") from exc
-    except OSError as exc:
-        raise RequestError("unreadable", f"{req['path']}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        data = f.read(limit)
-    return {"data": base64.b64encode(data).decode(), "size": size,
-            "truncated": size > len(data)}
-
-
-def op_write(rid: int, req: dict) -> dict:
-    path = req["path"]
-    data = base64.b64decode(req["data"])
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
-    flags |= os.O_APPEND if req.get("append") else os.O_TRUNC
-    try:
-        fd = os.open(path, flags, int(req.get("mode", 0o644)))
-    except OSError as exc:
-        raise RequestError("unwritable", f"{path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return {"size": len(data)}
+def give_credit(req: dict) -> None:
+    """The host took some of an exec's output (see ``Credit``); on the main thread."""
+    target, size = req.get("target"), req.get("size")
+    if not isinstance(target, int) or not isinstance(size, int) or size <= 0:
+        return
+    with _running_lock:
+        credit = _credits.get(target)
+    if credit is not None:
+        credit.give(size)
 
 
 def _files():  # type: ignore[no-untyped-def]
@@ -408,10 +412,6 @@ def op_ping(rid: int, req: dict) -> dict:
 OPS = {
     "exec": op_exec,
     "cancel": op_cancel,
-    "stat": op_stat,
-    "list": op_list,
-    "read": op_read,
-    "write": op_write,
     "procs": op_procs,
     "fread": op_fread,
     "fwrite": op_fwrite,
@@ -460,16 +460,27 @@ def main() -> None:
             break
         (length,) = HEADER.unpack(header)
         if length > MAX_FRAME:
-            break
+            # Read past it (the stream stays in step), keeping only its start for the id.
+            head = read_exact(inp, min(length, 64))
+            if head is None or not skip(inp, length - len(head)):
+                break
+            refuse(head, "frame_too_large",
+                   f"a {length}-byte request is over the {MAX_FRAME}-byte frame limit")
+            continue
         body = read_exact(inp, length)
         if body is None:
             break
         try:
             req = json.loads(body)
         except ValueError:
+            refuse(body[:64], "invalid_frame", "the request is not valid JSON")
             continue
-        if isinstance(req, dict):
-            _workers.submit(req)
+        if not isinstance(req, dict):
+            continue
+        if req.get("op") == "credit" and "id" not in req:
+            give_credit(req)  # here, not on a worker: it must not wait behind one
+            continue
+        _workers.submit(req)
     # The host went away. Exiting ends the sandbox: its init exits with us and the
     # kernel kills every process left in the pid namespace.
 

@@ -107,3 +107,38 @@ class Workers:
                     except queue.Empty:
                         self._idle -= 1
                         return
+
+
+class Credit:
+    """Flow control of one request's output: at most ``window`` characters of data sent
+    and not yet credited back by the host. The thread that sends waits for credit; the
+    host's ``credit`` frames (read by the main thread) give it."""
+
+    def __init__(self, window: int) -> None:
+        self._left = window
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def take(self, size: int, deadline: float) -> bool:
+        """Wait until ``size`` may be sent, and count it as sent. False if the request
+        was cancelled (send nothing more) or ``deadline`` (monotonic) passed first."""
+        with self._cond:
+            while self._left < size and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            if self._closed:
+                return False
+            self._left -= size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._cond:
+            self._left += size
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
