@@ -104,6 +104,20 @@ class Settings(BaseSettings):
     box_backend: str = "bwrap"
     box_python: str = "/usr/bin/python3"
     box_pool_size: int = Field(2, ge=0, description="started, empty boxes kept ready")
+    # Admission of box starts (box/manager.py). The memory limits of the running boxes may
+    # add up to at most box_memory_budget_mb (default: twice the machine's memory, since
+    # most boxes use a fraction of their limit and idle ones are stopped); at most
+    # box_start_concurrency boxes start at once (default: twice the CPUs), the others
+    # wait in line up to box_start_wait_seconds. Past either, a start is a 503.
+    box_memory_budget_mb: int | None = Field(None, ge=0)
+    box_start_concurrency: int | None = Field(None, ge=1)
+    box_start_wait_seconds: float = Field(30.0, ge=0)
+    # A thread unused for this long is deleted with its files, uid and disk (0: never);
+    # execution records older than this are deleted (0: kept for ever). Checked every
+    # housekeeping_seconds.
+    thread_expiry_days: float = Field(30.0, ge=0)
+    execution_retention_days: float = Field(30.0, ge=0)
+    housekeeping_seconds: float = Field(3600.0, gt=0)
     thread_idle_seconds: float = 600.0
     session_idle_seconds: float = 7200.0
     sse_heartbeat_seconds: float = 15.0
@@ -155,6 +169,18 @@ class Settings(BaseSettings):
     @property
     def disk_max_mb(self) -> int:
         return max(self.box_disk_max_mb, self.box_disk_mb)
+
+    @property
+    def memory_budget_mb(self) -> int:
+        if self.box_memory_budget_mb is not None:
+            return self.box_memory_budget_mb
+        return 2 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+
+    @property
+    def start_concurrency(self) -> int:
+        if self.box_start_concurrency is not None:
+            return self.box_start_concurrency
+        return 2 * len(os.sched_getaffinity(0))
 
     @property
     def boxes_dir(self) -> Path:

@@ -7,6 +7,8 @@ from __future__ import annotations
 class SophonError(Exception):
     status = 500
     code = "internal_error"
+    # Seconds after which trying again may work: sent as Retry-After (a 503, a 429).
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -86,6 +88,15 @@ class BoxError(SophonError):
 
     status = 503
     code = "sandbox_unavailable"
+
+
+class BoxUnavailable(BoxError):
+    """No box can be had now: a capacity limit (uids, open files, the memory ceiling,
+    the start queue) is reached. The message names the limit and its setting."""
+
+    def __init__(self, message: str, retry_after: int = 10) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BoxProtocolError(BoxError):

@@ -51,6 +51,7 @@ class Services:
                                   SecretStore(db, load_key(settings.data_dir)))
         await sessions.recover()
         await boxes.start()
+        executions.threads.start()  # thread expiry, execution record pruning
         gateway = Gateway(settings.models, db, events)
         if not gateway.configured:
             log.warning("no model provider key (ANTHROPIC_API_KEY): sessions work, but a "

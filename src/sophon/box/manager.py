@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hashlib
 import logging
+import os
+import resource
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,9 +27,14 @@ from sophon.box.disk import Disks, DiskUse
 from sophon.box.uids import UidPool
 from sophon.box.volumes import VolumeMount, VolumeStore
 from sophon.config import Settings
-from sophon.errors import BoxError
+from sophon.errors import BoxError, BoxUnavailable
 
 log = logging.getLogger(__name__)
+
+# Open files a box start may need (pipes, the seccomp filter, /etc copies, mount's),
+# and what the server keeps for its own connections and database: a start with fewer
+# left is refused up front, instead of failing half-way with EMFILE.
+FD_RESERVE = 64
 
 
 def cgroup_name(data_dir: Path) -> str:
@@ -86,6 +94,9 @@ class BoxManager:
         self._detaching: set[asyncio.Task[None]] = set()
         self._discarding: set[asyncio.Task[None]] = set()
         self._refill: asyncio.Task[None] | None = None
+        # Admission (see _admission): starts in progress, and the line they wait in.
+        self._starting = 0
+        self._start_slots = asyncio.Semaphore(settings.start_concurrency)
 
     @property
     def limits_mode(self) -> str:
@@ -96,6 +107,7 @@ class BoxManager:
 
     async def start(self) -> None:
         self.settings.boxes_dir.mkdir(parents=True, exist_ok=True)
+        raise_open_files_limit()
         await asyncio.to_thread(self.volumes.detach_all)
         stale = await self.disks.detach_all()  # a crash leaves its boxes' disks mounted
         if stale:
@@ -164,12 +176,18 @@ class BoxManager:
 
     async def _fill_pool(self) -> None:
         while len(self._pool) < self.settings.box_pool_size:
+            if self._room() < 2:  # a pooled box never takes a request's last place
+                return
             box_id = ids.new_id(ids.Kind.EXECUTION)
             try:
                 box = await self.get(box_id)
             except asyncio.CancelledError:  # the server is stopping: leave nothing behind
                 await self.destroy(box_id)
                 raise
+            except BoxUnavailable as exc:
+                log.info("the pool waits for room: %s", exc)
+                await self.destroy(box_id)
+                return
             except Exception:
                 log.exception("could not start a box for the pool")
                 await self.destroy(box_id)
@@ -230,6 +248,7 @@ class BoxManager:
                 root = await self.volumes.attach(m.volume_id, size_mb, m.gid)
                 binds.append((root, m.sub, m.inside))
             d = self.box_dir(box_id)
+            await self._check_room()  # before a uid or a disk is spent on it
             uid = await self._uid_for(box_id)
             await self.disks.attach(box_id, disk_mb)
             spec = BoxSpec(
@@ -247,7 +266,7 @@ class BoxManager:
                 groups=tuple(sorted({m.gid for m in mounts})),
             )
             try:
-                box = await self.backend.start(spec)
+                box = await self._start(spec)
             except BaseException:
                 await self.disks.detach(box_id)
                 raise
@@ -258,6 +277,91 @@ class BoxManager:
             self._idle_after[box_id] = idle_after or self.settings.thread_idle_seconds
             log.debug("box %s started (pid %d)", box_id, box.pid)
             return box
+
+    async def hold(self, box_id: str,
+                   volumes: tuple[VolumeMount, ...] | None = None) -> Box:
+        """``use`` for work that outlives the caller's block (an execution taken on by
+        a request and run by a task): the box, held until ``release``."""
+        box = await self.get(box_id, volumes=volumes)
+        box.leases += 1
+        return box
+
+    @staticmethod
+    def release(box: Box) -> None:
+        box.leases -= 1
+        box.last_used = time.monotonic()
+
+    # --- admission: what a box start may take ----------------------------------
+
+    def _awake_count(self) -> int:
+        return sum(1 for b in self._boxes.values() if not b.stopped.is_set())
+
+    def _room(self) -> int:
+        """How many more boxes the memory budget admits now."""
+        per_box = self.settings.limits.memory_mb
+        used = (self._awake_count() + self._starting) * per_box
+        return max(0, (self.settings.memory_budget_mb - used) // per_box)
+
+    async def _check_room(self) -> None:
+        if self._room() < 1 and self._pool:  # an empty pooled box makes way
+            await self.destroy(self._pool.pop())
+        self._refuse_if_full()
+
+    def _refuse_if_full(self) -> None:
+        if self._room() < 1:
+            per_box, budget = self.settings.limits.memory_mb, self.settings.memory_budget_mb
+            raise BoxUnavailable(
+                f"the server's memory budget for boxes is in use: {self._awake_count()} "
+                f"boxes of {per_box} MiB each are running, and their limits may add up to "
+                f"{budget} MiB (SOPHON_BOX_MEMORY_BUDGET_MB); idle boxes are stopped "
+                "after a while, so try again later", retry_after=15)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY:
+            in_use = len(os.listdir("/proc/self/fd"))
+            if soft - in_use < FD_RESERVE:
+                raise BoxUnavailable(_out_of_files_message(in_use, soft), retry_after=30)
+
+    @contextlib.asynccontextmanager
+    async def _admission(self) -> AsyncIterator[None]:
+        """A place among the starts allowed at once and room in the memory budget, or
+        BoxUnavailable naming the limit that was reached."""
+        slots, wait = self._start_slots, self.settings.box_start_wait_seconds
+        if slots.locked():
+            try:
+                if wait <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(slots.acquire(), wait)
+            except TimeoutError:
+                raise BoxUnavailable(
+                    f"{self.settings.start_concurrency} boxes are starting already "
+                    f"(SOPHON_BOX_START_CONCURRENCY) and no start was free within {wait:g} s "
+                    "(SOPHON_BOX_START_WAIT_SECONDS); try again shortly",
+                    retry_after=5) from None
+        else:
+            await slots.acquire()
+        try:
+            await self._check_room()
+            self._starting += 1
+            try:
+                yield
+            finally:
+                self._starting -= 1
+        finally:
+            slots.release()
+
+    async def _start(self, spec: BoxSpec) -> Box:
+        async with self._admission():
+            try:
+                return await self.backend.start(spec)
+            except (OSError, BoxError) as exc:
+                cause = exc if isinstance(exc, OSError) else exc.__cause__
+                if isinstance(cause, OSError) and cause.errno in (errno.EMFILE,
+                                                                   errno.ENFILE):
+                    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+                    in_use = len(os.listdir("/proc/self/fd"))
+                    raise BoxUnavailable(_out_of_files_message(in_use, soft),
+                                         retry_after=30) from exc
+                raise
 
     @contextlib.asynccontextmanager
     async def staging(self, ro_binds: dict[str, str]) -> AsyncIterator[tuple[Box, Path]]:
@@ -271,6 +375,7 @@ class BoxManager:
         box_id = ids.new_id(ids.Kind.STAGING)
         d = self.box_dir(box_id)
         try:
+            await self._check_room()  # before a uid or a disk is spent on it
             uid = await self._uid_for(box_id)
             await self.disks.attach(box_id)
             spec = BoxSpec(
@@ -278,7 +383,7 @@ class BoxManager:
                 limits=self.limits, tmp_bytes=self.settings.limits.tmp_mb * 2**20,
                 extra_ro_binds=tuple(ro_binds.items()), host_uid=uid,
             )
-            box = await self.backend.start(spec)
+            box = await self._start(spec)
             try:
                 yield box, spec.workspace
             finally:
@@ -397,3 +502,29 @@ class BoxManager:
                     await self.stop_if_idle(box_id)
                 except Exception:
                     log.exception("idle check of box %s failed", box_id)
+
+
+def raise_open_files_limit() -> None:
+    """Every running box holds a few open files, and the usual soft limit (1024) runs
+    out at a few hundred boxes: take the hard limit. (This gives boxes nothing new: any
+    process may raise its own soft limit to the hard one.)"""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:  # the kernel caps it at nr_open
+        with open("/proc/sys/fs/nr_open") as f:
+            hard = int(f.read())
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+    except (OSError, ValueError) as exc:
+        log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    else:
+        log.info("open-file limit raised from %d to %d", soft, hard)
+
+
+def _out_of_files_message(in_use: int, soft: int) -> str:
+    return (f"the server is out of open files ({in_use} of its limit of {soft} are in use; "
+            "every running box holds some): raise the server's open-file limit "
+            "(RLIMIT_NOFILE: LimitNOFILE= in its systemd unit, or ulimit -n), or wait for "
+            "idle boxes to stop")

@@ -40,6 +40,7 @@ from sophon.sandbox.models import (
     split_sub_path,
 )
 from sophon.sandbox.records import Recorder
+from sophon.sandbox.threads import ThreadService
 from sophon.store.tables import Execution, Thread, Volume
 from sophon.users import Principal
 from sophon.webhooks import Webhooks
@@ -158,6 +159,7 @@ class ExecutionService:
             self.languages.add("node")
         settings = boxes.settings
         self.webhooks = Webhooks(settings, sessions)
+        self.threads = ThreadService(boxes, sessions, self._claim_thread, self._release_thread)
         self.webhook_secrets = self.webhooks.secrets
 
     @property
@@ -191,6 +193,7 @@ class ExecutionService:
         return res.rowcount or 0  # type: ignore[attr-defined]
 
     async def close(self) -> None:
+        await self.threads.close()
         tasks = [r.task for r in self._runs.values() if r.task and not r.task.done()]
         for t in tasks:
             t.cancel()
@@ -267,11 +270,49 @@ class ExecutionService:
         run = Run(new_trace_id(), principal, req, mode)
         if key is not None:
             self._busy[key] = run.trace_id
+        box: Box | None = None
+        try:
+            # The box is had before the request is answered, in every mode: a limit
+            # reached (uids, memory, open files, the start queue) is a 503 that names
+            # it, never an execution that "failed".
+            box, kind = await self._hold_box(run)
+            if mode == "async":
+                await self._insert(run)
+        except BaseException:
+            if box is not None:
+                self.boxes.release(box)
+            if key is not None:
+                self._busy.pop(key, None)
+            raise
         self._runs[run.trace_id] = run
-        if mode == "async":
-            await self._insert(run)
-        run.task = asyncio.create_task(self._drive(run, key), name=f"run-{run.trace_id}")
+        run.task = asyncio.create_task(self._drive(run, key, box, kind),
+                                       name=f"run-{run.trace_id}")
         return run
+
+    async def _hold_box(self, run: Run) -> tuple[Box, str]:
+        box_id, kind = await self._box_id_for(run.principal, run.req.thread_id)
+        run.box_id = box_id
+        try:
+            volumes = await self.mounts_for(run.principal.user_id, run.req.sub_paths)
+            box = await self.boxes.hold(box_id, volumes=volumes)
+        except BaseException:
+            if kind == "fresh":
+                self.boxes.discard(box_id)
+            raise
+        if kind != "fresh":
+            self.threads.touch(box_id)
+        return box, kind
+
+    def _claim_thread(self, user_id: str, name: str, why: str) -> None:
+        """Hold a thread as an execution would (one on it meanwhile is a 409)."""
+        if (user_id, name) in self._busy:
+            raise ThreadBusy(f"thread {name!r} is running an execution "
+                             f"({self._busy[(user_id, name)]}); wait for it or cancel it")
+        self._busy[(user_id, name)] = why
+
+    def _release_thread(self, user_id: str, name: str) -> None:
+        self._busy.pop((user_id, name), None)
+        self._thread_ids.pop((user_id, name), None)
 
     async def _box_id_for(self, principal: Principal, thread: str | None) -> tuple[str, str]:
         """The box for a run, and whether it is a one-off's (``fresh``), a new thread's
@@ -303,18 +344,16 @@ class ExecutionService:
 
     # --- running ----------------------------------------------------------
 
-    async def _drive(self, run: Run, busy_key: tuple[str, str] | None) -> None:
+    async def _drive(self, run: Run, busy_key: tuple[str, str] | None, box: Box,
+                     kind: str) -> None:
         started = time.monotonic()
         out: dict[str, list[str]] = {"stdout": [], "stderr": []}
         outcome: ExecOutcome | None = None
         infra_error: str | None = None
-        kind = "known"
         try:
-            box_id, kind = await self._box_id_for(run.principal, run.req.thread_id)
-            run.box_id = box_id
             run.status = "running"
             run.emit({"type": "status", "trace_id": run.trace_id, "status": "running"})
-            outcome = await self._exec(run, box_id, out)
+            outcome = await self._exec(run, box, out)
         except BoxRequestError as exc:
             infra_error = exc.code
             out["stderr"].append(exc.message + "\n")
@@ -330,6 +369,7 @@ class ExecutionService:
             log.exception("execution %s failed", run.trace_id)
             infra_error = "internal_error"
         finally:
+            self.boxes.release(box)
             if busy_key is not None:
                 self._busy.pop(busy_key, None)
         run.duration_ms = int((time.monotonic() - started) * 1000)
@@ -366,29 +406,27 @@ class ExecutionService:
             elif kind == "new":
                 self.boxes.top_up()  # after the answer: a start would slow this run
 
-    async def _exec(self, run: Run, box_id: str, out: dict[str, list[str]]) -> ExecOutcome | None:
+    async def _exec(self, run: Run, box: Box, out: dict[str, list[str]]) -> ExecOutcome | None:
         env = {**BASE_ENV, **(run.req.env_vars or {})}
         outcome = None
-        volumes = await self.mounts_for(run.principal.user_id, run.req.sub_paths)
-        async with self.boxes.use(box_id, volumes=volumes) as box:
-            # No await between this check and the exec being registered with the box,
-            # so a cancel either sees run.box or is seen here.
-            if run.cancelled:
-                return None
-            run.box = box
-            async for ev in box.exec(
-                RUNNERS[run.req.language],
-                script=run.req.code,
-                timeout=run.req.timeout,
-                env=env,
-                cwd=WORKSPACE,
-                output_cap=self.boxes.settings.limits.output_cap_bytes,
-            ):
-                if isinstance(ev, ExecEvent):
-                    out[ev.stream].append(ev.data)
-                    run.emit({"type": "output", "stream": ev.stream, "data": ev.data})
-                else:
-                    outcome = ev
+        # No await between this check and the exec being registered with the box,
+        # so a cancel either sees run.box or is seen here.
+        if run.cancelled:
+            return None
+        run.box = box
+        async for ev in box.exec(
+            RUNNERS[run.req.language],
+            script=run.req.code,
+            timeout=run.req.timeout,
+            env=env,
+            cwd=WORKSPACE,
+            output_cap=self.boxes.settings.limits.output_cap_bytes,
+        ):
+            if isinstance(ev, ExecEvent):
+                out[ev.stream].append(ev.data)
+                run.emit({"type": "output", "stream": ev.stream, "data": ev.data})
+            else:
+                outcome = ev
         return outcome
 
     def _settle(self, run: Run, outcome: ExecOutcome | None, infra_error: str | None,
