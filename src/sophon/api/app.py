@@ -24,6 +24,7 @@ from sophon.api import (
     sandbox,
     sessions,
     static,
+    threads,
     volumes,
     webhooks,
 )
@@ -182,7 +183,8 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(error_body("invalid_request", _describe(exc)), 400)
 
     routers = (health.router, auth.router, sandbox.router, files.router, sessions.router,
-               gateway.router, webhooks.router, volumes.router, metrics_route.router)
+               gateway.router, webhooks.router, volumes.router, metrics_route.router,
+               threads.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

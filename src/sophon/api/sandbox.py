@@ -69,7 +69,10 @@ async def _parse(request: Request) -> ExecuteRequest:
               "description": "With `Prefer: respond-async`: accepted; follow it with "
                              "GET /v1/executions/{trace_id}",
               "links": _links("$response.body#/trace_id")},
-        **errors(400, (409, "The thread is already running an execution (`thread_busy`).")),
+        **errors(400, (409, "The thread is already running an execution (`thread_busy`)."),
+                 (503, "No sandbox can be had now (`sandbox_unavailable`): a capacity limit "
+                       "is reached, which the message names; `Retry-After` says when to "
+                       "try again. Answered before any NDJSON or async acceptance.")),
     },
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": ExecuteRequest.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from sophon.errors import BoxError
+from sophon.errors import BoxUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,11 @@ class UidPool:
         free = next((u for u in range(self.first, self.first + self.count)
                      if u not in self._used), None)
         if free is None:
-            raise BoxError(f"all {self.count} box uids are in use (from {self.first}); "
-                           "delete unused threads or sessions, or raise SOPHON_BOX_UID_COUNT")
+            # One-off executions give theirs back as they end; threads and sessions only
+            # when deleted (or expired: SOPHON_THREAD_EXPIRY_DAYS).
+            raise BoxUnavailable(
+                f"all {self.count} box uids are in use (from {self.first}); delete unused "
+                "threads or sessions, or raise SOPHON_BOX_UID_COUNT", retry_after=30)
         d = self.boxes_dir / box_id
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / "uid.tmp"

@@ -54,6 +54,9 @@ class Thread(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Written at most hourly (sandbox/threads.py); what thread expiry goes by.
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True, default=utcnow)
 
 
 class Execution(Base):
@@ -71,9 +74,10 @@ class Execution(Base):
     output_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     meta: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 index=True)  # pruned by age
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # Where the result is POSTed when the execution ends (sophon.webhooks), and
+    # Where the result is POSTed when the execution ends (sophon.sandbox.webhooks), and
     # how that went: pending, delivered or failed. None without a webhook.
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     webhook_delivery_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
