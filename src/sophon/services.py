@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from sophon.sandbox.service import ExecutionService
 from sophon.sessions.secrets import SecretStore, load_key
 from sophon.sessions.service import SessionService
 from sophon.sessions.workspace import Workspace
-from sophon.store.db import make_engine, migrate, sessionmaker
+from sophon.store.db import make_data_files_private, make_engine, migrate, sessionmaker
 from sophon.users import UserService
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Services:
     @classmethod
     async def open(cls, settings: Settings) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_files_private(settings.data_dir)
         engine = make_engine(settings.resolved_database_url)
         await migrate(engine)
         db = sessionmaker(engine)
@@ -53,7 +55,11 @@ class Services:
         await boxes.start()
         executions.threads.start()  # thread expiry, execution record pruning
         gateway = Gateway(settings.models, db, events)
-        if not gateway.configured:
+        if gateway.configured:
+            # The SDK takes about a second to import: here, in a thread, not in the first
+            # agent turn, where it would stall every request on the event loop.
+            await asyncio.to_thread(gateway.client)
+        else:
             log.warning("no model provider key (ANTHROPIC_API_KEY): sessions work, but a "
                         "message to the agent will fail until one is set")
         return cls(settings, engine, db, UserService(db), boxes, executions, sessions,

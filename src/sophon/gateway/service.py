@@ -73,7 +73,8 @@ class Gateway:
     def client(self) -> Any:
         key = self._require_key()
         if self._client is None:
-            from anthropic import AsyncAnthropic  # a heavy import, paid on first use
+            # Heavy (~1 s): Services.open calls this at start-up, off the event loop.
+            from anthropic import AsyncAnthropic
 
             self._client = AsyncAnthropic(api_key=key, base_url=self.models.anthropic_base_url,
                                           max_retries=2)
