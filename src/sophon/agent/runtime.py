@@ -256,10 +256,10 @@ async def _keep_partial(turn: Turn, sessions: SessionService) -> None:
 async def _withdraw_approvals(turn: Turn, sessions: SessionService) -> None:
     """An interrupt while the turn waits for an approval withdraws the question: it is
     no longer pending, and its record says why."""
-    for row in await sessions.approvals.pending(turn.session_id):
+    for row in await sessions.approvals.pending(turn.principal, turn.session_id):
         with contextlib.suppress(SophonError):  # answered at the same moment
             await sessions.approvals.decide(
-                turn.session_id, row.id, "deny", False, by=turn.principal.name,
+                turn.principal, turn.session_id, row.id, "deny", False,
                 reason="withdrawn: the turn was interrupted before it was answered")
 
 

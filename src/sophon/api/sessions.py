@@ -1,4 +1,7 @@
-"""Sessions API: thin routes over SessionService and Workspace."""
+"""Sessions API: thin routes over SessionService and Workspace.
+
+Every service here takes the caller and checks that the session is theirs (a stranger's
+is a 404); a route never checks on its own."""
 
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ async def list_sessions(services: ServicesDep, principal: PrincipalDep,
 @router.get("/{session_id}", response_model=SessionView, responses=errors(404))
 async def get_session(session_id: str, services: ServicesDep,
                       principal: PrincipalDep) -> SessionView:
-    return await services.sessions.view(await services.sessions.get_row(principal, session_id))
+    return await services.sessions.get(principal, session_id)
 
 
 @router.patch("/{session_id}", response_model=SessionView, responses=errors(404))
@@ -109,24 +112,22 @@ async def events(
     limit: int = Query(500, ge=1, le=5000),
     last_event_id: str | None = Header(None, pattern=r"^[0-9]{0,18}$"),
 ) -> Response:
-    await services.sessions.get_row(principal, session_id)
     start = after
     if start is None and last_event_id:
         if not last_event_id.isdigit():
             raise BadRequest("Last-Event-ID must be an event seq (a number)")
         start = int(last_event_id)
     start = start or 0
-    log = services.sessions.events
     if "application/json" in request.headers.get("accept", ""):
-        page = await log.read_raw(session_id, start, limit)
-        body = (f'{{"events":[{",".join(s.json for s in page)}],'
-                f'"last_seq":{await log.last_seq(session_id)}}}')
+        page, last = await services.sessions.events_page(principal, session_id, start, limit)
+        body = f'{{"events":[{",".join(s.json for s in page)}],"last_seq":{last}}}'
         return Response(body, media_type="application/json")
+    batches = await services.sessions.follow_events(
+        principal, session_id, start, services.settings.sse_heartbeat_seconds)
 
     async def stream() -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
-        async for batch in log.follow(session_id, start, batch=True,
-                                      heartbeat=services.settings.sse_heartbeat_seconds):
+        async for batch in batches:
             yield b": heartbeat\n\n" if batch is None else _sse(batch)
 
     return StreamingResponse(stream(), media_type="text/event-stream",
@@ -198,8 +199,7 @@ async def diff(session_id: str, services: ServicesDep, principal: PrincipalDep,
 @router.get("/{session_id}/approvals", responses=errors(404))
 async def pending_approvals(session_id: str, services: ServicesDep,
                             principal: PrincipalDep) -> dict[str, list[dict[str, Any]]]:
-    await services.sessions.get_row(principal, session_id)
-    rows = await services.sessions.approvals.pending(session_id)
+    rows = await services.sessions.approvals.pending(principal, session_id)
     return {"approvals": [{"approval_id": r.id, "tool": r.tool, "input": r.input,
                            "reason": r.reason, "created_at": r.created_at.isoformat()}
                           for r in rows]}
@@ -209,18 +209,15 @@ async def pending_approvals(session_id: str, services: ServicesDep,
     404, (409, "The approval was already answered (`conflict`).")))
 async def decide(session_id: str, approval_id: str, body: Decision, services: ServicesDep,
                  principal: PrincipalDep) -> dict[str, Any]:
-    await services.sessions.get_row(principal, session_id)
     event = await services.sessions.approvals.decide(
-        session_id, approval_id, body.decision, body.remember, by=principal.name,
-        reason=body.reason)
+        principal, session_id, approval_id, body.decision, body.remember, reason=body.reason)
     return to_wire(event)
 
 
 @router.get("/{session_id}/secrets", responses=errors(404))
 async def list_secrets(session_id: str, services: ServicesDep,
                        principal: PrincipalDep) -> dict[str, list[str]]:
-    await services.sessions.get_row(principal, session_id)
-    return {"names": await services.sessions.secrets.names(session_id)}
+    return {"names": await services.sessions.secrets.names(principal, session_id)}
 
 
 @router.put("/{session_id}/secrets/{name}", status_code=204, responses=errors(400, 404),
@@ -230,7 +227,6 @@ async def list_secrets(session_id: str, services: ServicesDep,
                                            "maxLength": 65536}}}}})
 async def put_secret(session_id: str, name: str, request: Request, services: ServicesDep,
                      principal: PrincipalDep) -> Response:
-    await services.sessions.get_row(principal, session_id)
     try:
         check_secret_name(name)
     except ValueError as exc:
@@ -242,7 +238,7 @@ async def put_secret(session_id: str, name: str, request: Request, services: Ser
         value = raw.decode("utf-8", "replace")
     if not value or len(value) > 65_536:
         raise BadRequest("a secret value is 1 to 65536 characters")
-    await services.sessions.secrets.put(session_id, name, value)
+    await services.sessions.secrets.put(principal, session_id, name, value)
     await services.sessions.refresh_secrets(session_id)
     return Response(status_code=204)
 
@@ -250,8 +246,7 @@ async def put_secret(session_id: str, name: str, request: Request, services: Ser
 @router.delete("/{session_id}/secrets/{name}", status_code=204, responses=errors(404))
 async def delete_secret(session_id: str, name: str, services: ServicesDep,
                         principal: PrincipalDep) -> Response:
-    await services.sessions.get_row(principal, session_id)
-    await services.sessions.secrets.remove(session_id, name)
+    await services.sessions.secrets.remove(principal, session_id, name)
     await services.sessions.refresh_secrets(session_id)
     return Response(status_code=204)
 
@@ -290,8 +285,7 @@ async def interrupt(session_id: str, services: ServicesDep,
 @router.get("/{session_id}/usage", responses=errors(404))
 async def usage(session_id: str, services: ServicesDep,
                 principal: PrincipalDep) -> dict[str, object]:
-    await services.sessions.get_row(principal, session_id)
-    calls = await services.gateway.usage_series(session_id)
+    calls = await services.gateway.usage_series(principal, session_id)
     last = calls[-1] if calls else {}
     # Totals from the same read as the calls, so the two always agree.
     return {"session_id": session_id, "totals": {
@@ -305,5 +299,4 @@ async def gateway_token(session_id: str, services: ServicesDep,
                         principal: PrincipalDep) -> dict[str, str]:
     """A new token for a runtime inside the session's box to reach the model gateway
     (the previous one stops working). It can only call the model, for this session."""
-    await services.sessions.get_row(principal, session_id)
-    return {"token": await services.gateway.issue_token(session_id)}
+    return {"token": await services.gateway.issue_token(principal, session_id)}

@@ -26,7 +26,9 @@ from sophon.config import ModelSettings
 from sophon.errors import BudgetExceeded, ProviderNotConfigured, Unauthorized
 from sophon.events.log import EventLog
 from sophon.events.types import Usage
+from sophon.store.owned import owned
 from sophon.store.tables import SessionRow, UsageRecord
+from sophon.users import Principal
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -156,8 +158,11 @@ class Gateway:
             cache_write_tokens=usage.get("cache_creation_input_tokens", 0),
             cost_usd=round(cost, 8)))
 
-    async def usage_series(self, session_id: str) -> list[dict[str, Any]]:
+    async def usage_series(self, principal: Principal,
+                           session_id: str) -> list[dict[str, Any]]:
+        """Every metered call of the owner's session, with running totals."""
         async with self._db() as db:
+            await owned(db, SessionRow, principal.user_id, session_id, what="session")
             rows = (await db.execute(
                 select(UsageRecord).where(UsageRecord.session_id == session_id)
                 .order_by(UsageRecord.id))).scalars().all()
@@ -183,9 +188,10 @@ class Gateway:
 
     # --- per-session tokens for runtimes inside boxes ----------------------------
 
-    async def issue_token(self, session_id: str) -> str:
+    async def issue_token(self, principal: Principal, session_id: str) -> str:
         token = "sk-sophon-session-" + secrets.token_urlsafe(32)
         async with self._db() as db:
+            await owned(db, SessionRow, principal.user_id, session_id, what="session")
             await db.execute(update(SessionRow).where(SessionRow.id == session_id)
                              .values(gateway_token_hash=token_hash(token)))
             await db.commit()

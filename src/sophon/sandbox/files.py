@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,6 +34,7 @@ from sophon.box.bwrap import THREAD_HOME
 from sophon.box.manager import BoxManager
 from sophon.box.volumes import VolumeMount
 from sophon.errors import BadRequest, BoxRequestError, NotFound, PayloadTooLarge, SophonError
+from sophon.store.owned import owned
 from sophon.store.tables import Thread, Volume
 
 KEY_FILE = "files.key"
@@ -144,12 +144,11 @@ class ThreadFiles:
         """The box of the caller's thread; another user's (or no) thread is a 404. An
         upload may make the thread, as an execute would."""
         async with self.db() as db:
-            found = (await db.execute(select(Thread.id).where(
-                Thread.user_id == user_id, Thread.name == thread))).scalar_one_or_none()
-            if found is not None or not create:
-                if found is None:
-                    raise NotFound(f"no thread {thread!r}")
-                return found
+            try:
+                return (await owned(db, Thread, user_id, name=thread, what="thread")).id
+            except NotFound:
+                if not create:
+                    raise
             box_id = self.boxes.new_box_id()
             db.add(Thread(id=box_id, user_id=user_id, name=thread))
             try:
@@ -164,11 +163,8 @@ class ThreadFiles:
     async def volume_box(self, user_id: str, name: str) -> str:
         """The files box of the caller's volume; another user's (or no) volume is a 404."""
         async with self.db() as db:
-            found = (await db.execute(select(Volume.id).where(
-                Volume.user_id == user_id, Volume.name == name))).scalar_one_or_none()
-        if found is None:
-            raise NotFound(f"no volume {name!r}")
-        return ids.box_id(ids.Kind.VOLUME, found)
+            vol = await owned(db, Volume, user_id, name=name, what="volume")
+        return ids.box_id(ids.Kind.VOLUME, vol.id)
 
     async def where(self, user_id: str, box_id: str) -> tuple[str, tuple[VolumeMount, ...] | None]:
         """The root of the files a box id stands for and the volumes to mount, once the
@@ -176,15 +172,13 @@ class ThreadFiles:
         async with self.db() as db:
             volume_id = ids.key_of(box_id, ids.Kind.VOLUME)
             if volume_id is not None:
-                vol = await db.get(Volume, volume_id)
-                if vol is None or vol.user_id != user_id:
-                    raise NotFound("the volume of this URL no longer exists")
+                vol = await owned(db, Volume, user_id, volume_id, what="volume",
+                                  missing="the volume of this URL no longer exists")
                 self.boxes.know_volume(vol.id, vol.size_mb, vol.gid)
                 mount = VolumeMount(vol.id, vol.name, vol.gid)
                 return mount.inside, (mount,)
-            row = await db.get(Thread, box_id)
-        if row is None or row.user_id != user_id:
-            raise NotFound("the thread of this URL no longer exists")
+            await owned(db, Thread, user_id, box_id, what="thread",
+                        missing="the thread of this URL no longer exists")
         return THREAD_HOME, None
 
     async def _owned(self, grant: Grant) -> tuple[str, tuple[VolumeMount, ...] | None]:

@@ -31,7 +31,7 @@ from sophon.box.bwrap import BASE_ENV, WORKSPACE, check_beneath
 from sophon.box.manager import BoxManager
 from sophon.box.outcome import OUT_OF_MEMORY, TIMEOUT, judge
 from sophon.box.volumes import VolumeMount
-from sophon.errors import BadRequest, BoxError, BoxRequestError, NotFound, ThreadBusy
+from sophon.errors import BadRequest, BoxError, BoxRequestError, ThreadBusy
 from sophon.sandbox.models import (
     TERMINAL,
     ExecuteRequest,
@@ -41,6 +41,7 @@ from sophon.sandbox.models import (
 )
 from sophon.sandbox.records import Recorder
 from sophon.sandbox.threads import ThreadService
+from sophon.store.owned import owned
 from sophon.store.tables import Execution, Thread, Volume
 from sophon.users import Principal
 from sophon.webhooks import Webhooks
@@ -535,10 +536,7 @@ class ExecutionService:
 
     async def _load(self, principal: Principal, trace_id: str) -> Execution:
         async with self._sessions() as db:
-            row = await db.get(Execution, trace_id)
-        if row is None or row.user_id != principal.user_id:
-            raise NotFound(f"no execution {trace_id!r}")
-        return row
+            return await owned(db, Execution, principal.user_id, trace_id, what="execution")
 
     async def events(self, principal: Principal, trace_id: str,
                      after: int = 0) -> AsyncIterator[dict[str, Any]]:

@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sophon.errors import Conflict, NotFound
 from sophon.events.log import EventLog
 from sophon.events.types import ApprovalDecision, ApprovalRequest
-from sophon.store.tables import ApprovalRow
+from sophon.store.owned import owned
+from sophon.store.tables import ApprovalRow, SessionRow
+from sophon.users import Principal
 
 StatusSetter = Callable[[str, str], Awaitable[None]]
 
@@ -50,16 +52,21 @@ class ApprovalService:
         finally:
             self._waiting.pop(approval_id, None)
 
-    async def pending(self, session_id: str) -> list[ApprovalRow]:
+    async def pending(self, principal: Principal, session_id: str) -> list[ApprovalRow]:
+        """The owner's session's unanswered approvals, oldest first."""
         async with self._db() as db:
+            await owned(db, SessionRow, principal.user_id, session_id, what="session")
             return list((await db.execute(
                 select(ApprovalRow).where(ApprovalRow.session_id == session_id,
                                           ApprovalRow.status == "pending")
                 .order_by(ApprovalRow.created_at))).scalars())
 
-    async def decide(self, session_id: str, approval_id: str, decision: str, remember: bool,
-                     by: str, reason: str | None = None) -> ApprovalDecision:
+    async def decide(self, principal: Principal, session_id: str, approval_id: str,
+                     decision: str, remember: bool, reason: str | None = None
+                     ) -> ApprovalDecision:
+        """The owner's answer to an approval of their session, recorded as by them."""
         async with self._db() as db:
+            await owned(db, SessionRow, principal.user_id, session_id, what="session")
             row = await db.get(ApprovalRow, approval_id)
             if row is None or row.session_id != session_id:
                 raise NotFound(f"no approval {approval_id!r} in this session")
@@ -69,7 +76,7 @@ class ApprovalService:
             await db.commit()
         event = await self._log.append(session_id, ApprovalDecision(
             approval_id=approval_id, decision=decision,  # type: ignore[arg-type]
-            remember=remember, by=by, reason=reason))
+            remember=remember, by=principal.name, reason=reason))
         # Nobody waits for an answer given after a restart: the turn it belonged to was
         # cut off at start-up, so the session's status is not this answer's to change.
         future = self._waiting.get(approval_id)

@@ -10,7 +10,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sophon.errors import NotFound, SophonError
-from sophon.store.tables import SecretRow
+from sophon.store.owned import owned
+from sophon.store.tables import SecretRow, SessionRow
+from sophon.users import Principal
 
 
 def load_key(data_dir: Path) -> bytes:
@@ -40,22 +42,25 @@ class SecretStore:
     def forget(self, session_id: str) -> None:
         self._cache.pop(session_id, None)
 
-    async def put(self, session_id: str, name: str, value: str) -> None:
+    async def put(self, principal: Principal, session_id: str, name: str, value: str) -> None:
         token = self._fernet.encrypt(value.encode())
         self.forget(session_id)
         async with self._db() as db:
+            await owned(db, SessionRow, principal.user_id, session_id, what="session")
             await db.merge(SecretRow(session_id=session_id, name=name, value=token))
             await db.commit()
         self.forget(session_id)
 
-    async def names(self, session_id: str) -> list[str]:
+    async def names(self, principal: Principal, session_id: str) -> list[str]:
         async with self._db() as db:
+            await owned(db, SessionRow, principal.user_id, session_id, what="session")
             return list((await db.execute(
                 select(SecretRow.name).where(SecretRow.session_id == session_id)
                 .order_by(SecretRow.name))).scalars())
 
-    async def remove(self, session_id: str, name: str) -> None:
+    async def remove(self, principal: Principal, session_id: str, name: str) -> None:
         async with self._db() as db:
+            await owned(db, SessionRow, principal.user_id, session_id, what="session")
             res = await db.execute(delete(SecretRow).where(
                 SecretRow.session_id == session_id, SecretRow.name == name))
             await db.commit()
@@ -64,6 +69,7 @@ class SecretStore:
             raise NotFound(f"no secret named {name!r}")
 
     async def values(self, session_id: str) -> dict[str, str]:
+        """Decrypted, for the session's own execs and turns (never for a caller)."""
         cached = self._cache.get(session_id)
         if cached is not None:
             return dict(cached)

@@ -26,8 +26,8 @@ from sophon.box.manager import BoxManager
 from sophon.box.outcome import judge
 from sophon.box.protocol import Watching
 from sophon.config import Settings
-from sophon.errors import BadRequest, NotFound, SophonError
-from sophon.events.log import EventLog
+from sophon.errors import BadRequest, SophonError
+from sophon.events.log import EventLog, Stored
 from sophon.events.types import (
     ExecEnd,
     ExecOutput,
@@ -53,6 +53,7 @@ from sophon.sessions.starters import (
     stage_clone,
     validate_starter,
 )
+from sophon.store.owned import owned
 from sophon.store.tables import OpenExec, SessionRow
 from sophon.users import Principal
 from sophon.webhooks import Webhooks
@@ -195,10 +196,24 @@ class SessionService:
 
     async def get_row(self, principal: Principal, session_id: str) -> SessionRow:
         async with self._db() as db:
-            row = await db.get(SessionRow, session_id)
-        if row is None or row.user_id != principal.user_id:
-            raise NotFound(f"no session {session_id!r}")
-        return row
+            return await owned(db, SessionRow, principal.user_id, session_id, what="session")
+
+    async def get(self, principal: Principal, session_id: str) -> SessionView:
+        return await self.view(await self.get_row(principal, session_id))
+
+    async def events_page(self, principal: Principal, session_id: str, after: int,
+                          limit: int) -> tuple[list[Stored], int]:
+        """A page of the owner's session's events after ``after``, and the last seq."""
+        await self.get_row(principal, session_id)
+        return (await self.events.read_raw(session_id, after, limit),
+                await self.events.last_seq(session_id))
+
+    async def follow_events(self, principal: Principal, session_id: str, after: int,
+                            heartbeat: float) -> AsyncIterator[list[Stored] | None]:
+        """The owner's session's events after ``after``, in batches, followed live (None:
+        a heartbeat is due). A stranger's session raises here, before anything is sent."""
+        await self.get_row(principal, session_id)
+        return self.events.follow(session_id, after, batch=True, heartbeat=heartbeat)
 
     async def view(self, row: SessionRow) -> SessionView:
         status = row.status
@@ -241,9 +256,7 @@ class SessionService:
         if hook and hook != (await self.get_row(principal, session_id)).approval.get("webhook"):
             await self.webhooks.check(hook, "approval.webhook")  # and before each call
         async with self._db() as db:
-            row = await db.get(SessionRow, session_id)
-            if row is None or row.user_id != principal.user_id:
-                raise NotFound(f"no session {session_id!r}")
+            row = await owned(db, SessionRow, principal.user_id, session_id, what="session")
             for key, value in changes.items():
                 setattr(row, key, value)
             await db.commit()
