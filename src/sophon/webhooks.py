@@ -49,6 +49,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sophon import metrics
 from sophon.config import Settings
 from sophon.errors import BadRequest, SophonError
 from sophon.sessions.secrets import load_key
@@ -319,6 +320,8 @@ class Webhooks:
                          describe(exc))
             if delivered:
                 break
+        metrics.webhook_deliveries.labels("execution",
+                                          "delivered" if delivered else "failed").inc()
         try:
             await done(delivered)
         except Exception:

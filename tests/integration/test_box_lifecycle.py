@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, wait_for
+from tests.security.helpers import box_files
 
 FAST_IDLE = {"SOPHON_THREAD_IDLE_SECONDS": "0.3", "SOPHON_IDLE_CHECK_SECONDS": "0.1"}
 
@@ -23,10 +24,17 @@ def box_processes(data_dir: Path, box_id: str = "") -> list[str]:
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
 
 
+def workspaces_holding(data_dir: Path, filename: str) -> list[Path]:
+    """The boxes whose workspace holds ``filename``, looked at from the host: a running
+    box's disk is mounted only in its own namespace, seen through its launcher."""
+    return [d for d in (data_dir / "boxes").iterdir()
+            if (box_files(d) / "workspace" / filename).exists()]
+
+
 def box_holding(data_dir: Path, filename: str) -> str:
-    """The id of the box whose workspace holds ``filename`` (looked at from the host)."""
-    (found,) = (data_dir / "boxes").glob(f"*/workspace/{filename}")
-    return found.parent.parent.name
+    """The id of the box whose workspace holds ``filename``."""
+    (found,) = workspaces_holding(data_dir, filename)
+    return found.name
 
 
 def execute(srv: LiveServer, key: str, code: str, **extra: object) -> dict:
@@ -95,8 +103,8 @@ def test_kill_9_then_restart_ends_runs_as_failed(own_server: LiveServer) -> None
 
     def running() -> bool:
         st = httpx.get(f"{own_server.url}/v1/executions/{trace}", headers=headers).json()
-        boxes = own_server.data_dir / "boxes"
-        return st["status"] == "running" and any(boxes.glob("*/workspace/cut.txt"))
+        return st["status"] == "running" and bool(
+            workspaces_holding(own_server.data_dir, "cut.txt"))
 
     wait_for(running, what="the execution to run")
     own_server.kill()
@@ -111,5 +119,5 @@ def test_kill_9_then_restart_ends_runs_as_failed(own_server: LiveServer) -> None
 
 def test_fresh_execution_leaves_no_box_behind(server: LiveServer, api_key: str) -> None:
     execute(server, api_key, "echo temp > f.txt")
-    wait_for(lambda: not list((server.data_dir / "boxes").glob("*/workspace/f.txt")),
+    wait_for(lambda: not workspaces_holding(server.data_dir, "f.txt"),
              what="the one-off box's files to be removed")

@@ -154,11 +154,30 @@ def box_cgroups(srv: LiveServer, controller: str) -> Path:
     return Path("/sys/fs/cgroup") / controller / own.lstrip("/") / cgroup_name(srv.data_dir)
 
 
+def box_launcher(box: Path) -> int | None:
+    """The pid of the running box's launcher (its outer bwrap): its mount namespace is
+    where the box's disk is mounted. None if the box is not running."""
+    for pid in host_pids(f"{box}/workspace "):
+        if os.path.isdir(f"/proc/{pid}/root{box}"):  # not the box's own pivoted root
+            return pid
+    return None
+
+
+def box_files(box: Path) -> Path:
+    """Where the host (as root) sees a box's directory with its files in it: through its
+    launcher's mount namespace while it runs, since its disk is mounted only there;
+    else the box's directory itself (a stopped box's files are in its disk image)."""
+    pid = box_launcher(box)
+    return Path(f"/proc/{pid}/root{box}") if pid is not None else box
+
+
 def box_dir_holding(srv: LiveServer, relpath: str) -> Path:
-    """The host directory of the box whose files include ``relpath``."""
+    """The box whose files include ``relpath``, as ``box_files`` sees it (``.name`` is
+    the box's id)."""
     for d in (srv.data_dir / "boxes").iterdir():
-        if (d / relpath).exists():
-            return d
+        view = box_files(d)
+        if (view / relpath).exists():
+            return view
     raise AssertionError(f"no box holds {relpath}")
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
-from tests.security.helpers import client, execute, live_server
+from tests.security.helpers import box_files, box_launcher, client, execute, live_server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="per-box uids need a root server")
 
@@ -28,10 +28,15 @@ def uid_of(box: Path) -> int:
     return int((box / "uid").read_text())
 
 
-def as_uid(uid: int, command: str) -> subprocess.CompletedProcess[str]:
-    """Run a host command as ``uid``: what a workload that escaped its box could do."""
-    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                           "sh", "-c", command], capture_output=True, text=True, timeout=30)
+def as_uid(uid: int, command: str, ns_of: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a host command as ``uid``: what a workload that escaped its box could do. With
+    ``ns_of``, in that running box's launcher mount namespace, the only place its disk is
+    mounted: as if the escape had landed right beside another box's files."""
+    pid = box_launcher(ns_of) if ns_of is not None else None
+    enter = ["nsenter", "-t", str(pid), "-m", "--"] if pid is not None else []
+    return subprocess.run([*enter, "setpriv", f"--reuid={uid}", f"--regid={uid}",
+                           "--clear-groups", "sh", "-c", command],
+                          capture_output=True, text=True, timeout=30)
 
 
 def test_an_escaped_workload_cannot_read_another_boxs_files(http: httpx.Client,
@@ -43,14 +48,14 @@ def test_an_escaped_workload_cannot_read_another_boxs_files(http: httpx.Client,
     assert uid_of(a) != uid_of(b)
     for box in (a, b):
         for sub in ("workspace", "home"):
-            st = (box / sub).stat()
+            st = (box_files(box) / sub).stat()
             assert (st.st_uid, st.st_mode & 0o777) == (uid_of(box), 0o700)
-        assert (box / "workspace" / "s.txt").stat().st_uid == uid_of(box)
+        assert (box_files(box) / "workspace" / "s.txt").stat().st_uid == uid_of(box)
     # Control: as its own uid, box a's files are readable ...
-    own = as_uid(uid_of(a), f"cat {a}/workspace/s.txt")
+    own = as_uid(uid_of(a), f"cat {a}/workspace/s.txt", ns_of=a)
     assert own.stdout == "secret-of-uid-a\n", own.stderr
-    # ... as box b's uid they are not, nor is b's home.
-    other = as_uid(uid_of(b), f"cat {a}/workspace/s.txt; ls {a}/home")
+    # ... as box b's uid they are not, nor is b's home, even from where they are mounted.
+    other = as_uid(uid_of(b), f"cat {a}/workspace/s.txt; ls {a}/home", ns_of=a)
     assert "secret-of-uid-a" not in other.stdout
     assert other.stderr.count("Permission denied") == 2, other.stderr
 
@@ -102,5 +107,5 @@ def test_a_box_from_before_per_box_uids_gets_its_own() -> None:
                       thread_id="legacy")
         assert got["stdout"] == "kept\n" and got["exit_code"] == 0
         uid = uid_of(box)
-        assert (box / "workspace" / "k.txt").stat().st_uid == uid
-        assert (box / "workspace").stat().st_uid == uid
+        assert (box_files(box) / "workspace" / "k.txt").stat().st_uid == uid
+        assert (box_files(box) / "workspace").stat().st_uid == uid

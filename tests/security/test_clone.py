@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
+from tests.security.helpers import box_files
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the staging uid needs a root server")
 
@@ -32,7 +33,8 @@ def exec_out(http: httpx.Client, session_id: str, command: str) -> str:
 
 @pytest.fixture
 def victim(server: LiveServer) -> Iterator[Path]:
-    """Another user's session whose workspace holds a committed secret; its host path."""
+    """Another user's session whose workspace holds a committed secret; its path as root
+    on the host sees it (through the box's launcher: its disk is mounted only there)."""
     key = server.add_user()
     with httpx.Client(base_url=server.url, timeout=60,
                       headers={"Authorization": f"Bearer {key}"}) as other:
@@ -41,7 +43,8 @@ def victim(server: LiveServer) -> Iterator[Path]:
         sid = s.json()["id"]
         exec_out(other, sid, "echo victim-secret > s.txt && git add s.txt && "
                              "git -c user.name=v -c user.email=v@v commit -qm s")
-        yield server.data_dir / "boxes" / ("s" + sid.removeprefix("ses_")) / "workspace"
+        yield box_files(server.data_dir / "boxes" / ("s" + sid.removeprefix("ses_"))) \
+            / "workspace"
 
 
 def refused(http: httpx.Client, url: str) -> httpx.Response:

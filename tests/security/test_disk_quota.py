@@ -3,16 +3,18 @@ does not fill, the server keeps answering, and the result says disk_quota_exceed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
-from tests.security.helpers import client, execute, live_server
+from tests.conftest import LiveServer, wait_for
+from tests.security.helpers import box_launcher, client, execute, live_server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop mounts need a root server")
 
@@ -20,9 +22,9 @@ QUOTA_MB = 32
 FILL = "dd if=/dev/zero of=/workspace/big bs=1M count=200 2>&1; echo dd-exit=$?"
 
 
-def mounts_under(path: Path) -> list[str]:
+def mounts_under(path: Path, table: str = "/proc/self/mounts") -> list[str]:
     prefix = str(path.resolve()) + "/"
-    with open("/proc/self/mounts") as f:
+    with open(table) as f:
         return [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
 
 
@@ -79,25 +81,96 @@ def test_a_session_has_its_own_quota_and_shows_its_disk_use() -> None:
         assert end["type"] == "exec_end" and end["error"] == "disk_quota_exceeded"
         disk = http.get(f"/v1/sessions/{s['id']}").json()["disk"]
         assert disk["used_bytes"] > 0.9 * disk["limit_bytes"]
+        # Stopped, the box's disk is mounted nowhere: its use is the image's allocation.
+        srv.stop()
+        srv.start()
+        asleep = http.get(f"/v1/sessions/{s['id']}").json()
+        assert asleep["status"] == "sleeping", asleep
+        assert asleep["disk"]["used_bytes"] > 0.8 * asleep["disk"]["limit_bytes"]
 
 
-def test_disks_are_unmounted_on_stop_and_after_a_crash(data_dir: Path) -> None:
+def loops_backing(path: Path) -> list[str]:
+    """Loop devices attached to a file under ``path`` (a box's disk image)."""
+    prefix, found = str(path.resolve()) + "/", []
+    for dev in Path("/sys/block").glob("loop*"):
+        with contextlib.suppress(OSError):
+            if (dev / "loop" / "backing_file").read_text().startswith(prefix):
+                found.append(dev.name)
+    return found
+
+
+def test_box_disks_stay_out_of_the_hosts_mount_table(data_dir: Path) -> None:
+    """Every new mount namespace (each box start) copies the host's whole mount table, so
+    a box's disk is mounted only in a namespace of the box's own: with several boxes
+    running the host's table holds none of them, a crash leaves nothing behind, and the
+    files are there again on the next start."""
+    srv = LiveServer(data_dir, env={"SOPHON_BOX_POOL_SIZE": "0"}).start()
+    threads = ("ns-a", "ns-b", "ns-c")
+    try:
+        with client(srv, srv.add_user()) as http:
+            for t in threads:
+                assert execute(http, f"echo {t} > /workspace/x",
+                               thread_id=t)["exit_code"] == 0
+            boxes = sorted((data_dir / "boxes").iterdir())
+            assert len(boxes) == 3
+            assert mounts_under(data_dir) == []
+            # Control: each box's disk is mounted, in its launcher's namespace, and that
+            # namespace holds no other box's disk.
+            for box in boxes:
+                pid = box_launcher(box)
+                assert pid is not None
+                assert mounts_under(data_dir, f"/proc/{pid}/mounts") == [str(box / "disk")]
+            assert len(loops_backing(data_dir)) == 3
+
+            assert srv.proc is not None
+            os.kill(srv.proc.pid, signal.SIGKILL)  # a crash: nobody unmounts anything
+            srv.proc.wait(10)
+            wait_for(lambda: not loops_backing(data_dir), 15, 0.05,
+                     "the crashed boxes' disks to be let go")
+            assert mounts_under(data_dir) == []
+
+            srv.start()
+            for t in threads:  # the files survived, and a box started again finds them
+                assert execute(http, "cat /workspace/x", thread_id=t)["stdout"] == f"{t}\n"
+            assert mounts_under(data_dir) == []
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(15)
+        assert mounts_under(data_dir) == []
+        wait_for(lambda: not loops_backing(data_dir), 15, 0.05,
+                 "the stopped boxes' disks to be let go")
+    finally:
+        srv.stop()
+
+
+def test_an_older_servers_host_mount_is_cleaned_up_at_start(data_dir: Path) -> None:
+    """A disk an older server left mounted on the host (it crashed) is unmounted at
+    start-up, and the box then runs over the same files."""
     srv = LiveServer(data_dir, env={"SOPHON_BOX_POOL_SIZE": "0"}).start()
     try:
         with client(srv, srv.add_user()) as http:
-            assert execute(http, "echo x > /workspace/x", thread_id="t")["exit_code"] == 0
-            assert len(mounts_under(data_dir)) == 1
-            assert srv.proc is not None
-            os.kill(srv.proc.pid, signal.SIGKILL)  # a crash: nobody unmounts
-            srv.proc.wait(10)
-            assert len(mounts_under(data_dir)) == 1
+            assert execute(http, "echo old > /workspace/x", thread_id="o")["exit_code"] == 0
+            srv.stop()
+            wait_for(lambda: not loops_backing(data_dir), 15, 0.05, "the disk to be let go")
+            [box] = list((data_dir / "boxes").iterdir())
+            subprocess.run(["mount", "-o", "loop", str(box / "disk.img"), str(box / "disk")],
+                           check=True)
+            assert mounts_under(data_dir) == [str(box / "disk")]  # the control
             srv.start()
-            assert mounts_under(data_dir) == []  # the new server cleaned up
-            assert execute(http, "cat /workspace/x", thread_id="t")["stdout"] == "x\n"
-            assert len(mounts_under(data_dir)) == 1
-        assert srv.proc is not None
-        srv.proc.send_signal(signal.SIGTERM)  # not srv.stop(), which unmounts leftovers
-        srv.proc.wait(15)
-        assert mounts_under(data_dir) == []  # a clean stop leaves nothing mounted
+            assert mounts_under(data_dir) == []
+            assert execute(http, "cat /workspace/x", thread_id="o")["stdout"] == "old\n"
     finally:
         srv.stop()
+
+
+def test_deleted_files_give_their_space_back_to_the_host() -> None:
+    with live_server({"SOPHON_BOX_POOL_SIZE": "0"}) as srv, \
+            client(srv, srv.add_user()) as http:
+        assert execute(http, "head -c 100M /dev/urandom > /workspace/big && sync",
+                       thread_id="trim", timeout=60)["exit_code"] == 0
+        [image] = list((srv.data_dir / "boxes").glob("*/disk.img"))
+        grown = image.stat().st_blocks * 512
+        assert grown >= 100 * 2**20  # the control: the writes landed in the image
+        assert execute(http, "rm /workspace/big && sync", thread_id="trim")["exit_code"] == 0
+        wait_for(lambda: image.stat().st_blocks * 512 < grown - 90 * 2**20, 30, 0.1,
+                 "the deleted file's blocks to be punched out of the image")

@@ -16,6 +16,7 @@ from tests.security.conftest import Run
 from tests.security.helpers import (
     assert_healthy,
     box_dir_holding,
+    box_files,
     client,
     execute,
     snapshot,
@@ -255,8 +256,9 @@ while [ ! -e /workspace/release ]; do sleep 0.02; done
 
     def planted() -> Path | None:
         for d in (server.data_dir / "boxes").iterdir():
-            if os.path.lexists(d / "workspace" / "deep" / "er" / "link"):
-                return d
+            view = box_files(d)  # a running box's disk is mounted in its namespace
+            if os.path.lexists(view / "workspace" / "deep" / "er" / "link"):
+                return view
         return None
 
     box = wait_for(planted, 15, 0.02, "the workload to plant its links")
@@ -264,7 +266,8 @@ while [ ! -e /workspace/release ]; do sleep 0.02; done
     assert os.readlink(box / "workspace" / "link-dir") == str(host_canary)  # control
     (box / "workspace" / "release").touch()
     assert wait_finished(http, trace)["status"] == "success"
-    wait_for(lambda: not box.exists(), 15, 0.02, "the fresh box's files to be deleted")
+    host_dir = server.data_dir / "boxes" / box.name
+    wait_for(lambda: not host_dir.exists(), 15, 0.02, "the fresh box's files to be deleted")
     assert (host_canary / "canary.txt").read_text() == canary_text
     assert sorted(p.name for p in host_canary.iterdir()) == ["canary.txt"]
 

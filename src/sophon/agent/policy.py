@@ -17,6 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from sophon import metrics
 from sophon.events.types import ApprovalDecision, ApprovalRequest
 from sophon.sessions.models import ApprovalPolicy
 from sophon.sessions.service import SessionService
@@ -99,6 +100,7 @@ async def ask_webhook(webhooks: Webhooks, url: str, approval_id: str, session_id
                                     read_limit=READ_LIMIT)
     except Exception as exc:  # refused, unreachable, slow: all look the same to the user
         log.info("approval webhook of %s (%s): %s", session_id, approval_id, describe(exc))
+        metrics.webhook_deliveries.labels("approval", "failed").inc()
         return Verdict(False, NO_VALID_ANSWER)
     try:
         answer = json.loads(reply.body) if reply.status == 200 else None
@@ -107,6 +109,8 @@ async def ask_webhook(webhooks: Webhooks, url: str, approval_id: str, session_id
     if not isinstance(answer, dict) or not isinstance(answer.get("approved"), bool):
         log.info("approval webhook of %s (%s): HTTP %d, not a JSON object with a boolean "
                  "'approved'", session_id, approval_id, reply.status)
+        metrics.webhook_deliveries.labels("approval", "failed").inc()
         return Verdict(False, NO_VALID_ANSWER)
+    metrics.webhook_deliveries.labels("approval", "answered").inc()
     reason = answer.get("reason")
     return Verdict(answer["approved"], reason[:MAX_REASON] if isinstance(reason, str) else None)

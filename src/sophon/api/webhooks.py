@@ -1,4 +1,4 @@
-"""Execution webhooks: the user's signing secret (see sophon.sandbox.webhooks)."""
+"""Execution webhooks: the user's signing secret (see sophon.webhooks)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 Layers, outermost first:
 1. ``/bin/sh`` (as the server's uid) writes its own pid into the box's cgroups,
    so the limits hold from the first instruction of the box;
+1b. for a box with a disk image (disk.py), ``unshare --mount`` and a second ``sh`` (still
+   root) mount the image in a mount namespace of the box's own and make its
+   ``workspace`` and ``home`` the box's; the host's mount table never holds it;
 2. ``setpriv`` (only when the server runs as root) drops to an unprivileged host
    uid with no supplementary groups: a box never runs as host root, even inside
    its user namespace;
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from sophon.box.box import Box
 from sophon.box.cgroups import CgroupTree, Limits
+from sophon.box.disk import MOUNT_OPTIONS, BoxDisk
 from sophon.box.seccomp import SeccompUnavailable, compile_filter
 from sophon.errors import BoxError, BoxRequestError
 
@@ -82,6 +86,16 @@ BASE_ENV = {
     "PIP_NO_INPUT": "1",
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
 }
+
+
+# Run by the launcher as root in the box's own mount namespace: $1 the loop device of the
+# box's disk, $2 its mountpoint, $3 the box's host uid; then the rest (setpriv, bwrap).
+# The mount's source is a loop device the server attached (disk.attach_loop): "-o loop"
+# would search every loop device in use first, a cost that grew with the boxes running.
+MOUNT_SCRIPT = (
+    f'mount -n -t ext4 -o {MOUNT_OPTIONS} "$1" "$2" && '
+    'install -d -o "$3" -g "$3" -m 0700 "$2/workspace" "$2/home" && shift 3 && exec "$@"'
+)
 
 
 @dataclass
@@ -159,6 +173,9 @@ class BoxSpec:
     # Read-write volume mounts: (volume root on the host, sub-path in it, box path).
     volume_binds: tuple[tuple[Path, str, str], ...] = ()
     groups: tuple[int, ...] = ()  # supplementary host groups (the volumes' gids)
+    # The box's disk, mounted in the launcher's own mount namespace (None: workspace and
+    # home are ready on the host: no quotas, a box from before them, a staging box).
+    disk: BoxDisk | None = None
 
 
 class BwrapBackend:
@@ -181,6 +198,7 @@ class BwrapBackend:
         self.bwrap = shutil.which("bwrap")
         self.setpriv = shutil.which("setpriv")
         self.prlimit = shutil.which("prlimit")
+        self.unshare = shutil.which("unshare")
         if self.bwrap is None:
             raise BoxError("bubblewrap (bwrap) is not installed; install the 'bubblewrap' package")
         if self.is_root and self.setpriv is None:
@@ -337,8 +355,8 @@ class BwrapBackend:
     def launcher(self, spec: BoxSpec, procs_files: list[Path],
                  fds: BoxFds | None = None) -> list[str]:
         inner = self.argv(spec, fds)
+        uid = self.uid_of(spec)
         if self.is_root:
-            uid = self.uid_of(spec)
             inner = [
                 self.setpriv or "setpriv",
                 f"--reuid={uid}", f"--regid={uid}",
@@ -346,6 +364,16 @@ class BwrapBackend:
                   else ["--clear-groups"]),
                 "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
                 *inner,
+            ]
+        if spec.disk is not None:
+            # A mount namespace of the box's own (copied from the host's, which holds no
+            # box disks), where its disk is mounted as root before setpriv drops root; it
+            # and the mount go away with the box's last process. "slave": the host's own
+            # mounts and unmounts (volumes) still reach it, nothing goes the other way.
+            inner = [
+                self.unshare or "unshare", "--mount", "--propagation", "slave", "--",
+                "/bin/sh", "-c", MOUNT_SCRIPT, "sh",
+                spec.disk.device, str(spec.disk.mountpoint), str(uid), *inner,
             ]
         if not procs_files:
             return inner
@@ -359,7 +387,15 @@ class BwrapBackend:
                 f"--nproc={spec.limits.pids}", "--", *argv]
 
     async def start(self, spec: BoxSpec, ready_timeout: float = 15.0) -> Box:
-        self.prepare_dirs(spec)
+        try:
+            return await self._start(spec, ready_timeout)
+        finally:
+            if spec.disk is not None:  # mounted by now, or never to be
+                spec.disk.close()
+
+    async def _start(self, spec: BoxSpec, ready_timeout: float) -> Box:
+        if spec.disk is None:  # else the launcher makes them, inside the mounted disk
+            self.prepare_dirs(spec)
         cgroup = None
         fds = BoxFds()
         try:

@@ -1,23 +1,34 @@
-"""A hard disk quota per box: a sparse ext4 image, loop-mounted while the box runs.
+"""A hard disk quota per box: a sparse ext4 image, mounted in the box's own mount namespace.
 
-``boxes/<id>/disk.img`` holds the box's ``workspace/`` and ``home/``; while the box runs
-it is mounted (nosuid, nodev) at ``boxes/<id>/disk``, and ``boxes/<id>/workspace`` and
-``home`` are symlinks into it, which is what the sandbox binds. A workload that fills it
-gets ENOSPC from its own filesystem; the host's disk holds at most the image's size. The
-image is sparse, so an empty box costs about a megabyte.
+``boxes/<id>/disk.img`` holds the box's ``workspace/`` and ``home/``; ``boxes/<id>/workspace``
+and ``home`` are symlinks into ``boxes/<id>/disk``, which is what the sandbox binds. The
+image is attached to a loop device here, but mounted (nosuid, nodev, discard) only inside
+the box's launcher, in a mount namespace of its own (see bwrap.py): the host's mount table
+never holds a box's disk, because every new mount namespace copies the whole table and a
+table that grew with the boxes running made every box start slower. The mount goes away
+with the box's last process, and the loop device (autoclear) with it. A workload that
+fills its disk gets ENOSPC from its own filesystem; the host's disk holds at most the
+image's size, and files deleted in the box give their space back (``discard`` punches
+holes in the image). The image is sparse, so an empty box costs about a megabyte.
 
 Mounting needs root; an unprivileged server runs without quotas and says so. Boxes made
-before quotas existed (real directories, no image) keep working without one.
+before quotas existed (real directories, no image) keep working without one. Staging
+boxes and volumes are still mounted on the host (few, and their files are read from
+outside the box that wrote them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import shutil
+import struct
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +41,39 @@ SUBDIRS = ("workspace", "home")
 # its own metadata, so a filled disk still shows some hundreds of KiB free.
 FULL_BELOW_BYTES = 2**20
 FULL_BELOW_SHARE = 0.01
+# discard: what a workload deletes is punched out of the image, so the host gets it back.
+MOUNT_OPTIONS = "nosuid,nodev,noatime,discard"
+
+# <linux/loop.h>
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_AUTOCLEAR = 4
+# How long a start waits for the previous run of the same box to let go of its disk (its
+# processes are gone once the box has stopped, so this is the kernel finishing up).
+RELEASE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
 class DiskUse:
     used_bytes: int
     limit_bytes: int | None  # None: no quota for this box
+
+
+@dataclass(eq=False)
+class BoxDisk:
+    """A box's image on a loop device, for the box's launcher to mount at ``mountpoint``
+    in its own mount namespace. The device clears itself when its last user closes it, so
+    ``fd`` holds it until the box has mounted it (``close`` once the box has started or
+    failed to)."""
+
+    device: str
+    mountpoint: Path
+    fd: int
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _run(*argv: str) -> None:
@@ -59,11 +97,56 @@ def make_image(img: Path, size_mb: int) -> None:
     os.replace(tmp, img)
 
 
+def attach_loop(img: Path) -> tuple[int, int]:
+    """Attach ``img`` to a free loop device (autoclear); returns its number and an open
+    descriptor of it, which keeps it attached until closed or mounted.
+
+    Done with the kernel's ioctls rather than ``mount -o loop`` or ``losetup``: those look
+    through every loop device in use for one backed by the same file first, and with a
+    loop device per running box that search made each start slower than the last."""
+    ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    backing = os.open(img, os.O_RDWR | os.O_CLOEXEC)
+    name = str(img).encode()[:63]
+    # struct loop_config: fd, block_size, struct loop_info64 (lo_flags, lo_file_name), pad.
+    info = struct.pack("=QQQQQIIII64s64s32sQQ", 0, 0, 0, 0, 0, 0, 0, 0,
+                       LO_FLAGS_AUTOCLEAR, name, b"", b"", 0, 0)
+    config = struct.pack("=II", backing, 0) + info + bytes(64)
+    try:
+        for _ in range(100):
+            number = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+            fd = os.open(f"/dev/loop{number}", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(fd, LOOP_CONFIGURE, config)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno == errno.EBUSY:  # another process took it first
+                    continue
+                raise BoxError(f"could not attach {img.name} to a loop device: {exc}") from exc
+            return number, fd
+        raise BoxError("could not attach a disk image: no loop device stayed free")
+    finally:
+        os.close(backing)
+        os.close(ctl)
+
+
+def backing_file(number: int) -> str | None:
+    """The file loop device ``number`` is attached to, None if it is free."""
+    try:
+        return Path(f"/sys/block/loop{number}/loop/backing_file").read_text().rstrip("\n")
+    except OSError:
+        return None
+
+
 def mount_image(img: Path, mnt: Path) -> None:
-    """Loop-mount ``img`` at ``mnt`` (nosuid, nodev), unless it is mounted already."""
+    """Loop-mount ``img`` at ``mnt`` on the host, unless something is mounted there."""
     if not os.path.ismount(mnt):
         mnt.mkdir(exist_ok=True)
-        _run("mount", "-o", "loop,nosuid,nodev,noatime", str(img), str(mnt))
+        number, fd = attach_loop(img)
+        try:
+            _run("mount", "-n", "-t", "ext4", "-o", MOUNT_OPTIONS, f"/dev/loop{number}",
+                 str(mnt))
+        finally:
+            os.close(fd)  # the mount holds the device now (or it clears itself)
 
 
 def unmount(mnt: Path) -> None:
@@ -76,11 +159,14 @@ def unmount(mnt: Path) -> None:
                 raise
 
 
-def mounted_use(mnt: Path) -> DiskUse | None:
+def mounted_use(mnt: Path | str) -> DiskUse | None:
     """Used and total bytes of the filesystem mounted at ``mnt``; None if none is."""
-    if not os.path.ismount(mnt):
+    try:
+        if not os.path.ismount(mnt):
+            return None
+        st = os.statvfs(mnt)
+    except OSError:  # a box's view that went away with it
         return None
-    st = os.statvfs(mnt)
     return DiskUse((st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize)
 
 
@@ -89,10 +175,15 @@ class Disks:
         self.boxes_dir = boxes_dir
         self.default_mb = default_mb
         tools = [shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin")
-                 for t in ("mkfs.ext4", "mount", "umount")]
-        self.enabled = os.geteuid() == 0 and all(tools)
+                 for t in ("mkfs.ext4", "mount", "umount", "unshare")]
+        self.enabled = (os.geteuid() == 0 and all(tools)
+                        and os.path.exists("/dev/loop-control"))
         self.mode = (f"ext4 image per box, {default_mb} MiB by default" if self.enabled else
-                     "off (needs root and e2fsprogs): a box can fill the host's disk")
+                     "off (needs root, e2fsprogs and loop devices): a box can fill the "
+                     "host's disk")
+        # Box id: the loop device its last start used. A start of the same box waits for
+        # it to be let go, so one image is never mounted twice at once.
+        self._loops: dict[str, int] = {}
 
     def image(self, box_id: str) -> Path:
         return self.boxes_dir / box_id / "disk.img"
@@ -104,32 +195,80 @@ class Disks:
         ws = self.boxes_dir / box_id / "workspace"
         return ws.is_dir() and not ws.is_symlink()
 
+    def _layout(self, box_id: str, size_mb: int | None) -> tuple[Path, Path]:
+        d, img, mnt = self.boxes_dir / box_id, self.image(box_id), self.mountpoint(box_id)
+        d.mkdir(parents=True, exist_ok=True)
+        make_image(img, size_mb or self.default_mb)
+        mnt.mkdir(exist_ok=True)
+        for sub in SUBDIRS:
+            link = d / sub
+            if not link.is_symlink():
+                link.symlink_to(f"disk/{sub}")
+        return img, mnt
+
+    async def prepare(self, box_id: str, size_mb: int | None = None) -> BoxDisk | None:
+        """The box's disk, made on first use and attached to a loop device, for its
+        launcher to mount; None for a box without one (no quotas, or a box from before
+        them, whose files are real directories)."""
+        if not self.enabled:
+            return None
+        return await asyncio.to_thread(self._prepare, box_id, size_mb)
+
+    def _prepare(self, box_id: str, size_mb: int | None) -> BoxDisk | None:
+        if self._legacy(box_id):
+            return None
+        img, mnt = self._layout(box_id, size_mb)
+        if os.path.ismount(mnt):  # mounted on the host by an older server: used as is
+            return None
+        self._wait_released(box_id, img)
+        number, fd = attach_loop(img)
+        self._loops[box_id] = number
+        return BoxDisk(f"/dev/loop{number}", mnt, fd)
+
+    def _wait_released(self, box_id: str, img: Path) -> None:
+        number = self._loops.get(box_id)
+        if number is None:
+            return
+        path = str(img.resolve())
+        end = time.monotonic() + RELEASE_WAIT_S
+        while backing_file(number) == path:
+            if time.monotonic() > end:
+                raise BoxError(f"the disk of box {box_id} is still in use by its previous "
+                               "run; try again shortly")
+            time.sleep(0.01)
+        self._loops.pop(box_id, None)
+
     async def attach(self, box_id: str, size_mb: int | None = None) -> None:
-        """Make the box's files available at boxes/<id>/{workspace,home}: create its
-        image on first use, and mount it."""
+        """Mount the box's disk on the host (a staging box, whose copy another box reads
+        once it has stopped), making its image on first use."""
         if self.enabled:
             await asyncio.to_thread(self._attach, box_id, size_mb)
 
     def _attach(self, box_id: str, size_mb: int | None) -> None:
         if self._legacy(box_id):
             return
-        d, img, mnt = self.boxes_dir / box_id, self.image(box_id), self.mountpoint(box_id)
-        d.mkdir(parents=True, exist_ok=True)
-        make_image(img, size_mb or self.default_mb)
+        img, mnt = self._layout(box_id, size_mb)
         mount_image(img, mnt)
         mnt.chmod(0o755)  # walkable by the box's uid; its two directories are 0700
         for sub in SUBDIRS:
             (mnt / sub).mkdir(exist_ok=True)
-            link = d / sub
-            if not link.is_symlink():
-                link.symlink_to(f"disk/{sub}")
 
     async def detach(self, box_id: str) -> None:
+        """Unmount the box's disk from the host, where only a staging box's (or an older
+        server's) is; a box's own namespace takes its mount with it."""
         if self.enabled:
             await asyncio.to_thread(unmount, self.mountpoint(box_id))
 
-    def usage(self, box_id: str) -> DiskUse:
-        use = mounted_use(self.mountpoint(box_id))
+    def _view(self, box_id: str, pid: int | None) -> str:
+        """Where the host sees the box's mountpoint: through its launcher's root
+        (``/proc/<pid>/root``, the launcher's mount namespace) while it runs."""
+        mnt = os.path.abspath(self.mountpoint(box_id))
+        return f"/proc/{pid}/root{mnt}" if pid is not None else mnt
+
+    def usage(self, box_id: str, pid: int | None = None) -> DiskUse:
+        """``pid``: the box's launcher (the outer bwrap) if it runs; else, or if its disk
+        is not mounted, the image's allocated size."""
+        use = mounted_use(self._view(box_id, pid))
         if use is not None:
             return use
         img = self.image(box_id)
@@ -138,18 +277,23 @@ class Disks:
             return DiskUse(st2.st_blocks * 512, st2.st_size)
         return DiskUse(0, None)
 
-    def full(self, box_id: str) -> bool:
+    def full(self, box_id: str, pid: int | None = None) -> bool:
         """Whether the box's disk is (about) full: an exec that failed then failed for it."""
-        mnt = self.mountpoint(box_id)
-        if not os.path.ismount(mnt):
+        view = self._view(box_id, pid)
+        try:
+            if not os.path.ismount(view):
+                return False
+            st = os.statvfs(view)
+        except OSError:
             return False
-        st = os.statvfs(mnt)
         return st.f_bavail * st.f_frsize < max(FULL_BELOW_BYTES,
                                                FULL_BELOW_SHARE * st.f_blocks * st.f_frsize)
 
     async def detach_all(self) -> int:
-        """Unmount every box disk under this data directory (at start-up, after a crash;
-        at shutdown)."""
+        """Unmount every box disk under this data directory from the host (a staging
+        box's, or an older server's, left by a crash); and note the loop devices still
+        attached to this directory's images (boxes of a crashed run, dying), which the
+        next start of each box waits for."""
         return await asyncio.to_thread(self._detach_all) if self.enabled else 0
 
     def _detach_all(self) -> int:
@@ -159,4 +303,9 @@ class Disks:
         for m in stale:
             with contextlib.suppress(BoxError):
                 _run("umount", "-l", m)
+        with contextlib.suppress(OSError):
+            for dev in Path("/sys/block").glob("loop*"):
+                path = backing_file(int(dev.name[4:])) if dev.name[4:].isdigit() else None
+                if path and path.startswith(prefix) and path.endswith("/disk.img"):
+                    self._loops[path[len(prefix):].split("/")[0]] = int(dev.name[4:])
         return len(stale)

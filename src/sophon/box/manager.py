@@ -250,7 +250,7 @@ class BoxManager:
             d = self.box_dir(box_id)
             await self._check_room()  # before a uid or a disk is spent on it
             uid = await self._uid_for(box_id)
-            await self.disks.attach(box_id, disk_mb)
+            disk = await self.disks.prepare(box_id, disk_mb)
             spec = BoxSpec(
                 box_id=box_id,
                 workspace=d / "workspace",
@@ -264,6 +264,7 @@ class BoxManager:
                 home_aliases=(THREAD_HOME,) if is_thread_box(box_id) else (),
                 volume_binds=tuple(binds),
                 groups=tuple(sorted({m.gid for m in mounts})),
+                disk=disk,
             )
             try:
                 box = await self._start(spec)
@@ -271,7 +272,7 @@ class BoxManager:
                 await self.disks.detach(box_id)
                 raise
             box._on_stop = self._forget
-            box.disk_full = functools.partial(self.disks.full, box_id)
+            box.disk_full = functools.partial(self.disks.full, box_id, box.pid)
             self._boxes[box_id] = box
             self._mounts[box_id] = mounts
             self._idle_after[box_id] = idle_after or self.settings.thread_idle_seconds
@@ -445,10 +446,12 @@ class BoxManager:
             self.uids.release(box_id)  # only now: its next owner must find nothing old
 
     def disk_use(self, box_id: str) -> DiskUse:
-        return self.disks.usage(box_id)
+        box = self.running(box_id)  # its disk is mounted only in its own namespace
+        return self.disks.usage(box_id, box.pid if box is not None else None)
 
     def disk_full(self, box_id: str) -> bool:
-        return self.disks.full(box_id)
+        box = self.running(box_id)
+        return self.disks.full(box_id, box.pid if box is not None else None)
 
     async def _uid_for(self, box_id: str) -> int | None:
         if self.uids is None:

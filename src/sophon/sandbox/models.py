@@ -73,7 +73,7 @@ class ExecuteRequest(BaseModel):
         "maxProperties": 10, "propertyNames": {"pattern": METADATA_KEY_PATTERN}})
     env_vars: dict[str, str] | None = Field(None, json_schema_extra={
         "maxProperties": 50, "propertyNames": {"pattern": ENV_KEY_PATTERN}})
-    # POSTed the execution's status when it ends, signed (sophon.sandbox.webhooks).
+    # POSTed the execution's status when it ends, signed (sophon.webhooks).
     webhook_url: str | None = Field(None, max_length=2048)
     # Narrow the volumes this execution sees to these paths (docs/ARCHITECTURE.md,
     # "Volumes"): only they are mounted, each at its own path.
