@@ -121,6 +121,17 @@ class Settings(BaseSettings):
     thread_idle_seconds: float = 600.0
     session_idle_seconds: float = 7200.0
     sse_heartbeat_seconds: float = 15.0
+    # A session's file_change events (sessions/file_changes.py): a burst of
+    # file_changes_burst, then file_changes_per_second; beyond that, the changes of the
+    # next file_changes_window_seconds are logged as one file_changes_coalesced event.
+    # Diffs: each cut at file_diff_max_bytes; together a burst of file_diff_burst_bytes,
+    # then file_diff_bytes_per_second, beyond which a change is logged without its diff.
+    file_changes_per_second: float = Field(10.0, gt=0)
+    file_changes_burst: int = Field(100, ge=1)
+    file_changes_window_seconds: float = Field(5.0, gt=0)
+    file_diff_max_bytes: int = Field(64 * 1024, ge=1024)
+    file_diff_bytes_per_second: int = Field(64 * 1024, ge=0)
+    file_diff_burst_bytes: int = Field(1024 * 1024, ge=0)
     # If set, the only host directories a git starter may clone from by local path or
     # file:// URL. Empty: any directory that other users may read.
     git_local_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)

@@ -42,6 +42,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "usage": {"model": "claude-sonnet-4-5", "input_tokens": 10, "output_tokens": 5,
               "cost_usd": 0.001},
     "task_update": {"task_id": "1", "subject": "tests", "status": "in_progress"},
+    "file_changes_coalesced": {"changes": 450, "files": 150, "paths": ["a.txt", "b.txt"],
+                               "seconds": 5.0},
 }
 
 

@@ -89,6 +89,17 @@ class FileChange(_Event):
     binary: bool = False
 
 
+class FileChangesCoalesced(_Event):
+    """Files changed faster than the session's file_change rate: the changes of one
+    window, folded into this one event instead of one event each."""
+
+    type: Literal["file_changes_coalesced"] = "file_changes_coalesced"
+    changes: int  # changes folded in
+    files: int  # distinct files among them
+    paths: list[str]  # the first of those files, sorted (up to 100)
+    seconds: float  # the window they were seen in
+
+
 class ApprovalRequest(_Event):
     type: Literal["approval_request"] = "approval_request"
     approval_id: str
@@ -149,7 +160,7 @@ class TaskUpdate(_Event):
 Event = Annotated[
     SessionStart | SessionEnd | SessionError | Status | User | Assistant | Thinking
     | ToolUse | ToolResult | FileChange | ApprovalRequest | ApprovalDecision | ExecStart
-    | ExecOutput | ExecEnd | Usage | TaskUpdate,
+    | ExecOutput | ExecEnd | Usage | TaskUpdate | FileChangesCoalesced,
     Field(discriminator="type"),
 ]
 _adapter: list[TypeAdapter[Any]] = []

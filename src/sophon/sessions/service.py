@@ -32,13 +32,13 @@ from sophon.events.types import (
     ExecEnd,
     ExecOutput,
     ExecStart,
-    FileChange,
     SessionError,
     SessionStart,
     Status,
 )
 from sophon.sessions import profiles
 from sophon.sessions.approvals import ApprovalService
+from sophon.sessions.file_changes import ChangeLimiter
 from sophon.sessions.models import (
     ApprovalPolicy,
     CreateSession,
@@ -96,6 +96,7 @@ class SessionService:
         self.approvals = ApprovalService(db, events, self.set_status)
         self.webhooks = Webhooks(settings, db)  # approval webhooks (agent/policy.py)
         self._watchers: dict[str, tuple[Box, asyncio.Task[None], asyncio.Event]] = {}
+        self._change_limits: dict[str, ChangeLimiter] = {}  # per session, across watchers
         self._versions: dict[str, int] = {}  # bumped on every change of a session's settings
         self._tasks: set[asyncio.Task[None]] = set()
         boxes.on_idle_stop.append(self._box_went_idle)
@@ -181,6 +182,7 @@ class SessionService:
         return await self.view(row)
 
     async def _purge(self, row: SessionRow) -> None:
+        self._change_limits.pop(row.id, None)
         watcher = self._watchers.pop(row.id, None)
         if watcher is not None:
             watcher[1].cancel()
@@ -315,20 +317,41 @@ class SessionService:
         return watching
 
     async def _follow_changes(self, session_id: str, box: Box, watching: asyncio.Event) -> None:
+        limits = self._change_limits.get(session_id)
+        if limits is None:
+            limits = self._change_limits[session_id] = ChangeLimiter(self.settings)
+        flusher = asyncio.create_task(self._flush_changes(session_id, limits),
+                                      name=f"changes-{session_id}")
         try:
             async for ch in box.watch(WORKSPACE):
                 if isinstance(ch, Watching):
                     watching.set()
                     continue
-                await self.events.append(session_id, FileChange(
-                    path=ch.path, change=ch.change, size=ch.size, diff=ch.diff,
-                    diff_truncated=ch.diff_truncated, binary=ch.binary))
+                if (folded := limits.due()) is not None:
+                    await self.events.append(session_id, folded)
+                if (event := limits.admit(ch)) is not None:
+                    await self.events.append(session_id, event)
         except SophonError:
             pass  # the box stopped; the next request starts a new watcher
         except Exception:
             log.exception("file watcher of session %s failed", session_id)
         finally:
             watching.set()  # never leave a request waiting on a watcher that is gone
+            flusher.cancel()
+        # Not cancelled (the box stopped): what was folded until then is told now.
+        if (folded := limits.flush()) is not None:
+            with contextlib.suppress(Exception):  # the session may be gone
+                await self.events.append(session_id, folded)
+
+    async def _flush_changes(self, session_id: str, limits: ChangeLimiter) -> None:
+        """Log each window's coalesced changes when it ends, even if no change follows."""
+        try:
+            while True:
+                await asyncio.sleep(limits.wait())
+                if (folded := limits.due()) is not None:
+                    await self.events.append(session_id, folded)
+        except Exception:
+            log.exception("file changes of session %s could not be logged", session_id)
 
     async def _box_went_idle(self, box_id: str) -> None:
         session_id = session_id_of(box_id)

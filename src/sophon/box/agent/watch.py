@@ -17,6 +17,11 @@ SKIP_DIRS = frozenset({".git", "node_modules", "__pycache__", ".venv", ".mypy_ca
                        ".pytest_cache", ".ruff_cache"})
 TEXT_LIMIT = 256 * 1024      # larger files get no diff
 DIFF_LIMIT = 64 * 1024       # a longer diff is cut and flagged
+# Per scan: at most this many changes are reported (the rest stay unseen, so the next
+# scan reports them: a huge change is spread over scans, never lost), and diffs add up
+# to at most this many bytes (later changes of the scan come without one, flagged).
+CHANGES_PER_SCAN = 500
+DIFF_BYTES_PER_SCAN = 1024 * 1024
 CACHE_BUDGET = 32 * 1024 * 1024
 # difflib's line matching can be quadratic: a changed stretch longer than this is shown
 # as one hunk that replaces it (a correct diff, if not the smallest), made in linear time.
@@ -116,14 +121,22 @@ class Watcher:
     def changes(self) -> list[dict]:
         new = scan(self.root)
         out: list[dict] = []
+        budget = [DIFF_BYTES_PER_SCAN]
+        seen = dict(self.state)  # what the next scan compares with: only what was reported
         for rel in sorted(self.state.keys() - new.keys()):
+            if len(out) >= CHANGES_PER_SCAN:
+                break
             before = self.cache.get(rel)
-            out.append(self._change(rel, "deleted", None, before, "", False))
+            out.append(self._change(rel, "deleted", None, before, "", False, budget))
             self._remember(rel, None)
+            del seen[rel]
         for rel, sig in sorted(new.items()):
             old = self.state.get(rel)
             if old == sig:
                 continue
+            if len(out) >= CHANGES_PER_SCAN:
+                break
+            seen[rel] = sig
             kind = "created" if old is None else "modified"
             if not sig[3]:  # a symlink or special file: no content to diff
                 out.append({"path": rel, "change": kind, "size": sig[1], "diff": None,
@@ -133,21 +146,27 @@ class Watcher:
             before = self.cache.get(rel, "" if kind == "created" else None)
             if kind == "modified" and text is not None and text == before:
                 continue  # touched, not changed
-            out.append(self._change(rel, kind, sig[1], before, text, binary))
+            out.append(self._change(rel, kind, sig[1], before, text, binary, budget))
             self._remember(rel, text)
-        self.state = new
+        self.state = seen
         return out
 
     @staticmethod
     def _change(rel: str, kind: str, size: int | None, before: str | None,
-                after: str | None, binary: bool) -> dict:
+                after: str | None, binary: bool, budget: list[int] | None = None) -> dict:
         diff, cut = None, False
+        if budget is not None and budget[0] <= 0 and before is not None \
+                and after is not None:
+            return {"path": rel, "change": kind, "size": size, "diff": None,
+                    "diff_truncated": True, "binary": binary}
         if before is not None and after is not None:
             diff = unified(before.splitlines(keepends=True), after.splitlines(keepends=True),
                            "/dev/null" if kind == "created" else f"a/{rel}",
                            "/dev/null" if kind == "deleted" else f"b/{rel}")
             if len(diff) > DIFF_LIMIT:
                 diff, cut = diff[:DIFF_LIMIT], True
+            if budget is not None:
+                budget[0] -= len(diff)
         return {"path": rel, "change": kind, "size": size, "diff": diff,
                 "diff_truncated": cut, "binary": binary}
 
