@@ -120,6 +120,18 @@ class Settings(BaseSettings):
     housekeeping_seconds: float = Field(3600.0, gt=0)
     thread_idle_seconds: float = 600.0
     session_idle_seconds: float = 7200.0
+    # A box with a process still running but no request for this long is stopped anyway
+    # (its processes end; the next request starts it over the same files). 0: never.
+    box_max_unattended_seconds: float = Field(7200.0, ge=0)
+    # Per-user limits (sophon/quotas.py); 0 = no limit. Boxes awake: threads, sessions
+    # and one-off executions together. Disk: the sizes of the user's session and thread
+    # disks and volumes added up (what they may grow to), checked when one is made.
+    # Events: what the user's sessions append a minute; past it, new work (a session, an
+    # exec) waits, while what runs goes on.
+    user_max_boxes: int = Field(20, ge=0)
+    user_max_concurrent_executions: int = Field(16, ge=0)
+    user_max_disk_mb: int = Field(102400, ge=0)
+    user_max_events_per_minute: int = Field(12000, ge=0)
     sse_heartbeat_seconds: float = 15.0
     # A session's file_change events (sessions/file_changes.py): a burst of
     # file_changes_burst, then file_changes_per_second; beyond that, the changes of the

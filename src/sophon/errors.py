@@ -59,6 +59,19 @@ class BudgetExceeded(SophonError):
     code = "budget_exceeded"
 
 
+class LimitExceeded(SophonError):
+    """A per-user limit (sophon/quotas.py) would be passed; the message names it and its
+    setting. ``retry_after``: seconds after which trying again may work (None: waiting
+    does not help)."""
+
+    status = 429
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class PreconditionFailed(SophonError):
     """The resource changed since the client read it (a stale ETag)."""
 

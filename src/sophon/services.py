@@ -13,6 +13,7 @@ from sophon.box.manager import BoxManager
 from sophon.config import Settings
 from sophon.events.log import EventLog
 from sophon.gateway.service import Gateway
+from sophon.quotas import Quotas
 from sophon.sandbox.service import ExecutionService
 from sophon.sessions.secrets import SecretStore, load_key
 from sophon.sessions.service import SessionService
@@ -44,13 +45,15 @@ class Services:
         await migrate(engine)
         db = sessionmaker(engine)
         boxes = BoxManager(settings)
-        executions = ExecutionService(boxes, db, engine)
+        quotas = Quotas(settings, boxes, db)  # per-user limits, shared by both services
+        executions = ExecutionService(boxes, db, engine, quotas)
         cut_off = await executions.recover()
         if cut_off:
             log.warning("%d execution(s) were cut off by the last stop; marked failed", cut_off)
         events = EventLog(engine)
+        events.on_append = quotas.note_event
         sessions = SessionService(settings, db, boxes, events,
-                                  SecretStore(db, load_key(settings.data_dir)))
+                                  SecretStore(db, load_key(settings.data_dir)), quotas)
         await sessions.recover()
         await boxes.start()
         executions.threads.start()  # thread expiry, execution record pruning
@@ -64,6 +67,10 @@ class Services:
                         "message to the agent will fail until one is set")
         return cls(settings, engine, db, UserService(db), boxes, executions, sessions,
                    Workspace(sessions), gateway, AgentService(sessions, gateway, settings))
+
+    @property
+    def quotas(self) -> Quotas:
+        return self.sessions.quotas
 
     async def close(self) -> None:
         await self.agent.close()

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 
 from sophon.api.deps import PrincipalDep, ServicesDep
+from sophon.quotas import UserLimits
 
 router = APIRouter()
 
@@ -14,10 +16,21 @@ async def healthz(services: ServicesDep) -> dict[str, object]:
             "box_disk": services.boxes.disks.mode}
 
 
-@router.get("/v1/me")
-async def me(principal: PrincipalDep, services: ServicesDep) -> dict[str, object]:
-    """Who you are, and your token budget across sessions (None: no budget)."""
+class Me(BaseModel):
+    id: str
+    name: str
+    token_budget: int | None = Field(description="Tokens you may spend across sessions "
+                                                 "(None: no budget)")
+    tokens_used: int
+    limits: UserLimits = Field(description="Your use of each per-user limit, and the limit "
+                                           "(None: none) with the setting that sets it")
+
+
+@router.get("/v1/me", response_model=Me)
+async def me(principal: PrincipalDep, services: ServicesDep) -> Me:
+    """Who you are, your token budget across sessions, and your use of the per-user
+    limits: boxes awake, executions running, disk, events a minute."""
     budget = services.gateway.models.user_token_budget
-    return {"id": principal.user_id, "name": principal.name,
-            "token_budget": budget or None,
-            "tokens_used": await services.gateway.user_tokens(principal.user_id)}
+    return Me(id=principal.user_id, name=principal.name, token_budget=budget or None,
+              tokens_used=await services.gateway.user_tokens(principal.user_id),
+              limits=await services.quotas.usage(principal.user_id))

@@ -64,6 +64,7 @@ async def create_volume(body: VolumeCreate, request: Request,
     if size > limit:
         raise BadRequest(f"size_mb is {size}, over this server's ceiling of {limit} MiB "
                          "a volume (SOPHON_BOX_DISK_MAX_MB)")
+    await services.quotas.check_disk(principal.user_id, size, "a new volume")
     base = services.settings.box_uid_first + services.settings.box_uid_count
     for _ in range(5):  # a gid taken concurrently: take the next
         async with services.db() as db:

@@ -12,6 +12,7 @@ import errno
 import functools
 import hashlib
 import logging
+import math
 import os
 import resource
 import shutil
@@ -30,6 +31,10 @@ from sophon.config import Settings
 from sophon.errors import BoxError, BoxUnavailable
 
 log = logging.getLogger(__name__)
+
+# How long a box claimed by a request (sophon/quotas.py) counts as awake before it runs:
+# past the start queue's wait, a claim whose start never came is forgotten.
+WAKE_CLAIM_SECONDS = 120.0
 
 # Open files a box start may need (pipes, the seccomp filter, /etc copies, mount's),
 # and what the server keeps for its own connections and database: a start with fewer
@@ -88,6 +93,15 @@ class BoxManager:
         self._mounts: dict[str, tuple[VolumeMount, ...]] = {}  # box id: its volume mounts
         self._reaper: asyncio.Task[None] | None = None
         self.on_idle_stop: list[Callable[[str], Awaitable[None]]] = []
+        # Called with the box id and the number of processes ended when a box is stopped
+        # although a process ran, after box_max_unattended_seconds without a request.
+        self.on_unattended_stop: list[Callable[[str, int], Awaitable[None]]] = []
+        # Per-user limits (sophon/quotas.py): who owns each box, the boxes a request has
+        # claimed and is starting (they count as awake until they run), and when a
+        # request last had each box.
+        self._owners: dict[str, str] = {}
+        self._waking: dict[str, float] = {}
+        self._attended: dict[str, float] = {}
         # Started, empty boxes waiting to be handed out: a new thread or a one-off
         # execution takes one instead of paying for a sandbox start.
         self._pool: list[str] = []
@@ -207,6 +221,37 @@ class BoxManager:
     def pool_level(self) -> int:
         return len(self._pool)
 
+    # --- owners: what sophon/quotas.py counts -------------------------------------
+
+    def set_owner(self, box_id: str, user_id: str) -> None:
+        self._owners[box_id] = user_id
+
+    def claim(self, box_id: str, user_id: str) -> None:
+        """The user's request is about to use the box: it is theirs, and it counts as
+        awake from now (until it runs, or WAKE_CLAIM_SECONDS if it never does)."""
+        self._owners[box_id] = user_id
+        if self.running(box_id) is None:
+            self._waking[box_id] = time.monotonic()
+
+    def awake_or_waking(self, box_id: str) -> bool:
+        woken = self._waking.get(box_id)
+        return self.running(box_id) is not None or (
+            woken is not None and time.monotonic() - woken < WAKE_CLAIM_SECONDS)
+
+    def awake_of(self, user_id: str) -> list[str]:
+        """The user's boxes that are running or being started."""
+        return [b for b, u in self._owners.items() if u == user_id and self.awake_or_waking(b)]
+
+    def next_sleep_in(self, box_ids: list[str]) -> int:
+        """About how many seconds until one of these boxes may be stopped for idleness."""
+        now, waits = time.monotonic(), []
+        for box_id in box_ids:
+            box = self.running(box_id)
+            if box is not None and not box.busy:
+                waits.append(self._idle_after.get(box_id, 0) - (now - box.last_used))
+        soonest = min(waits, default=self.settings.thread_idle_seconds)
+        return max(1, math.ceil(soonest + self.settings.idle_check_seconds))
+
     @contextlib.asynccontextmanager
     async def use(self, box_id: str, idle_after: float | None = None,
                   extra_ro_binds: dict[str, str] | None = None,
@@ -219,7 +264,7 @@ class BoxManager:
             yield box
         finally:
             box.leases -= 1
-            box.last_used = time.monotonic()
+            box.last_used = self._attended[box_id] = time.monotonic()
 
     async def get(self, box_id: str, idle_after: float | None = None,
                   extra_ro_binds: dict[str, str] | None = None,
@@ -230,6 +275,7 @@ class BoxManager:
         ``disk_mb`` only if it makes the box's disk (default ``SOPHON_BOX_DISK_MB``).
         ``volumes`` (None: whatever the box has) are the volume mounts the box must have:
         a running box with other mounts is stopped and started again with these."""
+        self._attended[box_id] = time.monotonic()
         box = self.running(box_id)
         if box is not None and (volumes is None or self._mounts.get(box_id, ()) == volumes):
             return box
@@ -269,11 +315,13 @@ class BoxManager:
             try:
                 box = await self._start(spec)
             except BaseException:
+                self._waking.pop(box_id, None)
                 await self.disks.detach(box_id)
                 raise
             box._on_stop = self._forget
             box.disk_full = functools.partial(self.disks.full, box_id, box.pid)
             self._boxes[box_id] = box
+            self._waking.pop(box_id, None)
             self._mounts[box_id] = mounts
             self._idle_after[box_id] = idle_after or self.settings.thread_idle_seconds
             log.debug("box %s started (pid %d)", box_id, box.pid)
@@ -439,6 +487,9 @@ class BoxManager:
         self._locks.pop(box_id, None)
         self._idle_after.pop(box_id, None)
         self._mounts.pop(box_id, None)
+        self._owners.pop(box_id, None)
+        self._waking.pop(box_id, None)
+        self._attended.pop(box_id, None)
         # rmtree works through directory fds and never follows a symlink a workload made.
         assert shutil.rmtree.avoids_symlink_attacks
         await asyncio.to_thread(shutil.rmtree, self.box_dir(box_id), True)
@@ -469,17 +520,26 @@ class BoxManager:
         return uid
 
     async def stop_if_idle(self, box_id: str) -> bool:
+        """Stop the box if it is idle: no request for its idle time and no process
+        running; or, whatever runs in it, no request for box_max_unattended_seconds."""
         box = self.running(box_id)
-        if box is None or box.busy:
+        if box is None:
             return False
-        if time.monotonic() - box.last_used < self._idle_after.get(box_id, 0):
+        now = time.monotonic()
+        if box.busy:
+            self._attended[box_id] = now  # held by a request (a long exec, a turn)
             return False
-        try:
-            if await box.process_count() > 0:
-                box.last_used = time.monotonic()
-                return False
-        except Exception:
-            pass  # an unresponsive box is as good as idle
+        bound = self.settings.box_max_unattended_seconds
+        unattended = bool(bound) and box_id not in self._pool and \
+            now - self._attended.get(box_id, box.started_at) >= bound
+        if not unattended and now - box.last_used < self._idle_after.get(box_id, 0):
+            return False
+        processes = 0
+        with contextlib.suppress(Exception):  # an unresponsive box is as good as idle
+            processes = await asyncio.wait_for(box.process_count(), 10)
+        if processes > 0 and not unattended:
+            box.last_used = time.monotonic()
+            return False
         if box.busy:
             return False
         # Under the box's lock: a request that wants the box meanwhile waits in get()
@@ -489,12 +549,21 @@ class BoxManager:
             if box.busy or box.stopped.is_set():
                 return False
             await box.stop()
-            log.info("box %s stopped after being idle", box_id)
-            for hook in self.on_idle_stop:
+            if processes > 0:
+                owner = self._owners.get(box_id, "unknown")
+                log.warning("box %s (user %s) stopped after %g s without a request "
+                            "(SOPHON_BOX_MAX_UNATTENDED_SECONDS); %d background process(es) "
+                            "ended", box_id, owner, bound, processes)
+                hooks: list[Awaitable[None]] = [
+                    hook(box_id, processes) for hook in self.on_unattended_stop]
+            else:
+                log.info("box %s stopped after being idle", box_id)
+                hooks = [hook(box_id) for hook in self.on_idle_stop]
+            for call in hooks:
                 try:
-                    await hook(box_id)
+                    await call
                 except Exception:
-                    log.exception("idle-stop hook failed for box %s", box_id)
+                    log.exception("stop hook failed for box %s", box_id)
         return True
 
     async def _reap_idle_loop(self) -> None:

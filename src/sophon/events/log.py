@@ -150,6 +150,8 @@ class EventLog:
         self._queue: list[_Write] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        # Told of every event stored, by session: the per-user event rate (quotas.py).
+        self.on_append: Callable[[str], None] | None = None
 
     def set_secrets(self, session_id: str, values: Iterable[str]) -> None:
         # Longest first, so a secret containing another is redacted whole.
@@ -193,6 +195,8 @@ class EventLog:
                     self._writer = asyncio.create_task(self._write_loop(), name="event-writer")
         await write.done
         metrics.events.labels(data["type"]).inc()
+        if self.on_append is not None:
+            self.on_append(session_id)
         return model
 
     def _submit_sqlite(self) -> None:

@@ -32,6 +32,7 @@ from sophon.box.manager import BoxManager
 from sophon.box.outcome import OUT_OF_MEMORY, TIMEOUT, judge
 from sophon.box.volumes import VolumeMount
 from sophon.errors import BadRequest, BoxError, BoxRequestError, ThreadBusy
+from sophon.quotas import Quotas
 from sophon.sandbox.models import (
     TERMINAL,
     ExecuteRequest,
@@ -144,8 +145,9 @@ class Run:
 
 class ExecutionService:
     def __init__(self, boxes: BoxManager, sessions: async_sessionmaker[AsyncSession],
-                 engine: AsyncEngine) -> None:
+                 engine: AsyncEngine, quotas: Quotas | None = None) -> None:
         self.boxes = boxes
+        self.quotas = quotas or Quotas(boxes.settings, boxes, sessions)
         self._sessions = sessions
         self._engine = engine
         self._runs: OrderedDict[str, Run] = OrderedDict()
@@ -269,6 +271,7 @@ class ExecutionService:
                 f"({self._busy[key]}); wait for it to finish or cancel it"
             )
         run = Run(new_trace_id(), principal, req, mode)
+        self.quotas.begin_execution(principal.user_id)  # a 429 past the user's limit
         if key is not None:
             self._busy[key] = run.trace_id
         box: Box | None = None
@@ -284,6 +287,7 @@ class ExecutionService:
                 self.boxes.release(box)
             if key is not None:
                 self._busy.pop(key, None)
+            self.quotas.end_execution(principal.user_id)
             raise
         self._runs[run.trace_id] = run
         run.task = asyncio.create_task(self._drive(run, key, box, kind),
@@ -318,19 +322,22 @@ class ExecutionService:
     async def _box_id_for(self, principal: Principal, thread: str | None) -> tuple[str, str]:
         """The box for a run, and whether it is a one-off's (``fresh``), a new thread's
         (``new``) or a known thread's (``known``)."""
+        # Each box to start or wake counts against the user's boxes awake (a 429).
         if thread is None:
-            return self.boxes.new_box_id(), "fresh"
+            return await self.quotas.admit_box(principal.user_id), "fresh"
         key = (principal.user_id, thread)
         cached = self._thread_ids.get(key)
         if cached:
-            return cached, "known"
+            return await self.quotas.admit_box(principal.user_id, cached), "known"
         kind = "known"
         async with self._sessions() as db:
             found = (await db.execute(
                 select(Thread.id).where(Thread.user_id == key[0], Thread.name == thread)
             )).scalar_one_or_none()
             if found is None:
-                found, kind = self.boxes.new_box_id(), "new"
+                await self.quotas.check_disk(key[0], self.boxes.settings.box_disk_mb,
+                                             "a new thread")
+                found, kind = await self.quotas.admit_box(key[0]), "new"
                 db.add(Thread(id=found, user_id=key[0], name=thread))
                 try:
                     await db.commit()
@@ -340,6 +347,8 @@ class ExecutionService:
                     found = (await db.execute(
                         select(Thread.id).where(Thread.user_id == key[0], Thread.name == thread)
                     )).scalar_one()
+        if kind == "known":
+            await self.quotas.admit_box(key[0], found)
         self._thread_ids[key] = found
         return found, kind
 
@@ -371,6 +380,7 @@ class ExecutionService:
             infra_error = "internal_error"
         finally:
             self.boxes.release(box)
+            self.quotas.end_execution(run.principal.user_id)
             if busy_key is not None:
                 self._busy.pop(busy_key, None)
         run.duration_ms = int((time.monotonic() - started) * 1000)

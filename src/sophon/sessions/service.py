@@ -36,6 +36,7 @@ from sophon.events.types import (
     SessionStart,
     Status,
 )
+from sophon.quotas import Quotas, unattended_detail
 from sophon.sessions import profiles
 from sophon.sessions.approvals import ApprovalService
 from sophon.sessions.file_changes import ChangeLimiter
@@ -87,8 +88,10 @@ def session_id_of(box_id: str) -> str | None:
 
 class SessionService:
     def __init__(self, settings: Settings, db: async_sessionmaker[AsyncSession],
-                 boxes: BoxManager, events: EventLog, secrets_store: SecretStore) -> None:
+                 boxes: BoxManager, events: EventLog, secrets_store: SecretStore,
+                 quotas: Quotas | None = None) -> None:
         self.settings = settings
+        self.quotas = quotas or Quotas(settings, boxes, db)
         self._db = db
         self.boxes = boxes
         self.events = events
@@ -100,6 +103,7 @@ class SessionService:
         self._versions: dict[str, int] = {}  # bumped on every change of a session's settings
         self._tasks: set[asyncio.Task[None]] = set()
         boxes.on_idle_stop.append(self._box_went_idle)
+        boxes.on_unattended_stop.append(self._box_unattended)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -145,6 +149,9 @@ class SessionService:
                              f"{self.settings.disk_max_mb} MiB a session "
                              "(SOPHON_BOX_DISK_MAX_MB)")
         source = await validate_starter(req.starter, self.settings)
+        self.quotas.check_events(principal.user_id)
+        await self.quotas.check_disk(principal.user_id, req.disk_mb or self.settings.box_disk_mb,
+                                     "a new session")
         session_id = "ses_" + secrets.token_hex(12)
         row = SessionRow(
             id=session_id, user_id=principal.user_id, name=req.name, base=req.base,
@@ -153,6 +160,8 @@ class SessionService:
             status="idle", box_id=box_id_of(session_id), input_tokens=0, output_tokens=0,
             cost_usd=0.0, max_turns=req.max_turns, max_budget_usd=req.max_budget_usd,
         )
+        self.quotas.know_session(session_id, principal.user_id)
+        await self.quotas.admit_box(principal.user_id, row.box_id)
         async with self._db() as db:
             db.add(row)
             await db.commit()
@@ -192,6 +201,7 @@ class SessionService:
             await db.commit()
         await self.events.delete(row.id)
         self.secrets.forget(row.id)
+        self.quotas.forget_session(row.id)
 
     async def delete(self, principal: Principal, session_id: str) -> None:
         await self._purge(await self.get_row(principal, session_id))
@@ -288,7 +298,10 @@ class SessionService:
     async def box(self, row: SessionRow) -> AsyncIterator[Box]:
         """The session's running box, woken if it was sleeping, with its watcher on."""
         await self.refresh_secrets(row.id)
+        self.quotas.know_session(row.id, row.user_id)
         was_sleeping = self.boxes.running(row.box_id) is None
+        if was_sleeping:  # waking it: one more box awake for its owner
+            await self.quotas.admit_box(row.user_id, row.box_id)
         async with self.boxes.use(row.box_id, self.settings.session_idle_seconds) as box:
             watching = self._watch(row.id, box)
             # Hand the box out only once the watcher has its first snapshot, so a change
@@ -359,6 +372,12 @@ class SessionService:
             await self.events.append(session_id, Status(status="sleeping",
                                                         detail="box stopped after idle"))
 
+    async def _box_unattended(self, box_id: str, processes: int) -> None:
+        session_id = session_id_of(box_id)
+        if session_id is not None:
+            await self.events.append(session_id, Status(status="sleeping", detail=unattended_detail(
+                self.settings.box_max_unattended_seconds, processes)))
+
     async def refresh_secrets(self, session_id: str) -> dict[str, str]:
         """The session's secrets, and the log told to redact their current values."""
         values = await self.secrets.values(session_id)
@@ -378,6 +397,10 @@ class SessionService:
         returns the events it makes as they come. The command runs to its end even if
         the caller stops reading."""
         row = await self.get_row(principal, session_id)
+        # Refused here (a 429), not as a failed exec: the box to wake, the event rate.
+        self.quotas.know_session(row.id, row.user_id)
+        self.quotas.check_events(row.user_id)
+        await self.quotas.admit_box(row.user_id, row.box_id)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(self._run_exec(row, command, timeout, queue))
         # Tracked until done: it outlives the reader when the caller stops reading, and

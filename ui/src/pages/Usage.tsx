@@ -7,6 +7,84 @@ import type { SessionView, UsageCall } from "../types";
 
 const MAX_SESSIONS = 100;
 
+/** One per-user limit from /v1/me: the use now, the ceiling (null: none), its setting. */
+interface LimitUse {
+  used: number;
+  limit: number | null;
+  setting: string;
+}
+
+interface Me {
+  token_budget: number | null;
+  tokens_used: number;
+  limits?: {
+    boxes_awake: LimitUse;
+    concurrent_executions: LimitUse;
+    disk_mb: LimitUse;
+    events_per_minute: LimitUse;
+    box_max_unattended_seconds: number | null;
+  };
+}
+
+type LimitKey = "boxes_awake" | "concurrent_executions" | "disk_mb" | "events_per_minute";
+
+const mib = (n: number) => (n >= 1024 ? `${(n / 1024).toFixed(n % 1024 ? 1 : 0)} GiB` : `${n} MiB`);
+
+const LIMIT_ROWS: { key: LimitKey; label: string; hint: string; format: (n: number) => string }[] = [
+  { key: "boxes_awake", label: "Sandboxes awake", hint: "threads, sessions and one-off executions running now", format: String },
+  { key: "concurrent_executions", label: "Executions running", hint: "at the same time", format: String },
+  { key: "disk_mb", label: "Disk", hint: "the sizes of your sessions', threads' and volumes' disks", format: mib },
+  { key: "events_per_minute", label: "Session events", hint: "appended in the last minute", format: String },
+];
+
+function hours(seconds: number): string {
+  if (seconds >= 3600) return `${+(seconds / 3600).toFixed(1)} h`;
+  if (seconds >= 60) return `${+(seconds / 60).toFixed(1)} min`;
+  return `${seconds} s`;
+}
+
+/** The per-user limits and the user's use of each, as bars. */
+function Limits({ limits }: { limits: NonNullable<Me["limits"]> }) {
+  return (
+    <section>
+      <h2>Your limits</h2>
+      <table className="limits small" data-testid="limits">
+        <tbody>
+          {LIMIT_ROWS.map(({ key, label, hint, format }) => {
+            const l = limits[key];
+            const share = l.limit ? Math.min(1, l.used / l.limit) : 0;
+            const level = share >= 1 ? "full" : share >= 0.8 ? "high" : "";
+            return (
+              <tr key={key} data-testid={`limit-${key}`} title={l.setting}>
+                <td>
+                  {label} <span className="muted">({hint})</span>
+                </td>
+                <td className="num">
+                  {format(l.used)}
+                  {l.limit === null ? " · no limit" : ` of ${format(l.limit)}`}
+                </td>
+                <td className="bar-cell">
+                  {l.limit !== null && (
+                    <div className={`meter ${level}`} role="meter" aria-label={label} aria-valuemin={0}
+                      aria-valuemax={l.limit} aria-valuenow={l.used}>
+                      <span style={{ width: `${(share * 100).toFixed(1)}%` }} />
+                    </div>
+                  )}
+                </td>
+              </tr>
+            );
+          })}
+        </tbody>
+      </table>
+      <p className="muted small">
+        Past a limit, a request is refused with 429 <code>limit_exceeded</code>, saying which.
+        {limits.box_max_unattended_seconds !== null &&
+          ` A sandbox that gets no request for ${hours(limits.box_max_unattended_seconds)} is stopped, background processes included; the next request starts it again over the same files.`}
+      </p>
+    </section>
+  );
+}
+
 interface Day {
   day: string; // YYYY-MM-DD, local time
   input: number;
@@ -40,13 +118,13 @@ export default function UsagePage() {
   const [list, setList] = useState<SessionView[] | null>(null);
   const [calls, setCalls] = useState<UsageCall[]>([]);
   const [error, setError] = useState<string | null>(null);
-  const [me, setMe] = useState<{ token_budget: number | null; tokens_used: number } | null>(null);
+  const [me, setMe] = useState<Me | null>(null);
 
   useEffect(() => {
     let live = true;
     (async () => {
       try {
-        request<{ token_budget: number | null; tokens_used: number }>("/v1/me")
+        request<Me>("/v1/me")
           .then((m) => live && setMe(m))
           .catch(() => undefined);
         const all = await api.all();
@@ -143,6 +221,7 @@ export default function UsagePage() {
           )}
         </dl>
       )}
+      {me?.limits && <Limits limits={me.limits} />}
       {list && days.length === 0 && <p className="muted">No model calls yet.</p>}
       {days.length > 0 && (
         <section>
