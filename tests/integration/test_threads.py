@@ -4,14 +4,19 @@ unused thread expires (SOPHON_THREAD_EXPIRY_DAYS); old execution records are pru
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from sophon.client import AsyncClient, Client, NotFoundError
 from tests.conftest import LiveServer, wait_for
 from tests.security.helpers import cancel, client, execute, live_server, start_async
 
@@ -114,3 +119,32 @@ def stored(srv: LiveServer, trace_id: str) -> bool:
     with sqlite3.connect(srv.data_dir / "sophon.db", timeout=10) as db:
         return db.execute("SELECT 1 FROM executions WHERE trace_id = ?",
                           (trace_id,)).fetchone() is not None
+
+
+def cli(srv: LiveServer, key: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SOPHON_URL": srv.url, "SOPHON_API_KEY": key}
+    return subprocess.run([sys.executable, "-m", "sophon.cli", "sandbox", "threads", *args],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_threads_from_the_cli_and_the_sdk(server: LiveServer, api_key: str,
+                                          http: httpx.Client) -> None:
+    assert execute(http, "true", thread_id="cli-t")["exit_code"] == 0
+    listed = cli(server, api_key, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [t["thread_id"] for t in json.loads(listed.stdout)] == ["cli-t"]
+    gone = cli(server, api_key, "rm", "cli-t", "--yes")
+    assert gone.returncode == 0 and "deleted cli-t" in gone.stdout, gone.stderr
+    missing = cli(server, api_key, "rm", "cli-t", "--yes")
+    assert missing.returncode != 0 and "no thread 'cli-t'" in missing.stderr
+
+    async def with_async_client() -> list[str]:
+        async with AsyncClient(server.url, api_key) as client:
+            await client.execute("print(1)", thread_id="sdk-t")
+            before = [t["thread_id"] for t in await client.list_threads()]
+            await client.delete_thread("sdk-t")
+            return before + [t["thread_id"] for t in await client.list_threads()]
+
+    assert asyncio.run(with_async_client()) == ["sdk-t"]
+    with Client(server.url, api_key) as client, pytest.raises(NotFoundError):
+        client.delete_thread("sdk-t")

@@ -270,6 +270,14 @@ class RawClient:
     def cancel_execution(self, trace_id: str) -> str:
         return str(self._http.call("POST", f"/v1/executions/{seg(trace_id)}/cancel")["status"])
 
+    def list_threads(self) -> list[dict[str, Any]]:
+        """Your threads: ``thread_id``, ``created_at``, ``last_used_at``, ``awake``."""
+        return list(self._http.call("GET", "/v1/threads")["threads"])
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete a thread with its files, for good (a busy one: ThreadBusyError)."""
+        self._http.call("DELETE", f"/v1/threads/{seg(thread_id)}")
+
     def create_volume(self, name: str, size_mb: int | None = None) -> dict[str, Any]:
         """A named volume, mounted read-write at /data/<name>/ in your boxes."""
         body: dict[str, Any] = {"name": name}

@@ -306,6 +306,12 @@ class AsyncClient:
         return str((await self._json("POST", f"/v1/executions/{seg(trace_id)}/cancel"))
                    ["status"])
 
+    async def list_threads(self) -> list[dict[str, Any]]:
+        return list((await self._json("GET", "/v1/threads"))["threads"])
+
+    async def delete_thread(self, thread_id: str) -> None:
+        await self._json("DELETE", f"/v1/threads/{seg(thread_id)}")
+
     async def create_volume(self, name: str, size_mb: int | None = None) -> dict[str, Any]:
         """A named volume, mounted read-write at /data/<name>/ in your boxes."""
         body: dict[str, Any] = {"name": name}

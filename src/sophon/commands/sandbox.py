@@ -1,7 +1,8 @@
-"""``sophon sandbox exec``: the execution API from a terminal."""
+"""``sophon sandbox exec|threads|webhook-secret``: the execution API from a terminal."""
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Annotated, Optional  # noqa: UP035 - typer needs Optional
 
@@ -52,3 +53,42 @@ def webhook_secret() -> None:
     Example: sophon sandbox webhook-secret
     """
     typer.echo(client().rotate_webhook_secret())
+
+
+threads_app = typer.Typer(help="Your threads: persistent sandboxes named by a thread id.",
+                          no_args_is_help=True)
+app.add_typer(threads_app, name="threads")
+
+
+@threads_app.command("list")
+@friendly
+def threads_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+) -> None:
+    """Your threads, with when each was last used and whether its sandbox is awake.
+
+    Example: sophon sandbox threads list
+    """
+    threads = client().list_threads()
+    if as_json:
+        typer.echo(json.dumps(threads, indent=2))
+        return
+    for t in threads:
+        typer.echo(f"{t['thread_id']:<32} last used {t['last_used_at']}"
+                   + ("  awake" if t["awake"] else ""))
+
+
+@threads_app.command("rm")
+@friendly
+def threads_rm(
+    thread_id: Annotated[str, typer.Argument(help="The thread to delete, with its files.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete a thread: its files, disk and sandbox, for good.
+
+    Example: sophon sandbox threads rm scratch --yes
+    """
+    if not yes and not typer.confirm(f"Delete thread {thread_id} and all its files?"):
+        raise typer.Exit(1)
+    client().delete_thread(thread_id)
+    typer.echo(f"deleted {thread_id}")
