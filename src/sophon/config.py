@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     # exec) waits, while what runs goes on.
     user_max_boxes: int = Field(20, ge=0)
     user_max_concurrent_executions: int = Field(16, ge=0)
-    user_max_disk_mb: int = Field(102400, ge=0)
+    user_max_disk_mb: int = Field(262144, ge=0)  # 256 GiB: 128 disks of the default size
     user_max_events_per_minute: int = Field(12000, ge=0)
     sse_heartbeat_seconds: float = 15.0
     # A session's file_change events (sessions/file_changes.py): a burst of

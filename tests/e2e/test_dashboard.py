@@ -307,7 +307,7 @@ def test_a_session_from_start_to_delete(page, server: LiveServer, key: str,
     expect(page.get_by_test_id("token-budget")).to_have_text("no limit")  # none is set
     # The per-user limits, at their defaults, with this user's use.
     expect(page.get_by_test_id("limit-boxes_awake")).to_contain_text("of 20")
-    expect(page.get_by_test_id("limit-disk_mb")).to_contain_text("of 100 GiB")
+    expect(page.get_by_test_id("limit-disk_mb")).to_contain_text("of 256 GiB")
     expect(page.get_by_test_id("limit-events_per_minute")).to_contain_text("of 12000")
     page.screenshot(path=str(shots / "usage.png"))
 
