@@ -54,7 +54,8 @@ def _open_as_self(path: str) -> str | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.listdir(fd)
+            os.listdir(fd)  # read permission, and search permission next, as git needs
+            os.stat(".", dir_fd=fd)
             return os.readlink(f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
