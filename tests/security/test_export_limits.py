@@ -193,3 +193,22 @@ def test_a_slow_reader_holds_the_export_back_not_the_server(
     files = members(bytes(got))
     assert hashlib.sha256(files["project/big1.bin"]).hexdigest() == digest
     assert len(got) > 240 * MB and time.monotonic() - began < 240
+
+
+def test_a_reader_that_goes_away_ends_the_export(
+        server: LiveServer, http: httpx.Client, big_session: tuple[str, str]) -> None:
+    sid, _ = big_session
+    assert server.proc is not None
+    pid = server.proc.pid
+    with http.stream("GET", f"/v1/sessions/{sid}/export", timeout=300) as r:
+        assert r.status_code == 200
+        chunks = r.iter_raw(64 * 1024)  # held: closing it would close the response
+        got = 0
+        while got <= 4 * MB:
+            got += len(next(chunks))
+        assert compressor(pid) is not None  # (control) the export is under way
+    # The connection is closed: nobody will read the rest, so the tar is ended rather
+    # than left waiting (for the exec's hour-long timeout) with the box held awake.
+    wait_for(lambda: compressor(pid) is None, 30, 0.1, "the abandoned export to end")
+    # And the session's box still answers.
+    assert sh(http, sid, "echo ok")[-2]["data"] == "ok\n"

@@ -263,39 +263,41 @@ class Box:
         # and drops what passes the cap whatever boxd sends.
         room = {"stdout": output_cap, "stderr": output_cap}
         cut = False
-        async for reply in self._stream("exec", fields):
-            if isinstance(reply, Change | Watching):
-                continue
-            if isinstance(reply, Output):
-                data = reply.data
-                size = (len(data) // 4 * 3 - data[-2:].count("=") if binary
-                        else len(data.encode()))
-                left = room.get(reply.stream, 0)
-                if size > left:
-                    cut = True
-                    if binary or left <= 0:
-                        room[reply.stream] = 0
-                        continue
-                    data = data.encode()[:left].decode("utf-8", errors="ignore")
-                    size = left
-                room[reply.stream] = left - size
-                yield ExecEvent(reply.stream, data)
-            elif isinstance(reply, Failure):
-                raise BoxRequestError(reply.code, reply.message)
-            else:
-                result = ExecResult.model_validate(reply.model_dump())
-                # Only a SIGKILL can be the memory limit's: of the command itself, or of
-                # a child a shell waited for (the shell then exits 137 = 128 + SIGKILL).
-                oom = result.exit_code == 137 and self.cgroup is not None \
-                    and self.cgroup.oom_kills() > oom_before
-                yield ExecOutcome(
-                    exit_code=result.exit_code,
-                    timed_out=result.timed_out,
-                    oom_killed=oom,
-                    truncated=result.truncated or cut,
-                    duration_ms=result.duration_ms,
-                    signal=result.signal,
-                )
+        # Closed at once when the caller leaves, so a windowed exec is cancelled then.
+        async with contextlib.aclosing(self._stream("exec", fields)) as replies:
+            async for reply in replies:
+                if isinstance(reply, Change | Watching):
+                    continue
+                if isinstance(reply, Output):
+                    data = reply.data
+                    size = (len(data) // 4 * 3 - data[-2:].count("=") if binary
+                            else len(data.encode()))
+                    left = room.get(reply.stream, 0)
+                    if size > left:
+                        cut = True
+                        if binary or left <= 0:
+                            room[reply.stream] = 0
+                            continue
+                        data = data.encode()[:left].decode("utf-8", errors="ignore")
+                        size = left
+                    room[reply.stream] = left - size
+                    yield ExecEvent(reply.stream, data)
+                elif isinstance(reply, Failure):
+                    raise BoxRequestError(reply.code, reply.message)
+                else:
+                    result = ExecResult.model_validate(reply.model_dump())
+                    # Only a SIGKILL can be the memory limit's: of the command itself, or of
+                    # a child a shell waited for (the shell then exits 137 = 128 + SIGKILL).
+                    oom = result.exit_code == 137 and self.cgroup is not None \
+                        and self.cgroup.oom_kills() > oom_before
+                    yield ExecOutcome(
+                        exit_code=result.exit_code,
+                        timed_out=result.timed_out,
+                        oom_killed=oom,
+                        truncated=result.truncated or cut,
+                        duration_ms=result.duration_ms,
+                        signal=result.signal,
+                    )
 
     async def cancel_all(self, op: str = "exec") -> None:
         """Kill every exec (or end every request of ``op``) in flight on the box."""

@@ -501,13 +501,16 @@ class SessionService:
                        f"-C /tmp/{staging} events.jsonl session.json; rc=$?; "
                        f"rm -rf /tmp/{staging}; exit $rc")
             # The cap is no bound on memory (the window is); the box's disk bounds the size.
-            async for ev in box.exec(["bash", "-c", command], timeout=3600,
-                                     env=self.exec_env({}), cwd=WORKSPACE,
-                                     output_cap=1 << 40, binary=True, window=EXPORT_WINDOW):
-                if isinstance(ev, ExecEvent) and ev.stream == "stdout":
-                    yield base64.b64decode(ev.data)
-                elif isinstance(ev, ExecOutcome) and ev.exit_code != 0:
-                    raise BadRequest(f"export failed (tar exited {ev.exit_code})")
+            # Closed at once if the caller goes: that cancels the tar.
+            async with contextlib.aclosing(box.exec(
+                    ["bash", "-c", command], timeout=3600, env=self.exec_env({}),
+                    cwd=WORKSPACE, output_cap=1 << 40, binary=True,
+                    window=EXPORT_WINDOW)) as events:
+                async for ev in events:
+                    if isinstance(ev, ExecEvent) and ev.stream == "stdout":
+                        yield base64.b64decode(ev.data)
+                    elif isinstance(ev, ExecOutcome) and ev.exit_code != 0:
+                        raise BadRequest(f"export failed (tar exited {ev.exit_code})")
 
     async def _event_lines(self, session_id: str) -> AsyncIterator[bytes]:
         """The session's log as JSON lines, a page at a time."""
