@@ -20,6 +20,7 @@ from sophon.sessions.service import SessionService
 from sophon.sessions.workspace import Workspace
 from sophon.store.db import make_data_files_private, make_engine, migrate, sessionmaker
 from sophon.users import UserService
+from sophon.volumes.service import VolumeService
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class Services:
         db = sessionmaker(engine)
         boxes = BoxManager(settings)
         quotas = Quotas(settings, boxes, db)  # per-user limits, shared by both services
-        executions = ExecutionService(boxes, db, engine, quotas)
+        volumes = VolumeService(settings, db, boxes, quotas)
+        executions = ExecutionService(boxes, db, engine, quotas, volumes)
         cut_off = await executions.recover()
         if cut_off:
             log.warning("%d execution(s) were cut off by the last stop; marked failed", cut_off)
@@ -71,6 +73,10 @@ class Services:
     @property
     def quotas(self) -> Quotas:
         return self.sessions.quotas
+
+    @property
+    def volumes(self) -> VolumeService:
+        return self.executions.volumes
 
     async def close(self) -> None:
         await self.agent.close()

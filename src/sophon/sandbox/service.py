@@ -43,8 +43,9 @@ from sophon.sandbox.models import (
 from sophon.sandbox.records import Recorder
 from sophon.sandbox.threads import ThreadService
 from sophon.store.owned import owned
-from sophon.store.tables import Execution, Thread, Volume
+from sophon.store.tables import Execution, Thread
 from sophon.users import Principal
+from sophon.volumes.service import VolumeService
 from sophon.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -145,9 +146,11 @@ class Run:
 
 class ExecutionService:
     def __init__(self, boxes: BoxManager, sessions: async_sessionmaker[AsyncSession],
-                 engine: AsyncEngine, quotas: Quotas | None = None) -> None:
+                 engine: AsyncEngine, quotas: Quotas | None = None,
+                 volumes: VolumeService | None = None) -> None:
         self.boxes = boxes
         self.quotas = quotas or Quotas(boxes.settings, boxes, sessions)
+        self.volumes = volumes or VolumeService(boxes.settings, sessions, boxes, self.quotas)
         self._sessions = sessions
         self._engine = engine
         self._runs: OrderedDict[str, Run] = OrderedDict()
@@ -155,8 +158,6 @@ class ExecutionService:
         self.records = Recorder(engine)
         self._busy: dict[tuple[str, str], str] = {}
         self._thread_ids: dict[tuple[str, str], str] = {}
-        # user id: {volume name: (id, gid, size_mb)}; dropped when a volume is made or deleted
-        self._volumes: dict[str, dict[str, tuple[str, int, int]]] = {}
         self.languages = {"python", "bash"}
         if shutil.which("node", path="/usr/local/bin:/usr/bin:/bin"):
             self.languages.add("node")
@@ -207,19 +208,7 @@ class ExecutionService:
     # --- volumes ------------------------------------------------------------
 
     async def user_volumes(self, user_id: str) -> dict[str, tuple[str, int, int]]:
-        got = self._volumes.get(user_id)
-        if got is None:
-            async with self._sessions() as db:
-                rows = (await db.execute(select(Volume).where(Volume.user_id == user_id))
-                        ).scalars().all()
-            got = {r.name: (r.id, r.gid, r.size_mb) for r in rows}
-            for vid, gid, size_mb in got.values():
-                self.boxes.know_volume(vid, size_mb, gid)
-            self._volumes[user_id] = got
-        return got
-
-    def forget_volumes(self, user_id: str) -> None:
-        self._volumes.pop(user_id, None)
+        return await self.volumes.of_user(user_id)
 
     async def mounts_for(self, user_id: str,
                          sub_paths: list[str] | None) -> tuple[VolumeMount, ...]:
