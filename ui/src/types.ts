@@ -85,6 +85,7 @@ export type WireEvent = Envelope &
         diff_truncated: boolean;
         binary: boolean;
       }
+    | { type: "file_changes_coalesced"; changes: number; files: number; paths: string[]; seconds: number }
     | {
         type: "approval_request";
         approval_id: string;

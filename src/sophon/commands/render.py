@@ -57,6 +57,12 @@ def render(console: Console, ev: dict[str, Any]) -> None:
     elif t == "file_change":
         console.print(f"[magenta]  ✎ {get('change')} {escape(get('path', ''))}[/magenta]"
                       f"{_diffstat(get('diff'))}")
+    elif t == "file_changes_coalesced":
+        paths = get("paths") or []
+        more = ", …" if (get("files") or 0) > len(paths[:3]) else ""
+        console.print(f"[magenta]  ✎ {get('changes')} changes to {get('files')} files in "
+                      f"{get('seconds') or 0:.0f} s[/magenta] [dim]{escape(', '.join(paths[:3]))}"
+                      f"{more}[/dim]")
     elif t == "approval_request":
         console.print(f"[bold yellow]? approval needed[/bold yellow] "
                       f"{escape(_summary(get('tool', '?'), get('input') or {}))} — "

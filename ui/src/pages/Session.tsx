@@ -137,7 +137,7 @@ function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView;
     let treeTimer = 0;
     let viewTimer = 0;
     return log.subscribe((batch: WireEvent[]) => {
-      if (batch.some((e) => e.type === "file_change")) {
+      if (batch.some((e) => e.type === "file_change" || e.type === "file_changes_coalesced")) {
         clearTimeout(treeTimer);
         treeTimer = window.setTimeout(loadTree, 300);
       }
@@ -158,6 +158,11 @@ function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView;
   const marks = useMemo(() => {
     const m = new Map<string, string>();
     for (const ev of log.events) {
+      if (ev.type === "file_changes_coalesced") {
+        // Folded changes say which files, not how: marked as changed unless new.
+        for (const path of ev.paths) if (m.get(path) !== "created") m.set(path, "modified");
+        continue;
+      }
       if (ev.type !== "file_change") continue;
       const before = m.get(ev.path);
       if (ev.change === "deleted") {

@@ -29,7 +29,7 @@ export function DiffTab(props: {
     load();
     let timer = 0;
     const off = props.subscribe((batch) => {
-      if (batch.some((e) => e.type === "file_change")) {
+      if (batch.some((e) => e.type === "file_change" || e.type === "file_changes_coalesced")) {
         clearTimeout(timer);
         timer = window.setTimeout(load, 600);
       }

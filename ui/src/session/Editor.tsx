@@ -178,7 +178,10 @@ export default function EditorPane(props: {
     () =>
       props.subscribe((batch) => {
         const paths = new Set<string>();
-        for (const ev of batch) if (ev.type === "file_change") paths.add(ev.path);
+        for (const ev of batch) {
+          if (ev.type === "file_change") paths.add(ev.path);
+          else if (ev.type === "file_changes_coalesced") ev.paths.forEach((p) => paths.add(p));
+        }
         for (const path of paths) if (docs.current.has(path)) refresh(path);
       }),
     [props.subscribe, refresh],

@@ -221,6 +221,13 @@ function PlainEvent({ ev, open, actions, id }: { ev: WireEvent; open: boolean; a
       );
     case "file_change":
       return <FileChangeRow ev={ev} open={open} actions={actions} id={id} />;
+    case "file_changes_coalesced":
+      return (
+        <div className="row quiet" title={ev.paths.join("\n")}>
+          ✎ {ev.changes} changes to {ev.files} {ev.files === 1 ? "file" : "files"} in {Math.round(ev.seconds)} s
+          (too fast to show one by one){ev.paths.length ? `: ${ev.paths.slice(0, 3).join(", ")}${ev.files > 3 ? ", …" : ""}` : ""}
+        </div>
+      );
     case "usage":
       return (
         <div className="row quiet usage-line">
