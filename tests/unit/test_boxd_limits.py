@@ -22,7 +22,7 @@ import pytest
 import sophon.box
 from sophon.box.box import Box, ExecEvent, ExecOutcome
 from sophon.box.protocol import MAX_FRAME, Done, Failure, read_reply
-from sophon.errors import BoxProtocolError, PayloadTooLarge
+from sophon.errors import BoxProtocolError, BoxRequestError, PayloadTooLarge
 
 BOXD = Path(sophon.box.__file__).parent / "agent" / "boxd.py"
 ENV = {"PATH": "/usr/bin:/bin"}
@@ -116,6 +116,25 @@ async def test_boxd_answers_a_frame_over_the_limit_with_an_error_and_lives() -> 
         await proc.wait()
 
 
+async def test_a_reply_over_the_limit_is_an_error_not_a_broken_box() -> None:
+    async with running_box() as box:
+        async def pieces() -> AsyncIterator[bytes]:
+            for _ in range(7):
+                yield b"y" * (1024 * 1024)
+
+        # Seven 1 MiB requests: a file larger than any one frame can be written.
+        assert await box.put_file("/tmp", "seven.bin", pieces()) == 7 * 1024 * 1024
+        # Read whole, it would be a reply over the limit (the host stops a box that sends
+        # one): boxd answers with an error instead.
+        with pytest.raises(BoxRequestError) as caught:
+            await box.read_path("/tmp", "seven.bin", 7 * 1024 * 1024)
+        assert caught.value.code == "reply_too_large"
+        # Control: in pieces, it reads.
+        got = await box.read_path("/tmp", "seven.bin", 1024 * 1024, 6 * 1024 * 1024)
+        assert got["data"] == b"y" * (1024 * 1024)
+        assert not box.stopped.is_set()
+
+
 # --- flow control ---------------------------------------------------------------------
 
 
@@ -150,6 +169,17 @@ async def test_a_windowed_exec_waits_for_its_reader() -> None:
                 outcome = ev
         assert isinstance(outcome, ExecOutcome) and outcome.exit_code == 0
         assert got == size and not outcome.truncated
+
+
+async def test_a_windowed_exec_still_times_out_while_its_reader_waits() -> None:
+    async with running_box() as box:
+        events = box.exec(["head", "-c", str(1 << 30), "/dev/zero"], timeout=1, env=ENV,
+                          cwd="/", output_cap=1 << 31, binary=True, window=WINDOW)
+        await anext(events)
+        # The reader does not read; the command is killed at its timeout all the same.
+        await poll(lambda: not children(box.pid), 20, "the command's timeout")
+        outcome = [ev async for ev in events if isinstance(ev, ExecOutcome)]
+        assert outcome and outcome[0].timed_out
 
 
 async def test_leaving_a_windowed_exec_early_cancels_it() -> None:
