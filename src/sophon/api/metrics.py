@@ -8,20 +8,19 @@ from fastapi import APIRouter, Response
 
 from sophon import metrics
 from sophon.api.deps import AdminDep
+from sophon.box import ids
 from sophon.services import Services
 
 router = APIRouter()
 
-_KINDS = {"x": "execution", "s": "session", "g": "staging", "v": "volume"}
-
-
 def live_gauges(services: Services) -> dict[str, tuple[str, object, str]]:
     """What is true right now, read at each scrape."""
     boxes = services.boxes
-    awake: dict[str, int] = dict.fromkeys(_KINDS.values(), 0)
+    awake: dict[str, int] = {k.name.lower(): 0 for k in ids.Kind}
     for box_id in boxes.awake():
-        kind = _KINDS.get(box_id[:1], "other")
-        awake[kind] = awake.get(kind, 0) + 1
+        kind = ids.kind_of(box_id)
+        label = kind.name.lower() if kind is not None else "other"
+        awake[label] = awake.get(label, 0) + 1
     try:
         on_disk = sum(1 for e in os.scandir(services.settings.boxes_dir) if e.is_dir())
     except OSError:
