@@ -19,8 +19,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sophon.box.manager import BoxManager
-from sophon.errors import NotFound, ThreadBusy
+from sophon.errors import ThreadBusy
 from sophon.sandbox.models import TERMINAL
+from sophon.store.owned import owned
 from sophon.store.tables import Execution, Thread
 from sophon.users import Principal
 
@@ -108,11 +109,8 @@ class ThreadService:
         user's or no thread is a 404; one running an execution (or a file transfer) a
         409."""
         async with self._db() as db:
-            box_id = (await db.execute(select(Thread.id).where(
-                Thread.user_id == principal.user_id, Thread.name == name)
-            )).scalar_one_or_none()
-        if box_id is None:
-            raise NotFound(f"no thread {name!r}")
+            box_id = (await owned(db, Thread, principal.user_id, name=name,
+                                  what="thread")).id
         if not await self._remove(principal.user_id, name, box_id):
             raise ThreadBusy(f"thread {name!r} is in use (a file transfer); try again "
                              "when it is done")
