@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -63,7 +64,7 @@ def new_session(http: httpx.Client, name: str, **extra: Any) -> httpx.Response:
 
 def test_executions_past_the_concurrent_limit_are_429_while_the_others_run() -> None:
     n = 2
-    env = {"SOPHON_USER_MAX_CONCURRENT_EXECUTIONS": str(n)}
+    env = {"SOPHON_USER_MAX_CONCURRENT_EXECUTIONS": str(n), "SOPHON_USER_MAX_BOXES": str(n)}
     with live_server(env) as srv, client(srv, srv.add_user()) as http, \
             client(srv, srv.add_user()) as other:
         running = [start_async(http, "sleep 60") for _ in range(n)]
@@ -87,8 +88,12 @@ def test_executions_past_the_concurrent_limit_are_429_while_the_others_run() -> 
                 cancel(http, trace_id)
         for trace_id in running:
             wait_finished(http, trace_id)
-        # Once they ended, the next one runs.
+        # Once they ended, the next one runs; and n clients each running one-offs back to
+        # back stay within both limits (a finished one-off's box is no longer theirs).
         assert execute(http, "echo again")["stdout"] == "again\n"
+        with ThreadPoolExecutor(n) as pool:
+            outs = list(pool.map(lambda i: execute(http, f"echo {i}")["stdout"], range(4 * n)))
+        assert outs == [f"{i}\n" for i in range(4 * n)]
         assert limits(http)["concurrent_executions"]["used"] == 0
 
 

@@ -167,6 +167,7 @@ class BoxManager:
     def discard(self, box_id: str) -> None:
         """Destroy a box in the background (a one-off execution's, once answered), then
         refill the pool. ``close`` waits for every such destruction."""
+        self._owners.pop(box_id, None)  # no longer its user's: their next box may start
         task = asyncio.get_running_loop().create_task(self._discard(box_id),
                                                       name=f"discard-{box_id}")
         self._discarding.add(task)
