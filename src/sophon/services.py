@@ -13,9 +13,10 @@ from sophon.box.manager import BoxManager
 from sophon.config import Settings
 from sophon.events.log import EventLog
 from sophon.gateway.service import Gateway
+from sophon.keys import secret_key
 from sophon.quotas import Quotas
 from sophon.sandbox.service import ExecutionService
-from sophon.sessions.secrets import SecretStore, load_key
+from sophon.sessions.secrets import SecretStore
 from sophon.sessions.service import SessionService
 from sophon.sessions.workspace import Workspace
 from sophon.store.db import make_data_files_private, make_engine, migrate, sessionmaker
@@ -55,7 +56,7 @@ class Services:
         events = EventLog(engine)
         events.on_append = quotas.note_event
         sessions = SessionService(settings, db, boxes, events,
-                                  SecretStore(db, load_key(settings.data_dir)), quotas)
+                                  SecretStore(db, secret_key(settings.data_dir)), quotas)
         await sessions.recover()
         await boxes.start()
         executions.threads.start()  # thread expiry, execution record pruning

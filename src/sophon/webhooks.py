@@ -45,14 +45,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
-from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sophon import metrics
 from sophon.config import Settings
-from sophon.errors import BadRequest, SophonError
-from sophon.sessions.secrets import load_key
+from sophon.errors import BadRequest
+from sophon.keys import Sealer, secret_key
 from sophon.store.tables import WebhookSecret
 
 log = logging.getLogger(__name__)
@@ -84,14 +83,14 @@ class WebhookSecrets:
 
     def __init__(self, db: async_sessionmaker[AsyncSession], key: bytes) -> None:
         self._db = db
-        self._fernet = Fernet(key)
+        self._sealer = Sealer(key)
 
     async def rotate(self, user_id: str) -> str:
         """A new secret for the user, replacing any old one; the only time it is shown."""
         secret = new_secret()
         async with self._db() as db:
             await db.merge(WebhookSecret(user_id=user_id,
-                                         secret=self._fernet.encrypt(secret.encode()),
+                                         secret=self._sealer.seal(secret),
                                          created_at=datetime.now(UTC)))
             await db.commit()
         return secret
@@ -103,13 +102,8 @@ class WebhookSecrets:
                      ).scalar_one_or_none()
         if token is None:
             return None
-        try:
-            return self._fernet.decrypt(token).decode()
-        except InvalidToken as exc:
-            raise SophonError("the webhook secret cannot be decrypted: the secret key "
-                              "changed (SOPHON_SECRET_KEY or secret.key in the data "
-                              "directory); make a new one with POST /v1/webhooks/secret"
-                              ) from exc
+        return self._sealer.unseal(token, "the webhook secret",
+                                   "; make a new one with POST /v1/webhooks/secret")
 
 
 # --- where a webhook may go -------------------------------------------------------------
@@ -271,7 +265,7 @@ class Webhooks:
         self.allow = list(settings.webhook_allow_insecure_hosts)
         self.delays = list(settings.webhook_retry_delays)
         self.timeout = settings.webhook_timeout_seconds
-        self.secrets = WebhookSecrets(db, load_key(settings.data_dir))
+        self.secrets = WebhookSecrets(db, secret_key(settings.data_dir))
         self._verify: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 

@@ -11,7 +11,8 @@ import pytest
 from baponi import Baponi
 from baponi.exceptions import BaponiError
 
-from sophon.sandbox.files import Grant, load_key, sign, verify
+from sophon.keys import signing_key
+from sophon.sandbox.files import Grant, sign, verify
 from tests.conftest import LiveServer
 
 
@@ -131,7 +132,7 @@ def test_tampered_expired_and_wrong_method_urls_are_refused(
     assert upload(client, t, "f.txt", b"data").status_code == 200
     down = client.download_url(path="f.txt", source="thread", id=t)
     base, token = down.url.rsplit("/", 1)
-    key = load_key(server.data_dir)
+    key = signing_key(server.data_dir)
     assert (server.data_dir / "files.key").stat().st_mode & 0o077 == 0
     grant = verify(key, token, "GET")
     other_path = sign(b"\0" * 32, Grant(grant.user_id, grant.box_id, "g.txt", "GET", 0,

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sophon.api.deps import PrincipalDep
 from sophon.api.openapi import errors
 from sophon.errors import BadRequest, PayloadTooLarge
-from sophon.sandbox.files import ThreadFiles, check_path, load_key
+from sophon.keys import signing_key
+from sophon.sandbox.files import ThreadFiles, check_path
 from sophon.sandbox.models import THREAD_ID_PATTERN
 from sophon.services import Services
 
@@ -67,7 +68,7 @@ def _files(request: Request) -> ThreadFiles:
     if tf is None:
         services: Services = state.services
         tf = state.thread_files = ThreadFiles(services.boxes, services.db,
-                                              load_key(services.settings.data_dir),
+                                              signing_key(services.settings.data_dir),
                                               services.settings.base_url)
     return tf  # type: ignore[no-any-return]
 

@@ -18,13 +18,11 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -37,7 +35,6 @@ from sophon.errors import BadRequest, BoxRequestError, NotFound, PayloadTooLarge
 from sophon.store.owned import owned
 from sophon.store.tables import Thread, Volume
 
-KEY_FILE = "files.key"
 BLOB_PATH = "/v1/files/blob/"
 URL_TTL = 15 * 60
 CHUNK = 1024 * 1024  # per boxd request: 1.33 MiB of base64, well inside a frame
@@ -52,20 +49,6 @@ class UrlRefused(SophonError):
 
 class LengthMismatch(BadRequest):
     code = "content_length_mismatch"
-
-
-def load_key(data_dir: Path) -> bytes:
-    """The server's signing key for file URLs, made (0600) on first use."""
-    path = data_dir / KEY_FILE
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-    key = path.read_bytes()
-    if len(key) < 32:
-        raise SophonError(f"{path} is damaged: delete it and restart (signed URLs "
-                          "given out so far stop working)")
-    return key
 
 
 def check_path(path: str, *, allow_root: bool = False) -> str:

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sophon.errors import NotFound, SophonError
+from sophon.errors import NotFound
+from sophon.keys import Sealer
 from sophon.store.owned import owned
 from sophon.store.tables import SecretRow, SessionRow
 from sophon.users import Principal
 
 
-def load_key(data_dir: Path) -> bytes:
-    """SOPHON_SECRET_KEY, or a key made once and kept (0600) in the data directory."""
-    env = os.environ.get("SOPHON_SECRET_KEY")
-    if env:
-        return env.encode()
-    path = data_dir / "secret.key"
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        key = Fernet.generate_key()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        return key
-
-
 class SecretStore:
     def __init__(self, db: async_sessionmaker[AsyncSession], key: bytes) -> None:
         self._db = db
-        self._fernet = Fernet(key)
+        self._sealer = Sealer(key)
         # Decrypted values per session, read on every exec and turn; this process is the
         # only writer, so dropping an entry on each change keeps it true.
         self._cache: dict[str, dict[str, str]] = {}
@@ -43,7 +24,7 @@ class SecretStore:
         self._cache.pop(session_id, None)
 
     async def put(self, principal: Principal, session_id: str, name: str, value: str) -> None:
-        token = self._fernet.encrypt(value.encode())
+        token = self._sealer.seal(value)
         self.forget(session_id)
         async with self._db() as db:
             await owned(db, SessionRow, principal.user_id, session_id, what="session")
@@ -76,10 +57,6 @@ class SecretStore:
         async with self._db() as db:
             rows = (await db.execute(
                 select(SecretRow).where(SecretRow.session_id == session_id))).scalars().all()
-        try:
-            values = {r.name: self._fernet.decrypt(r.value).decode() for r in rows}
-        except InvalidToken as exc:
-            raise SophonError("stored secrets cannot be decrypted: the secret key changed "
-                              "(SOPHON_SECRET_KEY or secret.key in the data directory)") from exc
+        values = {r.name: self._sealer.unseal(r.value, "stored secrets") for r in rows}
         self._cache[session_id] = values
         return dict(values)
