@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_agent  # noqa: E402
 import bench_box_start  # noqa: E402
+import bench_burst  # noqa: E402
 import bench_claude_code  # noqa: E402
 import bench_cli  # noqa: E402
 import bench_cold  # noqa: E402
@@ -52,6 +53,7 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
     "claude_code": (bench_claude_code.run, {"rounds": 3, "repeats": 1}),
     "dashboard": (bench_dashboard.run, {"calls": 20, "warmup": 2}),
     "box_start": (bench_box_start.run, {"boxes": 8, "samples": 3}),
+    "burst": (bench_burst.run, {"n": 10, "rounds": 1}),
     "soak": (bench_soak.run, {"minutes": 0.5, "sessions": 3, "rate": 4.0, "window": 10.0}),
 }
 
