@@ -52,8 +52,10 @@ def _bare_git_init(n: int) -> tuple[float, int]:
 
 
 def run(sessions: int = 1000, concurrency: int = 8) -> list[Figure]:
+    # One user makes every session: the per-user ceilings are lifted.
     env = {"SOPHON_SESSION_IDLE_SECONDS": "2", "SOPHON_IDLE_CHECK_SECONDS": "0.5",
-           "SOPHON_BOX_POOL_SIZE": "0"}
+           "SOPHON_BOX_POOL_SIZE": "0", "SOPHON_USER_MAX_BOXES": "0",
+           "SOPHON_USER_MAX_DISK_MB": "0", "SOPHON_USER_MAX_EVENTS_PER_MINUTE": "0"}
     with live_server(env=env) as (srv, key):
         import httpx
 
