@@ -12,6 +12,7 @@ from sophon.client._common import (
     BadRequestError,
     ConflictError,
     ConnectionFailed,
+    LimitExceededError,
     NotFoundError,
     PreconditionFailedError,
     ServerError,
@@ -34,6 +35,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AsyncClient", "AuthenticationError", "BadRequestError", "Client", "ConflictError",
-    "ConnectionFailed", "NotFoundError", "PreconditionFailedError", "RawClient",
-    "ServerError", "SophonAPIError",
+    "ConnectionFailed", "LimitExceededError", "NotFoundError", "PreconditionFailedError",
+    "RawClient", "ServerError", "SophonAPIError",
 ]

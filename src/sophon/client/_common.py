@@ -59,11 +59,14 @@ def resolve(base_url: str | None, api_key: str | None) -> tuple[str, str]:
 class SophonAPIError(Exception):
     """An error answer from the server: ``status``, machine ``code``, a sentence."""
 
-    def __init__(self, message: str, status: int = 0, code: str = "error") -> None:
+    def __init__(self, message: str, status: int = 0, code: str = "error",
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
+        # Seconds the server said to wait before trying again (Retry-After), if it did.
+        self.retry_after = retry_after
 
 
 class BadRequestError(SophonAPIError):
@@ -86,6 +89,11 @@ class PreconditionFailedError(SophonAPIError):
     pass
 
 
+class LimitExceededError(SophonAPIError):
+    """429: a per-user limit (boxes awake, executions at once, disk, event rate) is
+    reached; the message names it and its setting."""
+
+
 class ServerError(SophonAPIError):
     pass
 
@@ -95,10 +103,11 @@ class ConnectionFailed(SophonAPIError):
 
 
 _BY_STATUS = {400: BadRequestError, 401: AuthenticationError, 404: NotFoundError,
-              409: ConflictError, 412: PreconditionFailedError, 428: PreconditionFailedError}
+              409: ConflictError, 412: PreconditionFailedError, 428: PreconditionFailedError,
+              429: LimitExceededError}
 
 
-def error_for(status: int, body: bytes) -> SophonAPIError:
+def error_for(status: int, body: bytes, retry_after: str | None = None) -> SophonAPIError:
     """The typed exception for an error answer (the API's ``{error, message}``)."""
     try:
         data = json.loads(body)
@@ -107,7 +116,8 @@ def error_for(status: int, body: bytes) -> SophonAPIError:
         code = "error"
         message = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
     cls = _BY_STATUS.get(status, ServerError if status >= 500 else SophonAPIError)
-    return cls(message, status, code)
+    wait = float(retry_after) if retry_after and retry_after.strip().isdigit() else None
+    return cls(message, status, code, wait)
 
 
 def unreachable(url: str, exc: BaseException) -> ConnectionFailed:

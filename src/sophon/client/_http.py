@@ -162,7 +162,8 @@ class Http:
             response = Response(self, conn, raw, reusable=True)
             if check and response.status >= 400:
                 with response:
-                    raise error_for(response.status, response.read())
+                    raise error_for(response.status, response.read(),
+                                    response.headers.get("retry-after"))
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 

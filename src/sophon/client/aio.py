@@ -33,7 +33,8 @@ from sophon.sessions.models import FileContent, FileTree, SessionView
 
 async def _check(response: httpx.Response) -> None:
     if not response.is_success:
-        raise error_for(response.status_code, await response.aread())
+        raise error_for(response.status_code, await response.aread(),
+                        response.headers.get("retry-after"))
 
 
 async def _copy(response: httpx.Response, out: BinaryIO,
