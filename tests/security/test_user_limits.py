@@ -251,3 +251,25 @@ def test_a_box_with_a_background_process_and_no_request_is_stopped() -> None:
         events = [json.loads(line) for line in r.text.splitlines() if line]
         assert "".join(e.get("data", "") for e in events if e["type"] == "exec_output") == "s\n"
         assert not host_pids(marker)
+
+
+def test_a_message_that_would_wake_a_box_past_the_limit_is_429_up_front() -> None:
+    env = {"SOPHON_USER_MAX_BOXES": "1", "SOPHON_SESSION_IDLE_SECONDS": "1",
+           "SOPHON_IDLE_CHECK_SECONDS": "0.2", "SOPHON_BOX_POOL_SIZE": "0"}
+    with live_server(env) as srv, client(srv, srv.add_user()) as http:
+        created = new_session(http, "sleeper")
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+        wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["status"] == "sleeping",
+                 30, 0.1, "the session to fall asleep")
+        thread = thread_name("holder")
+        assert post_execute(http, "true", thread_id=thread).json()["success"]  # the one box
+        refused = http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"})
+        assert_limit(refused, "SOPHON_USER_MAX_BOXES")
+        # Nothing was started or logged for the refused message.
+        events = http.get(f"/v1/sessions/{sid}/events", headers=JSON).json()["events"]
+        assert not any(e["type"] == "user" for e in events)
+        # Control: with the thread gone, the same message is taken.
+        assert http.delete(f"/v1/threads/{thread}").status_code == 204
+        accepted = http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"})
+        assert accepted.status_code == 202, accepted.text

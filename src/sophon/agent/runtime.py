@@ -31,7 +31,7 @@ from sophon.store.tables import SessionRow
 from sophon.users import Principal
 
 # Errors that are a limit doing its job: the turn ends, but nothing failed.
-LIMITS = frozenset({"budget_exceeded"})
+LIMITS = frozenset({"budget_exceeded", "limit_exceeded"})
 
 SYSTEM_PROMPT = """You are Claude, working as a software engineer in a sandboxed project.
 The project is the git repository at /workspace; it persists between turns. Use the tools

@@ -35,7 +35,7 @@ class AgentService:
 
     async def send(self, principal: Principal, session_id: str, content: str,
                    queue: bool = False) -> dict[str, object]:
-        await self.sessions.get_row(principal, session_id)  # 404 for a stranger
+        row = await self.sessions.get_row(principal, session_id)  # 404 for a stranger
         turn = Turn(session_id, principal, content)
         if session_id in self._turns:
             if not queue:
@@ -44,6 +44,9 @@ class AgentService:
             pending = self._queued.setdefault(session_id, deque())
             pending.append(turn)
             return {"queued": True, "position": len(pending)}
+        # A sleeping session's box must fit the user's limit now: a 429 for the message,
+        # rather than a turn that starts and fails to wake it.
+        await self.sessions.quotas.admit_box(principal.user_id, row.box_id)
         self._start(turn)
         return {"queued": False}
 
