@@ -32,6 +32,7 @@ from tests.integration.test_session_events import (
     run_exec,
     wait_asleep,
 )
+from tests.security.helpers import box_files
 
 FAKE = "ses_" + "0" * 24
 
@@ -202,8 +203,12 @@ def _delete_removes_everything(srv: LiveServer, http: httpx.Client, sid: str,
                                marker: str) -> None:
     boxes = srv.data_dir / "boxes"
     box_dir = boxes / ("s" + sid.removeprefix("ses_"))
-    # A running box's files are in view; a sleeping box's are in its unmounted disk image.
-    assert (box_dir / "workspace" / marker).exists() or (box_dir / "disk.img").exists()
+    # A running box's files are seen through its launcher's mount namespace (its disk is
+    # mounted only there); a sleeping box's are in its disk image.
+    assert (box_dir / "disk.img").exists()
+    view = box_files(box_dir)
+    if view != box_dir:
+        assert (view / "workspace" / marker).exists()
     assert db_rows(srv, "events", sid) == log_page(http, sid)["last_seq"] > 0
     assert db_rows(srv, "secrets", sid) == 1
 

@@ -76,7 +76,9 @@ def test_a_reused_uid_finds_nothing_of_its_former_box() -> None:
         r = http.post("/v1/sessions", json={"name": "second"})
         assert r.status_code == 503 and "SOPHON_BOX_UID_COUNT" in r.json()["message"]
 
+        old_box = box
         assert http.delete(f"/v1/sessions/{first}").status_code == 204
+        assert not old_box.exists()  # its directory and disk image went with it
         second = http.post("/v1/sessions", json={"name": "second"})
         assert second.status_code == 201, second.text
         [box] = list(boxes.iterdir())
@@ -86,9 +88,13 @@ def test_a_reused_uid_finds_nothing_of_its_former_box() -> None:
         out = "".join(httpx.Response(200, content=line).json().get("data", "")
                       for line in r.content.splitlines())
         assert "old.txt" not in out and ".git" in out, out
-        owned = subprocess.run(["find", str(srv.data_dir), "-uid", str(uid), "-name", "old*"],
-                               capture_output=True, text=True)
-        assert owned.stdout == ""
+        # Nothing the uid owns is named old*: not on the host, not in the new box's disk
+        # (seen through its launcher's mount namespace, where that disk is mounted).
+        view = box_files(box)
+        assert view != box, "the second box should be running"
+        owned = subprocess.run(["find", str(srv.data_dir), str(view), "-uid", str(uid),
+                                "-name", "old*"], capture_output=True, text=True)
+        assert owned.stdout == "" and owned.returncode == 0, owned
 
 
 def test_a_box_from_before_per_box_uids_gets_its_own() -> None:
