@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, make_data_dir, wait_for
+from tests.security.helpers import box_dir_holding
 
 
 @pytest.fixture(scope="module")
@@ -170,13 +171,14 @@ def test_patch_changes_policy_and_name(http: httpx.Client) -> None:
 def test_delete_removes_box_files_and_events(http: httpx.Client, server: LiveServer) -> None:
     s = create(http)
     sh(http, s["id"], "echo x > marker-for-delete.txt")
-    boxes = server.data_dir / "boxes"
-    assert list(boxes.glob("*/workspace/marker-for-delete.txt"))
+    # The box's disk is mounted in its launcher's mount namespace only: look through it.
+    box = box_dir_holding(server, "workspace/marker-for-delete.txt")
+    box_dir = server.data_dir / "boxes" / box.name
     assert http.delete(f"/v1/sessions/{s['id']}").status_code == 204
     assert http.get(f"/v1/sessions/{s['id']}").status_code == 404
     assert http.get(f"/v1/sessions/{s['id']}/events",
                     headers={"Accept": "application/json"}).status_code == 404
-    assert not list(boxes.glob("*/workspace/marker-for-delete.txt"))
+    assert not box_dir.exists()  # its directory and disk image are gone
 
 
 def test_delete_ends_open_event_streams(http: httpx.Client, server: LiveServer,
