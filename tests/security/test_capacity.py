@@ -56,8 +56,14 @@ def test_out_of_uids_is_a_503_in_every_mode_of_execute_and_session_create() -> N
                                "SOPHON_BOX_UID_COUNT")
         assert_unavailable(http.post("/v1/sessions", json={"name": "s"}),
                            "SOPHON_BOX_UID_COUNT")
-        # Nothing was recorded as a failed execution.
-        assert http.get("/v1/threads").json()["threads"][0]["thread_id"] == "holder"
+        # The files API: a thread made by an upload URL has no box yet; listing needs one.
+        up = http.post("/v1/files/upload_url", json={"source": "thread", "id": "by-files",
+                                                     "path": "a.txt", "content_length": 1})
+        assert up.status_code == 200, up.text
+        assert_unavailable(http.post("/v1/files/list", json={
+            "source": "thread", "id": "by-files", "path": ""}), "SOPHON_BOX_UID_COUNT")
+        assert [t["thread_id"] for t in http.get("/v1/threads").json()["threads"]] == [
+            "by-files", "holder"]
         # The thread that has the uid still works, in every mode.
         assert execute(http, "echo again", thread_id="holder")["stdout"] == "again\n"
         stream = post_execute(http, "stream", "holder")

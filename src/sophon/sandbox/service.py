@@ -292,6 +292,10 @@ class ExecutionService:
         except BaseException:
             if kind == "fresh":
                 self.boxes.discard(box_id)
+            elif kind == "new":  # a thread that never ran is not left behind
+                assert run.req.thread_id is not None
+                self._thread_ids.pop((run.principal.user_id, run.req.thread_id), None)
+                await self.threads.forget(box_id)
             raise
         if kind != "fresh":
             self.threads.touch(box_id)

@@ -132,6 +132,14 @@ class ThreadService:
             self._release(user_id, name)
         return True
 
+    async def forget(self, box_id: str) -> None:
+        """Remove a thread whose box never started (an execute refused a 503)."""
+        async with self._db() as db:
+            await db.execute(delete(Thread).where(Thread.id == box_id))
+            await db.commit()
+        self._touched.pop(box_id, None)
+        await self.boxes.destroy(box_id)
+
     # --- housekeeping ----------------------------------------------------------
 
     def start(self) -> None:
