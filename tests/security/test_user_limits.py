@@ -273,3 +273,24 @@ def test_a_message_that_would_wake_a_box_past_the_limit_is_429_up_front() -> Non
         assert http.delete(f"/v1/threads/{thread}").status_code == 204
         accepted = http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"})
         assert accepted.status_code == 202, accepted.text
+
+
+def test_the_files_api_cannot_make_or_wake_a_box_past_the_limit() -> None:
+    env = {"SOPHON_USER_MAX_BOXES": "1", "SOPHON_BOX_POOL_SIZE": "0"}
+    with live_server(env) as srv, client(srv, srv.add_user()) as http:
+        holder = thread_name("holder")
+        assert post_execute(http, "echo kept > /home/baponi/k.txt",
+                            thread_id=holder).json()["success"]
+        # A new thread made by an upload is a box too many.
+        refused = http.post("/v1/files/upload_url", json={
+            "source": "thread", "id": thread_name("new"), "path": "a.txt",
+            "content_length": 3})
+        assert_limit(refused, "SOPHON_USER_MAX_BOXES")
+        # Control: the thread whose box is awake takes uploads and downloads.
+        up = http.post("/v1/files/upload_url", json={
+            "source": "thread", "id": holder, "path": "a.txt", "content_length": 3})
+        assert up.status_code == 200, up.text
+        assert httpx.put(up.json()["url"], content=b"abc").status_code in (200, 201, 204)
+        down = http.post("/v1/files/download_url", json={
+            "source": "thread", "id": holder, "path": "k.txt"})
+        assert httpx.get(down.json()["url"]).content == b"kept\n"

@@ -69,7 +69,8 @@ def _files(request: Request) -> ThreadFiles:
         services: Services = state.services
         tf = state.thread_files = ThreadFiles(services.boxes, services.db,
                                               signing_key(services.settings.data_dir),
-                                              services.settings.base_url)
+                                              services.settings.base_url,
+                                              services.quotas)
     return tf  # type: ignore[no-any-return]
 
 

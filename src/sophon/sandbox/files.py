@@ -32,6 +32,7 @@ from sophon.box.bwrap import THREAD_HOME
 from sophon.box.manager import BoxManager
 from sophon.box.volumes import VolumeMount
 from sophon.errors import BadRequest, BoxRequestError, NotFound, PayloadTooLarge, SophonError
+from sophon.quotas import Quotas
 from sophon.store.owned import owned
 from sophon.store.tables import Thread, Volume
 
@@ -116,8 +117,9 @@ def iso(ts: float) -> str:
 
 class ThreadFiles:
     def __init__(self, boxes: BoxManager, db: async_sessionmaker[AsyncSession],
-                 key: bytes, base_url: str, ttl: int = URL_TTL) -> None:
+                 key: bytes, base_url: str, quotas: Quotas, ttl: int = URL_TTL) -> None:
         self.boxes = boxes
+        self.quotas = quotas  # a new thread or a woken box counts like an execute's
         self.db = db
         self.key = key
         self.base_url = base_url.rstrip("/")  # SOPHON_PUBLIC_URL, never a request's Host
@@ -132,7 +134,9 @@ class ThreadFiles:
             except NotFound:
                 if not create:
                     raise
-            box_id = self.boxes.new_box_id()
+            await self.quotas.check_disk(user_id, self.boxes.settings.box_disk_mb,
+                                         "a new thread")
+            box_id = await self.quotas.admit_box(user_id)
             db.add(Thread(id=box_id, user_id=user_id, name=thread))
             try:
                 await db.commit()
@@ -159,10 +163,13 @@ class ThreadFiles:
                                   missing="the volume of this URL no longer exists")
                 self.boxes.know_volume(vol.id, vol.size_mb, vol.gid)
                 mount = VolumeMount(vol.id, vol.name, vol.gid)
-                return mount.inside, (mount,)
-            await owned(db, Thread, user_id, box_id, what="thread",
-                        missing="the thread of this URL no longer exists")
-        return THREAD_HOME, None
+                found: tuple[str, tuple[VolumeMount, ...] | None] = mount.inside, (mount,)
+            else:
+                await owned(db, Thread, user_id, box_id, what="thread",
+                            missing="the thread of this URL no longer exists")
+                found = THREAD_HOME, None
+        await self.quotas.admit_box(user_id, box_id)  # waking it must fit the user's limit
+        return found
 
     async def _owned(self, grant: Grant) -> tuple[str, tuple[VolumeMount, ...] | None]:
         return await self.where(grant.user_id, grant.box_id)
