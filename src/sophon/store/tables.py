@@ -77,7 +77,7 @@ class Execution(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  index=True)  # pruned by age
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # Where the result is POSTed when the execution ends (sophon.sandbox.webhooks), and
+    # Where the result is POSTed when the execution ends (sophon.webhooks), and
     # how that went: pending, delivered or failed. None without a webhook.
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     webhook_delivery_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
