@@ -145,11 +145,6 @@ def test_nothing_of_a_killed_server_runs_on_and_new_work_does(srv: LiveServer) -
         assert r.status_code == 200 and '"data":"after\\n"' in r.text.replace(" ", ""), r.text
 
 
-@pytest.mark.xfail(strict=True, reason="a streamed (NDJSON) or waited-for execution is "
-                   "written to the executions table only when it ends (async ones when "
-                   "accepted): one cut off by kill -9 has no record, and its trace id, "
-                   "which the stream's X-Trace-Id gave the client, is a 404 after the "
-                   "restart instead of failed/interrupted")
 def test_a_streamed_execution_cut_off_by_kill_9_is_on_record_as_interrupted(
     srv: LiveServer,
 ) -> None:

@@ -269,7 +269,9 @@ class ExecutionService:
             # reached (uids, memory, open files, the start queue) is a 503 that names
             # it, never an execution that "failed".
             box, kind = await self._hold_box(run)
-            if mode == "async":
+            if mode in ("async", "stream"):
+                # The client has the trace id before the end (the 202, the stream's
+                # X-Trace-Id): the row exists from now, so a crash leaves it interrupted.
                 await self._insert(run)
         except BaseException:
             if box is not None:
