@@ -175,3 +175,30 @@ def test_out_of_open_files_is_a_503_that_says_so() -> None:
         assert_unavailable(refused, "open-file limit")
         # The boxes already running still answer.
         assert execute(http, "echo two", thread_id="fd-0")["stdout"] == "two\n"
+
+
+def test_waking_a_session_past_the_memory_budget_is_a_503_up_front() -> None:
+    # Room for one box: a sleeping session cannot wake while a thread holds it.
+    env = {"SOPHON_BOX_MEMORY_BUDGET_MB": "512", "SOPHON_BOX_MEMORY_MB": "512",
+           "SOPHON_BOX_POOL_SIZE": "0", "SOPHON_SESSION_IDLE_SECONDS": "1",
+           "SOPHON_IDLE_CHECK_SECONDS": "0.2"}
+    with live_server(env) as srv, client(srv, srv.add_user()) as http:
+        created = http.post("/v1/sessions", json={"name": "asleep"})
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+        wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["status"] == "sleeping",
+                 30, 0.1, "the session to fall asleep")
+        holder = thread_name("holder")
+        assert execute(http, "true", thread_id=holder)["exit_code"] == 0
+        # Both answer before anything starts: no 200 stream with a failed exec, no turn.
+        assert_unavailable(http.post(f"/v1/sessions/{sid}/exec", json={"command": "true"}),
+                           "SOPHON_BOX_MEMORY_BUDGET_MB")
+        assert_unavailable(http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}),
+                           "SOPHON_BOX_MEMORY_BUDGET_MB")
+        events = http.get(f"/v1/sessions/{sid}/events",
+                          headers={"Accept": "application/json"}).json()["events"]
+        assert not any(e["type"] in ("exec_start", "user") for e in events)
+        # Control: once the thread's box is gone, the session wakes for its exec.
+        assert http.delete(f"/v1/threads/{holder}").status_code == 204
+        ok = http.post(f"/v1/sessions/{sid}/exec", json={"command": "echo awake"})
+        assert ok.status_code == 200 and b"awake" in ok.content, ok.text

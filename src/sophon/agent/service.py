@@ -46,6 +46,7 @@ class AgentService:
             return {"queued": True, "position": len(pending)}
         # A sleeping session's box must fit the user's limit now: a 429 for the message,
         # rather than a turn that starts and fails to wake it.
+        self.sessions.boxes.check_room_for(row.box_id)  # the server's room: a 503 now
         await self.sessions.quotas.admit_box(principal.user_id, row.box_id)
         self._start(turn)
         return {"queued": False}

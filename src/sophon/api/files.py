@@ -84,7 +84,8 @@ async def _box(files: ThreadFiles, principal: PrincipalDep, body: FileRequest,
 
 @router.post("/upload_url", response_model=SignedUrl, responses=errors(
     400, (404, "No such volume of yours (`not_found`)."),
-    (413, "`content_length` is over the thread's disk size (`payload_too_large`).")))
+    (413, "`content_length` is over the thread's disk size (`payload_too_large`)."),
+    429, 503))
 async def upload_url(body: FileRequest, request: Request,
                      principal: PrincipalDep) -> SignedUrl:
     """A URL to PUT exactly `content_length` bytes to `path`, valid for 15 minutes.

@@ -75,7 +75,11 @@ ERRORS: dict[int, str] = {
     413: "The request body is larger than the server's limit (`payload_too_large`).",
     428: "The file exists: send If-Match with the ETag you read "
          "(`precondition_required`).",
-    503: "The sandbox could not be started or reached (`sandbox_unavailable`).",
+    429: "A per-user limit is reached (`limit_exceeded`): boxes awake, executions at "
+         "once, disk, or the event rate; the message names it and its setting, and "
+         "`Retry-After` says when trying again may work.",
+    503: "No sandbox can be had or reached now (`sandbox_unavailable`): the message says "
+         "why (a capacity limit names its setting); `Retry-After` when waiting helps.",
 }
 
 

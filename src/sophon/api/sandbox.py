@@ -70,6 +70,7 @@ async def _parse(request: Request) -> ExecuteRequest:
                              "GET /v1/executions/{trace_id}",
               "links": _links("$response.body#/trace_id")},
         **errors(400, (409, "The thread is already running an execution (`thread_busy`)."),
+                 429,
                  (503, "No sandbox can be had now (`sandbox_unavailable`): a capacity limit "
                        "is reached, which the message names; `Retry-After` says when to "
                        "try again. Answered before any NDJSON or async acceptance.")),

@@ -54,7 +54,7 @@ SECRET_BODY = {"type": "object", "required": ["value"], "additionalProperties": 
                                         "maxLength": 65536}}}
 
 
-@router.post("", status_code=201, response_model=SessionView, responses=errors(503))
+@router.post("", status_code=201, response_model=SessionView, responses=errors(429, 503))
 async def create_session(body: CreateSession, services: ServicesDep,
                          principal: PrincipalDep) -> SessionView:
     return await services.sessions.create(principal, body)
@@ -139,7 +139,7 @@ async def events(
 @router.post("/{session_id}/exec", response_class=NDJSONResponse, responses={
     200: {"description": "exec_start, exec_output and exec_end events, one JSON object "
                          "a line"},
-    **errors(404)})
+    **errors(404, 429, 503)})
 async def exec_command(session_id: str, body: ExecRequest, services: ServicesDep,
                        principal: PrincipalDep) -> StreamingResponse:
     events = await services.sessions.exec(principal, session_id, body.command, body.timeout)
@@ -270,7 +270,7 @@ async def export(session_id: str, services: ServicesDep,
 # --- the agent ------------------------------------------------------------------
 
 @router.post("/{session_id}/messages", status_code=202, responses=errors(
-    404, (409, "A turn is running and `queue` is false (`turn_in_progress`).")))
+    404, (409, "A turn is running and `queue` is false (`turn_in_progress`)."), 429, 503))
 async def send_message(session_id: str, body: SendMessage, services: ServicesDep,
                        principal: PrincipalDep) -> dict[str, object]:
     return await services.agent.send(principal, session_id, body.content, body.queue)

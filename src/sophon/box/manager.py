@@ -357,6 +357,13 @@ class BoxManager:
             await self.destroy(self._pool.pop())
         self._refuse_if_full()
 
+    def check_room_for(self, box_id: str) -> None:
+        """BoxUnavailable now if waking ``box_id`` could not be admitted (the memory
+        budget, open files): for a request that answers before the box is up."""
+        if self.awake_or_waking(box_id) or (self._room() < 1 and self._pool):
+            return  # running already, or an empty pooled box will make way
+        self._refuse_if_full()
+
     def _refuse_if_full(self) -> None:
         if self._room() < 1:
             per_box, budget = self.settings.limits.memory_mb, self.settings.memory_budget_mb

@@ -400,6 +400,7 @@ class SessionService:
         # Refused here (a 429), not as a failed exec: the box to wake, the event rate.
         self.quotas.know_session(row.id, row.user_id)
         self.quotas.check_events(row.user_id)
+        self.boxes.check_room_for(row.box_id)  # a 503 now, not an exec that "failed"
         await self.quotas.admit_box(row.user_id, row.box_id)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         task = asyncio.create_task(self._run_exec(row, command, timeout, queue))
