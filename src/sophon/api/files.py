@@ -70,7 +70,8 @@ def _files(request: Request) -> ThreadFiles:
         tf = state.thread_files = ThreadFiles(services.boxes, services.db,
                                               signing_key(services.settings.data_dir),
                                               services.settings.base_url,
-                                              services.quotas)
+                                              services.quotas,
+                                              services.executions.threads.touch)
     return tf  # type: ignore[no-any-return]
 
 

@@ -20,7 +20,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -117,9 +117,11 @@ def iso(ts: float) -> str:
 
 class ThreadFiles:
     def __init__(self, boxes: BoxManager, db: async_sessionmaker[AsyncSession],
-                 key: bytes, base_url: str, quotas: Quotas, ttl: int = URL_TTL) -> None:
+                 key: bytes, base_url: str, quotas: Quotas,
+                 touch: Callable[[str], None], ttl: int = URL_TTL) -> None:
         self.boxes = boxes
         self.quotas = quotas  # a new thread or a woken box counts like an execute's
+        self.touch = touch  # a thread used through its files is in use (no expiry)
         self.db = db
         self.key = key
         self.base_url = base_url.rstrip("/")  # SOPHON_PUBLIC_URL, never a request's Host
@@ -168,6 +170,7 @@ class ThreadFiles:
                 await owned(db, Thread, user_id, box_id, what="thread",
                             missing="the thread of this URL no longer exists")
                 found = THREAD_HOME, None
+                self.touch(box_id)
         await self.quotas.admit_box(user_id, box_id)  # waking it must fit the user's limit
         return found
 
