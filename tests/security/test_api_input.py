@@ -160,8 +160,10 @@ def test_execute_names_with_a_trailing_newline_are_refused(
 
 @pytest.mark.parametrize(("fields", "control"), [
     ({"model": "claude-x-1\n"}, {"model": "claude-x-1"}),
-    ({"approval": {"webhook": "https://hooks.example\n"}},
-     {"approval": {"webhook": "https://hooks.example"}}),
+    # A public address written as one: the control needs no name lookup (webhooks go to
+    # public hosts only, and nothing is sent at create).
+    ({"approval": {"webhook": "https://93.184.216.34/hook\n"}},
+     {"approval": {"webhook": "https://93.184.216.34/hook"}}),
     ({"starter": {"type": "git", "url": "https://example.com/r.git", "ref": "main\n"}}, None),
 ])
 def test_session_fields_with_a_trailing_newline_are_refused(
