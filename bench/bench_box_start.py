@@ -12,7 +12,8 @@ the full run) and times, in the same run, the same starts with none running and 
 * bare bwrap: ``bwrap`` with the namespaces Sophon asks for, running ``true``, started
   from the host's namespace (what the red-team measured: 3.6 -> 18.2 ms at 826 mounts).
 
-Figure = p50 with N running / p50 with none; goal <= 1.2. The boxes are started through
+Figure = p50 with N running / p50 with none; goal <= 1.2 (judged raw, for the two box
+starts; the bare bwrap row is the kernel's own cost, for context). The boxes are started through
 ``BoxManager`` in this process (root needed, as for the server), not over HTTP, so the
 figure is the sandbox start alone. Each kind of start is timed alternately with the
 others, so what else the machine does weighs on all alike.
@@ -154,24 +155,25 @@ def run(boxes: int = 800, samples: int = 30) -> list[Figure]:
         remove_server_cgroups(data_dir, cgroups)
         shutil.rmtree(data_dir, ignore_errors=True)
 
-    # The machine is shared: its load moves between the two phases. Each figure is
-    # therefore also given against a reference that does not depend on the boxes running
-    # (fork and exec of /usr/bin/true, timed alternately with the starts): the goal is
-    # judged on (start / reference with N running) / (start / reference with none).
+    # The goal is judged on the raw ratio. The bare bwrap row and the reference (fork and
+    # exec of /usr/bin/true from this process, timed alternately with the starts) are
+    # context: what the kernel and this process pay with N boxes running whatever
+    # Sophon does, which the starts cannot be faster than.
     drift = busy["ref"].p50 / idle["ref"].p50
     figures = []
     titles = {"restart": "Box restart (existing disk)", "new": "New box (disk made)",
-              "bare": "Bare `bwrap true` from the host"}
+              "bare": "Bare `bwrap true` from the host (no Sophon code)"}
     for key, title in titles.items():
         a, b = idle[key], busy[key]
         raw = b.p50 / a.p50
         figures.append(Figure(
             f"box_start_{key}", f"{title}, {started} boxes running vs none", COMMAND,
-            b.p50 / drift, "ms", a.p50, "none running", goal=f"≤ {GOAL_RATIO}×",
-            met=raw / drift <= GOAL_RATIO,
+            b.p50, "ms", a.p50, "none running",
+            goal=f"≤ {GOAL_RATIO}×" if key != "bare" else None,
+            met=raw <= GOAL_RATIO if key != "bare" else None,
             details=[f"none running: {a.describe()}", f"{started} running: {b.describe()}",
-                     f"raw ratio {raw:.2f}×; the reference (fork+exec of true) moved "
-                     f"{drift:.2f}× between the phases (p50 {idle['ref'].p50:.2f} -> "
-                     f"{busy['ref'].p50:.2f} ms); the figure is the start with "
-                     f"{started} running divided by that", *notes]))
+                     f"for reference, fork+exec of true from this process moved "
+                     f"{drift:.2f}× (p50 {idle['ref'].p50:.2f} -> {busy['ref'].p50:.2f} ms) "
+                     f"and a bare `bwrap true` {busy['bare'].p50 / idle['bare'].p50:.2f}×",
+                     *notes]))
     return figures
