@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 class LimitUse(BaseModel):
     """One limit: what the user uses now, the ceiling (None: no limit), its setting."""
 
-    used: float
+    used: int
     limit: int | None
     setting: str
 
@@ -73,6 +73,10 @@ class _Bucket:
     def trim(self, now: float) -> None:
         cut = now - 60
         self.recent = [t for t in self.recent if t > cut]
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _span(seconds: float) -> str:
@@ -130,7 +134,8 @@ class Quotas:
         awake = self.boxes.awake_of(user_id)
         if limit and len(awake) >= limit:
             raise LimitExceeded(
-                f"you have {len(awake)} sandboxes awake, the most this server allows per "
+                f"you have {_count(len(awake), 'sandbox', 'sandboxes')} awake, the most "
+                "this server allows per "
                 f"user (SOPHON_USER_MAX_BOXES={limit}); stop one, or wait for idle ones to "
                 "sleep", retry_after=self.boxes.next_sleep_in(awake))
         if box_id is None:
@@ -146,7 +151,8 @@ class Quotas:
         running = self._running[user_id]
         if limit and running >= limit:
             raise LimitExceeded(
-                f"you have {running} executions running, the most this server allows per "
+                f"you have {_count(running, 'execution', 'executions')} running, the most "
+                "this server allows per "
                 f"user at once (SOPHON_USER_MAX_CONCURRENT_EXECUTIONS={limit}); wait for "
                 "one to finish", retry_after=1)
         self._running[user_id] = running + 1

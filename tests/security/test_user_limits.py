@@ -266,6 +266,9 @@ def test_a_message_that_would_wake_a_box_past_the_limit_is_429_up_front() -> Non
         assert post_execute(http, "true", thread_id=thread).json()["success"]  # the one box
         refused = http.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"})
         assert_limit(refused, "SOPHON_USER_MAX_BOXES")
+        assert "you have 1 sandbox awake" in refused.json()["message"]
+        used = limits(http)["boxes_awake"]["used"]
+        assert used == 1 and isinstance(used, int)  # a count, shown as one
         # Nothing was started or logged for the refused message.
         events = http.get(f"/v1/sessions/{sid}/events", headers=JSON).json()["events"]
         assert not any(e["type"] == "user" for e in events)
