@@ -8,11 +8,16 @@ what is tested is the protocol, not the isolation.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import contextlib
+import functools
 import json
+import os
+import shutil
 import struct
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,9 +29,22 @@ from sophon.box.box import Box, ExecEvent, ExecOutcome
 from sophon.box.protocol import MAX_FRAME, Done, Failure, read_reply
 from sophon.errors import BoxProtocolError, BoxRequestError, PayloadTooLarge
 
-BOXD = Path(sophon.box.__file__).parent / "agent" / "boxd.py"
+AGENT = Path(sophon.box.__file__).parent / "agent"
+# boxd runs under the interpreter boxes use (stdlib only), never one of a venv, which may
+# live under /tmp (a CI clone's does) and so be hidden by the test's own /tmp.
+BOX_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 ENV = {"PATH": "/usr/bin:/bin"}
 WINDOW = 256 * 1024
+
+
+@functools.cache
+def boxd() -> Path:
+    """boxd and its modules, copied where the tmpfs the test mounts on /tmp cannot hide
+    them (the checkout itself may be under /tmp)."""
+    copy = Path(tempfile.mkdtemp(prefix="sophon-boxd-", dir="/dev/shm"))
+    shutil.copytree(AGENT, copy, dirs_exist_ok=True)
+    atexit.register(shutil.rmtree, copy, True)
+    return copy / "boxd.py"
 
 
 async def spawn(script: str | None = None) -> asyncio.subprocess.Process:
@@ -35,7 +53,7 @@ async def spawn(script: str | None = None) -> asyncio.subprocess.Process:
     else:
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
                 'mount -t tmpfs -o size=16m tmpfs /tmp && exec "$0" -I "$1"',
-                sys.executable, str(BOXD)]
+                BOX_PYTHON, str(boxd())]
     return await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
