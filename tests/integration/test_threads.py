@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -148,3 +149,22 @@ def test_threads_from_the_cli_and_the_sdk(server: LiveServer, api_key: str,
     assert asyncio.run(with_async_client()) == ["sdk-t"]
     with Client(server.url, api_key) as client, pytest.raises(NotFoundError):
         client.delete_thread("sdk-t")
+
+
+def test_many_new_threads_at_once_all_run() -> None:
+    """More new threads at once than the store has connections (SQLAlchemy's pool: 5 + 10
+    overflow): each must give its connection back before it is checked against the
+    user's limits, which read the store too, or the pool runs dry and requests fail."""
+    n = 24
+    env = {"SOPHON_USER_MAX_BOXES": "0", "SOPHON_USER_MAX_CONCURRENT_EXECUTIONS": "0",
+           "SOPHON_BOX_POOL_SIZE": "0"}
+    with live_server(env) as srv, client(srv, srv.add_user()) as http:
+        def one(i: int) -> httpx.Response:
+            return http.post("/v1/sandbox/execute", json={
+                "code": f"echo {i}", "language": "bash", "thread_id": f"many-{i}"})
+
+        with ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(one, range(n)))
+        assert [(r.status_code, r.json().get("stdout")) for r in answers] == [
+            (200, f"{i}\n") for i in range(n)]
+        assert len(names(http)) == n

@@ -136,9 +136,11 @@ class ThreadFiles:
             except NotFound:
                 if not create:
                     raise
-            await self.quotas.check_disk(user_id, self.boxes.settings.box_disk_mb,
-                                         "a new thread")
-            box_id = await self.quotas.admit_box(user_id)
+        # The quota checks read the store: not while this request holds a connection.
+        await self.quotas.check_disk(user_id, self.boxes.settings.box_disk_mb,
+                                     "a new thread")
+        box_id = await self.quotas.admit_box(user_id)
+        async with self.db() as db:
             db.add(Thread(id=box_id, user_id=user_id, name=thread))
             try:
                 await db.commit()

@@ -329,10 +329,13 @@ class ExecutionService:
             found = (await db.execute(
                 select(Thread.id).where(Thread.user_id == key[0], Thread.name == thread)
             )).scalar_one_or_none()
-            if found is None:
-                await self.quotas.check_disk(key[0], self.boxes.settings.box_disk_mb,
-                                             "a new thread")
-                found, kind = await self.quotas.admit_box(key[0]), "new"
+        if found is None:
+            # The quota checks read the store too: never while holding a connection, or
+            # concurrent new threads hold the whole pool waiting for one more.
+            await self.quotas.check_disk(key[0], self.boxes.settings.box_disk_mb,
+                                         "a new thread")
+            found, kind = await self.quotas.admit_box(key[0]), "new"
+            async with self._sessions() as db:
                 db.add(Thread(id=found, user_id=key[0], name=thread))
                 try:
                     await db.commit()
