@@ -22,6 +22,7 @@ from sophon.sessions.workspace import Workspace
 from sophon.store.db import make_data_files_private, make_engine, migrate, sessionmaker
 from sophon.users import UserService
 from sophon.volumes.service import VolumeService
+from sophon.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,16 @@ class Services:
         boxes = BoxManager(settings)
         quotas = Quotas(settings, boxes, db)  # per-user limits, shared by both services
         volumes = VolumeService(settings, db, boxes, quotas)
-        executions = ExecutionService(boxes, db, engine, quotas, volumes)
+        webhooks = Webhooks(settings, db)  # every outbound webhook, execution or approval
+        executions = ExecutionService(boxes, db, engine, quotas, volumes, webhooks)
         cut_off = await executions.recover()
         if cut_off:
             log.warning("%d execution(s) were cut off by the last stop; marked failed", cut_off)
         events = EventLog(engine)
         events.on_append = quotas.note_event
         sessions = SessionService(settings, db, boxes, events,
-                                  SecretStore(db, secret_key(settings.data_dir)), quotas)
+                                  SecretStore(db, secret_key(settings.data_dir)), quotas,
+                                  webhooks)
         await sessions.recover()
         await boxes.start()
         executions.threads.start()  # thread expiry, execution record pruning

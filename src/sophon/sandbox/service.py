@@ -147,7 +147,8 @@ class Run:
 class ExecutionService:
     def __init__(self, boxes: BoxManager, sessions: async_sessionmaker[AsyncSession],
                  engine: AsyncEngine, quotas: Quotas | None = None,
-                 volumes: VolumeService | None = None) -> None:
+                 volumes: VolumeService | None = None,
+                 webhooks: Webhooks | None = None) -> None:
         self.boxes = boxes
         self.quotas = quotas or Quotas(boxes.settings, boxes, sessions)
         self.volumes = volumes or VolumeService(boxes.settings, sessions, boxes, self.quotas)
@@ -162,7 +163,7 @@ class ExecutionService:
         if shutil.which("node", path="/usr/local/bin:/usr/bin:/bin"):
             self.languages.add("node")
         settings = boxes.settings
-        self.webhooks = Webhooks(settings, sessions)
+        self.webhooks = webhooks or Webhooks(settings, sessions)
         self.threads = ThreadService(boxes, sessions, self._claim_thread, self._release_thread)
         self.webhook_secrets = self.webhooks.secrets
 

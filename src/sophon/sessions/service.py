@@ -89,7 +89,7 @@ def session_id_of(box_id: str) -> str | None:
 class SessionService:
     def __init__(self, settings: Settings, db: async_sessionmaker[AsyncSession],
                  boxes: BoxManager, events: EventLog, secrets_store: SecretStore,
-                 quotas: Quotas | None = None) -> None:
+                 quotas: Quotas | None = None, webhooks: Webhooks | None = None) -> None:
         self.settings = settings
         self.quotas = quotas or Quotas(settings, boxes, db)
         self._db = db
@@ -97,7 +97,8 @@ class SessionService:
         self.events = events
         self.secrets = secrets_store
         self.approvals = ApprovalService(db, events, self.set_status)
-        self.webhooks = Webhooks(settings, db)  # approval webhooks (agent/policy.py)
+        # Approval webhooks (agent/policy.py): the same sender as execution webhooks.
+        self.webhooks = webhooks or Webhooks(settings, db)
         self._watchers: dict[str, tuple[Box, asyncio.Task[None], asyncio.Event]] = {}
         self._change_limits: dict[str, ChangeLimiter] = {}  # per session, across watchers
         self._versions: dict[str, int] = {}  # bumped on every change of a session's settings
