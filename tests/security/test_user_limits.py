@@ -222,7 +222,9 @@ def test_a_box_with_a_background_process_and_no_request_is_stopped() -> None:
 
         wait_for(stopped, 30, 0.3, "the unattended thread's process to be ended")
         assert host_pids(kept) == kept_pids
-        assert "without a request" in srv.log.read_text()
+        # The warning is written once the stop is done, a moment after the process ends.
+        wait_for(lambda: "without a request" in srv.log.read_text(), 10, 0.1,
+                 "the server to log the unattended stop")
         # The next request starts it again, over the same files, without the process.
         res = execute(http, f"cat ~/kept.txt; pgrep -f 'sleep {marker}' || echo none",
                       thread_id=thread)
