@@ -188,6 +188,24 @@ def test_a_secret_name_with_a_trailing_newline_is_refused(http: httpx.Client) ->
         http.delete(f"/v1/sessions/{sid}")
 
 
+def test_a_json_secret_body_without_a_value_is_refused_not_stored(http: httpx.Client) -> None:
+    sid = http.post("/v1/sessions", json={"name": "secrets"}).json()["id"]
+    try:
+        for body in ("{}", '{"valu": "x"}', '{"value": ""}', "[1]"):
+            bad = http.put(f"/v1/sessions/{sid}/secrets/TOKEN", content=body,
+                           headers={"content-type": "application/json"})
+            assert bad.status_code == 400, (body, bad.text)
+            assert bad.json()["error"] == "invalid_request", bad.text
+        assert http.get(f"/v1/sessions/{sid}/secrets").json()["names"] == []
+        # Control: the same bytes as text/plain are the value itself.
+        ok = http.put(f"/v1/sessions/{sid}/secrets/TOKEN", content="{}",
+                      headers={"content-type": "text/plain"})
+        assert ok.status_code == 204, ok.text
+        assert http.get(f"/v1/sessions/{sid}/secrets").json()["names"] == ["TOKEN"]
+    finally:
+        http.delete(f"/v1/sessions/{sid}")
+
+
 # --- numbers are numbers --------------------------------------------------------------
 
 @pytest.mark.parametrize("timeout", ["10", True, 10.5, 10.0, None])

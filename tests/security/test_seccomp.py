@@ -292,17 +292,22 @@ libc.ptrace(CONT, pid, None, None)
 _, status = os.waitpid(pid, 0)
 r["traceme_exit"] = os.WEXITSTATUS(status)
 # Attaching to a process that did not ask for it: even the prober's own child.
-child = subprocess.Popen(["sleep", "60"])
-for name, req in (("attach", ATTACH), ("seize", SEIZE)):
-    if libc.ptrace(req, child.pid, None, None) == 0:
-        r[name] = "attached"
-        if req == ATTACH:
-            os.waitpid(child.pid, 0x40000000)  # __WALL: until it stops, to detach
-        libc.ptrace(DETACH, child.pid, None, None)
-    else:
-        r[name] = errno.errorcode[ctypes.get_errno()]
-child.kill()
-child.wait()
+# Its output goes nowhere and it dies in `finally`: a sleeper left holding the prober's
+# stdout would turn any failure here into a silent wait for the pipe to close.
+child = subprocess.Popen(["sleep", "60"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+try:
+    for name, req in (("attach", ATTACH), ("seize", SEIZE)):
+        if libc.ptrace(req, child.pid, None, None) == 0:
+            r[name] = "attached"
+            if req == ATTACH:
+                os.waitpid(child.pid, 0x40000000)  # __WALL: until it stops, to detach
+            libc.ptrace(DETACH, child.pid, None, None)
+        else:
+            r[name] = errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+finally:
+    child.kill()
+    child.wait()
 print(json.dumps(r))
 """
 

@@ -232,9 +232,12 @@ async def put_secret(session_id: str, name: str, request: Request, services: Ser
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
     raw = await request.body()
-    try:  # {"value": "..."} or the raw value itself
-        value = SecretValue.model_validate_json(raw).value
-    except ValueError:
+    if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        try:  # {"value": "..."}; a JSON body without one is a mistake, not a value
+            value = SecretValue.model_validate_json(raw).value
+        except ValueError as exc:
+            raise BadRequest('a JSON body is {"value": "<the secret>"}') from exc
+    else:  # the raw value itself
         value = raw.decode("utf-8", "replace")
     if not value or len(value) > 65_536:
         raise BadRequest("a secret value is 1 to 65536 characters")
