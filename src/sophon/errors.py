@@ -10,9 +10,11 @@ class SophonError(Exception):
     # Seconds after which trying again may work: sent as Retry-After (a 503, a 429).
     retry_after: int | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class BadRequest(SophonError):
@@ -67,10 +69,6 @@ class LimitExceeded(SophonError):
     status = 429
     code = "limit_exceeded"
 
-    def __init__(self, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
 
 class PreconditionFailed(SophonError):
     """The resource changed since the client read it (a stale ETag)."""
@@ -107,9 +105,7 @@ class BoxUnavailable(BoxError):
     """No box can be had now: a capacity limit (uids, open files, the memory ceiling,
     the start queue) is reached. The message names the limit and its setting."""
 
-    def __init__(self, message: str, retry_after: int = 10) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    retry_after = 10
 
 
 class BoxProtocolError(BoxError):

@@ -115,3 +115,35 @@ def test_a_box_from_before_per_box_uids_gets_its_own() -> None:
         uid = uid_of(box)
         assert (box_files(box) / "workspace" / "k.txt").stat().st_uid == uid
         assert (box_files(box) / "workspace").stat().st_uid == uid
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+
+
+CAPS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+
+
+def test_a_box_on_the_host_is_its_uid_with_no_capability_and_no_server_descriptor(
+        http: httpx.Client, server: LiveServer) -> None:
+    """What the box launcher leaves a box's outermost process (bwrap, on the host side):
+    the box's own uid, no groups, every capability set empty, no_new_privs, and nothing
+    open but its stdio pipes: no socket to the launcher, no file of the server's."""
+    assert execute(http, "echo hi", thread_id="privs")["exit_code"] == 0
+    box = thread_box(server, "privs")
+    pid = box_launcher(box)
+    assert pid is not None
+    st = proc_status(pid)
+    uid = uid_of(box)
+    assert st["Uid"].split() == [str(uid)] * 4 and st["Gid"].split() == [str(uid)] * 4, st
+    assert st["Groups"] == "", st
+    assert all(int(st[c], 16) == 0 for c in CAPS), {c: st[c] for c in CAPS}
+    assert st["NoNewPrivs"] == "1", st
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        assert not target.startswith(("socket:", "/")) or target.startswith("/dev/null"), (
+            fd, target)
+    # Control: the launcher that forked it (the same checks, on a root process) fails them.
+    parent = proc_status(int(st["PPid"]))
+    assert parent["Uid"].split()[0] == "0" and int(parent["CapBnd"], 16) != 0, parent

@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sophon.box.cgroups import BoxCgroup
 from sophon.box.protocol import (
@@ -27,6 +28,9 @@ from sophon.box.protocol import (
     read_reply,
 )
 from sophon.errors import BoxError, BoxProtocolError, BoxRequestError
+
+if TYPE_CHECKING:
+    from sophon.box.spawner import SpawnedProcess
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class Box:
     def __init__(
         self,
         box_id: str,
-        proc: asyncio.subprocess.Process,
+        proc: SpawnedProcess,
         cgroup: BoxCgroup | None,
         on_stop: Callable[[Box], None] | None = None,
     ) -> None:

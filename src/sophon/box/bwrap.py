@@ -1,17 +1,18 @@
 """The bubblewrap backend: each box is a ``bwrap`` sandbox whose first process is boxd.
 
 Layers, outermost first:
-1. ``/bin/sh`` (as the server's uid) writes its own pid into the box's cgroups,
-   so the limits hold from the first instruction of the box;
-1b. for a box with a disk image (disk.py), ``unshare --mount`` and a second ``sh`` (still
-   root) mount the image in a mount namespace of the box's own and make its
-   ``workspace`` and ``home`` the box's; the host's mount table never holds it;
-2. ``setpriv`` (only when the server runs as root) drops to an unprivileged host
-   uid with no supplementary groups: a box never runs as host root, even inside
-   its user namespace;
-3. ``bwrap`` makes new user, pid, mount, ipc, uts, cgroup and network namespaces,
-   drops every capability, mounts a minimal read-only system view with only
-   the box's own ``workspace`` and ``home`` writable, and loads the seccomp
+1. spawnd (spawnd.py), a small helper the server starts once, forks; its child, still
+   with the server's uid, writes its own pid into the box's cgroups, so the limits hold
+   from the first instruction of the box;
+1b. for a box with a disk image (disk.py), the child makes a mount namespace of its own
+   and mounts the image there as root, and makes the image's ``workspace`` and ``home``
+   the box's; the host's mount table never holds it;
+2. (only when the server runs as root) the child drops to the box's unprivileged host
+   uid, with only the groups the box's volumes need, every capability set emptied and
+   no_new_privs: a box never runs as host root, even inside its user namespace;
+3. the child execs ``bwrap``, which makes new user, pid, mount, ipc, uts, cgroup and
+   network namespaces, drops every capability, mounts a minimal read-only system view
+   with only the box's own ``workspace`` and ``home`` writable, and loads the seccomp
    filter (seccomp.py) just before it execs boxd;
 4. boxd, as uid 1000 and pid 1 inside (no bwrap init in the box: it would hold
    the host's pipes where a workload could open them through /proc).
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shlex
 import shutil
 import stat
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from sophon.box.box import Box
 from sophon.box.cgroups import CgroupTree, Limits
 from sophon.box.disk import MOUNT_OPTIONS, BoxDisk
 from sophon.box.seccomp import SeccompUnavailable, compile_filter
+from sophon.box.spawner import HOST_PATH, Launch, Spawner
 from sophon.errors import BoxError, BoxRequestError
 
 log = logging.getLogger(__name__)
@@ -88,21 +89,22 @@ BASE_ENV = {
 }
 
 
-# Run by the launcher as root in the box's own mount namespace: $1 the loop device of the
-# box's disk, $2 its mountpoint, $3 the box's host uid; then the rest (setpriv, bwrap).
-# The mount's source is a loop device the server attached (disk.attach_loop): "-o loop"
-# would search every loop device in use first, a cost that grew with the boxes running.
-MOUNT_SCRIPT = (
-    f'mount -n -t ext4 -o {MOUNT_OPTIONS} "$1" "$2" && '
-    'install -d -o "$3" -g "$3" -m 0700 "$2/workspace" "$2/home" && shift 3 && exec "$@"'
-)
+# mount(8)'s names for the flags in disk.MOUNT_OPTIONS; the rest go to ext4 as data.
+MOUNT_FLAGS = {"nosuid": 0x2, "nodev": 0x4, "noexec": 0x8, "noatime": 0x400}
+
+
+def mount_flags(options: str) -> tuple[int, str]:
+    """``mount -o`` options as mount(2)'s flags and data."""
+    names = options.split(",")
+    flags = sum(MOUNT_FLAGS[n] for n in names if n in MOUNT_FLAGS)
+    return flags, ",".join(n for n in names if n not in MOUNT_FLAGS)
 
 
 @dataclass
 class BoxFds:
-    """Descriptors one box start hands to bwrap (inherited through the sh and setpriv
-    layers by ``pass_fds``). bwrap reads each to its end and closes it, so nothing in
-    the box holds them; the server closes its copies once the box is spawned."""
+    """Descriptors one box start hands to bwrap (spawnd's child gets them at the same
+    numbers). bwrap reads each to its end and closes it, so nothing in the box holds
+    them; the server closes its copies once the box is spawned."""
 
     seccomp: int | None = None
     data: list[int] = field(default_factory=list)  # in the order of ``data_files``
@@ -196,13 +198,9 @@ class BwrapBackend:
         self.is_root = os.geteuid() == 0
         self.host_uid = host_uid if self.is_root else os.geteuid()
         self.bwrap = shutil.which("bwrap")
-        self.setpriv = shutil.which("setpriv")
-        self.prlimit = shutil.which("prlimit")
-        self.unshare = shutil.which("unshare")
         if self.bwrap is None:
             raise BoxError("bubblewrap (bwrap) is not installed; install the 'bubblewrap' package")
-        if self.is_root and self.setpriv is None:
-            raise BoxError("setpriv is needed to drop root for boxes (package util-linux)")
+        self.spawner = Spawner()
         self._install_runtime()
         self.seccomp_filter: Path | None = None
         self.seccomp_mode = "off"
@@ -352,39 +350,25 @@ class BwrapBackend:
         args += [self.python, "-I", "-S", BOXD_PATH]
         return args
 
-    def launcher(self, spec: BoxSpec, procs_files: list[Path],
-                 fds: BoxFds | None = None) -> list[str]:
-        inner = self.argv(spec, fds)
+    def launch(self, spec: BoxSpec, procs_files: list[Path],
+               fds: BoxFds | None = None) -> Launch:
+        """What spawnd's child does before it execs bwrap (see spawnd.py)."""
         uid = self.uid_of(spec)
+        launch = Launch(argv=self.argv(spec, fds), env={"PATH": HOST_PATH},
+                        pass_fds=fds.all() if fds else (),
+                        cgroup_procs=[str(f) for f in procs_files])
         if self.is_root:
-            inner = [
-                self.setpriv or "setpriv",
-                f"--reuid={uid}", f"--regid={uid}",
-                *([f"--groups={','.join(map(str, spec.groups))}"] if spec.groups
-                  else ["--clear-groups"]),
-                "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
-                *inner,
-            ]
+            launch.creds = {"uid": uid, "gid": uid, "groups": list(spec.groups)}
         if spec.disk is not None:
-            # A mount namespace of the box's own (copied from the host's, which holds no
-            # box disks), where its disk is mounted as root before setpriv drops root; it
-            # and the mount go away with the box's last process. "slave": the host's own
-            # mounts and unmounts (volumes) still reach it, nothing goes the other way.
-            inner = [
-                self.unshare or "unshare", "--mount", "--propagation", "slave", "--",
-                "/bin/sh", "-c", MOUNT_SCRIPT, "sh",
-                spec.disk.device, str(spec.disk.mountpoint), str(uid), *inner,
-            ]
-        if not procs_files:
-            return inner
-        joins = "; ".join(f"echo $$ > {shlex.quote(str(f))}" for f in procs_files)
-        return ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *inner]
-
-    def rlimit_fallback(self, spec: BoxSpec, argv: list[str]) -> list[str]:
-        """Without cgroups: per-process limits only, which a determined workload can
-        spread across processes. The server says so at start-up."""
-        return [self.prlimit or "prlimit", f"--as={spec.limits.memory_bytes}",
-                f"--nproc={spec.limits.pids}", "--", *argv]
+            flags, data = mount_flags(MOUNT_OPTIONS)
+            launch.mount = {"device": spec.disk.device, "target": str(spec.disk.mountpoint),
+                            "flags": flags, "data": data, "uid": uid}
+        if self.cgroups is None:
+            # Per-process limits only, which a determined workload can spread across
+            # processes. The server says so at start-up.
+            launch.rlimits = [("RLIMIT_AS", spec.limits.memory_bytes, spec.limits.memory_bytes),
+                              ("RLIMIT_NPROC", spec.limits.pids, spec.limits.pids)]
+        return launch
 
     async def start(self, spec: BoxSpec, ready_timeout: float = 15.0) -> Box:
         try:
@@ -402,19 +386,9 @@ class BwrapBackend:
             fds = self.open_fds(spec)
             if self.cgroups is not None:
                 cgroup = await asyncio.to_thread(self.cgroups.create, spec.box_id, spec.limits)
-                argv = self.launcher(spec, cgroup.procs_files, fds)
-            else:
-                argv = self.rlimit_fallback(spec, self.launcher(spec, [], fds))
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                limit=2**20,
-                pass_fds=fds.all(),
-            )
-        except OSError as exc:
+            launch = self.launch(spec, cgroup.procs_files if cgroup else [], fds)
+            proc = await self.spawner.spawn(launch, limit=2**20)
+        except (OSError, BoxError) as exc:
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
             raise BoxError(f"could not start box {spec.box_id}: {exc}") from exc

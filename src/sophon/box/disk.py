@@ -29,6 +29,7 @@ import shutil
 import struct
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,18 +87,35 @@ def _run(*argv: str) -> None:
         raise BoxError(f"{argv[0]} failed: {proc.stderr.decode(errors='replace').strip()[-500:]}")
 
 
+def mkfs_argv(path: Path) -> list[str]:
+    # No reserved blocks (no root inside a box); lazy init keeps it sparse and fast.
+    return ["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1",
+            str(path)]
+
+
+def _sparse_file(img: Path, size_mb: int) -> Path:
+    tmp = img.with_suffix(".new")
+    with open(tmp, "wb") as f:
+        f.truncate(size_mb * 2**20)
+    return tmp
+
+
+def _install_image(tmp: Path, img: Path) -> None:
+    tmp.chmod(0o600)
+    os.replace(tmp, img)
+
+
 def make_image(img: Path, size_mb: int) -> None:
     """A sparse ext4 image of ``size_mb`` at ``img``, unless there is one already."""
     if img.exists():
         return
-    tmp = img.with_suffix(".new")
-    with open(tmp, "wb") as f:
-        f.truncate(size_mb * 2**20)
-    # No reserved blocks (no root inside a box); lazy init keeps it sparse and fast.
-    _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1",
-         str(tmp))
-    tmp.chmod(0o600)
-    os.replace(tmp, img)
+    tmp = _sparse_file(img, size_mb)
+    _run(*mkfs_argv(tmp))
+    _install_image(tmp, img)
+
+
+# Runs a command (argv) and returns its exit code and what it wrote to stderr.
+Runner = Callable[[list[str]], Awaitable[tuple[int, bytes]]]
 
 
 def attach_loop(img: Path) -> tuple[int, int]:
@@ -174,11 +192,12 @@ def mounted_use(mnt: Path | str) -> DiskUse | None:
 
 
 class Disks:
-    def __init__(self, boxes_dir: Path, default_mb: int) -> None:
+    def __init__(self, boxes_dir: Path, default_mb: int, runner: Runner | None = None) -> None:
         self.boxes_dir = boxes_dir
         self.default_mb = default_mb
+        self.runner = runner
         tools = [shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin")
-                 for t in ("mkfs.ext4", "mount", "umount", "unshare")]
+                 for t in ("mkfs.ext4", "mount", "umount")]
         self.enabled = (os.geteuid() == 0 and all(tools)
                         and os.path.exists("/dev/loop-control"))
         self.mode = (f"ext4 image per box, {default_mb} MiB by default" if self.enabled else
@@ -215,7 +234,23 @@ class Disks:
         them, whose files are real directories)."""
         if not self.enabled:
             return None
+        img = self.image(box_id)
+        if self.runner is not None and not img.exists() and not self._legacy(box_id):
+            await self._make_image(img, size_mb or self.default_mb)
         return await asyncio.to_thread(self._prepare, box_id, size_mb)
+
+    async def _make_image(self, img: Path, size_mb: int) -> None:
+        """``make_image`` with mkfs run by ``runner`` (the box launcher, whose fork does
+        not copy the server's descriptor table: thousands of entries with hundreds of
+        boxes running)."""
+        assert self.runner is not None
+        img.parent.mkdir(parents=True, exist_ok=True)
+        tmp = await asyncio.to_thread(_sparse_file, img, size_mb)
+        code, err = await self.runner(mkfs_argv(tmp))
+        if code != 0:
+            tmp.unlink(missing_ok=True)
+            raise BoxError(f"mkfs.ext4 failed: {err.decode(errors='replace').strip()[-500:]}")
+        await asyncio.to_thread(_install_image, tmp, img)
 
     def _prepare(self, box_id: str, size_mb: int | None) -> BoxDisk | None:
         if self._legacy(box_id):
@@ -238,8 +273,15 @@ class Disks:
             if time.monotonic() > end:
                 raise BoxError(f"the disk of box {box_id} is still in use by its previous "
                                "run; try again shortly")
-            time.sleep(0.01)
+            time.sleep(0.001)  # the kernel lets go within milliseconds of the box's end
         self._loops.pop(box_id, None)
+
+    async def released(self, box_id: str) -> None:
+        """Once a stopped box's disk is let go by the kernel (its mount went with the
+        box's last process; the loop device clears itself a moment later): from then on
+        the image is whole on the host, and a start of the box need not wait for it."""
+        if self.enabled and box_id in self._loops:
+            await asyncio.to_thread(self._wait_released, box_id, self.image(box_id))
 
     async def attach(self, box_id: str, size_mb: int | None = None) -> None:
         """Mount the box's disk on the host (a staging box, whose copy another box reads

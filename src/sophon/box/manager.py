@@ -77,7 +77,8 @@ class BoxManager:
         # box runs as the server's, which it says at start-up).
         self.uids = UidPool(settings.boxes_dir, settings.box_uid_first,
                             settings.box_uid_count) if self.backend.is_root else None
-        self.disks = Disks(settings.boxes_dir, settings.box_disk_mb)
+        self.disks = Disks(settings.boxes_dir, settings.box_disk_mb,
+                           runner=self.backend.spawner.run)
         if not self.disks.enabled:
             log.warning("disk quotas are off: %s", self.disks.mode)
         if self.uids is None:
@@ -143,6 +144,7 @@ class BoxManager:
         pooled, self._pool = self._pool, []
         await asyncio.gather(*(self.destroy(box_id) for box_id in pooled))
         await asyncio.gather(*(b.stop() for b in list(self._boxes.values())))
+        await self.backend.spawner.close()
         await self.disks.detach_all()
         await asyncio.to_thread(self.volumes.detach_all)
         if self.cgroups is not None:
@@ -373,7 +375,10 @@ class BoxManager:
                 f"{budget} MiB (SOPHON_BOX_MEMORY_BUDGET_MB); idle boxes are stopped "
                 "after a while, so try again later", retry_after=15)
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY:
+        # The descriptor table's size bounds how many are open, and costs nothing to read;
+        # counting them (a listing of /proc/self/fd, thousands of entries with hundreds
+        # of boxes running) is only worth it near the limit.
+        if soft != resource.RLIM_INFINITY and soft - fd_table_size() < FD_RESERVE:
             in_use = len(os.listdir("/proc/self/fd"))
             if soft - in_use < FD_RESERVE:
                 raise BoxUnavailable(_out_of_files_message(in_use, soft), retry_after=30)
@@ -484,9 +489,12 @@ class BoxManager:
                     log.exception("could not unmount the disk of box %s", box_id)
 
     async def stop(self, box_id: str) -> None:
+        """Stop the box; returns once its processes are gone and its disk let go."""
         box = self._boxes.get(box_id)
         if box is not None:
             await box.stop()
+            with contextlib.suppress(BoxError):  # a start then waits, or says why
+                await self.disks.released(box_id)
 
     async def destroy(self, box_id: str) -> None:
         """Stop the box and delete its files for good."""
@@ -582,6 +590,16 @@ class BoxManager:
                     await self.stop_if_idle(box_id)
                 except Exception:
                     log.exception("idle check of box %s failed", box_id)
+
+
+def fd_table_size() -> int:
+    """The size of this process's descriptor table: more than the highest descriptor
+    open, so at least how many are."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("FDSize:"):
+                return int(line.split()[1])
+    return len(os.listdir("/proc/self/fd"))
 
 
 def raise_open_files_limit() -> None:
