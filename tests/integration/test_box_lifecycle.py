@@ -3,6 +3,7 @@ outlive the server."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, wait_for
-from tests.security.helpers import box_files
+from tests.security.helpers import box_files, host_pids
 
 FAST_IDLE = {"SOPHON_THREAD_IDLE_SECONDS": "0.3", "SOPHON_IDLE_CHECK_SECONDS": "0.1"}
 
@@ -121,3 +122,24 @@ def test_fresh_execution_leaves_no_box_behind(server: LiveServer, api_key: str) 
     execute(server, api_key, "echo temp > f.txt")
     wait_for(lambda: not workspaces_holding(server.data_dir, "f.txt"),
              what="the one-off box's files to be removed")
+
+
+def wakeups(pid: int) -> int:
+    """How often the process's threads have gone to sleep and woken since they began."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as f:
+            total += sum(int(line.split()[1]) for line in f
+                         if line.startswith("voluntary_ctxt_switches"))
+    return total
+
+
+def test_an_idle_box_does_not_wake_up(server: LiveServer, api_key: str) -> None:
+    """Hundreds of idle boxes must cost the host nothing: boxd sleeps until asked."""
+    execute(server, api_key, "echo hi > quiet.txt", thread_id="quiet")
+    box_id = box_holding(server.data_dir, "quiet.txt")
+    [bwrap] = host_pids(f"{server.data_dir / 'boxes' / box_id}/workspace ")
+    [boxd] = [int(p) for p in Path(f"/proc/{bwrap}/task/{bwrap}/children").read_text().split()]
+    before = wakeups(boxd)
+    time.sleep(2.5)  # the interval measured, not a wait for something to happen
+    assert wakeups(boxd) == before, "an idle box's boxd woke up"

@@ -450,7 +450,6 @@ def make_undumpable() -> None:
 def main() -> None:
     make_undumpable()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    _reaper.start()
     inp = sys.stdin.buffer
     send({"id": 0, "kind": "ready", "pid": os.getpid()})
     _workers.warm(_script_directory)

@@ -14,26 +14,38 @@ from collections.abc import Callable
 
 
 class Reaper:
-    """The one place that waits for children: ours and every orphan in the box."""
+    """The one place that waits for children: ours and every orphan in the box.
+
+    Its thread starts with the first child and, with no child left, sleeps until the
+    next: an idle box is one process with one thread, which never wakes."""
 
     def __init__(self) -> None:
         self._status: dict[int, int] = {}
         self._cond = threading.Condition()
-        self._children = threading.Event()
-
-    def start(self) -> None:
-        threading.Thread(target=self._loop, daemon=True).start()
+        self._spawns = 0  # children started so far
+        self._started = False
 
     def spawned(self) -> None:
-        self._children.set()
+        """Called after each child is started."""
+        with self._cond:
+            self._spawns += 1
+            self._cond.notify_all()
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._loop, daemon=True).start()
 
     def _loop(self) -> None:
         while True:
+            with self._cond:
+                seen = self._spawns
             try:
                 pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
-                self._children.clear()
-                self._children.wait(1.0)
+                # None now. A child started after ``seen`` was read counted itself
+                # first, so this cannot sleep through it.
+                with self._cond:
+                    while self._spawns == seen:
+                        self._cond.wait()
                 continue
             with self._cond:
                 self._status[pid] = os.waitstatus_to_exitcode(status)
