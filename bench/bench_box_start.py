@@ -39,6 +39,7 @@ from common import Figure, Samples, make_data_dir, remove_server_cgroups
 
 T = TypeVar("T")
 GOAL_RATIO = 1.2
+QUIET_IDLE = 0.9
 COMMAND = ".venv/bin/python bench/run.py --only box_start"
 # Enough for N boxes: no pool, no idle stop during the run, small memory limits (they
 # add up to the admission budget, if the server has one), no per-user ceiling.
@@ -95,6 +96,24 @@ async def _measure(mgr: object, probes: list[str], samples: int) -> dict[str, Sa
     return {k: Samples(v) for k, v in out.items()}
 
 
+def _cpu_idle_and_total() -> tuple[int, int]:
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+async def _settle(deadline_s: float = 90.0) -> float:
+    """Wait until the kernel has finished the work that starting the boxes left behind
+    (the figure is about boxes running, not boxes just started); seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < deadline_s:
+        idle0, total0 = _cpu_idle_and_total()
+        await asyncio.sleep(1.0)  # the window measured
+        idle1, total1 = _cpu_idle_and_total()
+        if (idle1 - idle0) >= QUIET_IDLE * max(total1 - total0, 1):
+            break
+    return time.monotonic() - t0
+
+
 async def _bench(boxes: int, samples: int, data_dir: Path) -> tuple[
         dict[str, Samples], dict[str, Samples], int, list[str]]:
     from sophon.box.manager import BoxManager
@@ -125,6 +144,9 @@ async def _bench(boxes: int, samples: int, data_dir: Path) -> tuple[
                      f"host mount table: {mounts_idle} entries with none running, "
                      f"{host_mounts()} with {len(running)}; memory available then: "
                      f"{mem_available_mib():.0f} MiB")
+        settled = await _settle()
+        notes.append(f"then {settled:.0f} s until the machine was quiet again (CPU ≥ "
+                     f"{QUIET_IDLE:.0%} idle over a second), before the starts were timed")
         busy = await _measure(mgr, probes, samples)
         # None running again, so a load that drifted during the run weighs on both sides.
         await asyncio.gather(*(mgr.stop(b) for b in running))
