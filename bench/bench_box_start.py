@@ -150,6 +150,7 @@ async def _bench(boxes: int, samples: int, data_dir: Path) -> tuple[
         busy = await _measure(mgr, probes, samples)
         # None running again, so a load that drifted during the run weighs on both sides.
         await asyncio.gather(*(mgr.stop(b) for b in running))
+        await _settle()  # their teardown is not what the baseline is about either
         after = await _measure(mgr, probes, samples)
         idle = {k: Samples(idle[k].ms + after[k].ms) for k in idle}
         return idle, busy, len(running), notes
