@@ -12,8 +12,10 @@ import pytest
 
 from sophon.box.box import ExecEvent, ExecOutcome
 from sophon.box.cgroups import CgroupTree
+from sophon.box.disk import BoxDisk
 from sophon.box.manager import BoxManager, cgroup_name
 from sophon.config import Settings
+from sophon.errors import BoxError
 from tests.conftest import LiveServer, wait_for
 
 
@@ -92,5 +94,33 @@ async def test_without_loop_mounts_boxes_run_without_a_quota_and_the_server_says
         assert (box / "workspace").is_dir() and not (box / "workspace").is_symlink()
         assert not (box / "disk.img").exists()
         assert manager.disk_use("d1").limit_bytes is None
+    finally:
+        await manager.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="box disks need a root server")
+async def test_a_box_whose_disk_cannot_be_mounted_fails_saying_why(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher's steps before bwrap (cgroups, the disk's mount, dropping root) report
+    what failed, and leave nothing running or held."""
+    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
+    await manager.start()
+    try:
+        real = manager.disks.prepare
+
+        async def broken(box_id: str, size_mb: int | None = None) -> BoxDisk | None:
+            disk = await real(box_id, size_mb)
+            assert disk is not None
+            disk.close()  # its loop device clears itself: nothing to mount any more
+            return BoxDisk("/dev/loop-none-such", disk.mountpoint, -1)
+
+        monkeypatch.setattr(manager.disks, "prepare", broken)
+        with pytest.raises(BoxError) as refused:
+            await manager.get("m1")
+        assert "mounting /dev/loop-none-such" in str(refused.value), refused.value
+        assert manager.running("m1") is None
+        monkeypatch.setattr(manager.disks, "prepare", real)  # control: it starts now
+        async with manager.use("m1") as box:
+            assert await box.process_count() >= 0
     finally:
         await manager.close()
