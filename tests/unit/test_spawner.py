@@ -16,6 +16,7 @@ import pytest
 
 from sophon.box.spawner import Launch, Spawner
 from sophon.errors import BoxError
+from tests.conftest import wait_for
 
 T = TypeVar("T")
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -237,3 +238,27 @@ def test_run_gives_the_exit_code_and_stderr_and_finds_bare_names_on_path(run: Ru
     (code, err), (missing, why) = run(main())
     assert (code, err) == (4, b"err\n")
     assert missing == 127 and b"no-such-command-here" in why, why
+
+
+def test_a_spawn_cancelled_after_the_fork_kills_its_process(
+        run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    forked: list[int] = []
+
+    async def cancelled(pid: int, *_: object) -> None:
+        forked.append(pid)
+        raise asyncio.CancelledError
+
+    async def main() -> None:
+        spawner = Spawner()
+        monkeypatch.setattr(Spawner, "_wrap", staticmethod(cancelled))
+        with pytest.raises(asyncio.CancelledError):
+            await spawner.spawn(launch("/bin/sleep", "60"))
+        monkeypatch.undo()
+        ok = await spawner.spawn(launch("/bin/echo", "still-works"))  # control
+        assert await ok.stdout.read() == b"still-works\n"
+        await spawner.close()
+
+    run(main())
+    [pid] = forked
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10,
+             what="the process of a cancelled spawn to end")

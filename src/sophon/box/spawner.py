@@ -114,6 +114,8 @@ class Spawner:
         self._replies: dict[int, asyncio.Future[tuple[dict[str, object], list[int]]]] = {}
         self._children: dict[int, SpawnedProcess] = {}
         self._early_exits: dict[int, int] = {}
+        self._abandoned: set[int] = set()  # killed before spawn() returned them
+        self._tasks: set[asyncio.Task[int]] = set()
 
     @property
     def pid(self) -> int | None:
@@ -162,6 +164,8 @@ class Spawner:
                 proc = self._children.pop(pid, None)
                 if proc is not None:
                     proc.exited(code)
+                elif pid in self._abandoned:  # its spawn() was cancelled
+                    self._abandoned.discard(pid)
                 else:  # its spawn() has not finished wrapping it yet
                     self._early_exits[pid] = code
                 continue
@@ -186,9 +190,13 @@ class Spawner:
         children, self._children = self._children, {}
         for proc in children.values():
             proc.exited(-signal.SIGKILL)
+        self._early_exits.clear()
+        self._abandoned.clear()
         if self._proc is not None:
             proc_, self._proc = self._proc, None
-            asyncio.get_running_loop().create_task(proc_.wait())  # reap it
+            task = asyncio.get_running_loop().create_task(proc_.wait())  # reap it
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _send(self, sock: socket.socket, msg: dict[str, object], fds: list[int]) -> None:
         data = json.dumps(msg).encode()
@@ -249,6 +257,8 @@ class Spawner:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             os.close(pidfd)
+            if self._early_exits.pop(pid, None) is None:
+                self._abandoned.add(pid)
             raise
         self._children[pid] = proc
         code = self._early_exits.pop(pid, None)  # it may have ended while being wrapped
