@@ -13,7 +13,8 @@ line instead. Two servers, timed in the same run, alternately (burst by burst):
 Each burst sends N ``print(1)`` executions at once (one connection each) and records
 every call's latency and status; the figure is the capped p99 / the uncapped p99 over all
 rounds, with the errors (any answer but 200 success) counted: a burst must have none.
-Per-user ceilings (SOPHON_USER_MAX_*) are lifted: one user sends the whole burst.
+Per-user ceilings (SOPHON_USER_MAX_*) are lifted (common.SERVER_ENV): one user sends
+the whole burst.
 
     .venv/bin/python bench/run.py --only burst
 """
@@ -28,8 +29,7 @@ import httpx
 from common import EXECUTE, Figure, LiveServer, Samples, execute_body, live_server
 
 COMMAND = ".venv/bin/python bench/run.py --only burst"
-LIFTED = {"SOPHON_USER_MAX_CONCURRENT_EXECUTIONS": "0", "SOPHON_USER_MAX_BOXES": "0"}
-UNCAPPED = {**LIFTED, "SOPHON_BOX_START_CONCURRENCY": "100000"}
+UNCAPPED = {"SOPHON_BOX_START_CONCURRENCY": "100000"}
 
 
 def _burst(http: httpx.Client, n: int) -> tuple[list[float], list[str], float]:
@@ -67,7 +67,7 @@ def run(n: int = 100, rounds: int = 3) -> list[Figure]:
     results: dict[str, dict[str, list[float]]] = {
         k: {"ms": [], "wall": []} for k in ("capped", "uncapped")}
     failures: dict[str, list[str]] = {"capped": [], "uncapped": []}
-    with live_server(env=LIFTED) as (capped_srv, capped_key), \
+    with live_server() as (capped_srv, capped_key), \
             live_server(env=UNCAPPED) as (open_srv, open_key):
         clients = {"capped": _client(capped_srv, capped_key, n),
                    "uncapped": _client(open_srv, open_key, n)}

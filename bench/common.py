@@ -32,7 +32,9 @@ if str(ROOT / "tests") not in sys.path:
 from conftest import LiveServer, make_data_dir, wait_for  # noqa: E402, F401
 
 EXECUTE = "/v1/sandbox/execute"
-SERVER_ENV = {"SOPHON_LOG_LEVEL": "warning"}
+# Benchmarks time the server, not its per-user ceilings: one user sends all the load.
+SERVER_ENV = {"SOPHON_LOG_LEVEL": "warning", "SOPHON_USER_MAX_BOXES": "0",
+              "SOPHON_USER_MAX_CONCURRENT_EXECUTIONS": "0"}
 BOX_PYTHON = "/usr/bin/python3"  # the interpreter boxd runs under (Settings.box_python)
 
 
