@@ -166,7 +166,7 @@ def _loop_run() -> Callable[[Coroutine[Any, Any, T]], T]:
     return uvloop.run  # type: ignore[no-any-return]
 
 
-def run(boxes: int = 800, samples: int = 30) -> list[Figure]:
+def run(boxes: int = 800, samples: int = 60) -> list[Figure]:
     if os.geteuid() != 0:
         return [Figure("box_start", "Box start with N boxes running", COMMAND, float("nan"),
                        "ms", float("nan"), "none running",
