@@ -80,11 +80,15 @@ class BoxDisk:
             self.fd = -1
 
 
+def _failed(name: str, stderr: bytes) -> BoxError:
+    return BoxError(f"{name} failed: {stderr.decode(errors='replace').strip()[-500:]}")
+
+
 def _run(*argv: str) -> None:
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           timeout=60, check=False)
     if proc.returncode != 0:
-        raise BoxError(f"{argv[0]} failed: {proc.stderr.decode(errors='replace').strip()[-500:]}")
+        raise _failed(argv[0], proc.stderr)
 
 
 def mkfs_argv(path: Path) -> list[str]:
@@ -192,7 +196,7 @@ def mounted_use(mnt: Path | str) -> DiskUse | None:
 
 
 class Disks:
-    def __init__(self, boxes_dir: Path, default_mb: int, runner: Runner | None = None) -> None:
+    def __init__(self, boxes_dir: Path, default_mb: int, runner: Runner) -> None:
         self.boxes_dir = boxes_dir
         self.default_mb = default_mb
         self.runner = runner
@@ -235,7 +239,7 @@ class Disks:
         if not self.enabled:
             return None
         img = self.image(box_id)
-        if self.runner is not None and not img.exists() and not self._legacy(box_id):
+        if not img.exists() and not self._legacy(box_id):
             await self._make_image(img, size_mb or self.default_mb)
         return await asyncio.to_thread(self._prepare, box_id, size_mb)
 
@@ -243,13 +247,12 @@ class Disks:
         """``make_image`` with mkfs run by ``runner`` (the box launcher, whose fork does
         not copy the server's descriptor table: thousands of entries with hundreds of
         boxes running)."""
-        assert self.runner is not None
         img.parent.mkdir(parents=True, exist_ok=True)
         tmp = await asyncio.to_thread(_sparse_file, img, size_mb)
         code, err = await self.runner(mkfs_argv(tmp))
         if code != 0:
             tmp.unlink(missing_ok=True)
-            raise BoxError(f"mkfs.ext4 failed: {err.decode(errors='replace').strip()[-500:]}")
+            raise _failed("mkfs.ext4", err)
         await asyncio.to_thread(_install_image, tmp, img)
 
     def _prepare(self, box_id: str, size_mb: int | None) -> BoxDisk | None:
