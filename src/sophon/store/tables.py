@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -104,6 +105,10 @@ class SessionRow(Base):
     # sha256 of the token a runtime inside the box uses to reach the model gateway.
     gateway_token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True,
                                                            unique=True)
+    # What the box may reach beyond its base's list ({"allow": [...], "ask": bool}), and
+    # the names of the user's connectors it uses (sophon/egress).
+    network: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    connectors: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  index=True)
     last_activity_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -216,3 +221,35 @@ class Volume(Base):
     # The host group that owns its files: every box that mounts it gets this group.
     gid: Mapped[int] = mapped_column(Integer, unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Connector(Base):
+    """A user's credential for a host (sophon/egress/connectors.py): the door puts it on
+    the wire; no box ever holds it. ``value`` is sealed like session secrets."""
+
+    __tablename__ = "connectors"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    type: Mapped[str] = mapped_column(String(16))
+    value: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    header: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Whether the execution API's threads of every one of the user's keys get it.
+    execute: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Type-specific rules, e.g. github's {"push": ["owner/repo:branch", ...]}.
+    rules: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class NetworkUsage(Base):
+    """What a session's or a thread's boxes sent and received through the egress door."""
+
+    __tablename__ = "network_usage"
+    owner_id: Mapped[str] = mapped_column(String(40), primary_key=True)  # session or thread
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)  # box to the network
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    connections: Mapped[int] = mapped_column(Integer, default=0)
+    denied: Mapped[int] = mapped_column(Integer, default=0)
