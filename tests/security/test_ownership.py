@@ -42,6 +42,8 @@ from tests.security.helpers import client
 ID_PARAMS = {"session_id", "thread_id", "trace_id", "approval_id", "execution_id",
              "volume_name"}
 BODY_IDS = {"session_id", "thread_id", "id", "volume"}
+# Objects a user names (a {name} under these is one of them).
+NAMED = ("/v1/volumes/", "/v1/connectors/")
 
 
 def _body_fields(doc: dict[str, Any], op: dict[str, Any]) -> set[str]:
@@ -65,7 +67,7 @@ def routes_naming_objects() -> set[tuple[str, str]]:
         params = set(re.findall(r"{(\w+)", path))
         for method, op in item.items():
             if params & ID_PARAMS or _body_fields(doc, op) & BODY_IDS or \
-                    (path.startswith("/v1/volumes/") and "name" in params):
+                    (path.startswith(NAMED) and "name" in params):
                 found.add((method.upper(), path))
     return found
 
@@ -95,6 +97,12 @@ class World:
     def new_volume(self) -> str:
         name = f"vol-{secrets.token_hex(4)}"
         r = self.a.post("/v1/volumes", json={"name": name, "size_mb": 16})
+        assert r.status_code == 201, r.text
+        return name
+
+    def new_connector(self) -> str:
+        name = f"con-{secrets.token_hex(4)}"
+        r = self.a.post("/v1/connectors", json={"name": name, "type": "anthropic"})
         assert r.status_code == 201, r.text
         return name
 
@@ -224,6 +232,7 @@ CASES: dict[tuple[str, str], list[Probe]] = {
     ("POST", "/v1/executions/{trace_id}/cancel"): [Probe()],
     ("GET", "/v1/executions/{trace_id}/output"): [Probe()],
     ("DELETE", "/v1/volumes/{name}"): [Probe(fresh=("volume",))],
+    ("DELETE", "/v1/connectors/{name}"): [Probe(fresh=("connector",))],
     ("DELETE", "/v1/threads/{thread_id}"): [Probe(fresh=("thread",))],
     ("POST", "/v1/files/upload_url"): UPLOADS,
     ("POST", "/v1/files/download_url"): FILES,
@@ -250,6 +259,8 @@ def _fill(w: World, path: str, probe: Probe) -> tuple[str, str, Any]:
             ids["session_id"] = w.new_session()
         elif kind == "volume":
             ids["name"] = w.new_volume()
+        elif kind == "connector":
+            ids["name"] = w.new_connector()
         elif kind == "thread":
             ids["thread_id"] = w.new_thread()
         elif kind == "secret":

@@ -291,6 +291,22 @@ class RawClient:
     def delete_volume(self, name: str) -> None:
         self._http.call("DELETE", f"/v1/volumes/{seg(name)}")
 
+    def create_connector(self, name: str, type: str, value: str | None = None, *,
+                         host: str | None = None, header: str | None = None,
+                         execute: bool = False,
+                         push: list[str] | None = None) -> dict[str, Any]:
+        """A credential the egress door sends for your boxes (``type``: github,
+        anthropic or http); the answer never holds the value."""
+        return dict(self._http.call("POST", "/v1/connectors", json_body=connector_body(
+            name, type, value, host, header, execute, push)))
+
+    def connectors(self) -> list[dict[str, Any]]:
+        """Your connectors: names, types and hosts, never their values."""
+        return list(self._http.call("GET", "/v1/connectors")["connectors"])
+
+    def delete_connector(self, name: str) -> None:
+        self._http.call("DELETE", f"/v1/connectors/{seg(name)}")
+
     def rotate_webhook_secret(self) -> str:
         """A new signing secret for your execution webhooks (``whsec_...``), shown this
         once; deliveries from now on are signed with it."""
@@ -301,6 +317,17 @@ class RawClient:
         r = self._http.open("GET", f"/v1/executions/{seg(trace_id)}/output",
                             params={"after_seq": after_seq}, read_timeout=None)
         return self._lines(r)
+
+
+def connector_body(name: str, type: str, value: str | None, host: str | None,
+                   header: str | None, execute: bool,
+                   push: list[str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "type": type, "execute": execute}
+    for key, given in (("value", value), ("host", host), ("header", header),
+                       ("push", push)):
+        if given is not None:
+            body[key] = given
+    return body
 
 
 def export_target(dest: str | Path | BinaryIO, session_id: str) -> Path | BinaryIO:

@@ -25,7 +25,7 @@ from sophon.client._common import (
     unreachable,
 )
 from sophon.client._http import seg
-from sophon.client._raw import NDJSON, export_target
+from sophon.client._raw import NDJSON, connector_body, export_target
 from sophon.events.types import from_wire
 from sophon.sandbox.models import SandboxResult
 from sophon.sessions.models import FileContent, FileTree, SessionView
@@ -325,6 +325,20 @@ class AsyncClient:
 
     async def delete_volume(self, name: str) -> None:
         await self._json("DELETE", f"/v1/volumes/{seg(name)}")
+
+    async def create_connector(self, name: str, type: str, value: str | None = None, *,
+                               host: str | None = None, header: str | None = None,
+                               execute: bool = False,
+                               push: list[str] | None = None) -> dict[str, Any]:
+        """A credential the egress door sends for your boxes; never the value back."""
+        return dict(await self._json("POST", "/v1/connectors", json=connector_body(
+            name, type, value, host, header, execute, push)))
+
+    async def connectors(self) -> list[dict[str, Any]]:
+        return list((await self._json("GET", "/v1/connectors"))["connectors"])
+
+    async def delete_connector(self, name: str) -> None:
+        await self._json("DELETE", f"/v1/connectors/{seg(name)}")
 
     async def rotate_webhook_secret(self) -> str:
         """A new signing secret for your execution webhooks, shown this once."""
