@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -157,6 +157,27 @@ class Settings(BaseSettings):
         default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
     webhook_timeout_seconds: float = Field(10.0, gt=0)
 
+    # The egress door (sophon/egress): the one way out of a box. `address:port`s in the
+    # refused set (loopback, private, link-local, ...) that boxes may reach anyway (test
+    # hosts, a private mirror); the widest rules a user may add to a session's list
+    # (empty: any public host, never `*`); rules that refuse whatever a list allows; what
+    # the execution API's threads reach ("registries": the package registries of every
+    # base plus their key's connectors, "public": every public address, "off": nothing).
+    egress_allow_private: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    egress_ceiling: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    egress_deny: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    egress_execute: Literal["registries", "public", "off"] = "registries"
+    # The port of the door inside every box (127.0.0.1), the connections one box may
+    # have open through it, and how long a box may take to send a request's head, a
+    # host to accept a connection, and a connection to stay silent both ways.
+    egress_box_port: int = Field(3128, ge=1, le=65535)
+    egress_max_connections_per_box: int = Field(256, ge=1)
+    egress_head_timeout_seconds: float = Field(30.0, gt=0)
+    egress_connect_timeout_seconds: float = Field(10.0, gt=0)
+    egress_idle_timeout_seconds: float = Field(600.0, gt=0)
+    # How long a connection waits for a person to answer a network approval.
+    egress_approval_timeout_seconds: float = Field(120.0, gt=0)
+
     # Users (by name) who may read server-wide pages such as GET /metrics; `make run`
     # makes the user `admin`. Comma-separated.
     admin_users: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["admin"])
@@ -171,7 +192,7 @@ class Settings(BaseSettings):
         return [p for p in v.split(":") if p] if isinstance(v, str) else v
 
     @field_validator("webhook_allow_insecure_hosts", "webhook_retry_delays", "admin_users",
-                     mode="before")
+                     "egress_allow_private", "egress_ceiling", "egress_deny", mode="before")
     @classmethod
     def _split_commas(cls, v: object) -> object:
         return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v

@@ -11,9 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sophon.agent.service import AgentService
 from sophon.box.manager import BoxManager
 from sophon.config import Settings
+from sophon.egress.connectors import ConnectorService
+from sophon.egress.service import Egress
 from sophon.events.log import EventLog
 from sophon.gateway.service import Gateway
-from sophon.keys import secret_key
+from sophon.keys import Sealer, secret_key
 from sophon.quotas import Quotas
 from sophon.sandbox.service import ExecutionService
 from sophon.sessions.secrets import SecretStore
@@ -39,6 +41,8 @@ class Services:
     workspace: Workspace
     gateway: Gateway
     agent: AgentService
+    connectors: ConnectorService
+    egress: Egress
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -57,13 +61,20 @@ class Services:
             log.warning("%d execution(s) were cut off by the last stop; marked failed", cut_off)
         events = EventLog(engine)
         events.on_append = quotas.note_event
-        sessions = SessionService(settings, db, boxes, events,
-                                  SecretStore(db, secret_key(settings.data_dir)), quotas,
+        key = secret_key(settings.data_dir)
+        connectors = ConnectorService(db, Sealer(key))
+        sessions = SessionService(settings, db, boxes, events, SecretStore(db, key), quotas,
                                   webhooks)
+        gateway = Gateway(settings.models, db, events, token_key=key)
+        # The one way out of every box, wired before any box starts.
+        egress = Egress(settings, db, events, connectors, boxes, gateway.box_token)
+        sessions.check_network = egress.check_session
+        sessions.door_env = egress.session_env
+        executions.door_env = egress.execution_env
         await sessions.recover()
         await boxes.start()
         executions.threads.start()  # thread expiry, execution record pruning
-        gateway = Gateway(settings.models, db, events)
+        egress.start()
         if gateway.configured:
             # The SDK takes about a second to import: here, in a thread, not in the first
             # agent turn, where it would stall every request on the event loop.
@@ -72,7 +83,8 @@ class Services:
             log.warning("no model provider key (ANTHROPIC_API_KEY): sessions work, but a "
                         "message to the agent will fail until one is set")
         return cls(settings, engine, db, UserService(db), boxes, executions, sessions,
-                   Workspace(sessions), gateway, AgentService(sessions, gateway, settings))
+                   Workspace(sessions), gateway, AgentService(sessions, gateway, settings),
+                   connectors=connectors, egress=egress)
 
     @property
     def quotas(self) -> Quotas:
@@ -88,4 +100,5 @@ class Services:
         await self.sessions.close()
         await self.executions.close()
         await self.boxes.close()
+        await self.egress.close()
         await self.engine.dispose()

@@ -44,6 +44,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "task_update": {"task_id": "1", "subject": "tests", "status": "in_progress"},
     "file_changes_coalesced": {"changes": 450, "files": 150, "paths": ["a.txt", "b.txt"],
                                "seconds": 5.0},
+    "network_denied": {"host": "example.com", "port": 443, "rule": "not_allowed",
+                       "message": "example.com:443 is not on this sandbox's network list"},
 }
 
 

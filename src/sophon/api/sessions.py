@@ -290,11 +290,13 @@ async def usage(session_id: str, services: ServicesDep,
                 principal: PrincipalDep) -> dict[str, object]:
     calls = await services.gateway.usage_series(principal, session_id)
     last = calls[-1] if calls else {}
+    network = await services.egress.usage([session_id])
     # Totals from the same read as the calls, so the two always agree.
     return {"session_id": session_id, "totals": {
         "input_tokens": last.get("cumulative_input_tokens", 0),
         "output_tokens": last.get("cumulative_output_tokens", 0),
-        "cost_usd": last.get("cumulative_cost_usd", 0.0)}, "calls": calls}
+        "cost_usd": last.get("cumulative_cost_usd", 0.0)}, "calls": calls,
+        "network": network[session_id]}
 
 
 @router.post("/{session_id}/gateway-token", responses=errors(404))

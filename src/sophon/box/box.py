@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -95,6 +96,10 @@ class Box:
         self.started_at = time.monotonic()
         # Whether the box's disk is (about) full; the manager, which owns the disk, sets it.
         self.disk_full: Callable[[], bool] = lambda: False
+        # The listener on the box's loopback that its network goes through (bwrap.py),
+        # served by the egress door; called when the box stops, for the door to let go.
+        self.door: socket.socket | None = None
+        self.on_stopped: list[Callable[[Box], None]] = []
 
     @property
     def busy(self) -> bool:
@@ -392,5 +397,10 @@ class Box:
             await asyncio.wait_for(self._proc.wait(), 5)
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
+        for callback in self.on_stopped:
+            callback(self)
+        if self.door is not None:
+            self.door.close()
+            self.door = None
         if self._on_stop is not None:
             self._on_stop(self)

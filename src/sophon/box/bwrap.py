@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import shutil
+import socket
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,14 +110,18 @@ class BoxFds:
     seccomp: int | None = None
     data: list[int] = field(default_factory=list)  # in the order of ``data_files``
     volumes: list[int] = field(default_factory=list)  # in the order of ``volume_binds``
+    # The box's end of the socket boxd hands its door listener back through (the one
+    # descriptor bwrap leaves open: boxd closes it once it has sent the listener).
+    door: int | None = None
 
     def all(self) -> tuple[int, ...]:
-        return (*([] if self.seccomp is None else [self.seccomp]), *self.data, *self.volumes)
+        return (*([] if self.seccomp is None else [self.seccomp]), *self.data, *self.volumes,
+                *([] if self.door is None else [self.door]))
 
     def close(self) -> None:
         for fd in self.all():
             os.close(fd)
-        self.seccomp, self.data, self.volumes = None, [], []
+        self.seccomp, self.data, self.volumes, self.door = None, [], [], None
 
 
 def open_beneath(root: Path, rel: str) -> int:
@@ -191,8 +196,10 @@ class BwrapBackend:
         cgroups: CgroupTree | None,
         host_uid: int,
         python: str = "/usr/bin/python3",
+        door_port: int | None = None,
     ) -> None:
         self.runtime_dir = runtime_dir
+        self.door_port = door_port
         self.cgroups = cgroups
         self.python = python
         self.is_root = os.geteuid() == 0
@@ -347,6 +354,9 @@ class BwrapBackend:
         ]
         for key, value in BASE_ENV.items():
             args += ["--setenv", key, value]
+        if fds is not None and fds.door is not None and self.door_port is not None:
+            args += ["--setenv", "SOPHON_DOOR_FD", str(fds.door),
+                     "--setenv", "SOPHON_DOOR_PORT", str(self.door_port)]
         args += [self.python, "-I", "-S", BOXD_PATH]
         return args
 
@@ -382,8 +392,12 @@ class BwrapBackend:
             self.prepare_dirs(spec)
         cgroup = None
         fds = BoxFds()
+        door_channel = None
         try:
             fds = self.open_fds(spec)
+            if self.door_port is not None:
+                door_channel, box_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+                fds.door = box_end.detach()
             if self.cgroups is not None:
                 cgroup = await asyncio.to_thread(self.cgroups.create, spec.box_id, spec.limits)
             launch = self.launch(spec, cgroup.procs_files if cgroup else [], fds)
@@ -391,10 +405,41 @@ class BwrapBackend:
         except (OSError, BoxError) as exc:
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
+            if door_channel is not None:
+                door_channel.close()
             raise BoxError(f"could not start box {spec.box_id}: {exc}") from exc
         finally:
             fds.close()
 
         box = Box(spec.box_id, proc, cgroup)
-        await box.wait_ready(ready_timeout)
+        try:
+            await box.wait_ready(ready_timeout)
+            if door_channel is not None:
+                box.door = receive_door(door_channel, spec.box_id)
+        finally:
+            if door_channel is not None:
+                door_channel.close()
         return box
+
+
+def receive_door(channel: socket.socket, box_id: str) -> socket.socket | None:
+    """The listening socket boxd made on the box's own loopback, sent before its
+    greeting: the host accepts the box's connections from it (see egress/door.py), so
+    which box a connection comes from is known by the socket, never by what it says."""
+    channel.setblocking(False)
+    try:
+        msg, fds, _, _ = socket.recv_fds(channel, 256, 1)
+    except BlockingIOError:
+        log.warning("box %s has no egress door: boxd sent no listener", box_id)
+        return None
+    if not fds:
+        log.warning("box %s has no egress door: %s", box_id,
+                    msg.decode(errors="replace") or "boxd could not make one")
+        return None
+    listener = socket.socket(fileno=fds[0])
+    if listener.type != socket.SOCK_STREAM or listener.family != socket.AF_INET:
+        listener.close()  # boxd's word is not trusted: only a TCP listener is used
+        log.warning("box %s sent something other than a listener as its door", box_id)
+        return None
+    listener.setblocking(False)
+    return listener

@@ -72,7 +72,10 @@ class BoxManager:
             self.cgroups,
             host_uid=settings.box_uid_first,
             python=settings.box_python,
+            door_port=settings.egress_box_port,
         )
+        # Called with every box that has started (the egress door serves its listener).
+        self.on_started: list[Callable[[Box], None]] = []
         # Each box its own host uid (only a root server can switch uids; otherwise every
         # box runs as the server's, which it says at start-up).
         self.uids = UidPool(settings.boxes_dir, settings.box_uid_first,
@@ -228,6 +231,9 @@ class BoxManager:
 
     def set_owner(self, box_id: str, user_id: str) -> None:
         self._owners[box_id] = user_id
+
+    def owner_of(self, box_id: str) -> str | None:
+        return self._owners.get(box_id)
 
     def claim(self, box_id: str, user_id: str) -> None:
         """The user's request is about to use the box: it is theirs, and it counts as
@@ -414,7 +420,10 @@ class BoxManager:
     async def _start(self, spec: BoxSpec) -> Box:
         async with self._admission():
             try:
-                return await self.backend.start(spec)
+                box = await self.backend.start(spec)
+                for hook in self.on_started:
+                    hook(box)
+                return box
             except (OSError, BoxError) as exc:
                 cause = exc if isinstance(exc, OSError) else exc.__cause__
                 if isinstance(cause, OSError) and cause.errno in (errno.EMFILE,

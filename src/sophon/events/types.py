@@ -157,10 +157,20 @@ class TaskUpdate(_Event):
     description: str | None = None
 
 
+class NetworkDenied(_Event):
+    """A connection from the session's box that the egress door refused."""
+
+    type: Literal["network_denied"] = "network_denied"
+    host: str
+    port: int
+    rule: str  # not_allowed, private_address, sophon_server, denied, approval_denied, ...
+    message: str
+
+
 Event = Annotated[
     SessionStart | SessionEnd | SessionError | Status | User | Assistant | Thinking
     | ToolUse | ToolResult | FileChange | ApprovalRequest | ApprovalDecision | ExecStart
-    | ExecOutput | ExecEnd | Usage | TaskUpdate | FileChangesCoalesced,
+    | ExecOutput | ExecEnd | Usage | TaskUpdate | FileChangesCoalesced | NetworkDenied,
     Field(discriminator="type"),
 ]
 _adapter: list[TypeAdapter[Any]] = []

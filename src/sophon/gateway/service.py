@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -32,10 +33,9 @@ from sophon.users import Principal
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
-
-
-
-
+# A box's own token (its ANTHROPIC_AUTH_TOKEN): the session id and a MAC over it, so it
+# needs no row, is the same after every restart, and dies with its session.
+BOX_TOKEN_PREFIX = "sk-sophon-box-"
 
 
 def token_hash(token: str) -> str:
@@ -51,8 +51,10 @@ def _estimate_input_tokens(params: dict[str, Any]) -> int:
 
 class Gateway:
     def __init__(self, models: ModelSettings, db: async_sessionmaker[AsyncSession],
-                 events: EventLog) -> None:
+                 events: EventLog, token_key: bytes | None = None) -> None:
         self.models = models
+        self._token_key = hmac.new(token_key or secrets.token_bytes(32),
+                                   b"sophon gateway box token", hashlib.sha256).digest()
         self._db = db
         self._events = events
         self._client: Any = None
@@ -197,12 +199,22 @@ class Gateway:
             await db.commit()
         return token
 
+    def box_token(self, session_id: str) -> str:
+        """The token every exec in the session's box gets, for the gateway alone."""
+        mac = hmac.new(self._token_key, session_id.encode(), hashlib.sha256).hexdigest()
+        return f"{BOX_TOKEN_PREFIX}{session_id}-{mac[:40]}"
+
     async def session_for_token(self, token: str | None) -> SessionRow:
         if not token:
             raise Unauthorized("missing session token (x-api-key)")
         async with self._db() as db:
-            row = (await db.execute(select(SessionRow).where(
-                SessionRow.gateway_token_hash == token_hash(token)))).scalar_one_or_none()
+            if token.startswith(BOX_TOKEN_PREFIX):
+                session_id = token[len(BOX_TOKEN_PREFIX):].rpartition("-")[0]
+                ok = hmac.compare_digest(self.box_token(session_id), token)
+                row = await db.get(SessionRow, session_id) if ok else None
+            else:
+                row = (await db.execute(select(SessionRow).where(
+                    SessionRow.gateway_token_hash == token_hash(token)))).scalar_one_or_none()
         if row is None:
             raise Unauthorized("invalid session token")
         return row

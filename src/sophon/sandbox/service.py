@@ -16,7 +16,7 @@ import secrets
 import shutil
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -150,6 +150,8 @@ class ExecutionService:
                  volumes: VolumeService | None = None,
                  webhooks: Webhooks | None = None) -> None:
         self.boxes = boxes
+        # Set by sophon.services: what every execution is told to reach the egress door.
+        self.door_env: Callable[[], dict[str, str]] = dict
         self.quotas = quotas or Quotas(boxes.settings, boxes, sessions)
         self.volumes = volumes or VolumeService(boxes.settings, sessions, boxes, self.quotas)
         self._sessions = sessions
@@ -417,7 +419,7 @@ class ExecutionService:
                 self.boxes.top_up()  # after the answer: a start would slow this run
 
     async def _exec(self, run: Run, box: Box, out: dict[str, list[str]]) -> ExecOutcome | None:
-        env = {**BASE_ENV, **(run.req.env_vars or {})}
+        env = {**BASE_ENV, **self.door_env(), **(run.req.env_vars or {})}
         outcome = None
         # No await between this check and the exec being registered with the box,
         # so a cancel either sees run.box or is seen here.

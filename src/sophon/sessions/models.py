@@ -51,6 +51,22 @@ class ApprovalPolicy(BaseModel):
     webhook: str | None = Field(None, max_length=2048, pattern=WEBHOOK_URL)
 
 
+class NetworkSettings(BaseModel):
+    """What a session's box may reach beyond its base's list (sophon/egress)."""
+
+    model_config = REQUEST
+
+    # host, host:port, *.domain (ports 80 and 443 unless one is named); checked against
+    # the admin's ceiling by the session service.
+    allow: list[Annotated[str, Field(min_length=1, max_length=260)]] = Field(
+        default_factory=list, max_length=200)
+    # A host outside the list becomes an approval request instead of a refusal.
+    ask: bool = False
+
+
+ConnectorName = Annotated[str, Field(min_length=1, max_length=63)]
+
+
 class CreateSession(BaseModel):
     model_config = REQUEST
 
@@ -66,6 +82,8 @@ class CreateSession(BaseModel):
     # The hard quota of /workspace and /home/user together; default SOPHON_BOX_DISK_MB,
     # at most SOPHON_BOX_DISK_MAX_MB (checked by the service: a 400 naming the ceiling).
     disk_mb: int | None = Field(None, ge=16, le=1024 * 1024)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    connectors: list[ConnectorName] = Field(default_factory=list, max_length=50)
 
     @field_validator("model")
     @classmethod
@@ -83,11 +101,13 @@ class UpdateSession(BaseModel):
     approval: ApprovalPolicy | None = None
     max_turns: int | None = Field(None, ge=1, le=10_000)
     max_budget_usd: float | None = Field(None, gt=0)
+    network: NetworkSettings | None = None
+    connectors: list[ConnectorName] | None = Field(None, max_length=50)
 
     @model_validator(mode="after")
     def _no_null_for_required(self) -> UpdateSession:
         # null clears an optional limit or the system prompt; a session always has these.
-        for name in ("name", "approval"):
+        for name in ("name", "approval", "network", "connectors"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null; leave it out to keep it")
         return self
@@ -121,6 +141,8 @@ class SessionView(BaseModel):
     max_budget_usd: float | None = None
     last_seq: int
     disk: DiskInfo
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    connectors: list[str] = Field(default_factory=list)
 
 
 class SendMessage(BaseModel):

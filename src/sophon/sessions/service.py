@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +44,7 @@ from sophon.sessions.models import (
     ApprovalPolicy,
     CreateSession,
     DiskInfo,
+    NetworkSettings,
     SessionView,
     Usage,
 )
@@ -105,6 +106,12 @@ class SessionService:
         self._tasks: set[asyncio.Task[None]] = set()
         boxes.on_idle_stop.append(self._box_went_idle)
         boxes.on_unattended_stop.append(self._box_unattended)
+        # Set by sophon.services when the egress door runs: checks a session's network
+        # settings and connector names (a 400 for either), and what every exec of a
+        # session gets to go through the door (proxy, CA and gateway variables).
+        self.check_network: Callable[[str, NetworkSettings, list[str]],
+                                     Awaitable[None]] | None = None
+        self.door_env: Callable[[str], dict[str, str]] = lambda session_id: {}
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -150,6 +157,8 @@ class SessionService:
                              f"{self.settings.disk_max_mb} MiB a session "
                              "(SOPHON_BOX_DISK_MAX_MB)")
         source = await validate_starter(req.starter, self.settings)
+        if self.check_network is not None:
+            await self.check_network(principal.user_id, req.network, req.connectors)
         self.quotas.check_events(principal.user_id)
         await self.quotas.check_disk(principal.user_id, req.disk_mb or self.settings.box_disk_mb,
                                      "a new session")
@@ -160,6 +169,7 @@ class SessionService:
             starter=req.starter.model_dump(), approval=req.approval.model_dump(),
             status="idle", box_id=box_id_of(session_id), input_tokens=0, output_tokens=0,
             cost_usd=0.0, max_turns=req.max_turns, max_budget_usd=req.max_budget_usd,
+            network=req.network.model_dump(), connectors=list(req.connectors),
         )
         self.quotas.know_session(session_id, principal.user_id)
         await self.quotas.admit_box(principal.user_id, row.box_id)
@@ -170,7 +180,7 @@ class SessionService:
             await self.events.append(session_id, SessionStart(
                 name=req.name, base=req.base, model=req.model, runtime=req.runtime,
                 starter=req.starter.model_dump()))
-            env = self.exec_env({})
+            env = self.exec_env(session_id, {})
             async with contextlib.AsyncExitStack() as stack:
                 extra = None
                 if source is not None:
@@ -243,6 +253,8 @@ class SessionService:
             max_turns=row.max_turns, max_budget_usd=row.max_budget_usd,
             last_seq=await self.events.last_seq(row.id),
             disk=DiskInfo(**vars(self.boxes.disk_use(row.box_id))),
+            network=NetworkSettings.model_validate(row.network or {}),
+            connectors=list(row.connectors or []),
         )
 
     async def list(self, principal: Principal, limit: int,
@@ -268,6 +280,10 @@ class SessionService:
         hook = (changes.get("approval") or {}).get("webhook")
         if hook and hook != (await self.get_row(principal, session_id)).approval.get("webhook"):
             await self.webhooks.check(hook, "approval.webhook")  # and before each call
+        if ("network" in changes or "connectors" in changes) and self.check_network:
+            await self.check_network(
+                principal.user_id, NetworkSettings.model_validate(changes.get("network") or {}),
+                list(changes.get("connectors") or []))
         async with self._db() as db:
             row = await owned(db, SessionRow, principal.user_id, session_id, what="session")
             for key, value in changes.items():
@@ -385,10 +401,11 @@ class SessionService:
         self.events.set_secrets(session_id, values.values())
         return values
 
-    def exec_env(self, secret_values: dict[str, str]) -> dict[str, str]:
+    def exec_env(self, session_id: str, secret_values: dict[str, str]) -> dict[str, str]:
         # No .pyc files in the project: an edit that keeps a file's size within the same
         # second (an agent's quick fix) would otherwise run the stale bytecode.
-        return {**BASE_ENV, "TERM": "dumb", "PYTHONDONTWRITEBYTECODE": "1", **secret_values}
+        return {**BASE_ENV, "TERM": "dumb", "PYTHONDONTWRITEBYTECODE": "1",
+                **self.door_env(session_id), **secret_values}
 
     # --- exec ----------------------------------------------------------------
 
@@ -439,7 +456,7 @@ class SessionService:
                 self._mark_open(exec_id, row.id))
             async with self.box(row) as box:
                 async for ev in box.exec(["bash", "-c", command], timeout=timeout,
-                                         env=self.exec_env(values), cwd=WORKSPACE,
+                                         env=self.exec_env(row.id, values), cwd=WORKSPACE,
                                          output_cap=self.settings.limits.output_cap_bytes):
                     await announce()
                     if isinstance(ev, ExecEvent):
@@ -505,7 +522,7 @@ class SessionService:
             # The cap is no bound on memory (the window is); the box's disk bounds the size.
             # Closed at once if the caller goes: that cancels the tar.
             async with contextlib.aclosing(box.exec(
-                    ["bash", "-c", command], timeout=3600, env=self.exec_env({}),
+                    ["bash", "-c", command], timeout=3600, env=self.exec_env(session_id, {}),
                     cwd=WORKSPACE, output_cap=1 << 40, binary=True,
                     window=EXPORT_WINDOW)) as events:
                 async for ev in events:

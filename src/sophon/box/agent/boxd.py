@@ -35,6 +35,7 @@ import os
 import re
 import select
 import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -447,10 +448,33 @@ def make_undumpable() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
+def hand_over_door() -> None:
+    """Listen on the box's own loopback for the egress door and send the listening
+    socket to the host, which accepts from it (the box's network namespace has no other
+    way out). Sent before the greeting, so the host finds it waiting; boxd keeps no
+    copy, and a failure is sent as text instead, for the host to log."""
+    fd, port = os.environ.pop("SOPHON_DOOR_FD", None), os.environ.pop("SOPHON_DOOR_PORT", None)
+    if fd is None or port is None:
+        return
+    channel = socket.socket(fileno=int(fd))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", int(port)))
+            listener.listen(1024)
+            socket.send_fds(channel, [b"door"], [listener.fileno()])
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            channel.send(f"boxd could not listen on 127.0.0.1:{port}: {exc}".encode())
+    finally:
+        channel.close()
+
+
 def main() -> None:
     make_undumpable()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     inp = sys.stdin.buffer
+    hand_over_door()
     send({"id": 0, "kind": "ready", "pid": os.getpid()})
     _workers.warm(_script_directory)
     while True:

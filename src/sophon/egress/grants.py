@@ -1,0 +1,106 @@
+"""What each box may reach: its grant, from what the box is (box/ids.py) and the store.
+
+A session's box: its base's list, its own ``network.allow``, the hosts of its
+connectors. An execution box (a thread's, a one-off's): the admin's policy for the
+execution API (``SOPHON_EGRESS_EXECUTE``) plus the hosts of the user's connectors marked
+``execute``. Every list is within the admin's deny rules and refused set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from sophon.box import ids
+from sophon.config import Settings
+from sophon.egress.connectors import ConnectorGrant, ConnectorService
+from sophon.egress.door import Grant
+from sophon.egress.policy import (
+    BASE_ALLOW,
+    REGISTRIES,
+    HostRule,
+    IPAddress,
+    Policy,
+    check_ceiling,
+    parse_address,
+    parse_rule,
+)
+from sophon.store.tables import SessionRow
+
+
+class AdminRules:
+    """The admin's settings, parsed once at start-up (a bad one stops the server with
+    the setting's name, not the first connection)."""
+
+    def __init__(self, settings: Settings) -> None:
+        def parsed(name: str, values: list[str]) -> list[HostRule]:
+            try:
+                return [parse_rule(v) for v in values]
+            except Exception as exc:
+                raise SystemExit(f"SOPHON_{name.upper()}: {exc}") from exc
+
+        self.ceiling = parsed("egress_ceiling", settings.egress_ceiling)
+        self.deny = parsed("egress_deny", settings.egress_deny)
+        try:
+            self.private: frozenset[tuple[IPAddress, int]] = frozenset(
+                parse_address(a) for a in settings.egress_allow_private)
+        except Exception as exc:
+            raise SystemExit(f"SOPHON_EGRESS_ALLOW_PRIVATE: {exc}") from exc
+        self.execute = settings.egress_execute
+
+    def check_session_rules(self, allow: list[str]) -> list[HostRule]:
+        """A session's ``network.allow``, parsed, or a 400 for a rule past the ceiling."""
+        rules = [parse_rule(a) for a in allow]
+        check_ceiling(rules, self.ceiling, self.private)
+        return rules
+
+
+def connector_rules(connectors: list[ConnectorGrant]) -> list[HostRule]:
+    return [parse_rule(h) for c in connectors for h in c.hosts]
+
+
+class Grants:
+    def __init__(self, rules: AdminRules, db: async_sessionmaker[AsyncSession],
+                 connectors: ConnectorService, owner_of: Callable[[str], str | None]) -> None:
+        self.rules = rules
+        self._db = db
+        self._connectors = connectors
+        self._owner_of = owner_of  # an execution box's user (box/manager.py)
+
+    def _policy(self, allow: list[HostRule], ask: bool = False,
+                public: bool = False) -> Policy:
+        return Policy(allow=allow, deny=self.rules.deny, private=self.rules.private,
+                      ask=ask, public=public)
+
+    async def for_box(self, box_id: str) -> Grant | None:
+        kind = ids.kind_of(box_id)
+        if kind is ids.Kind.SESSION:
+            return await self._for_session("ses_" + box_id[1:])
+        if kind is ids.Kind.EXECUTION:
+            return await self._for_execution(box_id)
+        return None  # staging and volume boxes have no network
+
+    async def _for_session(self, session_id: str) -> Grant | None:
+        async with self._db() as db:
+            row = await db.get(SessionRow, session_id)
+        if row is None:
+            return None
+        network = row.network or {}
+        connectors = await self._connectors.grants(row.user_id, list(row.connectors or []))
+        allow = [parse_rule(h) for h in BASE_ALLOW.get(row.base, ())]
+        allow += [parse_rule(a) for a in network.get("allow", [])]
+        allow += connector_rules(connectors)
+        return Grant(owner_id=row.id, user_id=row.user_id, session_id=row.id,
+                     policy=self._policy(allow, ask=bool(network.get("ask"))),
+                     connectors=tuple(connectors))
+
+    async def _for_execution(self, box_id: str) -> Grant | None:
+        user_id = self._owner_of(box_id)
+        if user_id is None or self.rules.execute == "off":
+            return None
+        connectors = await self._connectors.execute_grants(user_id)
+        allow = [parse_rule(h) for h in REGISTRIES] + connector_rules(connectors)
+        return Grant(owner_id=box_id, user_id=user_id,
+                     policy=self._policy(allow, public=self.rules.execute == "public"),
+                     connectors=tuple(connectors))
