@@ -11,7 +11,7 @@ from typing import Annotated, Optional  # noqa: UP035 - typer needs Optional at 
 
 import typer
 
-from sophon.commands import claude_code, sandbox, volumes
+from sophon.commands import claude_code, connectors, sandbox, volumes
 from sophon.testing.cli import testing_app
 
 app = typer.Typer(help="Sophon: Claude coding sessions in isolated sandboxes.",
@@ -21,6 +21,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(claude_code.app, name="claude-code")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(volumes.app, name="volumes")
+app.add_typer(connectors.app, name="connectors")
 app.add_typer(testing_app, name="testing")
 
 DataDir = Annotated[Optional[Path], typer.Option(  # noqa: UP045

@@ -303,3 +303,97 @@ def test_export_to_a_place_that_cannot_be_written(env: dict[str, str], tmp_path:
     assert r.returncode == 1
     assert_one_line_error(r, "cannot write", out.rstrip("/"))
     assert blocker.read_text() == "a file, not a directory"
+
+
+# --- connectors ------------------------------------------------------------------------
+
+
+def test_connectors_add_list_rm_never_show_a_value(env: dict[str, str], server: LiveServer,
+                                                   tmp_path: Path) -> None:
+    piped = "ghp_" + "p1ped" * 6
+    typed = "github_pat_" + "typ3d" * 6
+    filed = "Bearer f1led-" + "v" * 20
+    shown = ""
+    r = sophon(env, "connectors", "add", "gh", "--type", "github", "--push", "me/app:main",
+               "--push", "me/lib", input=piped + "\n")
+    assert (r.returncode, r.stdout) == (0, "added gh (github: github.com, api.github.com)\n"), \
+        r.stderr
+    shown += r.stdout + r.stderr
+    value_file = tmp_path / "value"
+    value_file.write_text(filed + "\n")
+    r = sophon(env, "connectors", "add", "api", "--type", "http", "--host", "API.example.com",
+               "--header", "Authorization", "--execute", "--value-file", str(value_file))
+    assert (r.returncode, r.stdout) == (0, "added api (http: api.example.com)\n"), r.stderr
+    shown += r.stdout + r.stderr
+    r = sophon(env, "connectors", "add", "claude", "--type", "anthropic", "--no-value")
+    assert r.returncode == 0, r.stderr
+    term = Pty([*SOPHON, "connectors", "add", "gh-typed", "--type", "github"], env)
+    try:
+        term.expect("value: ")  # then getpass turns echo off: type after it
+        term.send(typed + "\n")
+        assert term.wait() == 0, term.text
+    finally:
+        term.close()
+    shown += term.text
+    assert "added gh-typed" in term.text
+
+    r = sophon(env, "connectors", "list")
+    assert r.returncode == 0, r.stderr
+    shown += r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "TYPE", "HOSTS", "HEADER", "EXECUTE", "PUSH"]
+    assert [line.split()[0] for line in lines[1:]] == ["api", "claude", "gh", "gh-typed"]
+    assert "me/app:main, me/lib" in lines[3] and "Authorization" in lines[1]
+    r = sophon(env, "connectors", "list", "--json")
+    shown += r.stdout
+    listed = {c["name"]: c for c in json.loads(r.stdout)}
+    assert (listed["api"]["host"], listed["api"]["execute"]) == ("api.example.com", True)
+    assert listed["gh"]["push"] == ["me/app:main", "me/lib"]
+    assert all("value" not in c for c in listed.values())
+    for value in (piped, typed, filed):
+        assert value not in shown, shown  # never echoed, never printed back
+        assert value not in server.log.read_text(errors="replace")
+
+    assert sophon(env, "connectors", "rm", "gh").stdout == "deleted gh\n"
+    assert [c["name"] for c in json.loads(sophon(env, "connectors", "list", "--json").stdout)
+            ] == ["api", "claude", "gh-typed"]
+    assert_one_line_error(sophon(env, "connectors", "rm", "gh"), "no connector named 'gh'")
+
+
+def test_connectors_add_refuses_clearly(env: dict[str, str], tmp_path: Path) -> None:
+    r = sophon(env, "connectors", "add", "gh", "--type", "github", input="not-a-token\n")
+    line = assert_one_line_error(r, "does not look like a GitHub token")
+    assert "not-a-token" not in line
+    assert_one_line_error(sophon(env, "connectors", "add", "x", "--type", "gitlab",
+                                 input="v\n"), "gitlab", "github, anthropic, http")
+    assert_one_line_error(sophon(env, "connectors", "add", "h", "--type", "http", "--host",
+                                 "*.example.com", "--header", "X-Key", input="v\n"),
+                          "too wide")
+    assert_one_line_error(sophon(env, "connectors", "add", "h", "--type", "http", "--host",
+                                 "a.example", "--header", "X-Key", "--value-file",
+                                 str(tmp_path / "missing")), "cannot read", "missing")
+    # No way to give the value on the command line, where shell history and ps keep it.
+    r = sophon(env, "connectors", "add", "h", "--type", "http", "--host", "a.example",
+               "--header", "X-Key", "s3cret-value")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert json.loads(sophon(env, "connectors", "list", "--json").stdout) == []
+
+
+def test_connectors_attach_and_detach(env: dict[str, str]) -> None:
+    r = sophon(env, "connectors", "add", "claude", "--type", "anthropic", "--no-value")
+    assert r.returncode == 0, r.stderr
+    sid = sophon(env, "claude-code", "new", "--name", "with-connectors").stdout.strip()
+    r = sophon(env, "connectors", "attach", "claude", sid)
+    assert (r.returncode, r.stdout) == (0, f"attached claude to {sid}\n"), r.stderr
+    assert session(env, sid)["connectors"] == ["claude"]
+    r = sophon(env, "connectors", "attach", "claude", sid)
+    assert (r.returncode, r.stdout) == (0, f"claude is attached to {sid} already\n")
+    assert_one_line_error(sophon(env, "connectors", "attach", "nope", sid),
+                          "no connector named 'nope'")
+    r = sophon(env, "connectors", "detach", "claude", sid)
+    assert (r.returncode, r.stdout) == (0, f"detached claude from {sid}\n"), r.stderr
+    assert session(env, sid)["connectors"] == []
+    assert_one_line_error(sophon(env, "connectors", "detach", "claude", sid),
+                          "claude is not attached")
+    assert_one_line_error(sophon(env, "connectors", "attach", "claude", "ses_nope"),
+                          "ses_nope")
