@@ -154,6 +154,9 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
         {"name": "x", "type": "http", "host": "a.example", "header": "X-Key",
          "value": f"abc{char}Injected: yes"}, "the value holds a control character")
        for what, char in (("CR", "\r"), ("LF", "\n"), ("NUL", "\x00"))},
+    "http value outside ASCII": ({"name": "x", "type": "http", "host": "a.example",
+                                  "header": "X-Key", "value": "clé-secrète"},
+                                 "a character outside ASCII"),
     **{f"http header {name}": (
         {"name": "x", "type": "http", "host": "a.example", "header": name, "value": "v"},
         f"header {name!r} is the door's own")

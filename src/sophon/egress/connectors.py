@@ -278,6 +278,10 @@ def check(req: CreateConnector) -> _Checked:
     if _CONTROL.search(req.value):
         raise BadRequest("the value holds a control character (a line break, NUL, ...), "
                          "which a header cannot carry")
+    if not req.value.isascii():
+        raise BadRequest("the value holds a character outside ASCII, which a header "
+                         "cannot carry as it is; encode it as the host expects (e.g. "
+                         "base64)")
     return _Checked(host, req.header, None)
 
 

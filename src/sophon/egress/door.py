@@ -415,8 +415,10 @@ class Door:
         else:
             refusal = check_listed(grant.policy, name, port)
             if refusal is not None and refusal.rule == "not_allowed" and grant.policy.ask \
-                    and self._ask is not None and await self._ask(grant, name, port):
-                refusal = None
+                    and self._ask is not None:
+                refusal = None if await self._ask(grant, name, port) else Refusal(
+                    "approval_denied", f"{name}:{port} is not on this sandbox's network "
+                                       "list, and the connection was not approved")
             if refusal is not None:
                 raise Refused(403, refusal)
             addrs = await self._resolve(loop, grant.policy, name, port)
@@ -511,7 +513,7 @@ class Door:
             headers = [(k, v) for k, v in headers if k.lower() not in
                        (c.header.lower(), "accept-encoding")]
             headers += [(c.header, c.value), ("Accept-Encoding", "identity")]
-            values.append(c.value.encode("latin-1", "replace"))
+            values.append(c.value.encode())
         return headers, values
 
 

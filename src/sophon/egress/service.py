@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from typing import Any
 
 from sqlalchemy import select
@@ -16,14 +17,17 @@ from sophon.config import Settings
 from sophon.egress.connectors import ConnectorService
 from sophon.egress.door import GATEWAY_HOST, Denial, Door, Grant, Tally
 from sophon.egress.grants import AdminRules, Grants
+from sophon.egress.policy import WEB_PORTS
 from sophon.events.log import EventLog
-from sophon.events.types import NetworkDenied
+from sophon.events.types import ApprovalDecision, ApprovalRequest, NetworkDenied
 from sophon.sessions.models import NetworkSettings
-from sophon.store.tables import NetworkUsage
+from sophon.sessions.service import SessionService
+from sophon.store.tables import NetworkUsage, SessionRow
 
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 2.0
+NETWORK_TOOL = "Network"  # what a network approval's request names as its tool
 LOOPBACK = "localhost,127.0.0.1,::1"
 
 
@@ -42,15 +46,19 @@ def proxy_env(port: int) -> dict[str, str]:
 class Egress:
     def __init__(self, settings: Settings, db: async_sessionmaker[AsyncSession],
                  events: EventLog, connectors: ConnectorService, boxes: BoxManager,
-                 box_token: Any) -> None:
+                 box_token: Any, sessions: SessionService | None = None) -> None:
         self.settings = settings
         self._db = db
         self._events = events
+        self._sessions = sessions  # network approvals go through its approvals
+        # One question per session, host and port at a time: pip's parallel connections
+        # to a new host wait for the same answer.
+        self._asking: dict[tuple[str, str, int], asyncio.Future[bool]] = {}
         self.connectors = connectors
         self._box_token = box_token  # Gateway.box_token: a session id -> its box's token
         self.rules = AdminRules(settings)
         self.grants = Grants(self.rules, db, connectors, boxes.owner_of)
-        self.door = Door(settings, self.grants.for_box, self._denied)
+        self.door = Door(settings, self.grants.for_box, self._denied, self._ask)
         boxes.on_started.append(self.door.attach)
         self._proxy_env = proxy_env(settings.egress_box_port)
         self._flusher: asyncio.Task[None] | None = None
@@ -90,6 +98,76 @@ class Egress:
         if denial.session_id is not None:
             await self._events.append(denial.session_id, NetworkDenied(
                 host=denial.host, port=denial.port, rule=denial.rule, message=denial.message))
+
+    async def _ask(self, grant: Grant, host: str, port: int) -> bool:
+        """A session whose network says "ask": a host outside its list is an approval
+        request in its event stream (the dashboard's card, the CLI's y/n, or its
+        approval webhook), and the connection waits for the answer; "remember" adds the
+        host to the session's list. No answer in time is a deny."""
+        if grant.session_id is None or self._sessions is None:
+            return False
+        key = (grant.session_id, host, port)
+        waiting = self._asking.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._asking[key] = future
+        try:
+            allowed = await self._ask_once(grant.session_id, host, port)
+            future.set_result(allowed)
+            return allowed
+        except BaseException:
+            future.set_result(False)
+            raise
+        finally:
+            del self._asking[key]
+
+    async def _ask_once(self, session_id: str, host: str, port: int) -> bool:
+        from sophon.agent.policy import ask_webhook  # the agent's webhook client
+
+        sessions = self._sessions
+        assert sessions is not None
+        async with self._db() as db:
+            row = await db.get(SessionRow, session_id)
+        if row is None:
+            return False
+        before = row.status
+        tool, what = NETWORK_TOOL, {"host": host, "port": port}
+        reason = (f"the sandbox wants to connect to {host}:{port}, which is not on its "
+                  "network list")
+        webhook = (row.approval or {}).get("webhook")
+        if webhook:
+            approval_id = "apr_" + secrets.token_hex(10)
+            verdict = await ask_webhook(sessions.webhooks, webhook, approval_id, session_id,
+                                        row.user_id, tool, what,
+                                        self.settings.models.approval_webhook_timeout)
+            await self._events.append(session_id, ApprovalRequest(
+                approval_id=approval_id, tool=tool, input=what, reason=reason))
+            await self._events.append(session_id, ApprovalDecision(
+                approval_id=approval_id, decision="allow" if verdict.allowed else "deny",
+                by="webhook", reason=verdict.reason))
+            return verdict.allowed
+        decision = await sessions.approvals.ask(
+            session_id, tool, what, reason, timeout=self.settings.egress_approval_timeout_seconds)
+        await sessions.set_status(session_id, before)
+        if decision.remember and decision.decision == "allow":
+            await self._remember(session_id, host, port)
+        return decision.decision == "allow"
+
+    async def _remember(self, session_id: str, host: str, port: int) -> None:
+        rule = host if port in WEB_PORTS else f"{host}:{port}"
+        if ":" in host:
+            rule = f"[{host}]:{port}"
+        async with self._db() as db:
+            row = await db.get(SessionRow, session_id)
+            if row is None:
+                return
+            network = dict(row.network or {})
+            allow = list(network.get("allow", []))
+            if rule not in allow:
+                network["allow"] = [*allow, rule]
+                row.network = network
+                await db.commit()
 
     async def _flush_loop(self) -> None:
         while True:

@@ -35,8 +35,9 @@ class ApprovalService:
         self._waiting: dict[str, asyncio.Future[ApprovalDecision]] = {}
 
     async def ask(self, session_id: str, tool: str, input: dict[str, Any],
-                  reason: str) -> ApprovalDecision:
-        """Record a pending approval, then wait for the owner's answer."""
+                  reason: str, timeout: float | None = None) -> ApprovalDecision:
+        """Record a pending approval, then wait for the owner's answer (with a
+        ``timeout``: at most that long, after which it is a deny by ``timeout``)."""
         approval_id = "apr_" + secrets.token_hex(10)
         async with self._db() as db:
             db.add(ApprovalRow(id=approval_id, session_id=session_id, tool=tool, input=input,
@@ -48,9 +49,31 @@ class ApprovalService:
             await self._log.append(session_id, ApprovalRequest(
                 approval_id=approval_id, tool=tool, input=input, reason=reason))
             await self._set_status(session_id, "waiting_approval")
-            return await future
+            if timeout is None:
+                return await future
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), timeout)
+            except TimeoutError:
+                return await self._expire(session_id, approval_id, timeout, future)
         finally:
             self._waiting.pop(approval_id, None)
+
+    async def _expire(self, session_id: str, approval_id: str, timeout: float,
+                      future: asyncio.Future[ApprovalDecision]) -> ApprovalDecision:
+        async with self._db() as db:
+            row = await db.get(ApprovalRow, approval_id)
+            if row is not None and row.status == "pending":
+                row.status, row.decided_at = "deny", datetime.now(UTC)
+                await db.commit()
+                expired = True
+            else:
+                expired = False
+        if not expired:  # answered just now, between the timeout and this
+            return await future
+        event = await self._log.append(session_id, ApprovalDecision(
+            approval_id=approval_id, decision="deny", by="timeout",
+            reason=f"no answer within {timeout:g} s"))
+        return event  # type: ignore[no-any-return]
 
     async def pending(self, principal: Principal, session_id: str) -> list[ApprovalRow]:
         """The owner's session's unanswered approvals, oldest first."""
