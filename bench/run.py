@@ -31,6 +31,7 @@ import bench_claude_code  # noqa: E402
 import bench_cli  # noqa: E402
 import bench_cold  # noqa: E402
 import bench_dashboard  # noqa: E402
+import bench_egress  # noqa: E402
 import bench_events  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_session_exec  # noqa: E402
@@ -54,6 +55,7 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
     "dashboard": (bench_dashboard.run, {"calls": 20, "warmup": 2}),
     "box_start": (bench_box_start.run, {"boxes": 8, "samples": 3}),
     "burst": (bench_burst.run, {"n": 10, "rounds": 1}),
+    "egress": (bench_egress.run, {"n": 8, "rounds": 2, "size_mb": 2, "repeats": 1}),
     "soak": (bench_soak.run, {"minutes": 0.5, "sessions": 3, "rate": 4.0, "window": 10.0}),
 }
 
