@@ -70,7 +70,7 @@ class TestHost:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> TestHost:
-        self.httpd = _Counting((self.ip, 0), self)
+        self.httpd = _Counting((self.ip, self.port), self)  # 0: a free port
         self.port = int(self.httpd.server_address[1])
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
