@@ -253,7 +253,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def run(n: int = 200, rounds: int = 4, size_mb: int = 100, repeats: int = 5) -> list[Figure]:
+def run(n: int = 200, rounds: int = 4, size_mb: int = 100, repeats: int = 9) -> list[Figure]:
     size = size_mb * MB
     with origin_server(size) as (server, ca, ports), \
             live_server(env={"SOPHON_EGRESS_ALLOW_PRIVATE":
@@ -374,6 +374,8 @@ def run(n: int = 200, rounds: int = 4, size_mb: int = 100, repeats: int = 5) -> 
             details=[
                 f"through the door, each run: {_list(rates[f'{scheme}-box'])} MB/s",
                 f"direct, alternately: {_list(rates[f'{scheme}-host'])} MB/s",
+                f"each run's ratio to the direct one after it: median "
+                f"{_median(_pair_ratios(rates[f'{scheme}-box'], rates[f'{scheme}-host'])):.2f}×",
                 f"CPU seconds per download, median: the server process (the door) "
                 f"{_median(cpus[f'{scheme}-door']):.2f}, the test server "
                 f"{_median(cpus[f'{scheme}-server']):.2f}, the client in the box "
@@ -386,6 +388,10 @@ def run(n: int = 200, rounds: int = 4, size_mb: int = 100, repeats: int = 5) -> 
 def _p95(s: Samples) -> float:
     from common import percentile
     return percentile(s.ms, 95)
+
+
+def _pair_ratios(a: list[float], b: list[float]) -> list[float]:
+    return [x / y for x, y in zip(a, b, strict=True)]
 
 
 def _median(values: list[float]) -> float:
