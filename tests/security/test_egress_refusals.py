@@ -360,8 +360,11 @@ def test_a_clients_own_proxy_settings_reach_the_door(server: LiveServer, hosts: 
     assert f"{hosts.other.addr} is not on this sandbox's network list" in out
     # https:// goes through CONNECT (curl's -p tunnel); a refused tunnel is curl's error
     code, out = sh(http, sid, f"curl -sS --max-time 20 -p -w '%{{http_connect}}' "
-                              f"http://{hosts.other.addr}/")
-    assert code != 0 and out.endswith("403"), out
+                              f"http://{hosts.other.addr}/ 2>/tmp/err; echo \" $?\"; "
+                              "cat /tmp/err")
+    first, _, err = out.partition("\n")
+    assert first == "403 56", out  # the door's status, curl's "proxy CONNECT aborted"
+    assert "CONNECT tunnel failed, response 403" in err, out
     assert hosts.other.paths == []
 
 
