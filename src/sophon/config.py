@@ -177,6 +177,12 @@ class Settings(BaseSettings):
     egress_idle_timeout_seconds: float = Field(600.0, gt=0)
     # How long a connection waits for a person to answer a network approval.
     egress_approval_timeout_seconds: float = Field(120.0, gt=0)
+    # A CA the door trusts, beside the system's, when it checks a connector's real host
+    # (a private GitHub Enterprise, a test server), and the hosts a github connector is
+    # for (GitHub Enterprise Server: its own).
+    egress_trust_ca: Path | None = None
+    egress_github_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["github.com", "api.github.com"])
 
     # Users (by name) who may read server-wide pages such as GET /metrics; `make run`
     # makes the user `admin`. Comma-separated.
@@ -192,7 +198,8 @@ class Settings(BaseSettings):
         return [p for p in v.split(":") if p] if isinstance(v, str) else v
 
     @field_validator("webhook_allow_insecure_hosts", "webhook_retry_delays", "admin_users",
-                     "egress_allow_private", "egress_ceiling", "egress_deny", mode="before")
+                     "egress_allow_private", "egress_ceiling", "egress_deny",
+                     "egress_github_hosts", mode="before")
     @classmethod
     def _split_commas(cls, v: object) -> object:
         return [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else v

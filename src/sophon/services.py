@@ -67,7 +67,8 @@ class Services:
                                   webhooks)
         gateway = Gateway(settings.models, db, events, token_key=key)
         # The one way out of every box, wired before any box starts.
-        egress = Egress(settings, db, events, connectors, boxes, gateway.box_token, sessions)
+        egress = Egress(settings, db, events, connectors, boxes, gateway.box_token, key,
+                        sessions)
         sessions.check_network = egress.check_session
         sessions.door_env = egress.session_env
         executions.door_env = egress.execution_env

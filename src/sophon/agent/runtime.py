@@ -87,7 +87,7 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
         gateway.client()  # without a provider key, the turn ends here, saying why
         events = await _all_events(sessions, sid)
         messages = history.rebuild(events)
-        env = {**sessions.exec_env(sid, await sessions.refresh_secrets(sid))}
+        env = {**await sessions.exec_env(sid, await sessions.refresh_secrets(sid))}
         async with sessions.box(row) as box:
             turn.box = box
             ctx = ToolContext(box, env, lambda ev: emit.append(sid, ev),

@@ -73,6 +73,13 @@ ETC_FILES = {
     "resolv.conf": "",
 }
 
+# What a box trusts for TLS, when the egress door has a CA of its own (egress/ca.py):
+# the system bundle with that CA added, at the system's path (for tools that read only
+# it) and at TRUST_BUNDLE (named by the variables every exec gets), and the CA alone.
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+TRUST_BUNDLE = "/etc/sophon/ca-bundle.crt"
+TRUST_CA = "/etc/sophon/ca.pem"
+
 # The environment every process in a box starts from; execs add their own on top.
 BASE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -241,8 +248,24 @@ class BwrapBackend:
         for p in [self.runtime_dir, etc, agent, *etc.iterdir(), *agent.iterdir()]:
             p.chmod(0o755 if p.is_dir() else 0o644)
         # Copied into every box from descriptors (see argv): (host file, path in the box).
+        self.trust_files: tuple[str, ...] = ()
         self.data_files = [(etc / name, f"/etc/{name}") for name in ETC_FILES] + [
             (f, f"{AGENT_DIR}/{f.name}") for f in sorted(agent.glob("*.py"))]
+
+    def trust(self, bundle: bytes, ca: bytes) -> None:
+        """Give every box started from now on this bundle and CA (see TRUST_BUNDLE)."""
+        trust = self.runtime_dir / "trust"
+        trust.mkdir(exist_ok=True)
+        trust.chmod(0o755)
+        files = [(trust / "ca-bundle.crt", bundle, TRUST_BUNDLE), (trust / "ca.pem", ca, TRUST_CA)]
+        if os.path.isfile(SYSTEM_BUNDLE):
+            files.append((trust / "ca-bundle.crt", bundle, SYSTEM_BUNDLE))
+        for host, data, _ in files:
+            host.write_bytes(data)
+            host.chmod(0o644)
+        self.data_files = [f for f in self.data_files if f[1] not in self.trust_files]
+        self.trust_files = tuple(inside for _, _, inside in files)
+        self.data_files += [(host, inside) for host, _, inside in files]
 
     def open_fds(self, spec: BoxSpec | None = None) -> BoxFds:
         """Fresh descriptors for one box start: bwrap reads each to its end (and binds
@@ -335,6 +358,8 @@ class BwrapBackend:
                 args += ["--ro-bind", f, f]
         for name in ETC_FILES:
             args += copy_in(f"/etc/{name}")
+        for inside in self.trust_files:  # after /etc/ssl: the bundle covers the system's
+            args += copy_in(inside)
         args += [
             "--proc", "/proc",
             "--dev", "/dev",

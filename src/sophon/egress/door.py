@@ -21,14 +21,25 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sophon.config import Settings
+from sophon.egress.ca import SophonCA, upstream_context
+from sophon.egress.intercept import (
+    Credential,
+    chunk_payload,
+    exchange,
+    peek_body,
+    push_refusal,
+    read_head,
+    rewrite_headers,
+)
 from sophon.egress.policy import (
+    HostRule,
     IPAddress,
     Policy,
     Refusal,
@@ -37,10 +48,10 @@ from sophon.egress.policy import (
     normalize_host,
     parse_ip,
 )
+from sophon.egress.splice import Scrubber, Splice, Tally
 
 if TYPE_CHECKING:
     from sophon.box.box import Box
-    from sophon.egress.connectors import ConnectorGrant
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +76,17 @@ class Grant:
     user_id: str
     policy: Policy
     session_id: str | None = None
-    connectors: tuple[ConnectorGrant, ...] = ()
+    credentials: tuple[HostCredential, ...] = ()
+
+    def credentials_for(self, host: str, port: int) -> list[Credential]:
+        return [c.credential for c in self.credentials
+                if any(r.matches(host, port) for r in c.hosts)]
+
+
+@dataclass(frozen=True)
+class HostCredential:
+    hosts: tuple[HostRule, ...]
+    credential: Credential
 
 
 @dataclass(frozen=True)
@@ -84,15 +105,6 @@ GrantLookup = Callable[[str], Awaitable[Grant | None]]
 # Asked when a session that says "ask" connects to a host outside its list: True to
 # let this connection through.
 AskHook = Callable[[Grant, str, int], Awaitable[bool]]
-
-
-@dataclass
-class Tally:
-    user_id: str
-    bytes_out: int = 0
-    bytes_in: int = 0
-    connections: int = 0
-    denied: int = 0
 
 
 class Refused(Exception):
@@ -161,135 +173,13 @@ REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 431: "Request
            504: "Gateway Timeout"}
 
 
-class _Half(asyncio.Protocol):
-    """One side of a spliced connection: what it receives, its peer writes."""
-
-    def __init__(self, conn: _Splice, outbound: bool) -> None:
-        self.conn = conn
-        self.outbound = outbound  # the box's side: what it receives goes out
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Half | None = None
-        self.early: list[bytes] = []
-        self.eof = False
-        self.scrub: Scrubber | None = None  # the host's side of a connector's request
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.conn.touch(len(data), self.outbound)
-        if self.scrub is not None:
-            data = self.scrub.feed(data)
-        peer = self.peer
-        if peer is None or peer.transport is None:
-            self.early.append(data)
-            return
-        peer.transport.write(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self._flush_scrub()
-        peer = self.peer
-        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
-            peer.transport.write_eof()
-        if peer is None or peer.eof:
-            self.conn.close()
-        return True
-
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
-
-    def _flush_scrub(self) -> None:
-        if self.scrub is not None:
-            tail, self.scrub = self.scrub.flush(), None
-            if tail and self.peer is not None and self.peer.transport is not None:
-                self.peer.transport.write(tail)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._flush_scrub()
-        self.conn.close()
-
-
-class Scrubber:
-    """Masks a connector's real values in what a host sends back (an echo service, an
-    error page quoting the request): the box never reads them. Same-length masks, so a
-    Content-Length stays true; the request asked for no compression, so the bytes are
-    plain. A value split across two reads is caught: the last len-1 bytes wait."""
-
-    def __init__(self, values: list[bytes]) -> None:
-        self.values = [v for v in values if v]
-        self.keep = max((len(v) for v in self.values), default=1) - 1
-        self.tail = b""
-
-    def feed(self, data: bytes) -> bytes:
-        buf = self.tail + data
-        for v in self.values:
-            buf = buf.replace(v, b"*" * len(v))
-        if self.keep and len(buf) > self.keep:
-            buf, self.tail = buf[:-self.keep], buf[-self.keep:]
-        elif self.keep:
-            buf, self.tail = b"", buf
-        return buf
-
-    def flush(self) -> bytes:
-        tail, self.tail = self.tail, b""
-        return tail
-
-
-class _Splice:
-    """Two halves and an idle timer (one timer re-armed lazily, not one per read)."""
-
-    def __init__(self, tally: Tally, idle: float) -> None:
-        self.tally = tally
-        self.idle = idle
-        self.box = _Half(self, outbound=True)
-        self.host = _Half(self, outbound=False)
-        self.box.peer, self.host.peer = self.host, self.box
-        self.done = asyncio.get_running_loop().create_future()
-        self.last = time.monotonic()
-        self._timer = asyncio.get_running_loop().call_later(idle, self._check_idle)
-
-    def touch(self, n: int, outbound: bool) -> None:
-        self.last = time.monotonic()
-        if outbound:
-            self.tally.bytes_out += n
-        else:
-            self.tally.bytes_in += n
-
-    def start(self) -> None:
-        for half in (self.box, self.host):
-            assert half.peer is not None and half.peer.transport is not None
-            for data in half.early:
-                half.peer.transport.write(data)
-            half.early.clear()
-
-    def _check_idle(self) -> None:
-        quiet = time.monotonic() - self.last
-        if quiet >= self.idle:
-            self.close()
-        else:
-            self._timer = asyncio.get_running_loop().call_later(self.idle - quiet,
-                                                                self._check_idle)
-
-    def close(self) -> None:
-        self._timer.cancel()
-        for half in (self.box, self.host):
-            if half.transport is not None:
-                half.transport.close()  # flushes what is buffered first
-        if not self.done.done():
-            self.done.set_result(None)
-
-
 class Door:
     def __init__(self, settings: Settings, grants: GrantLookup,
                  on_denied: Callable[[Denial], Awaitable[None]],
-                 ask: AskHook | None = None) -> None:
+                 ask: AskHook | None = None, ca: SophonCA | None = None) -> None:
         self.settings = settings
+        self.ca = ca
+        self.upstream_tls = upstream_context(settings.egress_trust_ca)
         self._grants = grants
         self._on_denied = on_denied
         self._ask = ask
@@ -367,7 +257,11 @@ class Door:
             await self._forward(loop, conn, grant, head, rest)
         except Refused as exc:
             if exc.status == 403 and grant is not None:
-                await self._deny(grant, head, exc.refusal)
+                host, port = "", 0
+                if head is not None:
+                    with contextlib.suppress(Refused):
+                        host, port, _ = split_target(head)
+                await self._deny(grant, host, port, exc.refusal)
             with contextlib.suppress(OSError):
                 await loop.sock_sendall(conn, response(
                     exc.status, REASONS.get(exc.status, "Error"),
@@ -382,11 +276,7 @@ class Door:
             if not self._open[box_id]:
                 del self._open[box_id]
 
-    async def _deny(self, grant: Grant, head: _Head | None, refusal: Refusal) -> None:
-        host, port = "", 0
-        if head is not None:
-            with contextlib.suppress(Refused):
-                host, port, _ = split_target(head)
+    async def _deny(self, grant: Grant, host: str, port: int, refusal: Refusal) -> None:
         self.tally(grant).denied += 1
         log.info("network refused: %s %s:%s (%s)", grant.owner_id, host, port, refusal.rule)
         try:
@@ -422,11 +312,17 @@ class Door:
             if refusal is not None:
                 raise Refused(403, refusal)
             addrs = await self._resolve(loop, grant.policy, name, port)
-            headers, secrets = self._with_connectors(grant, name, port, headers)
+            creds = grant.credentials_for(name, port)
+            if creds and head.method == "CONNECT":
+                await self._intercept(loop, conn, grant, name, port, addrs, creds)
+                return
+            if creds:
+                headers = rewrite_headers(headers, creds)
+                secrets = [c.value.encode() for c in creds]
         upstream = await self._connect(loop, addrs)
         tally = self.tally(grant)
         tally.connections += 1
-        splice = _Splice(tally, self.settings.egress_idle_timeout_seconds)
+        splice = Splice(tally, self.settings.egress_idle_timeout_seconds)
         if name != GATEWAY_HOST and secrets:
             splice.host.scrub = Scrubber(secrets)
         try:
@@ -437,14 +333,64 @@ class Door:
                 first = _origin_request(head, path, name, port, headers) + rest
             await loop.create_connection(lambda: splice.host, sock=upstream)
             upstream = None
-            await loop.connect_accepted_socket(lambda: splice.box, sock=conn.dup())
             assert splice.host.transport is not None
-            if first:
+            if first:  # before the box's side is read: what it sends next goes after
                 splice.host.transport.write(first)
+            await loop.connect_accepted_socket(lambda: splice.box, sock=conn.dup())
             splice.start()
             await splice.done
         finally:
             splice.close()
+            if upstream is not None:
+                upstream.close()
+
+    async def _intercept(self, loop: asyncio.AbstractEventLoop, conn: socket.socket,
+                         grant: Grant, name: str, port: int,
+                         addrs: list[tuple[IPAddress, int]], creds: list[Credential]) -> None:
+        """HTTPS to a connector's host: TLS with the box under Sophon's CA, one request
+        with the real credential, TLS to the host checked against the system's trust
+        (intercept.py)."""
+        if self.ca is None:
+            raise Refused(502, Refusal("no_ca", "the door has no CA to speak TLS with"))
+        upstream = await self._connect(loop, addrs)
+        idle = self.settings.egress_idle_timeout_seconds
+        box_w = up_w = None
+        try:
+            await loop.sock_sendall(conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
+            box_r, box_w = await asyncio.open_connection(sock=conn.dup(), limit=MAX_HEAD)
+            await asyncio.wait_for(box_w.start_tls(self.ca.server_context(name)), idle)
+            head = parse_head((await asyncio.wait_for(read_head(box_r), idle))[:-4])
+            path, _, query = head.target.partition("?")
+            body_start = await peek_body(box_r, head.headers)
+            chunked = any(k.lower() == "transfer-encoding" and "chunked" in v.lower()
+                          for k, v in head.headers)
+            refusal = push_refusal(head.method, path, query,
+                                   chunk_payload(body_start, chunked), creds)
+            if refusal is not None:
+                await self._deny(grant, name, port, refusal)
+                box_w.write(response(403, REASONS[403], f"Sophon network door: "
+                                                         f"{refusal.message}"))
+                await box_w.drain()
+                return
+            headers = rewrite_headers(head.headers, creds)
+            if not any(k.lower() == "host" for k, _ in headers):
+                headers.append(("Host", name if port == 443 else f"{name}:{port}"))
+            first = (f"{head.method} {head.target} HTTP/1.1\r\n" + "".join(
+                f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode("latin-1") + body_start
+            up_r, up_w = await asyncio.wait_for(asyncio.open_connection(
+                sock=upstream, ssl=self.upstream_tls, server_hostname=name), idle)
+            upstream = None
+            tally = self.tally(grant)
+            tally.connections += 1
+            await exchange(box_r, box_w, up_r, up_w, first, tally,
+                           [c.value.encode() for c in creds], idle)
+        except (ssl.SSLError, ValueError, asyncio.IncompleteReadError) as exc:
+            log.info("%s: TLS to %s:%s through the door failed: %s", grant.owner_id, name,
+                     port, exc)
+        finally:
+            for w in (box_w, up_w):
+                if w is not None:
+                    w.close()
             if upstream is not None:
                 upstream.close()
 
@@ -497,32 +443,6 @@ class Door:
         raise Refused(502 if not isinstance(error, TimeoutError) else 504,
                       Refusal("unreachable", f"could not connect to {addrs[0][0]} port "
                                              f"{addrs[0][1]}: {what}"))
-
-    def _with_connectors(self, grant: Grant, host: str, port: int,
-                         headers: list[tuple[str, str]]
-                         ) -> tuple[list[tuple[str, str]], list[bytes]]:
-        """The request's headers with each matching http connector's put in (plain
-        HTTP only: an https request is a tunnel the door does not open), and the values
-        put in, to be masked in the answer."""
-        values: list[bytes] = []
-        for c in grant.connectors:
-            if c.type != "http" or not c.header or c.value is None:
-                continue
-            if not any(_host_matches(h, host, port) for h in c.hosts):
-                continue
-            headers = [(k, v) for k, v in headers if k.lower() not in
-                       (c.header.lower(), "accept-encoding")]
-            headers += [(c.header, c.value), ("Accept-Encoding", "identity")]
-            values.append(c.value.encode())
-        return headers, values
-
-
-def _host_matches(spec: str, host: str, port: int) -> bool:
-    name, sep, p = spec.rpartition(":") if spec.count(":") == 1 else (spec, "", "")
-    if not sep:
-        name, p = spec, ""
-    return normalize_host(name) == host and (int(p) == port if p else port in (80, 443))
-
 
 def _origin_request(head: _Head, path: str, host: str, port: int,
                     headers: list[tuple[str, str]]) -> bytes:

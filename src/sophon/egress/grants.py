@@ -8,6 +8,8 @@ execution API (``SOPHON_EGRESS_EXECUTE``) plus the hosts of the user's connector
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -15,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sophon.box import ids
 from sophon.config import Settings
 from sophon.egress.connectors import ConnectorGrant, ConnectorService
-from sophon.egress.door import Grant
+from sophon.egress.door import Grant, HostCredential
+from sophon.egress.intercept import Credential
 from sophon.egress.policy import (
     BASE_ALLOW,
     REGISTRIES,
@@ -56,17 +59,46 @@ class AdminRules:
         return rules
 
 
-def connector_rules(connectors: list[ConnectorGrant]) -> list[HostRule]:
-    return [parse_rule(h) for c in connectors for h in c.hosts]
+class Placeholders:
+    """What a box holds instead of a connector's value: made from the owner (session or
+    thread) and the connector's name with a key only the server has, so it means
+    something only to this owner's door, and is the same after every restart."""
+
+    PREFIX = "sophon_placeholder_"
+
+    def __init__(self, key: bytes) -> None:
+        self._key = hmac.new(key, b"sophon connector placeholder", hashlib.sha256).digest()
+
+    def make(self, owner_id: str, connector: str) -> str:
+        mac = hmac.new(self._key, f"{owner_id}\0{connector}".encode(), hashlib.sha256)
+        return self.PREFIX + mac.hexdigest()[:40]
 
 
 class Grants:
     def __init__(self, rules: AdminRules, db: async_sessionmaker[AsyncSession],
-                 connectors: ConnectorService, owner_of: Callable[[str], str | None]) -> None:
+                 connectors: ConnectorService, owner_of: Callable[[str], str | None],
+                 placeholders: Placeholders, github_hosts: list[str]) -> None:
         self.rules = rules
         self._db = db
         self._connectors = connectors
         self._owner_of = owner_of  # an execution box's user (box/manager.py)
+        self.placeholders = placeholders
+        self._github_hosts = tuple(github_hosts)
+
+    def credentials(self, owner_id: str, connectors: list[ConnectorGrant]
+                    ) -> tuple[HostCredential, ...]:
+        """Each connector the door applies, with the hosts it applies on (an anthropic
+        connector is the gateway's, on no host)."""
+        out = []
+        for c in connectors:
+            if c.value is None or c.type not in ("github", "http"):
+                continue
+            hosts = self._github_hosts if c.type == "github" else c.hosts
+            out.append(HostCredential(tuple(parse_rule(h) for h in hosts), Credential(
+                name=c.name, type=c.type, value=c.value,
+                placeholder=self.placeholders.make(owner_id, c.name), header=c.header,
+                push=c.push)))
+        return tuple(out)
 
     def _policy(self, allow: list[HostRule], ask: bool = False,
                 public: bool = False) -> Policy:
@@ -88,19 +120,21 @@ class Grants:
             return None
         network = row.network or {}
         connectors = await self._connectors.grants(row.user_id, list(row.connectors or []))
+        credentials = self.credentials(row.id, connectors)
         allow = [parse_rule(h) for h in BASE_ALLOW.get(row.base, ())]
         allow += [parse_rule(a) for a in network.get("allow", [])]
-        allow += connector_rules(connectors)
+        allow += [r for c in credentials for r in c.hosts]
         return Grant(owner_id=row.id, user_id=row.user_id, session_id=row.id,
                      policy=self._policy(allow, ask=bool(network.get("ask"))),
-                     connectors=tuple(connectors))
+                     credentials=credentials)
 
     async def _for_execution(self, box_id: str) -> Grant | None:
         user_id = self._owner_of(box_id)
         if user_id is None or self.rules.execute == "off":
             return None
         connectors = await self._connectors.execute_grants(user_id)
-        allow = [parse_rule(h) for h in REGISTRIES] + connector_rules(connectors)
+        credentials = self.credentials(box_id, connectors)
+        allow = [parse_rule(h) for h in REGISTRIES] + [r for c in credentials for r in c.hosts]
         return Grant(owner_id=box_id, user_id=user_id,
                      policy=self._policy(allow, public=self.rules.execute == "public"),
-                     connectors=tuple(connectors))
+                     credentials=credentials)

@@ -12,12 +12,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sophon.box.bwrap import TRUST_BUNDLE, TRUST_CA
 from sophon.box.manager import BoxManager
 from sophon.config import Settings
-from sophon.egress.connectors import ConnectorService
-from sophon.egress.door import GATEWAY_HOST, Denial, Door, Grant, Tally
-from sophon.egress.grants import AdminRules, Grants
+from sophon.egress.ca import SophonCA
+from sophon.egress.connectors import ConnectorGrant, ConnectorService
+from sophon.egress.door import GATEWAY_HOST, Denial, Door, Grant
+from sophon.egress.grants import AdminRules, Grants, Placeholders
 from sophon.egress.policy import WEB_PORTS
+from sophon.egress.splice import Tally
 from sophon.events.log import EventLog
 from sophon.events.types import ApprovalDecision, ApprovalRequest, NetworkDenied
 from sophon.sessions.models import NetworkSettings
@@ -29,6 +32,9 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 2.0
 NETWORK_TOOL = "Network"  # what a network approval's request names as its tool
 LOOPBACK = "localhost,127.0.0.1,::1"
+# Where OpenSSL, Python's requests, pip, git and curl take their trusted CAs from.
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "GIT_SSL_CAINFO",
+                "CURL_CA_BUNDLE")
 
 
 def proxy_env(port: int) -> dict[str, str]:
@@ -37,7 +43,8 @@ def proxy_env(port: int) -> dict[str, str]:
     http_proxy), npm its own, Node's fetch NODE_USE_ENV_PROXY. The box's own loopback
     is not proxied."""
     url = f"http://127.0.0.1:{port}"
-    return {"HTTP_PROXY": url, "http_proxy": url, "HTTPS_PROXY": url, "https_proxy": url,
+    return {**{v: TRUST_BUNDLE for v in CA_VARIABLES}, "NODE_EXTRA_CA_CERTS": TRUST_CA,
+            "HTTP_PROXY": url, "http_proxy": url, "HTTPS_PROXY": url, "https_proxy": url,
             "NO_PROXY": LOOPBACK, "no_proxy": LOOPBACK,
             "npm_config_proxy": url, "npm_config_https_proxy": url,
             "NODE_USE_ENV_PROXY": "1"}
@@ -46,7 +53,7 @@ def proxy_env(port: int) -> dict[str, str]:
 class Egress:
     def __init__(self, settings: Settings, db: async_sessionmaker[AsyncSession],
                  events: EventLog, connectors: ConnectorService, boxes: BoxManager,
-                 box_token: Any, sessions: SessionService | None = None) -> None:
+                 box_token: Any, key: bytes, sessions: SessionService | None = None) -> None:
         self.settings = settings
         self._db = db
         self._events = events
@@ -57,8 +64,12 @@ class Egress:
         self.connectors = connectors
         self._box_token = box_token  # Gateway.box_token: a session id -> its box's token
         self.rules = AdminRules(settings)
-        self.grants = Grants(self.rules, db, connectors, boxes.owner_of)
-        self.door = Door(settings, self.grants.for_box, self._denied, self._ask)
+        self.grants = Grants(self.rules, db, connectors, boxes.owner_of, Placeholders(key),
+                             settings.egress_github_hosts)
+        # The CA the door speaks TLS to a connector's hosts with, trusted in every box.
+        self.ca = SophonCA(settings.data_dir)
+        boxes.backend.trust(self.ca.bundle(), self.ca.pem)
+        self.door = Door(settings, self.grants.for_box, self._denied, self._ask, self.ca)
         boxes.on_started.append(self.door.attach)
         self._proxy_env = proxy_env(settings.egress_box_port)
         self._flusher: asyncio.Task[None] | None = None
@@ -76,15 +87,41 @@ class Egress:
 
     # --- what boxes are told ---------------------------------------------------------
 
-    def execution_env(self) -> dict[str, str]:
-        return dict(self._proxy_env)
+    async def execution_env(self, box_id: str, user_id: str) -> dict[str, str]:
+        """An execution's: the proxy, and the placeholders of the user's connectors
+        marked for the execution API (metered under the thread's box)."""
+        grants = await self.connectors.execute_grants(user_id)
+        return {**self._proxy_env, **self.connector_env(box_id, grants)}
 
-    def session_env(self, session_id: str) -> dict[str, str]:
-        """The proxy, and the model gateway with the session's own token: code in the box
-        (the anthropic SDK, Claude Code) calls the model as the session, metered and
-        budgeted, and never sees the provider key."""
-        return {**self._proxy_env, "ANTHROPIC_BASE_URL": f"http://{GATEWAY_HOST}",
-                "ANTHROPIC_AUTH_TOKEN": self._box_token(session_id)}
+    async def session_env(self, session_id: str) -> dict[str, str]:
+        """The proxy, the model gateway with the session's own token (code in the box,
+        the anthropic SDK or Claude Code, calls the model as the session, metered and
+        budgeted, and never sees the provider key), and a GitHub connector's
+        placeholder where gh and git look for a token."""
+        env = {**self._proxy_env, "ANTHROPIC_BASE_URL": f"http://{GATEWAY_HOST}",
+               "ANTHROPIC_AUTH_TOKEN": self._box_token(session_id)}
+        async with self._db() as db:
+            row = await db.get(SessionRow, session_id)
+        if row is not None and row.connectors:
+            grants = await self.connectors.grants(row.user_id, list(row.connectors))
+            env.update(self.connector_env(session_id, grants))
+        return env
+
+    def connector_env(self, owner_id: str, grants: list[ConnectorGrant]) -> dict[str, str]:
+        github = next((g for g in grants if g.type == "github"), None)
+        if github is None:
+            return {}
+        token = self.grants.placeholders.make(owner_id, github.name)
+        # git's credentials through the environment, never a file in the box: a helper
+        # that answers with the placeholder for every GitHub host.
+        helper = "!f() { echo username=x-access-token; echo password=$GH_TOKEN; }; f"
+        env = {"GH_TOKEN": token, "GITHUB_TOKEN": token}
+        hosts = self.settings.egress_github_hosts
+        env["GIT_CONFIG_COUNT"] = str(len(hosts))
+        for i, host in enumerate(hosts):
+            env[f"GIT_CONFIG_KEY_{i}"] = f"credential.https://{host}.helper"
+            env[f"GIT_CONFIG_VALUE_{i}"] = helper
+        return env
 
     async def check_session(self, user_id: str, network: NetworkSettings,
                             connectors: list[str]) -> None:

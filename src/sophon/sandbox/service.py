@@ -16,7 +16,7 @@ import secrets
 import shutil
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -151,7 +151,7 @@ class ExecutionService:
                  webhooks: Webhooks | None = None) -> None:
         self.boxes = boxes
         # Set by sophon.services: what every execution is told to reach the egress door.
-        self.door_env: Callable[[], dict[str, str]] = dict
+        self.door_env: Callable[[str, str], Awaitable[dict[str, str]]] | None = None
         self.quotas = quotas or Quotas(boxes.settings, boxes, sessions)
         self.volumes = volumes or VolumeService(boxes.settings, sessions, boxes, self.quotas)
         self._sessions = sessions
@@ -419,7 +419,9 @@ class ExecutionService:
                 self.boxes.top_up()  # after the answer: a start would slow this run
 
     async def _exec(self, run: Run, box: Box, out: dict[str, list[str]]) -> ExecOutcome | None:
-        env = {**BASE_ENV, **self.door_env(), **(run.req.env_vars or {})}
+        door = (await self.door_env(box.id, run.principal.user_id)
+                if self.door_env is not None else {})
+        env = {**BASE_ENV, **door, **(run.req.env_vars or {})}
         outcome = None
         # No await between this check and the exec being registered with the box,
         # so a cancel either sees run.box or is seen here.

@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 BUSY_STATUSES = ("running", "waiting_approval")
 
 
+async def _no_door(session_id: str) -> dict[str, str]:
+    return {}
+
+
 def page_cursor(view: SessionView) -> str:
     return f"{view.created_at.isoformat()}~{view.id}"
 
@@ -111,7 +115,7 @@ class SessionService:
         # session gets to go through the door (proxy, CA and gateway variables).
         self.check_network: Callable[[str, NetworkSettings, list[str]],
                                      Awaitable[None]] | None = None
-        self.door_env: Callable[[str], dict[str, str]] = lambda session_id: {}
+        self.door_env: Callable[[str], Awaitable[dict[str, str]]] = _no_door
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -180,7 +184,7 @@ class SessionService:
             await self.events.append(session_id, SessionStart(
                 name=req.name, base=req.base, model=req.model, runtime=req.runtime,
                 starter=req.starter.model_dump()))
-            env = self.exec_env(session_id, {})
+            env = await self.exec_env(session_id, {})
             async with contextlib.AsyncExitStack() as stack:
                 extra = None
                 if source is not None:
@@ -401,11 +405,11 @@ class SessionService:
         self.events.set_secrets(session_id, values.values())
         return values
 
-    def exec_env(self, session_id: str, secret_values: dict[str, str]) -> dict[str, str]:
+    async def exec_env(self, session_id: str, secret_values: dict[str, str]) -> dict[str, str]:
         # No .pyc files in the project: an edit that keeps a file's size within the same
         # second (an agent's quick fix) would otherwise run the stale bytecode.
         return {**BASE_ENV, "TERM": "dumb", "PYTHONDONTWRITEBYTECODE": "1",
-                **self.door_env(session_id), **secret_values}
+                **await self.door_env(session_id), **secret_values}
 
     # --- exec ----------------------------------------------------------------
 
@@ -456,7 +460,7 @@ class SessionService:
                 self._mark_open(exec_id, row.id))
             async with self.box(row) as box:
                 async for ev in box.exec(["bash", "-c", command], timeout=timeout,
-                                         env=self.exec_env(row.id, values), cwd=WORKSPACE,
+                                         env=await self.exec_env(row.id, values), cwd=WORKSPACE,
                                          output_cap=self.settings.limits.output_cap_bytes):
                     await announce()
                     if isinstance(ev, ExecEvent):
@@ -522,7 +526,8 @@ class SessionService:
             # The cap is no bound on memory (the window is); the box's disk bounds the size.
             # Closed at once if the caller goes: that cancels the tar.
             async with contextlib.aclosing(box.exec(
-                    ["bash", "-c", command], timeout=3600, env=self.exec_env(session_id, {}),
+                    ["bash", "-c", command], timeout=3600,
+                    env=await self.exec_env(session_id, {}),
                     cwd=WORKSPACE, output_cap=1 << 40, binary=True,
                     window=EXPORT_WINDOW)) as events:
                 async for ev in events:

@@ -1,0 +1,142 @@
+"""Two connections spliced into one: bytes each way as they come, with flow control
+(a side that cannot keep up pauses the other), an idle timeout, a meter, and the
+masking of connector values in what a host sends back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Tally:
+    user_id: str
+    bytes_out: int = 0
+    bytes_in: int = 0
+    connections: int = 0
+    denied: int = 0
+
+
+class Half(asyncio.Protocol):
+    """One side of a spliced connection: what it receives, its peer writes."""
+
+    def __init__(self, conn: Splice, outbound: bool) -> None:
+        self.conn = conn
+        self.outbound = outbound  # the box's side: what it receives goes out
+        self.transport: asyncio.Transport | None = None
+        self.peer: Half | None = None
+        self.early: list[bytes] = []
+        self.eof = False
+        self.scrub: Scrubber | None = None  # the host's side of a connector's request
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.touch(len(data), self.outbound)
+        if self.scrub is not None:
+            data = self.scrub.feed(data)
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            self.early.append(data)
+            return
+        peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._flush_scrub()
+        peer = self.peer
+        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
+            peer.transport.write_eof()
+        if peer is None or peer.eof:
+            self.conn.close()
+        return True
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def _flush_scrub(self) -> None:
+        if self.scrub is not None:
+            tail, self.scrub = self.scrub.flush(), None
+            if tail and self.peer is not None and self.peer.transport is not None:
+                self.peer.transport.write(tail)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._flush_scrub()
+        self.conn.close()
+
+
+class Scrubber:
+    """Masks a connector's real values in what a host sends back (an echo service, an
+    error page quoting the request): the box never reads them. Same-length masks, so a
+    Content-Length stays true; the request asked for no compression, so the bytes are
+    plain. A value split across two reads is caught: the last len-1 bytes wait."""
+
+    def __init__(self, values: list[bytes]) -> None:
+        self.values = [v for v in values if v]
+        self.keep = max((len(v) for v in self.values), default=1) - 1
+        self.tail = b""
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self.tail + data
+        for v in self.values:
+            buf = buf.replace(v, b"*" * len(v))
+        if self.keep and len(buf) > self.keep:
+            buf, self.tail = buf[:-self.keep], buf[-self.keep:]
+        elif self.keep:
+            buf, self.tail = b"", buf
+        return buf
+
+    def flush(self) -> bytes:
+        tail, self.tail = self.tail, b""
+        return tail
+
+
+class Splice:
+    """Two halves and an idle timer (one timer re-armed lazily, not one per read)."""
+
+    def __init__(self, tally: Tally, idle: float) -> None:
+        self.tally = tally
+        self.idle = idle
+        self.box = Half(self, outbound=True)
+        self.host = Half(self, outbound=False)
+        self.box.peer, self.host.peer = self.host, self.box
+        self.done = asyncio.get_running_loop().create_future()
+        self.last = time.monotonic()
+        self._timer = asyncio.get_running_loop().call_later(idle, self._check_idle)
+
+    def touch(self, n: int, outbound: bool) -> None:
+        self.last = time.monotonic()
+        if outbound:
+            self.tally.bytes_out += n
+        else:
+            self.tally.bytes_in += n
+
+    def start(self) -> None:
+        for half in (self.box, self.host):
+            assert half.peer is not None and half.peer.transport is not None
+            for data in half.early:
+                half.peer.transport.write(data)
+            half.early.clear()
+
+    def _check_idle(self) -> None:
+        quiet = time.monotonic() - self.last
+        if quiet >= self.idle:
+            self.close()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(self.idle - quiet,
+                                                                self._check_idle)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        for half in (self.box, self.host):
+            if half.transport is not None:
+                half.transport.close()  # flushes what is buffered first
+        if not self.done.done():
+            self.done.set_result(None)
