@@ -17,7 +17,7 @@ import ipaddress
 import re
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -318,10 +318,14 @@ class ConnectorService:
         # filling the cache with what it read before the change.
         self._cache: dict[str, _Held] = {}
         self._changes = 0
+        # Called after every change (the door's cached grants are made from these).
+        self.on_change: list[Callable[[], None]] = []
 
     def _forget(self, user_id: str) -> None:
         self._changes += 1
         self._cache.pop(user_id, None)
+        for callback in self.on_change:
+            callback()
 
     async def create(self, principal: Principal, req: CreateConnector) -> ConnectorView:
         checked = check(req)

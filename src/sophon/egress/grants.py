@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -30,6 +31,9 @@ from sophon.egress.policy import (
     parse_rule,
 )
 from sophon.store.tables import SessionRow
+
+GRANT_SECONDS = 5.0
+CACHE_MAX = 10_000
 
 
 class AdminRules:
@@ -84,6 +88,17 @@ class Grants:
         self._owner_of = owner_of  # an execution box's user (box/manager.py)
         self.placeholders = placeholders
         self._github_hosts = tuple(github_hosts)
+        # Each box's grant, for GRANT_SECONDS: a connection then costs no store read.
+        # Every change this server makes to what a grant is made of (a session's
+        # network or connectors, a user's connectors, a remembered approval) calls
+        # ``forget``; the expiry covers a change made by hand in the store.
+        self._cache: dict[str, tuple[float, Grant | None]] = {}
+
+        self._generation = 0
+
+    def forget(self) -> None:
+        self._cache.clear()
+        self._generation += 1
 
     def credentials(self, owner_id: str, connectors: list[ConnectorGrant]
                     ) -> tuple[HostCredential, ...]:
@@ -106,6 +121,19 @@ class Grants:
                       ask=ask, public=public)
 
     async def for_box(self, box_id: str) -> Grant | None:
+        now = time.monotonic()
+        cached = self._cache.get(box_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        if len(self._cache) > CACHE_MAX:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+        generation = self._generation
+        grant = await self._lookup(box_id)
+        if generation == self._generation:  # not forgotten while it was being read
+            self._cache[box_id] = (now + GRANT_SECONDS, grant)
+        return grant
+
+    async def _lookup(self, box_id: str) -> Grant | None:
         kind = ids.kind_of(box_id)
         if kind is ids.Kind.SESSION:
             return await self._for_session("ses_" + box_id[1:])

@@ -70,6 +70,7 @@ class Egress:
         self.ca = SophonCA(settings.data_dir)
         boxes.backend.trust(self.ca.bundle(), self.ca.pem)
         self.door = Door(settings, self.grants.for_box, self._denied, self._ask, self.ca)
+        connectors.on_change.append(self.grants.forget)
         boxes.on_started.append(self.door.attach)
         self._proxy_env = proxy_env(settings.egress_box_port)
         self._flusher: asyncio.Task[None] | None = None
@@ -125,9 +126,11 @@ class Egress:
 
     async def check_session(self, user_id: str, network: NetworkSettings,
                             connectors: list[str]) -> None:
-        """A 400 for a rule past the admin's ceiling or a connector the user lacks."""
+        """A 400 for a rule past the admin's ceiling or a connector the user lacks.
+        Called before a session's network or connectors change: grants are read again."""
         self.rules.check_session_rules(network.allow)
         await self.connectors.check_names(user_id, connectors)
+        self.grants.forget()
 
     # --- refusals and the meter ------------------------------------------------------
 
@@ -205,6 +208,7 @@ class Egress:
                 network["allow"] = [*allow, rule]
                 row.network = network
                 await db.commit()
+        self.grants.forget()
 
     async def _flush_loop(self) -> None:
         while True:
