@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import sqlite3
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,8 +41,12 @@ class _Counting(ThreadingHTTPServer):
         return True
 
 
+BIG = 1 << 20
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Counting
+    protocol_version = "HTTP/1.1"  # keeps a connection open unless told to close
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -50,6 +56,9 @@ class _Handler(BaseHTTPRequestHandler):
         with host.lock:
             host.paths.append(self.path)
         body = f"{host.name} {self.path}".encode()
+        if self.path == "/big-when-released":  # 1 MiB once the test says so
+            host.release.wait(60)
+            body = b"x" * BIG
         self.send_response(200)
         self.send_header("content-type", "text/plain")
         self.send_header("content-length", str(len(body)))
@@ -68,6 +77,7 @@ class TestHost:
     connections: int = 0
     paths: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    release: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> TestHost:
         self.httpd = _Counting((self.ip, self.port), self)  # 0: a free port
@@ -450,6 +460,81 @@ def test_usage_counts_traffic_and_refusals(server: LiveServer, hosts: Hosts,
     # at least the requests sent and the answers received through the door
     assert net["bytes_out"] >= len("GET /u1 HTTP/1.1\r\n\r\n") + len("GET /tunnel"), net
     assert net["bytes_in"] >= len("ok /u1") + len("ok /tunnel"), net
+
+
+# Over one CONNECT tunnel: a request, then (once the test has seen the door's counts
+# written to the store) a second that brings 1 MiB back.
+LONG_TUNNEL = r"""
+import os, socket
+from urllib.parse import urlsplit
+door = urlsplit(os.environ["http_proxy"])
+s = socket.create_connection((door.hostname, door.port), timeout=60)
+s.sendall(b"CONNECT %(addr)s HTTP/1.1\r\nHost: %(addr)s\r\n\r\n")
+def answer():
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    n = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            n = int(v)
+    while len(rest) < n:
+        rest += s.recv(65536)
+    return head.split(b" ")[1], rest
+assert answer()[0] == b"200"
+s.sendall(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+print(answer())
+s.sendall(b"GET /big-when-released HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+code, body = answer()
+print(code.decode(), len(body))
+"""
+
+
+def stored_usage(server: LiveServer, owner_id: str) -> tuple[int, ...] | None:
+    """What the door has written to the store for ``owner_id`` (None: nothing yet)."""
+    db = sqlite3.connect(f"file:{server.data_dir / 'sophon.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT bytes_out, bytes_in, connections, denied FROM "
+                         "network_usage WHERE owner_id = ?", (owner_id,)).fetchone()
+    finally:
+        db.close()
+    return tuple(row) if row else None
+
+
+def test_usage_counts_a_long_connection_across_flushes(server: LiveServer, hosts: Hosts,
+                                                       http: httpx.Client) -> None:
+    """A tunnel that outlives a flush of the counts (a long download, a keep-alive
+    connection to a registry) is counted in full: the bytes after the flush too."""
+    sid = create(http, network={"allow": [hosts.ok.addr]})
+    hosts.ok.release.clear()
+    script = LONG_TUNNEL % {"addr": hosts.ok.addr}
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(sh, http, sid, f"python3 - <<'EOF'\n{script}\nEOF")
+        # the tunnel is open and its first answer counted and written to the store
+        wait_for(lambda: "/first" in hosts.ok.paths and stored_usage(server, sid), 15, 0.05,
+                 "the door's counts for the open tunnel to be written to the store")
+        first = stored_usage(server, sid)
+        assert first is not None and first[2] == 1, first
+        hosts.ok.release.set()
+        code, out = running.result(timeout=120)
+    assert code == 0 and out.endswith(f"200 {BIG}\n"), out
+
+    def counted() -> dict[str, int] | None:
+        net = http.get(f"/v1/sessions/{sid}/usage").json()["network"]
+        return net if net["bytes_in"] >= BIG else None
+
+    try:
+        net = wait_for(counted, 10, 0.1, "the 1 MiB in the session's usage")
+    except AssertionError:
+        net = http.get(f"/v1/sessions/{sid}/usage").json()["network"]
+        # BUG (reported to the lead): Egress.flush swaps door.tallies for a new dict,
+        # but an open splice keeps adding to the old Tally object, which is never
+        # written again: what a connection moves after the first flush is lost.
+        pytest.xfail(f"BUG: bytes moved after a flush are not counted: {net}")
+    assert isinstance(net, dict)
+    assert net["connections"] == 1 and net["denied"] == 0, net
 
 
 def test_a_session_sees_only_its_own_refusals(server: LiveServer, hosts: Hosts,
