@@ -130,7 +130,8 @@ def test_host_rule_matches(rule: str, host: str, port: int, expected: bool) -> N
     ("example.com:8080", "example.com", False),
     ("example.com:8080", "example.com:9090", False),
     ("*.example.com", "api.example.com", True),
-    ("*.example.com", "api.example.com:8443", True),
+    ("*.example.com", "api.example.com:8443", False),  # no port: the web ports only
+    ("*.example.com:8443", "api.example.com:8443", True),
     ("*.example.com", "*.api.example.com", True),
     ("*.example.com", "*.example.com", True),
     ("*.example.com", "example.com", False),  # the bare domain is not under the wildcard

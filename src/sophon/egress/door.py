@@ -322,6 +322,7 @@ class Door:
         upstream = await self._connect(loop, addrs)
         tally = self.tally(grant)
         tally.connections += 1
+        tally.open += 1
         splice = Splice(tally, self.settings.egress_idle_timeout_seconds)
         if name != GATEWAY_HOST and secrets:
             splice.host.scrub = Scrubber(secrets)
@@ -340,6 +341,7 @@ class Door:
             splice.start()
             await splice.done
         finally:
+            tally.open -= 1
             splice.close()
             if upstream is not None:
                 upstream.close()
@@ -382,8 +384,12 @@ class Door:
             upstream = None
             tally = self.tally(grant)
             tally.connections += 1
-            await exchange(box_r, box_w, up_r, up_w, first, tally,
-                           [c.value.encode() for c in creds], idle)
+            tally.open += 1
+            try:
+                await exchange(box_r, box_w, up_r, up_w, first, tally,
+                               [c.value.encode() for c in creds], idle)
+            finally:
+                tally.open -= 1
         except (ssl.SSLError, ValueError, asyncio.IncompleteReadError) as exc:
             log.info("%s: TLS to %s:%s through the door failed: %s", grant.owner_id, name,
                      port, exc)
@@ -419,7 +425,9 @@ class Door:
             if refusal is None:
                 passed.append((addr, port))
             elif first_refusal is None:
-                first_refusal = refusal
+                # Named as the box asked for it: which of its hosts, and what it became.
+                first_refusal = Refusal(refusal.rule, refusal.message if name == str(addr)
+                                        else f"{name}:{port} resolves to {refusal.message}")
         if not passed:
             raise Refused(403, first_refusal or Refusal("unresolved", f"{name} has no address"))
         return passed

@@ -101,6 +101,10 @@ class HostRule:
             return False
         if self.port is not None and port != self.port:
             return False
+        return self.names(host)
+
+    def names(self, host: str) -> bool:
+        """Whether the rule's host part names ``host`` (any port)."""
         if self.wildcard:
             return host.endswith(self.host[1:])
         return host == self.host
@@ -109,6 +113,8 @@ class HostRule:
         """Whether everything ``other`` allows, this allows too (the ceiling check)."""
         if self.port is not None and other.port != self.port:
             return False
+        if self.port is None and other.port not in (None, *WEB_PORTS):
+            return False  # a rule without a port means the web ports, here as anywhere
         if not self.wildcard:
             return not other.wildcard and other.host == self.host
         return other.host.endswith(self.host[1:]) and other.host != self.host[2:]
@@ -121,6 +127,9 @@ class HostRule:
 def parse_rule(text: str) -> HostRule:
     """A rule from what a user or an admin wrote; a 400 saying what is wrong."""
     raw = text.strip()
+    if "/" in raw or "://" in raw:
+        raise BadRequest(f"network rule {text!r}: give a host name (host or host:port), "
+                         "not a URL")
     host, port = raw, None
     m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d{1,5}))?", raw)
     if m:
@@ -175,8 +184,9 @@ class Policy:
         return next((r for r in self.allow if r.matches(host, port)), None)
 
     def denied_by(self, host: str, port: int) -> HostRule | None:
+        # A deny rule without a port refuses the host on every port.
         return next((r for r in self.deny if r.matches(host, port) or
-                     (r.port is None and r.host == host)), None)
+                     (r.port is None and r.names(host))), None)
 
 
 @dataclass(frozen=True)

@@ -220,21 +220,30 @@ class Egress:
 
     async def flush(self) -> None:
         """Add what the door counted since the last flush to each owner's row."""
-        tallies, self.door.tallies = self.door.tallies, {}
-        if not tallies:
+        taken = {owner_id: (t, t.take()) for owner_id, t in self.door.tallies.items()}
+        for owner_id, (t, counts) in taken.items():
+            if not t.open and not any(counts):
+                del self.door.tallies[owner_id]  # nothing open, nothing new: let it go
+        taken = {k: v for k, v in taken.items() if any(v[1])}
+        if not taken:
             return
-        async with self._db() as db:
-            for owner_id, t in tallies.items():
-                row = await db.get(NetworkUsage, owner_id)
-                if row is None:
-                    row = NetworkUsage(owner_id=owner_id, user_id=t.user_id, bytes_out=0,
-                                       bytes_in=0, connections=0, denied=0)
-                    db.add(row)
-                row.bytes_out += t.bytes_out
-                row.bytes_in += t.bytes_in
-                row.connections += t.connections
-                row.denied += t.denied
-            await db.commit()
+        try:
+            async with self._db() as db:
+                for owner_id, (t, (out, inn, conns, denied)) in taken.items():
+                    row = await db.get(NetworkUsage, owner_id)
+                    if row is None:
+                        row = NetworkUsage(owner_id=owner_id, user_id=t.user_id, bytes_out=0,
+                                           bytes_in=0, connections=0, denied=0)
+                        db.add(row)
+                    row.bytes_out += out
+                    row.bytes_in += inn
+                    row.connections += conns
+                    row.denied += denied
+                await db.commit()
+        except BaseException:
+            for t, counts in taken.values():  # counted again at the next flush
+                t.give_back(counts)
+            raise
 
     async def usage(self, owner_ids: list[str]) -> dict[str, dict[str, int]]:
         """Bytes out and in, connections and refusals per owner, up to this moment."""

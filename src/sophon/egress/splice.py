@@ -11,11 +11,27 @@ from dataclasses import dataclass
 
 @dataclass
 class Tally:
+    """An owner's traffic not yet written to the store. Splices add to it as bytes
+    pass; ``take`` hands what has been counted to the writer and starts again at zero
+    (the same object, which open connections keep adding to)."""
+
     user_id: str
     bytes_out: int = 0
     bytes_in: int = 0
     connections: int = 0
     denied: int = 0
+    open: int = 0  # connections through the door now
+
+    def take(self) -> tuple[int, int, int, int]:
+        counts = (self.bytes_out, self.bytes_in, self.connections, self.denied)
+        self.bytes_out = self.bytes_in = self.connections = self.denied = 0
+        return counts
+
+    def give_back(self, counts: tuple[int, int, int, int]) -> None:
+        self.bytes_out += counts[0]
+        self.bytes_in += counts[1]
+        self.connections += counts[2]
+        self.denied += counts[3]
 
 
 class Half(asyncio.Protocol):
