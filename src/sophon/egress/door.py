@@ -359,8 +359,8 @@ class Door:
         box_w = up_w = None
         try:
             await loop.sock_sendall(conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
-            box_r, box_w = await asyncio.open_connection(sock=conn.dup(), limit=MAX_HEAD)
-            await asyncio.wait_for(box_w.start_tls(self.ca.server_context(name)), idle)
+            box_r, box_w = await asyncio.wait_for(
+                _tls_server_streams(loop, conn.dup(), self.ca.server_context(name)), idle)
             head = parse_head((await asyncio.wait_for(read_head(box_r), idle))[:-4])
             path, _, query = head.target.partition("?")
             body_start = await peek_body(box_r, head.headers)
@@ -481,6 +481,23 @@ async def _read_head(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> tu
         if len(buf) > MAX_HEAD:
             raise Refused(431, Refusal("bad_request", f"the request head is over {MAX_HEAD} "
                                                       "bytes"))
+
+
+async def _tls_server_streams(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                              ctx: ssl.SSLContext
+                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams over TLS where the door is the server (StreamWriter.start_tls takes the
+    side from how the stream was opened, and a box's connection was accepted here but
+    opened as a client's)."""
+    reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=sock)
+    tls = await loop.start_tls(transport, protocol, ctx, server_side=True)
+    if tls is None:
+        raise ConnectionResetError("the box closed the connection during TLS")
+    writer = asyncio.StreamWriter(tls, protocol, reader, loop)
+    protocol._replace_writer(writer)  # type: ignore[attr-defined]
+    return reader, writer
 
 
 def _is_local(ip: IPAddress) -> bool:
