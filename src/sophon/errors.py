@@ -56,6 +56,12 @@ class NetworkDisabled(BadRequest):
     code = "network_disabled"
 
 
+class NetworkNotAllowed(BadRequest):
+    """What a session asks its box to reach is past its network list."""
+
+    code = "network_not_allowed"
+
+
 class BudgetExceeded(SophonError):
     status = 402
     code = "budget_exceeded"

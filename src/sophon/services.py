@@ -71,6 +71,7 @@ class Services:
                         sessions)
         sessions.check_network = egress.check_session
         sessions.door_env = egress.session_env
+        sessions.check_reachable = egress.check_reachable
         executions.door_env = egress.execution_env
         await sessions.recover()
         await boxes.start()

@@ -105,8 +105,13 @@ def test_git_clone_from_a_local_path_and_ref(http: httpx.Client, repos: Path) ->
 
 
 @pytest.mark.parametrize("starter, code, needle", [
-    ({"type": "git", "url": "https://github.com/octocat/Hello-World"}, "network_disabled",
-     "no network"),
+    # A generic session's list is empty: the host is named in the answer, with the fix.
+    ({"type": "git", "url": "https://github.com/octocat/Hello-World"}, "network_not_allowed",
+     "github.com:443 is not on this sandbox's network list"),
+    ({"type": "git", "url": "https://user:ghp_x@github.com/o/r"}, "invalid_request",
+     "the clone URL carries credentials"),
+    ({"type": "git", "url": "ssh://git@github.com/o/r"}, "network_disabled",
+     "neither an http(s):// URL nor a local path"),
     ({"type": "git", "url": "/no/such/dir"}, "invalid_request", "not a directory"),
     ({"type": "git", "url": "/etc"}, "invalid_request", "git clone failed"),
     ({"type": "template", "name": "cobol"}, "invalid_request", "available: node, python"),

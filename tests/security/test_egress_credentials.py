@@ -216,3 +216,18 @@ def test_without_the_connector_the_host_is_not_reached_with_a_token(
     # host's certificate (it is the test's CA, not Sophon's) and nothing reaches it.
     assert "certificate" in out.lower() or "SSL" in out
     assert all(a == "" for a in git.auth_seen[seen:])
+
+
+def test_a_session_starts_from_an_https_clone_through_its_connector(
+        http: httpx.Client, git: TokenGitServer) -> None:
+    url = f"https://{git.addr}/{REPO}.git"
+    r = http.post("/v1/sessions", json={"name": "c", "starter": {"type": "git", "url": url},
+                                        "connectors": [connector(http)]})
+    assert r.status_code == 201, r.text
+    out, code = run(http, r.json()["id"], "cat README; git remote get-url origin")
+    assert (code, out) == (0, f"first\n{url}\n")  # origin kept: pushing back works
+    # Without the connector the host is not on the session's list: a 400 naming it.
+    r = http.post("/v1/sessions", json={"name": "c", "starter": {"type": "git", "url": url}})
+    assert r.status_code == 400
+    assert r.json()["error"] == "network_not_allowed"
+    assert git.addr in r.json()["message"]

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -146,13 +147,18 @@ class Grants:
             row = await db.get(SessionRow, session_id)
         if row is None:
             return None
-        network = row.network or {}
-        connectors = await self._connectors.grants(row.user_id, list(row.connectors or []))
-        credentials = self.credentials(row.id, connectors)
-        allow = [parse_rule(h) for h in BASE_ALLOW.get(row.base, ())]
+        return await self.for_session(row.id, row.user_id, row.base, row.network or {},
+                                      list(row.connectors or []))
+
+    async def for_session(self, session_id: str, user_id: str, base: str,
+                          network: dict[str, Any], connector_names: list[str]) -> Grant:
+        """A session's grant from its settings (stored, or asked for at create time)."""
+        connectors = await self._connectors.grants(user_id, connector_names)
+        credentials = self.credentials(session_id, connectors)
+        allow = [parse_rule(h) for h in BASE_ALLOW.get(base, ())]
         allow += [parse_rule(a) for a in network.get("allow", [])]
         allow += [r for c in credentials for r in c.hosts]
-        return Grant(owner_id=row.id, user_id=row.user_id, session_id=row.id,
+        return Grant(owner_id=session_id, user_id=user_id, session_id=session_id,
                      policy=self._policy(allow, ask=bool(network.get("ask"))),
                      credentials=credentials)
 

@@ -19,8 +19,15 @@ from sophon.egress.ca import SophonCA
 from sophon.egress.connectors import ConnectorGrant, ConnectorService
 from sophon.egress.door import GATEWAY_HOST, Denial, Door, Grant
 from sophon.egress.grants import AdminRules, Grants, Placeholders
-from sophon.egress.policy import WEB_PORTS
+from sophon.egress.policy import (
+    WEB_PORTS,
+    check_address,
+    check_listed,
+    normalize_host,
+    parse_ip,
+)
 from sophon.egress.splice import Tally
+from sophon.errors import NetworkNotAllowed
 from sophon.events.log import EventLog
 from sophon.events.types import ApprovalDecision, ApprovalRequest, NetworkDenied
 from sophon.sessions.models import NetworkSettings
@@ -131,6 +138,21 @@ class Egress:
         self.rules.check_session_rules(network.allow)
         await self.connectors.check_names(user_id, connectors)
         self.grants.forget()
+
+    async def check_reachable(self, user_id: str, base: str, network: NetworkSettings,
+                              connectors: list[str], host: str, port: int) -> None:
+        """A 400 now, not a failed clone later: a new session's box could not reach the
+        clone URL's host with the settings asked for."""
+        grant = await self.grants.for_session("ses_new", user_id, base,
+                                              network.model_dump(), connectors)
+        name = normalize_host(host)
+        refusal = check_listed(grant.policy, name, port)
+        if refusal is None:
+            ip = parse_ip(name)
+            if ip is not None:
+                refusal = check_address(grant.policy, ip, port, frozenset(), False)
+        if refusal is not None:
+            raise NetworkNotAllowed(f"the clone URL's host: {refusal.message}")
 
     # --- refusals and the meter ------------------------------------------------------
 

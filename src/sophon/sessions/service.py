@@ -26,7 +26,7 @@ from sophon.box.manager import BoxManager
 from sophon.box.outcome import judge
 from sophon.box.protocol import Watching
 from sophon.config import Settings
-from sophon.errors import BadRequest, SophonError
+from sophon.errors import BadRequest, NetworkDisabled, SophonError
 from sophon.events.log import EventLog, Stored
 from sophon.events.types import (
     ExecEnd,
@@ -52,6 +52,7 @@ from sophon.sessions.secrets import SecretStore
 from sophon.sessions.starters import (
     SOURCE_MOUNT,
     prepare_workspace,
+    remote_url,
     stage_clone,
     validate_starter,
 )
@@ -116,6 +117,9 @@ class SessionService:
         self.check_network: Callable[[str, NetworkSettings, list[str]],
                                      Awaitable[None]] | None = None
         self.door_env: Callable[[str], Awaitable[dict[str, str]]] = _no_door
+        # ... and whether a new session's box may reach a clone URL's host:port.
+        self.check_reachable: Callable[[str, str, NetworkSettings, list[str], str, int],
+                                       Awaitable[None]] | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -163,6 +167,13 @@ class SessionService:
         source = await validate_starter(req.starter, self.settings)
         if self.check_network is not None:
             await self.check_network(principal.user_id, req.network, req.connectors)
+        remote = remote_url(req.starter)
+        if remote is not None and self.check_reachable is not None:
+            await self.check_reachable(principal.user_id, req.base, req.network,
+                                       req.connectors, *remote)
+        elif remote is not None:
+            raise NetworkDisabled("sandboxes on this server have no network, so a clone "
+                                  "from a URL cannot work; clone from a local path")
         self.quotas.check_events(principal.user_id)
         await self.quotas.check_disk(principal.user_id, req.disk_mb or self.settings.box_disk_mb,
                                      "a new session")

@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sophon.box.box import Box, ExecEvent, ExecOutcome
 from sophon.box.bwrap import WORKSPACE
@@ -85,6 +86,28 @@ async def _real_dir(path: str, python: str) -> str | None:
     return real if proc.returncode == 0 and real.startswith("/") else None
 
 
+def remote_url(starter: EmptyStarter | GitStarter | TemplateStarter
+               ) -> tuple[str, int] | None:
+    """The host and port of a clone from an http(s) URL; None for any other starter. A
+    URL carrying credentials is refused: a token belongs in a connector, where the box
+    never holds it."""
+    if not isinstance(starter, GitStarter) or not starter.url.lower().startswith(
+            ("https://", "http://")):
+        return None
+    url = urlsplit(starter.url)
+    try:
+        port = url.port or (443 if url.scheme.lower() == "https" else 80)
+    except ValueError:
+        raise BadRequest(f"{starter.url[:200]!r} has a port that is not a number") from None
+    if url.username is not None or url.password is not None:
+        raise BadRequest("the clone URL carries credentials; give the token to a connector "
+                         "(POST /v1/connectors) and attach it to the session instead: the "
+                         "sandbox then never holds it")
+    if not url.hostname:
+        raise BadRequest(f"{starter.url[:200]!r} has no host")
+    return url.hostname, port
+
+
 def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
@@ -100,11 +123,13 @@ async def validate_starter(starter: EmptyStarter | GitStarter | TemplateStarter,
         return None
     if not isinstance(starter, GitStarter):
         return None
+    if remote_url(starter) is not None:
+        return None  # cloned in the session's own box, through its egress door
     url = starter.url.removeprefix("file://")
     if not url.startswith("/"):
         raise NetworkDisabled(
-            "sandboxes on this server have no network, so a clone from a URL cannot work; "
-            "clone from a local path or file:// URL instead")
+            f"{starter.url[:200]!r} is neither an http(s):// URL nor a local path or "
+            "file:// URL")
     # The boxes' interpreter: the server's own may live where nobody cannot reach.
     real = await _real_dir(url, settings.box_python)
     return await asyncio.to_thread(_check_rules, url, real, settings)
@@ -162,6 +187,12 @@ async def stage_clone(staging: Box, starter: GitStarter, env: dict[str, str]) ->
 
 async def prepare_workspace(box: Box, starter: EmptyStarter | GitStarter | TemplateStarter,
                             env: dict[str, str]) -> None:
+    if isinstance(starter, GitStarter) and remote_url(starter) is not None:
+        # Through the session's own door: its network list and its connectors decide,
+        # and origin stays, so that pushing back works the same way.
+        argv = ["git", "clone", "-q", *(["--branch", starter.ref] if starter.ref else [])]
+        await _run(box, [*argv, "--", starter.url, "."], env, "git clone")
+        return
     if isinstance(starter, GitStarter):
         # SOURCE_MOUNT holds the staging box's workspace; its clone already has the ref.
         await _clone(box, f"{SOURCE_MOUNT}/repo", ".", None, env)
