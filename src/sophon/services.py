@@ -73,6 +73,7 @@ class Services:
         sessions.door_env = egress.session_env
         sessions.check_reachable = egress.check_reachable
         executions.door_env = egress.execution_env
+        executions.threads.network_usage = egress.usage
         await sessions.recover()
         await boxes.start()
         executions.threads.start()  # thread expiry, execution record pruning

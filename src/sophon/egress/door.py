@@ -337,6 +337,7 @@ class Door:
             assert splice.host.transport is not None
             if first:  # before the box's side is read: what it sends next goes after
                 splice.host.transport.write(first)
+                tally.bytes_out += len(first)
             await loop.connect_accepted_socket(lambda: splice.box, sock=conn.dup())
             splice.start()
             await splice.done

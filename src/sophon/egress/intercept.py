@@ -177,6 +177,7 @@ async def exchange(box_r: asyncio.StreamReader, box_w: asyncio.StreamWriter,
         tally.bytes_in += n
 
     up_w.write(first)
+    out(len(first))
     await up_w.drain()
     sending = asyncio.create_task(relay(box_r, up_w, out, idle))
     try:

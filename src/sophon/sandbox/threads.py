@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -33,11 +33,22 @@ TOUCH_EVERY = 3600.0
 PRUNE_BATCH = 1000  # rows a delete statement takes, so the writer is never held long
 
 
+class NetworkUsageView(BaseModel):
+    """What went through the egress door: bytes from the box out, bytes back in, the
+    connections made and those refused."""
+
+    bytes_out: int = 0
+    bytes_in: int = 0
+    connections: int = 0
+    denied: int = 0
+
+
 class ThreadView(BaseModel):
     thread_id: str
     created_at: str
     last_used_at: str
     awake: bool  # its box is running now
+    network: NetworkUsageView = Field(default_factory=NetworkUsageView)
 
 
 class ThreadList(BaseModel):
@@ -62,6 +73,9 @@ class ThreadService:
         self._claim = claim
         self._release = release
         self._touched: dict[str, float] = {}  # box id: when its last use was written
+        # Set by sophon.services: network usage by thread (box) id, from the egress door.
+        self.network_usage: Callable[[list[str]], Awaitable[dict[str, dict[str, int]]]] | \
+            None = None
         self._writes: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
 
@@ -99,10 +113,13 @@ class ThreadService:
             rows = (await db.execute(
                 select(Thread).where(Thread.user_id == principal.user_id)
                 .order_by(Thread.name))).scalars().all()
+        usage = (await self.network_usage([r.id for r in rows])
+                 if self.network_usage is not None and rows else {})
         return ThreadList(threads=[ThreadView(
             thread_id=r.name, created_at=_iso(r.created_at),
             last_used_at=_iso(r.last_used_at or r.created_at),
-            awake=self.boxes.running(r.id) is not None) for r in rows])
+            awake=self.boxes.running(r.id) is not None,
+            network=NetworkUsageView(**usage.get(r.id, {}))) for r in rows])
 
     async def delete(self, principal: Principal, name: str) -> None:
         """Delete the caller's thread with its files, disk image and uid. Another
