@@ -376,36 +376,49 @@ def test_execute_api_public_mode_still_refuses_unopened_loopback(hosts: Hosts) -
 
 
 FLOOD = """
-import asyncio, json
+import asyncio, json, socket
 N, HOST, PORT = {n}, {host!r}, {port}
-results, first_503 = {{}}, None
+results, resets, first_503 = {{}}, {{}}, None
 
 async def one(i):
+    # Plain sockets, read until the door or the host closes: a reset after the answer
+    # is counted, and the answer kept (as curl would show it).
     global first_503
+    loop = asyncio.get_running_loop()
+    s = socket.socket()
+    s.setblocking(False)
+    data = b""
+    await loop.sock_connect(s, ("127.0.0.1", 3128))
     try:
-        r, w = await asyncio.open_connection("127.0.0.1", 3128)
-        w.write(f"GET http://{{HOST}}:{{PORT}}/hold/{{i}} HTTP/1.1\\r\\n"
-                f"Host: {{HOST}}:{{PORT}}\\r\\n\\r\\n".encode())
-        await w.drain()
-        data = await r.read()
-        w.close()
+        await loop.sock_sendall(s, f"GET http://{{HOST}}:{{PORT}}/hold/{{i}} HTTP/1.1\\r\\n"
+                                   f"Host: {{HOST}}:{{PORT}}\\r\\n\\r\\n".encode())
+    except OSError as e:  # the door closed first: its answer may still be there to read
+        resets[i] = "send: " + type(e).__name__
+    try:
+        while chunk := await loop.sock_recv(s, 65536):
+            data += chunk
     except OSError as e:
-        results[i] = type(e).__name__
-        print("error", i, type(e).__name__, flush=True)
-        return
-    status = data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/1.") else repr(data[:40])
+        resets[i] = type(e).__name__
+    s.close()
+    status = data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/1.") else "none"
     results[i] = status
     if status == "503":
         if first_503 is None:
             first_503 = data.decode(errors="replace")
         print("refused", i, flush=True)
+    elif status == "none":
+        print("no answer", i, resets.get(i), flush=True)
 
 async def main():
     await asyncio.gather(*(one(i) for i in range(N)))
     counts = {{}}
     for s in results.values():
         counts[s] = counts.get(s, 0) + 1
-    print("RESULT " + json.dumps({{"counts": counts, "first_503": first_503}}), flush=True)
+    reset_after = {{}}
+    for i, e in resets.items():
+        reset_after[results[i]] = reset_after.get(results[i], 0) + 1
+    print("RESULT " + json.dumps({{"counts": counts, "resets": reset_after,
+                                  "first_503": first_503}}), flush=True)
 
 asyncio.run(main())
 """
@@ -421,10 +434,11 @@ def test_connections_past_the_cap_get_a_clear_503(http: httpx.Client, hosts: Hos
     script = FLOOD.format(n=PARALLEL, host=HOST, port=files.port)
     refused = 0
     lines: list[str] = []
+    end: dict = {}
     try:
         with http.stream("POST", f"/v1/sessions/{python_box}/exec",
                          json={"command": f"python3 - <<'EOF'\n{script}\nEOF", "timeout": 120},
-                         timeout=httpx.Timeout(180, read=60)) as r:
+                         timeout=httpx.Timeout(180, read=30)) as r:
             assert r.status_code == 200
             buf = ""
             for raw in r.iter_lines():
@@ -443,9 +457,13 @@ def test_connections_past_the_cap_get_a_clear_503(http: httpx.Client, hosts: Hos
                         files.release.set()
                 if ev["type"] == "exec_end":
                     end = ev
+    except httpx.ReadTimeout:
+        pytest.fail(f"the box went quiet for 30 s: {refused} refused so far, "
+                    f"{files.holding} held at the host (at most {files.most_held}); "
+                    f"its last lines: {lines[-5:]}")
     finally:
         files.release.set()
-    assert end["exit_code"] == 0, lines[-20:]
+    assert end.get("exit_code") == 0, lines[-20:]
     result = json.loads(next(line for line in lines if line.startswith("RESULT "))[7:])
     assert result["counts"] == {"200": CAP, "503": PARALLEL - CAP}, result
     assert files.most_held == CAP
@@ -513,3 +531,35 @@ def test_the_door_works_again_after_a_server_restart(hosts: Hosts) -> None:
         srv.stop()
         shutil.rmtree(srv.data_dir, ignore_errors=True)
 
+
+
+
+
+UPLOAD = """
+import urllib.request, urllib.error
+for size in (1000, 4_000_000):
+    try:
+        urllib.request.urlopen(urllib.request.Request({url!r}, data=b"0" * size), timeout=30)
+        print(size, "allowed?")
+    except urllib.error.HTTPError as e:
+        print(size, e.code, e.read().decode().split(":")[0])
+    except OSError as e:
+        print(size, "error", type(e).__name__, getattr(e, "reason", e))
+"""
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG (door): a refusal is written and the socket closed at once, without reading what "
+    "the box is still sending; the unread bytes make the kernel send a reset, so a client "
+    "still uploading a body gets EPIPE/ECONNRESET instead of the door's 403 (RFC 9112 9.6: "
+    "half-close, then drain for a while). Same path for the 503 past the connection cap."))
+def test_a_refused_upload_still_reads_the_doors_403(http: httpx.Client, hosts: Hosts,
+                                                    python_box: str) -> None:
+    """Python's urllib POSTs 1 kB and 4 MB to a host the list does not name: both should
+    read the door's 403. The 1 kB one (control) does; the 4 MB one gets a broken pipe."""
+    script = UPLOAD.format(url=f"{hosts.unopened.url}/x")
+    code, out = sh(http, python_box, f"python3 - <<'EOF'\n{script}\nEOF")
+    assert code == 0, out
+    small, big = out.splitlines()
+    assert small == "1000 403 Sophon network door", out  # the control
+    assert big == "4000000 403 Sophon network door", out
