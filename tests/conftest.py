@@ -56,7 +56,11 @@ class LiveServer:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "SOPHON_DATA_DIR": str(data_dir), **(env or {})}
+        # The machine's own proxy settings would send the egress door's traffic (to test
+        # hosts on 127.0.0.2) through that proxy: a test that wants one names it.
+        inherited = {k: v for k, v in os.environ.items()
+                     if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+        self.env = {**inherited, "SOPHON_DATA_DIR": str(data_dir), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "server.log"
 

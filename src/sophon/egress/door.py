@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -49,6 +50,13 @@ from sophon.egress.policy import (
     parse_ip,
 )
 from sophon.egress.splice import Scrubber, Splice, Tally
+from sophon.egress.upstream import (
+    ProxyError,
+    Upstream,
+    UpstreamProxy,
+    open_socket,
+    tunnel,
+)
 
 if TYPE_CHECKING:
     from sophon.box.box import Box
@@ -180,6 +188,7 @@ class Door:
         self.settings = settings
         self.ca = ca
         self.upstream_tls = upstream_context(settings.egress_trust_ca)
+        self.upstream = Upstream(os.environ)  # the server's own outbound proxy, if any
         self._grants = grants
         self._on_denied = on_denied
         self._ask = ask
@@ -297,6 +306,7 @@ class Door:
         host, port, path = split_target(head)
         name = normalize_host(host)
         headers, secrets = head.headers, []
+        proxy: UpstreamProxy | None = None
         if name == GATEWAY_HOST:
             if head.method == "CONNECT" or not path.startswith(GATEWAY_PATHS):
                 raise Refused(404, Refusal("gateway", f"the model gateway answers "
@@ -311,15 +321,20 @@ class Door:
                                        "list, and the connection was not approved")
             if refusal is not None:
                 raise Refused(403, refusal)
-            addrs = await self._resolve(loop, grant.policy, name, port)
+            proxy = self.upstream.for_host(name, tls=head.method == "CONNECT")
+            addrs = await self._resolve(loop, grant.policy, name, port,
+                                        unresolved_ok=proxy is not None)
             creds = grant.credentials_for(name, port)
             if creds and head.method == "CONNECT":
-                await self._intercept(loop, conn, grant, name, port, addrs, creds)
+                await self._intercept(loop, conn, grant, name, port, addrs, creds, proxy)
                 return
             if creds:
                 headers = rewrite_headers(headers, creds)
                 secrets = [c.value.encode() for c in creds]
-        upstream = await self._connect(loop, addrs)
+        if proxy is not None and head.method != "CONNECT":
+            upstream = await self._via_proxy(loop, proxy)
+        else:
+            upstream = await self._reach(loop, addrs, proxy, name, port)
         tally = self.tally(grant)
         tally.connections += 1
         tally.open += 1
@@ -331,7 +346,9 @@ class Door:
                 await loop.sock_sendall(conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
                 first = rest
             else:
-                first = _origin_request(head, path, name, port, headers) + rest
+                target = path if proxy is None else (
+                    f"http://{name}" + ("" if port == 80 else f":{port}") + path)
+                first = _origin_request(head, target, name, port, headers, proxy) + rest
             await loop.create_connection(lambda: splice.host, sock=upstream)
             upstream = None
             assert splice.host.transport is not None
@@ -349,13 +366,14 @@ class Door:
 
     async def _intercept(self, loop: asyncio.AbstractEventLoop, conn: socket.socket,
                          grant: Grant, name: str, port: int,
-                         addrs: list[tuple[IPAddress, int]], creds: list[Credential]) -> None:
+                         addrs: list[tuple[IPAddress, int]], creds: list[Credential],
+                         proxy: UpstreamProxy | None) -> None:
         """HTTPS to a connector's host: TLS with the box under Sophon's CA, one request
         with the real credential, TLS to the host checked against the system's trust
         (intercept.py)."""
         if self.ca is None:
             raise Refused(502, Refusal("no_ca", "the door has no CA to speak TLS with"))
-        upstream = await self._connect(loop, addrs)
+        upstream: socket.socket | None = await self._reach(loop, addrs, proxy, name, port)
         idle = self.settings.egress_idle_timeout_seconds
         box_w = up_w = None
         try:
@@ -401,10 +419,32 @@ class Door:
             if upstream is not None:
                 upstream.close()
 
+    async def _reach(self, loop: asyncio.AbstractEventLoop,
+                    addrs: list[tuple[IPAddress, int]], proxy: UpstreamProxy | None,
+                    name: str, port: int) -> socket.socket:
+        """A connection to the host: to an address that passed, or through the server's
+        proxy (a CONNECT for the name: the proxy resolves it)."""
+        if proxy is None:
+            return await self._connect(loop, addrs)
+        try:
+            return await tunnel(loop, proxy, name, port,
+                                self.settings.egress_connect_timeout_seconds)
+        except (ProxyError, OSError, TimeoutError) as exc:
+            raise Refused(502, Refusal("upstream_proxy", str(exc) or "the server's proxy "
+                                                                     "timed out")) from None
+
+    async def _via_proxy(self, loop: asyncio.AbstractEventLoop,
+                         proxy: UpstreamProxy) -> socket.socket:
+        try:
+            return await open_socket(loop, proxy, self.settings.egress_connect_timeout_seconds)
+        except (ProxyError, OSError) as exc:
+            raise Refused(502, Refusal("upstream_proxy", str(exc))) from None
+
     async def _resolve(self, loop: asyncio.AbstractEventLoop, policy: Policy, name: str,
-                       port: int) -> list[tuple[IPAddress, int]]:
+                       port: int, unresolved_ok: bool = False) -> list[tuple[IPAddress, int]]:
         """The addresses the door itself resolves ``name`` to that pass the address
-        check; it connects to one of these, never resolving again (no rebinding)."""
+        check; it connects to one of these, never resolving again (no rebinding). With
+        the server's proxy, a name the door cannot resolve is the proxy's to resolve."""
         ip = parse_ip(name)
         if ip is not None:
             found = [ip]
@@ -412,6 +452,8 @@ class Door:
             try:
                 infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
             except OSError as exc:
+                if unresolved_ok:
+                    return []
                 raise Refused(502, Refusal("unresolved", f"could not resolve {name}: "
                                                          f"{exc.strerror or exc}")) from None
             found = []
@@ -454,8 +496,13 @@ class Door:
                                              f"{addrs[0][1]}: {what}"))
 
 def _origin_request(head: _Head, path: str, host: str, port: int,
-                    headers: list[tuple[str, str]]) -> bytes:
+                    headers: list[tuple[str, str]],
+                    proxy: UpstreamProxy | None = None) -> bytes:
+    """The request as the host (or, ``path`` an absolute URL, the server's proxy) gets
+    it: hop-by-hop headers dropped, one request per connection."""
     lines = [f"{head.method} {path} HTTP/1.1"]
+    if proxy is not None and proxy.authorization:
+        lines.append(f"Proxy-Authorization: {proxy.authorization}")
     has_host = False
     for k, v in headers:
         low = k.lower()
