@@ -72,6 +72,8 @@ class Services:
         sessions.check_network = egress.check_session
         sessions.door_env = egress.session_env
         sessions.check_reachable = egress.check_reachable
+        gateway.box_owner = boxes.owner_of
+        gateway.connector_key = egress.connector_key
         executions.door_env = egress.execution_env
         executions.threads.network_usage = egress.usage
         await sessions.recover()

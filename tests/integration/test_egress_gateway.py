@@ -53,7 +53,7 @@ def sdk_tarball() -> bytes:
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[ModelServer]:
-    with ModelServer(["hello from the gateway"] * 4) as ms:
+    with ModelServer(["hello from the gateway"] * 50) as ms:
         yield ms
 
 
@@ -137,3 +137,38 @@ def test_a_box_token_is_the_sessions_own(http: httpx.Client, srv: LiveServer) ->
     assert call(tok_a[:-1] + ("0" if tok_a[-1] != "0" else "1")) == 401
     http.delete(f"/v1/sessions/{a}").raise_for_status()
     assert call(tok_a) == 401
+
+
+CURL_MESSAGE = ("curl -s \"$ANTHROPIC_BASE_URL/v1/messages\" "
+                "-H \"x-api-key: $ANTHROPIC_AUTH_TOKEN\" "
+                "-H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' "
+                "-d '{\"model\": \"claude-sonnet-4-5\", \"max_tokens\": 5, "
+                "\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}'")
+OWN_KEY = "sk-ant-users-own-key-0123456789abcdefghij"
+
+
+def test_an_anthropic_connector_with_a_value_is_the_key_its_calls_use(
+        http: httpx.Client, model: ModelServer) -> None:
+    r = http.post("/v1/connectors", json={"name": "mine", "type": "anthropic",
+                                          "value": OWN_KEY, "execute": True})
+    assert r.status_code == 201, r.text
+    sid = http.post("/v1/sessions", json={"name": "own", "connectors": ["mine"]}).json()["id"]
+    out, code = run(http, sid, CURL_MESSAGE)
+    assert code == 0 and "hello from the gateway" in out, out
+    assert model.request_headers[-1].get("x-api-key") == OWN_KEY
+    # Control: a session without the connector calls with the server's key.
+    other = http.post("/v1/sessions", json={"name": "server's"}).json()["id"]
+    out, code = run(http, other, CURL_MESSAGE)
+    assert code == 0 and "hello from the gateway" in out, out
+    assert model.request_headers[-1].get("x-api-key") == PROVIDER_KEY
+
+    # An execution API thread of a user whose anthropic connector is marked for it gets
+    # the gateway too, with a token of its own box, and calls with the connector's key.
+    r = http.post("/v1/sandbox/execute", json={
+        "code": CURL_MESSAGE + "; echo; env | grep -c sk-ant- || true", "language": "bash",
+        "thread_id": "with-claude", "timeout": 60})
+    assert r.status_code == 200, r.text
+    stdout = r.json()["stdout"]
+    assert "hello from the gateway" in stdout, stdout
+    assert stdout.rstrip().endswith("0")  # no provider key in the thread's environment
+    assert model.request_headers[-1].get("x-api-key") == OWN_KEY

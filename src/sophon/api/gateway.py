@@ -53,11 +53,11 @@ async def messages(request: Request, services: ServicesDep) -> object:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         token = value.strip() if scheme.lower() == "bearer" else None
     try:
-        row = await services.gateway.session_for_token(token)
+        caller = await services.gateway.caller_for_token(token)
         body = json.loads(await request.body() or b"{}")
         if not isinstance(body, dict):
             return _anthropic_error(400, "invalid_request_error", "the body must be an object")
-        status, headers, stream = await services.gateway.forward(row, body,
+        status, headers, stream = await services.gateway.forward(caller, body,
                                                                  dict(request.headers))
     except SophonError as exc:
         kind = {401: "authentication_error", 402: "billing_error",

@@ -247,11 +247,10 @@ class Door:
         loop = asyncio.get_running_loop()
         opened = self._open.get(box_id, 0)
         if opened >= self.settings.egress_max_connections_per_box:
-            with contextlib.suppress(OSError):
-                await loop.sock_sendall(conn, response(503, REASONS[503], (
-                    f"this sandbox already has {opened} connections open through the "
-                    "network door (SOPHON_EGRESS_MAX_CONNECTIONS_PER_BOX); close some "
-                    "and retry")))
+            await _answer(loop, conn, response(503, REASONS[503], (
+                f"this sandbox already has {opened} connections open through the "
+                "network door (SOPHON_EGRESS_MAX_CONNECTIONS_PER_BOX); close some "
+                "and retry")))
             conn.close()
             return
         self._open[box_id] = opened + 1
@@ -271,10 +270,8 @@ class Door:
                     with contextlib.suppress(Refused):
                         host, port, _ = split_target(head)
                 await self._deny(grant, host, port, exc.refusal)
-            with contextlib.suppress(OSError):
-                await loop.sock_sendall(conn, response(
-                    exc.status, REASONS.get(exc.status, "Error"),
-                    f"Sophon network door: {exc.refusal.message}"))
+            await _answer(loop, conn, response(exc.status, REASONS.get(exc.status, "Error"),
+                                               f"Sophon network door: {exc.refusal.message}"))
         except (TimeoutError, ConnectionError, OSError):
             pass  # a box that hung up or never finished its request
         except Exception:
@@ -529,6 +526,25 @@ async def _read_head(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> tu
         if len(buf) > MAX_HEAD:
             raise Refused(431, Refusal("bad_request", f"the request head is over {MAX_HEAD} "
                                                       "bytes"))
+
+
+async def _answer(loop: asyncio.AbstractEventLoop, conn: socket.socket, data: bytes,
+                  linger: float = 2.0, most: int = 4 * 2**20) -> None:
+    """Send a refusal the box can read even while it is still sending (an upload): our
+    side is shut first, then what it sends is read and dropped for a moment. Closing
+    with unread bytes would make the kernel reset the connection, and the client would
+    see a broken pipe instead of the answer."""
+    try:
+        await loop.sock_sendall(conn, data)
+        conn.shutdown(socket.SHUT_WR)
+        end, read = loop.time() + linger, 0
+        while read < most and (left := end - loop.time()) > 0:
+            chunk = await asyncio.wait_for(loop.sock_recv(conn, 65536), left)
+            if not chunk:
+                return
+            read += len(chunk)
+    except (OSError, TimeoutError):
+        pass
 
 
 async def _tls_server_streams(loop: asyncio.AbstractEventLoop, sock: socket.socket,

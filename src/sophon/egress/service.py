@@ -30,6 +30,7 @@ from sophon.egress.splice import Tally
 from sophon.errors import NetworkNotAllowed
 from sophon.events.log import EventLog
 from sophon.events.types import ApprovalDecision, ApprovalRequest, NetworkDenied
+from sophon.gateway.service import Caller
 from sophon.sessions.models import NetworkSettings
 from sophon.sessions.service import SessionService
 from sophon.store.tables import NetworkUsage, SessionRow
@@ -96,10 +97,25 @@ class Egress:
     # --- what boxes are told ---------------------------------------------------------
 
     async def execution_env(self, box_id: str, user_id: str) -> dict[str, str]:
-        """An execution's: the proxy, and the placeholders of the user's connectors
-        marked for the execution API (metered under the thread's box)."""
+        """An execution's: the proxy, the placeholders of the user's connectors marked
+        for the execution API, and with an anthropic one among them the model gateway
+        with the box's own token (metered under the thread's box, on the user's budget)."""
         grants = await self.connectors.execute_grants(user_id)
-        return {**self._proxy_env, **self.connector_env(box_id, grants)}
+        env = {**self._proxy_env, **self.connector_env(box_id, grants)}
+        if any(g.type == "anthropic" for g in grants):
+            env.update({"ANTHROPIC_BASE_URL": f"http://{GATEWAY_HOST}",
+                        "ANTHROPIC_AUTH_TOKEN": self._box_token(box_id)})
+        return env
+
+    async def connector_key(self, caller: Caller) -> str | None:
+        """The provider key of the caller's own anthropic connector, if it has one with
+        a value (the gateway then calls the model with it instead of the server's)."""
+        if caller.row is not None:
+            grants = await self.connectors.grants(caller.user_id,
+                                                  list(caller.row.connectors or []))
+        else:
+            grants = await self.connectors.execute_grants(caller.user_id)
+        return next((g.value for g in grants if g.type == "anthropic" and g.value), None)
 
     async def session_env(self, session_id: str) -> dict[str, str]:
         """The proxy, the model gateway with the session's own token (code in the box,

@@ -14,7 +14,8 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,16 @@ ANTHROPIC_VERSION = "2023-06-01"
 # A box's own token (its ANTHROPIC_AUTH_TOKEN): the session id and a MAC over it, so it
 # needs no row, is the same after every restart, and dies with its session.
 BOX_TOKEN_PREFIX = "sk-sophon-box-"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a gateway call is from: a session (its row: budget, totals, events) or an
+    execution box (a thread's or a one-off's: metered under its id, the user's budget)."""
+
+    owner_id: str
+    user_id: str
+    row: SessionRow | None = None
 
 
 def token_hash(token: str) -> str:
@@ -61,6 +72,11 @@ class Gateway:
         self._http: httpx.AsyncClient | None = None
         self._recording: set[asyncio.Task[Any]] = set()
         self._unrecorded: dict[str, float] = {}  # cost of proxied calls being recorded
+        # Set by sophon.services: an execution box's user (box/manager.py), and the key
+        # of a caller's own anthropic connector, which its calls use instead of the
+        # server's (egress/service.py).
+        self.box_owner: Callable[[str], str | None] = lambda box_id: None
+        self.connector_key: Callable[[Caller], Awaitable[str | None]] | None = None
 
     @property
     def configured(self) -> bool:
@@ -108,11 +124,15 @@ class Gateway:
                 .where(UsageRecord.user_id == user_id))
         return int(used or 0)
 
-    async def check_budget(self, row: SessionRow, model: str, params: dict[str, Any],
+    async def check_budget(self, row: SessionRow | Caller, model: str, params: dict[str, Any],
                            pending_cost: float = 0.0) -> None:
         """Refuse a call that would take the session (as of ``row``, fresh from the
         store, plus ``pending_cost`` not yet recorded there) or its user past a budget."""
         estimate = _estimate_input_tokens(params)
+        if isinstance(row, Caller):  # an execution box's: the user's budget alone
+            if row.row is None:
+                return await self._check_user_budget(row.user_id, estimate)
+            row = row.row
         if row.max_budget_usd is not None:
             spent = row.cost_usd + pending_cost
             next_cost = self.cost(model, {"input_tokens": estimate})
@@ -121,9 +141,12 @@ class Gateway:
                     f"the session's budget of ${row.max_budget_usd:.2f} is spent "
                     f"(${spent:.4f} so far; the next call would cost about "
                     f"${next_cost:.4f}); raise max_budget_usd to continue")
+        await self._check_user_budget(row.user_id, estimate)
+
+    async def _check_user_budget(self, user_id: str, estimate: int) -> None:
         budget = self.models.user_token_budget
         if budget:
-            used = await self.user_tokens(row.user_id)
+            used = await self.user_tokens(user_id)
             if used + estimate > budget:
                 raise BudgetExceeded(
                     f"your token budget of {budget:,} tokens is spent ({used:,} used)")
@@ -140,14 +163,12 @@ class Gateway:
             user_id = await db.scalar(select(SessionRow.user_id)
                                       .where(SessionRow.id == session_id))
             if user_id is None:
+                owner = self.box_owner(session_id)  # an execution box's call
+                if owner is not None:
+                    db.add(_record_row(owner, session_id, model, usage, cost))
+                    await db.commit()
                 return None
-            db.add(UsageRecord(
-                user_id=user_id, session_id=session_id, ts=datetime.now(UTC), model=model,
-                input_tokens=usage.get("input_tokens", 0),
-                output_tokens=usage.get("output_tokens", 0),
-                cache_read_tokens=usage.get("cache_read_input_tokens", 0),
-                cache_write_tokens=usage.get("cache_creation_input_tokens", 0),
-                cost_usd=cost))
+            db.add(_record_row(user_id, session_id, model, usage, cost))
             await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(
                 input_tokens=SessionRow.input_tokens + usage.get("input_tokens", 0),
                 output_tokens=SessionRow.output_tokens + usage.get("output_tokens", 0),
@@ -204,6 +225,23 @@ class Gateway:
         mac = hmac.new(self._token_key, session_id.encode(), hashlib.sha256).hexdigest()
         return f"{BOX_TOKEN_PREFIX}{session_id}-{mac[:40]}"
 
+    async def caller_for_token(self, token: str | None) -> Caller:
+        """The session or execution box a token was given to (a box's token names its
+        owner and is checked by its MAC; an issued session token by its hash)."""
+        if not token:
+            raise Unauthorized("missing session token (x-api-key)")
+        if token.startswith(BOX_TOKEN_PREFIX):
+            owner_id = token[len(BOX_TOKEN_PREFIX):].rpartition("-")[0]
+            if not hmac.compare_digest(self.box_token(owner_id), token):
+                raise Unauthorized("invalid session token")
+            if not owner_id.startswith("ses_"):
+                user_id = self.box_owner(owner_id)
+                if user_id is None:  # the box is gone, and its token with it
+                    raise Unauthorized("invalid session token")
+                return Caller(owner_id, user_id)
+        row = await self.session_for_token(token)
+        return Caller(row.id, row.user_id, row)
+
     async def session_for_token(self, token: str | None) -> SessionRow:
         if not token:
             raise Unauthorized("missing session token (x-api-key)")
@@ -219,20 +257,26 @@ class Gateway:
             raise Unauthorized("invalid session token")
         return row
 
-    async def forward(self, row: SessionRow, body: dict[str, Any],
+    async def forward(self, caller: Caller, body: dict[str, Any],
                       headers: dict[str, str]) -> tuple[int, dict[str, str],
                                                         AsyncIterator[bytes]]:
-        """Pass a Messages API call through to the provider with the real key, metering
-        what comes back. Returns status, headers and the body as it streams."""
-        key = self._require_key()
-        model = self.models.resolve(str(body.get("model", row.model)))
+        """Pass a Messages API call through to the provider with the real key (the
+        caller's own anthropic connector's, or the server's), metering what comes back.
+        Returns status, headers and the body as it streams."""
+        own = await self.connector_key(caller) if self.connector_key is not None else None
+        key = own or self._require_key()
+        default_model = caller.row.model if caller.row is not None else "sonnet"
+        model = self.models.resolve(str(body.get("model", default_model)))
         body = {**body, "model": model}
         # The cost of calls still being recorded, taken before the session is read again:
         # a record that lands in between is counted twice, never missed.
-        pending = self._unrecorded.get(row.id, 0.0)
-        async with self._db() as db:
-            row = await db.get(SessionRow, row.id) or row
-        await self.check_budget(row, model, body, pending)
+        pending = self._unrecorded.get(caller.owner_id, 0.0)
+        if caller.row is not None:
+            async with self._db() as db:
+                row = await db.get(SessionRow, caller.owner_id) or caller.row
+            await self.check_budget(row, model, body, pending)
+        else:
+            await self.check_budget(caller, model, body, pending)
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10))
         base = (self.models.anthropic_base_url or DEFAULT_BASE_URL).rstrip("/")
@@ -263,7 +307,7 @@ class Gateway:
             finally:
                 await response.aclose()
                 if usage:  # metered after the client has its last byte, not before
-                    self._meter_later(row.id, model, usage)
+                    self._meter_later(caller.owner_id, model, usage)
 
         return response.status_code, {"content-type": media}, relay()
 
@@ -282,6 +326,15 @@ class Gateway:
                 self._unrecorded.pop(session_id, None)
 
         task.add_done_callback(done)
+
+
+def _record_row(user_id: str, owner_id: str, model: str, usage: dict[str, int],
+                cost: float) -> UsageRecord:
+    return UsageRecord(
+        user_id=user_id, session_id=owner_id, ts=datetime.now(UTC), model=model,
+        input_tokens=usage.get("input_tokens", 0), output_tokens=usage.get("output_tokens", 0),
+        cache_read_tokens=usage.get("cache_read_input_tokens", 0),
+        cache_write_tokens=usage.get("cache_creation_input_tokens", 0), cost_usd=cost)
 
 
 def _merge_usage(total: dict[str, int], usage: dict[str, Any]) -> None:
