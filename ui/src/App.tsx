@@ -6,6 +6,7 @@ import { SignIn } from "./pages/SignIn";
 
 const SessionPage = lazy(() => import("./pages/Session"));
 const UsagePage = lazy(() => import("./pages/Usage"));
+const ConnectorsPage = lazy(() => import("./pages/Connectors"));
 
 type AuthState =
   | { state: "checking" }
@@ -119,6 +120,13 @@ function Shell(props: {
           <a href="/usage" onClick={onLinkClick} aria-current={route.page === "usage" ? "page" : undefined}>
             Usage
           </a>
+          <a
+            href="/connectors"
+            onClick={onLinkClick}
+            aria-current={route.page === "connectors" ? "page" : undefined}
+          >
+            Connectors
+          </a>
         </nav>
         <span className="spacer" />
         <span className="who" title="Signed in">
@@ -143,6 +151,7 @@ function Shell(props: {
           {route.page === "sessions" && <SessionsPage />}
           {route.page === "session" && <SessionPage key={route.id} id={route.id} />}
           {route.page === "usage" && <UsagePage />}
+          {route.page === "connectors" && <ConnectorsPage />}
           {route.page === "not_found" && (
             <div className="empty">
               <h1>Page not found</h1>

@@ -1,6 +1,6 @@
 // The one place that talks to the server: same origin, the session cookie, and the CSRF
 // token on every state-changing request. The API key itself is never kept by the page.
-import type { FileContent, SessionView, UsageReport, WireEvent } from "./types";
+import type { ConnectorView, FileContent, SessionView, UsageReport, WireEvent } from "./types";
 
 export class ApiError extends Error {
   constructor(
@@ -191,6 +191,14 @@ export const sessions = {
     }),
   usage: (id: string) => request<UsageReport>(`${sessionPath(id)}/usage`),
   exportUrl: (id: string) => `${sessionPath(id)}/export`,
+};
+
+export const connectors = {
+  list: () => request<{ connectors: ConnectorView[] }>("/v1/connectors"),
+  create: (body: Record<string, unknown>) =>
+    request<ConnectorView>("/v1/connectors", jsonBody("POST", body)),
+  remove: (name: string) =>
+    request<void>(`/v1/connectors/${encodeURIComponent(name)}`, { method: "DELETE" }),
 };
 
 export interface PendingApproval {

@@ -19,6 +19,34 @@ export interface SessionView {
   max_budget_usd: number | null;
   last_seq: number;
   disk?: { used_bytes: number; limit_bytes: number | null };
+  network?: NetworkSettings;
+  connectors?: string[];
+}
+
+/** What a session's sandbox may reach beyond its base's list. */
+export interface NetworkSettings {
+  allow: string[];
+  ask: boolean;
+}
+
+export type ConnectorType = "github" | "anthropic" | "http";
+
+/** A connector as its owner sees it: never its value. */
+export interface ConnectorView {
+  name: string;
+  type: ConnectorType;
+  host: string | null;
+  header: string | null;
+  execute: boolean;
+  push: string[] | null;
+  created_at: string;
+}
+
+export interface NetworkUsage {
+  bytes_out: number;
+  bytes_in: number;
+  connections: number;
+  denied: number;
 }
 
 export interface FileContent {
@@ -48,6 +76,7 @@ export interface UsageReport {
   session_id: string;
   totals: { input_tokens: number; output_tokens: number; cost_usd: number };
   calls: UsageCall[];
+  network?: NetworkUsage;
 }
 
 interface Envelope {
@@ -101,6 +130,7 @@ export type WireEvent = Envelope &
         by: string | null;
         reason: string | null;
       }
+    | { type: "network_denied"; host: string; port: number; rule: string; message: string }
     | { type: "exec_start"; exec_id: string; command: string }
     | { type: "exec_output"; exec_id: string; stream: "stdout" | "stderr"; data: string }
     | {

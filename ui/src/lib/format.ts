@@ -67,6 +67,12 @@ export function toolSummary(tool: string, input: Record<string, unknown>): strin
       return s("subject");
     case "TaskUpdate":
       return [s("taskId"), s("status")].filter(Boolean).join(" → ");
+    case "Network": {
+      const host = s("host");
+      const port = typeof input.port === "number" ? input.port : null;
+      const h = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+      return port ? `${h}:${port}` : h;
+    }
     default: {
       const first = Object.values(input).find((v) => typeof v === "string");
       return typeof first === "string" ? first : JSON.stringify(input);

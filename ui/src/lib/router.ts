@@ -28,6 +28,7 @@ export type Route =
   | { page: "sessions" }
   | { page: "session"; id: string }
   | { page: "usage" }
+  | { page: "connectors" }
   | { page: "not_found" };
 
 export function match(path: string): Route {
@@ -35,6 +36,7 @@ export function match(path: string): Route {
   const m = /^\/sessions\/([^/]+)\/?$/.exec(path);
   if (m) return { page: "session", id: decodeURIComponent(m[1]) };
   if (path === "/usage" || path === "/usage/") return { page: "usage" };
+  if (path === "/connectors" || path === "/connectors/") return { page: "connectors" };
   return { page: "not_found" };
 }
 

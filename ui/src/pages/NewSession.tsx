@@ -1,5 +1,6 @@
 import { useEffect, useRef, useState, type FormEvent } from "react";
 import { sessions as api } from "../api";
+import { NetworkFields, parseHosts, type NetworkDraft } from "../session/NetworkFields";
 import type { SessionView } from "../types";
 
 const BASES = [
@@ -39,6 +40,7 @@ export function NewSessionDialog(props: {
   const [budget, setBudget] = useState("");
   const [diskMb, setDiskMb] = useState("");
   const [secrets, setSecrets] = useState<SecretRow[]>([]);
+  const [network, setNetwork] = useState<NetworkDraft>({ allowText: "", ask: false, connectors: [] });
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
 
@@ -73,6 +75,8 @@ export function NewSessionDialog(props: {
             ? { type: "template", name: template }
             : { type: "empty" },
     };
+    body.network = { allow: parseHosts(network.allowText), ask: network.ask };
+    body.connectors = network.connectors;
     if (systemPrompt.trim()) body.system_prompt = systemPrompt;
     if (maxTurns) body.max_turns = Number(maxTurns);
     if (budget) body.max_budget_usd = Number(budget);
@@ -211,6 +215,11 @@ export function NewSessionDialog(props: {
               </label>
             ))}
           </div>
+        </fieldset>
+
+        <fieldset>
+          <legend>Network</legend>
+          <NetworkFields base={base} draft={network} onChange={setNetwork} idPrefix="new" />
         </fieldset>
 
         <fieldset>

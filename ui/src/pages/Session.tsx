@@ -2,27 +2,30 @@
 // secrets in the centre, the live event stream with the chat box on the right.
 import { lazy, Suspense, useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { ApiError, sessions as api, type PendingApproval, type TreeEntry } from "../api";
-import { ago, oneLine, tokens, toolSummary, usd } from "../lib/format";
+import { ago, bytes, oneLine, tokens, toolSummary, usd } from "../lib/format";
 import { navigate, onLinkClick } from "../lib/router";
 import { Composer } from "../session/Composer";
 import { DiffTab } from "../session/DiffTab";
 import { EventPane } from "../session/EventPane";
 import { FileTree } from "../session/FileTree";
+import { hostPort, NetworkTab } from "../session/NetworkTab";
 import { pendingApprovals } from "../session/items";
 import { SecretsTab } from "../session/SecretsTab";
 import { useEvents } from "../session/useEvents";
-import type { SessionView, Status, WireEvent } from "../types";
+import type { NetworkUsage, SessionView, Status, WireEvent } from "../types";
 import { StatusBadge } from "./Sessions";
 
 const EditorPane = lazy(() => import("../session/Editor"));
 const TerminalPane = lazy(() => import("../session/Terminal"));
 const UsageTab = lazy(() => import("../session/UsageTab"));
 
-type Tab = "chat" | "files" | "editor" | "terminal" | "diff" | "usage" | "secrets";
+type Tab = "chat" | "files" | "editor" | "terminal" | "diff" | "usage" | "network" | "secrets";
 const TAB_LABEL: Record<Tab, string> = {
   chat: "Chat", files: "Files", editor: "Editor", terminal: "Terminal", diff: "Diff",
-  usage: "Usage", secrets: "Secrets",
+  usage: "Usage", network: "Network", secrets: "Secrets",
 };
+// Events after which the session's network traffic is read again.
+const NETWORK_EVENTS = new Set(["network_denied", "exec_end", "status", "approval_decision", "tool_result"]);
 
 function useNarrow(): boolean {
   const query = "(max-width: 960px)";
@@ -69,10 +72,10 @@ export default function SessionPage({ id }: { id: string }) {
     );
   }
   if (!view || initialSeq === null) return <div className="splash">Opening the session…</div>;
-  return <SessionWorkspace view={view} initialSeq={initialSeq} reloadView={loadView} />;
+  return <SessionWorkspace view={view} initialSeq={initialSeq} reloadView={loadView} setView={setView} />;
 }
 
-function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView; initialSeq: number; reloadView: () => void }) {
+function SessionWorkspace({ view, initialSeq, reloadView, setView }: { view: SessionView; initialSeq: number; reloadView: () => void; setView: (v: SessionView) => void }) {
   const id = view.id;
   const log = useEvents(id, initialSeq);
   const narrow = useNarrow();
@@ -84,6 +87,7 @@ function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView;
   const [serverPending, setServerPending] = useState<PendingApproval[]>([]);
   const [actionError, setActionError] = useState<string | null>(null);
   const [confirmDelete, setConfirmDelete] = useState(false);
+  const [netUsage, setNetUsage] = useState<NetworkUsage | null>(null);
   const [, setTick] = useState(0);
 
   // Status: the newest status event wins over the view loaded with the page.
@@ -127,16 +131,36 @@ function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView;
     }
   }, [id]);
 
+  const loadNetwork = useCallback(async () => {
+    try {
+      const u = await api.usage(id);
+      if (u.network) setNetUsage(u.network);
+    } catch {
+      // the header just keeps the last figures
+    }
+  }, [id]);
+
   useEffect(() => {
     loadTree();
     loadApprovals();
-  }, [loadTree, loadApprovals]);
+    loadNetwork();
+  }, [loadTree, loadApprovals, loadNetwork]);
 
   // Live reactions to the stream: the tree, the header's tokens, the pending approvals.
   useEffect(() => {
     let treeTimer = 0;
     let viewTimer = 0;
+    let netTimer = 0;
     return log.subscribe((batch: WireEvent[]) => {
+      if (batch.some((e) => NETWORK_EVENTS.has(e.type))) {
+        clearTimeout(netTimer);
+        netTimer = window.setTimeout(loadNetwork, 400);
+      }
+      if (batch.some((e) => e.type === "approval_decision")) {
+        // "remember" on a network approval adds the host to the session's list
+        clearTimeout(viewTimer);
+        viewTimer = window.setTimeout(reloadView, 250);
+      }
       if (batch.some((e) => e.type === "file_change" || e.type === "file_changes_coalesced")) {
         clearTimeout(treeTimer);
         treeTimer = window.setTimeout(loadTree, 300);
@@ -147,7 +171,7 @@ function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView;
       }
       if (batch.some((e) => e.type === "approval_request" || e.type === "approval_decision")) loadApprovals();
     });
-  }, [log.subscribe, loadTree, reloadView, loadApprovals]);
+  }, [log.subscribe, loadTree, reloadView, loadApprovals, loadNetwork]);
 
   // Waiting times tick.
   useEffect(() => {
@@ -247,8 +271,8 @@ function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView;
   }, [narrow, tab]);
 
   const tabs: Tab[] = narrow
-    ? ["chat", "files", "editor", "terminal", "diff", "usage", "secrets"]
-    : ["editor", "terminal", "diff", "usage", "secrets"];
+    ? ["chat", "files", "editor", "terminal", "diff", "usage", "network", "secrets"]
+    : ["editor", "terminal", "diff", "usage", "network", "secrets"];
 
   const remove = async () => {
     try {
@@ -282,6 +306,11 @@ function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView;
         <span className="small" title="tokens used (input + output)">
           {tokens(usage.input_tokens + usage.output_tokens)} tokens · {usd(usage.cost_usd)}
         </span>
+        <button className="linkish small net-chip" onClick={() => selectTab("network")} data-testid="network-chip"
+          title={`Network: ${view.network?.allow.length ?? 0} host(s) on the list, ${view.connectors?.length ?? 0} connector(s)${view.network?.ask ? ", asks before others" : ""}. Traffic: sent, received; connections refused.`}>
+          net {netUsage ? `↑${bytes(netUsage.bytes_out)} ↓${bytes(netUsage.bytes_in)}` : "…"}
+          {netUsage && netUsage.denied > 0 ? <span className="bad"> · {netUsage.denied} refused</span> : null}
+        </button>
         <span className="spacer" />
         <button onClick={interrupt} disabled={!busy} className={busy ? "warn" : ""} aria-keyshortcuts="Escape">
           Interrupt
@@ -306,11 +335,19 @@ function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView;
       {actionError && <div className="banner err" role="alert">{actionError}</div>}
       {pending.length > 0 && (
         <div className="banner approval-banner" role="alert">
-          <strong>Approval needed:</strong> {pending[0].tool} <code>{oneLine(toolSummary(pending[0].tool, pending[0].input), 140)}</code>
+          {pending[0].tool === "Network" ? (
+            <>
+              <strong>Network approval:</strong> connect to <code>{networkTarget(pending[0].input)}</code>?
+            </>
+          ) : (
+            <>
+              <strong>Approval needed:</strong> {pending[0].tool} <code>{oneLine(toolSummary(pending[0].tool, pending[0].input), 140)}</code>
+            </>
+          )}
           <span className="muted small"> waiting {ago(pending[0].ts).replace(" ago", "")}{pending.length > 1 ? ` · ${pending.length - 1} more` : ""}</span>
           <span className="spacer" />
           <button className="primary" onClick={() => decide(pending[0].approval_id, "allow", false)} aria-keyshortcuts="a">Allow <kbd>a</kbd></button>
-          <button onClick={() => decide(pending[0].approval_id, "allow", true)} aria-keyshortcuts="Shift+A">Always allow <kbd>A</kbd></button>
+          <button onClick={() => decide(pending[0].approval_id, "allow", true)} aria-keyshortcuts="Shift+A">{pending[0].tool === "Network" ? "Allow and remember" : "Always allow"} <kbd>A</kbd></button>
           <button className="danger" onClick={() => decide(pending[0].approval_id, "deny", false)} aria-keyshortcuts="d">Deny <kbd>d</kbd></button>
         </div>
       )}
@@ -322,6 +359,7 @@ function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView;
             <nav className="rail-links" aria-label="Session">
               <button className="linkish" onClick={() => selectTab("diff")}>Diff</button>
               <button className="linkish" onClick={() => selectTab("usage")}>Usage</button>
+              <button className="linkish" onClick={() => selectTab("network")}>Network</button>
               <button className="linkish" onClick={() => selectTab("secrets")}>Secrets</button>
               <a href={api.exportUrl(id)} download={`${id}.tar.gz`}>Export</a>
             </nav>
@@ -372,6 +410,9 @@ function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView;
                 <UsageTab session={view} subscribe={log.subscribe} />
               </Suspense>
             )}
+            {tab === "network" && (
+              <NetworkTab session={view} usage={netUsage} events={log.events} version={log.version} onSaved={(v) => { setView(v); loadNetwork(); }} />
+            )}
             {tab === "secrets" && <SecretsTab sessionId={id} />}
           </div>
         </section>
@@ -380,6 +421,10 @@ function SessionWorkspace({ view, initialSeq, reloadView }: { view: SessionView;
       {confirmDelete && <ConfirmDelete name={view.name} onCancel={() => setConfirmDelete(false)} onConfirm={remove} />}
     </div>
   );
+}
+
+function networkTarget(input: Record<string, unknown>): string {
+  return hostPort(String(input.host ?? "?"), typeof input.port === "number" ? input.port : null);
 }
 
 function ConfirmDelete(props: { name: string; onCancel: () => void; onConfirm: () => Promise<void> }) {

@@ -103,8 +103,72 @@ function ToolRow({ item, open, actions }: { item: Extract<Item, { kind: "tool" }
   );
 }
 
+/** A connection outside the session's list, waiting for the owner (network.ask). */
+function NetworkApprovalCard({ item, actions }: { item: Extract<Item, { kind: "approval" }>; actions: RowActions }) {
+  const { req, decision } = item;
+  const target = toolSummary("Network", req.input);
+  return (
+    <div className={`row approval network-approval ${decision ? "answered" : "waiting"}`} data-approval-id={req.approval_id} data-tool="Network">
+      <div className="approval-head">
+        <span className="net-icon" aria-hidden="true">⇄</span>{" "}
+        <span>
+          <strong>{decision ? "Network connection to" : "Allow a connection to"}</strong>{" "}
+          <code className="approval-cmd">{target}</code>
+          {decision ? "" : "?"}
+        </span>
+      </div>
+      <div className="muted small">The sandbox asked for a host that is not on this session's network list; the connection waits for your answer.</div>
+      {decision ? (
+        <div className={`decision ${decision.decision}`}>
+          {decision.decision === "allow" ? "Allowed" : "Denied"}
+          {decision.remember && decision.decision === "allow" ? ", and added to the session's list," : ""} by {decision.by}
+          {decision.reason ? `: ${decision.reason}` : ""}
+        </div>
+      ) : (
+        <div className="approval-actions">
+          <button className="primary" onClick={() => actions.decide(req.approval_id, "allow", false)}>
+            Allow
+          </button>
+          <button onClick={() => actions.decide(req.approval_id, "allow", true)} title="Allow, and add the host to the session's list">
+            Allow and remember
+          </button>
+          <button className="danger" onClick={() => actions.decide(req.approval_id, "deny", false)}>
+            Deny
+          </button>
+          <span className="muted small">waiting since {ago(req.ts)}</span>
+        </div>
+      )}
+    </div>
+  );
+}
+
+const RULE_LABEL: Record<string, string> = {
+  not_allowed: "not on the list",
+  private_address: "private address",
+  sophon_server: "the Sophon server",
+  denied: "denied by the admin",
+  approval_denied: "not approved",
+  push_not_allowed: "push not allowed",
+};
+
+function NetworkDenied({ ev }: { ev: EventOf<"network_denied"> }) {
+  const target = toolSummary("Network", { host: ev.host, port: ev.port });
+  return (
+    <div className="row net-denied" role="note" data-rule={ev.rule}>
+      <div className="net-denied-head">
+        <span aria-hidden="true">⊘</span>{" "}
+        <strong>Network refused:</strong> <code>{target}</code>{" "}
+        <span className="rule-tag" title={`rule: ${ev.rule}`}>{RULE_LABEL[ev.rule] ?? ev.rule}</span>{" "}
+        <span className="muted small spacer-left">{clock(ev.ts)}</span>
+      </div>
+      {ev.message && <div className="net-denied-msg small">{ev.message}</div>}
+    </div>
+  );
+}
+
 function ApprovalCard({ item, actions }: { item: Extract<Item, { kind: "approval" }>; actions: RowActions }) {
   const { req, decision } = item;
+  if (req.tool === "Network") return <NetworkApprovalCard item={item} actions={actions} />;
   const summary = toolSummary(req.tool, req.input);
   return (
     <div className={`row approval ${decision ? "answered" : "waiting"}`} data-approval-id={req.approval_id}>
@@ -274,6 +338,8 @@ function PlainEvent({ ev, open, actions, id }: { ev: WireEvent; open: boolean; a
           {ev.decision === "allow" ? "Allowed" : "Denied"} {ev.approval_id} by {ev.by}
         </div>
       );
+    case "network_denied":
+      return <NetworkDenied ev={ev} />;
     case "exec_output":
       return <pre className="row out">{ev.data}</pre>;
     case "exec_end":

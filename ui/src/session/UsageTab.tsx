@@ -3,6 +3,7 @@ import { sessions as api } from "../api";
 import { Chart, type Series } from "../lib/Chart";
 import { clock, tokens, usd, usdFine } from "../lib/format";
 import type { SessionView, UsageReport, WireEvent } from "../types";
+import { NetworkStats } from "./NetworkTab";
 
 /** One session's model calls: cumulative tokens and cost, and the budget left. */
 export default function UsageTab(props: {
@@ -26,7 +27,7 @@ export default function UsageTab(props: {
     load();
     let timer = 0;
     const off = props.subscribe((batch) => {
-      if (batch.some((e) => e.type === "usage")) {
+      if (batch.some((e) => e.type === "usage" || e.type === "network_denied" || e.type === "exec_end")) {
         clearTimeout(timer);
         timer = window.setTimeout(load, 300);
       }
@@ -68,6 +69,12 @@ export default function UsageTab(props: {
             <dd>{budget ? `${usd(Math.max(0, budget - totals.cost_usd))} of ${usd(budget)}` : "no limit"}</dd>
           </div>
         </dl>
+      )}
+      {report?.network && (
+        <>
+          <h3 className="sub">Network</h3>
+          <NetworkStats usage={report.network} />
+        </>
       )}
       {calls.length > 0 ? (
         <Chart title="Tokens and cost over the session" x={x} series={series} />
