@@ -81,10 +81,24 @@ def new(
     template: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Start from a template (python, node).")] = None,
     runtime: Annotated[str, typer.Option(help="native | claude-code")] = "native",
+    allow: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--allow", metavar="HOST",
+        help="A host the sandbox may reach beyond its base's list: name, name:port or "
+             "*.domain (ports 80 and 443 unless one is named). Repeat for more.")] = None,
+    ask_network: Annotated[bool, typer.Option(
+        "--ask-network",
+        help="Ask before a connection to a host not on the list (refused otherwise).")]
+        = False,
+    connector: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--connector", metavar="NAME",
+        help="Attach one of your connectors (sophon connectors list). Repeat for more.")]
+        = None,
 ) -> None:
     """Create a session and print its id.
 
     Example: sophon claude-code new --name refactor-api --base node --template node
+
+    Example: sophon claude-code new --name api --allow api.example.com --connector gh
     """
     if clone and template:
         raise fail("give --clone or --template, not both", 2)
@@ -95,8 +109,19 @@ def new(
         except (OSError, UnicodeDecodeError) as exc:
             raise fail(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
                        2) from None
-    s = client().create_session(name, base=base, model=model, system_prompt=system_prompt,
-                                clone=clone, template=template, runtime=runtime)
+    from sophon.client._common import session_body
+
+    body = session_body(name, base=base, model=model, system_prompt=system_prompt,
+                        template=template, clone=clone, ref=None, runtime=runtime,
+                        approval=None, max_turns=None, max_budget_usd=None)
+    if allow or ask_network:
+        body["network"] = {"allow": list(dict.fromkeys(allow or [])), "ask": ask_network}
+    if connector:
+        body["connectors"] = list(dict.fromkeys(connector))
+    c = client()
+    # The SDK's create_session has no network or connectors arguments (yet): the same
+    # request, with them.
+    s = c._as_session(c._http.call("POST", "/v1/sessions", json_body=body))
     typer.echo(s["id"])
 
 
@@ -144,14 +169,18 @@ def _when(iso: str) -> str:
 
 
 def _follow(c: Any, session_id: str, after: int, as_json: bool,
-            until_turn_ends: bool = False, answer: bool = False) -> str | None:
+            until_turn_ends: bool = False, answer: bool = False,
+            live_from: int | None = None) -> str | None:
     """Print events as they come; with ``until_turn_ends``, stop at the status that ends
-    the turn after this message and return it (idle, or error if the turn failed)."""
+    the turn after this message and return it (idle, or error if the turn failed).
+    With ``answer``, ask about each approval request; one replayed from before
+    ``live_from`` (the last seq when the command started) only if it is still pending."""
     out = None if as_json else console()
     if out is not None:
         from sophon.commands.render import render
     write, flush = sys.stdout.write, sys.stdout.flush
     seen_user = False
+    pending: set[str] | None = None
     for ev in c.events(session_id, after):
         if out is None:
             write(json.dumps(ev, ensure_ascii=False) + "\n")
@@ -159,6 +188,11 @@ def _follow(c: Any, session_id: str, after: int, as_json: bool,
         else:
             render(out, ev)
         if ev["type"] == "approval_request" and answer:
+            if live_from is not None and ev["seq"] <= live_from:
+                if pending is None:
+                    pending = {a["approval_id"] for a in c.approvals(session_id)}
+                if ev["approval_id"] not in pending:
+                    continue
             _answer(c, session_id, ev)
         if until_turn_ends:
             seen_user = seen_user or ev["type"] == "user"
@@ -167,13 +201,38 @@ def _follow(c: Any, session_id: str, after: int, as_json: bool,
     return None
 
 
+ANSWERS = {"y": ("allow", False), "yes": ("allow", False), "n": ("deny", False),
+           "no": ("deny", False), "r": ("allow", True), "remember": ("allow", True),
+           "a": ("allow", True), "always": ("allow", True)}
+
+
 def _answer(c: Any, session_id: str, ev: dict[str, Any]) -> None:
     if not sys.stdin.isatty():
         typer.echo(f"  answer with: sophon claude-code approve {session_id} "
-                   f"{ev['approval_id']}  (or deny)", err=True)
+                   f"{ev['approval_id']} [--remember]  (or deny)", err=True)
         return
-    allow = typer.confirm(f"  allow {ev['tool']}?", default=False)
-    c.decide(session_id, ev["approval_id"], "allow" if allow else "deny")
+    from sophon.commands.render import network_target
+
+    target = network_target(ev)
+    if target is not None:
+        question = f"  allow a connection to {target}? [y/n/r = yes and remember the host]"
+    else:
+        question = f"  allow {ev['tool']}? [y/n/r = yes and always allow {ev['tool']}]"
+    while True:
+        reply = typer.prompt(question, default="n", show_default=False).strip().lower()
+        if reply in ANSWERS:
+            break
+        typer.echo("  answer y (allow), n (deny) or r (allow and remember)")
+    decision, remember = ANSWERS[reply]
+    from sophon.client._common import SophonAPIError
+
+    try:
+        c.decide(session_id, ev["approval_id"], decision, remember=remember)
+    except SophonAPIError as exc:
+        if exc.status not in (404, 409):
+            raise
+        # answered meanwhile (the dashboard, a webhook, the timeout): carry on
+        typer.echo(f"  not answered here: {exc.message}", err=True)
 
 
 @app.command()
@@ -184,14 +243,17 @@ def stream(
     from_start: Annotated[bool, typer.Option("--from-start",
                                              help="Replay the whole log first.")] = False,
 ) -> None:
-    """Tail a session's events live (reconnects by itself; Ctrl-C to stop).
+    """Tail a session's events live (reconnects by itself; Ctrl-C to stop). In a
+    terminal, asks y/n/remember for approvals that arrive while it runs (a tool call, or
+    a connection to a host outside the session's network list).
 
     Example: sophon claude-code stream ses_0123abcd --from-start
     """
     c = client()
-    after = 0 if from_start else c.get_session(session_id)["last_seq"]
+    last_seq = c.get_session(session_id)["last_seq"]
     try:
-        _follow(c, session_id, after, as_json)
+        _follow(c, session_id, 0 if from_start else last_seq, as_json,
+                answer=not as_json and sys.stdin.isatty(), live_from=last_seq)
     except KeyboardInterrupt:
         return
 
@@ -291,9 +353,10 @@ def export(session_id: SessionId,
 @app.command()
 @friendly
 def approve(session_id: SessionId, approval_id: str,
-            remember: Annotated[bool, typer.Option(help="Allow this tool from now on.")]
+            remember: Annotated[bool, typer.Option(
+                help="Allow this tool (or, for a connection, this host) from now on.")]
             = False) -> None:
-    """Allow a pending tool call.
+    """Allow a pending tool call or network connection.
 
     Example: sophon claude-code approve ses_0123abcd apr_4567
     """
@@ -306,7 +369,7 @@ def approve(session_id: SessionId, approval_id: str,
 def deny(session_id: SessionId, approval_id: str,
          reason: Annotated[Optional[str], typer.Option(help="Told to the model.")] = None,  # noqa: UP045
          ) -> None:
-    """Deny a pending tool call.
+    """Deny a pending tool call or network connection.
 
     Example: sophon claude-code deny ses_0123abcd apr_4567 --reason "not on main"
     """
@@ -329,7 +392,7 @@ def interrupt(session_id: SessionId) -> None:
 @friendly
 def usage(session_id: SessionId,
           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Tokens and cost of a session, per model call.
+    """Tokens and cost of a session, per model call, and its network traffic.
 
     Example: sophon claude-code usage ses_0123abcd
     """
@@ -340,6 +403,21 @@ def usage(session_id: SessionId,
     t = u["totals"]
     typer.echo(f"{t['input_tokens']:,} tokens in, {t['output_tokens']:,} out, "
                f"${t['cost_usd']:.4f} over {len(u['calls'])} calls")
+    net = u.get("network")
+    if net:
+        typer.echo(f"network: {_bytes(net['bytes_out'])} out, {_bytes(net['bytes_in'])} in, "
+                   f"{net['connections']:,} connections, {net['denied']:,} refused")
+
+
+def _bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f} {unit}"
 
 
 @secrets_app.command("set")

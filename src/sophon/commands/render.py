@@ -40,6 +40,22 @@ def _diffstat(diff: str | None) -> str:
     return f" [green]+{added}[/green] [red]-{removed}[/red]"
 
 
+def host_port(host: Any, port: Any) -> str:
+    """``example.com:443``; an IPv6 address in brackets."""
+    h = str(host or "?")
+    if ":" in h and not h.startswith("["):
+        h = f"[{h}]"
+    return f"{h}:{port}" if port else h
+
+
+def network_target(ev: dict[str, Any]) -> str | None:
+    """Where a network approval request wants to connect, or None for a tool's."""
+    inp = ev.get("input") or {}
+    if ev.get("tool") != "Network" or not isinstance(inp, dict):
+        return None
+    return host_port(inp.get("host"), inp.get("port"))
+
+
 def render(console: Console, ev: dict[str, Any]) -> None:
     t, get = ev["type"], ev.get
     if t == "user":
@@ -63,6 +79,13 @@ def render(console: Console, ev: dict[str, Any]) -> None:
         console.print(f"[magenta]  ✎ {get('changes')} changes to {get('files')} files in "
                       f"{get('seconds') or 0:.0f} s[/magenta] [dim]{escape(', '.join(paths[:3]))}"
                       f"{more}[/dim]")
+    elif t == "approval_request" and (target := network_target(ev)) is not None:
+        console.print(f"[bold yellow]? network approval needed[/bold yellow] connect to "
+                      f"{escape(target)}? [dim]({get('approval_id')})[/dim]")
+    elif t == "network_denied":
+        message = f" — {escape(get('message'))}" if get("message") else ""
+        console.print(f"[red]✗ network: refused {escape(host_port(get('host'), get('port')))}"
+                      f" ({escape(get('rule') or '?')})[/red]{message}")
     elif t == "approval_request":
         console.print(f"[bold yellow]? approval needed[/bold yellow] "
                       f"{escape(_summary(get('tool', '?'), get('input') or {}))} — "
