@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, make_data_dir
+from tests.conftest import LiveServer, make_data_dir, wait_for
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -381,3 +381,15 @@ def test_a_network_approval_is_answered_from_the_page(
     page.get_by_role("tab", name="Network").click()
     expect(page.get_by_test_id("network-summary")).to_contain_text(other.addr)
     page.screenshot(path=str(shots / "network-approval-answered.png"))
+
+    # The traffic counts the approved connections and the denied one, on the page too.
+    def counted() -> dict[str, int] | None:
+        net = http.get(f"/v1/sessions/{sid}/usage").json()["network"]
+        return net if net["connections"] >= 2 and net["denied"] >= 1 else None
+
+    net = wait_for(counted, 20, 0.2, "the usage API to count the connections")
+    assert isinstance(net, dict) and net["bytes_in"] > 0
+    page.get_by_role("tab", name="Usage").click()
+    stats = page.get_by_test_id("network-usage")
+    expect(stats).to_contain_text("Refused1")
+    expect(stats).to_contain_text(f"Connections{net['connections']}")

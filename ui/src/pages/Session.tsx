@@ -153,8 +153,12 @@ function SessionWorkspace({ view, initialSeq, reloadView, setView }: { view: Ses
     let netTimer = 0;
     return log.subscribe((batch: WireEvent[]) => {
       if (batch.some((e) => NETWORK_EVENTS.has(e.type))) {
+        // Read now, and again once the server has written its next count (every ~2 s).
         clearTimeout(netTimer);
-        netTimer = window.setTimeout(loadNetwork, 400);
+        netTimer = window.setTimeout(() => {
+          loadNetwork();
+          netTimer = window.setTimeout(loadNetwork, 2500);
+        }, 400);
       }
       if (batch.some((e) => e.type === "approval_decision")) {
         // "remember" on a network approval adds the host to the session's list

@@ -117,7 +117,7 @@ function NetworkApprovalCard({ item, actions }: { item: Extract<Item, { kind: "a
           {decision ? "" : "?"}
         </span>
       </div>
-      <div className="muted small">The sandbox asked for a host that is not on this session's network list; the connection waits for your answer.</div>
+      {!decision && <div className="muted small">The sandbox asked for a host that is not on this session's network list; the connection waits for your answer.</div>}
       {decision ? (
         <div className={`decision ${decision.decision}`}>
           {decision.decision === "allow" ? "Allowed" : "Denied"}
@@ -159,7 +159,7 @@ function NetworkDenied({ ev }: { ev: EventOf<"network_denied"> }) {
         <span aria-hidden="true">⊘</span>{" "}
         <strong>Network refused:</strong> <code>{target}</code>{" "}
         <span className="rule-tag" title={`rule: ${ev.rule}`}>{RULE_LABEL[ev.rule] ?? ev.rule}</span>{" "}
-        <span className="muted small spacer-left">{clock(ev.ts)}</span>
+        <span className="muted small">{clock(ev.ts)}</span>
       </div>
       {ev.message && <div className="net-denied-msg small">{ev.message}</div>}
     </div>
