@@ -154,6 +154,8 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
         {"name": "x", "type": "http", "host": "a.example", "header": "X-Key",
          "value": f"abc{char}Injected: yes"}, "the value holds a control character")
        for what, char in (("CR", "\r"), ("LF", "\n"), ("NUL", "\x00"))},
+    "http value too short": ({"name": "x", "type": "http", "host": "a.example",
+                              "header": "X-Key", "value": "short"}, "too short"),
     "http value outside ASCII": ({"name": "x", "type": "http", "host": "a.example",
                                   "header": "X-Key", "value": "clé-secrète"},
                                  "a character outside ASCII"),
@@ -185,7 +187,7 @@ def test_bad_input_is_a_clear_400_and_stores_nothing(http: httpx.Client, case: s
 
 def test_a_name_is_taken_until_its_connector_is_deleted(http: httpx.Client) -> None:
     first = {"name": "api", "type": "http", "host": "one.example", "header": "X-Key",
-             "value": "first"}
+             "value": "first-value"}
     assert http.post("/v1/connectors", json=first).status_code == 201
     r = http.post("/v1/connectors", json={**first, "host": "two.example"})
     assert r.status_code == 409, r.text

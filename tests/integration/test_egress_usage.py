@@ -36,7 +36,8 @@ def test_a_threads_traffic_is_metered_in_the_thread_list(server: LiveServer,
     # The execution API's threads reach the package registries and the hosts of the
     # user's connectors marked for it: an http connector opens the test host.
     r = http.post("/v1/connectors", json={"name": "files", "type": "http", "host": host.addr,
-                                          "header": "X-Key", "value": "k", "execute": True})
+                                          "header": "X-Key", "value": "key-0123456",
+                                          "execute": True})
     assert r.status_code == 201, r.text
     code = f"curl -sf {host.url}/x && curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.2:9/"
     r = http.post("/v1/sandbox/execute", json={"code": code, "language": "bash",

@@ -278,6 +278,11 @@ def check(req: CreateConnector) -> _Checked:
     if _CONTROL.search(req.value):
         raise BadRequest("the value holds a control character (a line break, NUL, ...), "
                          "which a header cannot carry")
+    if len(req.value) < 8:
+        # The door masks a connector's value wherever it shows up in an answer: a value
+        # this short would mangle ordinary text, and is no credential anyway.
+        raise BadRequest("the value is too short to be a credential (at least 8 "
+                         "characters)")
     if not req.value.isascii():
         raise BadRequest("the value holds a character outside ASCII, which a header "
                          "cannot carry as it is; encode it as the host expects (e.g. "

@@ -550,18 +550,14 @@ async def _answer(loop: asyncio.AbstractEventLoop, conn: socket.socket, data: by
 async def _tls_server_streams(loop: asyncio.AbstractEventLoop, sock: socket.socket,
                               ctx: ssl.SSLContext
                               ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Streams over TLS where the door is the server (StreamWriter.start_tls takes the
-    side from how the stream was opened, and a box's connection was accepted here but
-    opened as a client's)."""
+    """Streams over TLS where the door is the server, the handshake done on the socket
+    itself: a plain transport first would read the box's ClientHello as data before a
+    ``start_tls`` could see it (StreamWriter.start_tls also takes the client's side for
+    a connection it did not accept)."""
     reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=sock)
-    tls = await loop.start_tls(transport, protocol, ctx, server_side=True)
-    if tls is None:
-        raise ConnectionResetError("the box closed the connection during TLS")
-    writer = asyncio.StreamWriter(tls, protocol, reader, loop)
-    protocol._replace_writer(writer)  # type: ignore[attr-defined]
-    return reader, writer
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=sock, ssl=ctx)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 def _is_local(ip: IPAddress) -> bool:
