@@ -82,16 +82,16 @@ export default function ConnectorsPage() {
                   <th scope="col">Type</th>
                   <th scope="col">Host</th>
                   <th scope="col">Header</th>
-                  <th scope="col">Execute API</th>
+                  <th scope="col" className="hide-narrow">Execute API</th>
                   <th scope="col">Push to</th>
-                  <th scope="col">Added</th>
+                  <th scope="col" className="hide-narrow">Added</th>
                   <th scope="col"><span className="visually-hidden">Actions</span></th>
                 </tr>
               </thead>
               <tbody>
                 {list.map((c) => (
                   <tr key={c.name} data-connector={c.name}>
-                    <td className="mono">{c.name}</td>
+                    <td className="mono nowrap">{c.name}</td>
                     <td>
                       <span className={`type-tag t-${c.type}`}>{c.type}</span>
                     </td>
@@ -99,7 +99,7 @@ export default function ConnectorsPage() {
                       {c.type === "github" ? <span className="muted">github.com, api.github.com</span> : (c.host ?? <span className="muted">—</span>)}
                     </td>
                     <td className="mono">{c.header ?? <span className="muted">—</span>}</td>
-                    <td>{c.execute ? "yes" : <span className="muted">no</span>}</td>
+                    <td className="hide-narrow">{c.execute ? "yes" : <span className="muted">no</span>}</td>
                     <td className="mono small">
                       {c.type !== "github" ? (
                         <span className="muted">—</span>
@@ -109,7 +109,7 @@ export default function ConnectorsPage() {
                         <span className="muted">anywhere the token may</span>
                       )}
                     </td>
-                    <td title={new Date(c.created_at).toLocaleString()}>{ago(c.created_at)}</td>
+                    <td className="hide-narrow" title={new Date(c.created_at).toLocaleString()}>{ago(c.created_at)}</td>
                     <td className="num">
                       <button className="danger ghost small" onClick={() => setRemoving(c)} aria-label={`Delete connector ${c.name}`}>
                         Delete

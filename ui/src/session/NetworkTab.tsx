@@ -93,7 +93,9 @@ export function NetworkTab(props: {
               <code key={h} className="chip" title={`from ${from}`}>{h}</code>
             ))}
             {(session.connectors ?? []).map((n) => (
-              <code key={`c-${n}`} className="chip connector" title="a connector's hosts">⚿ {n}</code>
+              <code key={`c-${n}`} className="chip connector" title="a connector: its hosts, with the credential put on by the door">
+                {n} <span className="muted">connector</span>
+              </code>
             ))}
           </>
         )}
