@@ -393,3 +393,4 @@ def test_a_network_approval_is_answered_from_the_page(
     stats = page.get_by_test_id("network-usage")
     expect(stats).to_contain_text("Refused1")
     expect(stats).to_contain_text(f"Connections{net['connections']}")
+    expect(page.get_by_test_id("network-chip")).to_contain_text("1 refused")
