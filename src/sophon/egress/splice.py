@@ -34,6 +34,9 @@ class Tally:
         self.denied += counts[3]
 
 
+WRITE_BUFFER = 512 * 1024
+
+
 class Half(asyncio.Protocol):
     """One side of a spliced connection: what it receives, its peer writes."""
 
@@ -48,26 +51,34 @@ class Half(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # A larger buffer before the other side is paused: a bulk download then moves in
+        # fewer, larger steps (at most WRITE_BUFFER held per direction of a connection).
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         self.conn.touch(len(data), self.outbound)
         if self.scrub is not None:
             data = self.scrub.feed(data)
         peer = self.peer
-        if peer is None or peer.transport is None:
+        if not self.conn.started or peer is None or peer.transport is None:
+            # Until both sides are up and what came early has gone first: in order.
             self.early.append(data)
             return
         peer.transport.write(data)
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.conn.started:
+            self.pass_eof()
+        return True  # until then start() passes it on, after what came before it
+
+    def pass_eof(self) -> None:
         self._flush_scrub()
         peer = self.peer
         if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
             peer.transport.write_eof()
         if peer is None or peer.eof:
             self.conn.close()
-        return True
 
     def pause_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None:
@@ -124,6 +135,7 @@ class Splice:
         self.host = Half(self, outbound=False)
         self.box.peer, self.host.peer = self.host, self.box
         self.done = asyncio.get_running_loop().create_future()
+        self.started = False
         self.last = time.monotonic()
         self._timer = asyncio.get_running_loop().call_later(idle, self._check_idle)
 
@@ -140,6 +152,10 @@ class Splice:
             for data in half.early:
                 half.peer.transport.write(data)
             half.early.clear()
+        self.started = True
+        for half in (self.box, self.host):
+            if half.eof:
+                half.pass_eof()
 
     def _check_idle(self) -> None:
         quiet = time.monotonic() - self.last
