@@ -134,7 +134,10 @@ def unreachable(url: str, exc: BaseException) -> ConnectionFailed:
 def session_body(name: str, *, base: str, model: str, system_prompt: str | None,
                  template: str | None, clone: str | None, ref: str | None, runtime: str,
                  approval: dict[str, Any] | None, max_turns: int | None,
-                 max_budget_usd: float | None) -> dict[str, Any]:
+                 max_budget_usd: float | None, network: dict[str, Any] | None = None,
+                 connectors: list[str] | None = None) -> dict[str, Any]:
+    """A session's create body. ``network``: {"allow": ["host[:port]", "*.domain"],
+    "ask": bool}; ``connectors``: names of the caller's connectors the box uses."""
     if template and clone:
         raise ValueError("give a template or a clone URL, not both")
     starter: dict[str, Any] = {"type": "empty"}
@@ -145,7 +148,8 @@ def session_body(name: str, *, base: str, model: str, system_prompt: str | None,
     body: dict[str, Any] = {"name": name, "starter": starter, "base": base, "model": model,
                             "runtime": runtime}
     for key, value in (("system_prompt", system_prompt), ("approval", approval),
-                       ("max_turns", max_turns), ("max_budget_usd", max_budget_usd)):
+                       ("max_turns", max_turns), ("max_budget_usd", max_budget_usd),
+                       ("network", network), ("connectors", connectors)):
         if value is not None:
             body[key] = value
     return body

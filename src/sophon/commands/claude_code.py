@@ -109,19 +109,12 @@ def new(
         except (OSError, UnicodeDecodeError) as exc:
             raise fail(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
                        2) from None
-    from sophon.client._common import session_body
-
-    body = session_body(name, base=base, model=model, system_prompt=system_prompt,
-                        template=template, clone=clone, ref=None, runtime=runtime,
-                        approval=None, max_turns=None, max_budget_usd=None)
-    if allow or ask_network:
-        body["network"] = {"allow": list(dict.fromkeys(allow or [])), "ask": ask_network}
-    if connector:
-        body["connectors"] = list(dict.fromkeys(connector))
-    c = client()
-    # The SDK's create_session has no network or connectors arguments (yet): the same
-    # request, with them.
-    s = c._as_session(c._http.call("POST", "/v1/sessions", json_body=body))
+    network = ({"allow": list(dict.fromkeys(allow or [])), "ask": ask_network}
+               if allow or ask_network else None)
+    s = client().create_session(name, base=base, model=model, system_prompt=system_prompt,
+                                template=template, clone=clone, runtime=runtime,
+                                network=network,
+                                connectors=list(dict.fromkeys(connector)) if connector else None)
     typer.echo(s["id"])
 
 
