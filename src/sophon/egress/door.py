@@ -188,7 +188,10 @@ class Door:
         self.settings = settings
         self.ca = ca
         self.upstream_tls = upstream_context(settings.egress_trust_ca)
-        self.upstream = Upstream(os.environ)  # the server's own outbound proxy, if any
+        try:
+            self.upstream = Upstream(os.environ)  # the server's own outbound proxy, if any
+        except ValueError as exc:
+            raise SystemExit(f"HTTPS_PROXY/HTTP_PROXY: {exc}") from exc
         self._grants = grants
         self._on_denied = on_denied
         self._ask = ask
