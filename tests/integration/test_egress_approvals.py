@@ -41,12 +41,40 @@ def target() -> Iterator[ThreadingHTTPServer]:
     httpd.shutdown()
 
 
+class _Webhook(BaseHTTPRequestHandler):
+    """An approval webhook that allows connections to the target host alone."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.asked.append(body)  # type: ignore[attr-defined]
+        allowed = body["tool"] == "Network" and body["input"]["host"] == HOST
+        answer = json.dumps({"approved": allowed, "reason": "by the test's webhook"}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+
 @pytest.fixture(scope="module")
-def srv(target: ThreadingHTTPServer) -> Iterator[LiveServer]:
+def webhook() -> Iterator[ThreadingHTTPServer]:
+    httpd = ThreadingHTTPServer((HOST, 0), _Webhook)
+    httpd.asked = []  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def srv(target: ThreadingHTTPServer, webhook: ThreadingHTTPServer) -> Iterator[LiveServer]:
     path = make_data_dir()
     addr = f"{HOST}:{target.server_address[1]}"
-    server = LiveServer(path, env={"SOPHON_EGRESS_ALLOW_PRIVATE": addr,
-                                   "SOPHON_EGRESS_APPROVAL_TIMEOUT_SECONDS": "3"}).start()
+    server = LiveServer(path, env={
+        "SOPHON_EGRESS_ALLOW_PRIVATE": addr, "SOPHON_EGRESS_APPROVAL_TIMEOUT_SECONDS": "3",
+        "SOPHON_WEBHOOK_ALLOW_INSECURE_HOSTS": f"{HOST}:{webhook.server_address[1]}"}).start()
     yield server
     server.stop()
     shutil.rmtree(path, ignore_errors=True)
@@ -139,3 +167,22 @@ def test_no_answer_in_time_is_a_deny(http: httpx.Client,
     decisions = _events(http, sid, "approval_decision")
     assert [(d["decision"], d["by"]) for d in decisions] == [("deny", "timeout")]
     assert _pending(http, sid) == []
+
+
+def test_a_sessions_approval_webhook_answers_network_approvals(
+        http: httpx.Client, target: ThreadingHTTPServer, webhook: ThreadingHTTPServer) -> None:
+    hook = f"http://{HOST}:{webhook.server_address[1]}/approve"
+    r = http.post("/v1/sessions", json={"name": "hooked", "base": "python",
+                                        "network": {"ask": True},
+                                        "approval": {"webhook": hook}})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    port = target.server_address[1]
+    assert _fetch(http, sid, f"http://{HOST}:{port}/hooked").strip() == "200"
+    asked = webhook.asked[-1]  # type: ignore[attr-defined]
+    assert asked["tool"] == "Network" and asked["input"] == {"host": HOST, "port": port}
+    decisions = _events(http, sid, "approval_decision")
+    assert [(d["decision"], d["by"]) for d in decisions] == [("allow", "webhook")]
+    # The webhook says no to anything else: refused, and the other host sees nothing.
+    out = _fetch(http, sid, f"http://127.0.0.3:{port}/")
+    assert "refused" in out and "403" in out
