@@ -72,6 +72,7 @@ class Services:
         sessions.check_network = egress.check_session
         sessions.door_env = egress.session_env
         sessions.check_reachable = egress.check_reachable
+        sessions.connector_values = egress.connector_values
         gateway.box_owner = boxes.owner_of
         gateway.connector_key = egress.connector_key
         executions.door_env = egress.execution_env

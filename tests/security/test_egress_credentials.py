@@ -231,3 +231,15 @@ def test_a_session_starts_from_an_https_clone_through_its_connector(
     assert r.status_code == 400
     assert r.json()["error"] == "network_not_allowed"
     assert git.addr in r.json()["message"]
+
+
+def test_a_connectors_value_pasted_into_a_session_is_redacted_from_its_events(
+        http: httpx.Client) -> None:
+    """No box holds it, but a person might paste it into a command: the session's log
+    redacts it like a secret, in the command and in what it printed."""
+    sid = session(http, connectors=[connector(http)])
+    out, code = run(http, sid, f"echo {TOKEN}")
+    assert code == 0
+    logged = json.dumps(events(http, sid))
+    assert TOKEN not in logged
+    assert "R3alT0ken" not in logged

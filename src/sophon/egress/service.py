@@ -131,6 +131,14 @@ class Egress:
             env.update(self.connector_env(session_id, grants))
         return env
 
+    async def connector_values(self, session_id: str) -> list[str]:
+        async with self._db() as db:
+            row = await db.get(SessionRow, session_id)
+        if row is None or not row.connectors:
+            return []
+        grants = await self.connectors.grants(row.user_id, list(row.connectors))
+        return [g.value for g in grants if g.value]
+
     def connector_env(self, owner_id: str, grants: list[ConnectorGrant]) -> dict[str, str]:
         github = next((g for g in grants if g.type == "github"), None)
         if github is None:

@@ -117,7 +117,9 @@ class SessionService:
         self.check_network: Callable[[str, NetworkSettings, list[str]],
                                      Awaitable[None]] | None = None
         self.door_env: Callable[[str], Awaitable[dict[str, str]]] = _no_door
-        # ... and whether a new session's box may reach a clone URL's host:port.
+        # ... the real values of the session's connectors (redacted from its events),
+        # and whether a new session's box may reach a clone URL's host:port.
+        self.connector_values: Callable[[str], Awaitable[list[str]]] | None = None
         self.check_reachable: Callable[[str, str, NetworkSettings, list[str], str, int],
                                        Awaitable[None]] | None = None
 
@@ -305,6 +307,8 @@ class SessionService:
                 setattr(row, key, value)
             await db.commit()
         self._versions[session_id] = self.version(session_id) + 1
+        if "connectors" in changes:
+            await self.refresh_secrets(session_id)
         return await self.view(row)
 
     async def set_status(self, session_id: str, status: str, detail: str | None = None) -> None:
@@ -411,9 +415,11 @@ class SessionService:
                 self.settings.box_max_unattended_seconds, processes)))
 
     async def refresh_secrets(self, session_id: str) -> dict[str, str]:
-        """The session's secrets, and the log told to redact their current values."""
+        """The session's secrets, and the log told to redact their current values (and
+        those of its connectors, which no box holds, but a user might paste)."""
         values = await self.secrets.values(session_id)
-        self.events.set_secrets(session_id, values.values())
+        more = await self.connector_values(session_id) if self.connector_values else []
+        self.events.set_secrets(session_id, [*values.values(), *more])
         return values
 
     async def exec_env(self, session_id: str, secret_values: dict[str, str]) -> dict[str, str]:
