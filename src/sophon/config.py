@@ -181,6 +181,9 @@ class Settings(BaseSettings):
     # (a private GitHub Enterprise, a test server), and the hosts a github connector is
     # for (GitHub Enterprise Server: its own).
     egress_trust_ca: Path | None = None
+    # What makes Node's own fetch use the door in boxes on Node before 24 (installed by
+    # scripts/box-node; boxes see /usr read-only, so it lives there).
+    box_node_dir: Path = Path("/usr/local/lib/sophon-node")
     egress_github_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["github.com", "api.github.com"])
 

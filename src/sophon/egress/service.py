@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -45,7 +46,20 @@ CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "GIT_SSL_CAIN
                 "CURL_CA_BUNDLE")
 
 
-def proxy_env(port: int) -> dict[str, str]:
+def node_preload(node_dir: Path) -> str | None:
+    """The preload that sends Node's fetch through the door, if it is installed where
+    boxes see it (under /usr)."""
+    preload = node_dir / "proxy.js"
+    if not preload.is_file():
+        return None
+    if not str(node_dir.resolve()).startswith("/usr/"):
+        log.warning("%s is not under /usr, which boxes see: Node's fetch in boxes will not "
+                    "use the egress door", node_dir)
+        return None
+    return str(preload)
+
+
+def proxy_env(port: int, preload: str | None = None) -> dict[str, str]:
     """What every exec is told so that ordinary tools go through the door: curl, wget,
     pip, git and Python read the *_proxy variables (curl only the lower-case
     http_proxy), npm its own, Node's fetch NODE_USE_ENV_PROXY. The box's own loopback
@@ -55,7 +69,8 @@ def proxy_env(port: int) -> dict[str, str]:
             "HTTP_PROXY": url, "http_proxy": url, "HTTPS_PROXY": url, "https_proxy": url,
             "NO_PROXY": LOOPBACK, "no_proxy": LOOPBACK,
             "npm_config_proxy": url, "npm_config_https_proxy": url,
-            "NODE_USE_ENV_PROXY": "1"}
+            "NODE_USE_ENV_PROXY": "1",
+            **({"NODE_OPTIONS": f"--require {preload}"} if preload else {})}
 
 
 class Egress:
@@ -80,7 +95,8 @@ class Egress:
         self.door = Door(settings, self.grants.for_box, self._denied, self._ask, self.ca)
         connectors.on_change.append(self.grants.forget)
         boxes.on_started.append(self.door.attach)
-        self._proxy_env = proxy_env(settings.egress_box_port)
+        self._proxy_env = proxy_env(settings.egress_box_port,
+                                    node_preload(settings.box_node_dir))
         self._flusher: asyncio.Task[None] | None = None
 
     def start(self) -> None:
