@@ -242,7 +242,9 @@ def test_usage(env: dict[str, str], server: LiveServer, key: str, model: ModelSe
     model.set_script({"turns": ["Hello!", "Hello again!"]})
     sid = sophon(env, "claude-code", "new", "--name", "usage").stdout.strip()
     r = sophon(env, "claude-code", "usage", sid)
-    assert r.stdout.strip() == "0 tokens in, 0 out, $0.0000 over 0 calls", r.stderr
+    no_traffic = "network: 0 B out, 0 B in, 0 connections, 0 refused"
+    assert r.stdout.strip() == f"0 tokens in, 0 out, $0.0000 over 0 calls\n{no_traffic}", \
+        r.stderr
     for message in ("hi", "again"):
         assert sophon(env, "claude-code", "send", sid, message).returncode == 0
     with Client(server.url, key) as c:
@@ -251,7 +253,8 @@ def test_usage(env: dict[str, str], server: LiveServer, key: str, model: ModelSe
     assert t["input_tokens"] > 0 and len(expected["calls"]) == 2
     r = sophon(env, "claude-code", "usage", sid)
     assert r.stdout.strip() == (f"{t['input_tokens']:,} tokens in, {t['output_tokens']:,} "
-                                f"out, ${t['cost_usd']:.4f} over 2 calls"), r.stderr
+                                f"out, ${t['cost_usd']:.4f} over 2 calls\n{no_traffic}"), \
+        r.stderr
     r = sophon(env, "claude-code", "usage", sid, "--json")
     assert json.loads(r.stdout) == expected
 
