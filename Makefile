@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench bench-smoke lint system-deps box-node clean
+.PHONY: run test bench bench-smoke lint system-deps box-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,14 @@ $(UI_STAMP): $(UI_SOURCES)
 system-deps:
 	@./scripts/system-deps
 
-# Node's fetch through the egress door in boxes (Node before 24): see scripts/box-node.
-box-node: system-deps
-	@./scripts/box-node
+# What every box gets read-only under /usr: the claude CLI, Node's fetch through the
+# egress door (see scripts/box-tools).
+box-tools: system-deps
+	@./scripts/box-tools
 
 # The admin user is made once (its key shown that once); every run prints a new one-time
 # link (15 minutes) that signs admin in to the dashboard. SOPHON_HOST/SOPHON_PORT move both.
-run: system-deps box-node $(STAMP) ui
+run: system-deps box-tools $(STAMP) ui
 	@$(BIN)/sophon users add admin 2>/dev/null \
 		&& echo "^ API key for user 'admin' (shown once). More keys: $(BIN)/sophon users add NAME" \
 		|| true
@@ -44,7 +45,7 @@ run: system-deps box-node $(STAMP) ui
 	@$(BIN)/sophon users sign-in-link admin
 	$(BIN)/sophon serve
 
-test: system-deps box-node $(STAMP) ui
+test: system-deps box-tools $(STAMP) ui
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q
 

@@ -13,7 +13,8 @@ router = APIRouter()
 async def healthz(services: ServicesDep) -> dict[str, object]:
     return {"status": "ok", "box_limits": services.boxes.limits_mode,
             "box_seccomp": services.boxes.backend.seccomp_mode,
-            "box_disk": services.boxes.disks.mode}
+            "box_disk": services.boxes.disks.mode,
+            "box_claude_code": services.egress.claude_code}
 
 
 class Me(BaseModel):

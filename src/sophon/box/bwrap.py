@@ -80,9 +80,14 @@ SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 TRUST_BUNDLE = "/etc/sophon/ca-bundle.crt"
 TRUST_CA = "/etc/sophon/ca.pem"
 
+# Where the Claude Code CLI is when scripts/box-tools installed it (under /usr, which
+# every box sees read-only), and where Baponi's guide expects it in a thread's box.
+CLAUDE_BIN_DIR = "/usr/local/lib/sophon-claude/bin"
+THREAD_CLAUDE = "/home/baponi/.local/bin/claude"
+
 # The environment every process in a box starts from; execs add their own on top.
 BASE_ENV = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "PATH": f"/usr/local/bin:/usr/bin:/bin:{CLAUDE_BIN_DIR}",
     "HOME": HOME,
     "USER": "user",
     "LOGNAME": "user",
@@ -218,6 +223,9 @@ class BwrapBackend:
         self._install_runtime()
         self.seccomp_filter: Path | None = None
         self.seccomp_mode = "off"
+        # The claude CLI's binary (symlinks resolved), if installed where boxes see it.
+        found = Path(CLAUDE_BIN_DIR, "claude")
+        self.claude = str(found.resolve()) if found.exists() else None
         self._install_seccomp()
 
     def check_reachable(self, path: Path) -> None:
@@ -368,6 +376,9 @@ class BwrapBackend:
             "--bind", str(spec.workspace), WORKSPACE,
             "--bind", str(spec.home), HOME,
             *[a for alias in spec.home_aliases for a in ("--bind", str(spec.home), alias)],
+            # The guide's cli_path, in a thread's box: the CLI itself, read-only.
+            *(["--ro-bind", self.claude, THREAD_CLAUDE]
+              if self.claude and THREAD_HOME in spec.home_aliases else []),
             *[a for _, inside in self.data_files if inside.startswith(AGENT_DIR + "/")
               for a in copy_in(inside)],
             *[a for host, inside in spec.extra_ro_binds for a in ("--ro-bind", host, inside)],

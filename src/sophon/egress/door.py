@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 # for private use, so it never names a public host; the door answers it itself.
 GATEWAY_HOST = "gateway.sophon.internal"
 GATEWAY_PATHS = ("/v1/messages",)
+ANTHROPIC_DOMAINS = ("anthropic.com", "claude.ai", "claude.com")
 
 MAX_HEAD = 64 * 1024
 CHUNK = 256 * 1024
@@ -287,6 +288,11 @@ class Door:
 
     async def _deny(self, grant: Grant, host: str, port: int, refusal: Refusal) -> None:
         self.tally(grant).denied += 1
+        if host.endswith(ANTHROPIC_DOMAINS):
+            # Code in a box reaches the model through the gateway alone; the CLI's own
+            # calls (telemetry, flags, updates) are turned off, so this is worth a look.
+            log.warning("%s tried to reach %s:%s directly, not through the model gateway",
+                        grant.owner_id, host, port)
         log.info("network refused: %s %s:%s (%s)", grant.owner_id, host, port, refusal.rule)
         try:
             await self._on_denied(Denial(grant.owner_id, grant.user_id, grant.session_id,

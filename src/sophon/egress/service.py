@@ -59,6 +59,23 @@ def node_preload(node_dir: Path) -> str | None:
     return str(preload)
 
 
+def claude_code_status(claude_dir: Path) -> str:
+    """The boxes' Claude Code CLI: its version, or why there is none (for /healthz)."""
+    try:
+        version = (claude_dir / ".installed").read_text().strip()
+    except OSError:
+        return (f"missing: not installed in {claude_dir} (make run or make test as root "
+                "install it with scripts/box-tools)")
+    if not (claude_dir / "bin" / "claude").exists():
+        return f"missing: {claude_dir}/bin/claude is not there (run scripts/box-tools again)"
+    return version
+
+
+# What the claude CLI in a box is told beside the gateway: no calls of its own to
+# Anthropic's other hosts (feature flags, telemetry, updates), which the door refuses.
+CLAUDE_CODE_ENV = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
+
+
 def proxy_env(port: int, preload: str | None = None) -> dict[str, str]:
     """What every exec is told so that ordinary tools go through the door: curl, wget,
     pip, git and Python read the *_proxy variables (curl only the lower-case
@@ -97,6 +114,7 @@ class Egress:
         boxes.on_started.append(self.door.attach)
         self._proxy_env = proxy_env(settings.egress_box_port,
                                     node_preload(settings.box_node_dir))
+        self.claude_code = claude_code_status(settings.box_claude_dir)
         self._flusher: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -120,7 +138,7 @@ class Egress:
         env = {**self._proxy_env, **self.connector_env(box_id, grants)}
         if any(g.type == "anthropic" for g in grants):
             env.update({"ANTHROPIC_BASE_URL": f"http://{GATEWAY_HOST}",
-                        "ANTHROPIC_AUTH_TOKEN": self._box_token(box_id)})
+                        "ANTHROPIC_AUTH_TOKEN": self._box_token(box_id), **CLAUDE_CODE_ENV})
         return env
 
     async def connector_key(self, caller: Caller) -> str | None:
@@ -139,7 +157,7 @@ class Egress:
         budgeted, and never sees the provider key), and a GitHub connector's
         placeholder where gh and git look for a token."""
         env = {**self._proxy_env, "ANTHROPIC_BASE_URL": f"http://{GATEWAY_HOST}",
-               "ANTHROPIC_AUTH_TOKEN": self._box_token(session_id)}
+               "ANTHROPIC_AUTH_TOKEN": self._box_token(session_id), **CLAUDE_CODE_ENV}
         async with self._db() as db:
             row = await db.get(SessionRow, session_id)
         if row is not None and row.connectors:

@@ -1,0 +1,89 @@
+"""The real Claude Code CLI in every box (installed by scripts/box-tools), run as the
+Baponi guide runs it: `claude -p ... --dangerously-skip-permissions` in an execution API
+thread, its model calls through the egress door to Sophon's gateway and on to the
+scripted model, with no provider key in the box."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sophon.testing import ModelServer
+from tests.conftest import LiveServer, make_data_dir
+
+PROVIDER_KEY = "sk-ant-test-provider-key-never-in-a-box-0123456789"
+
+
+def turn() -> dict[str, Any]:
+    """Any request: after a tool ran, finish; asked to write, write; the CLI's own side
+    requests (titles, checks) get a short text."""
+    return {"rules": [
+        {"when": {"last_tool_result_contains": ""},
+         "reply": {"content": [{"type": "text", "text": "DONE: the file is written"}]}},
+        {"when": {"last_user_contains": "ONE-SHOT"},
+         "reply": {"content": [{"type": "tool_use", "name": "Write", "input": {
+             "file_path": "/home/baponi/hello.txt", "content": "hi from claude\n"}}],
+             "stop_reason": "tool_use"}},
+    ], "default": {"content": [{"type": "text", "text": "ok"}]}}
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ModelServer]:
+    with ModelServer({"turns": [turn() for _ in range(40)]}) as ms:
+        yield ms
+
+
+@pytest.fixture(scope="module")
+def server(model: ModelServer) -> Iterator[LiveServer]:
+    path = make_data_dir()
+    srv = LiveServer(path, env={"ANTHROPIC_API_KEY": PROVIDER_KEY,
+                                "ANTHROPIC_BASE_URL": model.url}).start()
+    health = httpx.get(srv.url + "/healthz").json()
+    if str(health["box_claude_code"]).startswith("missing"):
+        srv.stop()
+        pytest.skip(f"the claude CLI is not installed for boxes: {health['box_claude_code']}")
+    yield srv
+    srv.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def execute(http: httpx.Client, code: str, thread: str) -> dict[str, Any]:
+    r = http.post("/v1/sandbox/execute", json={"code": code, "language": "bash",
+                                               "thread_id": thread, "timeout": 300}, timeout=330)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_the_guides_one_shot_claude_runs_in_a_thread_through_the_gateway(
+        server: LiveServer, model: ModelServer) -> None:
+    http = httpx.Client(base_url=server.url, timeout=60,
+                        headers={"Authorization": f"Bearer {server.add_user()}"})
+    # The guide's cli_path, and claude on PATH, in every thread.
+    where = execute(http, "command -v claude; /home/baponi/.local/bin/claude --version", "t")
+    assert where["exit_code"] == 0, where
+    assert where["stdout"].splitlines()[1].endswith("(Claude Code)")
+
+    # Without an anthropic connector for the execution API the thread has no gateway.
+    bare = execute(http, "echo ${ANTHROPIC_BASE_URL:-none}", "t")
+    assert bare["stdout"].strip() == "none"
+    r = http.post("/v1/connectors", json={"name": "claude", "type": "anthropic",
+                                          "execute": True})
+    assert r.status_code == 201, r.text
+
+    res = execute(http, 'cd /home/baponi && claude -p "ONE-SHOT: write hello.txt" '
+                        "--dangerously-skip-permissions --output-format json --max-turns 5",
+                  "t")
+    assert res["exit_code"] == 0, res
+    result = json.loads(res["stdout"].strip().splitlines()[-1])
+    assert result["is_error"] is False and "DONE" in result["result"], result
+    kept = execute(http, "cat /home/baponi/hello.txt; env", "t")["stdout"]
+    assert kept.startswith("hi from claude\n")
+    assert PROVIDER_KEY not in kept and "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1" in kept
+    # Every model call reached the model with the server's key: through the gateway.
+    assert model.requests and all(h.get("x-api-key") == PROVIDER_KEY
+                                  for h in model.request_headers)
