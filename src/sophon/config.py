@@ -182,7 +182,7 @@ class Settings(BaseSettings):
     # for (GitHub Enterprise Server: its own).
     egress_trust_ca: Path | None = None
     # What makes Node's own fetch use the door in boxes on Node before 24 (installed by
-    # scripts/box-node; boxes see /usr read-only, so it lives there).
+    # scripts/box-tools; boxes see /usr read-only, so it lives there).
     box_node_dir: Path = Path("/usr/local/lib/sophon-node")
     # The Claude Code CLI every box gets (scripts/box-tools; `bin/claude` is on boxes' PATH).
     box_claude_dir: Path = Path("/usr/local/lib/sophon-claude")

@@ -260,11 +260,11 @@ def test_pip_install_from_a_local_index(http: httpx.Client, hosts: Hosts, python
 
 def test_node_fetch_through_the_door(http: httpx.Client, hosts: Hosts, node_box: str) -> None:
     """Node's own fetch goes through the door: from Node 24 by NODE_USE_ENV_PROXY, before
-    it by the preload scripts/box-node installs (NODE_OPTIONS); beside it a refused host
+    it by the preload scripts/box-tools installs (NODE_OPTIONS); beside it a refused host
     fails with the door's 403 (undici tunnels even http:// URLs, and reports a refused
     CONNECT as the fetch's error), not a connection refused."""
     if not Path("/usr/local/lib/sophon-node/proxy.js").is_file():
-        pytest.skip("scripts/box-node has not installed the fetch preload (needs root, npm)")
+        pytest.skip("scripts/box-tools has not installed the fetch preload (needs root, npm)")
     script = ("fetch(process.argv[1]).then(async r => process.stdout.write(r.status + ' ' + "
               "await r.text()))"
               ".catch(e => { console.log('fetch failed:', String(e.cause && "
