@@ -184,7 +184,8 @@ class Settings(BaseSettings):
     # What makes Node's own fetch use the door in boxes on Node before 24 (installed by
     # scripts/box-tools; boxes see /usr read-only, so it lives there).
     box_node_dir: Path = Path("/usr/local/lib/sophon-node")
-    # The Claude Code CLI every box gets (scripts/box-tools; `bin/claude` is on boxes' PATH).
+    # The Claude Code CLI every box gets (scripts/box-tools; under /usr, which boxes see;
+    # `bin/claude` goes on every exec's PATH). Elsewhere or missing: no claude-code runtime.
     box_claude_dir: Path = Path("/usr/local/lib/sophon-claude")
     egress_github_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["github.com", "api.github.com"])

@@ -73,6 +73,8 @@ class Services:
         sessions.door_env = egress.session_env
         sessions.check_reachable = egress.check_reachable
         sessions.connector_values = egress.connector_values
+        sessions.claude_code_missing = lambda: (
+            egress.claude_code if egress.claude_code.startswith("missing") else None)
         gateway.box_owner = boxes.owner_of
         gateway.connector_key = egress.connector_key
         executions.door_env = egress.execution_env

@@ -136,7 +136,6 @@ def test_a_failed_clone_leaves_nothing_behind(http: httpx.Client, repos: Path) -
     ({"base": "cobol"}, "unknown base"),
     ({"model": "gpt-4"}, "opus, sonnet, haiku"),
     ({"runtime": "docker"}, "runtime"),
-    ({"runtime": "claude-code"}, "not available"),
     ({"name": ""}, "name"),
     ({"approval": {"shell": "sometimes"}}, "shell"),
 ])

@@ -9,6 +9,7 @@ import time
 from collections import deque
 
 from sophon import metrics
+from sophon.agent.claude_code import run_claude_turn
 from sophon.agent.runtime import Turn, run_turn
 from sophon.config import Settings
 from sophon.errors import TurnBusy
@@ -58,7 +59,11 @@ class AgentService:
     async def _run(self, turn: Turn) -> None:
         started, outcome = time.monotonic(), "ended"
         try:
-            await run_turn(turn, self.sessions, self.gateway, self.settings)
+            row = await self.sessions.get_row(turn.principal, turn.session_id)
+            if row.runtime == "claude-code":
+                await run_claude_turn(turn, self.sessions, self.settings)
+            else:
+                await run_turn(turn, self.sessions, self.gateway, self.settings)
         except asyncio.CancelledError:
             outcome = "cancelled"
         except Exception:

@@ -80,14 +80,12 @@ SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 TRUST_BUNDLE = "/etc/sophon/ca-bundle.crt"
 TRUST_CA = "/etc/sophon/ca.pem"
 
-# Where the Claude Code CLI is when scripts/box-tools installed it (under /usr, which
-# every box sees read-only), and where Baponi's guide expects it in a thread's box.
-CLAUDE_BIN_DIR = "/usr/local/lib/sophon-claude/bin"
+# Where Baponi's guide expects the Claude Code CLI in a thread's box.
 THREAD_CLAUDE = "/home/baponi/.local/bin/claude"
 
 # The environment every process in a box starts from; execs add their own on top.
 BASE_ENV = {
-    "PATH": f"/usr/local/bin:/usr/bin:/bin:{CLAUDE_BIN_DIR}",
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
     "HOME": HOME,
     "USER": "user",
     "LOGNAME": "user",
@@ -209,6 +207,7 @@ class BwrapBackend:
         host_uid: int,
         python: str = "/usr/bin/python3",
         door_port: int | None = None,
+        claude: Path | None = None,
     ) -> None:
         self.runtime_dir = runtime_dir
         self.door_port = door_port
@@ -223,9 +222,9 @@ class BwrapBackend:
         self._install_runtime()
         self.seccomp_filter: Path | None = None
         self.seccomp_mode = "off"
-        # The claude CLI's binary (symlinks resolved), if installed where boxes see it.
-        found = Path(CLAUDE_BIN_DIR, "claude")
-        self.claude = str(found.resolve()) if found.exists() else None
+        # The claude CLI's binary (symlinks resolved; under /usr, which boxes see), if
+        # installed: bound read-only at THREAD_CLAUDE in threads' boxes.
+        self.claude = str(claude.resolve()) if claude is not None and claude.exists() else None
         self._install_seccomp()
 
     def check_reachable(self, path: Path) -> None:

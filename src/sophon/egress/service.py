@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sophon.box.bwrap import TRUST_BUNDLE, TRUST_CA
+from sophon.box.bwrap import BASE_ENV, TRUST_BUNDLE, TRUST_CA
 from sophon.box.manager import BoxManager
 from sophon.config import Settings
 from sophon.egress.ca import SophonCA
@@ -115,6 +115,8 @@ class Egress:
         self._proxy_env = proxy_env(settings.egress_box_port,
                                     node_preload(settings.box_node_dir))
         self.claude_code = claude_code_status(settings.box_claude_dir)
+        if not self.claude_code.startswith("missing"):  # claude on every exec's PATH
+            self._proxy_env["PATH"] = f"{BASE_ENV['PATH']}:{settings.box_claude_dir}/bin"
         self._flusher: asyncio.Task[None] | None = None
 
     def start(self) -> None:

@@ -120,6 +120,8 @@ class SessionService:
         # ... the real values of the session's connectors (redacted from its events),
         # and whether a new session's box may reach a clone URL's host:port.
         self.connector_values: Callable[[str], Awaitable[list[str]]] | None = None
+        # Why boxes have no claude CLI (None: they have it), for the claude-code runtime.
+        self.claude_code_missing: Callable[[], str | None] = lambda: "no claude CLI"
         self.check_reachable: Callable[[str, str, NetworkSettings, list[str], str, int],
                                        Awaitable[None]] | None = None
 
@@ -155,10 +157,10 @@ class SessionService:
         await self.events.close()
 
     async def create(self, principal: Principal, req: CreateSession) -> SessionView:
-        if req.runtime != "native":
+        if req.runtime == "claude-code" and self.claude_code_missing():
             # Refused rather than quietly run natively: the choice must mean what it says.
-            raise BadRequest("the claude-code runtime is not available on this server yet; "
-                             "use runtime 'native'")
+            raise BadRequest(f"the claude-code runtime is not available on this server: "
+                             f"{self.claude_code_missing()}; use runtime 'native'")
         profiles.resolve(req.base)
         if req.approval.webhook:  # checked again before each call
             await self.webhooks.check(req.approval.webhook, "approval.webhook")

@@ -1,0 +1,172 @@
+"""`runtime: claude-code` sessions: the real Claude Code CLI runs the turn in the box,
+its model calls go through the gateway to the scripted model, each tool call waits on
+Sophon's approval policy (through the CLI's hook), and what it does becomes the same
+typed events as the native runtime's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sophon.testing import ModelServer
+from tests.conftest import LiveServer, make_data_dir, wait_for
+
+
+def text(t: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": t}]}
+
+
+def tool(name: str, **input: Any) -> dict[str, Any]:
+    return {"content": [{"type": "tool_use", "name": name, "input": input}],
+            "stop_reason": "tool_use"}
+
+
+def turn() -> dict[str, Any]:
+    return {"rules": [
+        {"when": {"last_user_contains": "SECOND"}, "reply": text("second answer")},
+        {"when": {"last_tool_result_contains": "hi from claude"}, "reply": text("DONE")},
+        {"when": {"tool_result_is_error": True}, "reply": text("STOPPED: not allowed")},
+        {"when": {"last_tool_result_contains": ""},
+         "reply": tool("Bash", command="cat hello.txt", description="show the file")},
+        {"when": {"last_user_contains": "SESSION"},
+         "reply": tool("Write", file_path="/workspace/hello.txt", content="hi from claude\n")},
+    ], "default": text("ok")}
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ModelServer]:
+    with ModelServer({"turns": [turn() for _ in range(200)]}) as ms:
+        yield ms
+
+
+@pytest.fixture(scope="module")
+def server(model: ModelServer) -> Iterator[LiveServer]:
+    path = make_data_dir()
+    srv = LiveServer(path, env={"ANTHROPIC_API_KEY": "sk-ant-test-key-0123456789abcdef",
+                                "ANTHROPIC_BASE_URL": model.url}).start()
+    health = httpx.get(srv.url + "/healthz").json()
+    if str(health["box_claude_code"]).startswith("missing"):
+        srv.stop()
+        pytest.skip(f"the claude CLI is not installed for boxes: {health['box_claude_code']}")
+    yield srv
+    srv.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def http(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60,
+                      headers={"Authorization": f"Bearer {server.add_user()}"}) as c:
+        yield c
+
+
+def events(http: httpx.Client, sid: str) -> list[dict[str, Any]]:
+    r = http.get(f"/v1/sessions/{sid}/events", params={"limit": 5000},
+                 headers={"Accept": "application/json"})
+    return list(r.json()["events"])
+
+
+def session(http: httpx.Client) -> str:
+    r = http.post("/v1/sessions", json={"name": "cc", "base": "python",
+                                        "runtime": "claude-code"})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def idle_after(http: httpx.Client, sid: str, n_users: int) -> list[dict[str, Any]] | None:
+    evs = events(http, sid)
+    users = [i for i, e in enumerate(evs) if e["type"] == "user"]
+    if len(users) >= n_users and any(e["type"] == "status" and e["status"] in ("idle", "error")
+                                     for e in evs[users[n_users - 1]:]):
+        return evs
+    return None
+
+
+def answer(http: httpx.Client, sid: str, decision: str) -> dict[str, Any]:
+    asked = wait_for(lambda: [e for e in events(http, sid) if e["type"] == "approval_request"],
+                     90, 0.2, "the Bash approval request")
+    request = asked[-1]  # type: ignore[index]
+    r = http.post(f"/v1/sessions/{sid}/approvals/{request['approval_id']}",
+                  json={"decision": decision})
+    assert r.status_code == 200, r.text
+    return dict(request)
+
+
+def test_a_turn_writes_asks_before_bash_and_logs_typed_events(
+        http: httpx.Client, model: ModelServer) -> None:
+    sid = session(http)
+    assert http.post(f"/v1/sessions/{sid}/messages",
+                     json={"content": "SESSION: write hello.txt, then show it"}).status_code == 202
+    request = answer(http, sid, "allow")
+    assert request["tool"] == "Bash" and request["input"]["command"] == "cat hello.txt"
+    evs = wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the turn to end")
+    assert isinstance(evs, list)
+    types = [e["type"] for e in evs]
+    for needed in ("user", "tool_use", "tool_result", "file_change", "assistant", "usage"):
+        assert needed in types, types
+    uses = [e["tool"] for e in evs if e["type"] == "tool_use"]
+    assert uses == ["Write", "Bash"]
+    results = [e for e in evs if e["type"] == "tool_result"]
+    assert "hi from claude" in results[-1]["content"] and not results[-1]["is_error"]
+    assert any(e["type"] == "file_change" and e["path"] == "hello.txt" for e in evs)
+    assert [e["text"] for e in evs if e["type"] == "assistant"][-1] == "DONE"
+    assert not [e for e in evs if e["type"] == "session_error"]
+    # Metered by the gateway, as the session.
+    assert http.get(f"/v1/sessions/{sid}/usage").json()["calls"]
+
+    # The next turn carries on the same conversation (the CLI resumes it).
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND question"})
+    evs = wait_for(lambda: idle_after(http, sid, 2), 120, 0.3, "the second turn to end")
+    assert [e["text"] for e in evs if e["type"] == "assistant"][-1] == "second answer"  # type: ignore[union-attr]
+    sent = json.dumps(model.requests[-1]["messages"])
+    assert "SESSION: write hello.txt" in sent and "hi from claude" in sent
+
+
+def test_a_denied_tool_does_not_run(http: httpx.Client) -> None:
+    sid = session(http)
+    http.post(f"/v1/sessions/{sid}/messages",
+              json={"content": "SESSION: write hello.txt, then show it"})
+    answer(http, sid, "deny")
+    evs = wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the turn to end")
+    results = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
+    assert results[-1]["is_error"] and "hi from claude" not in results[-1]["content"]
+    assert [e["text"] for e in evs if e["type"] == "assistant"][-1] == "STOPPED: not allowed"  # type: ignore[union-attr]
+
+
+def test_an_interrupt_while_a_tool_waits_ends_the_turn(http: httpx.Client) -> None:
+    sid = session(http)
+    http.post(f"/v1/sessions/{sid}/messages",
+              json={"content": "SESSION: write hello.txt, then show it"})
+    wait_for(lambda: [e for e in events(http, sid) if e["type"] == "approval_request"],
+             90, 0.2, "the Bash approval request")
+    started = time.monotonic()
+    assert http.post(f"/v1/sessions/{sid}/interrupt").json() == {"interrupted": True}
+    evs = wait_for(lambda: idle_after(http, sid, 1), 30, 0.2, "the turn to end")
+    assert time.monotonic() - started < 20
+    assert http.get(f"/v1/sessions/{sid}/approvals").json()["approvals"] == []
+    statuses = [e for e in evs if e["type"] == "status"]  # type: ignore[union-attr]
+    assert statuses[-1]["detail"] == "interrupted by the user"
+
+
+def test_without_the_cli_the_runtime_is_a_clear_400(data_dir: Path) -> None:
+    srv = LiveServer(data_dir, env={"SOPHON_BOX_CLAUDE_DIR": str(data_dir / "none")}).start()
+    try:
+        assert httpx.get(srv.url + "/healthz").json()["box_claude_code"].startswith("missing")
+        http = httpx.Client(base_url=srv.url, headers={"Authorization":
+                                                       f"Bearer {srv.add_user()}"})
+        r = http.post("/v1/sessions", json={"name": "cc", "runtime": "claude-code"})
+        assert r.status_code == 400
+        assert "claude-code runtime is not available" in r.json()["message"]
+        assert "scripts/box-tools" in r.json()["message"]
+        assert http.get("/v1/sessions").json()["sessions"] == []
+        # The native runtime is not affected (control).
+        assert http.post("/v1/sessions", json={"name": "n"}).status_code == 201
+    finally:
+        srv.stop()
