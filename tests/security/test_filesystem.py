@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from sophon.box.bwrap import BOXD_PATH, ETC_FILES, SYSTEM_DIRS, SYSTEM_FILES
+from sophon.box.bwrap import BOXD_PATH, ETC_FILES, SYSTEM_DIRS, SYSTEM_FILES, TRUST_BUNDLE
 from tests.conftest import LiveServer, wait_for
 from tests.security.conftest import Run
 from tests.security.helpers import (
@@ -136,7 +136,8 @@ ls -a /etc
     assert host_shadow.splitlines()[0] not in res["stdout"]
     # /etc in the box holds only what the server puts there.
     expected = (set(ETC_FILES) | {Path(f).name for f in SYSTEM_FILES if f.startswith("/etc/")}
-                | {Path(d).name for d in SYSTEM_DIRS if d.startswith("/etc/")} | {".", ".."})
+                | {Path(d).name for d in SYSTEM_DIRS if d.startswith("/etc/")} | {".", ".."}
+                | {Path(TRUST_BUNDLE).parent.name})  # the egress door's CA bundle
     listed = set(res["stdout"].split())
     assert listed <= expected, f"host /etc entries visible in the box: {listed - expected}"
 

@@ -45,6 +45,8 @@ HOOK = "/opt/sophon/agent/claude_hook.py"
 SETTINGS = json.dumps({"hooks": {"PreToolUse": [{"matcher": "*", "hooks": [
     {"type": "command", "command": f"/usr/bin/python3 -I -S {HOOK}", "timeout": 86400}]}]}})
 CC_NAMESPACE = uuid.UUID("6f1c2b7e-5d0a-4c1e-9a57-0b3c9e2d8f41")
+# The hook's questions being answered, per session (see run_claude_turn's end).
+_asking: dict[str, set[asyncio.Task[Any]]] = {}
 OUTPUT_CAP = 256 * 2**20
 TURN_SECONDS = 6 * 3600
 
@@ -114,6 +116,11 @@ async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settin
         if turn.interrupted:
             with contextlib.suppress(Exception):
                 await asyncio.shield(_withdraw_approvals(turn, sessions))
+        # A question the hook asked is answered (or withdrawn) before the turn's status
+        # is: the answer sets "running", which must not come after this turn's "idle".
+        asking = _asking.get(sid)
+        if asking:
+            await asyncio.wait(set(asking), timeout=5)
         status, detail = ("error", failed) if failed else (
             "idle", "interrupted by the user" if turn.interrupted else None)
         with contextlib.suppress(Exception):
@@ -203,13 +210,18 @@ async def approve_tool(sessions: SessionService, settings: Settings, session_id:
     by the session's approval policy, as for the native runtime."""
     owner = Principal(user_id=user_id, name="")
     row = await sessions.get_row(owner, session_id)
-    verdict = await policy.authorize(sessions, session_id,
-                                     ApprovalPolicy.model_validate(row.approval), tool,
-                                     tool_input, settings.models.approval_webhook_timeout,
-                                     owner)
-    if verdict.allowed:
-        with contextlib.suppress(Exception):
-            await sessions.set_status(session_id, "running")
+    task = asyncio.current_task()
+    assert task is not None
+    _asking.setdefault(session_id, set()).add(task)
+    try:
+        verdict = await policy.authorize(sessions, session_id,
+                                         ApprovalPolicy.model_validate(row.approval), tool,
+                                         tool_input, settings.models.approval_webhook_timeout,
+                                         owner)
+    finally:
+        _asking[session_id].discard(task)
+        if not _asking[session_id]:
+            del _asking[session_id]
     return {"decision": "allow" if verdict.allowed else "deny",
             "reason": verdict.reason or ("" if verdict.allowed else
                                          f"the session's approval policy denies {tool}")}

@@ -80,9 +80,6 @@ SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 TRUST_BUNDLE = "/etc/sophon/ca-bundle.crt"
 TRUST_CA = "/etc/sophon/ca.pem"
 
-# Where Baponi's guide expects the Claude Code CLI in a thread's box.
-THREAD_CLAUDE = "/home/baponi/.local/bin/claude"
-
 # The environment every process in a box starts from; execs add their own on top.
 BASE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -207,7 +204,6 @@ class BwrapBackend:
         host_uid: int,
         python: str = "/usr/bin/python3",
         door_port: int | None = None,
-        claude: Path | None = None,
     ) -> None:
         self.runtime_dir = runtime_dir
         self.door_port = door_port
@@ -222,9 +218,6 @@ class BwrapBackend:
         self._install_runtime()
         self.seccomp_filter: Path | None = None
         self.seccomp_mode = "off"
-        # The claude CLI's binary (symlinks resolved; under /usr, which boxes see), if
-        # installed: bound read-only at THREAD_CLAUDE in threads' boxes.
-        self.claude = str(claude.resolve()) if claude is not None and claude.exists() else None
         self._install_seccomp()
 
     def check_reachable(self, path: Path) -> None:
@@ -375,9 +368,6 @@ class BwrapBackend:
             "--bind", str(spec.workspace), WORKSPACE,
             "--bind", str(spec.home), HOME,
             *[a for alias in spec.home_aliases for a in ("--bind", str(spec.home), alias)],
-            # The guide's cli_path, in a thread's box: the CLI itself, read-only.
-            *(["--ro-bind", self.claude, THREAD_CLAUDE]
-              if self.claude and THREAD_HOME in spec.home_aliases else []),
             *[a for _, inside in self.data_files if inside.startswith(AGENT_DIR + "/")
               for a in copy_in(inside)],
             *[a for host, inside in spec.extra_ro_binds for a in ("--ro-bind", host, inside)],

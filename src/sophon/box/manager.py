@@ -73,7 +73,6 @@ class BoxManager:
             host_uid=settings.box_uid_first,
             python=settings.box_python,
             door_port=settings.egress_box_port,
-            claude=settings.box_claude_dir / "bin" / "claude",
         )
         # Called with every box that has started (the egress door serves its listener).
         self.on_started: list[Callable[[Box], None]] = []

@@ -38,6 +38,8 @@ class SophonCA:
         key_path = self.dir / "ca.key"
         if not (self.cert_path.exists() and key_path.exists()):
             self._make(key_path)
+        for f in (self.cert_path, key_path):  # the server's alone, like its other keys
+            f.chmod(0o600)
         key = serialization.load_pem_private_key(key_path.read_bytes(), None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         self._key = key
@@ -68,8 +70,7 @@ class SophonCA:
         _write_private(key_path, key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()))
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        self.cert_path.chmod(0o644)
+        _write_private(self.cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
     def bundle(self) -> bytes:
         """What a box trusts: the host's system bundle and this CA."""
