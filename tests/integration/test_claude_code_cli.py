@@ -15,6 +15,7 @@ import pytest
 
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, make_data_dir
+from tests.integration.egress_hosts import GitServer
 
 PROVIDER_KEY = "sk-ant-test-provider-key-never-in-a-box-0123456789"
 
@@ -23,8 +24,15 @@ def turn() -> dict[str, Any]:
     """Any request: after a tool ran, finish; asked to write, write; the CLI's own side
     requests (titles, checks) get a short text."""
     return {"rules": [
+        {"when": {"last_user_contains": "LOOP"},
+         "reply": {"content": [{"type": "tool_use", "name": "Bash", "input": {
+             "command": "echo again", "description": "again"}}], "stop_reason": "tool_use"}},
         {"when": {"last_tool_result_contains": ""},
          "reply": {"content": [{"type": "text", "text": "DONE: the file is written"}]}},
+        {"when": {"last_user_contains": "MULTI"},
+         "reply": {"content": [{"type": "tool_use", "name": "Write", "input": {
+             "file_path": "/home/baponi/app/CHANGES.md", "content": "claude was here\n"}}],
+             "stop_reason": "tool_use"}},
         {"when": {"last_user_contains": "ONE-SHOT"},
          "reply": {"content": [{"type": "tool_use", "name": "Write", "input": {
              "file_path": "/home/baponi/hello.txt", "content": "hi from claude\n"}}],
@@ -39,10 +47,20 @@ def model() -> Iterator[ModelServer]:
 
 
 @pytest.fixture(scope="module")
-def server(model: ModelServer) -> Iterator[LiveServer]:
+def git() -> Iterator[GitServer]:
+    srv = GitServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def server(model: ModelServer, git: GitServer) -> Iterator[LiveServer]:
     path = make_data_dir()
+    # The execution API reaches any public address and, opened here, the test's git host.
     srv = LiveServer(path, env={"ANTHROPIC_API_KEY": PROVIDER_KEY,
-                                "ANTHROPIC_BASE_URL": model.url}).start()
+                                "ANTHROPIC_BASE_URL": model.url,
+                                "SOPHON_EGRESS_EXECUTE": "public",
+                                "SOPHON_EGRESS_ALLOW_PRIVATE": git.addr}).start()
     health = httpx.get(srv.url + "/healthz").json()
     if str(health["box_claude_code"]).startswith("missing"):
         srv.stop()
@@ -87,3 +105,29 @@ def test_the_guides_one_shot_claude_runs_in_a_thread_through_the_gateway(
     # Every model call reached the model with the server's key: through the gateway.
     assert model.requests and all(h.get("x-api-key") == PROVIDER_KEY
                                   for h in model.request_headers)
+
+
+def test_clone_claude_commit_push_in_one_thread_and_max_turns_hold(
+        server: LiveServer, git: GitServer) -> None:
+    """The guide's multi-step flow in one thread: clone over HTTP, run claude with
+    stream-json, commit and push what it wrote; and --max-turns stops a looping agent."""
+    http = httpx.Client(base_url=server.url, timeout=60,
+                        headers={"Authorization": f"Bearer {server.add_user()}"})
+    r = http.post("/v1/connectors", json={"name": "claude", "type": "anthropic",
+                                          "execute": True})
+    assert r.status_code == 201, r.text
+    res = execute(http, (
+        f"cd /home/baponi && git clone -q {git.url}/repo.git app && cd app && "
+        'claude -p "MULTI: add CHANGES.md" --output-format stream-json --verbose '
+        "--max-turns 50 --dangerously-skip-permissions > ../run.jsonl && "
+        "git add -A && git -c user.name=c -c user.email=c@example.com commit -qm 'by claude' "
+        "&& git push -q origin HEAD:main && tail -1 ../run.jsonl"), "multi")
+    assert res["exit_code"] == 0, res
+    last = json.loads(res["stdout"].strip().splitlines()[-1])
+    assert last["type"] == "result" and last["is_error"] is False, last
+    assert git.log()[0] == "by claude"
+
+    looped = execute(http, 'cd /home/baponi && claude -p "LOOP forever" --output-format json '
+                           "--max-turns 2 --dangerously-skip-permissions", "multi")
+    result = json.loads(looped["stdout"].strip().splitlines()[-1])
+    assert result["subtype"] == "error_max_turns", result

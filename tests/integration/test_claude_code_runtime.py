@@ -170,3 +170,41 @@ def test_without_the_cli_the_runtime_is_a_clear_400(data_dir: Path) -> None:
         assert http.post("/v1/sessions", json={"name": "n"}).status_code == 201
     finally:
         srv.stop()
+
+
+def test_the_turn_reaches_only_the_gateway(http: httpx.Client) -> None:
+    """The CLI's own calls (telemetry, feature flags, updates) are off: a whole turn
+    leaves no refused connection behind."""
+    sid = session(http)
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND, just answer"})
+    evs = wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the turn to end")
+    assert [e for e in evs if e["type"] == "network_denied"] == []  # type: ignore[union-attr]
+    usage = wait_for(lambda: (lambda n: n if n["connections"] else None)(
+        http.get(f"/v1/sessions/{sid}/usage").json()["network"]), 10, 0.2, "the metering")
+    assert usage["denied"] == 0  # type: ignore[index]
+
+
+def test_max_turns_holds(http: httpx.Client) -> None:
+    r = http.post("/v1/sessions", json={"name": "cc", "base": "python",
+                                        "runtime": "claude-code", "max_turns": 1,
+                                        "approval": {"shell": "allow"}})
+    sid = r.json()["id"]
+    http.post(f"/v1/sessions/{sid}/messages",
+              json={"content": "SESSION: write hello.txt, then show it"})
+    evs = wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the turn to end")
+    errors = [e for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+    assert [e["code"] for e in errors] == ["max_turns"]
+    assert [e["tool"] for e in evs if e["type"] == "tool_use"] == ["Write"]  # type: ignore[union-attr]
+
+
+def test_the_conversation_survives_a_killed_server(
+        http: httpx.Client, server: LiveServer, model: ModelServer) -> None:
+    sid = session(http)
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND: remember FIRST-TURN"})
+    wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the first turn to end")
+    server.kill()
+    server.start()
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND again"})
+    wait_for(lambda: idle_after(http, sid, 2), 120, 0.3, "the second turn to end")
+    # The CLI resumed its conversation from the box's disk: the model saw the first turn.
+    assert "remember FIRST-TURN" in json.dumps(model.requests[-1]["messages"])
