@@ -5,9 +5,13 @@ scripted model, with no provider key in the box."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import threading
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +19,7 @@ import pytest
 
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, make_data_dir
-from tests.integration.egress_hosts import GitServer
+from tests.integration.egress_hosts import HOST, GitServer
 
 PROVIDER_KEY = "sk-ant-test-provider-key-never-in-a-box-0123456789"
 
@@ -131,3 +135,66 @@ def test_clone_claude_commit_push_in_one_thread_and_max_turns_hold(
                            "--max-turns 2 --dangerously-skip-permissions", "multi")
     result = json.loads(looped["stdout"].strip().splitlines()[-1])
     assert result["subtype"] == "error_max_turns", result
+
+
+WHEELHOUSE = Path(__file__).resolve().parents[2] / ".cache" / "wheelhouse"
+
+AGENT_SDK_SCRIPT = """
+import anyio, json, shutil
+from claude_agent_sdk import ClaudeAgentOptions, HookMatcher, query
+
+seen = []
+
+async def control_plane(input_data, tool_use_id, context):
+    seen.append(input_data["tool_name"])  # every tool call passes here first
+    return {}
+
+async def main():
+    options = ClaudeAgentOptions(
+        cli_path=shutil.which("claude"), cwd="/home/baponi", max_turns=5,
+        permission_mode="bypassPermissions",
+        hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[control_plane])]})
+    async for message in query(prompt="ONE-SHOT: write hello.txt", options=options):
+        pass
+    print(json.dumps(seen))
+
+anyio.run(main)
+"""
+
+
+def test_the_agent_sdk_example_runs_in_a_thread_with_a_pretooluse_hook(
+        model: ModelServer) -> None:
+    """The guide's Agent SDK example: pip install claude-agent-sdk (from a loopback index
+    holding the wheels `make test` downloaded), ClaudeAgentOptions(cli_path=...), and a
+    PreToolUse hook that sees every tool call."""
+    if not (WHEELHOUSE / ".done").exists():
+        pytest.skip("no wheelhouse (make test downloads it into .cache/wheelhouse)")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(WHEELHOUSE))
+    index = ThreadingHTTPServer((HOST, 0), handler)
+    threading.Thread(target=index.serve_forever, daemon=True).start()
+    addr = f"{HOST}:{index.server_address[1]}"
+    path = make_data_dir()
+    srv = LiveServer(path, env={"ANTHROPIC_API_KEY": PROVIDER_KEY,
+                                "ANTHROPIC_BASE_URL": model.url,
+                                "SOPHON_EGRESS_ALLOW_PRIVATE": addr,
+                                "SOPHON_EGRESS_EXECUTE": "public"}).start()
+    try:
+        http = httpx.Client(base_url=srv.url, timeout=60,
+                            headers={"Authorization": f"Bearer {srv.add_user()}"})
+        http.post("/v1/connectors", json={"name": "claude", "type": "anthropic",
+                                          "execute": True}).raise_for_status()
+        # The wheel holds its own CLI (~190 MB): unpacked on the box's disk, not in its
+        # /tmp (SOPHON_BOX_TMP_MB, 64 by default).
+        res = execute(http, "mkdir -p ~/.pip-tmp && TMPDIR=~/.pip-tmp pip install -q --user "
+                            f"--no-index --find-links http://{addr}/ claude-agent-sdk "
+                            "&& rm -rf ~/.pip-tmp", "sdk")
+        assert res["exit_code"] == 0, res
+        res = execute(http, f"python3 - <<'EOF'\n{AGENT_SDK_SCRIPT}EOF", "sdk")
+        assert res["exit_code"] == 0, res
+        assert json.loads(res["stdout"].strip().splitlines()[-1]) == ["Write"]
+        kept = execute(http, "cat /home/baponi/hello.txt", "sdk")["stdout"]
+        assert kept == "hi from claude\n"
+    finally:
+        srv.stop()
+        index.shutdown()
+        shutil.rmtree(path, ignore_errors=True)
