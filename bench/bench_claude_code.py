@@ -21,13 +21,16 @@ when npm is missing or the install fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +193,69 @@ def run_native(ms: RoutedModel, http: httpx.Client, rounds: int) -> dict[str, li
     return _gaps(ms, rounds)
 
 
+def run_runtime(ms: RoutedModel, http: httpx.Client, rounds: int,
+                rss_kib: list[int]) -> dict[str, list[float]]:
+    """The same task in a ``runtime: claude-code`` session: the CLI in the session's box,
+    its model calls through the egress door and the gateway, each tool call past the
+    session's policy through the hook. ``rss_kib`` gets the CLI's resident memory,
+    sampled in the box while the turn runs."""
+    ms.set_script(script("/workspace", rounds))
+    sid = http.post("/v1/sessions", json={"name": "cc-runtime", "runtime": "claude-code",
+                                          "approval": {"shell": "allow"}}).json()["id"]
+    http.put(f"/v1/sessions/{sid}/files/f.txt", content=FILE_TEXT.encode()).raise_for_status()
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "go"}).raise_for_status()
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            with contextlib.suppress(httpx.HTTPError):
+                r = http.post(f"/v1/sessions/{sid}/exec", json={
+                    "command": "ps -C claude -o rss= | sort -n | tail -1"})
+                out = "".join(json.loads(x).get("data", "") for x in r.text.splitlines()
+                              if json.loads(x)["type"] == "exec_output").strip()
+                if out.isdigit():
+                    rss_kib.append(int(out))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+
+    def idle() -> bool:
+        evs = http.get(f"/v1/sessions/{sid}/events", params={"limit": 5000},
+                       headers={"Accept": "application/json"}).json()["events"]
+        statuses = [e["status"] for e in evs if e["type"] == "status" and e["seq"] > 3]
+        if {"waiting_approval", "error"} & set(statuses):
+            raise RuntimeError(f"the claude-code session stopped: {statuses}: {evs[-3:]}")
+        return "idle" in statuses
+
+    try:
+        wait_for(idle, 600, 0.05, "the claude-code session to finish")
+    finally:
+        done.set()
+        sampler.join()
+    return _gaps(ms, rounds)
+
+
+BOX_CLAUDE = Path("/usr/local/lib/sophon-claude/bin/claude")  # scripts/box-tools
+
+
+def cli_start(http: httpx.Client, claude: Path, n: int = 10) -> tuple[Samples, Samples]:
+    """``claude --version`` in a session's box and, the same binary, on the host."""
+    sid = http.post("/v1/sessions", json={"name": "cli-start"}).json()["id"]
+    loop = (f"for i in $(seq {n}); do s=$(date +%s%N); claude --version >/dev/null; "
+            "e=$(date +%s%N); echo $(( (e - s) / 1000 )); done")
+    r = http.post(f"/v1/sessions/{sid}/exec", json={"command": loop})
+    out = "".join(json.loads(x).get("data", "") for x in r.text.splitlines()
+                  if json.loads(x)["type"] == "exec_output")
+    in_box = Samples([int(x) / 1000 for x in out.split()])
+    on_host = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run([str(claude), "--version"], capture_output=True, check=True,
+                       env={**os.environ, "DISABLE_AUTOUPDATER": "1"})
+        on_host.append((time.perf_counter() - t0) * 1000)
+    return in_box, Samples(on_host)
+
+
 def run_claude(ms: RoutedModel, claude: Path, rounds: int) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="sophon-bench-cc-") as tmp:
         work, home = Path(tmp, "work"), Path(tmp, "home")
@@ -256,16 +322,28 @@ def claude_code() -> tuple[Path, str] | None:
 # --- the benchmark --------------------------------------------------------------------
 
 
-def measure(rounds: int, repeats: int) -> tuple[dict[str, list[float]],
-                                                 dict[str, list[float]], str] | None:
-    """(native, claude) round trips per tool, each pooled over ``repeats`` runs of the
-    task, the two agents taking turns; and Claude Code's version."""
+@dataclass
+class Measured:
+    native: dict[str, list[float]]
+    cc: dict[str, list[float]]  # the CLI on the host
+    runtime: dict[str, list[float]]  # runtime: claude-code sessions (the CLI in the box)
+    version: str
+    rss_kib: list[int]
+    start_box: Samples | None = None
+    start_host: Samples | None = None
+
+
+def measure(rounds: int, repeats: int) -> Measured | None:
+    """Round trips per tool of the native runtime, the CLI on the host and the
+    claude-code runtime, each pooled over ``repeats`` runs of the task, taking turns; the
+    CLI's start in a box and on the host; its memory in a session's box."""
     found = claude_code()
     if found is None:
         return None
     claude, version = found
-    native: dict[str, list[float]] = {t: [] for t in TOOLS}
-    cc: dict[str, list[float]] = {t: [] for t in TOOLS}
+    got = Measured({t: [] for t in TOOLS}, {t: [] for t in TOOLS}, {t: [] for t in TOOLS},
+                   version, [])
+    native, cc = got.native, got.cc
     ms = RoutedModel()
     try:
         env = {"ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": ms.url,
@@ -273,14 +351,20 @@ def measure(rounds: int, repeats: int) -> tuple[dict[str, list[float]],
         with live_server(env=env) as (srv, key), \
                 httpx.Client(base_url=srv.url, timeout=120,
                              headers={"Authorization": f"Bearer {key}"}) as http:
+            in_box = http.get("/healthz").json()["box_claude_code"]
             for _ in range(repeats):
                 for tool, gaps in run_native(ms, http, rounds).items():
                     native[tool] += gaps
                 for tool, gaps in run_claude(ms, claude, rounds).items():
                     cc[tool] += gaps
+                if not in_box.startswith("missing"):
+                    for tool, gaps in run_runtime(ms, http, rounds, got.rss_kib).items():
+                        got.runtime[tool] += gaps
+            if not in_box.startswith("missing"):
+                got.start_box, got.start_host = cli_start(http, BOX_CLAUDE)
     finally:
         ms.close()
-    return native, cc, version
+    return got
 
 
 def _all(per_tool: dict[str, list[float]]) -> Samples:
@@ -291,7 +375,7 @@ def run(rounds: int = 16, repeats: int = 3) -> list[Figure]:
     got = measure(rounds, repeats)
     if got is None:
         return []
-    native, cc, version = got
+    native, cc, version = got.native, got.cc, got.version
     n, c = _all(native), _all(cc)
     label = f"Claude Code {version}, same script"
     details = [f"task: {rounds} rounds of {', '.join(TOOLS)} on a 20-line file, first round "
@@ -301,7 +385,7 @@ def run(rounds: int = 16, repeats: int = 3) -> list[Figure]:
         a, b = Samples(native[t]), Samples(cc[t])
         details.append(f"{t}: native p50 {a.p50:.2f} / p99 {a.p99:.2f} ms, Claude Code p50 "
                        f"{b.p50:.2f} / p99 {b.p99:.2f} ms (n={len(a.ms)}/{len(b.ms)})")
-    return [
+    figures = [
         Figure(key="vs_claude_code_p50", title="Tool round trip, native vs Claude Code CLI "
                "(p50)", command=COMMAND, value=n.p50, unit="ms", baseline=c.p50,
                baseline_label=f"{label} (p50)", details=details),
@@ -309,6 +393,33 @@ def run(rounds: int = 16, repeats: int = 3) -> list[Figure]:
                "(p99)", command=COMMAND, value=n.p99, unit="ms", baseline=c.p99,
                baseline_label=f"{label} (p99)"),
     ]
+    if any(got.runtime.values()):
+        r = _all(got.runtime)
+        rt_details = [f"claude-code runtime, all tools: {r.describe()}",
+                      *[f"{t}: claude-code runtime p50 {Samples(got.runtime[t]).p50:.2f} ms, "
+                        f"native p50 {Samples(native[t]).p50:.2f} ms" for t in TOOLS],
+                      "the CLI in the session's box, its model calls through the egress door "
+                      "and the gateway, each tool call past the session's policy through "
+                      "its PreToolUse hook (a process and an HTTP round trip to the server)"]
+        figures.append(Figure(
+            key="claude_code_runtime_p50", title="Tool round trip, runtime: claude-code vs "
+            "native (p50)", command=COMMAND, value=r.p50, unit="ms", baseline=n.p50,
+            baseline_label="the native runtime, same script (p50)", details=rt_details))
+    if got.rss_kib:
+        figures.append(Figure(
+            key="claude_code_runtime_rss", title="Memory of a running claude-code session "
+            "(the CLI's resident set, peak)", command=COMMAND, value=max(got.rss_kib) / 1024,
+            unit="MiB", baseline=float("nan"), baseline_label="—",
+            details=[f"{len(got.rss_kib)} samples every 0.5 s during the turns, median "
+                     f"{sorted(got.rss_kib)[len(got.rss_kib) // 2] / 1024:.0f} MiB"]))
+    if got.start_box is not None and got.start_host is not None:
+        figures.append(Figure(
+            key="claude_code_start", title="claude --version in a box (p50)",
+            command=COMMAND, value=got.start_box.p50, unit="ms",
+            baseline=got.start_host.p50, baseline_label="on the host (p50)",
+            details=[f"in a session's box: {got.start_box.describe()}",
+                     f"on the host: {got.start_host.describe()}"]))
+    return figures
 
 
 def table(native: dict[str, list[float]], cc: dict[str, list[float]], version: str) -> str:
@@ -331,4 +442,4 @@ if __name__ == "__main__":
         rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 16
         result = measure(rounds, 3)
         if result is not None:
-            print(table(*result))
+            print(table(result.native, result.cc, result.version))
