@@ -30,6 +30,16 @@ def tool(name: str, **input: Any) -> dict[str, Any]:
 
 def turn() -> dict[str, Any]:
     return {"rules": [
+        {"when": {"last_user_contains": "PLAN", "last_tool_result_contains": ""},
+         "reply": text("PLANNED")},
+        {"when": {"last_user_contains": "PLAN"},
+         "reply": tool("TodoWrite", todos=[
+             {"content": "write the tests", "status": "completed", "activeForm": "Writing"},
+             {"content": "fix the bug", "status": "in_progress", "activeForm": "Fixing"}])},
+        {"when": {"last_user_contains": "AGAIN", "last_tool_result_contains": "again.txt"},
+         "reply": text("DONE AGAIN")},
+        {"when": {"last_user_contains": "AGAIN"},
+         "reply": tool("Write", file_path="/workspace/again.txt", content="again\n")},
         {"when": {"last_user_contains": "SECOND"}, "reply": text("second answer")},
         {"when": {"last_tool_result_contains": "hi from claude"}, "reply": text("DONE")},
         {"when": {"tool_result_is_error": True}, "reply": text("STOPPED: not allowed")},
@@ -208,3 +218,37 @@ def test_the_conversation_survives_a_killed_server(
     wait_for(lambda: idle_after(http, sid, 2), 120, 0.3, "the second turn to end")
     # The CLI resumed its conversation from the box's disk: the model saw the first turn.
     assert "remember FIRST-TURN" in json.dumps(model.requests[-1]["messages"])
+
+
+def test_remember_holds_for_the_next_calls(http: httpx.Client) -> None:
+    """An allow with "remember" is written to the session's policy: the CLI's next call
+    of that tool, in a later turn, asks nobody."""
+    r = http.post("/v1/sessions", json={"name": "cc", "base": "python",
+                                        "runtime": "claude-code",
+                                        "approval": {"shell": "allow", "tools": {"Write": "ask"}}})
+    sid = r.json()["id"]
+    http.post(f"/v1/sessions/{sid}/messages",
+              json={"content": "SESSION: write hello.txt, then show it"})
+    asked = wait_for(lambda: [e for e in events(http, sid) if e["type"] == "approval_request"],
+                     90, 0.2, "the Write approval request")
+    request = asked[0]  # type: ignore[index]
+    assert request["tool"] == "Write"
+    r = http.post(f"/v1/sessions/{sid}/approvals/{request['approval_id']}",
+                  json={"decision": "allow", "remember": True})
+    assert r.status_code == 200, r.text
+    wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the first turn to end")
+    assert http.get(f"/v1/sessions/{sid}").json()["approval"]["tools"]["Write"] == "allow"
+    http.post(f"/v1/sessions/{sid}/messages",
+              json={"content": "AGAIN: write again.txt"})
+    evs = wait_for(lambda: idle_after(http, sid, 2), 120, 0.3, "the second turn to end")
+    assert [e["tool"] for e in evs if e["type"] == "tool_use"].count("Write") == 2  # type: ignore[union-attr]
+    assert len([e for e in evs if e["type"] == "approval_request"]) == 1  # type: ignore[union-attr]
+
+
+def test_the_clis_task_list_becomes_task_updates(http: httpx.Client) -> None:
+    sid = session(http)
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "PLAN the work"})
+    evs = wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the turn to end")
+    tasks = [(e["task_id"], e["subject"], e["status"]) for e in evs  # type: ignore[union-attr]
+             if e["type"] == "task_update"]
+    assert tasks == [("1", "write the tests", "completed"), ("2", "fix the bug", "in_progress")]

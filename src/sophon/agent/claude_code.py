@@ -32,7 +32,15 @@ from sophon.box.box import ExecEvent, ExecOutcome
 from sophon.box.bwrap import WORKSPACE
 from sophon.config import Settings
 from sophon.errors import SophonError
-from sophon.events.types import Assistant, SessionError, Thinking, ToolResult, ToolUse, User
+from sophon.events.types import (
+    Assistant,
+    SessionError,
+    TaskUpdate,
+    Thinking,
+    ToolResult,
+    ToolUse,
+    User,
+)
 from sophon.sessions.models import ApprovalPolicy
 from sophon.sessions.service import SessionService
 from sophon.users import Principal
@@ -136,6 +144,7 @@ class _Lines:
         self.stderr: list[str] = []
         self.result: dict[str, Any] | None = None
         self.max_turns = False
+        self.tasks: dict[int, tuple[str, str]] = {}  # the task list as last logged
 
     async def feed(self, stream: str, data: str) -> None:
         if stream == "stderr":
@@ -172,6 +181,8 @@ class _Lines:
                     await emit.append(self.sid, ToolUse(
                         tool_use_id=str(block.get("id")), tool=str(block.get("name")),
                         input=block.get("input") or {}))
+                    if block.get("name") == "TodoWrite":
+                        await self._todos(block.get("input") or {})
         elif kind == "user" and isinstance(content, list):
             for block in content:
                 if block.get("type") == "tool_result":
@@ -182,6 +193,28 @@ class _Lines:
         elif kind == "result":
             self.result = msg
             self.max_turns = msg.get("subtype") == "error_max_turns"
+
+    async def _todos(self, tool_input: dict[str, Any]) -> None:
+        """The CLI's task list (TodoWrite sends all of it each time) as task_update events
+        for the tasks that changed, numbered by their place in the list."""
+        todos = tool_input.get("todos")
+        if not isinstance(todos, list):
+            return
+        for i, todo in enumerate(todos, 1):
+            if not isinstance(todo, dict):
+                continue
+            status = todo.get("status")
+            subject = str(todo.get("content") or "")[:500]
+            if status not in ("pending", "in_progress", "completed") or not subject:
+                continue
+            key = (subject, status)
+            if self.tasks.get(i) == key:
+                continue
+            self.tasks[i] = key
+            await self.sessions.events.append(self.sid, TaskUpdate(
+                task_id=str(i), subject=subject, status=status,
+                description=todo.get("activeForm") if isinstance(todo.get("activeForm"), str)
+                else None))
 
     def failure(self, outcome: ExecOutcome | None) -> str | None:
         """Why the turn failed, in a sentence, or None."""
