@@ -4,6 +4,7 @@ shows in the thread list, beside the session's in its usage."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import Iterator
 
 import httpx
@@ -55,3 +56,12 @@ def test_a_threads_traffic_is_metered_in_the_thread_list(server: LiveServer,
     assert net["connections"] == 1 and net["denied"] == 1  # type: ignore[index]
     assert net["bytes_in"] > len("hello from the test host")  # type: ignore[index]
     assert net["bytes_out"] > 0  # type: ignore[index]
+
+    # Deleted with its thread: what the thread moved is not kept after it.
+    def rows() -> int:
+        with sqlite3.connect(server.data_dir / "sophon.db") as db:
+            return int(db.execute("SELECT count(*) FROM network_usage").fetchone()[0])
+
+    wait_for(rows, 10, what="the usage row to be written")
+    assert http.delete("/v1/threads/metered").status_code == 204
+    assert rows() == 0

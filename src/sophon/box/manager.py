@@ -74,8 +74,10 @@ class BoxManager:
             python=settings.box_python,
             door_port=settings.egress_box_port,
         )
-        # Called with every box that has started (the egress door serves its listener).
+        # Called with every box that has started (the egress door serves its listener),
+        # and with the id of every box deleted for good (what is kept about it goes too).
         self.on_started: list[Callable[[Box], None]] = []
+        self.on_destroyed: list[Callable[[str], Awaitable[None]]] = []
         # Each box its own host uid (only a root server can switch uids; otherwise every
         # box runs as the server's, which it says at start-up).
         self.uids = UidPool(settings.boxes_dir, settings.box_uid_first,
@@ -520,6 +522,11 @@ class BoxManager:
         await asyncio.to_thread(shutil.rmtree, self.box_dir(box_id), True)
         if self.uids is not None and not self.box_dir(box_id).exists():
             self.uids.release(box_id)  # only now: its next owner must find nothing old
+        for hook in self.on_destroyed:
+            try:
+                await hook(box_id)
+            except Exception:
+                log.exception("could not forget box %s", box_id)
 
     def disk_use(self, box_id: str) -> DiskUse:
         box = self.running(box_id)  # its disk is mounted only in its own namespace

@@ -10,9 +10,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sophon.box import ids
 from sophon.box.bwrap import BASE_ENV, TRUST_BUNDLE, TRUST_CA
 from sophon.box.manager import BoxManager
 from sophon.config import Settings
@@ -112,6 +113,7 @@ class Egress:
         self.door = Door(settings, self.grants.for_box, self._denied, self._ask, self.ca)
         connectors.on_change.append(self.grants.forget)
         boxes.on_started.append(self.door.attach)
+        boxes.on_destroyed.append(self.forget_box)
         self._proxy_env = proxy_env(settings.egress_box_port,
                                     node_preload(settings.box_node_dir))
         self.claude_code = claude_code_status(settings.box_claude_dir)
@@ -326,6 +328,15 @@ class Egress:
             for t, counts in taken.values():  # counted again at the next flush
                 t.give_back(counts)
             raise
+
+    async def forget_box(self, box_id: str) -> None:
+        """A session's or thread's box deleted for good: its network usage goes too."""
+        owner_id = ("ses_" + box_id[1:] if ids.kind_of(box_id) is ids.Kind.SESSION
+                    else box_id)
+        self.door.tallies.pop(owner_id, None)
+        async with self._db() as db:
+            await db.execute(delete(NetworkUsage).where(NetworkUsage.owner_id == owner_id))
+            await db.commit()
 
     async def usage(self, owner_ids: list[str]) -> dict[str, dict[str, int]]:
         """Bytes out and in, connections and refusals per owner, up to this moment."""
