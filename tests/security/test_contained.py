@@ -114,6 +114,10 @@ def probe(pid, sig=0):  # signal 0: permission and existence, no harm done
         r["ptrace"] = "ok"
         os.waitpid(pid, 0x40000000)
         libc.ptrace(DETACH, pid, None, None)
+        # The attach's SIGSTOP can leave the process group-stopped after the detach, and a
+        # stopped process keeps a SIGTERM pending: continue it (seen once in CI: the
+        # control's SIGTERM then never ended it).
+        os.kill(pid, signal.SIGCONT)
     else:
         r["ptrace"] = errno.errorcode[ctypes.get_errno()]
     return r
