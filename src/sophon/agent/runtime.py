@@ -36,8 +36,9 @@ LIMITS = frozenset({"budget_exceeded", "limit_exceeded"})
 SYSTEM_PROMPT = """You are Claude, working as a software engineer in a sandboxed project.
 The project is the git repository at /workspace; it persists between turns. Use the tools
 to read, write and run code: Read before you Edit or overwrite a file, run the tests with
-Bash, and keep a task list with TaskCreate/TaskUpdate for multi-step work. The sandbox has
-no network access."""
+Bash, and keep a task list with TaskCreate/TaskUpdate for multi-step work. The sandbox
+reaches the network only through an HTTP proxy (already set in the environment), and only
+the hosts this session allows; others are refused with a 403 that says why."""
 
 
 @dataclass
