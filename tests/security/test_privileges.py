@@ -78,19 +78,29 @@ print(json.dumps(out))
 
 
 SETUID_PROBE = r"""
-import json, os, subprocess
+import json, os, subprocess, time
 found = subprocess.run(["find", "/usr", "-perm", "/6000", "-type", "f"],
                        capture_output=True, text=True).stdout.split()
 
+def settled(pid):
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f.read().splitlines())
+    # Popen returns when the exec closes its CLOEXEC pipe, which the kernel does before it
+    # sets the new name and credentials: wait until the new program runs (named, and
+    # blocked on its stdin or exited: a zombie keeps its credentials until reaped).
+    done = fields["Name"].strip() != "python3" and fields["State"].split()[0] in "SZTt"
+    return done, fields
+
 def creds(argv):
-    # Popen returns once the exec has happened; the process then keeps its credentials
-    # in /proc/PID/status, as a zombie too, until we reap it.
     r, w = os.pipe()
     p = subprocess.Popen(argv, stdin=r, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     os.close(r)
-    with open(f"/proc/{p.pid}/status") as f:
-        fields = dict(line.split(":", 1) for line in f.read().splitlines())
+    deadline = time.monotonic() + 10
+    done, fields = settled(p.pid)
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.01)
+        done, fields = settled(p.pid)
     p.kill()
     p.wait()
     os.close(w)
