@@ -58,6 +58,33 @@ class ExecEvent:
     data: str
 
 
+class ExecInput:
+    """The standard input of an exec that asked for one (``Box.exec(stdin=...)``): text
+    written while the command runs, in order; ``close`` ends it (the command reads EOF).
+    A write waits until the exec has been sent to the box."""
+
+    def __init__(self) -> None:
+        self._target: tuple[Box, int] | None = None
+        self._bound = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def _bind(self, box: Box, rid: int) -> None:
+        self._target = (box, rid)
+        self._bound.set()
+
+    async def write(self, data: str, *, eof: bool = False) -> None:
+        """Raises BoxRequestError ``input_closed`` or ``not_running`` once the command
+        has stopped reading or ended."""
+        await self._bound.wait()
+        assert self._target is not None
+        box, rid = self._target
+        async with self._lock:  # in order, one at a time
+            await box.request("input", target=rid, data=data, eof=eof)
+
+    async def close(self) -> None:
+        await self.write("", eof=True)
+
+
 @dataclass
 class _Pending:
     op: str
@@ -170,8 +197,8 @@ class Box:
             except (ConnectionError, BrokenPipeError) as exc:
                 raise BoxError(f"box {self.id} is not running") from exc
 
-    async def _stream(self, op: str, fields: dict[str, object],
-                      busy: bool = True) -> AsyncIterator[Reply]:
+    async def _stream(self, op: str, fields: dict[str, object], busy: bool = True,
+                      bind: ExecInput | None = None) -> AsyncIterator[Reply]:
         """Send a request; yield its output frames, then its one final frame.
 
         The bookkeeping ends before the final frame is yielded, so a caller that
@@ -192,6 +219,8 @@ class Box:
         try:
             await self._send({"id": rid, "op": op, **fields})
             sent = True
+            if bind is not None:
+                bind._bind(self, rid)
             while True:
                 item = await pending.queue.get()
                 if isinstance(item, BaseException):
@@ -246,9 +275,11 @@ class Box:
         script: str | None = None,
         binary: bool = False,
         window: int | None = None,
+        stdin: ExecInput | None = None,
     ) -> AsyncIterator[ExecEvent | ExecOutcome]:
         """Run a command; yields output chunks, then exactly one ``ExecOutcome``.
-        With ``binary``, chunk data is base64 and nothing is decoded as text.
+        With ``binary``, chunk data is base64 and nothing is decoded as text. With
+        ``stdin``, the command reads what is written to it (else it reads nothing).
 
         With ``window`` (characters of chunk data), boxd sends no more than that
         ahead of what the caller has taken: the command waits (its pipe fills) while
@@ -268,12 +299,14 @@ class Box:
             fields["binary"] = True
         if window is not None:
             fields["window"] = max(window, MIN_WINDOW)
+        if stdin is not None:
+            fields["stdin"] = True
         # boxd caps each stream, but boxd is on the untrusted side: the host counts too,
         # and drops what passes the cap whatever boxd sends.
         room = {"stdout": output_cap, "stderr": output_cap}
         cut = False
         # Closed at once when the caller leaves, so a windowed exec is cancelled then.
-        async with contextlib.aclosing(self._stream("exec", fields)) as replies:
+        async with contextlib.aclosing(self._stream("exec", fields, bind=stdin)) as replies:
             async for reply in replies:
                 if isinstance(reply, Change | Watching):
                     continue

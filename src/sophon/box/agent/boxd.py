@@ -6,6 +6,12 @@ JSON). Every request carries an integer ``id``; requests run concurrently, each
 on a thread of its own while it runs (threads are reused), and every reply frame
 echoes the id.
 
+An exec may ask for a standard input (``"stdin": true``): the command then reads a
+socket that ``input`` requests (``{"op": "input", "target", "data", "eof"}``) write to,
+as a long-lived program such as Claude Code's CLI takes one message after another.
+A socket, not a pipe, so a write to a command that has stopped reading fails with
+EPIPE instead of killing boxd with SIGPIPE.
+
 Replies: ``{"id", "kind": "out", "stream", "data"}`` while an exec runs, then
 exactly one ``{"id", "kind": "done", ...}`` or ``{"id", "kind": "error", "code",
 "message"}``. A frame without an id gets no reply: the only one is ``credit``
@@ -59,6 +65,10 @@ _running: dict[int, subprocess.Popen[bytes]] = {}
 _credits: dict[int, Credit] = {}  # windowed execs' flow control, under _running_lock
 _running_lock = threading.Lock()
 _cancelled: set[int] = set()  # cancels that arrived before their exec started
+_stdins: dict[int, tuple[socket.socket, threading.Lock]] = {}  # under _running_lock
+# Execs with an input, from their arrival until they end: an input request may overtake
+# its exec's start (they run on different threads) and waits for it here.
+_fed_starts: dict[int, threading.Event] = {}  # under _running_lock
 
 
 _reaper = Reaper()
@@ -118,6 +128,14 @@ class RequestError(Exception):
 
 
 def op_exec(rid: int, req: dict) -> dict:
+    try:
+        return _exec(rid, req)
+    finally:  # whatever happened, an input waiting for this exec's start waits no more
+        with _running_lock:
+            _fed_starts.pop(rid, threading.Event()).set()
+
+
+def _exec(rid: int, req: dict) -> dict:
     argv = req["argv"]
     timeout = float(req.get("timeout", 60))
     cap = int(req.get("output_cap", 1024 * 1024))
@@ -136,23 +154,35 @@ def op_exec(rid: int, req: dict) -> dict:
     if script is not None:
         script_path = _write_script(rid, script)
         argv = [a.replace("{script}", script_path) for a in argv]
+    feed = child_end = None
+    if req.get("stdin"):
+        feed, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        feed.shutdown(socket.SHUT_RD)  # the command only reads; boxd only writes
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=child_end if child_end is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
         )
     except (OSError, ValueError) as exc:
+        if feed is not None:
+            feed.close()
         raise RequestError("spawn_failed", f"could not start {argv[0]!r}: {exc}") from exc
+    finally:
+        if child_end is not None:
+            child_end.close()
     _reaper.spawned()
     with _running_lock:
         _running[rid] = proc
+        if feed is not None:
+            _stdins[rid] = (feed, threading.Lock())
+            _fed_starts.pop(rid, threading.Event()).set()
         if credit is not None:
             _credits[rid] = credit
         if rid in _cancelled:
@@ -236,6 +266,12 @@ def op_exec(rid: int, req: dict) -> dict:
         with _running_lock:
             _running.pop(rid, None)
             _credits.pop(rid, None)
+            fed = _stdins.pop(rid, None)
+        if fed is not None:  # shut down first: it wakes a write blocked on a full socket
+            with contextlib.suppress(OSError):
+                fed[0].shutdown(socket.SHUT_RDWR)
+            with fed[1]:
+                fed[0].close()
         if script_path:
             with contextlib.suppress(OSError):
                 os.unlink(script_path)
@@ -319,6 +355,34 @@ def op_cancel(rid: int, req: dict) -> dict:
     if credit is not None:
         credit.close()  # its output is no longer wanted: stop waiting to send it
     return {"cancelled": True}
+
+
+def op_input(rid: int, req: dict) -> dict:
+    """Write to the standard input of a running exec that asked for one; ``eof`` closes
+    it after the data."""
+    target, data = req.get("target"), req.get("data", "")
+    if not isinstance(target, int) or not isinstance(data, str):
+        raise RequestError("invalid_request", "input needs an integer target and text data")
+    with _running_lock:
+        starting = _fed_starts.get(target)
+    if starting is not None:
+        starting.wait(60)
+    with _running_lock:
+        fed = _stdins.get(target)
+    if fed is None:
+        raise RequestError("not_running", f"exec {target} is not running with an input")
+    sock, lock = fed
+    with lock:
+        try:
+            view = memoryview(data.encode())
+            while view:
+                view = view[sock.send(view, socket.MSG_NOSIGNAL):]
+            if req.get("eof"):
+                sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:  # closed: the command ended, or stopped reading
+            raise RequestError("input_closed",
+                               f"exec {target} no longer reads its input: {exc}") from exc
+    return {"written": len(data)}
 
 
 def give_credit(req: dict) -> None:
@@ -413,6 +477,7 @@ def op_ping(rid: int, req: dict) -> dict:
 OPS = {
     "exec": op_exec,
     "cancel": op_cancel,
+    "input": op_input,
     "procs": op_procs,
     "fread": op_fread,
     "fwrite": op_fwrite,
@@ -503,6 +568,9 @@ def main() -> None:
         if req.get("op") == "credit" and "id" not in req:
             give_credit(req)  # here, not on a worker: it must not wait behind one
             continue
+        if req.get("op") == "exec" and req.get("stdin") and isinstance(req.get("id"), int):
+            with _running_lock:
+                _fed_starts[req["id"]] = threading.Event()
         _workers.submit(req)
     # The host went away. Exiting ends the sandbox: its init exits with us and the
     # kernel kills every process left in the pid namespace.

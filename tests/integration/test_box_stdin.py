@@ -1,0 +1,120 @@
+"""An exec's standard input: a long-lived command reads messages as they are written
+(Claude Code's CLI takes one turn after another this way), and nothing a command does
+with its input can end boxd."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sophon.box.box import ExecEvent, ExecInput, ExecOutcome
+from sophon.box.manager import BoxManager
+from sophon.config import Settings
+from sophon.errors import BoxRequestError
+
+ECHO_LINES = "import sys\nfor line in sys.stdin:\n    print('got', line.strip(), flush=True)\n"
+ENV = {"PATH": "/usr/bin:/bin"}
+
+
+@pytest.fixture
+async def manager(data_dir: Path) -> AsyncIterator[BoxManager]:
+    mgr = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
+    await mgr.start()
+    try:
+        yield mgr
+    finally:
+        await mgr.close()
+
+
+class Reader:
+    """Takes an exec's events as they come (the exec starts when it is read from)."""
+
+    def __init__(self, events: AsyncIterator[ExecEvent | ExecOutcome]) -> None:
+        self.queue: asyncio.Queue[ExecEvent | ExecOutcome] = asyncio.Queue()
+        self.text = ""
+        self.task = asyncio.ensure_future(self._drain(events))
+
+    async def _drain(self, events: AsyncIterator[ExecEvent | ExecOutcome]) -> None:
+        async for ev in events:
+            self.queue.put_nowait(ev)
+
+    async def line(self) -> str:
+        """Output until a whole new line has arrived."""
+        while "\n" not in self.text:
+            ev = await asyncio.wait_for(self.queue.get(), 20)
+            assert isinstance(ev, ExecEvent), ev
+            self.text += ev.data
+        line, _, self.text = self.text.partition("\n")
+        return line
+
+    async def outcome(self) -> ExecOutcome:
+        await asyncio.wait_for(self.task, 30)
+        while not self.queue.empty():
+            ev = self.queue.get_nowait()
+        assert isinstance(ev, ExecOutcome), ev
+        return ev
+
+
+async def test_a_command_reads_each_message_as_it_is_written(manager: BoxManager) -> None:
+    feed = ExecInput()
+    async with manager.use("in1") as box:
+        reader = Reader(box.exec(["python3", "-u", "-c", ECHO_LINES], timeout=60, env=ENV,
+                                 cwd="/workspace", output_cap=65536, stdin=feed))
+        await feed.write("one\n")
+        # Answered before the next is written: the command is reading, not waiting for EOF.
+        assert await reader.line() == "got one"
+        await feed.write("two\n")
+        assert await reader.line() == "got two"
+        await feed.write("three\n", eof=True)
+        assert await reader.line() == "got three"
+        assert (await reader.outcome()).exit_code == 0
+
+
+async def test_input_to_a_command_that_ended_is_a_clear_error_and_boxd_lives(
+        manager: BoxManager) -> None:
+    feed = ExecInput()
+    async with manager.use("in2") as box:
+        # The command closes its input and keeps running, then exits.
+        events = [ev async for ev in box.exec(
+            ["sh", "-c", "exec 0<&-; echo closed"], timeout=30, env=ENV, cwd="/workspace",
+            output_cap=65536, stdin=feed)]
+        assert isinstance(events[-1], ExecOutcome) and events[-1].exit_code == 0
+        with pytest.raises(BoxRequestError) as err:
+            await feed.write("x" * 1_000_000)
+        assert err.value.code in ("not_running", "input_closed")
+        assert (await box.request("ping")).model_dump()["pid"]  # boxd is still there
+
+
+async def test_a_writer_blocked_on_a_command_that_never_reads_is_freed_when_it_ends(
+        manager: BoxManager) -> None:
+    feed = ExecInput()
+    async with manager.use("in3") as box:
+        reader = Reader(box.exec(["sleep", "1"], timeout=30, env=ENV, cwd="/workspace",
+                                 output_cap=65536, stdin=feed))
+        # Far more than a socket holds: the write blocks until sleep exits, then fails.
+        with pytest.raises(BoxRequestError) as err:
+            await asyncio.wait_for(feed.write("y" * 4_000_000), 30)
+        assert err.value.code in ("input_closed", "not_running")
+        assert (await reader.outcome()).exit_code == 0
+
+
+async def test_without_stdin_a_command_reads_nothing(manager: BoxManager) -> None:
+    async with manager.use("in4") as box:
+        out = [ev async for ev in box.exec(["sh", "-c", "cat; echo end"], timeout=30, env=ENV,
+                                           cwd="/workspace", output_cap=65536)]
+    assert "".join(e.data for e in out if isinstance(e, ExecEvent)) == "end\n"
+
+
+async def test_input_to_an_exec_that_could_not_start_fails_at_once(manager: BoxManager) -> None:
+    feed = ExecInput()
+    async with manager.use("in5") as box:
+        reader = Reader(box.exec(["/no/such/program"], timeout=30, env=ENV, cwd="/workspace",
+                                 output_cap=65536, stdin=feed))
+        with pytest.raises(BoxRequestError) as err:
+            await asyncio.wait_for(feed.write("hello\n"), 5)
+        assert err.value.code == "not_running"
+        with pytest.raises(BoxRequestError, match="could not start"):
+            await reader.task
