@@ -187,6 +187,12 @@ class Settings(BaseSettings):
     # The Claude Code CLI every box gets (scripts/box-tools; under /usr, which boxes see;
     # `bin/claude` goes on every exec's PATH). Elsewhere or missing: no claude-code runtime.
     box_claude_dir: Path = Path("/usr/local/lib/sophon-claude")
+    # A claude-code session's CLI stays up between turns for this long (then it exits and
+    # the box may sleep; the next turn resumes the conversation). A turn whose CLI prints
+    # nothing for claude_code_stall_seconds, with no approval pending, is a hung CLI: it is
+    # stopped and the turn ends with a session_error (its Bash tool runs 10 minutes at most).
+    claude_code_keep_seconds: float = Field(600.0, ge=0)
+    claude_code_stall_seconds: float = Field(900.0, gt=0)
     egress_github_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["github.com", "api.github.com"])
 

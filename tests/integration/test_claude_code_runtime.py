@@ -1,7 +1,8 @@
-"""`runtime: claude-code` sessions: the real Claude Code CLI runs the turn in the box,
-its model calls go through the gateway to the scripted model, each tool call waits on
-Sophon's approval policy (through the CLI's hook), and what it does becomes the same
-typed events as the native runtime's."""
+"""`runtime: claude-code` sessions: the real Claude Code CLI, one long-lived process per
+session in its box, runs the turns; its model calls go through the gateway to the
+scripted model, each tool call it asks about waits on Sophon's approval policy (the
+CLI's stdio control protocol), and what it does becomes the same typed events as the
+native runtime's."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import pytest
 
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, make_data_dir, wait_for
+
+SLOW_TEXT = " ".join(f"word{i}" for i in range(120))  # streamed over ~15 s
 
 
 def text(t: str) -> dict[str, Any]:
@@ -41,6 +44,10 @@ def turn() -> dict[str, Any]:
         {"when": {"last_user_contains": "AGAIN"},
          "reply": tool("Write", file_path="/workspace/again.txt", content="again\n")},
         {"when": {"last_user_contains": "SECOND"}, "reply": text("second answer")},
+        {"when": {"last_user_contains": "SLOW"},
+         "reply": {**text(SLOW_TEXT), "chunk_delay_ms": 250}},
+        {"when": {"last_user_contains": "HANG"}, "reply": {**text("too late"),
+                                                          "delay_ms": 120_000}},
         {"when": {"last_tool_result_contains": "hi from claude"}, "reply": text("DONE")},
         {"when": {"tool_result_is_error": True}, "reply": text("STOPPED: not allowed")},
         {"when": {"last_tool_result_contains": ""},
@@ -252,3 +259,90 @@ def test_the_clis_task_list_becomes_task_updates(http: httpx.Client) -> None:
     tasks = [(e["task_id"], e["subject"], e["status"]) for e in evs  # type: ignore[union-attr]
              if e["type"] == "task_update"]
     assert tasks == [("1", "write the tests", "completed"), ("2", "fix the bug", "in_progress")]
+
+
+def box_exec(http: httpx.Client, sid: str, command: str) -> str:
+    r = http.post(f"/v1/sessions/{sid}/exec", json={"command": command, "timeout": 30})
+    assert r.status_code == 200, r.text
+    evs = [json.loads(line) for line in r.text.splitlines() if line.strip()]
+    return "".join(e.get("data", "") for e in evs if e.get("type") == "exec_output")
+
+
+CLI_PIDS = "pgrep -f 'input-forma[t] stream-json' || true"  # (the pattern skips pgrep's shell)
+
+
+def test_the_cli_stays_up_between_turns(http: httpx.Client) -> None:
+    sid = session(http)
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND one"})
+    wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the first turn to end")
+    first = box_exec(http, sid, CLI_PIDS).split()
+    assert len(first) == 1, first
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND two"})
+    wait_for(lambda: idle_after(http, sid, 2), 120, 0.3, "the second turn to end")
+    assert box_exec(http, sid, CLI_PIDS).split() == first
+
+
+def test_a_crashed_cli_is_resumed_on_the_next_message(
+        http: httpx.Client, model: ModelServer) -> None:
+    sid = session(http)
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND: remember CRASH-TURN"})
+    wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the first turn to end")
+    box_exec(http, sid, "pkill -KILL -f 'input-forma[t] stream-json'")
+    wait_for(lambda: not box_exec(http, sid, CLI_PIDS).split(), 20, 0.2, "the CLI to be gone")
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND after the crash"})
+    evs = wait_for(lambda: idle_after(http, sid, 2), 120, 0.3, "the second turn to end")
+    assert not [e for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+    assert "remember CRASH-TURN" in json.dumps(model.requests[-1]["messages"])
+
+
+def test_an_interrupt_while_the_reply_streams_is_the_clis_own(http: httpx.Client) -> None:
+    """The interrupt goes to the CLI (its control request): the turn ends at once with
+    what was said so far, and the same CLI takes the next message."""
+    sid = session(http)
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND warm up"})
+    wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the first turn to end")
+    pids = box_exec(http, sid, CLI_PIDS).split()
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SLOW: say a lot"})
+    wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["status"] == "running", 30, 0.1,
+             "the turn to start")
+    started = time.monotonic()
+    assert http.post(f"/v1/sessions/{sid}/interrupt").json() == {"interrupted": True}
+    evs = wait_for(lambda: idle_after(http, sid, 2), 30, 0.2, "the turn to end")
+    # Well inside the grace after which a CLI that ignores the interrupt is stopped.
+    assert time.monotonic() - started < 8
+    statuses = [e for e in evs if e["type"] == "status"]  # type: ignore[union-attr]
+    assert statuses[-1]["detail"] == "interrupted by the user"
+    second = [i for i, e in enumerate(evs) if e["type"] == "user"][1]  # type: ignore[arg-type]
+    said = [e["text"] for e in evs[second:] if e["type"] == "assistant"]  # type: ignore[index]
+    assert all(SLOW_TEXT.startswith(t) and t != SLOW_TEXT for t in said), said
+    assert box_exec(http, sid, CLI_PIDS).split() == pids  # not killed
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND after it"})
+    evs = wait_for(lambda: idle_after(http, sid, 3), 120, 0.3, "the third turn to end")
+    assert [e["text"] for e in evs if e["type"] == "assistant"][-1] == "second answer"  # type: ignore[union-attr]
+
+
+def test_a_hung_cli_is_stopped_and_the_next_message_carries_on(
+        model: ModelServer, data_dir: Path) -> None:
+    srv = LiveServer(data_dir, env={"ANTHROPIC_API_KEY": "sk-ant-test-key-0123456789abcdef",
+                                    "ANTHROPIC_BASE_URL": model.url,
+                                    "SOPHON_CLAUDE_CODE_STALL_SECONDS": "4",
+                                    "SOPHON_CLAUDE_CODE_KEEP_SECONDS": "2"}).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60, headers={
+                "Authorization": f"Bearer {srv.add_user()}"}) as http:
+            sid = session(http)
+            http.post(f"/v1/sessions/{sid}/messages", json={"content": "HANG on"})
+            evs = wait_for(lambda: idle_after(http, sid, 1), 60, 0.3, "the hung turn to end")
+            errors = [e for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+            assert [e["code"] for e in errors] == ["claude_code_hung"], errors
+            assert "printed nothing for 4 s" in errors[0]["message"]
+            assert box_exec(http, sid, CLI_PIDS).split() == []  # stopped
+            http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND then"})
+            evs = wait_for(lambda: idle_after(http, sid, 2), 120, 0.3, "the next turn to end")
+            assert [e["text"] for e in evs if e["type"] == "assistant"][-1] == "second answer"  # type: ignore[union-attr]
+            # Quiet for longer than SOPHON_CLAUDE_CODE_KEEP_SECONDS: the CLI exits, so the
+            # box can idle and sleep like any other.
+            wait_for(lambda: not box_exec(http, sid, CLI_PIDS).split(), 30, 0.3,
+                     "the quiet CLI to exit")
+    finally:
+        srv.stop()

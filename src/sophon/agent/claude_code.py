@@ -1,37 +1,33 @@
-"""The `claude-code` runtime: the real Claude Code CLI runs each turn in the session's box.
+"""The `claude-code` runtime: the real Claude Code CLI runs the session's turns in its box.
 
-    the user's message is logged
-    `claude -p <message> --output-format stream-json` runs in /workspace, the first turn
-        with a session id made from Sophon's, every later one resuming it (the CLI keeps
-        the conversation under $HOME/.claude, on the box's persistent disk)
+    the user's message is logged and written to the session's CLI (claude_process.py:
+        one long-lived process per running session, started with --resume when the
+        conversation already exists under $HOME/.claude on the box's disk)
     its model calls go through the egress door to the gateway (metered, budgeted)
-    before each tool call its PreToolUse hook (box/agent/claude_hook.py) asks Sophon,
-        which answers by the session's approval policy (ask, webhook, remember) exactly
-        as for the native runtime
+    each tool call the CLI asks about (control_request can_use_tool) is answered by
+        the session's approval policy (ask, webhook, remember) exactly as for the native
+        runtime; the answer goes back as a control_response
     each line it prints becomes Sophon's typed events (assistant, thinking, tool_use,
-        tool_result; file changes come from the box's watcher as for any turn)
-
-Departure from the issue's design (a long-lived CLI per session over the stdio control
-protocol): boxd's exec has no stdin channel, so the CLI runs a turn at a time and its
-permission questions come over the hook, through the door; the conversation carries over
-by --resume. An interrupt kills the CLI (what it logged so far stays).
+        tool_result, task_update; file changes come from the box's watcher as for any
+        turn); its partial messages (stream_event) are what an interrupt keeps
+    the turn ends at the CLI's `result`; an interrupt is the CLI's own interrupt request;
+        a CLI that prints nothing for claude_code_stall_seconds with no question pending
+        is stopped, and the turn ends with a session_error
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import uuid
+import time
 from typing import Any
 
 from sophon.agent import policy
+from sophon.agent.claude_process import ClaudeProcess, ClaudeProcesses, Ended, argv_for
 from sophon.agent.runtime import Turn, _all_events, _withdraw_approvals
-from sophon.box.box import ExecEvent, ExecOutcome
-from sophon.box.bwrap import WORKSPACE
 from sophon.config import Settings
-from sophon.errors import SophonError
+from sophon.errors import BoxError, BoxRequestError, SophonError
 from sophon.events.types import (
     Assistant,
     SessionError,
@@ -43,41 +39,14 @@ from sophon.events.types import (
 )
 from sophon.sessions.models import ApprovalPolicy
 from sophon.sessions.service import SessionService
-from sophon.users import Principal
 
 log = logging.getLogger(__name__)
 
-HOOK = "/opt/sophon/agent/claude_hook.py"
-# The CLI's settings for Sophon's turns: every tool call asks the hook first (it waits
-# as long as a person may take to answer).
-SETTINGS = json.dumps({"hooks": {"PreToolUse": [{"matcher": "*", "hooks": [
-    {"type": "command", "command": f"/usr/bin/python3 -I -S {HOOK}", "timeout": 86400}]}]}})
-CC_NAMESPACE = uuid.UUID("6f1c2b7e-5d0a-4c1e-9a57-0b3c9e2d8f41")
-# The hook's questions being answered, per session (see run_claude_turn's end).
-_asking: dict[str, set[asyncio.Task[Any]]] = {}
-OUTPUT_CAP = 256 * 2**20
-TURN_SECONDS = 6 * 3600
+INTERRUPT_GRACE = 10.0  # seconds for the CLI to end an interrupted turn before it is stopped
 
 
-def conversation_id(session_id: str) -> str:
-    """The CLI's session id for a Sophon session: the same every turn, after restarts."""
-    return str(uuid.uuid5(CC_NAMESPACE, session_id))
-
-
-def argv_for(turn: Turn, model: str, system_prompt: str | None, max_turns: int | None,
-             resume: bool) -> list[str]:
-    cc = conversation_id(turn.session_id)
-    argv = ["claude", "-p", turn.content, "--output-format", "stream-json", "--verbose",
-            "--model", model, "--dangerously-skip-permissions", "--settings", SETTINGS,
-            *(["--resume", cc] if resume else ["--session-id", cc])]
-    if system_prompt:
-        argv += ["--append-system-prompt", system_prompt]
-    if max_turns is not None:
-        argv += ["--max-turns", str(max_turns)]
-    return argv
-
-
-async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settings) -> None:
+async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settings,
+                          processes: ClaudeProcesses) -> None:
     emit = sessions.events
     sid = turn.session_id
     row = await sessions.get_row(turn.principal, sid)
@@ -87,29 +56,13 @@ async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settin
     failed: str | None = None
     try:
         env = await sessions.exec_env(sid, await sessions.refresh_secrets(sid))
-        argv = argv_for(turn, settings.models.resolve(row.model), row.system_prompt,
-                        row.max_turns, earlier)
+        approval = ApprovalPolicy.model_validate(row.approval)
+        argv = argv_for(sid, settings.models.resolve(row.model), row.system_prompt,
+                        row.max_turns, approval, earlier)
         async with sessions.box(row) as box:
-            turn.box, turn.phase = box, "tool"  # an interrupt kills the CLI
-            reader = _Lines(sessions, sid)
-            outcome = None
-            async for ev in box.exec(argv, timeout=TURN_SECONDS, env=env, cwd=WORKSPACE,
-                                     output_cap=OUTPUT_CAP):
-                if isinstance(ev, ExecEvent):
-                    await reader.feed(ev.stream, ev.data)
-                elif isinstance(ev, ExecOutcome):
-                    outcome = ev
-            await reader.flush()
-        if turn.interrupted:
-            return
-        failed = reader.failure(outcome)
-        if failed:
-            await emit.append(sid, SessionError(code="claude_code", message=failed))
-        elif reader.max_turns:
-            failed = None
-            await emit.append(sid, SessionError(
-                code="max_turns", message=f"the turn reached max_turns ({row.max_turns}) and "
-                "was stopped; send a message to continue"))
+            turn.box = box
+            proc = await processes.start(sid, box, argv, env)
+            failed = await _Turn(turn, sessions, settings, processes, proc).run()
     except asyncio.CancelledError:
         if not turn.interrupted:
             await asyncio.shield(emit.append(sid, SessionError(
@@ -120,57 +73,183 @@ async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settin
         failed = exc.message
         await emit.append(sid, SessionError(code=exc.code, message=exc.message))
     finally:
-        turn.box = None
+        turn.box = turn.interrupter = None
         if turn.interrupted:
             with contextlib.suppress(Exception):
                 await asyncio.shield(_withdraw_approvals(turn, sessions))
-        # A question the hook asked is answered (or withdrawn) before the turn's status
-        # is: the answer sets "running", which must not come after this turn's "idle".
-        asking = _asking.get(sid)
-        if asking:
-            await asyncio.wait(set(asking), timeout=5)
+        processes.retire_later(sid, settings.claude_code_keep_seconds)
         status, detail = ("error", failed) if failed else (
             "idle", "interrupted by the user" if turn.interrupted else None)
         with contextlib.suppress(Exception):
             await asyncio.shield(sessions.set_status(sid, status, detail))
 
 
+class _Turn:
+    """One turn's conversation with the CLI: the message in, its lines and questions out,
+    until its result."""
+
+    def __init__(self, turn: Turn, sessions: SessionService, settings: Settings,
+                 processes: ClaudeProcesses, proc: ClaudeProcess) -> None:
+        self.turn, self.sessions, self.settings = turn, sessions, settings
+        self.processes, self.proc = processes, proc
+        self.lines = _Lines(sessions, turn.session_id)
+        self.asking: dict[str, asyncio.Task[None]] = {}  # control request id -> answer
+        self.woken = asyncio.Event()
+
+    async def _interrupt(self) -> None:
+        self.woken.set()
+        with contextlib.suppress(BoxError, BoxRequestError):
+            await self.proc.interrupt()
+
+    async def run(self) -> str | None:
+        """Why the turn failed, or None."""
+        sid = self.turn.session_id
+        emit = self.sessions.events
+        self.turn.interrupter = self._interrupt
+        self.turn.phase = "model"
+        with contextlib.suppress(BoxError, BoxRequestError):
+            # (A CLI that is gone already has its end in the lines, with why.)
+            await self.proc.say(self.turn.content)
+        stall = self.settings.claude_code_stall_seconds
+        interrupted_at: float | None = None
+        nxt: asyncio.Task[dict[str, Any] | Ended] = asyncio.ensure_future(self.proc.lines.get())
+        wake = asyncio.ensure_future(self.woken.wait())
+        try:
+            while True:
+                if self.turn.interrupted and interrupted_at is None:
+                    interrupted_at = time.monotonic()
+                    await self._stop_asking()
+                if interrupted_at is not None:
+                    timeout: float | None = max(0.0, interrupted_at + INTERRUPT_GRACE
+                                                - time.monotonic())
+                else:
+                    timeout = None if self.asking else stall
+                done, _ = await asyncio.wait({nxt, wake} if not wake.done() else {nxt},
+                                             timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if done == {wake}:
+                    continue  # interrupted: loop round to act on it
+                if nxt not in done:
+                    if self.asking and interrupted_at is None:
+                        continue
+                    await self.processes.end(sid)
+                    if interrupted_at is not None:
+                        await self.lines.keep_partial()
+                        return None
+                    message = (f"Claude Code printed nothing for {stall:g} s and was "
+                               "stopped (a hung CLI); send a message to continue")
+                    await emit.append(sid, SessionError(code="claude_code_hung",
+                                                        message=message))
+                    return message
+                msg = nxt.result()
+                if isinstance(msg, Ended):
+                    self.processes.forget(sid, self.proc)
+                    if interrupted_at is not None:
+                        await self.lines.keep_partial()
+                        return None
+                    message = self.lines.failure(msg)
+                    await emit.append(sid, SessionError(code="claude_code", message=message))
+                    return message
+                nxt = asyncio.ensure_future(self.proc.lines.get())
+                kind = msg.get("type")
+                if kind == "control_request":
+                    self._question(msg)
+                elif kind == "control_cancel_request":
+                    task = self.asking.pop(str(msg.get("request_id")), None)
+                    if task is not None:
+                        task.cancel()
+                elif kind != "control_response":
+                    await self.lines.line(msg)
+                if kind == "result":
+                    break
+        finally:
+            nxt.cancel()
+            wake.cancel()
+            await self._stop_asking()
+        if interrupted_at is not None:
+            await self.lines.keep_partial()
+            return None
+        if self.lines.max_turns:
+            await emit.append(sid, SessionError(
+                code="max_turns", message="the turn reached max_turns "
+                f"({self.lines.result_turns or ''}) and was stopped; send a message to "
+                "continue".replace(" ()", "")))
+            return None
+        failure = self.lines.result_failure()
+        if failure:
+            await emit.append(sid, SessionError(code="claude_code", message=failure))
+        return failure
+
+    def _question(self, msg: dict[str, Any]) -> None:
+        request_id = str(msg.get("request_id"))
+        request = msg.get("request") or {}
+        if request.get("subtype") == "can_use_tool":
+            task = asyncio.ensure_future(self._answer(request_id, request))
+            self.asking[request_id] = task
+            task.add_done_callback(lambda _: self.asking.pop(request_id, None))
+        else:  # nothing else is asked of Sophon: say so, so the CLI does not wait
+            asyncio.ensure_future(self._respond(request_id, error=(
+                f"Sophon does not answer {request.get('subtype')!r} requests")))
+
+    async def _answer(self, request_id: str, request: dict[str, Any]) -> None:
+        """May the CLI run this tool call? The session's approval policy answers, as for
+        the native runtime; a remembered allow is also given to the CLI for the session."""
+        tool = str(request.get("tool_name"))
+        tool_input = request.get("input")
+        tool_input = tool_input if isinstance(tool_input, dict) else {}
+        sid, owner = self.turn.session_id, self.turn.principal
+        before = ApprovalPolicy.model_validate((await self.sessions.get_row(owner, sid)).approval)
+        self.turn.phase = "approval"
+        verdict = await policy.authorize(self.sessions, sid, before, tool, tool_input,
+                                         self.settings.models.approval_webhook_timeout, owner)
+        self.turn.phase = "model"
+        if not verdict.allowed:
+            await self._respond(request_id, {"behavior": "deny", "message": verdict.reason
+                                             or f"the session's approval policy denies {tool}"})
+            return
+        answer: dict[str, Any] = {"behavior": "allow", "updatedInput": tool_input}
+        after = ApprovalPolicy.model_validate((await self.sessions.get_row(owner, sid)).approval)
+        if policy.mode_for(before, tool) != "allow" and policy.mode_for(after, tool) == "allow":
+            answer["updatedPermissions"] = [{"type": "addRules", "rules": [{"toolName": tool}],
+                                             "behavior": "allow", "destination": "session"}]
+        await self._respond(request_id, answer)
+
+    async def _respond(self, request_id: str, answer: dict[str, Any] | None = None,
+                       error: str | None = None) -> None:
+        response: dict[str, Any] = (
+            {"subtype": "error", "request_id": request_id, "error": error} if error else
+            {"subtype": "success", "request_id": request_id, "response": answer})
+        with contextlib.suppress(BoxError, BoxRequestError):  # the CLI is gone: no one asks
+            await self.proc.send({"type": "control_response", "response": response})
+
+    async def _stop_asking(self) -> None:
+        tasks = list(self.asking.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.asking.clear()
+
+
 class _Lines:
-    """The CLI's stream-json output, a line at a time, as Sophon's events."""
+    """The CLI's stream-json lines as Sophon's events."""
 
     def __init__(self, sessions: SessionService, sid: str) -> None:
         self.sessions, self.sid = sessions, sid
-        self.buffer = ""
-        self.stderr: list[str] = []
         self.result: dict[str, Any] | None = None
         self.max_turns = False
+        self.result_turns: int | None = None
         self.tasks: dict[int, tuple[str, str]] = {}  # the task list as last logged
+        self.partial: list[str] = []  # text of the message being streamed
 
-    async def feed(self, stream: str, data: str) -> None:
-        if stream == "stderr":
-            self.stderr.append(data)
-            return
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split("\n")
-        for line in lines:
-            await self._line(line)
-
-    async def flush(self) -> None:
-        if self.buffer.strip():
-            await self._line(self.buffer)
-        self.buffer = ""
-
-    async def _line(self, line: str) -> None:
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            return
-        if not isinstance(msg, dict):
-            return
+    async def line(self, msg: dict[str, Any]) -> None:
         emit = self.sessions.events
         kind = msg.get("type")
         content = (msg.get("message") or {}).get("content")
-        if kind == "assistant" and isinstance(content, list):
+        if kind == "stream_event":
+            self._stream_event(msg.get("event") or {})
+        elif kind == "assistant" and isinstance(content, list):
+            self.partial = []  # the whole message is here: nothing partial left to keep
             for block in content:
                 if block.get("type") == "text" and block.get("text"):
                     await emit.append(self.sid, Assistant(text=block["text"]))
@@ -193,6 +272,23 @@ class _Lines:
         elif kind == "result":
             self.result = msg
             self.max_turns = msg.get("subtype") == "error_max_turns"
+            turns = msg.get("num_turns")
+            self.result_turns = turns if isinstance(turns, int) else None
+
+    def _stream_event(self, event: dict[str, Any]) -> None:
+        """The model's reply as it streams: its text so far (an interrupt keeps it)."""
+        if event.get("type") == "message_start":
+            self.partial = []
+        delta = event.get("delta") or {}
+        if event.get("type") == "content_block_delta" and delta.get("type") == "text_delta":
+            self.partial.append(str(delta.get("text", "")))
+
+    async def keep_partial(self) -> None:
+        """An interrupt during streaming keeps what the model had said so far."""
+        text = "".join(self.partial)
+        self.partial = []
+        if text:
+            await self.sessions.events.append(self.sid, Assistant(text=text))
 
     async def _todos(self, tool_input: dict[str, Any]) -> None:
         """The CLI's task list (TodoWrite sends all of it each time) as task_update events
@@ -216,17 +312,19 @@ class _Lines:
                 description=todo.get("activeForm") if isinstance(todo.get("activeForm"), str)
                 else None))
 
-    def failure(self, outcome: ExecOutcome | None) -> str | None:
-        """Why the turn failed, in a sentence, or None."""
-        if self.result is not None:
-            if self.result.get("is_error") and not self.max_turns:
-                return f"Claude Code ended with an error: {_text(self.result.get('result'))}"
-            return None
-        tail = "".join(self.stderr).strip()[-500:]
-        if outcome is not None and outcome.timed_out:
-            return "Claude Code did not finish the turn in time and was stopped"
-        code = outcome.exit_code if outcome is not None else "unknown"
-        return f"Claude Code exited ({code}) without a result: {tail or 'no output'}"
+    def result_failure(self) -> str | None:
+        """Why a turn that ended with a result failed, in a sentence, or None."""
+        if self.result is not None and self.result.get("is_error") and not self.max_turns:
+            detail = _text(self.result.get("result")) or str(self.result.get("subtype"))
+            return f"Claude Code ended with an error: {detail}"
+        return None
+
+    def failure(self, ended: Ended) -> str:
+        """Why the CLI ended before the turn's result, in a sentence."""
+        tail = ended.stderr[-500:] or "no output"
+        if ended.outcome is None:
+            return f"Claude Code stopped before the turn ended ({ended.reason}): {tail}"
+        return f"Claude Code exited ({ended.outcome.exit_code}) without a result: {tail}"
 
 
 def _text(content: Any) -> str:
@@ -235,26 +333,3 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return "\n".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
     return "" if content is None else str(content)
-
-
-async def approve_tool(sessions: SessionService, settings: Settings, session_id: str,
-                       user_id: str, tool: str, tool_input: dict[str, Any]) -> dict[str, Any]:
-    """The hook's question: may the CLI in the session's box run this tool call? Answered
-    by the session's approval policy, as for the native runtime."""
-    owner = Principal(user_id=user_id, name="")
-    row = await sessions.get_row(owner, session_id)
-    task = asyncio.current_task()
-    assert task is not None
-    _asking.setdefault(session_id, set()).add(task)
-    try:
-        verdict = await policy.authorize(sessions, session_id,
-                                         ApprovalPolicy.model_validate(row.approval), tool,
-                                         tool_input, settings.models.approval_webhook_timeout,
-                                         owner)
-    finally:
-        _asking[session_id].discard(task)
-        if not _asking[session_id]:
-            del _asking[session_id]
-    return {"decision": "allow" if verdict.allowed else "deny",
-            "reason": verdict.reason or ("" if verdict.allowed else
-                                         f"the session's approval policy denies {tool}")}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,8 @@ class Turn:
     partial: list[str] = field(default_factory=list)  # text of the block being streamed
     metering: asyncio.Task[Any] | None = None  # the last call's usage, being recorded
     metering_cost: float = 0.0
+    # How a runtime that stops its own turns is told to (claude-code: the CLI's interrupt).
+    interrupter: Callable[[], Awaitable[None]] | None = None
 
     async def settle_usage(self) -> None:
         if self.metering is not None:

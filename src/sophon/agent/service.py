@@ -10,6 +10,7 @@ from collections import deque
 
 from sophon import metrics
 from sophon.agent.claude_code import run_claude_turn
+from sophon.agent.claude_process import ClaudeProcesses
 from sophon.agent.runtime import Turn, run_turn
 from sophon.config import Settings
 from sophon.errors import TurnBusy
@@ -30,6 +31,7 @@ class AgentService:
         self.settings = settings
         self._turns: dict[str, Turn] = {}
         self._queued: dict[str, deque[Turn]] = {}
+        self.claude = ClaudeProcesses()  # the claude-code sessions' CLIs
 
     def running(self, session_id: str) -> Turn | None:
         return self._turns.get(session_id)
@@ -61,7 +63,7 @@ class AgentService:
         try:
             row = await self.sessions.get_row(turn.principal, turn.session_id)
             if row.runtime == "claude-code":
-                await run_claude_turn(turn, self.sessions, self.settings)
+                await run_claude_turn(turn, self.sessions, self.settings, self.claude)
             else:
                 await run_turn(turn, self.sessions, self.gateway, self.settings)
         except asyncio.CancelledError:
@@ -87,7 +89,11 @@ class AgentService:
         if turn is None or turn.task is None:
             return False
         turn.interrupted = True
-        if turn.phase == "tool" and turn.box is not None:
+        if turn.interrupter is not None:
+            # The runtime ends its turn itself (a deadline later at most).
+            with contextlib.suppress(Exception):
+                await turn.interrupter()
+        elif turn.phase == "tool" and turn.box is not None:
             # The tool returns with what it had, and the loop ends. A command that was
             # only starting is not in flight yet: ask again until the turn ends, and if
             # it still runs, stop it outright (its output is then lost, not the turn).
@@ -113,3 +119,4 @@ class AgentService:
                 turn.task.cancel()
         await asyncio.gather(*(t.task for t in self._turns.values() if t.task),
                              return_exceptions=True)
+        await self.claude.close()

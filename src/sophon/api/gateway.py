@@ -66,29 +66,3 @@ async def messages(request: Request, services: ServicesDep) -> object:
     except ValueError:
         return _anthropic_error(400, "invalid_request_error", "the body is not valid JSON")
     return StreamingResponse(stream, status_code=status, media_type=headers["content-type"])
-
-
-@router.post("/v1/box/approvals", include_in_schema=False)
-async def box_approval(request: Request, services: ServicesDep) -> JSONResponse:
-    """A claude-code session's tool call, asked by the CLI's hook in its box (with the
-    session's box token, through the egress door): allowed or denied by the session's
-    approval policy. Not for callers outside a box."""
-    token = request.headers.get("x-api-key")
-    try:
-        caller = await services.gateway.caller_for_token(token)
-        if caller.row is None:
-            return JSONResponse({"decision": "deny", "reason": "not a session"}, 403)
-        body = json.loads(await request.body() or b"{}")
-        tool, tool_input = body.get("tool_name"), body.get("tool_input")
-        if not isinstance(tool, str) or not isinstance(tool_input, dict):
-            return JSONResponse({"decision": "deny", "reason": "tool_name and tool_input, "
-                                 "please"}, 400)
-        from sophon.agent.claude_code import approve_tool
-
-        return JSONResponse(await approve_tool(services.sessions, services.settings,
-                                               caller.owner_id, caller.user_id, tool,
-                                               tool_input))
-    except SophonError as exc:
-        return JSONResponse({"decision": "deny", "reason": exc.message}, exc.status)
-    except ValueError:
-        return JSONResponse({"decision": "deny", "reason": "the body is not JSON"}, 400)

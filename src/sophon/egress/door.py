@@ -66,8 +66,8 @@ log = logging.getLogger(__name__)
 # The name boxes reach the model gateway by (ANTHROPIC_BASE_URL). ``.internal`` is kept
 # for private use, so it never names a public host; the door answers it itself.
 GATEWAY_HOST = "gateway.sophon.internal"
-# What the gateway host answers: the model, and a claude-code session's tool approvals.
-GATEWAY_PATHS = ("/v1/messages", "/v1/box/approvals")
+# What the gateway host answers: the model.
+GATEWAY_PATHS = ("/v1/messages",)
 ANTHROPIC_DOMAINS = ("anthropic.com", "claude.ai", "claude.com")
 
 MAX_HEAD = 64 * 1024
