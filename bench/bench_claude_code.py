@@ -196,9 +196,9 @@ def run_native(ms: RoutedModel, http: httpx.Client, rounds: int) -> dict[str, li
 def run_runtime(ms: RoutedModel, http: httpx.Client, rounds: int,
                 rss_kib: list[int]) -> dict[str, list[float]]:
     """The same task in a ``runtime: claude-code`` session: the CLI in the session's box,
-    its model calls through the egress door and the gateway, each tool call past the
-    session's policy through the hook. ``rss_kib`` gets the CLI's resident memory,
-    sampled in the box while the turn runs."""
+    its model calls through the egress door and the gateway, each tool call it asks about
+    answered by the session's policy over its stdin and stdout. ``rss_kib`` gets the
+    CLI's resident memory, sampled in the box while the turn runs."""
     ms.set_script(script("/workspace", rounds))
     sid = http.post("/v1/sessions", json={"name": "cc-runtime", "runtime": "claude-code",
                                           "approval": {"shell": "allow"}}).json()["id"]
@@ -398,9 +398,10 @@ def run(rounds: int = 16, repeats: int = 3) -> list[Figure]:
         rt_details = [f"claude-code runtime, all tools: {r.describe()}",
                       *[f"{t}: claude-code runtime p50 {Samples(got.runtime[t]).p50:.2f} ms, "
                         f"native p50 {Samples(native[t]).p50:.2f} ms" for t in TOOLS],
-                      "the CLI in the session's box, its model calls through the egress door "
-                      "and the gateway, each tool call past the session's policy through "
-                      "its PreToolUse hook (a process and an HTTP round trip to the server)"]
+                      "the CLI in the session's box (one process for the session), its model "
+                      "calls through the egress door and the gateway, each tool call it asks "
+                      "about answered by the session's policy over its stdio control "
+                      "protocol"]
         figures.append(Figure(
             key="claude_code_runtime_p50", title="Tool round trip, runtime: claude-code vs "
             "native (p50)", command=COMMAND, value=r.p50, unit="ms", baseline=n.p50,

@@ -28,6 +28,8 @@ def turn() -> dict[str, Any]:
     """Any request: after a tool ran, finish; asked to write, write; the CLI's own side
     requests (titles, checks) get a short text."""
     return {"rules": [
+        {"when": {"last_user_contains": "NEVER-ANSWER"},
+         "reply": {"content": [{"type": "text", "text": "too late"}], "delay_ms": 120_000}},
         {"when": {"last_user_contains": "LOOP"},
          "reply": {"content": [{"type": "tool_use", "name": "Bash", "input": {
              "command": "echo again", "description": "again"}}], "stop_reason": "tool_use"}},
@@ -135,6 +137,36 @@ def test_clone_claude_commit_push_in_one_thread_and_max_turns_hold(
                            "--max-turns 2 --dangerously-skip-permissions", "multi")
     result = json.loads(looped["stdout"].strip().splitlines()[-1])
     assert result["subtype"] == "error_max_turns", result
+
+
+def test_max_budget_holds_and_a_timeout_kills_the_cli_keeping_its_output(
+        server: LiveServer) -> None:
+    http = httpx.Client(base_url=server.url, timeout=60,
+                        headers={"Authorization": f"Bearer {server.add_user()}"})
+    r = http.post("/v1/connectors", json={"name": "claude", "type": "anthropic",
+                                          "execute": True})
+    assert r.status_code == 201, r.text
+    # The CLI counts each call's cost from the usage the gateway passes on: a looping
+    # agent stops at the budget.
+    spent = execute(http, 'cd /home/baponi && claude -p "LOOP forever" --output-format json '
+                          "--max-turns 50 --max-budget-usd 0.01 "
+                          "--dangerously-skip-permissions", "budget")
+    result = json.loads(spent["stdout"].strip().splitlines()[-1])
+    assert "budget" in result["subtype"] and result["num_turns"] < 50, result
+
+    # A model that never answers: the execution's timeout kills the CLI, and what it had
+    # printed (stream-json's first line) comes back.
+    r = http.post("/v1/sandbox/execute", json={
+        "code": 'cd /home/baponi && claude -p "NEVER-ANSWER" --output-format stream-json '
+                "--verbose --dangerously-skip-permissions", "language": "bash",
+        "thread_id": "budget", "timeout": 8}, timeout=60)
+    hung = r.json()
+    assert r.status_code == 200 and hung["success"] is False, hung
+    assert hung["error"] == "timeout", hung
+    first = json.loads(hung["stdout"].splitlines()[0])
+    assert first["type"] == "system" and first["subtype"] == "init", first
+    left = execute(http, "pgrep -f 'claude -[p]' || echo none", "budget")
+    assert left["stdout"].strip() == "none", left
 
 
 WHEELHOUSE = Path(__file__).resolve().parents[2] / ".cache" / "wheelhouse"

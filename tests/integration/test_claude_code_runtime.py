@@ -46,7 +46,7 @@ def turn() -> dict[str, Any]:
         {"when": {"last_user_contains": "SECOND"}, "reply": text("second answer")},
         {"when": {"last_user_contains": "SLOW"},
          "reply": {**text(SLOW_TEXT), "chunk_delay_ms": 250}},
-        {"when": {"last_user_contains": "HANG"}, "reply": {**text("too late"),
+        {"when": {"last_user_contains": "NEVER-ANSWER"}, "reply": {**text("too late"),
                                                           "delay_ms": 120_000}},
         {"when": {"last_tool_result_contains": "hi from claude"}, "reply": text("DONE")},
         {"when": {"tool_result_is_error": True}, "reply": text("STOPPED: not allowed")},
@@ -331,7 +331,7 @@ def test_a_hung_cli_is_stopped_and_the_next_message_carries_on(
         with httpx.Client(base_url=srv.url, timeout=60, headers={
                 "Authorization": f"Bearer {srv.add_user()}"}) as http:
             sid = session(http)
-            http.post(f"/v1/sessions/{sid}/messages", json={"content": "HANG on"})
+            http.post(f"/v1/sessions/{sid}/messages", json={"content": "NEVER-ANSWER"})
             evs = wait_for(lambda: idle_after(http, sid, 1), 60, 0.3, "the hung turn to end")
             errors = [e for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
             assert [e["code"] for e in errors] == ["claude_code_hung"], errors
