@@ -346,3 +346,44 @@ def test_a_hung_cli_is_stopped_and_the_next_message_carries_on(
                      "the quiet CLI to exit")
     finally:
         srv.stop()
+
+
+def test_switching_runtimes_carries_the_conversation_both_ways(
+        http: httpx.Client, model: ModelServer) -> None:
+    r = http.post("/v1/sessions", json={"name": "switch", "base": "python"})
+    sid = r.json()["id"]
+    assert r.json()["runtime"] == "native"
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND: remember NATIVE-TURN"})
+    wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the native turn to end")
+
+    r = http.patch(f"/v1/sessions/{sid}", json={"runtime": "claude-code"})
+    assert r.status_code == 200 and r.json()["runtime"] == "claude-code", r.text
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND: and CLI-TURN"})
+    evs = wait_for(lambda: idle_after(http, sid, 2), 120, 0.3, "the claude-code turn to end")
+    assert not [e for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+    assert box_exec(http, sid, CLI_PIDS).split()  # the CLI ran it
+    # The CLI resumed the native conversation, seeded into its transcript.
+    sent = json.dumps(model.requests[-1]["messages"])
+    assert "remember NATIVE-TURN" in sent and "second answer" in sent
+
+    # During a turn: a clear 409, and nothing changes.
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SLOW: say a lot"})
+    wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["status"] == "running", 30, 0.1,
+             "the turn to start")
+    r = http.patch(f"/v1/sessions/{sid}", json={"runtime": "native"})
+    assert r.status_code == 409 and r.json()["error"] == "turn_in_progress", r.text
+    assert "interrupt it" in r.json()["message"]
+    assert http.get(f"/v1/sessions/{sid}").json()["runtime"] == "claude-code"
+    http.post(f"/v1/sessions/{sid}/interrupt")
+    wait_for(lambda: idle_after(http, sid, 3), 30, 0.2, "the interrupted turn to end")
+
+    # And back: the native runtime carries on from the events both runtimes write; the
+    # session's CLI is ended.
+    r = http.patch(f"/v1/sessions/{sid}", json={"runtime": "native"})
+    assert r.status_code == 200 and r.json()["runtime"] == "native", r.text
+    assert box_exec(http, sid, CLI_PIDS).split() == []
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND: native again"})
+    wait_for(lambda: idle_after(http, sid, 4), 120, 0.3, "the native turn to end")
+    sent = json.dumps(model.requests[-1]["messages"])
+    assert "remember NATIVE-TURN" in sent and "and CLI-TURN" in sent
+    assert http.patch(f"/v1/sessions/{sid}", json={"runtime": None}).status_code == 400

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,33 @@ STDERR_KEPT = 4096
 def conversation_id(session_id: str) -> str:
     """The CLI's session id for a Sophon session: the same every turn, after restarts."""
     return str(uuid.uuid5(CC_NAMESPACE, session_id))
+
+
+def transcript_path(session_id: str) -> str:
+    """Where the CLI keeps a session's conversation, relative to $HOME (its project
+    directory is named after the working directory, /workspace)."""
+    return f".claude/projects/{WORKSPACE.replace('/', '-')}/{conversation_id(session_id)}.jsonl"
+
+
+def seeded_transcript(session_id: str, model: str, messages: list[dict[str, Any]]) -> bytes:
+    """A conversation the CLI resumes (``--resume``) as its own: the native runtime's
+    history (agent/history.py, messages the API accepts) in the CLI's transcript lines,
+    each the child of the one before."""
+    cc, parent, out = conversation_id(session_id), None, []
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    for n, message in enumerate(messages):
+        line_id = str(uuid.uuid5(CC_NAMESPACE, f"{cc}/{n}"))
+        body: dict[str, Any] = {"role": message["role"], "content": message["content"]}
+        if message["role"] == "assistant":
+            uses = any(b.get("type") == "tool_use" for b in message["content"])
+            body = {"id": f"msg_seed_{n}", "type": "message", **body, "model": model,
+                    "stop_reason": "tool_use" if uses else "end_turn",
+                    "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
+        out.append({"parentUuid": parent, "isSidechain": False, "type": message["role"],
+                    "message": body, "uuid": line_id, "timestamp": stamp,
+                    "userType": "external", "cwd": WORKSPACE, "sessionId": cc})
+        parent = line_id
+    return "".join(json.dumps(line) + "\n" for line in out).encode()
 
 
 def asked_tools(policy: ApprovalPolicy) -> list[str]:

@@ -7,13 +7,16 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 
 from sophon import metrics
+from sophon.agent import history
 from sophon.agent.claude_code import run_claude_turn
-from sophon.agent.claude_process import ClaudeProcesses
-from sophon.agent.runtime import Turn, run_turn
+from sophon.agent.claude_process import ClaudeProcesses, seeded_transcript, transcript_path
+from sophon.agent.runtime import Turn, _all_events, run_turn
+from sophon.box.bwrap import HOME
 from sophon.config import Settings
-from sophon.errors import TurnBusy
+from sophon.errors import BadRequest, TurnBusy
 from sophon.gateway.service import Gateway
 from sophon.sessions.service import SessionService
 from sophon.users import Principal
@@ -22,6 +25,10 @@ log = logging.getLogger(__name__)
 
 CANCEL_TRIES = 20  # an interrupted tool has this many
 CANCEL_INTERVAL = 0.25  # seconds each to return before the turn is cancelled outright
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 class AgentService:
@@ -79,6 +86,32 @@ class AgentService:
             pending = self._queued.get(turn.session_id)
             if pending and not turn.interrupted:
                 self._start(pending.popleft())
+
+    async def switch_runtime(self, principal: Principal, session_id: str,
+                             runtime: str) -> None:
+        """Run the session's next turns with the other runtime, the conversation carried
+        over: the native runtime rebuilds it from the events, which both runtimes write
+        alike; for the CLI it is written into the box as a transcript it resumes."""
+        row = await self.sessions.get_row(principal, session_id)
+        if row.runtime == runtime:
+            return
+        if session_id in self._turns:
+            raise TurnBusy("a turn is running in this session; wait for it to end or "
+                           "interrupt it, then switch the runtime")
+        if runtime == "claude-code":
+            missing = self.sessions.claude_code_missing()
+            if missing:
+                raise BadRequest(f"the claude-code runtime is not available on this "
+                                 f"server: {missing}")
+            messages = history.rebuild(await _all_events(self.sessions, session_id))
+            if messages:
+                data = seeded_transcript(session_id, self.settings.models.resolve(row.model),
+                                         messages)
+                async with self.sessions.box(row) as box:
+                    await box.put_file(HOME, transcript_path(session_id), _once(data))
+        else:
+            await self.claude.end(session_id)
+        await self.sessions.update(principal, session_id, {"runtime": runtime})
 
     async def interrupt(self, principal: Principal, session_id: str) -> bool:
         """Stop the running turn now: commands are killed (their output so far is kept),

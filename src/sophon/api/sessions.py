@@ -76,10 +76,13 @@ async def get_session(session_id: str, services: ServicesDep,
     return await services.sessions.get(principal, session_id)
 
 
-@router.patch("/{session_id}", response_model=SessionView, responses=errors(404))
+@router.patch("/{session_id}", response_model=SessionView, responses=errors(400, 404, 409))
 async def update_session(session_id: str, body: UpdateSession, services: ServicesDep,
                          principal: PrincipalDep) -> SessionView:
     changes = body.model_dump(exclude_unset=True)
+    runtime = changes.pop("runtime", None)
+    if runtime is not None:
+        await services.agent.switch_runtime(principal, session_id, runtime)
     return await services.sessions.update(principal, session_id, changes)
 
 

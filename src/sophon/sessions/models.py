@@ -103,11 +103,13 @@ class UpdateSession(BaseModel):
     max_budget_usd: float | None = Field(None, gt=0)
     network: NetworkSettings | None = None
     connectors: list[ConnectorName] | None = Field(None, max_length=50)
+    # The conversation carries over (agent/service.py, switch_runtime); not during a turn.
+    runtime: Literal["native", "claude-code"] | None = None
 
     @model_validator(mode="after")
     def _no_null_for_required(self) -> UpdateSession:
         # null clears an optional limit or the system prompt; a session always has these.
-        for name in ("name", "approval", "network", "connectors"):
+        for name in ("name", "approval", "network", "connectors", "runtime"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null; leave it out to keep it")
         return self
