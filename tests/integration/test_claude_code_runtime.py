@@ -19,6 +19,7 @@ import pytest
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, make_data_dir, wait_for
 
+NAP = "import time; time.sleep(30); print(chr(119) + chr(111) + chr(107) + chr(101))"  # woke
 SLOW_TEXT = " ".join(f"word{i}" for i in range(120))  # streamed over ~15 s
 
 
@@ -44,6 +45,10 @@ def turn() -> dict[str, Any]:
         {"when": {"last_user_contains": "AGAIN"},
          "reply": tool("Write", file_path="/workspace/again.txt", content="again\n")},
         {"when": {"last_user_contains": "SECOND"}, "reply": text("second answer")},
+        {"when": {"last_user_contains": "SLEEPY", "last_tool_result_contains": ""},
+         "reply": text("slept")},
+        {"when": {"last_user_contains": "SLEEPY"},
+         "reply": tool("Bash", command=f"python3 -c '{NAP}'", description="nap")},
         {"when": {"last_user_contains": "SLOW"},
          "reply": {**text(SLOW_TEXT), "chunk_delay_ms": 250}},
         {"when": {"last_user_contains": "NEVER-ANSWER"}, "reply": {**text("too late"),
@@ -387,3 +392,25 @@ def test_switching_runtimes_carries_the_conversation_both_ways(
     sent = json.dumps(model.requests[-1]["messages"])
     assert "remember NATIVE-TURN" in sent and "and CLI-TURN" in sent
     assert http.patch(f"/v1/sessions/{sid}", json={"runtime": None}).status_code == 400
+
+
+def test_an_interrupt_while_a_command_runs_stops_it_and_keeps_the_cli(
+        http: httpx.Client) -> None:
+    r = http.post("/v1/sessions", json={"name": "cc", "base": "python",
+                                        "runtime": "claude-code", "approval": {"shell": "allow"}})
+    sid = r.json()["id"]
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SLEEPY: take a nap"})
+    wait_for(lambda: [e for e in events(http, sid) if e["type"] == "tool_use"], 60, 0.2,
+             "the Bash call")
+    wait_for(lambda: "time.sleep(30)" in box_exec(http, sid, "ps -eo args"), 30, 0.2,
+             "the command to run")
+    pids = box_exec(http, sid, CLI_PIDS).split()
+    started = time.monotonic()
+    assert http.post(f"/v1/sessions/{sid}/interrupt").json() == {"interrupted": True}
+    evs = wait_for(lambda: idle_after(http, sid, 1), 30, 0.2, "the turn to end")
+    assert time.monotonic() - started < 8  # the CLI's interrupt, not the 10 s fallback
+    statuses = [e for e in evs if e["type"] == "status"]  # type: ignore[union-attr]
+    assert statuses[-1]["detail"] == "interrupted by the user"
+    assert "woke" not in json.dumps(evs)
+    assert "time.sleep(30)" not in box_exec(http, sid, "ps -eo args")  # the command stopped
+    assert box_exec(http, sid, CLI_PIDS).split() == pids  # the CLI was not
