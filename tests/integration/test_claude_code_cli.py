@@ -92,12 +92,16 @@ def test_the_guides_one_shot_claude_runs_in_a_thread_through_the_gateway(
     assert where["exit_code"] == 0, where
     assert where["stdout"].splitlines()[1].endswith("(Claude Code)")
 
-    # Without an anthropic connector for the execution API the thread has no gateway.
-    bare = execute(http, "echo ${ANTHROPIC_BASE_URL:-none}", "t")
-    assert bare["stdout"].strip() == "none"
+    # Without an anthropic connector for the execution API the thread has no gateway,
+    # and its home holds only what its code puts there.
+    bare = execute(http, "echo ${ANTHROPIC_BASE_URL:-none}; ls -A ~", "t")
+    assert bare["stdout"].split() == ["none"]
     r = http.post("/v1/connectors", json={"name": "claude", "type": "anthropic",
                                           "execute": True})
     assert r.status_code == 201, r.text
+    # With it, the CLI is also where the guide's Agent SDK example looks (cli_path).
+    guide = execute(http, "/home/baponi/.local/bin/claude --version", "t")
+    assert guide["stdout"].strip().endswith("(Claude Code)"), guide
 
     res = execute(http, 'cd /home/baponi && claude -p "ONE-SHOT: write hello.txt" '
                         "--dangerously-skip-permissions --output-format json --max-turns 5",
@@ -183,7 +187,7 @@ async def control_plane(input_data, tool_use_id, context):
 
 async def main():
     options = ClaudeAgentOptions(
-        cli_path=shutil.which("claude"), cwd="/home/baponi", max_turns=5,
+        cli_path="/home/baponi/.local/bin/claude", cwd="/home/baponi", max_turns=5,
         permission_mode="bypassPermissions",
         hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[control_plane])]})
     async for message in query(prompt="ONE-SHOT: write hello.txt", options=options):

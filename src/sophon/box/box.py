@@ -127,6 +127,8 @@ class Box:
         # served by the egress door; called when the box stops, for the door to let go.
         self.door: socket.socket | None = None
         self.on_stopped: list[Callable[[Box], None]] = []
+        # Whether the guide's cli_path (sandbox/service.py) has been made in this box.
+        self.claude_linked = False
 
     @property
     def busy(self) -> bool:
@@ -398,6 +400,12 @@ class Box:
                     await self.abort_put(root, path, upload)
             raise
         return done + len(buf)
+
+    async def link_path(self, root: str, path: str, target: str) -> bool:
+        """A symbolic link at ``path`` under ``root`` unless something is there; whether
+        it was made."""
+        done = await self.request("link", root=root, path=path, target=target)
+        return bool(done.model_dump().get("created"))
 
     async def tree(self, root: str, path: str = "") -> dict[str, object]:
         return (await self.request("tree", root=root, path=path)).model_dump()

@@ -440,6 +440,11 @@ def op_fput(files, rid: int, req: dict) -> dict:  # type: ignore[no-untyped-def]
 
 
 @_path_errors
+def op_link(files, rid: int, req: dict) -> dict:  # type: ignore[no-untyped-def]
+    return files.link(req["root"], req["path"], str(req["target"]))
+
+
+@_path_errors
 def op_tree(files, rid: int, req: dict) -> dict:  # type: ignore[no-untyped-def]
     return files.tree(req["root"], req.get("path", ""))
 
@@ -483,6 +488,7 @@ OPS = {
     "fwrite": op_fwrite,
     "fput": op_fput,
     "tree": op_tree,
+    "link": op_link,
     "watch": op_watch,
     "ping": op_ping,
 }

@@ -200,6 +200,22 @@ def put(root: str, rel: str, upload: str, offset: int, data: bytes, final: bool,
     return {"size": offset + len(data)}
 
 
+def link(root: str, rel: str, target: str) -> dict:
+    """A symbolic link at ``rel`` (its directories made), unless something is there
+    already: what a workload put there is its own and stays."""
+    parts = split(rel)
+    if not parts:
+        raise PathError("is_a_directory", "the workspace root is a directory")
+    dfd = open_dir(root, parts[:-1], create=True)
+    try:
+        os.symlink(target, parts[-1], dir_fd=dfd)
+        return {"created": True}
+    except FileExistsError:
+        return {"created": False}
+    finally:
+        os.close(dfd)
+
+
 def tree(root: str, rel: str = "") -> dict:
     """Every entry under root/rel (not .git), depth first, capped."""
     start = open_dir(root, split(rel))
