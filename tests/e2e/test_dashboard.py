@@ -449,3 +449,30 @@ def test_a_narrow_window_and_the_keyboard(page, server: LiveServer, key: str,
     expect(page.get_by_role("navigation", name="Project files")).to_contain_text("No files yet")
     client.delete(f"/v1/sessions/{sid}")
     client.close()
+
+
+def test_a_running_commands_output_shows_on_its_card_as_it_prints(
+        page, server: LiveServer, key: str, model: ModelServer, shots: Path) -> None:
+    gated = ("echo step-1; while [ ! -e /workspace/go ]; do sleep 0.05; done; "
+             "echo step-2")
+    model.set_script({"turns": [
+        {"content": [{"type": "tool_use", "name": "Bash", "input": {"command": gated}}]},
+        "Counted."]})
+    client = api(server, key)
+    sid = client.post("/v1/sessions", json={"name": "live-card",
+                                            "approval": {"shell": "allow"}}).json()["id"]
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/sessions/{sid}")
+    assert client.post(f"/v1/sessions/{sid}/messages",
+                       json={"content": "count"}).status_code == 202
+    # While the command waits on the gate: the card is running and shows its last line.
+    card = page.locator(".tool-running", has_text="Bash")
+    expect(card.locator(".tool-live")).to_have_text("step-1")
+    card.get_by_role("button").first.click()
+    expect(card.locator("pre.live-output")).to_contain_text("step-1")
+    page.screenshot(path=str(shots / "live-output.png"))
+    assert client.put(f"/v1/sessions/{sid}/files/go", content=b"").status_code in (200, 201)
+    done = page.locator(".tool-ok", has_text="Bash")
+    expect(done.locator("pre.out")).to_contain_text("step-2")
+    expect(done.locator(".tool-live")).to_have_count(0)
+    client.close()

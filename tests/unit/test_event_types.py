@@ -28,6 +28,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "assistant": {"text": "hi"},
     "thinking": {"text": "hmm", "signature": "sig"},
     "tool_use": {"tool_use_id": "toolu_1", "tool": "Bash", "input": {"command": "ls"}},
+    "tool_output": {"tool_use_id": "toolu_1", "stream": "stdout", "data": "step 1\n",
+                    "index": 0},
     "tool_result": {"tool_use_id": "toolu_1", "content": "a.txt", "is_error": False},
     "file_change": {"path": "a.txt", "change": "modified", "size": 3,
                     "diff": "--- a/a.txt\n+++ b/a.txt\n", "diff_truncated": False,

@@ -1,4 +1,5 @@
-"""How the CLI shows file changes, one by one and folded (file_changes_coalesced)."""
+"""How the CLI shows some events: file changes, one by one and folded
+(file_changes_coalesced), and a running command's output."""
 
 from __future__ import annotations
 
@@ -30,3 +31,10 @@ def test_a_single_change_is_still_shown_with_its_path() -> None:
                    "diff": "--- a\n+++ b\n@@ -1 +1 @@\n-a\n+b\n", "diff_truncated": False,
                    "binary": False})
     assert "modified calc.py" in text
+
+
+def test_a_running_commands_output_is_printed_as_it_comes() -> None:
+    text = _shown({"type": "tool_output", "seq": 4, "ts": "2026-01-01T00:00:00Z",
+                   "tool_use_id": "toolu_1", "stream": "stdout", "data": "step-1\n",
+                   "index": 0})
+    assert text == "step-1\n"

@@ -131,6 +131,7 @@ export type WireEvent = Envelope &
         reason: string | null;
       }
     | { type: "network_denied"; host: string; port: number; rule: string; message: string }
+    | { type: "tool_output"; tool_use_id: string; stream: "stdout" | "stderr"; data: string; index: number }
     | { type: "exec_start"; exec_id: string; command: string }
     | { type: "exec_output"; exec_id: string; stream: "stdout" | "stderr"; data: string }
     | {

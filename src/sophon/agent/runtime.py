@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sophon.agent import history, policy
+from sophon.agent.live import LiveOutput
 from sophon.agent.tools import TOOLS, ToolContext, run_tool
 from sophon.box.box import Box
 from sophon.config import Settings
@@ -244,7 +245,14 @@ async def _call_tool(turn: Turn, sessions: SessionService, settings: Settings,
         why = f": {verdict.reason}" if verdict.reason else ""
         return f"Permission to use {call['name']} was denied{why}.", True, asked
     turn.phase = "tool"
-    content, is_error = await run_tool(ctx, call["name"], call.get("input") or {})
+    live = LiveOutput(ctx.emit, call["id"], settings.limits.output_cap_bytes,
+                      sessions.events.secrets_of(turn.session_id))
+    ctx.on_output = live.feed
+    try:
+        content, is_error = await run_tool(ctx, call["name"], call.get("input") or {})
+    finally:
+        ctx.on_output = None
+        await live.close()
     if turn.interrupted:
         content = f"{content}\n[interrupted by the user]"
     return content, is_error, asked

@@ -48,6 +48,8 @@ class ToolContext:
     # The bytes behind an etag this turn read or wrote, so an Edit needs no second read:
     # its write is conditional on that etag, so a change made meanwhile still refuses it.
     contents: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    # Told of a running command's output as it comes (agent/live.py), while a tool runs.
+    on_output: Callable[[str, str], Awaitable[None]] | None = None
 
     def remember(self, rel: str, etag: str, data: bytes) -> None:
         self.read_etags[rel] = etag
@@ -271,7 +273,8 @@ async def glob(ctx: ToolContext, inp: dict[str, Any]) -> str:
 
 
 async def _run(ctx: ToolContext, argv: list[str], timeout: float,
-               script: str | None = None) -> tuple[int | None, str, str, Verdict | None]:
+               script: str | None = None,
+               live: bool = False) -> tuple[int | None, str, str, Verdict | None]:
     out: list[str] = []
     err: list[str] = []
     outcome: ExecOutcome | None = None
@@ -279,6 +282,8 @@ async def _run(ctx: ToolContext, argv: list[str], timeout: float,
                                  output_cap=ctx.output_cap, script=script):
         if isinstance(ev, ExecEvent):
             (out if ev.stream == "stdout" else err).append(ev.data)
+            if live and ctx.on_output is not None:
+                await ctx.on_output(ev.stream, ev.data)
         else:
             outcome = ev
     verdict = judge(outcome, ctx.box.disk_full) if outcome else None
@@ -369,7 +374,7 @@ async def bash(ctx: ToolContext, inp: dict[str, Any]) -> str:
               f"|| cd {WORKSPACE}\n"
               f"trap 'pwd > {CWD_FILE}' EXIT\n{command}\n")
     code, out, err, verdict = await _run(ctx, ["bash", "{script}"],
-                                         math.ceil(timeout_ms / 1000), script)
+                                         math.ceil(timeout_ms / 1000), script, live=True)
     text = out + (("\n" if out and not out.endswith("\n") else "") + err if err else "")
     text = _cut(text.rstrip("\n"))
     why = verdict.says(timeout_ms / 1000) if verdict else None

@@ -67,6 +67,8 @@ def render(console: Console, ev: dict[str, Any]) -> None:
     elif t == "tool_use":
         console.print(f"[yellow]  ⏺ {escape(_summary(get('tool', '?'), get('input') or {}))}"
                       "[/yellow]")
+    elif t == "tool_output":  # a running command's output, as it prints
+        console.out(get("data", ""), end="", style="dim", highlight=False)
     elif t == "tool_result":
         style = "red" if get("is_error") else "dim"
         console.print(f"[{style}]{escape(_indent(_fold(get('content', ''))))}[/{style}]")

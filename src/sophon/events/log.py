@@ -158,6 +158,10 @@ class EventLog:
         self._secrets[session_id] = tuple(sorted((v for v in values if v), key=len,
                                                  reverse=True))
 
+    def secrets_of(self, session_id: str) -> tuple[str, ...]:
+        """The values redacted from the session's events."""
+        return self._secrets.get(session_id, ())
+
     async def last_seq(self, session_id: str) -> int:
         if session_id not in self._last:
             async with self._engine.connect() as conn:

@@ -79,6 +79,17 @@ class ToolResult(_Event):
     is_error: bool = False
 
 
+class ToolOutput(_Event):
+    """What a running tool call (the agent's Bash) printed, as it prints; its
+    ``tool_result`` follows when it ends. ``index`` counts the call's pieces from 0."""
+
+    type: Literal["tool_output"] = "tool_output"
+    tool_use_id: str
+    stream: Literal["stdout", "stderr"]
+    data: str
+    index: int
+
+
 class FileChange(_Event):
     type: Literal["file_change"] = "file_change"
     path: str
@@ -169,8 +180,9 @@ class NetworkDenied(_Event):
 
 Event = Annotated[
     SessionStart | SessionEnd | SessionError | Status | User | Assistant | Thinking
-    | ToolUse | ToolResult | FileChange | ApprovalRequest | ApprovalDecision | ExecStart
-    | ExecOutput | ExecEnd | Usage | TaskUpdate | FileChangesCoalesced | NetworkDenied,
+    | ToolUse | ToolOutput | ToolResult | FileChange | ApprovalRequest | ApprovalDecision
+    | ExecStart | ExecOutput | ExecEnd | Usage | TaskUpdate | FileChangesCoalesced
+    | NetworkDenied,
     Field(discriminator="type"),
 ]
 _adapter: list[TypeAdapter[Any]] = []

@@ -73,8 +73,10 @@ function ToolInput({ use }: { use: EventOf<"tool_use"> }) {
 }
 
 function ToolRow({ item, open, actions }: { item: Extract<Item, { kind: "tool" }>; open: boolean; actions: RowActions }) {
-  const { use, result } = item;
+  const { use, result, output } = item;
   const state = !result ? "running" : result.is_error ? "failed" : "ok";
+  const printed = output.map((o) => o.data).join("");
+  const lastLine = printed.trimEnd().split("\n").pop() ?? "";
   return (
     <Fold
       id={item.key}
@@ -85,6 +87,7 @@ function ToolRow({ item, open, actions }: { item: Extract<Item, { kind: "tool" }
         <>
           <span className="tool-name">{use.tool}</span>
           <span className="tool-sum mono">{oneLine(toolSummary(use.tool, use.input), 120)}</span>
+          {!result && lastLine && <span className="tool-live mono muted" aria-live="polite">{oneLine(lastLine, 80)}</span>}
           <span className={`tool-state ${state}`} aria-label={state}>
             {state === "running" ? "…" : state === "ok" ? "✓" : "✗"}
           </span>
@@ -95,6 +98,12 @@ function ToolRow({ item, open, actions }: { item: Extract<Item, { kind: "tool" }
         <>
           <div className="label">Input</div>
           <ToolInput use={use} />
+          {!result && printed && (
+            <>
+              <div className="label">Output so far</div>
+              <Clipped text={printed} className="out live-output" />
+            </>
+          )}
           <div className="label">{result ? (result.is_error ? "Error" : "Result") : "Waiting for the result…"}</div>
           {result && <Clipped text={result.content} className={result.is_error ? "out err" : "out"} />}
         </>

@@ -9,6 +9,7 @@ export type Item =
       key: string;
       use: EventOf<"tool_use">;
       result?: EventOf<"tool_result">;
+      output: { stream: string; data: string }[]; // printed while it ran (tool_output)
     }
   | {
       kind: "approval";
@@ -32,6 +33,7 @@ export function buildItems(events: WireEvent[], showQuiet: boolean): Item[] {
   const uses = new Set<string>();
   const requests = new Set<string>();
   const execs = new Map<string, Extract<Item, { kind: "exec" }>>();
+  const tools = new Map<string, Extract<Item, { kind: "tool" }>>();
   for (const ev of events) {
     if (ev.type === "tool_result") results.set(ev.tool_use_id, ev);
     else if (ev.type === "approval_decision") decisions.set(ev.approval_id, ev);
@@ -42,9 +44,17 @@ export function buildItems(events: WireEvent[], showQuiet: boolean): Item[] {
   for (const ev of events) {
     const key = String(ev.seq);
     switch (ev.type) {
-      case "tool_use":
-        items.push({ kind: "tool", key, use: ev, result: results.get(ev.tool_use_id) });
+      case "tool_use": {
+        const item = { kind: "tool" as const, key, use: ev, result: results.get(ev.tool_use_id), output: [] };
+        tools.set(ev.tool_use_id, item);
+        items.push(item);
         break;
+      }
+      case "tool_output": {
+        const item = tools.get(ev.tool_use_id);
+        if (item) item.output.push({ stream: ev.stream, data: ev.data });
+        break;
+      }
       case "tool_result":
         if (!uses.has(ev.tool_use_id)) items.push({ kind: "event", key, ev });
         break;
