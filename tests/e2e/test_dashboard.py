@@ -476,3 +476,23 @@ def test_a_running_commands_output_shows_on_its_card_as_it_prints(
     expect(done.locator("pre.out")).to_contain_text("step-2")
     expect(done.locator(".tool-live")).to_have_count(0)
     client.close()
+
+
+def test_the_form_offers_only_what_the_server_can_run(page, server: LiveServer,
+                                                      key: str) -> None:
+    caps = api(server, key).get("/v1/capabilities").json()
+    sign_in(page, server, key)
+    page.get_by_role("button", name="New session").click()
+    for base in caps["bases"]:
+        option = page.locator(f'label:has-text("Base") option[value="{base["name"]}"]')
+        if base["available"]:
+            expect(option).to_be_enabled()
+        else:  # shown, disabled, with the reason (dotnet where the host has none)
+            expect(option).to_be_disabled()
+            expect(option).to_contain_text(base["reason"])
+    runtime = next(r for r in caps["runtimes"] if r["name"] == "claude-code")
+    option = page.locator('label:has-text("Runtime") option[value="claude-code"]')
+    if runtime["available"]:
+        expect(option).to_be_enabled()
+    else:
+        expect(option).to_be_disabled()

@@ -104,6 +104,21 @@ export function jsonBody(method: string, body: unknown): RequestInit {
   };
 }
 
+export interface Capability {
+  name: string;
+  available: boolean;
+  reason: string | null;
+}
+
+export interface Capabilities {
+  bases: (Capability & { description: string; network: string[] })[];
+  runtimes: Capability[];
+  models: { name: string; id: string }[];
+}
+
+/** What this server offers (bases, runtimes, models), and why not the rest. */
+export const capabilities = () => request<Capabilities>("/v1/capabilities");
+
 export const sessionPath = (id: string) => `/v1/sessions/${encodeURIComponent(id)}`;
 
 export function filePath(id: string, path: string): string {

@@ -4,6 +4,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from sophon.api.deps import PrincipalDep, ServicesDep
+from sophon.capabilities import Capabilities, capabilities
 from sophon.quotas import UserLimits
 
 router = APIRouter()
@@ -35,3 +36,10 @@ async def me(principal: PrincipalDep, services: ServicesDep) -> Me:
     return Me(id=principal.user_id, name=principal.name, token_budget=budget or None,
               tokens_used=await services.gateway.user_tokens(principal.user_id),
               limits=await services.quotas.usage(principal.user_id))
+
+
+@router.get("/v1/capabilities", response_model=Capabilities)
+async def server_capabilities(principal: PrincipalDep, services: ServicesDep) -> Capabilities:
+    """What this server offers: bases (with why one is not available), runtimes, models,
+    network modes and the limits a session may ask for."""
+    return capabilities(services.settings, services.sessions.claude_code_missing())

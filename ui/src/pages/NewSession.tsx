@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState, type FormEvent } from "react";
-import { sessions as api } from "../api";
+import { capabilities, sessions as api, type Capabilities, type Capability } from "../api";
 import { NetworkFields, parseHosts, type NetworkDraft } from "../session/NetworkFields";
 import type { SessionView } from "../types";
 
@@ -43,12 +43,19 @@ export function NewSessionDialog(props: {
   const [network, setNetwork] = useState<NetworkDraft>({ allowText: "", ask: false, connectors: [] });
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  const [caps, setCaps] = useState<Capabilities | null>(null);
 
   useEffect(() => {
     const d = dialog.current!;
     if (!d.open) d.showModal();
     return () => d.close();
   }, []);
+
+  useEffect(() => {
+    // What this server can run: the rest is shown, disabled, with the reason.
+    capabilities().then(setCaps, () => setCaps(null));
+  }, []);
+  const offered = (list: Capability[] | undefined, name: string) => list?.find((c) => c.name === name);
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -115,11 +122,15 @@ export function NewSessionDialog(props: {
           <label>
             Base
             <select value={base} onChange={(e) => setBase(e.target.value)}>
-              {BASES.map(([v, label]) => (
-                <option key={v} value={v}>
-                  {label}
-                </option>
-              ))}
+              {BASES.map(([v, label]) => {
+                const cap = offered(caps?.bases, v);
+                const off = cap !== undefined && !cap.available;
+                return (
+                  <option key={v} value={v} disabled={off} title={off ? cap.reason ?? "" : undefined}>
+                    {off ? `${label} (unavailable: ${cap.reason})` : label}
+                  </option>
+                );
+              })}
             </select>
           </label>
         </div>
@@ -177,7 +188,15 @@ export function NewSessionDialog(props: {
             Runtime
             <select value={runtime} onChange={(e) => setRuntime(e.target.value)}>
               <option value="native">native (Sophon's agent)</option>
-              <option value="claude-code">claude-code (the Claude Code CLI)</option>
+              {(() => {
+                const cap = offered(caps?.runtimes, "claude-code");
+                const off = cap !== undefined && !cap.available;
+                return (
+                  <option value="claude-code" disabled={off} title={off ? cap.reason ?? "" : undefined}>
+                    {off ? `claude-code (unavailable: ${cap.reason})` : "claude-code (the Claude Code CLI)"}
+                  </option>
+                );
+              })()}
             </select>
           </label>
         </div>
