@@ -192,6 +192,9 @@ class Settings(BaseSettings):
     # nothing for claude_code_stall_seconds, with no approval pending, is a hung CLI: it is
     # stopped and the turn ends with a session_error (its Bash tool runs 10 minutes at most).
     claude_code_keep_seconds: float = Field(600.0, ge=0)
+    # A session terminal with nobody watching keeps running this long (a page reload
+    # attaches to it again), then its shell is ended.
+    terminal_keep_seconds: float = Field(600.0, ge=0)
     claude_code_stall_seconds: float = Field(900.0, gt=0)
     egress_github_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["github.com", "api.github.com"])

@@ -20,6 +20,7 @@ from sophon.quotas import Quotas
 from sophon.sandbox.service import ExecutionService
 from sophon.sessions.secrets import SecretStore
 from sophon.sessions.service import SessionService
+from sophon.sessions.terminals import Terminals
 from sophon.sessions.workspace import Workspace
 from sophon.store.db import make_data_files_private, make_engine, migrate, sessionmaker
 from sophon.users import UserService
@@ -43,6 +44,7 @@ class Services:
     agent: AgentService
     connectors: ConnectorService
     egress: Egress
+    terminals: Terminals
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -92,7 +94,8 @@ class Services:
                         "message to the agent will fail until one is set")
         return cls(settings, engine, db, UserService(db), boxes, executions, sessions,
                    Workspace(sessions), gateway, AgentService(sessions, gateway, settings),
-                   connectors=connectors, egress=egress)
+                   connectors=connectors, egress=egress,
+                   terminals=Terminals(sessions, settings.terminal_keep_seconds))
 
     @property
     def quotas(self) -> Quotas:
@@ -103,6 +106,7 @@ class Services:
         return self.executions.volumes
 
     async def close(self) -> None:
+        await self.terminals.close()
         await self.agent.close()
         await self.gateway.close()
         await self.sessions.close()

@@ -118,3 +118,43 @@ async def test_input_to_an_exec_that_could_not_start_fails_at_once(manager: BoxM
         assert err.value.code == "not_running"
         with pytest.raises(BoxRequestError, match="could not start"):
             await reader.task
+
+
+async def test_a_terminal_is_a_pty_whose_shell_keeps_its_directory_and_takes_ctrl_c(
+        manager: BoxManager) -> None:
+    keys = ExecInput()
+    async with manager.use("pty1") as box:
+        seen = bytearray()
+        got = asyncio.Event()
+
+        async def read() -> None:
+            async for data in box.terminal(env={**ENV, "TERM": "xterm", "HOME": "/tmp"},
+                                           cwd="/workspace", rows=24, cols=80, keys=keys):
+                seen.extend(data)
+                got.set()
+
+        reader = asyncio.ensure_future(read())
+
+        async def until(marker: bytes) -> str:
+            while marker not in seen:
+                got.clear()
+                await asyncio.wait_for(got.wait(), 15)
+            return seen.decode(errors="replace")
+
+        await keys.write("cd /tmp && tty && echo CD-$((40+2))\r")
+        out = await until(b"CD-42")
+        assert "/dev/pts/" in out  # a real terminal
+        await keys.write("pwd; stty size; echo PWD-$((1+1))\r")
+        out = await until(b"PWD-2")
+        assert "/tmp\r\n24 80" in out
+        await keys.resize(40, 120)
+        await keys.write("stty size; echo SIZE-$((2+3))\r")
+        assert "40 120" in await until(b"SIZE-5")
+        await keys.write("sleep 30; echo SLEPT\r")
+        await until(b"sleep 30")
+        await keys.write("\x03")  # Ctrl-C: the line discipline interrupts sleep
+        await keys.write("echo BACK-$((3+4))\r")
+        out = await until(b"BACK-7")
+        assert out.count("SLEPT") == 1  # the command line's echo, never echo's output
+        await keys.write("exit\r")
+        await asyncio.wait_for(reader, 15)  # the shell exited: the terminal ends

@@ -25,6 +25,7 @@ from sophon.api import (
     sandbox,
     sessions,
     static,
+    terminal,
     threads,
     volumes,
     webhooks,
@@ -185,7 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     routers = (health.router, auth.router, sandbox.router, files.router, sessions.router,
                gateway.router, webhooks.router, volumes.router, metrics_route.router,
-               threads.router, connectors.router)
+               threads.router, connectors.router, terminal.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

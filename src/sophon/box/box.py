@@ -84,6 +84,13 @@ class ExecInput:
     async def close(self) -> None:
         await self.write("", eof=True)
 
+    async def resize(self, rows: int, cols: int) -> None:
+        """A terminal's new size (its programs get SIGWINCH)."""
+        await self._bound.wait()
+        assert self._target is not None
+        box, rid = self._target
+        await box.request("resize", target=rid, rows=rows, cols=cols)
+
 
 @dataclass
 class _Pending:
@@ -342,6 +349,23 @@ class Box:
                         duration_ms=result.duration_ms,
                         signal=result.signal,
                     )
+
+    async def terminal(self, *, env: dict[str, str], cwd: str, rows: int, cols: int,
+                       keys: ExecInput, window: int = MIN_WINDOW,
+                       argv: list[str] | None = None) -> AsyncIterator[bytes]:
+        """A shell on a pty in the box: yields what it prints as it prints, until it (and
+        whatever holds its pty) exits; ``keys`` writes to it and resizes it. Leaving early
+        ends it. Flow-controlled: boxd sends at most ``window`` ahead of the caller."""
+        fields: dict[str, object] = {"env": env, "cwd": cwd, "rows": rows, "cols": cols,
+                                     "window": max(window, MIN_WINDOW)}
+        if argv:
+            fields["argv"] = argv
+        async with contextlib.aclosing(self._stream("pty", fields, bind=keys)) as replies:
+            async for reply in replies:
+                if isinstance(reply, Output):
+                    yield base64.b64decode(reply.data)
+                elif isinstance(reply, Failure):
+                    raise BoxRequestError(reply.code, reply.message)
 
     async def cancel_all(self, op: str = "exec") -> None:
         """Kill every exec (or end every request of ``op``) in flight on the box."""

@@ -65,7 +65,39 @@ _running: dict[int, subprocess.Popen[bytes]] = {}
 _credits: dict[int, Credit] = {}  # windowed execs' flow control, under _running_lock
 _running_lock = threading.Lock()
 _cancelled: set[int] = set()  # cancels that arrived before their exec started
-_stdins: dict[int, tuple[socket.socket, threading.Lock]] = {}  # under _running_lock
+
+
+class Feed:
+    """Where ``input`` requests write: an exec's stdin socket, or a terminal's pty."""
+
+    def __init__(self, sock: socket.socket | None = None, pty: int | None = None) -> None:
+        self.sock, self.pty = sock, pty
+        self.lock = threading.Lock()  # one write at a time, in order
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self.sock is not None:
+                view = view[self.sock.send(view, socket.MSG_NOSIGNAL):]
+            else:
+                view = view[os.write(self.pty, view):]  # type: ignore[arg-type]
+
+    def end(self) -> None:
+        if self.sock is not None:
+            self.sock.shutdown(socket.SHUT_WR)
+        # (a terminal has no end of input: its shell reads Ctrl-D as a person sends it)
+
+    def close(self) -> None:
+        """Wake a write blocked on a full socket, then close it (a pty is closed by the
+        terminal that opened it)."""
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            with self.lock:
+                self.sock.close()
+
+
+_stdins: dict[int, Feed] = {}  # under _running_lock
 # Execs with an input, from their arrival until they end: an input request may overtake
 # its exec's start (they run on different threads) and waits for it here.
 _fed_starts: dict[int, threading.Event] = {}  # under _running_lock
@@ -181,7 +213,7 @@ def _exec(rid: int, req: dict) -> dict:
     with _running_lock:
         _running[rid] = proc
         if feed is not None:
-            _stdins[rid] = (feed, threading.Lock())
+            _stdins[rid] = Feed(sock=feed)
             _fed_starts.pop(rid, threading.Event()).set()
         if credit is not None:
             _credits[rid] = credit
@@ -267,11 +299,8 @@ def _exec(rid: int, req: dict) -> dict:
             _running.pop(rid, None)
             _credits.pop(rid, None)
             fed = _stdins.pop(rid, None)
-        if fed is not None:  # shut down first: it wakes a write blocked on a full socket
-            with contextlib.suppress(OSError):
-                fed[0].shutdown(socket.SHUT_RDWR)
-            with fed[1]:
-                fed[0].close()
+        if fed is not None:
+            fed.close()
         if script_path:
             with contextlib.suppress(OSError):
                 os.unlink(script_path)
@@ -371,18 +400,111 @@ def op_input(rid: int, req: dict) -> dict:
         fed = _stdins.get(target)
     if fed is None:
         raise RequestError("not_running", f"exec {target} is not running with an input")
-    sock, lock = fed
-    with lock:
+    with fed.lock:
         try:
-            view = memoryview(data.encode())
-            while view:
-                view = view[sock.send(view, socket.MSG_NOSIGNAL):]
+            fed.write(data.encode())
             if req.get("eof"):
-                sock.shutdown(socket.SHUT_WR)
+                fed.end()
         except OSError as exc:  # closed: the command ended, or stopped reading
             raise RequestError("input_closed",
                                f"exec {target} no longer reads its input: {exc}") from exc
     return {"written": len(data)}
+
+
+# A terminal's shell gets the pty as its controlling terminal: a new session whose first
+# tty is it (os.login_tty), so Ctrl-C reaches what runs in the foreground.
+LOGIN_TTY = "import os, sys; os.login_tty(0); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+def _winsize(fd: int, rows: int, cols: int) -> None:
+    import fcntl
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _size(req: dict) -> tuple[int, int]:
+    rows, cols = req.get("rows", 24), req.get("cols", 80)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1000
+               for v in (rows, cols)):
+        raise RequestError("invalid_request", "rows and cols are whole numbers, 1 to 1000")
+    return rows, cols
+
+
+def op_pty(rid: int, req: dict) -> dict:
+    try:
+        return _pty(rid, req)
+    finally:  # an input waiting for this terminal's start waits no more
+        with _running_lock:
+            _fed_starts.pop(rid, threading.Event()).set()
+
+
+def _pty(rid: int, req: dict) -> dict:
+    """A terminal: ``argv`` (a login shell by default) on a new pty, its output streamed
+    (base64, flow-controlled by ``window``) until it and everything holding the pty have
+    exited or it is cancelled; ``input`` writes keystrokes, ``resize`` sets its size."""
+    rows, cols = _size(req)
+    window = req.get("window")
+    if not isinstance(window, int) or isinstance(window, bool) or window < MIN_WINDOW:
+        raise RequestError("invalid_request", f"a terminal's window is at least {MIN_WINDOW}")
+    argv = req.get("argv") or ["bash", "-l"]
+    master, slave = os.openpty()
+    try:
+        _winsize(slave, rows, cols)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", LOGIN_TTY, *argv], stdin=slave, stdout=slave,
+            stderr=slave, cwd=req.get("cwd") or os.environ.get("HOME", "/"),
+            env=req.get("env") or {}, close_fds=True)
+    except (OSError, ValueError) as exc:
+        os.close(master)
+        raise RequestError("spawn_failed", f"could not start {argv[0]!r}: {exc}") from exc
+    finally:
+        os.close(slave)
+    _reaper.spawned()
+    credit = Credit(window)
+    with _running_lock:
+        _running[rid] = proc
+        _credits[rid] = credit
+        _stdins[rid] = Feed(pty=master)
+        _fed_starts.pop(rid, threading.Event()).set()
+        if rid in _cancelled:
+            _cancelled.discard(rid)
+            _kill_group(proc)
+    try:
+        while True:
+            try:
+                data = os.read(master, CHUNK)
+            except OSError:  # EIO: no process holds the pty any more
+                break
+            if not data:
+                break
+            text = base64.b64encode(data).decode()
+            if not credit.take(len(text), time.monotonic() + 10**9):
+                break  # cancelled while waiting for the host
+            send({"id": rid, "kind": "out", "stream": "stdout", "data": text})
+        code = _reaper.wait(proc.pid, None)
+    finally:
+        with _running_lock:
+            _running.pop(rid, None)
+            _credits.pop(rid, None)
+            fed = _stdins.pop(rid, None)
+        _kill_group(proc)  # what the shell left running on the pty goes with it
+        if fed is not None:
+            with fed.lock:
+                os.close(master)
+    proc.returncode = code
+    return {"exit_code": code if code >= 0 else 128 - code}
+
+
+def op_resize(rid: int, req: dict) -> dict:
+    rows, cols = _size(req)
+    with _running_lock:
+        fed = _stdins.get(req.get("target"))  # type: ignore[arg-type]
+    if fed is None or fed.pty is None:
+        raise RequestError("not_running", f"terminal {req.get('target')} is not running")
+    with fed.lock:
+        _winsize(fed.pty, rows, cols)
+    return {"rows": rows, "cols": cols}
 
 
 def give_credit(req: dict) -> None:
@@ -483,6 +605,8 @@ OPS = {
     "exec": op_exec,
     "cancel": op_cancel,
     "input": op_input,
+    "pty": op_pty,
+    "resize": op_resize,
     "procs": op_procs,
     "fread": op_fread,
     "fwrite": op_fwrite,
@@ -574,7 +698,8 @@ def main() -> None:
         if req.get("op") == "credit" and "id" not in req:
             give_credit(req)  # here, not on a worker: it must not wait behind one
             continue
-        if req.get("op") == "exec" and req.get("stdin") and isinstance(req.get("id"), int):
+        if (req.get("op") == "pty" or req.get("op") == "exec" and req.get("stdin")) \
+                and isinstance(req.get("id"), int):
             with _running_lock:
                 _fed_starts[req["id"]] = threading.Event()
         _workers.submit(req)
