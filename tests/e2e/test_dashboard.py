@@ -266,15 +266,31 @@ def test_a_session_from_start_to_delete(page, server: LiveServer, key: str,
     assert client.get(f"/v1/sessions/{sid}/files/notes.txt").json()["content"].endswith(
         "mine and more")
 
-    # --- the terminal: output and exit code of a command run in the sandbox
+    # --- the terminal: a real shell (cd persists, Ctrl-C interrupts), kept over a reload
     page.get_by_role("tab", name="Terminal").click()
+    status = page.get_by_test_id("terminal-status")
+    expect(status).to_have_attribute("data-state", "connected")
+    rows = page.locator(".xterm-rows")
     page.locator(".xterm").click()
-    page.keyboard.type("echo term-$((6*7)); exit 3")
+    page.keyboard.type("cd /tmp && echo term-$((6*7))")
     page.keyboard.press("Enter")
-    expect(page.get_by_test_id("terminal-status")).to_contain_text("exit code 3")
-    expect(page.locator(".xterm-rows")).to_contain_text("term-42")
-    expect(page.locator(".xterm-rows")).to_contain_text("[exit 3")
+    expect(rows).to_contain_text("term-42")
+    page.keyboard.type("sleep 30; echo woke-$((1+1))")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Control+C")
+    page.keyboard.type("pwd; echo back-$((2+5))")
+    page.keyboard.press("Enter")
+    expect(rows).to_contain_text("back-7", timeout=10_000)
+    expect(rows).not_to_contain_text("woke-2")
     page.screenshot(path=str(shots / "terminal.png"))
+    page.reload()
+    page.get_by_role("tab", name="Terminal").click()
+    expect(status).to_have_attribute("data-state", "connected")
+    expect(rows).to_contain_text("back-7")  # the same shell, its screen replayed
+    page.locator(".xterm").click()
+    page.keyboard.type("echo still-$((3*3)) $PWD")
+    page.keyboard.press("Enter")
+    expect(rows).to_contain_text("still-9 /tmp")
 
     # --- usage: a point per model call on the chart
     page.get_by_role("tab", name="Usage").click()

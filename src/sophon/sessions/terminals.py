@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 SCROLLBACK = 64 * 1024  # bytes a viewer that attaches gets of what came before
 VIEWER_QUEUE = 1024  # chunks a slow viewer may fall behind before it is let go
 MAX_PER_SESSION = 8
+PROMPT = r"\[\e[1;32m\]\w\[\e[0m\] \$ "  # the directory, in green: where cd left you
 
 
 @dataclass
@@ -85,7 +86,7 @@ class Terminals:
         self._all[term.id] = term
         env = {**await self.sessions.exec_env(session_id,
                                               await self.sessions.refresh_secrets(session_id)),
-               "TERM": "xterm-256color"}
+               "TERM": "xterm-256color", "PS1": PROMPT}
         started = asyncio.get_running_loop().create_future()
 
         async def run() -> None:

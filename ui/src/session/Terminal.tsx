@@ -1,33 +1,27 @@
-// The terminal (lazy chunk): xterm.js with line editing in the page; each line runs in the
-// session's sandbox through the exec API, its output streamed as it comes, then its exit
-// code. (Not a PTY: full-screen programs need a WebSocket the box does not offer yet.)
+// The terminal (lazy chunk): xterm.js on a real shell in the session's sandbox, a pty in
+// the box over a WebSocket (/v1/sessions/{id}/terminal): keys go as binary frames, output
+// comes as binary frames, size and lifecycle as JSON text. The shell outlives the page:
+// a reload attaches to it again (its id is kept for the tab) with what it printed.
 import { FitAddon } from "@xterm/addon-fit";
 import { Terminal } from "@xterm/xterm";
 import "@xterm/xterm/css/xterm.css";
 import { useEffect, useRef, useState } from "react";
-import { rawRequest, readLines, sessionPath } from "../api";
+import { sessionPath } from "../api";
 
-const PROMPT = "\x1b[1;32m$\x1b[0m ";
-const RED = "\x1b[31m";
-const RESET = "\x1b[0m";
+type State = "connecting" | "connected" | "exited" | "lost";
 
-interface Last {
-  command: string;
-  exitCode: number | null;
-  error: string | null;
-  ms: number | null;
-}
+const storeKey = (sessionId: string) => `sophon.terminal.${sessionId}`;
 
 export default function TerminalPane({ sessionId, visible }: { sessionId: string; visible: boolean }) {
   const host = useRef<HTMLDivElement>(null);
   const fit = useRef<FitAddon | null>(null);
   const term = useRef<Terminal | null>(null);
-  const [running, setRunning] = useState<string | null>(null);
-  const [last, setLast] = useState<Last | null>(null);
+  const [state, setState] = useState<State>("connecting");
+  const [termId, setTermId] = useState<string | null>(null);
+  const [generation, setGeneration] = useState(0); // a new shell on demand
 
   useEffect(() => {
     const t = new Terminal({
-      convertEol: true,
       cursorBlink: true,
       fontFamily: "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace",
       fontSize: 13,
@@ -44,109 +38,66 @@ export default function TerminalPane({ sessionId, visible }: { sessionId: string
     } catch {
       // not visible yet
     }
-    t.writeln("\x1b[2m# runs in the session's sandbox, in /workspace\x1b[0m");
-    t.write(PROMPT);
 
-    let line = "";
-    let busy: AbortController | null = null;
-    const history: string[] = [];
-    let back = 0;
+    let ws: WebSocket | null = null;
+    let closed = false;
+    let retry: number | undefined;
+    const encoder = new TextEncoder();
 
-    const setLine = (next: string) => {
-      t.write("\b \b".repeat(line.length));
-      line = next;
-      t.write(line);
+    const sendSize = () => {
+      if (ws?.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "resize", rows: t.rows, cols: t.cols }));
     };
 
-    const run = async (command: string) => {
-      t.write("\r\n");
-      if (!command.trim()) {
-        t.write(PROMPT);
-        return;
-      }
-      history.push(command);
-      back = 0;
-      busy = new AbortController();
-      setRunning(command);
-      const started = performance.now();
-      let result: Last = { command, exitCode: null, error: null, ms: null };
-      try {
-        const resp = await rawRequest(`${sessionPath(sessionId)}/exec`, {
-          method: "POST",
-          headers: { "Content-Type": "application/json", Accept: "application/x-ndjson" },
-          body: JSON.stringify({ command, timeout: 600 }),
-          signal: busy.signal,
-        });
-        await readLines(resp, (raw) => {
-          const ev = JSON.parse(raw);
-          if (ev.type === "exec_output") {
-            t.write(ev.stream === "stderr" ? RED + ev.data + RESET : ev.data);
-          } else if (ev.type === "exec_end") {
-            result = { command, exitCode: ev.exit_code, error: ev.error ?? null, ms: ev.duration_ms ?? null };
-          }
-        });
-      } catch (err) {
-        if (err instanceof DOMException && err.name === "AbortError") {
-          result = { ...result, error: "detached (it keeps running in the sandbox)" };
-        } else {
-          result = { ...result, error: err instanceof Error ? err.message : String(err) };
+    const open = (attempt: number) => {
+      const known = sessionStorage.getItem(storeKey(sessionId));
+      const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+      const query = known ? `terminal=${encodeURIComponent(known)}` : `rows=${t.rows}&cols=${t.cols}`;
+      setState("connecting");
+      const sock = new WebSocket(`${scheme}//${location.host}${sessionPath(sessionId)}/terminal?${query}`);
+      sock.binaryType = "arraybuffer";
+      ws = sock;
+      let opened = false;
+      sock.onmessage = (msg) => {
+        if (typeof msg.data !== "string") {
+          t.write(new Uint8Array(msg.data as ArrayBuffer));
+          return;
         }
-      }
-      busy = null;
-      const ms = result.ms ?? Math.round(performance.now() - started);
-      const ok = result.exitCode === 0;
-      const summary =
-        result.exitCode === null
-          ? `[${result.error ?? "no exit code"}]`
-          : `[exit ${result.exitCode}${result.error ? ` · ${result.error}` : ""} · ${ms} ms]`;
-      t.write(`${t.buffer.active.cursorX > 0 ? "\r\n" : ""}\x1b[${ok ? "2;32" : "1;31"}m${summary}${RESET}\r\n`);
-      setLast({ ...result, ms });
-      setRunning(null);
-      t.write(PROMPT);
+        const control = JSON.parse(msg.data);
+        if (control.type === "terminal") {
+          opened = true;
+          if (control.id !== known) t.reset(); // a new shell: start from a clean screen
+          sessionStorage.setItem(storeKey(sessionId), control.id);
+          setTermId(control.id);
+          setState("connected");
+          sendSize();
+        } else if (control.type === "exit") {
+          sessionStorage.removeItem(storeKey(sessionId));
+          setState("exited");
+          t.write("\r\n\x1b[2m[the shell has exited: press Enter for a new one]\x1b[0m\r\n");
+        }
+      };
+      sock.onclose = () => {
+        if (closed || ws !== sock) return;
+        ws = null;
+        if (!opened && known) {
+          // That shell is gone (ended, or the server restarted): start a new one.
+          sessionStorage.removeItem(storeKey(sessionId));
+          open(0);
+          return;
+        }
+        setState((s) => (s === "exited" ? s : "lost"));
+        if (attempt < 20) retry = window.setTimeout(() => open(attempt + 1), Math.min(500 * 2 ** attempt, 5000));
+      };
     };
+    open(0);
 
     const sub = t.onData((data) => {
-      if (busy) {
-        if (data === "\x03") {
-          busy.abort();
-          t.write("^C");
-        }
-        return;
-      }
-      const text = data.replace(/\r\n/g, "\r");
-      const cr = text.indexOf("\r");
-      if (cr >= 0) {
-        // Enter (or a pasted line): run it. The rest of a multi-line paste is dropped.
-        const before = text.slice(0, cr).replace(/[\x00-\x1f\x7f]/g, "");
-        t.write(before);
-        const command = line + before;
-        line = "";
-        run(command);
-        return;
-      }
-      if (data === "\x7f" || data === "\b") {
-        if (line) {
-          line = line.slice(0, -1);
-          t.write("\b \b");
-        }
-      } else if (data === "\x1b[A") {
-        if (back < history.length) setLine(history[history.length - ++back]);
-      } else if (data === "\x1b[B") {
-        if (back > 0) setLine(--back === 0 ? "" : history[history.length - back]);
-      } else if (data === "\x03") {
-        t.write("^C\r\n" + PROMPT);
-        line = "";
-      } else if (data === "\x15") {
-        setLine("");
-      } else if (data === "\x0c") {
-        t.clear();
-      } else if (!data.startsWith("\x1b")) {
-        const printable = data.replace(/[\x00-\x1f\x7f]/g, "");
-        line += printable;
-        t.write(printable);
+      if (ws?.readyState === WebSocket.OPEN) {
+        ws.send(encoder.encode(data));
+      } else if (data === "\r" && !ws) {
+        open(0); // after an exit: Enter starts a new shell
       }
     });
-
     const onResize = () => {
       try {
         f.fit();
@@ -154,15 +105,19 @@ export default function TerminalPane({ sessionId, visible }: { sessionId: string
         // hidden
       }
     };
+    const sizeSub = t.onResize(sendSize);
     const observer = new ResizeObserver(onResize);
     observer.observe(host.current!);
     return () => {
+      closed = true;
+      window.clearTimeout(retry);
       observer.disconnect();
       sub.dispose();
-      busy?.abort();
+      sizeSub.dispose();
+      ws?.close();
       t.dispose();
     };
-  }, [sessionId]);
+  }, [sessionId, generation]);
 
   useEffect(() => {
     if (visible) {
@@ -177,22 +132,29 @@ export default function TerminalPane({ sessionId, visible }: { sessionId: string
     }
   }, [visible]);
 
+  const newShell = () => {
+    sessionStorage.removeItem(storeKey(sessionId));
+    setGeneration((g) => g + 1);
+  };
+
   return (
     <div className="terminal-pane">
       <div ref={host} className="terminal-host" aria-label="Terminal" />
-      <div className="terminal-status small" role="status" data-testid="terminal-status">
-        {running ? (
-          <>Running <code>{running}</code>… (Ctrl-C stops waiting)</>
-        ) : last ? (
+      <div className="terminal-status small" role="status" data-testid="terminal-status" data-state={state}>
+        {state === "connected" ? (
           <>
-            Last command <code>{last.command}</code>:{" "}
-            <span className={last.exitCode === 0 ? "ok" : "bad"}>
-              {last.exitCode === null ? last.error : `exit code ${last.exitCode}`}
-            </span>
+            A shell in the session's sandbox <span className="muted">({termId}; it keeps running if you leave)</span>
           </>
+        ) : state === "connecting" ? (
+          <span className="muted">Connecting to the sandbox…</span>
+        ) : state === "exited" ? (
+          <>The shell has exited.</>
         ) : (
-          <span className="muted">Type a command and press Enter.</span>
-        )}
+          <span className="bad">Lost the connection; reconnecting…</span>
+        )}{" "}
+        <button className="link" onClick={newShell}>
+          New shell
+        </button>
       </div>
     </div>
   );
