@@ -297,6 +297,25 @@ def exec_(
 
 @app.command()
 @friendly
+def shell(
+    session_id: SessionId,
+    attach: Annotated[str | None, typer.Option(
+        help="A terminal still running (its id, printed when you left it).")] = None,
+) -> None:
+    """Open a shell in the session's sandbox, here (a real terminal: Ctrl-C, full-screen
+    programs). Exit the shell to leave; a dropped connection leaves it running.
+
+    Example: sophon claude-code shell ses_0123abcd
+    """
+    from sophon.commands import shell as terminal
+
+    c = client()
+    c.get_session(session_id)  # a clear "not found" before the terminal opens
+    raise typer.Exit(terminal.run(c.base_url, c._key, session_id, attach))
+
+
+@app.command()
+@friendly
 def delete(session_id: SessionId,
            yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
     """Delete a session for good: its sandbox, files and events.
