@@ -165,14 +165,15 @@ def _follow(c: Any, session_id: str, after: int, as_json: bool,
             until_turn_ends: bool = False, answer: bool = False,
             live_from: int | None = None) -> str | None:
     """Print events as they come; with ``until_turn_ends``, stop at the status that ends
-    the turn after this message and return it (idle, or error if the turn failed).
+    the turn after this message and say how it ended: done, failed (an error, or cut off
+    by a server restart) or interrupted (by a person).
     With ``answer``, ask about each approval request; one replayed from before
     ``live_from`` (the last seq when the command started) only if it is still pending."""
     out = None if as_json else console()
     if out is not None:
         from sophon.commands.render import render
     write, flush = sys.stdout.write, sys.stdout.flush
-    seen_user = False
+    seen_user = cut_off = False
     pending: set[str] | None = None
     for ev in c.events(session_id, after):
         if out is None:
@@ -189,10 +190,20 @@ def _follow(c: Any, session_id: str, after: int, as_json: bool,
             _answer(c, session_id, ev)
         if until_turn_ends:
             seen_user = seen_user or ev["type"] == "user"
+            if seen_user and ev["type"] == "session_error" and ev.get("code") == "interrupted":
+                cut_off = True
             if seen_user and ev["type"] == "status" and ev["status"] in ("idle", "error"):
-                return str(ev["status"])
+                if ev["status"] == "error" or cut_off:
+                    return "failed"
+                return "interrupted" if ev.get("detail") == INTERRUPTED else "done"
     return None
 
+
+INTERRUPTED = "interrupted by the user"  # the detail of the status that ends such a turn
+SEND_EXIT = {"done": 0, "failed": 1, "interrupted": 3}
+# `exec`: Sophon's own failure (no such session, server down), told apart from any exit
+# code of the command (docker run's convention).
+EXEC_FAILED = 125
 
 ANSWERS = {"y": ("allow", False), "yes": ("allow", False), "n": ("deny", False),
            "no": ("deny", False), "r": ("allow", True), "remember": ("allow", True),
@@ -259,16 +270,25 @@ def send(
     as_json: Annotated[bool, typer.Option("--json", help="Raw events, one per line.")] = False,
     queue: Annotated[bool, typer.Option(help="Queue behind a running turn.")] = False,
 ) -> None:
-    """Send a message and show the turn until it ends; asks y/n for approvals. Exits 1
-    if the turn failed (the session's status is then "error").
+    """Send a message and show the turn until it ends; asks y/n/a for approvals.
+
+    Exit codes: 0 the turn is done; 1 it failed or was cut off (a server restart); 2 a
+    usage mistake; 3 it was interrupted; 130 you pressed Ctrl-C, which leaves the turn
+    running in the session (follow it with `stream`, stop it with `interrupt`).
 
     Example: sophon claude-code send ses_0123abcd "add a test for the parser"
     """
     c = client()
     after = c.get_session(session_id)["last_seq"]
     c.send_message(session_id, message, queue=queue)
-    if _follow(c, session_id, after, as_json, until_turn_ends=True, answer=True) == "error":
-        raise typer.Exit(1)
+    try:
+        ended = _follow(c, session_id, after, as_json, until_turn_ends=True, answer=True)
+    except KeyboardInterrupt:
+        typer.echo(f"\nleft the turn running in the session: follow it with `sophon "
+                   f"claude-code stream {session_id}`, stop it with `sophon claude-code "
+                   f"interrupt {session_id}`", err=True)
+        raise typer.Exit(130) from None
+    raise typer.Exit(SEND_EXIT.get(ended or "failed", 1))
 
 
 @app.command("exec")
@@ -278,20 +298,26 @@ def exec_(
     command: Annotated[str, typer.Argument(help="A bash command.")],
     timeout: Annotated[int, typer.Option(help="Seconds before it is killed.")] = 600,
 ) -> None:
-    """Run a command in the session's sandbox; exits with its exit code.
+    """Run a command in the session's sandbox; exits with its exit code, or 125 when
+    Sophon could not run it (no such session, the server unreachable).
 
     Example: sophon claude-code exec ses_0123abcd "npm test"
     """
+    from sophon.client._common import SophonAPIError
+
     code = 1
-    for ev in client().exec(session_id, command, timeout):
-        if ev["type"] == "exec_output":
-            stream = sys.stdout if ev["stream"] == "stdout" else sys.stderr
-            stream.write(ev["data"])
-            stream.flush()
-        elif ev["type"] == "exec_end":
-            code = ev["exit_code"] if ev["exit_code"] >= 0 else 1
-            if ev.get("error"):
-                typer.echo(f"({ev['error']})", err=True)
+    try:
+        for ev in client().exec(session_id, command, timeout):
+            if ev["type"] == "exec_output":
+                stream = sys.stdout if ev["stream"] == "stdout" else sys.stderr
+                stream.write(ev["data"])
+                stream.flush()
+            elif ev["type"] == "exec_end":
+                code = ev["exit_code"] if ev["exit_code"] >= 0 else 1
+                if ev.get("error"):
+                    typer.echo(f"({ev['error']})", err=True)
+    except SophonAPIError as exc:
+        raise fail(exc.message, EXEC_FAILED) from None
     raise typer.Exit(code)
 
 
