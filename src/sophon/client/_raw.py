@@ -159,9 +159,12 @@ class RawClient:
         return [self._as_event(e) for e in self._page(session_id, after, limit)]
 
     def events(self, session_id: str, after: int = 0, *, follow: bool = True,
-               on_reconnect: Callable[[int], None] | None = None) -> Iterator[Any]:
+               on_reconnect: Callable[[int], None] | None = None,
+               on_connected: Callable[[], None] | None = None) -> Iterator[Any]:
         """Every event after ``after``; with ``follow``, then live ones forever,
-        reconnecting by itself (Last-Event-ID) when the connection drops."""
+        reconnecting by itself (Last-Event-ID) when the connection drops:
+        ``on_reconnect(last_seq)`` before each attempt, ``on_connected()`` when the
+        stream is open (again)."""
         last = after
         if not follow:
             while page := self._page(session_id, last, 5000):
@@ -175,6 +178,8 @@ class RawClient:
                                      headers={"Last-Event-ID": str(last),
                                               "Accept": "text/event-stream"},
                                      read_timeout=None) as r:
+                    if on_connected is not None:
+                        on_connected()
                     parser = SSEParser()
                     for line in r.iter_lines():
                         for data in parser.feed(line):

@@ -161,6 +161,15 @@ def _when(iso: str) -> str:
     return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
+def _state_line(view: dict[str, Any]) -> str:
+    """Where a session stands, said once when a stream attaches (on stderr)."""
+    turn = {"running": "a turn is running", "waiting_approval":
+            "a turn is waiting for an approval", "error": "its last turn failed",
+            "sleeping": "idle, its sandbox asleep"}.get(view["status"], view["status"])
+    return (f"session {view['name']} ({view['id']}): {turn}; {view['last_seq']} events so "
+            "far; following live (Ctrl-C to stop)")
+
+
 def _follow(c: Any, session_id: str, after: int, as_json: bool,
             until_turn_ends: bool = False, answer: bool = False,
             live_from: int | None = None) -> str | None:
@@ -175,7 +184,21 @@ def _follow(c: Any, session_id: str, after: int, as_json: bool,
     write, flush = sys.stdout.write, sys.stdout.flush
     seen_user = cut_off = False
     pending: set[str] | None = None
-    for ev in c.events(session_id, after):
+    drops = 0
+
+    def reconnecting(_: int) -> None:  # on stderr: --json output stays clean
+        nonlocal drops
+        drops += 1
+        typer.echo(f"… lost the connection to the server; reconnecting (attempt {drops})",
+                   err=True)
+
+    def connected() -> None:
+        nonlocal drops
+        if drops:
+            typer.echo("… reconnected", err=True)
+            drops = 0
+
+    for ev in c.events(session_id, after, on_reconnect=reconnecting, on_connected=connected):
         if out is None:
             write(json.dumps(ev, ensure_ascii=False) + "\n")
             flush()
@@ -254,7 +277,9 @@ def stream(
     Example: sophon claude-code stream ses_0123abcd --from-start
     """
     c = client()
-    last_seq = c.get_session(session_id)["last_seq"]
+    view = c.get_session(session_id)
+    last_seq = view["last_seq"]
+    typer.echo(_state_line(view), err=True)
     try:
         _follow(c, session_id, 0 if from_start else last_seq, as_json,
                 answer=not as_json and sys.stdin.isatty(), live_from=last_seq)
