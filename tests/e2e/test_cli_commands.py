@@ -110,6 +110,20 @@ def test_new_clone_of_a_local_repository(env: dict[str, str]) -> None:
         r = sophon(env, "claude-code", "exec", sid, "cat README.md; git log --format=%s")
         assert (r.returncode, r.stdout) == (0, "cloned from a local path\nfirst commit\n"), \
             r.stderr
+
+        # --ref: another branch of the same repository.
+        subprocess.run([*git, "checkout", "-q", "-b", "feature"], check=True)
+        (repo / "README.md").write_text("the feature branch\n")
+        subprocess.run([*git, "commit", "-qam", "on feature"], check=True)
+        subprocess.run([*git, "checkout", "-q", "main"], check=True)
+        subprocess.run(["chmod", "-R", "a+rX", str(repo)], check=True)
+        r = sophon(env, "claude-code", "new", "--name", "branch", "--clone", str(repo),
+                   "--ref", "feature")
+        assert r.returncode == 0, r.stderr
+        r = sophon(env, "claude-code", "exec", r.stdout.strip(), "cat README.md")
+        assert r.stdout == "the feature branch\n", r.stderr
+        r = sophon(env, "claude-code", "new", "--name", "no", "--ref", "feature")
+        assert r.returncode == 2 and "--ref is for --clone" in r.stderr
     finally:
         shutil.rmtree(repo, ignore_errors=True)
 

@@ -168,3 +168,18 @@ def test_many_new_threads_at_once_all_run() -> None:
         assert [(r.status_code, r.json().get("stdout")) for r in answers] == [
             (200, f"{i}\n") for i in range(n)]
         assert len(names(http)) == n
+
+
+def test_a_commit_in_a_thread_has_an_identity_the_user_can_replace(
+        server: LiveServer, api_key: str) -> None:
+    with Client(server.url, api_key) as c:
+        made = c.execute("cd ~ && git init -q repo && cd repo && git commit -q --allow-empty "
+                         "-m first && git log --format='%an <%ae>'", language="bash",
+                         thread_id="ident")
+        assert made.exit_code == 0, made.stderr
+        assert made.stdout.strip() == "Sophon <sophon@localhost>"
+        mine = c.execute("cd ~/repo && git config --global user.name Ada && git config "
+                         "--global user.email ada@example.com && git commit -q --allow-empty "
+                         "-m second && git log -1 --format='%an <%ae>'", language="bash",
+                         thread_id="ident")
+        assert mine.stdout.strip() == "Ada <ada@example.com>", mine.stderr

@@ -71,6 +71,9 @@ ETC_FILES = {
     "hostname": "sandbox\n",
     "hosts": "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost\n",
     "resolv.conf": "",
+    # A commit works out of the box, as in a session's first one; the least of git's
+    # settings, so the user's own (~/.gitconfig, the repository's, GIT_AUTHOR_*) win.
+    "gitconfig": "[user]\n\tname = Sophon\n\temail = sophon@localhost\n",
 }
 
 # What a box trusts for TLS, when the egress door has a CA of its own (egress/ca.py):

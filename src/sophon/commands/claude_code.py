@@ -78,6 +78,8 @@ def new(
     system_prompt: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Extra instructions, or @FILE to read them from a file.")] = None,
     clone: Annotated[Optional[str], typer.Option(help="Start from a git clone.")] = None,  # noqa: UP045
+    ref: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="With --clone: the branch, tag or commit to check out.")] = None,
     template: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Start from a template (python, node).")] = None,
     runtime: Annotated[str, typer.Option(help="native | claude-code")] = "native",
@@ -102,6 +104,8 @@ def new(
     """
     if clone and template:
         raise fail("give --clone or --template, not both", 2)
+    if ref and not clone:
+        raise fail("--ref is for --clone: the branch, tag or commit of the repository", 2)
     if system_prompt and system_prompt.startswith("@"):
         path = Path(system_prompt[1:])
         try:
@@ -112,7 +116,7 @@ def new(
     network = ({"allow": list(dict.fromkeys(allow or [])), "ask": ask_network}
                if allow or ask_network else None)
     s = client().create_session(name, base=base, model=model, system_prompt=system_prompt,
-                                template=template, clone=clone, runtime=runtime,
+                                template=template, clone=clone, ref=ref, runtime=runtime,
                                 network=network,
                                 connectors=list(dict.fromkeys(connector)) if connector else None)
     typer.echo(s["id"])
