@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -152,10 +153,13 @@ class Pty:
         self.master = master
         # A session of its own with the terminal as its controlling tty, as in a shell:
         # hidden prompts (getpass) read /dev/tty.
+        def as_in_a_terminal() -> None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            interruptible()
+
         self.proc = subprocess.Popen(args, env={**env, "TERM": "xterm"}, stdin=slave,
                                      stdout=slave, stderr=slave, close_fds=True,
-                                     start_new_session=True,
-                                     preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+                                     start_new_session=True, preexec_fn=as_in_a_terminal)
         os.close(slave)
         self.raw = b""
 
@@ -203,9 +207,17 @@ class Pty:
             os.close(self.master)
 
 
+def interruptible() -> None:
+    """In the child: Ctrl-C (SIGINT) as a terminal gives it. A test run started in the
+    background by a non-interactive shell has SIGINT ignored, which children inherit, and
+    Python then leaves it ignored: the CLI would never see the tests' Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], Lines, Lines]:
     proc = subprocess.Popen([*SOPHON, *args], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     return proc, Lines(proc.stdout), Lines(proc.stderr)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+from tests.conftest import wait_for
 from tests.e2e.cli_support import SOPHON, Pty, assert_one_line_error, sophon
 
 
@@ -18,7 +19,9 @@ def test_the_shell_is_a_terminal_in_the_sandbox(env: dict[str, str]) -> None:
         term.expect("X-42")
         assert "50 200" in term.text  # this terminal's size
         term.send("sleep 30; echo WOKE-$((1+1))\r")
-        term.expect("sleep 30;")
+        # Ctrl-C once sleep runs in the foreground (sooner, the shell would take it).
+        wait_for(lambda: sophon(env, "claude-code", "exec", sid, "pgrep -x sleep")
+                 .returncode == 0, 15, 0.05, "sleep to run")
         term.send("\x03")  # to the sandbox's shell: it interrupts sleep, not this command
         term.send("pwd; echo BACK-$((3+4))\r")
         term.expect("BACK-7", deadline=10)

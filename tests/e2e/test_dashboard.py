@@ -277,6 +277,10 @@ def test_a_session_from_start_to_delete(page, server: LiveServer, key: str,
     expect(rows).to_contain_text("term-42")
     page.keyboard.type("sleep 30; echo woke-$((1+1))")
     page.keyboard.press("Enter")
+    # Ctrl-C once sleep runs in the foreground (sooner, the shell would take it).
+    wait_for(lambda: '"exit_code":0' in client.post(f"/v1/sessions/{sid}/exec", json={
+        "command": "pgrep -x sleep", "timeout": 10}).text.replace(" ", ""), 15, 0.05,
+             "sleep to run")
     page.keyboard.press("Control+C")
     page.keyboard.type("pwd; echo back-$((2+5))")
     page.keyboard.press("Enter")
@@ -512,3 +516,15 @@ def test_the_form_offers_only_what_the_server_can_run(page, server: LiveServer,
         expect(option).to_be_enabled()
     else:
         expect(option).to_be_disabled()
+
+
+def test_the_create_button_is_in_sight_on_a_900_px_high_window(page, server: LiveServer,
+                                                                key: str) -> None:
+    page.set_viewport_size({"width": 1280, "height": 900})
+    sign_in(page, server, key)
+    page.get_by_role("button", name="New session").click()
+    create = page.get_by_role("button", name="Create session")
+    expect(create).to_be_in_viewport()
+    page.get_by_label("Name").click()  # and still after the form has scrolled
+    page.mouse.wheel(0, 2000)
+    expect(create).to_be_in_viewport()

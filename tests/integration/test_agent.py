@@ -120,7 +120,7 @@ def test_builds_tests_fixes_and_passes(http: httpx.Client, model: ModelServer) -
     assert req["tool"] == "Bash" and "unittest" in req["input"]["command"]
     evs = wait_turn(http, sid)
 
-    kinds = [e["type"] for e in evs if e["type"] not in ("file_change", "usage")]
+    kinds = [e["type"] for e in evs if e["type"] not in ("file_change", "usage", "tool_output")]
     story = kinds[kinds.index("user"):]
     assert story == [
         "user", "status", "thinking", "assistant", "tool_use", "tool_use", "tool_use",

@@ -1,5 +1,5 @@
 """The agent's Bash output as it prints: tool_output events while the command runs,
-then its tool_result as ever; a flood makes a few events a second; a secret it prints
+then its tool_result as ever; a flood makes at most ten events a second; a secret it prints
 is redacted in them as in the result."""
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def test_a_flood_makes_a_few_events_a_second(ms: ModelServer, http: httpx.Client
     pieces = of_type(evs, "tool_output")
     text = "".join(p["data"] for p in pieces)
     assert text == "".join(f"line {i}\n" for i in range(1, 30001)) + "end\n"
-    # At most four a second (plus the first and the last), however fast it prints.
-    assert 2 <= len(pieces) <= took * 4 + 2, (len(pieces), took)
+    # At most ten a second (plus the first and the last), however fast it prints.
+    assert 2 <= len(pieces) <= took * 10 + 2, (len(pieces), took)
 
 
 def test_a_printed_secret_is_redacted_in_the_live_output(ms: ModelServer,

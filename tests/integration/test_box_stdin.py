@@ -120,6 +120,12 @@ async def test_input_to_an_exec_that_could_not_start_fails_at_once(manager: BoxM
             await reader.task
 
 
+async def running(box: object, name: str) -> bool:
+    out = [ev async for ev in box.exec(["pgrep", "-x", name], timeout=10, env=ENV,  # type: ignore[attr-defined]
+                                       cwd="/workspace", output_cap=4096)]
+    return isinstance(out[-1], ExecOutcome) and out[-1].exit_code == 0
+
+
 async def test_a_terminal_is_a_pty_whose_shell_keeps_its_directory_and_takes_ctrl_c(
         manager: BoxManager) -> None:
     keys = ExecInput()
@@ -151,7 +157,10 @@ async def test_a_terminal_is_a_pty_whose_shell_keeps_its_directory_and_takes_ctr
         await keys.write("stty size; echo SIZE-$((2+3))\r")
         assert "40 120" in await until(b"SIZE-5")
         await keys.write("sleep 30; echo SLEPT\r")
-        await until(b"sleep 30")
+        # Ctrl-C once sleep runs in the foreground (typed while the shell is still
+        # starting it, the shell would get it instead, as on any terminal).
+        while not await running(box, "sleep"):
+            pass
         await keys.write("\x03")  # Ctrl-C: the line discipline interrupts sleep
         await keys.write("echo BACK-$((3+4))\r")
         out = await until(b"BACK-7")

@@ -48,3 +48,14 @@ def test_without_the_cli_claude_code_is_offered_as_unavailable(data_dir: Path) -
         assert runtime["available"] is False and "scripts/box-tools" in runtime["reason"]
     finally:
         srv.stop()
+
+
+def test_start_up_says_what_the_database_did_in_one_line(data_dir: Path) -> None:
+    srv = LiveServer(data_dir).start()
+    srv.stop()
+    srv.start()  # the second start has nothing to migrate: nothing to say
+    srv.stop()
+    log = srv.log.read_text()
+    assert "Running upgrade" not in log and "Context impl" not in log, log
+    assert log.count("database schema created") == 1, log
+    assert "database schema upgraded" not in log

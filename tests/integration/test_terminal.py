@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, wait_for
 
 
 class Term:
@@ -44,6 +44,16 @@ class Term:
         return self.seen
 
 
+def running(server: LiveServer, key: str, sid: str, name: str) -> None:
+    """Wait until a process of that name runs in the session's box."""
+    def found() -> bool:
+        r = httpx.post(f"{server.url}/v1/sessions/{sid}/exec", json={
+            "command": f"pgrep -x {name}", "timeout": 10},
+            headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        return '"exit_code":0' in r.text.replace(" ", "")
+    wait_for(found, 15, 0.05, f"{name} to run")
+
+
 def ws_url(server: LiveServer, sid: str, query: str = "") -> str:
     return server.url.replace("http://", "ws://") + f"/v1/sessions/{sid}/terminal{query}"
 
@@ -71,7 +81,7 @@ def test_cd_persists_ctrl_c_interrupts_and_the_size_is_the_pages(
         t.send("stty size; echo SIZE-$((2+3))\r")
         assert "50 132" in t.until("SIZE-5")
         t.send("sleep 30; echo SLEPT\r")
-        t.until("sleep 30; echo SLEPT")  # the line, echoed: sleep is running
+        running(server, api_key, sid, "sleep")  # Ctrl-C once sleep is in the foreground
         started = time.monotonic()
         t.send("\x03")
         t.send("echo BACK-$((3+4))\r")

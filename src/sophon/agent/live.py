@@ -16,7 +16,7 @@ from typing import Any
 
 from sophon.events.types import ToolOutput
 
-INTERVAL = 0.25  # seconds between a tool call's events, at most four a second
+INTERVAL = 0.1  # seconds between a tool call's events: at most ten a second
 
 
 class LiveOutput:

@@ -248,12 +248,12 @@ def _answer(c: Any, session_id: str, ev: dict[str, Any]) -> None:
     if target is not None:
         question = f"  allow a connection to {target}? [y/n/r = yes and remember the host]"
     else:
-        question = f"  allow {ev['tool']}? [y/n/r = yes and always allow {ev['tool']}]"
+        question = f"  allow {ev['tool']}? [y/n/a = yes, and always allow {ev['tool']}]"
     while True:
         reply = typer.prompt(question, default="n", show_default=False).strip().lower()
         if reply in ANSWERS:
             break
-        typer.echo("  answer y (allow), n (deny) or r (allow and remember)")
+        typer.echo("  answer y (allow), n (deny) or a (allow, and always from now on)")
     decision, remember = ANSWERS[reply]
     from sophon.client._common import SophonAPIError
 
@@ -307,9 +307,18 @@ def send(
 
     Example: sophon claude-code send ses_0123abcd "add a test for the parser"
     """
+    from sophon.client._common import ConflictError
+
     c = client()
     after = c.get_session(session_id)["last_seq"]
-    c.send_message(session_id, message, queue=queue)
+    try:
+        c.send_message(session_id, message, queue=queue)
+    except ConflictError as exc:
+        if exc.code != "turn_in_progress":
+            raise
+        raise fail("a turn is already running in this session: wait for it (sophon "
+                   f"claude-code stream {session_id}), interrupt it, or send with --queue "
+                   "to run this message after it") from None
     try:
         ended = _follow(c, session_id, after, as_json, until_turn_ends=True, answer=True)
     except KeyboardInterrupt:
@@ -415,6 +424,30 @@ def export(session_id: SessionId,
     if error is not None:  # said once the progress bar is gone, so it stays on screen
         raise fail(error)
     typer.echo(f"{target} ({size:,} bytes)")
+
+
+@app.command()
+@friendly
+def approvals(session_id: SessionId) -> None:
+    """List the tool calls and connections waiting for an answer, with how to answer.
+
+    Example: sophon claude-code approvals ses_0123abcd
+    """
+    from sophon.commands.render import network_target
+
+    pending = client().approvals(session_id)
+    if not pending:
+        typer.echo("nothing is waiting for an answer")
+        return
+    rows = []
+    for a in pending:
+        what = network_target({"tool": a["tool"], "input": a.get("input") or {}})
+        if what is None:
+            inp = a.get("input") or {}
+            what = f"{a['tool']} {inp.get('command') or inp.get('file_path') or ''}".strip()
+        rows.append([a["approval_id"], _cut(what, 60), _cut(a.get("reason") or "", 50)])
+    typer.echo(table(["APPROVAL", "WAITING TO", "WHY"], rows))
+    typer.echo(f"answer with: sophon claude-code approve|deny {session_id} APPROVAL")
 
 
 @app.command()

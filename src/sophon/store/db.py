@@ -94,9 +94,24 @@ def alembic_config() -> Config:
 
 
 def _upgrade(conn: Connection) -> None:
-    cfg = alembic_config()
-    cfg.attributes["connection"] = conn
-    command.upgrade(cfg, "head")
+    from alembic.runtime.migration import MigrationContext
+
+    # Alembic's own lines (its context, each step) are noise at every start: one line of
+    # ours says what changed, and only when something did.
+    quiet = logging.getLogger("alembic")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        before = MigrationContext.configure(conn).get_current_revision()
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        after = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        quiet.setLevel(level)
+    if after != before:
+        log.info("database schema %s: %s", "created" if before is None else "upgraded",
+                 after)
 
 
 async def migrate(engine: AsyncEngine) -> None:
