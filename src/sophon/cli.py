@@ -6,8 +6,9 @@ start-up costs."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Annotated, Optional  # noqa: UP035 - typer needs Optional at runtime
+from typing import Annotated, Any, Optional  # noqa: UP035 - typer needs Optional at runtime
 
 import typer
 
@@ -66,9 +67,14 @@ def serve(
         application = create_app(settings)
     except SophonError as exc:
         _fail(exc.message)
+    url = _browser_url(settings)
+    # Where this server is, for `sophon users sign-in-link` (run without --url) to use.
+    with contextlib.suppress(OSError):
+        (settings.data_dir / SERVER_URL_FILE).write_text(url + "\n")
     typer.echo(f"Sophon listening on http://{settings.host}:{settings.port} "
                f"(data: {settings.data_dir})")
-    typer.echo("Create an API key with: sophon users add NAME")
+    typer.echo(f"Dashboard: {url}/ : sign in with an API key (sophon users add NAME), or "
+               "with a one-time link: sophon users sign-in-link NAME")
     # Event streams never end by themselves: give open connections a moment at shutdown,
     # then close them, so that the boxes are stopped and nothing is left behind.
     uvicorn.run(application, host=settings.host, port=settings.port,
@@ -106,12 +112,26 @@ def users_add(name: str, data_dir: DataDir = None) -> None:
     typer.echo(key)
 
 
+SERVER_URL_FILE = "server-url"
+
+
+def _browser_url(settings: Any) -> str:
+    """Where a browser reaches the server: SOPHON_PUBLIC_URL, else its host and port."""
+    if settings.public_url:
+        return str(settings.public_url).rstrip("/")
+    host = settings.host
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else "localhost" if host == "::" else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}"
+
+
 @users_app.command("sign-in-link")
 def users_sign_in_link(
     name: str,
     url: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="The server's address as the browser reaches it "
-             "(default: http://HOST:PORT from SOPHON_HOST and SOPHON_PORT).")] = None,
+        help="The server's address as the browser reaches it (default: where the server "
+             "that last ran on this data directory listens, or SOPHON_PUBLIC_URL, or "
+             "http://HOST:PORT from SOPHON_HOST and SOPHON_PORT).")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Print a one-time link that signs NAME in to the dashboard (valid for 15 minutes).
@@ -126,10 +146,11 @@ def users_sign_in_link(
 
     settings = _settings(data_dir)
     if url is None:
-        host = settings.host
-        host = "127.0.0.1" if host in ("", "0.0.0.0") else "localhost" if host == "::" else host
-        host = f"[{host}]" if ":" in host else host
-        url = f"http://{host}:{settings.port}"
+        try:  # the server that last ran on this data directory says where it is
+            url = (settings.data_dir / SERVER_URL_FILE).read_text().strip() or None
+        except OSError:
+            url = None
+    url = url or _browser_url(settings)
 
     async def run() -> str:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

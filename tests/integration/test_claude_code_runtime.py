@@ -293,7 +293,7 @@ def test_a_crashed_cli_is_resumed_on_the_next_message(
     http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND: remember CRASH-TURN"})
     wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the first turn to end")
     box_exec(http, sid, "pkill -KILL -f 'input-forma[t] stream-json'")
-    wait_for(lambda: not box_exec(http, sid, CLI_PIDS).split(), 20, 0.2, "the CLI to be gone")
+    # At once: the server may not have seen the CLI's end yet when the message comes.
     http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND after the crash"})
     evs = wait_for(lambda: idle_after(http, sid, 2), 120, 0.3, "the second turn to end")
     assert not [e for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]

@@ -324,3 +324,14 @@ def test_the_built_dashboard_is_served_with_a_fallback_to_its_page(
         assert r.status_code == 404 and r.json()["error"] == "not_found", (method, path)
     assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
     assert httpx.get(server.url + "/openapi.json").json()["paths"]["/v1/auth/session"]
+
+
+def test_a_link_names_the_port_the_server_runs_on(server: LiveServer) -> None:
+    """Without --url, the link is for the server that runs on this data directory, on
+    whatever port it was given (not the default 8765); and the server says how to get one."""
+    name = user_name(server.add_user(), server)
+    made = cli(server, "users", "sign-in-link", name)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().startswith(server.url + "/v1/auth/link/")
+    assert httpx.get(made.stdout.strip()).status_code == 303
+    assert "sophon users sign-in-link NAME" in server.log.read_text()

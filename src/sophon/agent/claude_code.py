@@ -61,8 +61,15 @@ async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settin
                         row.max_turns, approval, earlier)
         async with sessions.box(row) as box:
             turn.box = box
+            current = processes.get(sid)
+            reused = current is not None and current.same(box, argv, env)
             proc = await processes.start(sid, box, argv, env)
-            failed = await _Turn(turn, sessions, settings, processes, proc).run()
+            try:
+                failed = await _Turn(turn, sessions, settings, processes, proc, reused).run()
+            except _GoneBetweenTurns:
+                # It had died since the last turn, its end not seen yet: a new one resumes.
+                proc = await processes.start(sid, box, argv, env)
+                failed = await _Turn(turn, sessions, settings, processes, proc, False).run()
     except asyncio.CancelledError:
         if not turn.interrupted:
             await asyncio.shield(emit.append(sid, SessionError(
@@ -84,14 +91,19 @@ async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settin
             await asyncio.shield(sessions.set_status(sid, status, detail))
 
 
+class _GoneBetweenTurns(Exception):
+    """The CLI kept from the last turn ended before it read this turn's message."""
+
+
 class _Turn:
     """One turn's conversation with the CLI: the message in, its lines and questions out,
     until its result."""
 
     def __init__(self, turn: Turn, sessions: SessionService, settings: Settings,
-                 processes: ClaudeProcesses, proc: ClaudeProcess) -> None:
+                 processes: ClaudeProcesses, proc: ClaudeProcess, reused: bool) -> None:
         self.turn, self.sessions, self.settings = turn, sessions, settings
         self.processes, self.proc = processes, proc
+        self.reused, self.heard = reused, False
         self.lines = _Lines(sessions, turn.session_id)
         self.asking: dict[str, asyncio.Task[None]] = {}  # control request id -> answer
         self.woken = asyncio.Event()
@@ -144,12 +156,15 @@ class _Turn:
                 msg = nxt.result()
                 if isinstance(msg, Ended):
                     self.processes.forget(sid, self.proc)
+                    if self.reused and not self.heard and interrupted_at is None:
+                        raise _GoneBetweenTurns
                     if interrupted_at is not None:
                         await self.lines.keep_partial()
                         return None
                     message = self.lines.failure(msg)
                     await emit.append(sid, SessionError(code="claude_code", message=message))
                     return message
+                self.heard = True
                 nxt = asyncio.ensure_future(self.proc.lines.get())
                 kind = msg.get("type")
                 if kind == "control_request":
