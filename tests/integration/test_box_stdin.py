@@ -167,3 +167,28 @@ async def test_a_terminal_is_a_pty_whose_shell_keeps_its_directory_and_takes_ctr
         assert out.count("SLEPT") == 1  # the command line's echo, never echo's output
         await keys.write("exit\r")
         await asyncio.wait_for(reader, 15)  # the shell exited: the terminal ends
+
+
+async def test_a_boxs_programs_start_with_no_signal_ignored(data_dir: Path) -> None:
+    """A server started in the background by a shell (`make run &`, nohup) has SIGINT,
+    SIGQUIT (and SIGHUP) ignored; its boxes must not pass that on: Ctrl-C would do
+    nothing in their terminals, and a program could not be interrupted."""
+    import signal
+
+    mgr = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
+    ignored = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+    saved = [signal.signal(sig, signal.SIG_IGN) for sig in ignored]
+    try:
+        await mgr.start()
+        async with mgr.use("sig1") as box:  # its launcher starts while they are ignored
+            out = [ev async for ev in box.exec(["grep", "SigIgn", "/proc/self/status"],
+                                               timeout=30, env=ENV, cwd="/workspace",
+                                               output_cap=4096)]
+    finally:
+        for sig, was in zip(ignored, saved, strict=True):
+            signal.signal(sig, was)
+        await mgr.close()
+    text = "".join(e.data for e in out if isinstance(e, ExecEvent))
+    mask = int(text.split()[1], 16)
+    for sig in ignored:
+        assert not mask & (1 << (sig - 1)), (sig, text)

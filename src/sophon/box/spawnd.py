@@ -135,8 +135,15 @@ def place_fds(fds: list[int], targets: list[int]) -> None:
 def child(req: dict[str, object], fds: list[int]) -> None:
     """In the forked child: never returns."""
     try:
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)  # Python ignores the first two
+        # What a box's processes start from is the default for every signal, whatever
+        # the server inherited: Python ignores SIGPIPE and SIGXFSZ, and a server started
+        # in the background by a shell (`make run &`, nohup) has SIGINT and SIGQUIT
+        # ignored, which would leave Ctrl-C dead in every box's terminal.
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGINT,
+                    signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM, signal.SIGTSTP,
+                    signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         signal.set_wakeup_fd(-1)
         place_fds(fds, [int(t) for t in req["targets"]])  # type: ignore[attr-defined]
         join_cgroups([str(p) for p in req.get("cgroup_procs") or []])  # type: ignore[attr-defined]
