@@ -53,6 +53,7 @@ def serve(
 
     Example: sophon serve --port 8765
     """
+    import asyncio
     import logging
 
     import uvicorn
@@ -75,10 +76,22 @@ def serve(
                f"(data: {settings.data_dir})")
     typer.echo(f"Dashboard: {url}/ : sign in with an API key (sophon users add NAME), or "
                "with a one-time link: sophon users sign-in-link NAME")
-    # Event streams never end by themselves: give open connections a moment at shutdown,
-    # then close them, so that the boxes are stopped and nothing is left behind.
-    uvicorn.run(application, host=settings.host, port=settings.port,
-                log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=2)
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # Event streams and terminals never end by themselves: end them now, so that
+            # they close cleanly within the grace period instead of being cut off.
+            services = getattr(application.state, "services", None)
+            if services is not None:
+                with contextlib.suppress(RuntimeError):  # no loop running: nothing to end
+                    loop = asyncio.get_running_loop()
+                    loop.call_soon_threadsafe(services.begin_shutdown)
+
+    # The grace period: open connections get a moment at shutdown, then are closed, so
+    # that the boxes are stopped and nothing is left behind.
+    Server(uvicorn.Config(application, host=settings.host, port=settings.port,
+                          log_level=settings.log_level, access_log=False,
+                          timeout_graceful_shutdown=2)).run()
 
 
 @users_app.command("add")

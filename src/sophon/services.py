@@ -105,6 +105,13 @@ class Services:
     def volumes(self) -> VolumeService:
         return self.executions.volumes
 
+    def begin_shutdown(self) -> None:
+        """The server was told to stop: end the connections that never end by themselves
+        (event streams, terminals) now, so that they close cleanly before the server's
+        grace period runs out and cuts them off."""
+        self.sessions.events.end_streams()
+        asyncio.get_running_loop().create_task(self.terminals.close())
+
     async def close(self) -> None:
         await self.terminals.close()
         await self.agent.close()

@@ -357,6 +357,34 @@ def test_graceful_stop_ends_open_sse_streams(own_server: LiveServer) -> None:
         assert sse.ended.wait(2), "the SSE stream stayed open after the server stopped"
     finally:
         sse.close()  # lets a hanging server finish its shutdown
+    # Ended by the server itself as it stops, not cut off at the deadline: no traceback.
+    log = own_server.log.read_text()
+    assert "Traceback" not in log and "graceful shutdown exceeded" not in log, log[-3000:]
+
+
+def test_graceful_stop_with_a_terminal_and_streams_open_is_clean(
+        own_server: LiveServer) -> None:
+    from websockets.sync.client import connect
+
+    key = own_server.add_user()
+    with client(own_server, key) as http:
+        sid = new_session(http)
+    streams = [SSEStream(own_server, key, sid) for _ in range(2)]
+    url = own_server.url.replace("http://", "ws://") + f"/v1/sessions/{sid}/terminal"
+    try:
+        with connect(url, additional_headers={"Authorization": f"Bearer {key}"},
+                     open_timeout=15) as ws:
+            ws.recv(timeout=15)  # the terminal is up
+            for sse in streams:
+                sse.wait_seq(1)
+            assert own_server.proc is not None
+            own_server.proc.send_signal(signal.SIGTERM)
+            own_server.proc.wait(10)
+    finally:
+        for sse in streams:
+            sse.close()
+    log = own_server.log.read_text()
+    assert "Traceback" not in log and "graceful shutdown exceeded" not in log, log[-3000:]
 
 
 # --- 4. crash during an exec -------------------------------------------------------

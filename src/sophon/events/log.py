@@ -49,7 +49,7 @@ class _Overflow:
 
 
 OVERFLOW = _Overflow()
-CLOSED = _Overflow()  # the session was deleted: its followers end
+CLOSED = _Overflow()  # the session was deleted, or the server stops: its followers end
 
 
 def redact_event(data: dict[str, Any], secrets: Iterable[str]) -> dict[str, Any]:
@@ -342,6 +342,13 @@ class EventLog:
         self._locks.pop(session_id, None)
         for q in self._subs.get(session_id, ()):
             q.put_nowait(CLOSED)
+
+    def end_streams(self) -> None:
+        """The server is stopping: every follower ends now (its client reconnects from
+        its Last-Event-ID), instead of being cut off with a traceback at the deadline."""
+        for subs in self._subs.values():
+            for q in subs:
+                q.put_nowait(CLOSED)
 
 
 def _reset(q: asyncio.Queue[Any]) -> None:
