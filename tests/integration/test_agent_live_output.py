@@ -74,7 +74,7 @@ def test_output_arrives_while_the_command_runs(ms: ModelServer, http: httpx.Clie
     assert "step-1" in result and "step-2" in result and "step-3" in result
 
 
-def test_a_flood_makes_a_few_events_a_second(ms: ModelServer, http: httpx.Client) -> None:
+def test_a_flood_makes_at_most_ten_events_a_second(ms: ModelServer, http: httpx.Client) -> None:
     sid = create_session(http, {"shell": "allow"})
     bash_turn(ms, "for i in $(seq 1 30000); do echo line $i; done; sleep 0.6; echo end")
     started = time.monotonic()

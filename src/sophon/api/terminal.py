@@ -21,7 +21,7 @@ import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from sophon.api.deps import COOKIE, check_origin
+from sophon.api.deps import COOKIE, CsrfFailed, check_origin
 from sophon.errors import BoxError, BoxRequestError, SophonError
 from sophon.sessions.terminals import Terminal
 from sophon.users import Principal
@@ -35,8 +35,6 @@ async def _principal(ws: WebSocket) -> Principal:
     header = ws.headers.get("authorization")
     if header is None and (cookie := ws.cookies.get(COOKIE)):
         if ws.headers.get("origin") is None:
-            from sophon.api.deps import CsrfFailed
-
             raise CsrfFailed("a terminal signed in by cookie must come from this server's "
                              "page (no Origin)")
         check_origin(ws)  # type: ignore[arg-type]
