@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 Reply = Output | Change | Watching | Done | Failure
 
+INPUT_PIECE = 1_000_000  # characters of an exec's input a request: six bytes each at most
 PUT_CHUNK = 1024 * 1024  # per fput request: 1.33 MiB of base64, well inside a frame
 
 
@@ -79,7 +80,12 @@ class ExecInput:
         assert self._target is not None
         box, rid = self._target
         async with self._lock:  # in order, one at a time
-            await box.request("input", target=rid, data=data, eof=eof)
+            # In pieces that fit a frame whatever they hold (JSON may make one character
+            # six bytes): a paste of any size goes, never a payload_too_large.
+            pieces = [data[i:i + INPUT_PIECE] for i in range(0, len(data), INPUT_PIECE)]
+            for n, piece in enumerate(pieces or [""]):
+                last = n == max(len(pieces), 1) - 1
+                await box.request("input", target=rid, data=piece, eof=eof and last)
 
     async def close(self) -> None:
         await self.write("", eof=True)
