@@ -1,7 +1,12 @@
-"""Small things a CLI user meets: which approvals are waiting, and a busy session's
-answer in the CLI's own words."""
+"""Small things a CLI user meets: which approvals are waiting, a busy session's answer in
+the CLI's own words, and only what the server can run offered."""
 
 from __future__ import annotations
+
+import json
+import re
+
+import pytest
 
 from sophon.client import Client
 from sophon.testing import ModelServer
@@ -32,3 +37,23 @@ def test_approvals_lists_what_waits_and_says_how_to_answer(
         assert proc.wait(30) == 0
     finally:
         stop(proc)
+
+
+def test_the_cli_offers_only_what_the_server_can_run(env: dict[str, str]) -> None:
+    caps = json.loads(sophon(env, "capabilities", "--json").stdout)
+    missing = next((b for b in caps["bases"] if not b["available"]), None)
+    shown = sophon(env, "capabilities")
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^python\s+yes\s", shown.stdout, re.M)
+    assert "native" in shown.stdout and "sonnet (" in shown.stdout
+    if missing is None:
+        pytest.skip("this host has every base's toolchain")
+    assert f"no: {missing['reason']}" in shown.stdout
+
+    refused = sophon(env, "claude-code", "new", "--name", "x", "--base", missing["name"])
+    assert refused.returncode == 2
+    assert f"the {missing['name']} base is not available on this server" in refused.stderr
+    assert missing["reason"] in refused.stderr and "python" in refused.stderr
+    unknown = sophon(env, "claude-code", "new", "--name", "x", "--base", "cobol")
+    assert unknown.returncode == 2 and "unknown base 'cobol'" in unknown.stderr
+    assert json.loads(sophon(env, "claude-code", "list", "--json").stdout) == []

@@ -73,6 +73,10 @@ class RawClient:
     def me(self) -> dict[str, str]:
         return dict(self._http.call("GET", "/v1/me"))
 
+    def capabilities(self) -> dict[str, Any]:
+        """What this server can run: bases, runtimes, models, network, limits."""
+        return dict(self._http.call("GET", "/v1/capabilities"))
+
     def create_session(self, name: str, *, base: str = "generic", model: str = "sonnet",
                        system_prompt: str | None = None, template: str | None = None,
                        clone: str | None = None, ref: str | None = None,

@@ -88,6 +88,10 @@ class AsyncClient:
     async def me(self) -> dict[str, str]:
         return dict(await self._json("GET", "/v1/me"))
 
+    async def capabilities(self) -> dict[str, Any]:
+        """What this server can run: bases, runtimes, models, network, limits."""
+        return dict(await self._json("GET", "/v1/capabilities"))
+
     async def create_session(self, name: str, *, base: str = "generic", model: str = "sonnet",
                              system_prompt: str | None = None, template: str | None = None,
                              clone: str | None = None, ref: str | None = None,

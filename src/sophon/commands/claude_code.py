@@ -73,7 +73,9 @@ def console(stderr: bool = False) -> Any:
 @friendly
 def new(
     name: Annotated[str, typer.Option(help="A name for the session.")],
-    base: Annotated[str, typer.Option(help="python | node | dotnet | generic")] = "generic",
+    base: Annotated[str, typer.Option(
+        help="python | node | dotnet | generic (`sophon capabilities`: what this server "
+             "runs)")] = "generic",
     model: Annotated[str, typer.Option(help="opus | sonnet | haiku, or a model id")] = "sonnet",
     system_prompt: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Extra instructions, or @FILE to read them from a file.")] = None,
@@ -115,10 +117,14 @@ def new(
                        2) from None
     network = ({"allow": list(dict.fromkeys(allow or [])), "ask": ask_network}
                if allow or ask_network else None)
-    s = client().create_session(name, base=base, model=model, system_prompt=system_prompt,
-                                template=template, clone=clone, ref=ref, runtime=runtime,
-                                network=network,
-                                connectors=list(dict.fromkeys(connector)) if connector else None)
+    from sophon.commands.capabilities import check_offered
+
+    c = client()
+    check_offered(c, base, runtime)
+    s = c.create_session(name, base=base, model=model, system_prompt=system_prompt,
+                         template=template, clone=clone, ref=ref, runtime=runtime,
+                         network=network,
+                         connectors=list(dict.fromkeys(connector)) if connector else None)
     typer.echo(s["id"])
 
 
