@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
-from tests.security.helpers import box_files
+from tests.security.helpers import box_files, client, live_server
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the staging uid needs a root server")
 
@@ -149,3 +149,37 @@ def test_no_clone_path_is_a_server_error(http: httpx.Client, host_dirs: Path) ->
                                                                        "url": url}})
         assert r.status_code == 201, r.text
         assert exec_out(http, r.json()["id"], "cat f.txt") == "public\n"
+
+
+# --- an admin's roots, read on the user's behalf ----------------------------------------
+
+
+def test_an_admins_root_is_read_for_the_sandbox_and_nothing_past_it(host_dirs: Path) -> None:
+    """Under SOPHON_GIT_LOCAL_ROOTS a repository only root can reach clones (the server
+    copies it for the sandbox); the copy follows no link out, and a path outside the
+    roots still answers as a missing one."""
+    shared = host_dirs / "shared"
+    repo = make_repo(shared / "team" / "repo", "shared-work\n")
+    (shared / "team").chmod(0o700)  # the sandbox's uid cannot reach it
+    secret = host_dirs / "root-only.txt"
+    secret.write_text("host-secret-past-the-root\n")
+    secret.chmod(0o600)
+    # A link inside .git to a file past the root, where git will read it (a ref).
+    (repo / ".git" / "refs" / "heads" / "leak").symlink_to(secret)
+    outside = make_repo(host_dirs / "private" / "repo", "private\n")
+    (host_dirs / "private").chmod(0o700)
+    with live_server({"SOPHON_GIT_LOCAL_ROOTS": str(shared)}) as srv, \
+            client(srv, srv.add_user()) as http:
+        r = http.post("/v1/sessions", json={"name": "team", "starter": {
+            "type": "git", "url": str(repo)}})
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        assert exec_out(http, sid, "cat f.txt; git log --format=%s") == "shared-work\nf\n"
+        seen = exec_out(http, sid, "git branch -a; git for-each-ref; "
+                                   "grep -r host-secret . /mnt 2>/dev/null; true")
+        assert "host-secret" not in seen and "leak" not in seen, seen
+        assert not list((srv.data_dir / "staging").iterdir())  # the copy is gone
+
+        status, code, message = answer(http, str(outside))
+        assert (status, code) == (400, "invalid_request")
+        assert (status, code, message) == answer(http, str(host_dirs / "private" / "nothing"))

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from sophon.quotas import Quotas, unattended_detail
 from sophon.sessions import profiles
 from sophon.sessions.approvals import ApprovalService
 from sophon.sessions.file_changes import ChangeLimiter
+from sophon.sessions.local_copy import server_copy
 from sophon.sessions.models import (
     ApprovalPolicy,
     CreateSession,
@@ -131,6 +133,8 @@ class SessionService:
         """After a restart: turns that were running (or waiting for an approval) were
         cut off, execs too. A pending approval stays answerable; its answer is recorded,
         but no turn waits for it any more."""
+        # Copies of clones that a stopped server was making (sessions/local_copy.py).
+        await asyncio.to_thread(shutil.rmtree, self.settings.data_dir / "staging", True)
         async with self._db() as db:
             cut = list((await db.execute(select(SessionRow.id, SessionRow.status).where(
                 SessionRow.status.in_(("running", "waiting_approval"))))).all())
@@ -203,10 +207,15 @@ class SessionService:
             async with contextlib.AsyncExitStack() as stack:
                 extra = None
                 if source is not None:
+                    path = source.path
+                    if source.copy:
+                        path = str(await stack.enter_async_context(server_copy(
+                            path, self.settings.data_dir / "staging",
+                            (req.disk_mb or self.settings.box_disk_mb) * 2**20)))
                     # Read the user's path in a box that can read nothing of any other
                     # box, then let the session's box clone from that box's copy.
                     staging, staged = await stack.enter_async_context(
-                        self.boxes.staging({source: SOURCE_MOUNT}))
+                        self.boxes.staging({path: SOURCE_MOUNT}))
                     await stage_clone(staging, req.starter, env)  # type: ignore[arg-type]
                     await staging.stop()
                     staged.chmod(0o755)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,9 +47,20 @@ def _unreadable(url: str, roots: bool) -> BadRequest:
     # long, /proc magic (and, with roots set, outside them): which of them it was would
     # tell the caller about the host.
     where = (" under a directory this server allows clones from (SOPHON_GIT_LOCAL_ROOTS)"
-             if roots else " (it must exist and be readable by any user of the host)")
+             if roots else
+             ": it must exist and be readable by any user of the host (chmod -R o+rX), or "
+             "lie under a directory an admin shares with SOPHON_GIT_LOCAL_ROOTS")
     return BadRequest(f"{url} is not a directory that this server's sandboxes can "
                       f"read{where}")
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """A local clone's source: its real path on the host, and whether the server reads it
+    on the user's behalf (under an admin's root, where the sandbox may not read)."""
+
+    path: str
+    copy: bool = False
 
 
 def _open_as_self(path: str) -> str | None:
@@ -113,9 +125,9 @@ def _under(path: str, root: str) -> bool:
 
 
 async def validate_starter(starter: EmptyStarter | GitStarter | TemplateStarter,
-                           settings: Settings) -> str | None:
-    """Refuse a starter that cannot work; for a local clone, the host path to mount
-    (the real path of the user's, symlinks resolved)."""
+                           settings: Settings) -> LocalSource | None:
+    """Refuse a starter that cannot work; for a local clone, where to read it (the real
+    path of the user's, symlinks resolved)."""
     if isinstance(starter, TemplateStarter):
         if starter.name not in templates():
             raise BadRequest(f"unknown template {starter.name!r}; "
@@ -135,17 +147,23 @@ async def validate_starter(starter: EmptyStarter | GitStarter | TemplateStarter,
     return await asyncio.to_thread(_check_rules, url, real, settings)
 
 
-def _check_rules(url: str, real: str | None, settings: Settings) -> str:
+def _check_rules(url: str, real: str | None, settings: Settings) -> LocalSource:
     roots = [os.path.realpath(r) for r in settings.git_local_roots]
+    copy = False
+    if real is None and roots:
+        # What the sandbox cannot read, the server reads for it, but only where an admin
+        # shared it: under a root, as the server sees it.
+        real, copy = _open_as_self(url), True
     if real is None or roots and not any(_under(real, r) for r in roots):
         raise _unreadable(url, bool(roots))
-    if os.geteuid() != 0:
-        # Boxes of an unprivileged server run as the server's own uid, which can read
-        # its data; a root server clones in a staging box that cannot (see service).
+    if copy or os.geteuid() != 0:
+        # Read with the server's own rights (an unprivileged server's boxes run as its
+        # uid; a copy is the server's read), which reach its data; a root server's
+        # staging box cannot (see service).
         data = os.path.realpath(settings.data_dir)
         if _under(real, data) or _under(data, real):
             raise BadRequest("the server's data directory cannot be cloned")
-    return real
+    return LocalSource(real, copy)
 
 
 async def _run(box: Box, argv: list[str], env: dict[str, str], what: str) -> None:
