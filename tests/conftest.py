@@ -41,6 +41,12 @@ def wait_for(predicate: Callable[[], object], deadline: float = 10.0, interval: 
         time.sleep(interval)
 
 
+def model_env(model_url: str) -> dict[str, str]:
+    """A server's environment for a scripted model (sophon.testing.ModelServer): a
+    server with no model refuses every message."""
+    return {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": model_url}
+
+
 def make_data_dir() -> Path:
     # Under /tmp (not pytest's 0700 tmp_path): sandboxes run as an unprivileged host
     # uid that must be able to walk to their own directory.

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sophon.testing import ModelServer
+from tests import conftest
 
 _SCRIPT = Path(sys.executable).with_name("sophon")
 SOPHON = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "sophon.cli"]
@@ -41,7 +42,7 @@ SHELL_TURN = {"turns": [
 
 
 def model_env(model: ModelServer) -> dict[str, str]:
-    return {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": model.url}
+    return conftest.model_env(model.url)
 
 
 def cli_env(config_home: Path, **extra: str) -> dict[str, str]:

@@ -506,24 +506,25 @@ def test_turn_usage_is_metered_and_priced(ms: ModelServer, http: httpx.Client) -
 # --- 6. no provider key --------------------------------------------------------------
 
 @pytest.mark.parametrize("env", [{}, {"ANTHROPIC_API_KEY": ""}], ids=["unset", "empty"])
-def test_without_a_provider_key_a_turn_fails_fast(ms: ModelServer,
-                                                  env: dict[str, str]) -> None:
+def test_without_a_provider_key_a_message_is_refused_up_front(ms: ModelServer,
+                                                               env: dict[str, str]) -> None:
     ms.set_script(["never sent"])
     with running_server(env) as srv:  # no usable key (and no base URL)
         assert srv.env.get("ANTHROPIC_API_KEY", "") == ""
         with client(srv, srv.add_user()) as http:
             sid = create_session(http)
-            started = time.monotonic()
-            evs = run_turn(http, sid, "hello?")
-            assert time.monotonic() - started < 10
-            [error] = of_type(evs, "session_error")
-            assert error["code"] == "provider_not_configured"
-            assert "set ANTHROPIC_API_KEY" in error["message"]
-            # A failed turn leaves the session in "error", saying why.
-            assert evs[-1]["type"] == "status" and evs[-1]["status"] == "error"
-            assert "ANTHROPIC_API_KEY" in evs[-1]["detail"]
-            assert http.get(f"/v1/sessions/{sid}").json()["status"] == "error"
-            assert not of_type(evs, "assistant")
+            before = events(http, sid)
+            r = http.post(f"/v1/sessions/{sid}/messages", json={"content": "hello?"})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "provider_not_configured"
+            assert "set ANTHROPIC_API_KEY" in r.json()["message"]
+            # Said once, in the answer: nothing logged, no turn, the session as it was.
+            assert events(http, sid) == before
+            assert http.get(f"/v1/sessions/{sid}").json()["status"] == "idle"
+            # The same for a claude-code session of a user with no key of their own.
+            cc = create_session(http, runtime="claude-code")
+            r = http.post(f"/v1/sessions/{cc}/messages", json={"content": "hello?"})
+            assert (r.status_code, r.json()["error"]) == (503, "provider_not_configured")
 
             # The gateway says so too, as an Anthropic-style error.
             token = http.post(f"/v1/sessions/{sid}/gateway-token").json()["token"]

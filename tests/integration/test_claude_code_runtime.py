@@ -414,3 +414,33 @@ def test_an_interrupt_while_a_command_runs_stops_it_and_keeps_the_cli(
     assert "woke" not in json.dumps(evs)
     assert "time.sleep(30)" not in box_exec(http, sid, "ps -eo args")  # the command stopped
     assert box_exec(http, sid, CLI_PIDS).split() == pids  # the CLI was not
+
+
+def test_a_users_own_key_answers_where_the_server_has_none(model: ModelServer) -> None:
+    """A server with no provider key refuses a message up front, unless the session's CLI
+    calls can use the user's own anthropic connector."""
+    path = make_data_dir()
+    srv = LiveServer(path, env={"ANTHROPIC_API_KEY": "", "ANTHROPIC_BASE_URL": model.url})
+    try:
+        srv.start()
+        with httpx.Client(base_url=srv.url, timeout=60,
+                          headers={"Authorization": f"Bearer {srv.add_user()}"}) as http:
+            r = http.post("/v1/connectors", json={
+                "name": "mine", "type": "anthropic",
+                "value": "sk-ant-api03-" + "k" * 40})
+            assert r.status_code == 201, r.text
+            without = session(http)
+            r = http.post(f"/v1/sessions/{without}/messages", json={"content": "SECOND"})
+            assert (r.status_code, r.json()["error"]) == (503, "provider_not_configured")
+            r = http.post("/v1/sessions", json={"name": "own", "base": "python",
+                                                "runtime": "claude-code",
+                                                "connectors": ["mine"]})
+            sid = r.json()["id"]
+            r = http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND"})
+            assert r.status_code == 202, r.text
+            evs = wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the turn to end")
+            assert [e["text"] for e in evs  # type: ignore[union-attr]
+                    if e["type"] == "assistant"][-1] == "second answer"
+    finally:
+        srv.stop()
+        shutil.rmtree(path, ignore_errors=True)

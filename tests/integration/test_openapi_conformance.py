@@ -7,8 +7,10 @@ status-code conformance on, failing on any 5xx or undocumented status.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import httpx
 import pytest
 
 from sophon.api.app import MAX_BODY_BYTES
-from tests.conftest import LiveServer
+from sophon.testing import ModelServer
+from tests.conftest import LiveServer, make_data_dir, model_env
 
 SCHEMATHESIS = Path(sys.executable).with_name("st")  # from the dev extras
 ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
@@ -28,6 +31,18 @@ max-stream-events = 1
 [checks.negative_data_rejection]
 expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429, "5XX"]
 """
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    """A server with a (scripted) model: one without refuses every message, a 503 the
+    fuzzer would count as a server error."""
+    path = make_data_dir()
+    with ModelServer() as model:
+        srv = LiveServer(path, env=model_env(model.url)).start()
+        yield srv
+        srv.stop()
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from unittest import mock
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, wait_for
+from sophon.testing import ModelServer
+from tests.conftest import LiveServer, model_env, wait_for
 from tests.security.helpers import client, execute, live_server, thread_name
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="per-box uids need a root server")
@@ -182,7 +183,8 @@ def test_waking_a_session_past_the_memory_budget_is_a_503_up_front() -> None:
     env = {"SOPHON_BOX_MEMORY_BUDGET_MB": "512", "SOPHON_BOX_MEMORY_MB": "512",
            "SOPHON_BOX_POOL_SIZE": "0", "SOPHON_SESSION_IDLE_SECONDS": "1",
            "SOPHON_IDLE_CHECK_SECONDS": "0.2"}
-    with live_server(env) as srv, client(srv, srv.add_user()) as http:
+    with ModelServer() as model, live_server({**env, **model_env(model.url)}) as srv, \
+            client(srv, srv.add_user()) as http:
         created = http.post("/v1/sessions", json={"name": "asleep"})
         assert created.status_code == 201, created.text
         sid = created.json()["id"]

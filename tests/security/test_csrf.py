@@ -24,8 +24,9 @@ from sophon.api.app import create_app
 from sophon.config import Settings
 from sophon.store.db import make_engine, sessionmaker
 from sophon.store.tables import ApprovalRow
-from tests.conftest import LiveServer, wait_for
-from tests.security.helpers import client
+from sophon.testing import ModelServer
+from tests.conftest import LiveServer, model_env, wait_for
+from tests.security.helpers import client, live_server
 
 COOKIE = "sophon_session"
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
@@ -95,6 +96,12 @@ def _insert_approval(srv: LiveServer, session_id: str) -> str:
 
     asyncio.run(insert())
     return approval_id
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    with ModelServer() as model, live_server(model_env(model.url)) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -304,7 +304,11 @@ def test_a_stranger_gets_404_and_the_owner_does_not(world: World, method: str, p
     assert status == 404, (method, b_path, status, text)
     assert b'"error":"not_found"' in text.replace(b" ", b""), text
     status, text = _request(world.a, method, a_path, probe, body)
-    assert status != 404 and status < 500, (method, a_path, status, text)
+    # This server has no model: a message of the owner's is refused with that 503, after
+    # the session was found.
+    refused_for_no_model = status == 503 and b"provider_not_configured" in text
+    assert status != 404 and (status < 500 or refused_for_no_model), \
+        (method, a_path, status, text)
 
 
 # --- the services, without any route ----------------------------------------------------

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import wait_for
+from sophon.testing import ModelServer
+from tests.conftest import model_env, wait_for
 from tests.security.helpers import (
     cancel,
     client,
@@ -258,7 +259,8 @@ def test_a_box_with_a_background_process_and_no_request_is_stopped() -> None:
 def test_a_message_that_would_wake_a_box_past_the_limit_is_429_up_front() -> None:
     env = {"SOPHON_USER_MAX_BOXES": "1", "SOPHON_SESSION_IDLE_SECONDS": "1",
            "SOPHON_IDLE_CHECK_SECONDS": "0.2", "SOPHON_BOX_POOL_SIZE": "0"}
-    with live_server(env) as srv, client(srv, srv.add_user()) as http:
+    with ModelServer() as model, live_server({**env, **model_env(model.url)}) as srv, \
+            client(srv, srv.add_user()) as http:
         created = new_session(http, "sleeper")
         assert created.status_code == 201, created.text
         sid = created.json()["id"]

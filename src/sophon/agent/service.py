@@ -17,7 +17,7 @@ from sophon.agent.runtime import Turn, _all_events, run_turn
 from sophon.box.bwrap import HOME
 from sophon.config import Settings
 from sophon.errors import BadRequest, TurnBusy
-from sophon.gateway.service import Gateway
+from sophon.gateway.service import Caller, Gateway
 from sophon.sessions.service import SessionService
 from sophon.users import Principal
 
@@ -46,6 +46,12 @@ class AgentService:
     async def send(self, principal: Principal, session_id: str, content: str,
                    queue: bool = False) -> dict[str, object]:
         row = await self.sessions.get_row(principal, session_id)  # 404 for a stranger
+        # No model to answer: said once, here, rather than a message logged and a turn
+        # that fails. The CLI runtime's calls may use the user's own connector's key.
+        if row.runtime == "claude-code":
+            await self.gateway.key_for(Caller(row.id, row.user_id, row))
+        else:
+            self.gateway.require_key()
         turn = Turn(session_id, principal, content)
         if session_id in self._turns:
             if not queue:

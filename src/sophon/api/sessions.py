@@ -276,7 +276,10 @@ async def export(session_id: str, services: ServicesDep,
 # --- the agent ------------------------------------------------------------------
 
 @router.post("/{session_id}/messages", status_code=202, responses=errors(
-    404, (409, "A turn is running and `queue` is false (`turn_in_progress`)."), 429, 503))
+    404, (409, "A turn is running and `queue` is false (`turn_in_progress`)."), 429,
+    (503, "No sandbox can be had now (`sandbox_unavailable`), or no model can answer "
+          "(`provider_not_configured`: the server has no provider key, and for a "
+          "claude-code session the user no anthropic connector with one either).")))
 async def send_message(session_id: str, body: SendMessage, services: ServicesDep,
                        principal: PrincipalDep) -> dict[str, object]:
     return await services.agent.send(principal, session_id, body.content, body.queue)

@@ -90,6 +90,16 @@ class Gateway:
                 "server's environment and restart it")
         return self.models.anthropic_api_key
 
+    async def key_for(self, caller: Caller) -> str:
+        """The key the caller's calls through the gateway use: its own anthropic
+        connector's, else the server's; ProviderNotConfigured if neither exists."""
+        own = await self.connector_key(caller) if self.connector_key is not None else None
+        return own or self._require_key()
+
+    def require_key(self) -> None:
+        """ProviderNotConfigured unless the server has a key (the native runtime's)."""
+        self._require_key()
+
     def client(self) -> Any:
         key = self._require_key()
         if self._client is None:
@@ -263,8 +273,7 @@ class Gateway:
         """Pass a Messages API call through to the provider with the real key (the
         caller's own anthropic connector's, or the server's), metering what comes back.
         Returns status, headers and the body as it streams."""
-        own = await self.connector_key(caller) if self.connector_key is not None else None
-        key = own or self._require_key()
+        key = await self.key_for(caller)
         default_model = caller.row.model if caller.row is not None else "sonnet"
         model = self.models.resolve(str(body.get("model", default_model)))
         body = {**body, "model": model}
