@@ -528,3 +528,47 @@ def test_the_create_button_is_in_sight_on_a_900_px_high_window(page, server: Liv
     page.get_by_label("Name").click()  # and still after the form has scrolled
     page.mouse.wheel(0, 2000)
     expect(create).to_be_in_viewport()
+
+
+COST_COLOR_PIXELS = """(figure) => {
+  const canvas = figure.querySelector("canvas");
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let n = 0;  // pixels of the cost series' color (#f0b72f)
+  for (let i = 0; i < data.length; i += 4) {
+    if (Math.abs(data[i] - 240) < 24 && Math.abs(data[i + 1] - 183) < 24 &&
+        Math.abs(data[i + 2] - 47) < 30 && data[i + 3] > 200) n++;
+  }
+  return n;
+}"""
+
+
+def test_the_usage_page_keeps_sessions_apart(page, server: LiveServer, key: str,
+                                             model: ModelServer, shots: Path) -> None:
+    """Per session, cost is a point per session, not a line joining separate sessions;
+    two sessions of one name are told apart."""
+    model.set_script({"turns": [
+        {"content": "ok", "usage": {"input_tokens": n, "output_tokens": 10}}
+        for n in (1000, 3000, 2000)]})
+    client = api(server, key)
+    for name in ("twin", "twin", "solo"):
+        sid = client.post("/v1/sessions", json={"name": name}).json()["id"]
+        assert client.post(f"/v1/sessions/{sid}/messages",
+                           json={"content": "hi"}).status_code == 202
+        wait_for(lambda sid=sid: client.get(f"/v1/sessions/{sid}").json()["usage"]
+                 ["cost_usd"] > 0, 30, 0.05, "the turn's usage")
+    sign_in(page, server, key)
+    page.get_by_role("link", name="Usage").click()
+    per_session = page.locator('figure.chart[aria-label="Tokens and cost per session"]')
+    expect(per_session).to_have_attribute("data-points", "3")
+    expect(page.get_by_role("link", name=re.compile(r"^twin \(\w{6}\)$"))).to_have_count(2)
+    expect(page.get_by_role("link", name="solo", exact=True)).to_have_count(1)
+    per_day = page.locator('figure.chart[aria-label="Tokens and cost per day"]')
+    joined = per_day.evaluate(COST_COLOR_PIXELS)
+    apart = per_session.evaluate(COST_COLOR_PIXELS)
+    # The control: over days, cost is a line (hundreds of pixels); over sessions, three
+    # points of 7 px.
+    assert joined > 500, joined
+    assert 0 < apart < 400, apart
+    per_session.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "usage-sessions.png"))
+    client.close()

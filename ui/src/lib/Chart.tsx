@@ -1,5 +1,6 @@
 // A small time chart on uPlot (canvas, ~20 KB): tokens as bars or a line with points,
-// cost on a second axis. Only the usage views import it, so it loads with them.
+// cost on a second axis (points alone where x is a set of categories). Only the usage
+// views import it, so it loads with them.
 import { useEffect, useRef } from "react";
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
@@ -59,7 +60,7 @@ export function Chart(props: {
       ],
       series: [
         {
-          label: props.categories ? "" : props.dayAxis ? "day" : "time",
+          label: props.categories ? "session" : props.dayAxis ? "day" : "time",
           value: (_u, v) =>
             v == null ? "—" : props.categories ? props.categories[v] ?? "" : props.dayAxis ? new Date(v * 1000).toLocaleDateString() : new Date(v * 1000).toLocaleTimeString(),
         },
@@ -71,7 +72,11 @@ export function Chart(props: {
           scale: s.axis === "right" ? "r" : "y",
           value: (_u: uPlot, v: number | null) => (v == null ? "—" : s.format ? s.format(v) : String(v)),
           points: { show: true, size: 7, fill: s.color },
-          paths: props.bars && s.axis !== "right" ? uPlot.paths.bars!({ size: [0.6, 48] }) : undefined,
+          // Categories (sessions) are separate things: a line between them would say
+          // they follow one another, so their second series is points alone.
+          paths: props.bars && s.axis !== "right"
+            ? uPlot.paths.bars!({ size: [0.6, 48] })
+            : props.categories ? () => null : undefined,
         })),
       ],
     };

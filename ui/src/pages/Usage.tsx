@@ -184,7 +184,8 @@ export default function UsagePage() {
     [list],
   );
   const sessionX = useMemo(() => top.map((_, i) => i), [top]);
-  const sessionNames = useMemo(() => top.map((s) => s.name), [top]);
+  // Names need not be unique: two sessions of one name are told apart by their ids.
+  const sessionNames = useMemo(() => top.map((s) => labelOf(s, top)), [top]);
   const sessionSeries = useMemo<Series[]>(
     () => [
       { label: "tokens", color: "#58a6ff", values: top.map((s) => s.usage.input_tokens + s.usage.output_tokens), format: tokens },
@@ -246,7 +247,7 @@ export default function UsagePage() {
             <tbody>
               {top.map((s) => (
                 <tr key={s.id}>
-                  <td><a href={`/sessions/${s.id}`} onClick={onLinkClick}>{s.name}</a></td>
+                  <td><a href={`/sessions/${s.id}`} onClick={onLinkClick}>{labelOf(s, top)}</a></td>
                   <td className="num">{tokens(s.usage.input_tokens)}</td>
                   <td className="num">{tokens(s.usage.output_tokens)}</td>
                   <td className="num">{usd(s.usage.cost_usd)}</td>
@@ -259,4 +260,8 @@ export default function UsagePage() {
       )}
     </div>
   );
+}
+
+function labelOf(s: { id: string; name: string }, all: { id: string; name: string }[]): string {
+  return all.some((o) => o.name === s.name && o.id !== s.id) ? `${s.name} (${s.id.slice(4, 10)})` : s.name;
 }
