@@ -572,3 +572,56 @@ def test_the_usage_page_keeps_sessions_apart(page, server: LiveServer, key: str,
     per_session.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "usage-sessions.png"))
     client.close()
+
+
+TUI = """\
+import curses
+
+def main(screen):
+    h, w = screen.getmaxyx()
+    screen.addstr(5, 10, "FULL-SCREEN")
+    screen.addstr(6, 10, f"SIZE {h}x{w}")
+    screen.refresh()
+    while screen.getch() != ord("q"):
+        pass
+
+curses.wrapper(main)
+"""
+
+
+def test_a_full_screen_program_runs_in_the_terminal(page, server: LiveServer, key: str,
+                                                    shots: Path) -> None:
+    """A curses program (as vim or top is) takes the whole screen at the browser's size,
+    reads keys raw, and leaves the shell's screen as it was when it quits."""
+    client = api(server, key)
+    sid = client.post("/v1/sessions", json={"name": "tui", "base": "python"}).json()["id"]
+    assert client.put(f"/v1/sessions/{sid}/files/tui.py", content=TUI.encode()).status_code \
+        in (200, 201)
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/sessions/{sid}")
+    page.get_by_role("tab", name="Terminal").click()
+    expect(page.get_by_test_id("terminal-status")).to_have_attribute("data-state",
+                                                                      "connected")
+    rows = page.locator(".xterm-rows")
+    page.locator(".xterm").click()
+    page.keyboard.type("echo before-$((2*4)); python3 tui.py")
+    page.keyboard.press("Enter")
+    expect(rows).to_contain_text("FULL-SCREEN")
+    # The alternate screen: the shell's lines are gone, the text sits where it was put,
+    # and the program saw the terminal's real size.
+    expect(rows).not_to_contain_text("before-8")
+    lines = rows.locator(":scope > div")
+    expect(lines.nth(5)).to_have_text(re.compile(r"^\s{10}FULL-SCREEN\s*$"))
+    size = re.search(r"SIZE (\d+)x(\d+)", lines.nth(6).inner_text())
+    assert size and int(size.group(1)) == lines.count() and int(size.group(2)) > 40, size
+    page.screenshot(path=str(shots / "terminal-full-screen.png"))
+    page.keyboard.type("x")  # a key read raw: no echo, no Enter needed, still running
+    expect(rows).to_contain_text("FULL-SCREEN")
+    page.keyboard.type("q")
+    expect(rows).to_contain_text("before-8")  # the shell's screen is back as it was
+    expect(rows).not_to_contain_text("FULL-SCREEN")
+    page.keyboard.type("echo after-$((3*3))")
+    page.keyboard.press("Enter")
+    expect(rows).to_contain_text("after-9")
+    client.delete(f"/v1/sessions/{sid}")
+    client.close()
