@@ -6,6 +6,10 @@ how soon a keystroke in a session terminal comes back.
   each line's latency is when this process reads it from the CLI less the time the box
   printed (one clock: the box shares the host's). Baseline, the same command through
   ``sophon claude-code exec`` (exec_output, sent as it comes). Goal < 100 ms p50 and p99.
+* Output line -> dashboard paint: the same turn watched in Chromium on the session's
+  page; each time the running tool card's last line changes, the next animation frame
+  (when the browser paints it) less the time the box printed that line. Baseline, the
+  CLI's print of the same lines. Goal < 100 ms p50 and p99.
 * Keystroke echo: one character sent on the terminal's WebSocket until the shell's echo
   of it comes back. Baseline: the same on a pty with bash on the host, no Sophon.
   Goal < 20 ms p50.
@@ -22,6 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from websockets.sync.client import connect
@@ -74,7 +79,60 @@ def _latencies(argv: list[str], env: dict[str, str], lines: int, json_events: bo
     return out
 
 
-def _output_lines(lines: int) -> tuple[Samples, Samples]:
+# In the page: each new last line of a running tool card, stamped at the next animation
+# frame (wall-clock ms, the box's clock too).
+WATCH_CARD = """() => {
+  window.painted = [];
+  let last = null;
+  new MutationObserver(() => {
+    const el = document.querySelector(".tool-live");
+    const text = el ? el.textContent : null;
+    if (!text || text === last) return;
+    last = text;
+    requestAnimationFrame(() =>
+      window.painted.push([text, performance.timeOrigin + performance.now()]));
+  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+class _Browser:
+    """The session's page in Chromium, watching its tool card (no-op without Chromium)."""
+
+    def __init__(self, url: str, key: str, sid: str) -> None:
+        self.url, self.key, self.sid = url, key, sid
+        self._pw: Any = None
+        self.page: Any = None
+
+    def __enter__(self) -> _Browser:
+        if not CHROMIUM.exists():
+            return self
+        from playwright.sync_api import sync_playwright
+
+        self._pw = sync_playwright().start()
+        browser = self._pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        self.page = browser.new_page(viewport={"width": 1280, "height": 800})
+        self.page.goto(self.url + "/")
+        self.page.get_by_label("API key").fill(self.key)
+        self.page.get_by_role("button", name="Sign in").click()
+        self.page.get_by_role("button", name="New session").wait_for()
+        self.page.goto(f"{self.url}/sessions/{self.sid}")
+        self.page.locator(".session-head").wait_for()
+        self.page.evaluate(WATCH_CARD)
+        return self
+
+    def latencies(self) -> list[float]:
+        if self.page is None:
+            return []
+        return [t - float(text) * 1000 for text, t in self.page.evaluate("window.painted")
+                if text.replace(".", "", 1).isdigit()]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pw is not None:
+            self._pw.stop()
+
+
+def _output_lines(lines: int) -> tuple[Samples, Samples, Samples | None]:
     with ModelServer() as model, live_server(env={"ANTHROPIC_API_KEY": "bench-key",
                                                   "ANTHROPIC_BASE_URL": model.url}) as (srv, key):
         env = {**os.environ, "SOPHON_URL": srv.url, "SOPHON_API_KEY": key}
@@ -92,13 +150,16 @@ def _output_lines(lines: int) -> tuple[Samples, Samples]:
         reader = threading.Thread(target=lambda: got.extend(_latencies(
             [*SOPHON, "claude-code", "stream", sid, "--json"], env, lines, json_events=True,
             start=listening)))
-        reader.start()
-        if not listening.wait(60):
-            raise RuntimeError("the CLI's stream did not attach")
-        http.post(f"/v1/sessions/{sid}/messages", json={"content": "print"}).raise_for_status()
-        reader.join(120)
+        with _Browser(srv.url, key, sid) as browser:
+            reader.start()
+            if not listening.wait(60):
+                raise RuntimeError("the CLI's stream did not attach")
+            http.post(f"/v1/sessions/{sid}/messages",
+                      json={"content": "print"}).raise_for_status()
+            reader.join(120)
+            painted = browser.latencies()
         http.close()
-        return Samples(got), Samples(baseline)
+        return Samples(got), Samples(baseline), Samples(painted) if painted else None
 
 
 def _echo(ws_send: object, ws_recv: object, n: int) -> Samples:
@@ -153,10 +214,18 @@ def _terminal_echo(n: int) -> Samples:
 
 
 def run(lines: int = 50, keys: int = 200) -> list[Figure]:
-    live, direct = _output_lines(lines)
+    live, direct, painted = _output_lines(lines)
     host = _host_pty_echo(keys)
     echo = _terminal_echo(keys)
-    return [
+    paint = [] if painted is None else [
+        Figure("live_paint_p50", "Bash output line -> dashboard paint, 10 lines/s (p50)",
+               COMMAND, painted.p50, "ms", live.p50, "the CLI's print of the same lines (p50)",
+               goal=f"< {LINE_GOAL_MS:g} ms", met=painted.p50 < LINE_GOAL_MS,
+               details=[f"the tool card's last line in Chromium: {painted.describe()}"]),
+        Figure("live_paint_p99", "Bash output line -> dashboard paint, 10 lines/s (p99)",
+               COMMAND, painted.p99, "ms", live.p99, "the CLI's print of the same lines (p99)",
+               goal=f"< {LINE_GOAL_MS:g} ms", met=painted.p99 < LINE_GOAL_MS)]
+    return [*paint,
         Figure("live_line_p50", "Bash output line -> CLI print, 10 lines/s (p50)", COMMAND,
                live.p50, "ms", direct.p50, "the same command through exec (p50)",
                goal=f"< {LINE_GOAL_MS:g} ms", met=live.p50 < LINE_GOAL_MS,
