@@ -183,3 +183,17 @@ def test_an_admins_root_is_read_for_the_sandbox_and_nothing_past_it(host_dirs: P
         status, code, message = answer(http, str(outside))
         assert (status, code) == (400, "invalid_request")
         assert (status, code, message) == answer(http, str(host_dirs / "private" / "nothing"))
+
+
+def test_a_path_nobody_may_read_but_the_sandbox_may_not_is_said_plainly(
+        http: httpx.Client, host_dirs: Path) -> None:
+    """The check reads as `nobody`; a directory that only `nobody` may read passes it,
+    and the staging box (another uid) cannot mount it: the user hears what any
+    unreadable path answers, not bwrap's words."""
+    repo = make_repo(host_dirs / "nobodys" / "repo", "nobody's\n")
+    os.chown(host_dirs / "nobodys", 65534, 65534)
+    (host_dirs / "nobodys").chmod(0o700)
+    status, code, message = answer(http, str(repo))
+    assert (status, code) == (400, "invalid_request"), message
+    assert "bwrap" not in message and "box " not in message
+    assert (status, code, message) == answer(http, str(host_dirs / "no-such-dir"))

@@ -27,7 +27,7 @@ from sophon.box.manager import BoxManager
 from sophon.box.outcome import judge
 from sophon.box.protocol import Watching
 from sophon.config import Settings
-from sophon.errors import BadRequest, NetworkDisabled, SophonError
+from sophon.errors import BadRequest, BoxError, NetworkDisabled, SophonError
 from sophon.events.log import EventLog, Stored
 from sophon.events.types import (
     ExecEnd,
@@ -53,6 +53,7 @@ from sophon.sessions.models import (
 from sophon.sessions.secrets import SecretStore
 from sophon.sessions.starters import (
     SOURCE_MOUNT,
+    mount_refused,
     prepare_workspace,
     remote_url,
     stage_clone,
@@ -214,8 +215,12 @@ class SessionService:
                             (req.disk_mb or self.settings.box_disk_mb) * 2**20)))
                     # Read the user's path in a box that can read nothing of any other
                     # box, then let the session's box clone from that box's copy.
-                    staging, staged = await stack.enter_async_context(
-                        self.boxes.staging({path: SOURCE_MOUNT}))
+                    try:
+                        staging, staged = await stack.enter_async_context(
+                            self.boxes.staging({path: SOURCE_MOUNT}))
+                    except BoxError as exc:
+                        raise mount_refused(exc, req.starter.url,  # type: ignore[union-attr]
+                                            self.settings) from None
                     await stage_clone(staging, req.starter, env)  # type: ignore[arg-type]
                     await staging.stop()
                     staged.chmod(0o755)

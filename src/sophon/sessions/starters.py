@@ -54,6 +54,16 @@ def _unreadable(url: str, roots: bool) -> BadRequest:
                       f"read{where}")
 
 
+def mount_refused(exc: Exception, url: str, settings: Settings) -> Exception:
+    """What to say when the staging box could not start: bwrap could not mount the
+    source (the sandbox's uid may not read it after all: a directory only ``nobody``
+    may read, or one changed since it was checked) is the user's path, said as any
+    unreadable path is; anything else is the box's own failure, as it was."""
+    if "Can't find source path" in str(exc):
+        return _unreadable(url, bool(settings.git_local_roots))
+    return exc
+
+
 @dataclass(frozen=True)
 class LocalSource:
     """A local clone's source: its real path on the host, and whether the server reads it
