@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional  # noqa: UP035 - typer needs Optiona
 
 import typer
 
-from sophon.commands import capabilities, claude_code, connectors, sandbox, volumes
+from sophon.commands import archive, capabilities, claude_code, connectors, sandbox, volumes
 from sophon.testing.cli import testing_app
 
 app = typer.Typer(help="Sophon: Claude coding sessions in isolated sandboxes.",
@@ -24,6 +24,7 @@ app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(volumes.app, name="volumes")
 app.add_typer(connectors.app, name="connectors")
 app.add_typer(testing_app, name="testing")
+assert archive.app is claude_code.app  # its commands are claude-code's
 app.command()(capabilities.capabilities)
 
 DataDir = Annotated[Optional[Path], typer.Option(  # noqa: UP045

@@ -143,7 +143,8 @@ def test_seed_workflow(server: LiveServer, key: str, model: ModelServer, config_
     assert r.stdout == ""
 
 
-def test_export_into_a_new_directory(env: dict[str, str], tmp_path: Path) -> None:
+def test_export_into_a_new_directory_and_import_it_back(env: dict[str, str],
+                                                        tmp_path: Path) -> None:
     sid = sophon(env, "claude-code", "new", "--name", "exp").stdout.strip()
     assert SESSION_ID.match(sid)
     out_dir = tmp_path / "not-yet"
@@ -151,6 +152,22 @@ def test_export_into_a_new_directory(env: dict[str, str], tmp_path: Path) -> Non
     assert r.returncode == 0, r.stderr
     assert out_dir.is_dir(), f"{out_dir} is a file"
     assert (out_dir / f"{sid}.tar.gz").is_file()
+
+    # ... and back, as a new session of another name; a file that is no export is one
+    # line, exit 1; no file at all is a usage error.
+    r = sophon(env, "claude-code", "import", str(out_dir / f"{sid}.tar.gz"), "--name", "back")
+    assert r.returncode == 0, r.stderr
+    new = r.stdout.strip()
+    assert SESSION_ID.match(new) and new != sid
+    listed = json.loads(sophon(env, "claude-code", "list", "--json").stdout)
+    assert {s["name"] for s in listed} >= {"exp", "back"}
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not an archive")
+    r = sophon(env, "claude-code", "import", str(junk))
+    assert r.returncode == 1
+    assert_one_line_error(r, "the archive cannot be imported: it is not a gzip file")
+    r = sophon(env, "claude-code", "import", str(tmp_path / "missing.tar.gz"))
+    assert r.returncode == 2 and "no such file" in r.stderr
 
 
 # --- 2. approvals without a terminal ----------------------------------------------------------

@@ -444,3 +444,27 @@ def test_a_users_own_key_answers_where_the_server_has_none(model: ModelServer) -
     finally:
         srv.stop()
         shutil.rmtree(path, ignore_errors=True)
+
+
+def test_an_imported_session_resumes_its_conversation_in_the_cli(
+        http: httpx.Client, model: ModelServer) -> None:
+    """Export, then import: the new session's CLI resumes the conversation (a transcript
+    rebuilt from the imported events), so its first model call carries the old turns."""
+    sid = session(http)
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND: the word is PAPAYA"})
+    wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the first turn")
+    exported = http.get(f"/v1/sessions/{sid}/export")
+    assert exported.status_code == 200
+    r = http.post("/v1/sessions/import", content=exported.content,
+                  headers={"Content-Type": "application/gzip"})
+    assert r.status_code == 201, r.text
+    new = r.json()
+    assert new["runtime"] == "claude-code"
+    before = len(model.requests)
+    http.post(f"/v1/sessions/{new['id']}/messages",
+              json={"content": "SECOND: which word was it?"})
+    evs = wait_for(lambda: idle_after(http, new["id"], 2), 120, 0.3, "the imported turn")
+    assert [e["text"] for e in evs  # type: ignore[union-attr]
+            if e["type"] == "assistant"][-1] == "second answer"
+    carried = [json.dumps(req["messages"]) for req in model.requests[before:]]
+    assert any("PAPAYA" in m and "which word was it?" in m for m in carried), carried

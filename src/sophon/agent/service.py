@@ -19,6 +19,7 @@ from sophon.config import Settings
 from sophon.errors import BadRequest, TurnBusy
 from sophon.gateway.service import Caller, Gateway
 from sophon.sessions.service import SessionService
+from sophon.store.tables import SessionRow
 from sophon.users import Principal
 
 log = logging.getLogger(__name__)
@@ -109,15 +110,24 @@ class AgentService:
             if missing:
                 raise BadRequest(f"the claude-code runtime is not available on this "
                                  f"server: {missing}")
-            messages = history.rebuild(await _all_events(self.sessions, session_id))
-            if messages:
-                data = seeded_transcript(session_id, self.settings.models.resolve(row.model),
-                                         messages)
-                async with self.sessions.box(row) as box:
-                    await box.put_file(HOME, transcript_path(session_id), _once(data))
+            await self._seed_transcript(row)
         else:
             await self.claude.end(session_id)
         await self.sessions.update(principal, session_id, {"runtime": runtime})
+
+    async def imported(self, principal: Principal, session_id: str) -> None:
+        """After an import: a claude-code session's CLI resumes the conversation from a
+        transcript rebuilt from the events (its own files were not in the export)."""
+        row = await self.sessions.get_row(principal, session_id)
+        if row.runtime == "claude-code":
+            await self._seed_transcript(row)
+
+    async def _seed_transcript(self, row: SessionRow) -> None:
+        messages = history.rebuild(await _all_events(self.sessions, row.id))
+        if messages:
+            data = seeded_transcript(row.id, self.settings.models.resolve(row.model), messages)
+            async with self.sessions.box(row) as box:
+                await box.put_file(HOME, transcript_path(row.id), _once(data))
 
     async def interrupt(self, principal: Principal, session_id: str) -> bool:
         """Stop the running turn now: commands are killed (their output so far is kept),

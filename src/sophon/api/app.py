@@ -50,7 +50,9 @@ class BodyLimit:
     one message. (A plain ASGI middleware: far cheaper per request than Starlette's
     BaseHTTPMiddleware.)"""
 
-    def __init__(self, app: ASGIApp, limit: int, exempt: str = "/v1/files/blob/") -> None:
+    def __init__(self, app: ASGIApp, limit: int,
+                 exempt: tuple[str, ...] = ("/v1/files/blob/", "/v1/sessions/import")
+                 ) -> None:
         self.app = app
         self.limit = limit
         self.exempt = exempt
@@ -58,7 +60,8 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.exempt):
             # The files API's signed uploads take the length they were signed for, and
-            # stream it to the box (api/files.py); they hold no body here.
+            # stream it to the box (api/files.py); an import streams its archive to a
+            # staging box, whose disk bounds it. Neither holds a body here.
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:

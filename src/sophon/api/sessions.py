@@ -60,6 +60,23 @@ async def create_session(body: CreateSession, services: ServicesDep,
     return await services.sessions.create(principal, body)
 
 
+@router.post("/import", status_code=201, response_model=SessionView, responses=errors(
+    (400, "Not an export archive, or its settings do not hold here (`invalid_request`): "
+          "the message says what."), 429, 503),
+    openapi_extra={"requestBody": {"description": "An archive from GET "
+                                   "/v1/sessions/{id}/export, as is",
+                                   "content": {"application/gzip": {
+                                       "schema": {"type": "string", "format": "binary"}}}}})
+async def import_session(request: Request, services: ServicesDep, principal: PrincipalDep,
+                         name: str | None = Query(None, min_length=1, max_length=200)
+                         ) -> SessionView:
+    """A new session from an export: its settings, project (git history included) and
+    events; the conversation goes on from there. Streamed to a sandbox, never held."""
+    view = await services.sessions.import_archive(principal, request.stream(), name)
+    await services.agent.imported(principal, view.id)
+    return view
+
+
 @router.get("", response_model=SessionPage)
 async def list_sessions(services: ServicesDep, principal: PrincipalDep,
                         limit: int = Query(50, ge=1, le=200),

@@ -13,7 +13,7 @@ import select
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
 from sophon.client._common import error_for, split_lines, unreachable
@@ -127,10 +127,11 @@ class Http:
         conn.close()
 
     def open(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-             json_body: Any = None, content: bytes | None = None,
+             json_body: Any = None, content: bytes | BinaryIO | None = None,
              headers: dict[str, str] | None = None, read_timeout: float | None = -1.0,
              check: bool = True) -> Response:
         """Send a request and return its answer unread (raise its error if ``check``).
+        ``content`` may be a file, sent as it is read (give its Content-Length).
         ``read_timeout``: seconds a read may wait (None: forever; -1: the client's)."""
         target = self._prefix + path
         if params:
@@ -140,7 +141,10 @@ class Http:
         if json_body is not None:
             body = json.dumps(json_body).encode()
             all_headers["Content-Type"] = "application/json"
+        start = body.tell() if body is not None and not isinstance(body, bytes) else None
         for attempt in (0, 1):
+            if attempt and start is not None:
+                body.seek(start)  # type: ignore[union-attr]  (sent again from its start)
             try:
                 conn, reused = self._take()
             except NETWORK_ERRORS as exc:

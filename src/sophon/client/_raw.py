@@ -7,7 +7,9 @@ library, so a command starts without importing httpx or pydantic.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -250,6 +252,17 @@ class RawClient:
                              read_timeout=None) as r:
             return write_archive(r.iter_bytes(), export_target(dest, session_id), progress)
 
+    def import_session(self, archive: str | Path | BinaryIO, *,
+                       name: str | None = None) -> Any:
+        """A new session from an archive of ``export`` (a path or an open binary file):
+        its settings, project with its git history, and events. ``name`` replaces the
+        archive's name."""
+        with open_archive(archive) as (f, size):
+            return self._as_session(self._http.call(
+                "POST", "/v1/sessions/import", params={"name": name}, content=f,
+                headers={"Content-Type": "application/gzip", "Content-Length": str(size)},
+                read_timeout=None))
+
     # --- the execution API ---------------------------------------------------------
 
     def execute(self, code: str, *, language: str = "python", timeout: int = 60,
@@ -340,6 +353,19 @@ def connector_body(name: str, type: str, value: str | None, host: str | None,
         if given is not None:
             body[key] = given
     return body
+
+
+@contextlib.contextmanager
+def open_archive(archive: str | Path | BinaryIO) -> Iterator[tuple[BinaryIO, int]]:
+    """An archive to send, and its size from where it is read."""
+    if isinstance(archive, str | Path):
+        with open(archive, "rb") as f:
+            yield f, os.fstat(f.fileno()).st_size
+        return
+    start = archive.tell()
+    size = archive.seek(0, os.SEEK_END) - start
+    archive.seek(start)
+    yield archive, size
 
 
 def export_target(dest: str | Path | BinaryIO, session_id: str) -> Path | BinaryIO:

@@ -25,7 +25,7 @@ from sophon.client._common import (
     unreachable,
 )
 from sophon.client._http import seg
-from sophon.client._raw import NDJSON, connector_body, export_target
+from sophon.client._raw import NDJSON, connector_body, export_target, open_archive
 from sophon.events.types import from_wire
 from sophon.sandbox.models import SandboxResult
 from sophon.sessions.models import FileContent, FileTree, SessionView
@@ -276,6 +276,21 @@ class AsyncClient:
                 return total
         except httpx.TransportError as exc:
             raise unreachable(self.base_url, exc) from exc
+
+    async def import_session(self, archive: str | Path | BinaryIO, *,
+                             name: str | None = None) -> SessionView:
+        """A new session from an archive of ``export`` (a path or an open binary file),
+        sent as it is read; ``name`` replaces the archive's name."""
+        with open_archive(archive) as (f, size):
+            async def pieces() -> AsyncIterator[bytes]:
+                while chunk := await asyncio.to_thread(f.read, 1 << 20):
+                    yield chunk
+
+            return SessionView.model_validate(await self._json(
+                "POST", "/v1/sessions/import", params={"name": name} if name else None,
+                content=pieces(), headers={"Content-Type": "application/gzip",
+                                           "Content-Length": str(size)},
+                timeout=httpx.Timeout(60, read=None)))
 
     # --- the execution API ---------------------------------------------------------
 

@@ -13,8 +13,9 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
@@ -38,7 +39,7 @@ from sophon.events.types import (
     Status,
 )
 from sophon.quotas import Quotas, unattended_detail
-from sophon.sessions import profiles
+from sophon.sessions import imports, profiles
 from sophon.sessions.approvals import ApprovalService
 from sophon.sessions.file_changes import ChangeLimiter
 from sophon.sessions.local_copy import server_copy
@@ -161,7 +162,10 @@ class SessionService:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.events.close()
 
-    async def create(self, principal: Principal, req: CreateSession) -> SessionView:
+    async def create(self, principal: Principal, req: CreateSession,
+                     imported: Path | None = None) -> SessionView:
+        """A new session, its workspace from the starter; or, with ``imported`` (a
+        staging box's unpacked export), from that project (see import_archive)."""
         if req.runtime == "claude-code" and self.claude_code_missing():
             # Refused rather than quietly run natively: the choice must mean what it says.
             raise BadRequest(f"the claude-code runtime is not available on this server: "
@@ -207,7 +211,9 @@ class SessionService:
             env = await self.exec_env(session_id, {})
             async with contextlib.AsyncExitStack() as stack:
                 extra = None
-                if source is not None:
+                if imported is not None:
+                    extra = {str(imported): SOURCE_MOUNT}
+                elif source is not None:
                     path = source.path
                     if source.copy:
                         path = str(await stack.enter_async_context(server_copy(
@@ -227,12 +233,48 @@ class SessionService:
                     extra = {str(staged): SOURCE_MOUNT}
                 async with self.boxes.use(row.box_id, self.settings.session_idle_seconds,
                                           extra_ro_binds=extra, disk_mb=req.disk_mb) as box:
-                    await prepare_workspace(box, req.starter, env)
+                    if imported is not None:
+                        await imports.copy_project(box, env)
+                    else:
+                        await prepare_workspace(box, req.starter, env)
                     self._watch(session_id, box)
         except BaseException:
             await self._purge(row)
             raise
         return await self.view(row)
+
+    async def import_archive(self, principal: Principal, archive: AsyncIterable[bytes],
+                             name: str | None = None) -> SessionView:
+        """A new session from an export archive: its settings, project and event log,
+        unpacked in a staging box (sessions/imports.py). Connectors the archive names
+        that this user has not are left out, and said so."""
+
+        async def has_connector(connector: str) -> bool:
+            if self.check_network is None:
+                return True
+            try:
+                await self.check_network(principal.user_id, NetworkSettings(), [connector])
+            except BadRequest:
+                return False
+            return True
+
+        env = {**BASE_ENV, "TERM": "dumb"}  # the staging box has no network, no secret
+        async with self.boxes.staging({}) as (staging, staged):
+            await imports.unpack(staging, archive, env)
+            req, dropped, old = await imports.settings_of(
+                staging, name, self.settings.disk_max_mb, has_connector)
+            staged.chmod(0o755)  # the session's box, another uid, copies from it
+            view = await self.create(principal, req, imported=imports.project_dir(staged))
+            try:
+                count = 0
+                async for event in imports.events_of(staging):
+                    await self.events.append(view.id, event)
+                    count += 1
+                await self.events.append(view.id, imports.imported_note(old, dropped, count))
+            except BaseException:
+                await self._purge(await self.get_row(principal, view.id))
+                raise
+        return await self.view(await self.get_row(principal, view.id))
 
     async def _purge(self, row: SessionRow) -> None:
         self._change_limits.pop(row.id, None)
