@@ -45,6 +45,11 @@ def turn() -> dict[str, Any]:
         {"when": {"last_user_contains": "AGAIN"},
          "reply": tool("Write", file_path="/workspace/again.txt", content="again\n")},
         {"when": {"last_user_contains": "SECOND"}, "reply": text("second answer")},
+        {"when": {"last_user_contains": "SPEND", "last_tool_result_contains": ""},
+         "reply": text("should not be reached")},
+        {"when": {"last_user_contains": "SPEND"},
+         "reply": {**tool("Write", file_path="/workspace/spent.txt", content="spent\n"),
+                   "usage": {"input_tokens": 1_000_000, "output_tokens": 10}}},
         {"when": {"last_user_contains": "SLEEPY", "last_tool_result_contains": ""},
          "reply": text("slept")},
         {"when": {"last_user_contains": "SLEEPY"},
@@ -468,3 +473,24 @@ def test_an_imported_session_resumes_its_conversation_in_the_cli(
             if e["type"] == "assistant"][-1] == "second answer"
     carried = [json.dumps(req["messages"]) for req in model.requests[before:]]
     assert any("PAPAYA" in m and "which word was it?" in m for m in carried), carried
+
+
+def test_a_budget_holds_at_sophons_gateway_and_in_the_cli(http: httpx.Client) -> None:
+    """A session's max_budget_usd is Sophon's (the gateway refuses the call past it,
+    and the turn ends saying so) and the CLI's own (--max-budget-usd)."""
+    r = http.post("/v1/sessions", json={"name": "cc", "base": "python",
+                                        "runtime": "claude-code", "max_budget_usd": 0.5,
+                                        "approval": {"shell": "allow",
+                                                     "tools": {"Write": "allow"}}})
+    sid = r.json()["id"]
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SPEND it all"})
+    evs = wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the turn to end")
+    errors = [e for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+    assert [e["code"] for e in errors] == ["budget_exceeded"], errors
+    # Whichever stops it first, the gateway (its 402) or the CLI itself, says so.
+    assert "max_budget_usd" in errors[0]["message"], errors
+    assert "should not be reached" not in json.dumps(evs)
+    assert http.get(f"/v1/sessions/{sid}").json()["usage"]["cost_usd"] > 0.5
+    ps = http.post(f"/v1/sessions/{sid}/exec", json={
+        "command": "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"}).text
+    assert "--max-budget-usd 0.5" in ps, ps

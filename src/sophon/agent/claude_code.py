@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from typing import Any
 
@@ -58,7 +59,7 @@ async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settin
         env = await sessions.exec_env(sid, await sessions.refresh_secrets(sid))
         approval = ApprovalPolicy.model_validate(row.approval)
         argv = argv_for(sid, settings.models.resolve(row.model), row.system_prompt,
-                        row.max_turns, approval, earlier)
+                        row.max_turns, approval, earlier, row.max_budget_usd)
         async with sessions.box(row) as box:
             turn.box = box
             current = processes.get(sid)
@@ -192,7 +193,8 @@ class _Turn:
             return None
         failure = self.lines.result_failure()
         if failure:
-            await emit.append(sid, SessionError(code="claude_code", message=failure))
+            await emit.append(sid, SessionError(code=self.lines.failure_code(),
+                                                message=failure))
         return failure
 
     def _question(self, msg: dict[str, Any]) -> None:
@@ -328,11 +330,25 @@ class _Lines:
                 else None))
 
     def result_failure(self) -> str | None:
-        """Why a turn that ended with a result failed, in a sentence, or None."""
+        """Why a turn that ended with a result failed, in a sentence, or None. A budget
+        the gateway held (its 402, which the CLI ends on) is said in the gateway's own
+        words, as the native runtime says it."""
         if self.result is not None and self.result.get("is_error") and not self.max_turns:
             detail = _text(self.result.get("result")) or str(self.result.get("subtype"))
+            spent = _BUDGET_REFUSAL.search(detail)
+            if spent:
+                return spent.group(1)
+            if self.result.get("subtype") == "error_max_budget_usd":
+                return ("Claude Code stopped the turn at the session's budget; raise "
+                        "max_budget_usd to continue")
             return f"Claude Code ended with an error: {detail}"
         return None
+
+    def failure_code(self) -> str:
+        detail = _text((self.result or {}).get("result"))
+        budget = _BUDGET_REFUSAL.search(detail) or (
+            (self.result or {}).get("subtype") == "error_max_budget_usd")
+        return "budget_exceeded" if budget else "claude_code"
 
     def failure(self, ended: Ended) -> str:
         """Why the CLI ended before the turn's result, in a sentence."""
@@ -340,6 +356,10 @@ class _Lines:
         if ended.outcome is None:
             return f"Claude Code stopped before the turn ended ({ended.reason}): {tail}"
         return f"Claude Code exited ({ended.outcome.exit_code}) without a result: {tail}"
+
+
+# How the CLI reports the gateway's refusal of a call past a budget (api/gateway.py).
+_BUDGET_REFUSAL = re.compile(r"API Error: 402 (.+)", re.S)
 
 
 def _text(content: Any) -> str:

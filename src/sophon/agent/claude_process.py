@@ -81,7 +81,8 @@ def asked_tools(policy: ApprovalPolicy) -> list[str]:
 
 
 def argv_for(session_id: str, model: str, system_prompt: str | None,
-             max_turns: int | None, policy: ApprovalPolicy, resume: bool) -> list[str]:
+             max_turns: int | None, policy: ApprovalPolicy, resume: bool,
+             max_budget_usd: float | None = None) -> list[str]:
     cc = conversation_id(session_id)
     settings = {"permissions": {"ask": asked_tools(policy)}}
     argv = ["claude", "--input-format", "stream-json", "--output-format", "stream-json",
@@ -92,6 +93,8 @@ def argv_for(session_id: str, model: str, system_prompt: str | None,
         argv += ["--append-system-prompt", system_prompt]
     if max_turns is not None:
         argv += ["--max-turns", str(max_turns)]
+    if max_budget_usd is not None:  # the CLI's own stop; the gateway's counts the session
+        argv += ["--max-budget-usd", f"{max_budget_usd:g}"]
     return argv
 
 
