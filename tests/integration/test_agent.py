@@ -282,3 +282,18 @@ def test_history_survives_a_restart(model: ModelServer, data_dir: Any) -> None:
         assert last_text(evs) == "You asked me to write notes.md."
     finally:
         srv.stop()
+
+
+def test_a_file_written_at_the_end_of_a_turn_is_logged_before_the_turn_ends(
+        http: httpx.Client, model: ModelServer) -> None:
+    """The watcher scans every quarter second; the turn's end asks it to scan at once, so
+    whoever reads up to the end (the CLI's send, an MCP caller) sees every file it made."""
+    model.set_script({"turns": [
+        {"content": [tool("Bash", command="for i in 1 2 3; do echo $i > late-$i.txt; done")]},
+        "written"]})
+    sid = new_session(http, approval={"shell": "allow"})
+    assert send(http, sid, "write them").status_code == 202
+    evs = wait_turn(http, sid)
+    end = max(i for i, e in enumerate(evs) if e["type"] == "status" and e["status"] == "idle")
+    logged = {e["path"] for e in evs[:end] if e["type"] == "file_change"}
+    assert logged == {"late-1.txt", "late-2.txt", "late-3.txt"}, evs[-6:]

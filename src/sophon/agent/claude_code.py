@@ -89,7 +89,7 @@ async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settin
         status, detail = ("error", failed) if failed else (
             "idle", "interrupted by the user" if turn.interrupted else None)
         with contextlib.suppress(Exception):
-            await asyncio.shield(sessions.set_status(sid, status, detail))
+            await asyncio.shield(sessions.end_turn(sid, status, detail))
 
 
 class _GoneBetweenTurns(Exception):

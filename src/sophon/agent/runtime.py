@@ -152,7 +152,7 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
         status, detail = ("error", failed) if failed else (
             "idle", "interrupted by the user" if turn.interrupted else None)
         with contextlib.suppress(Exception):
-            await asyncio.shield(sessions.set_status(sid, status, detail))
+            await asyncio.shield(sessions.end_turn(sid, status, detail))
 
 
 async def _all_events(sessions: SessionService, sid: str) -> list[Any]:

@@ -110,6 +110,14 @@ class _Pending:
     taken: int = 0
 
 
+@dataclass
+class _Settled:
+    """Put in a watch's queue after a rescan's changes: set once the watch's reader has
+    taken everything before it."""
+
+    taken: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class Box:
     """A running sandbox. Safe to use from many tasks at once."""
 
@@ -241,7 +249,7 @@ class Box:
                 if isinstance(item, BaseException):
                     ended = True
                     raise item
-                if not isinstance(item, Output | Change | Watching):
+                if not isinstance(item, Output | Change | Watching | _Settled):
                     final, ended = item, True
                     break
                 yield item
@@ -447,8 +455,25 @@ class Box:
         async for reply in self._stream("watch", fields, busy=False):
             if isinstance(reply, Change | Watching):
                 yield reply
+            elif isinstance(reply, _Settled):
+                reply.taken.set()  # the reader has handled all before it
             elif isinstance(reply, Failure):
                 raise BoxRequestError(reply.code, reply.message)
+
+    async def settle_changes(self) -> list[asyncio.Event]:
+        """Have every watch in the box scan now (a change made a moment ago may not have
+        been seen yet); returns, for each watch, an event set once its reader has taken
+        all that scan found. Nothing to wait for if no watch runs."""
+        watches = [p for p in self._pending.values() if p.op == "watch"]
+        if not watches:
+            return []
+        await self.request("rescan")  # answered after the scans' changes were sent
+        marks = []
+        for pending in watches:
+            mark = _Settled()
+            pending.queue.put_nowait(mark)  # type: ignore[arg-type]
+            marks.append(mark.taken)
+        return marks
 
     async def process_count(self) -> int:
         done = await self.request("procs")

@@ -379,6 +379,18 @@ class SessionService:
             await db.commit()
         await self.events.append(session_id, Status(status=status, detail=detail))
 
+    async def end_turn(self, session_id: str, status: str, detail: str | None) -> None:
+        """A turn's last word: first the file changes it made (the watcher scans at
+        once, so a file written just before the end is logged before it), then its
+        status."""
+        watcher = self._watchers.get(session_id)
+        if watcher is not None and not watcher[1].done():
+            with contextlib.suppress(Exception):
+                marks = await asyncio.wait_for(watcher[0].settle_changes(), SETTLE_SECONDS)
+                await asyncio.wait_for(asyncio.gather(*(m.wait() for m in marks)),
+                                       SETTLE_SECONDS)
+        await self.set_status(session_id, status, detail)
+
     async def touch(self, session_id: str) -> None:
         async with self._db() as db:
             row = await db.get(SessionRow, session_id)
@@ -619,6 +631,7 @@ class SessionService:
             after = page[-1].seq
 
 
+SETTLE_SECONDS = 5.0  # at most, for a turn's last file changes (a huge tree scans slowly)
 EXPORT_WINDOW = 4 * 1024 * 1024  # characters of base64: 3 MiB of the tarball
 
 

@@ -372,7 +372,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 def op_cancel(rid: int, req: dict) -> dict:
     target = int(req["target"])
     if target in _watches:
-        _watches[target].set()
+        _watches[target].set()  # type: ignore[attr-defined]
         return {"cancelled": True}
     with _running_lock:
         proc = _running.get(target)
@@ -571,21 +571,30 @@ def op_tree(files, rid: int, req: dict) -> dict:  # type: ignore[no-untyped-def]
     return files.tree(req["root"], req.get("path", ""))
 
 
-_watches: dict[int, threading.Event] = {}
+_watches: dict[int, object] = {}  # watch.Control by request id
 
 
 def op_watch(rid: int, req: dict) -> dict:
     """Stream file changes under ``root`` as ``change`` frames until cancelled."""
     import watch
 
-    stop = _watches[rid] = threading.Event()
+    control = _watches[rid] = watch.Control()
     try:
         watch.run(req["root"], lambda change: send({"id": rid, "kind": "change", **change}),
-                  stop, float(req.get("interval", 0.25)),
+                  control, float(req.get("interval", 0.25)),
                   ready=lambda: send({"id": rid, "kind": "watching"}))
     finally:
         _watches.pop(rid, None)
     return {"stopped": True}
+
+
+def op_rescan(rid: int, req: dict) -> dict:
+    """Every watch scans now; the answer comes once their changes have been sent (so the
+    host has them before it has this)."""
+    waiting = [control.rescan() for control in list(_watches.values())]  # type: ignore[attr-defined]
+    deadline = time.monotonic() + float(req.get("timeout", 10))
+    settled = all(done.wait(max(0.0, deadline - time.monotonic())) for done in waiting)
+    return {"watches": len(waiting), "settled": settled}
 
 
 def op_procs(rid: int, req: dict) -> dict:
@@ -614,6 +623,7 @@ OPS = {
     "tree": op_tree,
     "link": op_link,
     "watch": op_watch,
+    "rescan": op_rescan,
     "ping": op_ping,
 }
 

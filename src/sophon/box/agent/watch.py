@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import stat
+import threading
 import time
 
 SKIP_DIRS = frozenset({".git", "node_modules", "__pycache__", ".venv", ".mypy_cache",
@@ -171,16 +172,54 @@ class Watcher:
                 "diff_truncated": cut, "binary": binary}
 
 
-def run(root: str, emit, stop, interval: float = 0.25,  # type: ignore[no-untyped-def]
+class Control:
+    """A running watch, from other threads: ``set`` stops it (as boxd's cancel does for
+    any request), ``rescan`` makes it scan now and sets the returned event once that
+    scan's changes have been emitted."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._waiting: list[threading.Event] = []
+
+    def set(self) -> None:
+        self.stopped.set()
+        self._wake.set()
+
+    def rescan(self) -> threading.Event:
+        done = threading.Event()
+        with self._lock:
+            self._waiting.append(done)
+        self._wake.set()
+        return done
+
+    def take(self) -> list[threading.Event]:
+        with self._lock:
+            out, self._waiting = self._waiting, []
+        return out
+
+    def sleep(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+
+def run(root: str, emit, control: Control, interval: float = 0.25,  # type: ignore[no-untyped-def]
         ready=None) -> None:
-    """Scan every ``interval`` seconds (more slowly when a scan is slow) until ``stop``.
-    ``ready`` is called once the first snapshot is taken: changes after it are seen."""
+    """Scan every ``interval`` seconds (more slowly when a scan is slow, at once when
+    asked) until stopped. ``ready`` is called once the first snapshot is taken: changes
+    after it are seen."""
     watcher = Watcher(root)
     if ready is not None:
         ready()
-    while not stop.is_set():
+    while not control.stopped.is_set():
         started = time.monotonic()
+        asked = control.take()  # asked before this scan began: it answers them
         for change in watcher.changes():
             emit(change)
+        for done in asked:
+            done.set()
         spent = time.monotonic() - started
-        stop.wait(max(interval, spent * 4))
+        control.sleep(max(interval, spent * 4))
+    for done in control.take():  # stopped: nobody waits on a scan that will not come
+        done.set()
