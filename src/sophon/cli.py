@@ -12,7 +12,15 @@ from typing import Annotated, Any, Optional  # noqa: UP035 - typer needs Optiona
 
 import typer
 
-from sophon.commands import archive, capabilities, claude_code, connectors, sandbox, volumes
+from sophon.commands import (
+    archive,
+    capabilities,
+    claude_code,
+    connectors,
+    mcp,
+    sandbox,
+    volumes,
+)
 from sophon.testing.cli import testing_app
 
 app = typer.Typer(help="Sophon: Claude coding sessions in isolated sandboxes.",
@@ -26,6 +34,7 @@ app.add_typer(connectors.app, name="connectors")
 app.add_typer(testing_app, name="testing")
 assert archive.app is claude_code.app  # its commands are claude-code's
 app.command()(capabilities.capabilities)
+app.command()(mcp.mcp)
 
 DataDir = Annotated[Optional[Path], typer.Option(  # noqa: UP045
     "--data-dir", help="Where Sophon keeps its database and sandboxes [env SOPHON_DATA_DIR].")]

@@ -33,6 +33,7 @@ from sophon.api import (
 from sophon.api import metrics as metrics_route
 from sophon.config import Settings
 from sophon.errors import PayloadTooLarge, SophonError
+from sophon.mcp.endpoint import McpEndpoint
 from sophon.services import Services
 
 log = logging.getLogger(__name__)
@@ -161,16 +162,20 @@ def _methods(routers: tuple[APIRouter, ...], path: str) -> set[str]:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    mcp = McpEndpoint()  # sessions as tools for other agents, at /mcp
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await Services.open(settings)
         app.state.services = services
+        mcp.services = services
         metrics.install_live(lambda: metrics_route.live_gauges(services))
         log.info("sophon ready: data in %s, box limits via %s",
                  settings.data_dir, services.boxes.limits_mode)
         try:
             yield
         finally:
+            await mcp.close()
             await services.close()
 
     app = FastAPI(title="Sophon", version="0.1.0", lifespan=lifespan)
@@ -217,6 +222,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMetrics)  # outermost: it sees the 413s too
     for router in routers:
         app.include_router(router)
+    app.router.add_route("/mcp", mcp, methods=["GET", "POST", "DELETE"],
+                         include_in_schema=False)
     openapi.install(app, *routers)
     static.install(app, settings)  # the dashboard at `/`, for what no route answers
     return app

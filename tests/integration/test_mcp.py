@@ -1,0 +1,198 @@
+"""Sessions as tools for other agents: the official MCP client (the `mcp` package)
+against the server's /mcp, with the scripted model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sophon.testing import ModelServer
+from tests.conftest import LiveServer, make_data_dir, model_env
+
+mcp_client = pytest.importorskip("mcp.client.streamable_http")
+from mcp import ClientSession  # noqa: E402
+
+WRITE_THEN_DONE = {"turns": [
+    {"content": [{"type": "tool_use", "name": "Write",
+                  "input": {"file_path": "/workspace/notes.md",
+                            "content": "# delegated\nline two\n"}}],
+     "usage": {"input_tokens": 1000, "output_tokens": 20}},
+    {"content": "MCP-DONE wrote notes.md", "usage": {"input_tokens": 1100, "output_tokens": 9}},
+]}
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ModelServer]:
+    with ModelServer() as ms:
+        yield ms
+
+
+@pytest.fixture(scope="module")
+def server(model: ModelServer) -> Iterator[LiveServer]:
+    data = make_data_dir()
+    srv = LiveServer(data, env=model_env(model.url)).start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@asynccontextmanager
+async def connect(server: LiveServer, key: str) -> AsyncIterator[ClientSession]:
+    http = mcp_client.create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+    async with mcp_client.streamable_http_client(server.url + "/mcp", http_client=http) as (
+            read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        yield session
+
+
+async def call(s: ClientSession, tool: str, **args: Any) -> dict[str, Any]:
+    """A tool's structured result; a tool error fails the test with its text."""
+    res = await s.call_tool(tool, args)
+    text = "".join(getattr(b, "text", "") for b in res.content)
+    assert not res.is_error, f"{tool}: {text}"
+    return dict(res.structured_content or json.loads(text))
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_an_agent_delegates_a_task_and_reads_the_outcome(server: LiveServer,
+                                                         model: ModelServer) -> None:
+    model.set_script(WRITE_THEN_DONE)
+    key = server.add_user()
+
+    async def story() -> None:
+        async with connect(server, key) as s:
+            names = {t.name for t in (await s.list_tools()).tools}
+            assert {"claude_code_start", "claude_code_send", "claude_code_status",
+                    "claude_code_list", "claude_code_events", "claude_code_exec",
+                    "claude_code_diff", "claude_code_approve", "claude_code_interrupt",
+                    "claude_code_export", "claude_code_delete", "claude_code_wait"} <= names
+            started = await call(s, "claude_code_start", name="delegated", base="python")
+            sid = started["session_id"]
+            assert sid.startswith("ses_") and started["session"]["status"] == "idle"
+
+            sent = await call(s, "claude_code_send", session_id=sid, message="write notes.md")
+            assert sent["status"] == "done", sent
+            assert sent["text"] == "MCP-DONE wrote notes.md"
+            assert sent["files_changed"] == [{"path": "notes.md", "change": "created",
+                                              "added": 2, "removed": 0}]
+            assert (sent["input_tokens"], sent["output_tokens"]) == (2100, 29)
+            assert sent["cost_usd"] > 0
+
+            status = await call(s, "claude_code_status", session_id=sid)
+            assert status["status"] == "idle" and status["pending_approvals"] == []
+            listed = await call(s, "claude_code_list")
+            assert [x["id"] for x in listed["sessions"]] == [sid]
+            events = await call(s, "claude_code_events", session_id=sid, after_seq=0)
+            assert "user" in [e["type"] for e in events["events"]]
+            ran = await call(s, "claude_code_exec", session_id=sid, command="cat notes.md")
+            assert (ran["exit_code"], ran["output"]) == (0, "# delegated\nline two\n")
+            diff = await call(s, "claude_code_diff", session_id=sid)
+            assert "+line two" in diff["diff"]
+            export = await call(s, "claude_code_export", session_id=sid)
+            assert export["path"] == f"/v1/sessions/{sid}/export"
+            r = await asyncio.to_thread(httpx.get, server.url + export["path"],
+                                        headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200 and r.content[:2] == b"\x1f\x8b"
+            assert (await call(s, "claude_code_delete", session_id=sid)) == {"deleted": sid}
+            gone = await s.call_tool("claude_code_status", {"session_id": sid})
+            assert gone.is_error
+
+    run(story())
+
+
+def test_another_users_session_is_not_found_and_a_key_is_needed(server: LiveServer) -> None:
+    alice, bob = server.add_user(), server.add_user()
+
+    async def story() -> None:
+        async with connect(server, alice) as s:
+            sid = (await call(s, "claude_code_start", name="private"))["session_id"]
+        async with connect(server, bob) as s:
+            for tool, args in (("claude_code_status", {}), ("claude_code_diff", {}),
+                               ("claude_code_send", {"message": "hi"}),
+                               ("claude_code_delete", {})):
+                res = await s.call_tool(tool, {"session_id": sid, **args})
+                text = "".join(getattr(b, "text", "") for b in res.content)
+                assert res.is_error and "not_found" in text, (tool, text)
+            assert (await call(s, "claude_code_list"))["sessions"] == []
+
+    run(story())
+    r = httpx.post(server.url + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+    r = httpx.post(server.url + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                   headers={"Authorization": "Bearer sk-sophon-wrong"})
+    assert r.status_code == 401
+
+
+def test_an_approval_and_a_long_turn_come_back_to_the_caller(server: LiveServer,
+                                                             model: ModelServer) -> None:
+    """The shell asks on first use: send returns waiting_approval with the call; the
+    caller approves and waits. A turn longer than wait_seconds returns running, and
+    claude_code_wait picks it up where it was, nothing lost."""
+    model.set_script({"turns": [
+        {"content": [{"type": "tool_use", "name": "Bash",
+                      "input": {"command": "sleep 3; echo slept-$((2+3))"}}]},
+        "SLEPT-DONE"]})
+    key = server.add_user()
+
+    async def story() -> None:
+        async with connect(server, key) as s:
+            sid = (await call(s, "claude_code_start", name="gated"))["session_id"]
+            sent = await call(s, "claude_code_send", session_id=sid, message="sleep a bit",
+                              wait_seconds=30)
+            assert sent["status"] == "waiting_approval", sent
+            [pending] = sent["pending_approvals"]
+            assert pending["tool"] == "Bash" and "sleep 3" in pending["input"]["command"]
+            await call(s, "claude_code_approve", session_id=sid,
+                       approval_id=pending["approval_id"])
+            early = await call(s, "claude_code_wait", session_id=sid,
+                               resume_after_seq=sent["resume_after_seq"], wait_seconds=0.5)
+            assert early["status"] == "running", early
+            done = await call(s, "claude_code_wait", session_id=sid,
+                              resume_after_seq=sent["resume_after_seq"], wait_seconds=30)
+            assert done["status"] == "done" and done["text"] == "SLEPT-DONE", done
+
+    run(story())
+
+
+def test_sophon_mcp_serves_the_same_tools_on_stdio(server: LiveServer, model: ModelServer,
+                                                   tmp_path: Path) -> None:
+    """`sophon mcp`, as an agent runs it (a command speaking MCP on stdio), with the
+    user's key from the environment."""
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    model.set_script(WRITE_THEN_DONE)
+    key = server.add_user()
+    sophon = str(Path(sys.executable).with_name("sophon"))
+    params = StdioServerParameters(command=sophon, args=["mcp"], env={
+        "SOPHON_URL": server.url, "SOPHON_API_KEY": key,
+        "XDG_CONFIG_HOME": str(tmp_path)})
+
+    async def story() -> None:
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
+            await s.initialize()
+            assert "claude_code_send" in {t.name for t in (await s.list_tools()).tools}
+            sid = (await call(s, "claude_code_start", name="over-stdio"))["session_id"]
+            sent = await call(s, "claude_code_send", session_id=sid, message="write it")
+            assert sent["status"] == "done" and sent["text"] == "MCP-DONE wrote notes.md"
+
+    run(story())
+    # A wrong key is said at once, on stderr, with a non-zero exit.
+    bad = subprocess.run([sophon, "mcp"], env={"SOPHON_URL": server.url,
+                                               "SOPHON_API_KEY": "sk-sophon-wrong",
+                                               "XDG_CONFIG_HOME": str(tmp_path),
+                                               "PATH": "/usr/bin:/bin"},
+                         input="", capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: "), bad.stderr
