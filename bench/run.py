@@ -34,6 +34,7 @@ import bench_dashboard  # noqa: E402
 import bench_egress  # noqa: E402
 import bench_events  # noqa: E402
 import bench_live  # noqa: E402
+import bench_mcp  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_session_exec  # noqa: E402
 import bench_sessions  # noqa: E402
@@ -58,6 +59,7 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
     "burst": (bench_burst.run, {"n": 10, "rounds": 1}),
     "egress": (bench_egress.run, {"n": 8, "rounds": 2, "size_mb": 2, "repeats": 1}),
     "live": (bench_live.run, {"lines": 10, "keys": 20}),
+    "mcp": (bench_mcp.run, {"turns": 3}),
     "soak": (bench_soak.run, {"minutes": 0.5, "sessions": 3, "rate": 4.0, "window": 10.0}),
 }
 
