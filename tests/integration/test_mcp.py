@@ -196,3 +196,40 @@ def test_sophon_mcp_serves_the_same_tools_on_stdio(server: LiveServer, model: Mo
                                                "PATH": "/usr/bin:/bin"},
                          input="", capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.startswith("error: "), bad.stderr
+
+
+def test_a_send_cut_off_by_a_restart_is_told_after_it(model: ModelServer) -> None:
+    """The caller's wait outlives the server: after a restart, claude_code_wait from the
+    same seq says how the turn ended (cut off, with the reason), nothing lost."""
+    model.set_script({"turns": [
+        {"content": [{"type": "tool_use", "name": "Bash", "input": {"command": "sleep 60"}}]},
+        "never"]})
+    data = make_data_dir()
+    srv = LiveServer(data, env=model_env(model.url)).start()
+    try:
+        key = srv.add_user()
+
+        async def before() -> tuple[str, int]:
+            async with connect(srv, key) as s:
+                sid = (await call(s, "claude_code_start", name="cut", shell="allow"))[
+                    "session_id"]
+                sent = await call(s, "claude_code_send", session_id=sid, message="sleep",
+                                  wait_seconds=1)
+                assert sent["status"] == "running", sent
+                return sid, sent["resume_after_seq"]
+
+        sid, seq = run(before())
+        srv.kill()
+        srv.start()
+
+        async def after() -> dict[str, Any]:
+            async with connect(srv, key) as s:
+                return await call(s, "claude_code_wait", session_id=sid,
+                                  resume_after_seq=seq, wait_seconds=10)
+
+        outcome = run(after())
+        assert outcome["status"] == "failed", outcome
+        assert outcome["error"].startswith("interrupted: the server stopped during a turn")
+    finally:
+        srv.stop()
+        shutil.rmtree(data, ignore_errors=True)
