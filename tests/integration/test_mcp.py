@@ -233,3 +233,60 @@ def test_a_send_cut_off_by_a_restart_is_told_after_it(model: ModelServer) -> Non
     finally:
         srv.stop()
         shutil.rmtree(data, ignore_errors=True)
+
+
+CLAUDE = Path("/usr/local/lib/sophon-claude/bin/claude")  # scripts/box-tools installs it
+
+
+def test_claude_code_delegates_a_task_to_a_sophon_session(server: LiveServer,
+                                                          model: ModelServer,
+                                                          tmp_path: Path) -> None:
+    """The real Claude Code CLI as the calling agent: Sophon's /mcp in its --mcp-config,
+    its own model calls through Sophon's gateway (a session's token) to the scripted
+    model, which has it call claude_code_start with a first message; the delegated
+    session does the work and the CLI reports the answer."""
+    if not CLAUDE.exists():
+        pytest.skip("the claude CLI is not installed (scripts/box-tools)")
+
+    def tool_use(tool: str, **input: Any) -> dict[str, Any]:
+        return {"content": [{"type": "tool_use", "name": tool, "input": input}]}
+
+    rules = {"rules": [
+        {"when": {"last_user_contains": "DELEGATE-TASK", "last_tool_result_contains": "MCP-DONE"},
+         "reply": "DELEGATED-OK: notes.md is written"},
+        {"when": {"last_user_contains": "DELEGATE-TASK"},
+         "reply": tool_use("mcp__sophon__claude_code_start", name="delegated",
+                           message="WRITE-NOTES please")},
+        {"when": {"last_user_contains": "WRITE-NOTES", "last_tool_result_contains": ""},
+         "reply": "MCP-DONE wrote notes.md"},
+        {"when": {"last_user_contains": "WRITE-NOTES"},
+         "reply": tool_use("Write", file_path="/workspace/notes.md", content="# delegated\n")},
+    ], "default": "ok"}
+    model.set_script({"turns": [rules] * 40})
+    key = server.add_user()
+    with httpx.Client(base_url=server.url, timeout=60,
+                      headers={"Authorization": f"Bearer {key}"}) as http:
+        caller = http.post("/v1/sessions", json={"name": "caller"}).json()["id"]
+        token = http.post(f"/v1/sessions/{caller}/gateway-token").json()["token"]
+        config = {"mcpServers": {"sophon": {"type": "http", "url": server.url + "/mcp",
+                                            "headers": {"Authorization": f"Bearer {key}"}}}}
+        home = tmp_path / "home"
+        home.mkdir()
+        done = subprocess.run(
+            [str(CLAUDE), "-p", "DELEGATE-TASK: have a Sophon session write notes.md",
+             "--output-format", "json", "--max-turns", "4", "--strict-mcp-config",
+             "--mcp-config", json.dumps(config),
+             "--allowedTools", "mcp__sophon__claude_code_start"],
+            env={"PATH": "/usr/bin:/bin", "HOME": str(home), "ANTHROPIC_BASE_URL": server.url,
+                 "ANTHROPIC_AUTH_TOKEN": token, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                 "DISABLE_AUTOUPDATER": "1"},
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["result"] == "DELEGATED-OK: notes.md is written", result
+        sessions = {s["name"]: s["id"] for s in http.get("/v1/sessions").json()["sessions"]}
+        delegated = sessions["delegated"]
+        got = http.get(f"/v1/sessions/{delegated}/files/notes.md").json()
+        assert got["content"] == "# delegated\n"
+        # The caller's own model calls were metered on its session, through the gateway.
+        assert http.get(f"/v1/sessions/{caller}/usage").json()["calls"]
