@@ -57,3 +57,15 @@ def test_the_cli_offers_only_what_the_server_can_run(env: dict[str, str]) -> Non
     unknown = sophon(env, "claude-code", "new", "--name", "x", "--base", "cobol")
     assert unknown.returncode == 2 and "unknown base 'cobol'" in unknown.stderr
     assert json.loads(sophon(env, "claude-code", "list", "--json").stdout) == []
+
+
+def test_new_takes_mcp_servers(env: dict[str, str]) -> None:
+    sid = sophon(env, "claude-code", "new", "--name", "tools", "--mcp",
+                 "docs=python3 'my server.py' --port 0", "--mcp", "b=node b.js")
+    assert sid.returncode == 0, sid.stderr
+    got = json.loads(sophon(env, "claude-code", "list", "--json").stdout)[0]
+    assert got["mcp_servers"] == [
+        {"name": "docs", "command": ["python3", "my server.py", "--port", "0"], "env": {}},
+        {"name": "b", "command": ["node", "b.js"], "env": {}}]
+    bad = sophon(env, "claude-code", "new", "--name", "x", "--mcp", "no-command")
+    assert bad.returncode == 2 and "--mcp takes NAME=COMMAND" in bad.stderr

@@ -59,7 +59,8 @@ async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settin
         env = await sessions.exec_env(sid, await sessions.refresh_secrets(sid))
         approval = ApprovalPolicy.model_validate(row.approval)
         argv = argv_for(sid, settings.models.resolve(row.model), row.system_prompt,
-                        row.max_turns, approval, earlier, row.max_budget_usd)
+                        row.max_turns, approval, earlier, row.max_budget_usd,
+                        row.mcp_servers)
         async with sessions.box(row) as box:
             turn.box = box
             current = processes.get(sid)

@@ -82,9 +82,12 @@ def asked_tools(policy: ApprovalPolicy) -> list[str]:
 
 def argv_for(session_id: str, model: str, system_prompt: str | None,
              max_turns: int | None, policy: ApprovalPolicy, resume: bool,
-             max_budget_usd: float | None = None) -> list[str]:
+             max_budget_usd: float | None = None,
+             mcp_servers: list[dict[str, Any]] | None = None) -> list[str]:
     cc = conversation_id(session_id)
-    settings = {"permissions": {"ask": asked_tools(policy)}}
+    # The session's MCP servers' tools are asked about (Sophon's policy answers).
+    ask = asked_tools(policy) + [f"mcp__{m['name']}" for m in mcp_servers or []]
+    settings = {"permissions": {"ask": ask}}
     argv = ["claude", "--input-format", "stream-json", "--output-format", "stream-json",
             "--verbose", "--include-partial-messages", "--permission-prompt-tool", "stdio",
             "--model", model, "--settings", json.dumps(settings),
@@ -95,6 +98,11 @@ def argv_for(session_id: str, model: str, system_prompt: str | None,
         argv += ["--max-turns", str(max_turns)]
     if max_budget_usd is not None:  # the CLI's own stop; the gateway's counts the session
         argv += ["--max-budget-usd", f"{max_budget_usd:g}"]
+    if mcp_servers:  # run by the CLI in the box, as the native runtime runs them
+        argv += ["--mcp-config", json.dumps({"mcpServers": {
+            m["name"]: {"type": "stdio", "command": m["command"][0],
+                        "args": list(m["command"][1:]), "env": dict(m.get("env") or {})}
+            for m in mcp_servers}})]
     return argv
 
 

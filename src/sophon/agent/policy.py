@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sophon import metrics
+from sophon.agent.mcp_servers import is_mcp_tool
 from sophon.events.types import ApprovalDecision, ApprovalRequest
 from sophon.sessions.models import ApprovalPolicy
 from sophon.sessions.service import SessionService
@@ -43,6 +44,8 @@ def mode_for(policy: ApprovalPolicy, tool: str) -> str:
         return policy.tools[tool]
     if tool == SHELL_TOOL:
         return {"ask_once": "ask", "allow": "allow", "deny": "deny"}[policy.shell]
+    if is_mcp_tool(tool):  # a tool of a server the session added: asked unless set
+        return "ask"
     return "allow"
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from sophon.agent import history, policy
 from sophon.agent.live import LiveOutput
+from sophon.agent.mcp_servers import SessionMcp
 from sophon.agent.tools import TOOLS, ToolContext, run_tool
 from sophon.box.box import Box
 from sophon.config import Settings
@@ -93,11 +94,14 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
         events = await _all_events(sessions, sid)
         messages = history.rebuild(events)
         env = {**await sessions.exec_env(sid, await sessions.refresh_secrets(sid))}
-        async with sessions.box(row) as box:
+        async with sessions.box(row) as box, contextlib.AsyncExitStack() as stack:
             turn.box = box
             ctx = ToolContext(box, env, lambda ev: emit.append(sid, ev),
                               tasks=history.tasks_of(events),
                               output_cap=settings.limits.output_cap_bytes)
+            if row.mcp_servers:  # the session's own tools, for this turn
+                ctx.mcp = await SessionMcp.open(box, row.mcp_servers, env, ctx.emit)
+                stack.push_async_callback(ctx.mcp.close)
             for n in itertools.count(1):
                 row = await turn.fresh_row(sessions)
                 if row.max_turns is not None and n > row.max_turns:
@@ -106,7 +110,8 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
                         f"({row.max_turns}) and was stopped; send a message to continue"))
                     break
                 turn.phase = "model"
-                reply = await _ask_model(turn, sessions, gateway, settings, row, messages)
+                reply = await _ask_model(turn, sessions, gateway, settings, row, messages,
+                                         ctx.mcp.tools if ctx.mcp else [])
                 messages.append({"role": "assistant", "content": reply["content"]})
                 calls = [b for b in reply["content"] if b["type"] == "tool_use"]
                 if reply["stop_reason"] != "tool_use" or not calls:
@@ -165,13 +170,13 @@ async def _all_events(sessions: SessionService, sid: str) -> list[Any]:
 
 
 async def _ask_model(turn: Turn, sessions: SessionService, gateway: Gateway,
-                     settings: Settings, row: SessionRow,
-                     messages: list[dict[str, Any]]) -> dict[str, Any]:
+                     settings: Settings, row: SessionRow, messages: list[dict[str, Any]],
+                     extra_tools: list[dict[str, Any]]) -> dict[str, Any]:
     """Stream one reply; log each block when it completes; meter the call."""
     model = settings.models.resolve(row.model)
     system = SYSTEM_PROMPT + (f"\n\n{row.system_prompt}" if row.system_prompt else "")
     params = {"model": model, "max_tokens": settings.models.max_tokens, "system": system,
-              "messages": messages, "tools": TOOLS}
+              "messages": messages, "tools": TOOLS + extra_tools}
     if settings.models.user_token_budget:
         await turn.settle_usage()  # the user's total is summed from the records
     await gateway.check_budget(row, model, params, turn.cost_since_row)
@@ -249,7 +254,11 @@ async def _call_tool(turn: Turn, sessions: SessionService, settings: Settings,
                       sessions.events.secrets_of(turn.session_id))
     ctx.on_output = live.feed
     try:
-        content, is_error = await run_tool(ctx, call["name"], call.get("input") or {})
+        if ctx.mcp is not None and ctx.mcp.owns(call["name"]):
+            content, is_error = await ctx.mcp.call(call["name"], call.get("input") or {},
+                                                   ctx.emit)
+        else:
+            content, is_error = await run_tool(ctx, call["name"], call.get("input") or {})
     finally:
         ctx.on_output = None
         await live.close()

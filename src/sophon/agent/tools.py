@@ -50,6 +50,8 @@ class ToolContext:
     contents: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     # Told of a running command's output as it comes (agent/live.py), while a tool runs.
     on_output: Callable[[str, str], Awaitable[None]] | None = None
+    # The session's MCP servers for this turn (agent/mcp_servers.py), if it has any.
+    mcp: Any = None
 
     def remember(self, rel: str, etag: str, data: bytes) -> None:
         self.read_etags[rel] = etag

@@ -135,9 +135,11 @@ def session_body(name: str, *, base: str, model: str, system_prompt: str | None,
                  template: str | None, clone: str | None, ref: str | None, runtime: str,
                  approval: dict[str, Any] | None, max_turns: int | None,
                  max_budget_usd: float | None, network: dict[str, Any] | None = None,
-                 connectors: list[str] | None = None) -> dict[str, Any]:
+                 connectors: list[str] | None = None,
+                 mcp_servers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """A session's create body. ``network``: {"allow": ["host[:port]", "*.domain"],
-    "ask": bool}; ``connectors``: names of the caller's connectors the box uses."""
+    "ask": bool}; ``connectors``: names of the caller's connectors the box uses;
+    ``mcp_servers``: [{"name", "command": [...], "env"?}] whose tools the agent gets."""
     if template and clone:
         raise ValueError("give a template or a clone URL, not both")
     starter: dict[str, Any] = {"type": "empty"}
@@ -149,7 +151,8 @@ def session_body(name: str, *, base: str, model: str, system_prompt: str | None,
                             "runtime": runtime}
     for key, value in (("system_prompt", system_prompt), ("approval", approval),
                        ("max_turns", max_turns), ("max_budget_usd", max_budget_usd),
-                       ("network", network), ("connectors", connectors)):
+                       ("network", network), ("connectors", connectors),
+                       ("mcp_servers", mcp_servers)):
         if value is not None:
             body[key] = value
     return body

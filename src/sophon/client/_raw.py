@@ -86,12 +86,13 @@ class RawClient:
                        max_turns: int | None = None,
                        max_budget_usd: float | None = None,
                        network: dict[str, Any] | None = None,
-                       connectors: list[str] | None = None) -> Any:
+                       connectors: list[str] | None = None,
+                       mcp_servers: list[dict[str, Any]] | None = None) -> Any:
         body = session_body(name, base=base, model=model, system_prompt=system_prompt,
                             template=template, clone=clone, ref=ref, runtime=runtime,
                             approval=approval, max_turns=max_turns,
                             max_budget_usd=max_budget_usd, network=network,
-                            connectors=connectors)
+                            connectors=connectors, mcp_servers=mcp_servers)
         return self._as_session(self._http.call("POST", "/v1/sessions", json_body=body))
 
     def list_sessions(self, limit: int | None = None, *, page_size: int = 100) -> Iterator[Any]:

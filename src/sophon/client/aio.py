@@ -99,12 +99,14 @@ class AsyncClient:
                              max_turns: int | None = None,
                              max_budget_usd: float | None = None,
                              network: dict[str, Any] | None = None,
-                             connectors: list[str] | None = None) -> SessionView:
+                             connectors: list[str] | None = None,
+                             mcp_servers: list[dict[str, Any]] | None = None
+                             ) -> SessionView:
         body = session_body(name, base=base, model=model, system_prompt=system_prompt,
                             template=template, clone=clone, ref=ref, runtime=runtime,
                             approval=approval, max_turns=max_turns,
                             max_budget_usd=max_budget_usd, network=network,
-                            connectors=connectors)
+                            connectors=connectors, mcp_servers=mcp_servers)
         return SessionView.model_validate(await self._json("POST", "/v1/sessions", json=body))
 
     async def list_sessions(self, limit: int | None = None, *,

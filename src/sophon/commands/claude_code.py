@@ -97,12 +97,19 @@ def new(
         "--connector", metavar="NAME",
         help="Attach one of your connectors (sophon connectors list). Repeat for more.")]
         = None,
+    mcp: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--mcp", metavar="NAME=COMMAND",
+        help="An MCP server run in the sandbox whose tools the agent gets (as "
+             "mcp__NAME__TOOL, asked about before each use), e.g. "
+             "--mcp 'docs=python3 docs_server.py'. Repeat for more.")] = None,
 ) -> None:
     """Create a session and print its id.
 
     Example: sophon claude-code new --name refactor-api --base node --template node
 
     Example: sophon claude-code new --name api --allow api.example.com --connector gh
+
+    Example: sophon claude-code new --name docs --base python --mcp 'docs=python3 srv.py'
     """
     if clone and template:
         raise fail("give --clone or --template, not both", 2)
@@ -117,15 +124,30 @@ def new(
                        2) from None
     network = ({"allow": list(dict.fromkeys(allow or [])), "ask": ask_network}
                if allow or ask_network else None)
+    servers = [_mcp_server(spec) for spec in mcp or []] or None
     from sophon.commands.capabilities import check_offered
 
     c = client()
     check_offered(c, base, runtime)
     s = c.create_session(name, base=base, model=model, system_prompt=system_prompt,
                          template=template, clone=clone, ref=ref, runtime=runtime,
-                         network=network,
+                         network=network, mcp_servers=servers,
                          connectors=list(dict.fromkeys(connector)) if connector else None)
     typer.echo(s["id"])
+
+
+def _mcp_server(spec: str) -> dict[str, Any]:
+    import shlex
+
+    name, sep, command = spec.partition("=")
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise fail(f"--mcp {spec!r}: {exc}", 2) from None
+    if not sep or not name or not argv:
+        raise fail(f"--mcp takes NAME=COMMAND, such as 'docs=python3 server.py'; got "
+                   f"{spec!r}", 2)
+    return {"name": name, "command": argv}
 
 
 @app.command("list")

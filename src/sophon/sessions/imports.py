@@ -32,7 +32,7 @@ EVENTS_PIECE = 4 << 20
 # What an archive's settings may carry over: the rest (ids, usage, status) is the old
 # session's, not the new one's.
 CARRIED = ("name", "base", "model", "runtime", "system_prompt", "approval", "max_turns",
-           "max_budget_usd", "network")
+           "max_budget_usd", "network", "mcp_servers")
 
 # Unpacked as the staging box's user (no owners kept); the project must be there; then
 # readable by the session's box, which runs as another uid. What is wrong is said in a

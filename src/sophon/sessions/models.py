@@ -67,6 +67,30 @@ class NetworkSettings(BaseModel):
 ConnectorName = Annotated[str, Field(min_length=1, max_length=63)]
 
 
+class McpServer(BaseModel):
+    """An MCP server whose tools the session's agent gets, as ``mcp__<name>__<tool>``
+    (each gated by the approval policy: ask unless it says otherwise). It runs in the
+    session's sandbox, spoken to on its standard input and output."""
+
+    model_config = REQUEST
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$",
+                      description="Its tools are called mcp__<name>__<tool>")
+    command: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        min_length=1, max_length=64, description="The program and its arguments, run in "
+                                                 "/workspace")
+    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")],
+              Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict,
+                                                              max_length=32)
+
+
+def _unique_names(servers: list[McpServer] | None) -> list[McpServer] | None:
+    names = [s.name for s in servers or []]
+    if len(names) != len(set(names)):
+        raise ValueError("each MCP server needs a name of its own")
+    return servers
+
+
 class CreateSession(BaseModel):
     model_config = REQUEST
 
@@ -84,6 +108,9 @@ class CreateSession(BaseModel):
     disk_mb: int | None = Field(None, ge=16, le=1024 * 1024)
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     connectors: list[ConnectorName] = Field(default_factory=list, max_length=50)
+    mcp_servers: list[McpServer] = Field(default_factory=list, max_length=10)
+
+    _names = field_validator("mcp_servers")(_unique_names)
 
     @field_validator("model")
     @classmethod
@@ -103,13 +130,16 @@ class UpdateSession(BaseModel):
     max_budget_usd: float | None = Field(None, gt=0)
     network: NetworkSettings | None = None
     connectors: list[ConnectorName] | None = Field(None, max_length=50)
+    mcp_servers: list[McpServer] | None = Field(None, max_length=10)
     # The conversation carries over (agent/service.py, switch_runtime); not during a turn.
     runtime: Literal["native", "claude-code"] | None = None
+
+    _names = field_validator("mcp_servers")(_unique_names)
 
     @model_validator(mode="after")
     def _no_null_for_required(self) -> UpdateSession:
         # null clears an optional limit or the system prompt; a session always has these.
-        for name in ("name", "approval", "network", "connectors", "runtime"):
+        for name in ("name", "approval", "network", "connectors", "mcp_servers", "runtime"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"{name} cannot be null; leave it out to keep it")
         return self
@@ -145,6 +175,7 @@ class SessionView(BaseModel):
     disk: DiskInfo
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     connectors: list[str] = Field(default_factory=list)
+    mcp_servers: list[McpServer] = Field(default_factory=list)
 
 
 class SendMessage(BaseModel):

@@ -47,6 +47,7 @@ from sophon.sessions.models import (
     ApprovalPolicy,
     CreateSession,
     DiskInfo,
+    McpServer,
     NetworkSettings,
     SessionView,
     Usage,
@@ -198,6 +199,7 @@ class SessionService:
             status="idle", box_id=box_id_of(session_id), input_tokens=0, output_tokens=0,
             cost_usd=0.0, max_turns=req.max_turns, max_budget_usd=req.max_budget_usd,
             network=req.network.model_dump(), connectors=list(req.connectors),
+            mcp_servers=[m.model_dump() for m in req.mcp_servers],
         )
         self.quotas.know_session(session_id, principal.user_id)
         await self.quotas.admit_box(principal.user_id, row.box_id)
@@ -330,6 +332,7 @@ class SessionService:
             disk=DiskInfo(**vars(self.boxes.disk_use(row.box_id))),
             network=NetworkSettings.model_validate(row.network or {}),
             connectors=list(row.connectors or []),
+            mcp_servers=[McpServer.model_validate(m) for m in row.mcp_servers or []],
         )
 
     async def list(self, principal: Principal, limit: int,

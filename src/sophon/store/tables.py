@@ -109,6 +109,8 @@ class SessionRow(Base):
     # the names of the user's connectors it uses (sophon/egress).
     network: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     connectors: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # The MCP servers whose tools its agent gets (agent/mcp_servers.py), as given.
+    mcp_servers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  index=True)
     last_activity_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

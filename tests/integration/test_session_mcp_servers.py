@@ -1,0 +1,172 @@
+"""A session's own tools: MCP servers it opts into run in its sandbox, and the agent
+calls their tools (mcp__<server>__<tool>) under the approval policy; a broken server is
+said and left out, never a failed turn."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sophon.testing import ModelServer
+from tests.conftest import LiveServer, make_data_dir, model_env, wait_for
+
+# A small stdio MCP server (one JSON-RPC message a line), as a user would ship one.
+SERVER = r'''
+import json, sys
+
+TOOLS = [{"name": "shout", "description": "Upper-case a text",
+          "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}},
+                          "required": ["text"]}},
+         {"name": "crash", "description": "Exit at once", "inputSchema": {"type": "object"}}]
+
+print("starting up (a stray line a client must skip)", flush=True)
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" not in msg:
+        continue
+    method, rid = msg["method"], msg["id"]
+    if method == "initialize":
+        result = {"protocolVersion": msg["params"]["protocolVersion"], "capabilities":
+                  {"tools": {}}, "serverInfo": {"name": "demo", "version": "1"}}
+    elif method == "tools/list":
+        result = {"tools": TOOLS}
+    elif method == "tools/call" and msg["params"]["name"] == "crash":
+        sys.exit(7)
+    elif method == "tools/call":
+        text = msg["params"]["arguments"]["text"]
+        result = {"content": [{"type": "text", "text": text.upper() + " (from " +
+                               open("/proc/self/cwd/.marker").read().strip() + ")"}]}
+    else:
+        print(json.dumps({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601,
+                                                                   "message": method}}))
+        sys.stdout.flush()
+        continue
+    print(json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}), flush=True)
+'''
+DEMO = {"name": "demo", "command": ["python3", "demo_server.py"]}
+
+
+def tool_use(name: str, tool_id: str, **input: Any) -> dict[str, Any]:
+    return {"content": [{"type": "tool_use", "id": tool_id, "name": name, "input": input}]}
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ModelServer]:
+    with ModelServer() as ms:
+        yield ms
+
+
+@pytest.fixture(scope="module")
+def server(model: ModelServer) -> Iterator[LiveServer]:
+    data = make_data_dir()
+    srv = LiveServer(data, env=model_env(model.url)).start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def http(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60,
+                      headers={"Authorization": f"Bearer {server.add_user()}"}) as c:
+        yield c
+
+
+def session(http: httpx.Client, **body: Any) -> str:
+    r = http.post("/v1/sessions", json={"name": "tools", "base": "python", **body})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    for path, text in (("demo_server.py", SERVER), (".marker", "the sandbox\n")):
+        assert http.put(f"/v1/sessions/{sid}/files/{path}",
+                        content=text.encode()).status_code == 201
+    return str(sid)
+
+
+def events(http: httpx.Client, sid: str) -> list[dict[str, Any]]:
+    return list(http.get(f"/v1/sessions/{sid}/events", params={"limit": 5000},
+                         headers={"Accept": "application/json"}).json()["events"])
+
+
+def turn_over(http: httpx.Client, sid: str) -> list[dict[str, Any]] | None:
+    evs = events(http, sid)
+    users = [i for i, e in enumerate(evs) if e["type"] == "user"]
+    return evs if users and any(e["type"] == "status" and e["status"] in ("idle", "error")
+                                for e in evs[users[-1]:]) else None
+
+
+def test_the_agent_calls_a_sessions_mcp_tool_after_approval(http: httpx.Client,
+                                                            model: ModelServer) -> None:
+    model.set_script({"turns": [tool_use("mcp__demo__shout", "t1", text="hello"), "shouted"]})
+    sid = session(http, mcp_servers=[DEMO])
+    assert http.get(f"/v1/sessions/{sid}").json()["mcp_servers"] == [
+        {**DEMO, "env": {}}]
+    assert http.post(f"/v1/sessions/{sid}/messages", json={"content": "shout"}
+                     ).status_code == 202
+    asked = wait_for(lambda: [e for e in events(http, sid) if e["type"] == "approval_request"],
+                     30, 0.05, "the approval request")
+    assert asked[0]["tool"] == "mcp__demo__shout"  # type: ignore[index]
+    assert asked[0]["input"] == {"text": "hello"}  # type: ignore[index]
+    assert http.post(f"/v1/sessions/{sid}/approvals/{asked[0]['approval_id']}",  # type: ignore[index]
+                     json={"decision": "allow"}).status_code == 200
+    evs = wait_for(lambda: turn_over(http, sid), 30, 0.05, "the turn to end")
+    [result] = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
+    assert (result["content"], result["is_error"]) == ("HELLO (from the sandbox)", False)
+    # The model was offered the tool with the server's own schema, beside the built-ins.
+    offered = {t["name"]: t for t in model.requests[0]["tools"]}
+    assert {"Read", "Bash", "mcp__demo__shout", "mcp__demo__crash"} <= set(offered)
+    assert offered["mcp__demo__shout"]["input_schema"]["required"] == ["text"]
+    assert not [e for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+
+
+def test_a_denied_call_does_not_reach_the_server(http: httpx.Client,
+                                                 model: ModelServer) -> None:
+    model.set_script({"turns": [tool_use("mcp__demo__shout", "t1", text="no"), "ok"]})
+    sid = session(http, mcp_servers=[DEMO],
+                  approval={"tools": {"mcp__demo__shout": "deny"}})
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "shout"})
+    evs = wait_for(lambda: turn_over(http, sid), 30, 0.05, "the turn to end")
+    [result] = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
+    assert result["is_error"] and "denied" in result["content"]
+    assert "NO" not in result["content"]
+
+
+def test_a_broken_server_is_said_and_the_turn_goes_on(http: httpx.Client,
+                                                       model: ModelServer) -> None:
+    """One server that cannot start, one whose tool crashes it: each is a session_error
+    and (for the call) a tool error; the turn ends as the model ends it."""
+    broken = {"name": "broken", "command": ["python3", "-c",
+                                            "import sys; print('no', file=sys.stderr); "
+                                            "sys.exit(3)"]}
+    model.set_script({"turns": [tool_use("mcp__demo__crash", "t1"), "carried on"]})
+    sid = session(http, mcp_servers=[DEMO, broken], approval={"tools": {
+        "mcp__demo__crash": "allow"}})
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "crash it"})
+    evs = wait_for(lambda: turn_over(http, sid), 30, 0.05, "the turn to end")
+    errors = [e["message"] for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+    assert any(m.startswith("the MCP server broken could not start") and "exited (3): no" in m
+               for m in errors), errors
+    assert any(m.startswith("the MCP server demo failed on crash: it exited (7)")
+               for m in errors), errors
+    [result] = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
+    assert result["is_error"]
+    assert [e["text"] for e in evs if e["type"] == "assistant"] == ["carried on"]  # type: ignore[union-attr]
+    assert evs[-1]["type"] == "status" and evs[-1]["status"] == "idle"  # type: ignore[index]
+    assert "mcp__broken" not in json.dumps(model.requests[-1]["tools"])
+
+
+def test_servers_are_checked_and_changed_like_any_setting(http: httpx.Client) -> None:
+    bad = [[{"name": "no spaces", "command": ["x"]}], [{"name": "a", "command": []}],
+           [{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}]]
+    for servers in bad:
+        r = http.post("/v1/sessions", json={"name": "x", "mcp_servers": servers})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text
+    sid = http.post("/v1/sessions", json={"name": "x"}).json()["id"]
+    r = http.patch(f"/v1/sessions/{sid}", json={"mcp_servers": [DEMO]})
+    assert r.status_code == 200 and r.json()["mcp_servers"][0]["name"] == "demo"
+    r = http.patch(f"/v1/sessions/{sid}", json={"mcp_servers": []})
+    assert r.json()["mcp_servers"] == []
