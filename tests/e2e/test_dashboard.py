@@ -625,3 +625,21 @@ def test_a_full_screen_program_runs_in_the_terminal(page, server: LiveServer, ke
     expect(rows).to_contain_text("after-9")
     client.delete(f"/v1/sessions/{sid}")
     client.close()
+
+
+def test_the_form_adds_mcp_servers_and_says_what_is_wrong(page, server: LiveServer,
+                                                          key: str) -> None:
+    sign_in(page, server, key)
+    page.get_by_role("button", name="New session").click()
+    page.get_by_label("Name").fill("with-tools")
+    servers = page.get_by_label(re.compile("One per line, as server=command"))
+    servers.fill("no command here")
+    page.get_by_role("button", name="Create session").click()
+    expect(page.get_by_role("alert")).to_contain_text("write server=command")
+    servers.fill("docs=python3 'docs server.py' -v\nnotes=node notes.js")
+    page.get_by_role("button", name="Create session").click()
+    expect(page.locator(".session-head")).to_contain_text("with-tools")
+    sid = page.url.rsplit("/", 1)[-1]
+    got = api(server, key).get(f"/v1/sessions/{sid}").json()["mcp_servers"]
+    assert got == [{"name": "docs", "command": ["python3", "docs server.py", "-v"], "env": {}},
+                   {"name": "notes", "command": ["node", "notes.js"], "env": {}}]

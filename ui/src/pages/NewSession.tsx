@@ -41,6 +41,7 @@ export function NewSessionDialog(props: {
   const [diskMb, setDiskMb] = useState("");
   const [secrets, setSecrets] = useState<SecretRow[]>([]);
   const [network, setNetwork] = useState<NetworkDraft>({ allowText: "", ask: false, connectors: [] });
+  const [mcpText, setMcpText] = useState("");
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const [caps, setCaps] = useState<Capabilities | null>(null);
@@ -65,6 +66,11 @@ export function NewSessionDialog(props: {
       setError(`Secret name “${bad.name}”: uppercase letters, digits and _, starting with a letter.`);
       return;
     }
+    const servers = parseMcpServers(mcpText);
+    if (typeof servers === "string") {
+      setError(servers);
+      return;
+    }
     const body: Record<string, unknown> = {
       name: name.trim(),
       base,
@@ -84,6 +90,7 @@ export function NewSessionDialog(props: {
     };
     body.network = { allow: parseHosts(network.allowText), ask: network.ask };
     body.connectors = network.connectors;
+    if (servers.length) body.mcp_servers = servers;
     if (systemPrompt.trim()) body.system_prompt = systemPrompt;
     if (maxTurns) body.max_turns = Number(maxTurns);
     if (budget) body.max_budget_usd = Number(budget);
@@ -242,6 +249,21 @@ export function NewSessionDialog(props: {
         </fieldset>
 
         <fieldset>
+          <legend>Tools from MCP servers (optional)</legend>
+          <label>
+            One per line, as server=command: run in the sandbox; the agent gets their tools
+            as mcp__server__tool and asks before each use
+            <textarea
+              rows={2}
+              value={mcpText}
+              placeholder="docs=python3 docs_server.py"
+              spellCheck={false}
+              onChange={(e) => setMcpText(e.target.value)}
+            />
+          </label>
+        </fieldset>
+
+        <fieldset>
           <legend>Limits (optional)</legend>
           <div className="grid3">
             <label>
@@ -291,4 +313,25 @@ export function NewSessionDialog(props: {
       </form>
     </dialog>
   );
+}
+
+const SERVER_NAME = /^[A-Za-z0-9_-]{1,32}$/;
+
+// "docs=python3 'my server.py' -v" -> {name, command}; quotes group words, as a shell's do.
+// A string is what is wrong with the text.
+export function parseMcpServers(text: string): { name: string; command: string[] }[] | string {
+  const out: { name: string; command: string[] }[] = [];
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (!line) continue;
+    const eq = line.indexOf("=");
+    const name = eq > 0 ? line.slice(0, eq).trim() : "";
+    const words = [...line.slice(eq + 1).matchAll(/"([^"]*)"|'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2] ?? m[3]);
+    if (!SERVER_NAME.test(name) || !words.length) {
+      return `MCP server “${line}”: write server=command, the server in letters, digits, _ or -.`;
+    }
+    if (out.some((s) => s.name === name)) return `Two MCP servers are named “${name}”.`;
+    out.push({ name, command: words });
+  }
+  return out;
 }
