@@ -18,6 +18,7 @@ import pytest
 
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, make_data_dir, wait_for
+from tests.integration.mcp_support import DEMO, SERVER
 
 NAP = "import time; time.sleep(30); print(chr(119) + chr(111) + chr(107) + chr(101))"  # woke
 SLOW_TEXT = " ".join(f"word{i}" for i in range(120))  # streamed over ~15 s
@@ -45,6 +46,10 @@ def turn() -> dict[str, Any]:
         {"when": {"last_user_contains": "AGAIN"},
          "reply": tool("Write", file_path="/workspace/again.txt", content="again\n")},
         {"when": {"last_user_contains": "SECOND"}, "reply": text("second answer")},
+        {"when": {"last_user_contains": "MCPTOOL", "last_tool_result_contains": "HELLO"},
+         "reply": text("done shouting")},
+        {"when": {"last_user_contains": "MCPTOOL"},
+         "reply": tool("mcp__demo__shout", text="hello")},
         {"when": {"last_user_contains": "SPEND", "last_tool_result_contains": ""},
          "reply": text("should not be reached")},
         {"when": {"last_user_contains": "SPEND"},
@@ -494,3 +499,22 @@ def test_a_budget_holds_at_sophons_gateway_and_in_the_cli(http: httpx.Client) ->
     ps = http.post(f"/v1/sessions/{sid}/exec", json={
         "command": "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"}).text
     assert "--max-budget-usd 0.5" in ps, ps
+
+
+def test_the_cli_calls_a_sessions_mcp_tool_under_sophons_approval(http: httpx.Client) -> None:
+    """A session's MCP server reaches the CLI as --mcp-config (run by the CLI in the box);
+    its tool waits on Sophon's approval like any other, then runs."""
+    r = http.post("/v1/sessions", json={"name": "cc", "base": "python",
+                                        "runtime": "claude-code", "mcp_servers": [DEMO]})
+    sid = r.json()["id"]
+    for path, body in (("demo_server.py", SERVER), (".marker", "the box\n")):
+        assert http.put(f"/v1/sessions/{sid}/files/{path}", content=body.encode()
+                        ).status_code == 201
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "MCPTOOL: shout hello"})
+    request = answer(http, sid, "allow")
+    assert request["tool"] == "mcp__demo__shout" and request["input"] == {"text": "hello"}
+    evs = wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the turn to end")
+    results = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
+    assert "HELLO (from the box)" in results[-1]["content"], results
+    assert [e["text"] for e in evs  # type: ignore[union-attr]
+            if e["type"] == "assistant"][-1] == "done shouting"
