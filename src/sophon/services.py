@@ -91,7 +91,7 @@ class Services:
             await asyncio.to_thread(gateway.client)
         else:
             log.warning("no model provider key (ANTHROPIC_API_KEY): sessions work, but a "
-                        "message to the agent will fail until one is set")
+                        "message to the agent is refused until one is set")
         return cls(settings, engine, db, UserService(db), boxes, executions, sessions,
                    Workspace(sessions), gateway, AgentService(sessions, gateway, settings),
                    connectors=connectors, egress=egress,

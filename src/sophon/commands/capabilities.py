@@ -36,7 +36,8 @@ def capabilities(as_json: Annotated[bool, typer.Option(
     typer.echo("models: " + ", ".join(f"{m['name']} ({m['id']})" for m in caps["models"])
                + ", or any model id")
     limits = caps["limits"]
-    typer.echo(f"limits a session: {limits['memory_mb']} MiB memory, {limits['cpus']:g} CPUs, "
+    cpus = f"{limits['cpus']:g} CPU" + ("" if limits["cpus"] == 1 else "s")
+    typer.echo(f"limits a session: {limits['memory_mb']} MiB memory, {cpus}, "
                f"{limits['pids']} processes, {limits['disk_mb']} MiB disk (up to "
                f"{limits['disk_max_mb']} with disk_mb)")
     typer.echo("network: " + ("sessions may ask for hosts off their list"
