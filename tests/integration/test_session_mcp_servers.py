@@ -14,7 +14,7 @@ import pytest
 
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, make_data_dir, model_env, wait_for
-from tests.integration.mcp_support import DEMO, SERVER
+from tests.integration.mcp_support import DEMO, SERVER, HttpMcpServer
 
 
 def tool_use(name: str, tool_id: str, **input: Any) -> dict[str, Any]:
@@ -58,11 +58,13 @@ def events(http: httpx.Client, sid: str) -> list[dict[str, Any]]:
                          headers={"Accept": "application/json"}).json()["events"])
 
 
-def turn_over(http: httpx.Client, sid: str) -> list[dict[str, Any]] | None:
+def turn_over(http: httpx.Client, sid: str, nth: int = 1) -> list[dict[str, Any]] | None:
+    """The events once the nth message's turn has ended."""
     evs = events(http, sid)
     users = [i for i, e in enumerate(evs) if e["type"] == "user"]
-    return evs if users and any(e["type"] == "status" and e["status"] in ("idle", "error")
-                                for e in evs[users[-1]:]) else None
+    return evs if len(users) >= nth and any(
+        e["type"] == "status" and e["status"] in ("idle", "error")
+        for e in evs[users[nth - 1]:]) else None
 
 
 def test_the_agent_calls_a_sessions_mcp_tool_after_approval(http: httpx.Client,
@@ -136,3 +138,46 @@ def test_servers_are_checked_and_changed_like_any_setting(http: httpx.Client) ->
     assert r.status_code == 200 and r.json()["mcp_servers"][0]["name"] == "demo"
     r = http.patch(f"/v1/sessions/{sid}", json={"mcp_servers": []})
     assert r.json()["mcp_servers"] == []
+
+
+def test_a_url_server_is_reached_through_the_door(model: ModelServer) -> None:
+    """An MCP server at a URL: its host joins the session's list, the box reaches it
+    through its egress door (a bridge in the box speaks stdio to the agent), headers go
+    along, the server's session id is kept, and an SSE answer is read."""
+    web = HttpMcpServer()
+    data = make_data_dir()
+    srv = LiveServer(data, env={**model_env(model.url),
+                                "SOPHON_EGRESS_ALLOW_PRIVATE": f"127.0.0.2:{web.port}"})
+    try:
+        srv.start()
+        with httpx.Client(base_url=srv.url, timeout=60,
+                          headers={"Authorization": f"Bearer {srv.add_user()}"}) as http:
+            model.set_script({"turns": [tool_use("mcp__web__whoami", "t1"), "asked"]})
+            r = http.post("/v1/sessions", json={
+                "name": "web", "mcp_servers": [{"name": "web", "url": web.url,
+                                                "headers": {"X-Team": "blue"}}],
+                "approval": {"tools": {"mcp__web__whoami": "allow"}}})
+            assert r.status_code == 201, r.text
+            assert r.json()["network"]["allow"] == [f"127.0.0.2:{web.port}"]
+            sid = r.json()["id"]
+            http.post(f"/v1/sessions/{sid}/messages", json={"content": "who am I"})
+            evs = wait_for(lambda: turn_over(http, sid), 30, 0.05, "the turn to end")
+            [result] = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
+            assert (result["content"], result["is_error"]) == ("team=blue", False), evs
+            assert web.sessions_seen[0] is None
+            assert set(web.sessions_seen[1:]) == {"web-session-1"}
+            # Without the host on the list (an url server added, then the list cut back),
+            # the door refuses it: a tool-less turn that says why.
+            r = http.patch(f"/v1/sessions/{sid}", json={"network": {"allow": []}})
+            assert r.json()["network"]["allow"] == []
+            model.set_script({"turns": ["nothing to call"]})
+            r = http.post(f"/v1/sessions/{sid}/messages", json={"content": "again"})
+            assert r.status_code == 202, r.text
+            evs = wait_for(lambda: turn_over(http, sid, 2), 60, 0.05, "the turn to end")
+            errors = [e["message"] for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+            assert any("the MCP server web could not start" in m and "403" in m
+                       for m in errors), errors
+    finally:
+        srv.stop()
+        shutil.rmtree(data, ignore_errors=True)
+        web.close()

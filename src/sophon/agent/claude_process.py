@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from sophon.agent.mcp_servers import command_of, env_of
 from sophon.agent.policy import mode_for
 from sophon.box.box import Box, ExecInput, ExecOutcome
 from sophon.box.bwrap import WORKSPACE
@@ -100,8 +101,8 @@ def argv_for(session_id: str, model: str, system_prompt: str | None,
         argv += ["--max-budget-usd", f"{max_budget_usd:g}"]
     if mcp_servers:  # run by the CLI in the box, as the native runtime runs them
         argv += ["--mcp-config", json.dumps({"mcpServers": {
-            m["name"]: {"type": "stdio", "command": m["command"][0],
-                        "args": list(m["command"][1:]), "env": dict(m.get("env") or {})}
+            m["name"]: {"type": "stdio", "command": command_of(m)[0],
+                        "args": command_of(m)[1:], "env": env_of(m)}
             for m in mcp_servers}})]
     return argv
 

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sophon.box.box import Box, ExecInput, ExecOutcome
-from sophon.box.bwrap import WORKSPACE
+from sophon.box.bwrap import AGENT_DIR, WORKSPACE
 from sophon.errors import BoxError, BoxRequestError
 from sophon.events.types import SessionError
 
@@ -190,8 +190,8 @@ class SessionMcp:
         self = cls()
 
         async def one(spec: dict[str, Any]) -> None:
-            server = BoxMcpServer(box, spec["name"], list(spec["command"]),
-                                  {**env, **(spec.get("env") or {})})
+            server = BoxMcpServer(box, spec["name"], command_of(spec),
+                                  {**env, **env_of(spec)})
             try:
                 listed = await server.start()
             except McpServerFailed as exc:
@@ -228,6 +228,21 @@ class SessionMcp:
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._servers), return_exceptions=True)
+
+
+def command_of(spec: dict[str, Any]) -> list[str]:
+    """What runs in the box for a server: its command, or for a url the bridge that
+    speaks to it through the box's egress door (box/agent/mcp_http.py)."""
+    if spec.get("url"):
+        return ["python3", f"{AGENT_DIR}/mcp_http.py", spec["url"]]
+    return list(spec["command"])
+
+
+def env_of(spec: dict[str, Any]) -> dict[str, str]:
+    env = dict(spec.get("env") or {})
+    if spec.get("url") and spec.get("headers"):
+        env["SOPHON_MCP_HEADERS"] = json.dumps(spec["headers"])
+    return env
 
 
 def is_mcp_tool(tool: str) -> bool:

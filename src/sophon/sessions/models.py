@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -69,19 +70,44 @@ ConnectorName = Annotated[str, Field(min_length=1, max_length=63)]
 
 class McpServer(BaseModel):
     """An MCP server whose tools the session's agent gets, as ``mcp__<name>__<tool>``
-    (each gated by the approval policy: ask unless it says otherwise). It runs in the
-    session's sandbox, spoken to on its standard input and output."""
+    (each gated by the approval policy: ask unless it says otherwise): a ``command`` run
+    in the session's sandbox (spoken to on its standard input and output), or a ``url``
+    reached from the sandbox through its egress door (its host joins the session's
+    network list)."""
 
     model_config = REQUEST
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$",
                       description="Its tools are called mcp__<name>__<tool>")
-    command: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
-        min_length=1, max_length=64, description="The program and its arguments, run in "
-                                                 "/workspace")
+    command: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
+        None, min_length=1, max_length=64, description="The program and its arguments, "
+                                                       "run in /workspace")
+    url: str | None = Field(None, max_length=2000, pattern=r"^https?://[^\s/]+",
+                            description="An MCP server over streamable HTTP")
+    headers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")],
+                  Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=16, description="Sent to a url server")
     env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")],
               Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict,
                                                               max_length=32)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> McpServer:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(f"MCP server {self.name}: give a command or a url, one of them")
+        try:
+            self.host()
+        except ValueError as exc:  # a port that is not a number
+            raise ValueError(f"MCP server {self.name}: {exc}") from None
+        return self
+
+    def host(self) -> str | None:
+        """host:port of a url server (what its session's network list must allow)."""
+        if self.url is None:
+            return None
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"{parts.hostname}:{port}"
 
 
 def _unique_names(servers: list[McpServer] | None) -> list[McpServer] | None:

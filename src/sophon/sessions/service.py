@@ -179,6 +179,9 @@ class SessionService:
                              f"{self.settings.disk_max_mb} MiB a session "
                              "(SOPHON_BOX_DISK_MAX_MB)")
         source = await validate_starter(req.starter, self.settings)
+        if req.mcp_servers:  # a url server's host joins the list (within the ceiling)
+            req = req.model_copy(update={"network": NetworkSettings.model_validate(
+                _with_mcp_hosts(req.network.model_dump(), req.mcp_servers))})
         if self.check_network is not None:
             await self.check_network(principal.user_id, req.network, req.connectors)
         remote = remote_url(req.starter)
@@ -358,6 +361,11 @@ class SessionService:
         hook = (changes.get("approval") or {}).get("webhook")
         if hook and hook != (await self.get_row(principal, session_id)).approval.get("webhook"):
             await self.webhooks.check(hook, "approval.webhook")  # and before each call
+        if changes.get("mcp_servers"):  # a url server's host joins the list
+            network = changes.get("network") or \
+                (await self.get_row(principal, session_id)).network or {}
+            changes["network"] = _with_mcp_hosts(
+                network, [McpServer.model_validate(m) for m in changes["mcp_servers"]])
         if ("network" in changes or "connectors" in changes) and self.check_network:
             await self.check_network(
                 principal.user_id, NetworkSettings.model_validate(changes.get("network") or {}),
@@ -640,6 +648,15 @@ EXPORT_WINDOW = 4 * 1024 * 1024  # characters of base64: 3 MiB of the tarball
 
 async def _pieces(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+def _with_mcp_hosts(network: dict[str, Any], servers: list[McpServer]) -> dict[str, Any]:
+    allow = list(network.get("allow") or [])
+    for server in servers:
+        host = server.host()
+        if host is not None and host not in allow:
+            allow.append(host)
+    return {**network, "allow": allow}
 
 
 def _utc(dt: datetime) -> datetime:
