@@ -72,7 +72,7 @@ def test_the_agent_calls_a_sessions_mcp_tool_after_approval(http: httpx.Client,
     model.set_script({"turns": [tool_use("mcp__demo__shout", "t1", text="hello"), "shouted"]})
     sid = session(http, mcp_servers=[DEMO])
     assert http.get(f"/v1/sessions/{sid}").json()["mcp_servers"] == [
-        {**DEMO, "env": {}}]
+        {**DEMO, "env": {}, "url": None, "headers": {}}]
     assert http.post(f"/v1/sessions/{sid}/messages", json={"content": "shout"}
                      ).status_code == 202
     asked = wait_for(lambda: [e for e in events(http, sid) if e["type"] == "approval_request"],
@@ -129,7 +129,10 @@ def test_a_broken_server_is_said_and_the_turn_goes_on(http: httpx.Client,
 
 def test_servers_are_checked_and_changed_like_any_setting(http: httpx.Client) -> None:
     bad = [[{"name": "no spaces", "command": ["x"]}], [{"name": "a", "command": []}],
-           [{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}]]
+           [{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}],
+           [{"name": "a"}], [{"name": "a", "command": ["x"], "url": "https://a.example"}],
+           [{"name": "a", "url": "ftp://a.example"}],
+           [{"name": "a", "url": "https://a.example:port/mcp"}]]
     for servers in bad:
         r = http.post("/v1/sessions", json={"name": "x", "mcp_servers": servers})
         assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text

@@ -84,9 +84,12 @@ class McpServer(BaseModel):
                                                        "run in /workspace")
     url: str | None = Field(None, max_length=2000, pattern=r"^https?://[^\s/]+",
                             description="An MCP server over streamable HTTP")
+    # Not secret: shown back, and the sandbox holds them. A credential for the host
+    # belongs in an http connector, which the door puts in and no box ever holds.
     headers: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")],
                   Annotated[str, Field(max_length=4096)]] = Field(
-        default_factory=dict, max_length=16, description="Sent to a url server")
+        default_factory=dict, max_length=16,
+        description="Sent to a url server; not secret (use an http connector for a token)")
     env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")],
               Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict,
                                                               max_length=32)
