@@ -270,7 +270,8 @@ def build(tools: SessionTools) -> MCPServer:
         return {"interrupted": await services.agent.interrupt(who, session_id)}
 
     @tool("Where to download the session as a .tar.gz (project with git history, events, "
-          "settings), with the same API key; claude_code_import-ready for later.")
+          "settings) with the same API key; POSTed to /v1/sessions/import, it becomes a "
+          "session again.")
     async def claude_code_export(ctx: Context, session_id: SessionId) -> dict[str, str]:
         services, who = tools._services(), await tools.principal(ctx)
         await services.sessions.get_row(who, session_id)
