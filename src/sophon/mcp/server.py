@@ -102,10 +102,6 @@ class SessionTools:
         return [{"approval_id": r.id, "tool": r.tool, "input": r.input, "reason": r.reason}
                 for r in rows]
 
-    async def _mine(self, who: Principal, session_id: str) -> bool:
-        await self._services().sessions.get_row(who, session_id)  # NotFound for a stranger
-        return True
-
     def _services(self) -> Services:
         if self.services is None:
             raise ToolError("the server is starting; try again in a moment")
