@@ -23,6 +23,7 @@ from sophon.api.openapi import (
 from sophon.errors import BadRequest
 from sophon.events.log import Stored
 from sophon.events.types import to_wire
+from sophon.sessions.imports import import_archive
 from sophon.sessions.models import (
     CreateSession,
     Decision,
@@ -72,7 +73,7 @@ async def import_session(request: Request, services: ServicesDep, principal: Pri
                          ) -> SessionView:
     """A new session from an export: its settings, project (git history included) and
     events; the conversation goes on from there. Streamed to a sandbox, never held."""
-    view = await services.sessions.import_archive(principal, request.stream(), name)
+    view = await import_archive(services.sessions, principal, request.stream(), name)
     await services.agent.imported(principal, view.id)
     return view
 

@@ -15,15 +15,19 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from sophon.box.box import Box, ExecEvent, ExecOutcome
-from sophon.box.bwrap import WORKSPACE
+from sophon.box.bwrap import BASE_ENV, WORKSPACE
 from sophon.errors import BadRequest, BoxRequestError
 from sophon.events.types import SessionStart, Status, from_wire
-from sophon.sessions.models import CreateSession
+from sophon.sessions.models import CreateSession, NetworkSettings, SessionView
+from sophon.users import Principal
+
+if TYPE_CHECKING:
+    from sophon.sessions.service import SessionService
 
 ARCHIVE = "import.tar.gz"
 UNPACKED = "unpacked"
@@ -55,6 +59,40 @@ _COPY = ("cp -a /mnt/source/. . && "
          "if [ ! -d .git ]; then git init -q -b main && git add -A && "
          "git -c user.name=Sophon -c user.email=sophon@localhost commit -q --allow-empty "
          "-m 'Imported'; fi")
+
+
+async def import_archive(sessions: SessionService, principal: Principal,
+                         archive: AsyncIterable[bytes], name: str | None = None) -> SessionView:
+    """A new session from an export archive: its settings, project and event log,
+    unpacked in a staging box. Connectors the archive names that this user has not are
+    left out, and said so."""
+
+    async def has_connector(connector: str) -> bool:
+        if sessions.check_network is None:
+            return True
+        try:
+            await sessions.check_network(principal.user_id, NetworkSettings(), [connector])
+        except BadRequest:
+            return False
+        return True
+
+    env = {**BASE_ENV, "TERM": "dumb"}  # the staging box has no network, no secret
+    async with sessions.boxes.staging({}) as (staging, staged):
+        await unpack(staging, archive, env)
+        req, dropped, old = await settings_of(staging, name, sessions.settings.disk_max_mb,
+                                              has_connector)
+        staged.chmod(0o755)  # the session's box, another uid, copies from it
+        view = await sessions.create(principal, req, imported=project_dir(staged))
+        try:
+            count = 0
+            async for event in events_of(staging):
+                await sessions.events.append(view.id, event)
+                count += 1
+            await sessions.events.append(view.id, imported_note(old, dropped, count))
+        except BaseException:
+            await sessions.purge(principal, view.id)
+            raise
+    return await sessions.get(principal, view.id)
 
 
 async def unpack(staging: Box, archive: AsyncIterable[bytes], env: dict[str, str]) -> None:

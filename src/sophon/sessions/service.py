@@ -13,7 +13,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -248,38 +248,9 @@ class SessionService:
             raise
         return await self.view(row)
 
-    async def import_archive(self, principal: Principal, archive: AsyncIterable[bytes],
-                             name: str | None = None) -> SessionView:
-        """A new session from an export archive: its settings, project and event log,
-        unpacked in a staging box (sessions/imports.py). Connectors the archive names
-        that this user has not are left out, and said so."""
-
-        async def has_connector(connector: str) -> bool:
-            if self.check_network is None:
-                return True
-            try:
-                await self.check_network(principal.user_id, NetworkSettings(), [connector])
-            except BadRequest:
-                return False
-            return True
-
-        env = {**BASE_ENV, "TERM": "dumb"}  # the staging box has no network, no secret
-        async with self.boxes.staging({}) as (staging, staged):
-            await imports.unpack(staging, archive, env)
-            req, dropped, old = await imports.settings_of(
-                staging, name, self.settings.disk_max_mb, has_connector)
-            staged.chmod(0o755)  # the session's box, another uid, copies from it
-            view = await self.create(principal, req, imported=imports.project_dir(staged))
-            try:
-                count = 0
-                async for event in imports.events_of(staging):
-                    await self.events.append(view.id, event)
-                    count += 1
-                await self.events.append(view.id, imports.imported_note(old, dropped, count))
-            except BaseException:
-                await self._purge(await self.get_row(principal, view.id))
-                raise
-        return await self.view(await self.get_row(principal, view.id))
+    async def purge(self, principal: Principal, session_id: str) -> None:
+        """Remove a session that could not be finished (an import that failed)."""
+        await self._purge(await self.get_row(principal, session_id))
 
     async def _purge(self, row: SessionRow) -> None:
         self._change_limits.pop(row.id, None)
