@@ -156,9 +156,12 @@ def _describe(exc: RequestValidationError) -> str:
 
 
 def _methods(routers: tuple[APIRouter, ...], path: str) -> set[str]:
-    return {method for router in routers for route in router.routes
-            if isinstance(route, APIRoute) and route.path_regex.match(path)
-            for method in route.methods}
+    """The methods of the path's routes; a path that is a route of its own
+    (/v1/sessions/import) is not also a value of another's parameter ({session_id})."""
+    matches = [route for router in routers for route in router.routes
+               if isinstance(route, APIRoute) and route.path_regex.match(path)]
+    exact = [route for route in matches if route.path == path]
+    return {method for route in exact or matches for method in route.methods}
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -65,8 +65,8 @@ async def create_session(body: CreateSession, services: ServicesDep,
     (400, "Not an export archive, or its settings do not hold here (`invalid_request`): "
           "the message says what."), 429, 503),
     openapi_extra={"requestBody": {"description": "An archive from GET "
-                                   "/v1/sessions/{id}/export, as is",
-                                   "content": {"application/gzip": {
+                                   "/v1/sessions/{id}/export (a .tar.gz), as is",
+                                   "content": {"application/octet-stream": {
                                        "schema": {"type": "string", "format": "binary"}}}}})
 async def import_session(request: Request, services: ServicesDep, principal: PrincipalDep,
                          name: str | None = Query(None, min_length=1, max_length=200)
