@@ -20,6 +20,11 @@ from sophon.errors import SophonError
 from sophon.services import Services
 
 
+class _Starting(SophonError):
+    status = 503
+    code = "starting"
+
+
 class McpEndpoint:
     """A missing or wrong key is the API's 401 before any MCP message is read; the rest
     is the MCP SDK's streamable HTTP."""
@@ -36,7 +41,7 @@ class McpEndpoint:
         scheme, _, key = header.partition(" ")
         try:
             if self.services is None:
-                raise SophonError("the server is starting; try again in a moment")
+                raise _Starting("the server is starting; try again in a moment")
             await self.services.users.authenticate(
                 key.strip() if scheme.lower() == "bearer" else None)
             manager = await self._ensure(self.services)
