@@ -58,7 +58,7 @@ run: system-deps box-tools $(STAMP) ui
 
 test: system-deps box-tools $(STAMP) ui $(WHEELHOUSE)/.done
 	$(BIN)/ruff check src tests bench
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 bench: system-deps $(STAMP)
 	$(BIN)/python bench/run.py
