@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from sophon.testing import ModelServer
-from tests.conftest import LiveServer, make_data_dir, model_env
+from tests.conftest import LiveServer, make_data_dir, model_env, wait_for
 
 mcp_client = pytest.importorskip("mcp.client.streamable_http")
 from mcp import ClientSession  # noqa: E402
@@ -290,3 +290,88 @@ def test_claude_code_delegates_a_task_to_a_sophon_session(server: LiveServer,
         assert got["content"] == "# delegated\n"
         # The caller's own model calls were metered on its session, through the gateway.
         assert http.get(f"/v1/sessions/{caller}/usage").json()["calls"]
+
+
+def rpc(server: LiveServer, key: str, method: str, params: dict[str, Any] | None = None,
+        ) -> dict[str, Any]:
+    """One JSON-RPC request to the stateless /mcp, as a client of MCP Tasks sends it."""
+    r = httpx.post(server.url + "/mcp", timeout=120, json={
+        "jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}, headers={
+        "Authorization": f"Bearer {key}", "MCP-Protocol-Version": "2025-11-25",
+        "Accept": "application/json, text/event-stream"})
+    assert r.status_code == 200, r.text
+    data = next(line[5:] for line in r.text.splitlines() if line.startswith("data:"))
+    return dict(json.loads(data))
+
+
+def test_a_send_as_an_mcp_task_is_polled_approved_and_fetched(server: LiveServer,
+                                                              model: ModelServer) -> None:
+    """MCP Tasks (2025-11-25): the capability is offered; a task-augmented send answers
+    at once with a working task; tasks/get says input_required while an approval
+    waits, then completed; tasks/result is the outcome; a stranger's poll is refused."""
+    model.set_script({"turns": [
+        {"content": [{"type": "tool_use", "name": "Bash",
+                      "input": {"command": "echo tasked-$((6*7))"}}]},
+        "TASK-DONE"]})
+    key, stranger = server.add_user(), server.add_user()
+    init = rpc(server, key, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                           "clientInfo": {"name": "t", "version": "1"}})
+    assert init["result"]["capabilities"]["tasks"]["requests"] == {"tools": {"call": {}}}
+
+    async def start() -> str:
+        async with connect(server, key) as s:
+            return str((await call(s, "claude_code_start", name="tasked"))["session_id"])
+
+    sid = run(start())
+    made = rpc(server, key, "tools/call", {"name": "claude_code_send", "task": {"ttl": 60000},
+                                           "arguments": {"session_id": sid,
+                                                         "message": "run it"}})
+    assert "result" in made, made
+    task = made["result"]["task"]
+    assert task["status"] == "working" and task["taskId"].startswith(sid + ".")
+
+    def state() -> str:
+        return str(rpc(server, key, "tasks/get", {"taskId": task["taskId"]})
+                   ["result"]["status"])
+
+    wait_for(lambda: state() == "input_required", 30, 0.1, "the task to wait on approval")
+
+    async def approve() -> None:
+        async with connect(server, key) as s:
+            [pending] = (await call(s, "claude_code_status", session_id=sid))[
+                "pending_approvals"]
+            await call(s, "claude_code_approve", session_id=sid,
+                       approval_id=pending["approval_id"])
+
+    run(approve())
+    result = rpc(server, key, "tasks/result", {"taskId": task["taskId"]})["result"]
+    assert result["structuredContent"]["status"] == "done", result
+    assert result["structuredContent"]["text"] == "TASK-DONE"
+    assert state() == "completed"
+    refused = rpc(server, stranger, "tasks/get", {"taskId": task["taskId"]})
+    assert "not_found" in refused["error"]["message"], refused
+
+
+def test_a_task_can_be_cancelled(server: LiveServer, model: ModelServer) -> None:
+    model.set_script({"turns": [
+        {"content": [{"type": "tool_use", "name": "Bash", "input": {"command": "sleep 60"}}]},
+        "never"]})
+    key = server.add_user()
+
+    async def start() -> str:
+        async with connect(server, key) as s:
+            return str((await call(s, "claude_code_start", name="long", shell="allow"))[
+                "session_id"])
+
+    sid = run(start())
+    task = rpc(server, key, "tools/call", {"name": "claude_code_send", "task": {},
+                                           "arguments": {"session_id": sid,
+                                                         "message": "sleep"}})["result"]["task"]
+    wait_for(lambda: '"sleep 60"' in httpx.get(
+        f"{server.url}/v1/sessions/{sid}/events", headers={
+            "Authorization": f"Bearer {key}", "Accept": "application/json"}).text,
+        30, 0.1, "the command to start")
+    cancelled = rpc(server, key, "tasks/cancel", {"taskId": task["taskId"]})["result"]
+    assert cancelled["status"] == "cancelled", cancelled
+    assert rpc(server, key, "tasks/get", {"taskId": task["taskId"]})["result"]["status"] \
+        == "cancelled"

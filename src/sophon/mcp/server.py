@@ -23,6 +23,7 @@ from pydantic import Field
 
 from sophon.errors import SophonError
 from sophon.events.types import ExecEnd, ExecOutput
+from sophon.mcp import tasks
 from sophon.mcp.turns import TurnOutcome, ended, summarize, wait_for_turn
 from sophon.services import Services
 from sophon.sessions.models import ApprovalPolicy, CreateSession, SessionView
@@ -50,43 +51,61 @@ class SessionTools:
         self.services: Services | None = None
 
     async def principal(self, ctx: Context) -> Principal:
-        assert self.services is not None
-        header = (ctx.headers or {}).get("authorization", "")
+        return await self.principal_of(ctx.request_context.request)
+
+    async def principal_of(self, request: Any) -> Principal:
+        """The key's user: every MCP request carries the API key it came with."""
+        header = request.headers.get("authorization", "") if request is not None else ""
         scheme, _, key = header.partition(" ")
-        return await self.services.users.authenticate(
+        return await self._services().users.authenticate(
             key.strip() if scheme.lower() == "bearer" else None)
 
     # --- turns ----------------------------------------------------------------------
 
-    async def send(self, ctx: Context, session_id: str, message: str,
-                   wait_seconds: float) -> TurnOutcome:
-        services, who = self._services(), await self.principal(ctx)
-        await services.sessions.get_row(who, session_id)  # not found for a stranger
+    async def start_turn(self, who: Principal, session_id: str, message: str) -> int:
+        """Send the message; the log's last seq before it (where the turn's events
+        begin)."""
+        services = self._services()
+        await self.owned(who, session_id)
         before = await services.sessions.events.last_seq(session_id)
         await services.agent.send(who, session_id, message)
+        return before
+
+    async def send(self, ctx: Context, session_id: str, message: str,
+                   wait_seconds: float) -> TurnOutcome:
+        who = await self.principal(ctx)
+        before = await self.start_turn(who, session_id, message)
         return await self.outcome(ctx, who, session_id, before, wait_seconds)
 
-    async def outcome(self, ctx: Context, who: Principal, session_id: str, after: int,
-                      wait_seconds: float) -> TurnOutcome:
+    async def outcome(self, ctx: Context | None, who: Principal, session_id: str, after: int,
+                      wait_seconds: float, stop_at_approval: bool = True) -> TurnOutcome:
         """The outcome of the turn whose message came after seq ``after``, waiting for
-        it to end at most ``wait_seconds``."""
+        it to end at most ``wait_seconds`` (and, with ``stop_at_approval``, no longer
+        than until it waits for an approval)."""
         services = self._services()
         events = await self._events_after(who, session_id, after)
         pending = await self._pending(who, session_id)
-        if not ended(events) and not pending:
+        if not ended(events) and not (pending and stop_at_approval):
             last = events[-1].seq if events else after
 
             async def progress(n: int, what: str) -> None:
                 # A client that asked for no progress (or went away) is no failure.
                 with contextlib.suppress(Exception):
-                    await ctx.report_progress(n, None, what)
+                    if ctx is not None:
+                        await ctx.report_progress(n, None, what)
 
             events += await wait_for_turn(
                 lambda start: services.sessions.events.follow(session_id, start, batch=True),
                 last, wait_seconds, started=any(e.type == "user" for e in events),
-                progress=progress)
+                progress=progress, stop_at_approval=stop_at_approval)
             pending = await self._pending(who, session_id)
         return summarize(session_id, after, events, pending)
+
+    async def owned(self, who: Principal, session_id: str) -> None:
+        await self._services().sessions.get_row(who, session_id)  # NotFound for a stranger
+
+    async def interrupt(self, who: Principal, session_id: str) -> bool:
+        return await self._services().agent.interrupt(who, session_id)
 
     async def _events_after(self, who: Principal, session_id: str, after: int) -> list[Any]:
         services, out = self._services(), []
@@ -111,7 +130,8 @@ class SessionTools:
 def build(tools: SessionTools) -> MCPServer:
     """The MCP server and its tools (names with underscores: Anthropic's API allows no
     dots in tool names)."""
-    server: MCPServer = MCPServer("sophon", instructions=INSTRUCTIONS, version="0.1.0")
+    server: MCPServer = MCPServer("sophon", instructions=INSTRUCTIONS, version="0.1.0",
+                                  middleware=[tasks.middleware(tools)])
 
     def tool(description: str) -> Callable[[Callable[..., Awaitable[Any]]],
                                            Callable[..., Awaitable[Any]]]:
@@ -281,6 +301,7 @@ def build(tools: SessionTools) -> MCPServer:
         await services.sessions.delete(who, session_id)
         return {"deleted": session_id}
 
+    tasks.install(server, tools)
     return server
 
 

@@ -112,7 +112,7 @@ def ended(events: list[Stored]) -> bool:
 async def wait_for_turn(follow: Callable[[int], Any], after: int, wait_seconds: float, *,
                         started: bool,
                         progress: Callable[[int, str], Awaitable[None]] | None = None,
-                        ) -> list[Stored]:
+                        stop_at_approval: bool = True) -> list[Stored]:
     """The events after ``after`` up to the status that ends the turn (once its message
     is seen, or ``started``) or asks for an approval, or as many as came within
     ``wait_seconds``. ``progress`` is told of each tool call as it starts."""
@@ -133,8 +133,9 @@ async def wait_for_turn(follow: Callable[[int], Any], after: int, wait_seconds: 
                 started = started or stored.type == "user"
                 if stored.type == "tool_use" and progress is not None:
                     await progress(len(got), f"tool: {stored.event().tool}")
-                if started and stored.type == "status" and stored.event().status in (
-                        "idle", "error", "waiting_approval"):
+                ends = ("idle", "error", "waiting_approval") if stop_at_approval else \
+                    ("idle", "error")
+                if started and stored.type == "status" and stored.event().status in ends:
                     return got  # ended, or the caller answers and waits again
     finally:
         await stream.aclose()
