@@ -83,8 +83,18 @@ def test_an_agent_delegates_a_task_and_reads_the_outcome(server: LiveServer,
             sid = started["session_id"]
             assert sid.startswith("ses_") and started["session"]["status"] == "idle"
 
-            sent = await call(s, "claude_code_send", session_id=sid, message="write notes.md")
+            told: list[str] = []
+
+            async def progress(done: float, total: float | None, message: str | None) -> None:
+                told.append(str(message))
+
+            res = await s.call_tool("claude_code_send", {"session_id": sid,
+                                                         "message": "write notes.md"},
+                                    progress_callback=progress)
+            assert not res.is_error, res
+            sent = dict(res.structured_content or {})
             assert sent["status"] == "done", sent
+            assert told == ["tool: Write"]  # a progress notification per tool call
             assert sent["text"] == "MCP-DONE wrote notes.md"
             assert sent["files_changed"] == [{"path": "notes.md", "change": "created",
                                               "added": 2, "removed": 0}]
@@ -230,6 +240,11 @@ def test_a_send_cut_off_by_a_restart_is_told_after_it(model: ModelServer) -> Non
         outcome = run(after())
         assert outcome["status"] == "failed", outcome
         assert outcome["error"].startswith("interrupted: the server stopped during a turn")
+        # The same turn as an MCP task: its result after the restart says the same.
+        task = f"{sid}.{seq}"
+        assert rpc(srv, key, "tasks/get", {"taskId": task})["result"]["status"] == "failed"
+        result = rpc(srv, key, "tasks/result", {"taskId": task})["result"]
+        assert result["isError"] and result["structuredContent"]["status"] == "failed"
     finally:
         srv.stop()
         shutil.rmtree(data, ignore_errors=True)
