@@ -196,6 +196,11 @@ class Settings(BaseSettings):
     # attaches to it again), then its shell is ended.
     terminal_keep_seconds: float = Field(600.0, ge=0)
     claude_code_stall_seconds: float = Field(900.0, gt=0)
+    # A session's MCP server (agent/mcp_servers.py) that has not answered its handshake
+    # and tool list in this long is left out of the turn; a tool call that has not
+    # answered in mcp_call_seconds is a tool error.
+    mcp_start_seconds: float = Field(20.0, gt=0)
+    mcp_call_seconds: float = Field(300.0, gt=0)
     egress_github_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["github.com", "api.github.com"])
 

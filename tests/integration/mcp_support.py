@@ -26,6 +26,8 @@ for line in sys.stdin:
         result = {"tools": TOOLS}
     elif method == "tools/call" and msg["params"]["name"] == "crash":
         sys.exit(7)
+    elif method == "tools/call" and msg["params"]["arguments"].get("text") == "hang":
+        continue  # never answered
     elif method == "tools/call":
         text = msg["params"]["arguments"]["text"]
         result = {"content": [{"type": "text", "text": text.upper() + " (from " +

@@ -184,3 +184,35 @@ def test_a_url_server_is_reached_through_the_door(model: ModelServer) -> None:
         srv.stop()
         shutil.rmtree(data, ignore_errors=True)
         web.close()
+
+
+def test_a_server_that_does_not_answer_is_timed_out(model: ModelServer) -> None:
+    """A server that never answers its handshake is left out after
+    SOPHON_MCP_START_SECONDS; a call that never returns is a tool error after
+    SOPHON_MCP_CALL_SECONDS; the turn ends as the model ends it."""
+    silent = {"name": "silent", "command": ["python3", "-c", "import time; time.sleep(600)"]}
+    data = make_data_dir()
+    srv = LiveServer(data, env={**model_env(model.url), "SOPHON_MCP_START_SECONDS": "1",
+                                "SOPHON_MCP_CALL_SECONDS": "1"})
+    try:
+        srv.start()
+        with httpx.Client(base_url=srv.url, timeout=60,
+                          headers={"Authorization": f"Bearer {srv.add_user()}"}) as http:
+            # demo's shout of "hang" never answers (see mcp_support.SERVER).
+            model.set_script({"turns": [tool_use("mcp__demo__shout", "t1", text="hang"),
+                                        "gave up"]})
+            sid = session(http, mcp_servers=[DEMO, silent],
+                          approval={"tools": {"mcp__demo__shout": "allow"}})
+            http.post(f"/v1/sessions/{sid}/messages", json={"content": "try"})
+            evs = wait_for(lambda: turn_over(http, sid), 30, 0.05, "the turn to end")
+            errors = [e["message"] for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+            assert any(m.startswith("the MCP server silent could not start") and
+                       "did not answer initialize within 1 s" in m for m in errors), errors
+            assert any(m.startswith("the MCP server demo failed on shout: it did not answer "
+                                    "tools/call within 1 s") for m in errors), errors
+            [result] = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
+            assert result["is_error"]
+            assert [e["text"] for e in evs if e["type"] == "assistant"] == ["gave up"]  # type: ignore[union-attr]
+    finally:
+        srv.stop()
+        shutil.rmtree(data, ignore_errors=True)

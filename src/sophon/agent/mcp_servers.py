@@ -25,8 +25,6 @@ from sophon.errors import BoxError, BoxRequestError
 from sophon.events.types import SessionError
 
 PROTOCOL_VERSION = "2025-06-18"
-START_SECONDS = 20.0
-CALL_SECONDS = 300.0
 MAX_LINE = 4 * 1024 * 1024
 MAX_TOOLS = 100
 STDERR_KEPT = 2000
@@ -41,8 +39,10 @@ class McpServerFailed(Exception):
 class BoxMcpServer:
     """One server's process in the box and the JSON-RPC exchanges with it."""
 
-    def __init__(self, box: Box, name: str, command: list[str], env: dict[str, str]) -> None:
+    def __init__(self, box: Box, name: str, command: list[str], env: dict[str, str],
+                 start_seconds: float = 20.0, call_seconds: float = 300.0) -> None:
         self.box, self.name, self.command, self.env = box, name, command, env
+        self.start_seconds, self.call_seconds = start_seconds, call_seconds
         self.feed = ExecInput()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -55,13 +55,13 @@ class BoxMcpServer:
         self._reader = asyncio.create_task(self._read(), name=f"mcp-{self.name}")
         await self._request("initialize", {
             "protocolVersion": PROTOCOL_VERSION, "capabilities": {},
-            "clientInfo": {"name": "sophon", "version": "0.1.0"}}, START_SECONDS)
+            "clientInfo": {"name": "sophon", "version": "0.1.0"}}, self.start_seconds)
         await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         tools: list[dict[str, Any]] = []
         cursor = None
         for _ in range(20):  # pages
             got = await self._request("tools/list", {"cursor": cursor} if cursor else {},
-                                      START_SECONDS)
+                                      self.start_seconds)
             tools += [t for t in got.get("tools") or [] if isinstance(t, dict)
                       and isinstance(t.get("name"), str)]
             cursor = got.get("nextCursor")
@@ -72,7 +72,7 @@ class BoxMcpServer:
     async def call(self, tool: str, arguments: dict[str, Any]) -> tuple[str, bool]:
         """(the result as text, is_error). Raises McpServerFailed if the server failed."""
         got = await self._request("tools/call", {"name": tool, "arguments": arguments},
-                                  CALL_SECONDS)
+                                  self.call_seconds)
         parts = []
         for block in got.get("content") or []:
             if not isinstance(block, dict):
@@ -116,6 +116,10 @@ class BoxMcpServer:
         try:
             await self.feed.write(json.dumps(message) + "\n")
         except (BoxError, BoxRequestError) as exc:
+            # It has most likely exited: say how (its code and stderr), once known.
+            if self._reader is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(self._reader), 2)
             raise McpServerFailed(self._ended or f"it stopped reading ({exc})") from None
 
     async def _read(self) -> None:
@@ -184,14 +188,15 @@ class SessionMcp:
 
     @classmethod
     async def open(cls, box: Box, servers: list[dict[str, Any]], env: dict[str, str],
-                   emit: Callable[[Any], Awaitable[Any]]) -> SessionMcp:
+                   emit: Callable[[Any], Awaitable[Any]], start_seconds: float = 20.0,
+                   call_seconds: float = 300.0) -> SessionMcp:
         """Start every server (at once); one that fails is said in a session_error and
         left out."""
         self = cls()
 
         async def one(spec: dict[str, Any]) -> None:
             server = BoxMcpServer(box, spec["name"], command_of(spec),
-                                  {**env, **env_of(spec)})
+                                  {**env, **env_of(spec)}, start_seconds, call_seconds)
             try:
                 listed = await server.start()
             except McpServerFailed as exc:

@@ -100,7 +100,9 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
                               tasks=history.tasks_of(events),
                               output_cap=settings.limits.output_cap_bytes)
             if row.mcp_servers:  # the session's own tools, for this turn
-                ctx.mcp = await SessionMcp.open(box, row.mcp_servers, env, ctx.emit)
+                ctx.mcp = await SessionMcp.open(box, row.mcp_servers, env, ctx.emit,
+                                                settings.mcp_start_seconds,
+                                                settings.mcp_call_seconds)
                 stack.push_async_callback(ctx.mcp.close)
             for n in itertools.count(1):
                 row = await turn.fresh_row(sessions)
