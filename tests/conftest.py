@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sophon.testing import ModelServer
+
 SERVER_START_DEADLINE = 30.0
 
 
@@ -151,6 +153,26 @@ def server() -> Iterator[LiveServer]:
     yield srv
     srv.stop()
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ModelServer]:
+    """One scripted model per test module (each test sets its script)."""
+    with ModelServer() as ms:
+        yield ms
+
+
+@contextlib.contextmanager
+def serve_with_model(model: ModelServer, **env: str) -> Iterator[LiveServer]:
+    """A server whose agent calls ``model`` (and ``env``), on a fresh data directory,
+    removed after."""
+    path = make_data_dir()
+    srv = LiveServer(path, env={**model_env(model.url), **env}).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

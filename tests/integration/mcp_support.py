@@ -91,6 +91,9 @@ class HttpMcpServer:
         self.url = f"http://127.0.0.2:{self.port}/mcp"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def close(self) -> None:
+    def __enter__(self) -> HttpMcpServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from sophon.testing import ModelServer
-from tests.conftest import LiveServer, make_data_dir, model_env, wait_for
+from tests.conftest import LiveServer, serve_with_model, wait_for
 
 mcp_client = pytest.importorskip("mcp.client.streamable_http")
 from mcp import ClientSession  # noqa: E402
@@ -32,18 +31,9 @@ WRITE_THEN_DONE = {"turns": [
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[ModelServer]:
-    with ModelServer() as ms:
-        yield ms
-
-
-@pytest.fixture(scope="module")
 def server(model: ModelServer) -> Iterator[LiveServer]:
-    data = make_data_dir()
-    srv = LiveServer(data, env=model_env(model.url)).start()
-    yield srv
-    srv.stop()
-    shutil.rmtree(data, ignore_errors=True)
+    with serve_with_model(model) as srv:
+        yield srv
 
 
 @asynccontextmanager
@@ -214,9 +204,7 @@ def test_a_send_cut_off_by_a_restart_is_told_after_it(model: ModelServer) -> Non
     model.set_script({"turns": [
         {"content": [{"type": "tool_use", "name": "Bash", "input": {"command": "sleep 60"}}]},
         "never"]})
-    data = make_data_dir()
-    srv = LiveServer(data, env=model_env(model.url)).start()
-    try:
+    with serve_with_model(model) as srv:
         key = srv.add_user()
 
         async def before() -> tuple[str, int]:
@@ -245,9 +233,6 @@ def test_a_send_cut_off_by_a_restart_is_told_after_it(model: ModelServer) -> Non
         assert rpc(srv, key, "tasks/get", {"taskId": task})["result"]["status"] == "failed"
         result = rpc(srv, key, "tasks/result", {"taskId": task})["result"]
         assert result["isError"] and result["structuredContent"]["status"] == "failed"
-    finally:
-        srv.stop()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 CLAUDE = Path("/usr/local/lib/sophon-claude/bin/claude")  # scripts/box-tools installs it

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import shutil
 import tarfile
 from collections.abc import Iterator
 from typing import Any
@@ -16,22 +15,13 @@ import httpx
 import pytest
 
 from sophon.testing import ModelServer
-from tests.conftest import LiveServer, make_data_dir, model_env, wait_for
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[ModelServer]:
-    with ModelServer() as ms:
-        yield ms
+from tests.conftest import LiveServer, serve_with_model, wait_for
 
 
 @pytest.fixture(scope="module")
 def server(model: ModelServer) -> Iterator[LiveServer]:
-    data = make_data_dir()
-    srv = LiveServer(data, env=model_env(model.url)).start()
-    yield srv
-    srv.stop()
-    shutil.rmtree(data, ignore_errors=True)
+    with serve_with_model(model) as srv:
+        yield srv
 
 
 def user(server: LiveServer) -> httpx.Client:

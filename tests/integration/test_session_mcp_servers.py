@@ -5,7 +5,6 @@ said and left out, never a failed turn."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from sophon.testing import ModelServer
-from tests.conftest import LiveServer, make_data_dir, model_env, wait_for
+from tests.conftest import LiveServer, serve_with_model, wait_for
 from tests.integration.mcp_support import DEMO, SERVER, HttpMcpServer
 
 
@@ -22,24 +21,19 @@ def tool_use(name: str, tool_id: str, **input: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[ModelServer]:
-    with ModelServer() as ms:
-        yield ms
-
-
-@pytest.fixture(scope="module")
 def server(model: ModelServer) -> Iterator[LiveServer]:
-    data = make_data_dir()
-    srv = LiveServer(data, env=model_env(model.url)).start()
-    yield srv
-    srv.stop()
-    shutil.rmtree(data, ignore_errors=True)
+    with serve_with_model(model) as srv:
+        yield srv
+
+
+def user_of(srv: LiveServer) -> httpx.Client:
+    return httpx.Client(base_url=srv.url, timeout=60,
+                        headers={"Authorization": f"Bearer {srv.add_user()}"})
 
 
 @pytest.fixture
 def http(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60,
-                      headers={"Authorization": f"Bearer {server.add_user()}"}) as c:
+    with user_of(server) as c:
         yield c
 
 
@@ -147,43 +141,34 @@ def test_a_url_server_is_reached_through_the_door(model: ModelServer) -> None:
     """An MCP server at a URL: its host joins the session's list, the box reaches it
     through its egress door (a bridge in the box speaks stdio to the agent), headers go
     along, the server's session id is kept, and an SSE answer is read."""
-    web = HttpMcpServer()
-    data = make_data_dir()
-    srv = LiveServer(data, env={**model_env(model.url),
-                                "SOPHON_EGRESS_ALLOW_PRIVATE": f"127.0.0.2:{web.port}"})
-    try:
-        srv.start()
-        with httpx.Client(base_url=srv.url, timeout=60,
-                          headers={"Authorization": f"Bearer {srv.add_user()}"}) as http:
-            model.set_script({"turns": [tool_use("mcp__web__whoami", "t1"), "asked"]})
-            r = http.post("/v1/sessions", json={
-                "name": "web", "mcp_servers": [{"name": "web", "url": web.url,
-                                                "headers": {"X-Team": "blue"}}],
-                "approval": {"tools": {"mcp__web__whoami": "allow"}}})
-            assert r.status_code == 201, r.text
-            assert r.json()["network"]["allow"] == [f"127.0.0.2:{web.port}"]
-            sid = r.json()["id"]
-            http.post(f"/v1/sessions/{sid}/messages", json={"content": "who am I"})
-            evs = wait_for(lambda: turn_over(http, sid), 30, 0.05, "the turn to end")
-            [result] = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
-            assert (result["content"], result["is_error"]) == ("team=blue", False), evs
-            assert web.sessions_seen[0] is None
-            assert set(web.sessions_seen[1:]) == {"web-session-1"}
-            # Without the host on the list (an url server added, then the list cut back),
-            # the door refuses it: a tool-less turn that says why.
-            r = http.patch(f"/v1/sessions/{sid}", json={"network": {"allow": []}})
-            assert r.json()["network"]["allow"] == []
-            model.set_script({"turns": ["nothing to call"]})
-            r = http.post(f"/v1/sessions/{sid}/messages", json={"content": "again"})
-            assert r.status_code == 202, r.text
-            evs = wait_for(lambda: turn_over(http, sid, 2), 60, 0.05, "the turn to end")
-            errors = [e["message"] for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
-            assert any("the MCP server web could not start" in m and "403" in m
-                       for m in errors), errors
-    finally:
-        srv.stop()
-        shutil.rmtree(data, ignore_errors=True)
-        web.close()
+    with HttpMcpServer() as web, serve_with_model(
+            model, SOPHON_EGRESS_ALLOW_PRIVATE=f"127.0.0.2:{web.port}") as srv, \
+            user_of(srv) as http:
+        model.set_script({"turns": [tool_use("mcp__web__whoami", "t1"), "asked"]})
+        r = http.post("/v1/sessions", json={
+            "name": "web", "mcp_servers": [{"name": "web", "url": web.url,
+                                            "headers": {"X-Team": "blue"}}],
+            "approval": {"tools": {"mcp__web__whoami": "allow"}}})
+        assert r.status_code == 201, r.text
+        assert r.json()["network"]["allow"] == [f"127.0.0.2:{web.port}"]
+        sid = r.json()["id"]
+        http.post(f"/v1/sessions/{sid}/messages", json={"content": "who am I"})
+        evs = wait_for(lambda: turn_over(http, sid), 30, 0.05, "the turn to end")
+        [result] = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
+        assert (result["content"], result["is_error"]) == ("team=blue", False), evs
+        assert web.sessions_seen[0] is None
+        assert set(web.sessions_seen[1:]) == {"web-session-1"}
+        # Without the host on the list (an url server added, then the list cut back),
+        # the door refuses it: a tool-less turn that says why.
+        r = http.patch(f"/v1/sessions/{sid}", json={"network": {"allow": []}})
+        assert r.json()["network"]["allow"] == []
+        model.set_script({"turns": ["nothing to call"]})
+        r = http.post(f"/v1/sessions/{sid}/messages", json={"content": "again"})
+        assert r.status_code == 202, r.text
+        evs = wait_for(lambda: turn_over(http, sid, 2), 60, 0.05, "the turn to end")
+        errors = [e["message"] for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+        assert any("the MCP server web could not start" in m and "403" in m
+                   for m in errors), errors
 
 
 def test_a_server_that_does_not_answer_is_timed_out(model: ModelServer) -> None:
@@ -191,28 +176,20 @@ def test_a_server_that_does_not_answer_is_timed_out(model: ModelServer) -> None:
     SOPHON_MCP_START_SECONDS; a call that never returns is a tool error after
     SOPHON_MCP_CALL_SECONDS; the turn ends as the model ends it."""
     silent = {"name": "silent", "command": ["python3", "-c", "import time; time.sleep(600)"]}
-    data = make_data_dir()
-    srv = LiveServer(data, env={**model_env(model.url), "SOPHON_MCP_START_SECONDS": "1",
-                                "SOPHON_MCP_CALL_SECONDS": "1"})
-    try:
-        srv.start()
-        with httpx.Client(base_url=srv.url, timeout=60,
-                          headers={"Authorization": f"Bearer {srv.add_user()}"}) as http:
-            # demo's shout of "hang" never answers (see mcp_support.SERVER).
-            model.set_script({"turns": [tool_use("mcp__demo__shout", "t1", text="hang"),
-                                        "gave up"]})
-            sid = session(http, mcp_servers=[DEMO, silent],
-                          approval={"tools": {"mcp__demo__shout": "allow"}})
-            http.post(f"/v1/sessions/{sid}/messages", json={"content": "try"})
-            evs = wait_for(lambda: turn_over(http, sid), 30, 0.05, "the turn to end")
-            errors = [e["message"] for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
-            assert any(m.startswith("the MCP server silent could not start") and
-                       "did not answer initialize within 1 s" in m for m in errors), errors
-            assert any(m.startswith("the MCP server demo failed on shout: it did not answer "
-                                    "tools/call within 1 s") for m in errors), errors
-            [result] = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
-            assert result["is_error"]
-            assert [e["text"] for e in evs if e["type"] == "assistant"] == ["gave up"]  # type: ignore[union-attr]
-    finally:
-        srv.stop()
-        shutil.rmtree(data, ignore_errors=True)
+    with serve_with_model(model, SOPHON_MCP_START_SECONDS="1",
+                          SOPHON_MCP_CALL_SECONDS="1") as srv, user_of(srv) as http:
+        # demo's shout of "hang" never answers (see mcp_support.SERVER).
+        model.set_script({"turns": [tool_use("mcp__demo__shout", "t1", text="hang"),
+                                    "gave up"]})
+        sid = session(http, mcp_servers=[DEMO, silent],
+                      approval={"tools": {"mcp__demo__shout": "allow"}})
+        http.post(f"/v1/sessions/{sid}/messages", json={"content": "try"})
+        evs = wait_for(lambda: turn_over(http, sid), 30, 0.05, "the turn to end")
+        errors = [e["message"] for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+        assert any(m.startswith("the MCP server silent could not start") and
+                   "did not answer initialize within 1 s" in m for m in errors), errors
+        assert any(m.startswith("the MCP server demo failed on shout: it did not answer "
+                                "tools/call within 1 s") for m in errors), errors
+        [result] = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
+        assert result["is_error"]
+        assert [e["text"] for e in evs if e["type"] == "assistant"] == ["gave up"]  # type: ignore[union-attr]
