@@ -28,7 +28,7 @@ from typing import Any
 
 from sophon.agent.mcp_servers import command_of, env_of
 from sophon.agent.policy import mode_for
-from sophon.box.box import Box, ExecInput, ExecOutcome
+from sophon.box.box import Box, ExecInput, ExecOutcome, stdout_lines
 from sophon.box.bwrap import WORKSPACE
 from sophon.errors import BoxError, BoxRequestError
 from sophon.sessions.models import ApprovalPolicy
@@ -152,21 +152,17 @@ class ClaudeProcess:
                 and _settings(argv) == _settings(self.argv))
 
     async def _read(self) -> None:
-        buffer, outcome, reason = "", None, "the CLI exited"
+        outcome, reason = None, "the CLI exited"
         try:
-            async for ev in self.box.exec(self.argv, timeout=LIFETIME, env=self.env,
-                                          cwd=WORKSPACE, output_cap=2**62,
-                                          window=OUTPUT_WINDOW, stdin=self.feed):
-                if isinstance(ev, ExecOutcome):
-                    outcome = ev
-                elif ev.stream == "stderr":
-                    self._stderr = (self._stderr + ev.data)[-STDERR_KEPT:]
+            async for item in stdout_lines(self.box.exec(
+                    self.argv, timeout=LIFETIME, env=self.env, cwd=WORKSPACE,
+                    output_cap=2**62, window=OUTPUT_WINDOW, stdin=self.feed), 2**62):
+                if isinstance(item, str):
+                    self._line(item)
+                elif isinstance(item, ExecOutcome):
+                    outcome = item
                 else:
-                    buffer += ev.data
-                    *whole, buffer = buffer.split("\n")
-                    for line in whole:
-                        self._line(line)
-            self._line(buffer)
+                    self._stderr = (self._stderr + item.data)[-STDERR_KEPT:]
         except (BoxError, BoxRequestError) as exc:
             reason = f"the box stopped under the CLI: {exc}"
         except asyncio.CancelledError:

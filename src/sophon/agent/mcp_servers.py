@@ -19,7 +19,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sophon.box.box import Box, ExecInput, ExecOutcome
+from sophon.box.box import Box, ExecInput, ExecOutcome, stdout_lines
 from sophon.box.bwrap import AGENT_DIR, WORKSPACE
 from sophon.errors import BoxError, BoxRequestError
 from sophon.events.types import SessionError
@@ -123,23 +123,19 @@ class BoxMcpServer:
             raise McpServerFailed(self._ended or f"it stopped reading ({exc})") from None
 
     async def _read(self) -> None:
-        buffer, outcome, why = "", None, None
+        outcome, why = None, None
         try:
-            async for ev in self.box.exec(self.command, timeout=24 * 3600, env=self.env,
-                                          cwd=WORKSPACE, output_cap=2**62,
-                                          window=1 << 20, stdin=self.feed):
-                if isinstance(ev, ExecOutcome):
-                    outcome = ev
-                elif ev.stream == "stderr":
-                    self._stderr = (self._stderr + ev.data)[-STDERR_KEPT:]
+            async for item in stdout_lines(self.box.exec(
+                    self.command, timeout=24 * 3600, env=self.env, cwd=WORKSPACE,
+                    output_cap=2**62, window=1 << 20, stdin=self.feed), MAX_LINE):
+                if isinstance(item, str):
+                    await self._line(item)
+                elif isinstance(item, ExecOutcome):
+                    outcome = item
                 else:
-                    buffer += ev.data
-                    *whole, buffer = buffer.split("\n")
-                    if len(buffer) > MAX_LINE:
-                        why = f"it sent a line over {MAX_LINE // 2**20} MiB"
-                        break
-                    for line in whole:
-                        await self._line(line)
+                    self._stderr = (self._stderr + item.data)[-STDERR_KEPT:]
+        except ValueError as exc:  # a line past MAX_LINE: not a server to go on with
+            why = f"it sent {exc}"
         except (BoxError, BoxRequestError) as exc:
             why = f"the sandbox stopped under it ({exc})"
         finally:

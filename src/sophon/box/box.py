@@ -10,7 +10,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -57,6 +57,30 @@ class ExecOutcome:
 class ExecEvent:
     stream: str
     data: str
+
+
+async def stdout_lines(events: AsyncIterable[ExecEvent | ExecOutcome], max_line: int
+                       ) -> AsyncIterator[str | ExecEvent | ExecOutcome]:
+    """An exec's events with its standard output as whole lines (without the newline;
+    what follows the last newline comes at the end), its stderr and outcome as they
+    are: for programs that speak a line at a time. ValueError for a line past
+    ``max_line`` characters."""
+    buffer = ""
+    try:
+        async for ev in events:
+            if isinstance(ev, ExecEvent) and ev.stream == "stdout":
+                *whole, buffer = (buffer + ev.data).split("\n")
+                if len(buffer) > max_line:
+                    raise ValueError(f"a line over {max_line:,} characters")
+                for line in whole:
+                    yield line
+            else:
+                yield ev
+    finally:  # left early (a long line, the reader gone): the exec is cancelled now
+        if isinstance(events, AsyncGenerator):
+            await events.aclose()
+    if buffer:
+        yield buffer
 
 
 class ExecInput:
