@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from sophon.box.box import Box, ExecEvent, ExecOutcome
+from sophon.box.box import Box
 from sophon.box.bwrap import BASE_ENV, WORKSPACE
 from sophon.errors import BadRequest, BoxRequestError
 from sophon.events.types import SessionStart, Status, from_wire
 from sophon.sessions.models import CreateSession, NetworkSettings, SessionView
+from sophon.sessions.starters import run_or_refuse
 from sophon.users import Principal
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ async def unpack(staging: Box, archive: AsyncIterable[bytes], env: dict[str, str
         await staging.put_file(WORKSPACE, ARCHIVE, archive)
     except BoxRequestError as exc:
         raise BadRequest(f"the archive could not be stored for unpacking: {exc}") from None
-    await _run(staging, _UNPACK, env, "the archive cannot be imported")
+    await run_or_refuse(staging, ["bash", "-c", _UNPACK], env, "the archive cannot be imported")
 
 
 async def settings_of(staging: Box, name: str | None, max_disk_mb: int,
@@ -141,7 +142,7 @@ async def settings_of(staging: Box, name: str | None, max_disk_mb: int,
 async def copy_project(box: Box, env: dict[str, str]) -> None:
     """In the new session's box, with the staging box's unpacked archive at /mnt/source:
     the project, its .git included, becomes the workspace."""
-    await _run(box, _COPY, env, "copying the project")
+    await run_or_refuse(box, ["bash", "-c", _COPY], env, "copying the project")
 
 
 async def events_of(staging: Box) -> AsyncIterator[Any]:
@@ -186,18 +187,3 @@ def imported_note(old: dict[str, Any], dropped: list[str], count: int) -> Status
 
 def project_dir(staged: Path) -> Path:
     return staged / UNPACKED / "project"
-
-
-async def _run(box: Box, script: str, env: dict[str, str], what: str) -> None:
-    err: list[str] = []
-    outcome = None
-    async for ev in box.exec(["bash", "-c", script], timeout=600, env=env, cwd=WORKSPACE,
-                             output_cap=65536):
-        if isinstance(ev, ExecEvent) and ev.stream == "stderr":
-            err.append(ev.data)
-        elif isinstance(ev, ExecOutcome):
-            outcome = ev
-    if outcome is None or outcome.exit_code != 0:
-        lines = [line.strip() for line in "".join(err).splitlines() if line.strip()]
-        detail = "; ".join(lines)[-1000:] or f"exit {getattr(outcome, 'exit_code', '?')}"
-        raise BadRequest(f"{what}: {detail}")

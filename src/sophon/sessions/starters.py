@@ -176,7 +176,9 @@ def _check_rules(url: str, real: str | None, settings: Settings) -> LocalSource:
     return LocalSource(real, copy)
 
 
-async def _run(box: Box, argv: list[str], env: dict[str, str], what: str) -> None:
+async def run_or_refuse(box: Box, argv: list[str], env: dict[str, str], refusal: str) -> None:
+    """Run a step of preparing a workspace; if it fails, a 400: ``refusal`` and what the
+    command said on stderr, its lines joined into one."""
     err: list[str] = []
     outcome = None
     async for ev in box.exec(argv, timeout=600, env=env, cwd=WORKSPACE, output_cap=65536):
@@ -186,8 +188,13 @@ async def _run(box: Box, argv: list[str], env: dict[str, str], what: str) -> Non
         elif isinstance(ev, ExecOutcome):
             outcome = ev
     if outcome is None or outcome.exit_code != 0:
-        detail = "".join(err).strip()[-2000:] or "no output"
-        raise BadRequest(f"{what} failed: {detail}")
+        lines = [line.strip() for line in "".join(err).splitlines() if line.strip()]
+        detail = "; ".join(lines)[-2000:] or f"exit {getattr(outcome, 'exit_code', '?')}"
+        raise BadRequest(f"{refusal}: {detail}")
+
+
+async def _run(box: Box, argv: list[str], env: dict[str, str], what: str) -> None:
+    await run_or_refuse(box, argv, env, f"{what} failed")
 
 
 # The source belongs to another uid inside a box, which git refuses unless told it is
