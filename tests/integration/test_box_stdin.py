@@ -180,6 +180,28 @@ async def test_a_terminal_is_a_pty_whose_shell_keeps_its_directory_and_takes_ctr
         await asyncio.wait_for(reader, 15)  # the shell exited: the terminal ends
 
 
+async def test_a_resize_sent_as_the_terminal_starts_waits_for_it(manager: BoxManager) -> None:
+    """`sophon claude-code shell` sends its window's size the moment it connects: that
+    resize may reach boxd before the shell's pty exists, and must wait for it rather than
+    fail (a failure used to end the connection before the first prompt)."""
+    async with manager.use("pty2") as box:
+        for _ in range(5):
+            keys = ExecInput()
+            seen = bytearray()
+
+            async def read(keys: ExecInput = keys, seen: bytearray = seen) -> None:
+                async for data in box.terminal(env={**ENV, "TERM": "xterm", "HOME": "/tmp"},
+                                               cwd="/workspace", rows=24, cols=80,
+                                               keys=keys, argv=["sh"]):
+                    seen.extend(data)
+
+            reader = asyncio.ensure_future(read())
+            await keys.resize(33, 99)  # sent as soon as the terminal's request has gone
+            await keys.write("stty size; exit\r")
+            await asyncio.wait_for(reader, 15)
+            assert "33 99" in seen.decode(errors="replace")
+
+
 async def test_a_boxs_programs_start_with_no_signal_ignored(data_dir: Path) -> None:
     """A server started in the background by a shell (`make run &`, nohup) has SIGINT,
     SIGQUIT (and SIGHUP) ignored; its boxes must not pass that on: Ctrl-C would do

@@ -96,7 +96,9 @@ async def _take_input(ws: WebSocket, term: Terminal) -> None:
             elif msg.get("text") is not None:
                 control = json.loads(msg["text"])
                 if isinstance(control, dict) and control.get("type") == "resize":
-                    await term.keys.resize(int(control["rows"]), int(control["cols"]))
+                    # A size that cannot be set is no reason to stop taking keys.
+                    with contextlib.suppress(BoxRequestError):
+                        await term.keys.resize(int(control["rows"]), int(control["cols"]))
         except (BoxError, BoxRequestError):
             return  # the shell has ended; its end reaches the viewer
         except (ValueError, KeyError, TypeError):

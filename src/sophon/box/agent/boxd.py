@@ -386,18 +386,24 @@ def op_cancel(rid: int, req: dict) -> dict:
     return {"cancelled": True}
 
 
+def _started_feed(target: object) -> Feed | None:
+    """The input of exec or terminal ``target``, once it has started: a keystroke or a
+    resize sent right after the request that starts it waits for it, not a not_running."""
+    with _running_lock:
+        starting = _fed_starts.get(target)  # type: ignore[arg-type]
+    if starting is not None:
+        starting.wait(60)
+    with _running_lock:
+        return _stdins.get(target)  # type: ignore[arg-type]
+
+
 def op_input(rid: int, req: dict) -> dict:
     """Write to the standard input of a running exec that asked for one; ``eof`` closes
     it after the data."""
     target, data = req.get("target"), req.get("data", "")
     if not isinstance(target, int) or not isinstance(data, str):
         raise RequestError("invalid_request", "input needs an integer target and text data")
-    with _running_lock:
-        starting = _fed_starts.get(target)
-    if starting is not None:
-        starting.wait(60)
-    with _running_lock:
-        fed = _stdins.get(target)
+    fed = _started_feed(target)
     if fed is None:
         raise RequestError("not_running", f"exec {target} is not running with an input")
     with fed.lock:
@@ -498,8 +504,7 @@ def _pty(rid: int, req: dict) -> dict:
 
 def op_resize(rid: int, req: dict) -> dict:
     rows, cols = _size(req)
-    with _running_lock:
-        fed = _stdins.get(req.get("target"))  # type: ignore[arg-type]
+    fed = _started_feed(req.get("target"))
     if fed is None or fed.pty is None:
         raise RequestError("not_running", f"terminal {req.get('target')} is not running")
     with fed.lock:
