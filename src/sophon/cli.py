@@ -19,6 +19,7 @@ from sophon.commands import (
     connectors,
     mcp,
     sandbox,
+    session_mcp,
     volumes,
 )
 from sophon.testing.cli import testing_app
@@ -32,7 +33,7 @@ app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(volumes.app, name="volumes")
 app.add_typer(connectors.app, name="connectors")
 app.add_typer(testing_app, name="testing")
-assert archive.app is claude_code.app  # its commands are claude-code's
+assert archive.app is session_mcp.app is claude_code.app  # their commands are claude-code's
 app.command()(capabilities.capabilities)
 app.command()(mcp.mcp)
 

@@ -11,7 +11,7 @@ import pytest
 from sophon.client import Client
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, wait_for
-from tests.e2e.cli_support import BASH, SHELL_TURN, sophon, start, stop
+from tests.e2e.cli_support import BASH, SHELL_TURN, assert_one_line_error, sophon, start, stop
 
 
 def test_approvals_lists_what_waits_and_says_how_to_answer(
@@ -68,3 +68,31 @@ def test_new_takes_mcp_servers(env: dict[str, str]) -> None:
         ("docs", ["python3", "my server.py", "--port", "0"]), ("b", ["node", "b.js"])]
     bad = sophon(env, "claude-code", "new", "--name", "x", "--mcp", "no-command")
     assert bad.returncode == 2 and "--mcp takes NAME=COMMAND" in bad.stderr
+
+
+def test_a_sessions_mcp_servers_change_after_it_starts(env: dict[str, str]) -> None:
+    sid = sophon(env, "claude-code", "new", "--name", "later").stdout.strip()
+    assert "no MCP servers" in sophon(env, "claude-code", "mcp", "list", sid).stdout
+    added = sophon(env, "claude-code", "mcp", "add", sid, "docs=python3 'my server.py'")
+    assert added.returncode == 0 and "mcp__docs__" in added.stdout, added.stderr
+    url = sophon(env, "claude-code", "mcp", "add", sid, "search=http://mcp.example.test:8931/mcp")
+    assert url.returncode == 0, url.stderr
+    view = json.loads(sophon(env, "claude-code", "list", "--json").stdout)[0]
+    assert view["mcp_servers"] == [
+        {"name": "docs", "command": ["python3", "my server.py"], "url": None, "headers": {},
+         "env": {}},
+        {"name": "search", "command": None, "url": "http://mcp.example.test:8931/mcp",
+         "headers": {}, "env": {}}]
+    assert "mcp.example.test:8931" in view["network"]["allow"]  # the url's host joins the list
+    listed = sophon(env, "claude-code", "mcp", "list", sid).stdout.splitlines()
+    assert listed[1].split() == ["docs", "command", "python3", "'my", "server.py'"]
+    assert listed[2].split() == ["search", "url", "http://mcp.example.test:8931/mcp"]
+    assert_one_line_error(sophon(env, "claude-code", "mcp", "add", sid, "docs=node d.js"),
+                          "named docs already")
+    assert_one_line_error(sophon(env, "claude-code", "mcp", "rm", sid, "nope"),
+                          "no MCP server named nope")
+    assert sophon(env, "claude-code", "mcp", "rm", sid, "docs").returncode == 0
+    view = json.loads(sophon(env, "claude-code", "list", "--json").stdout)[0]
+    assert [m["name"] for m in view["mcp_servers"]] == ["search"]
+    bad = sophon(env, "claude-code", "mcp", "add", sid, "=x")
+    assert bad.returncode == 2 and "NAME=COMMAND or NAME=URL" in bad.stderr

@@ -643,3 +643,38 @@ def test_the_form_adds_mcp_servers_and_says_what_is_wrong(page, server: LiveServ
     got = api(server, key).get(f"/v1/sessions/{sid}").json()["mcp_servers"]
     assert [(m["name"], m["command"]) for m in got] == [
         ("docs", ["python3", "docs server.py", "-v"]), ("notes", ["node", "notes.js"])]
+
+
+def test_the_settings_tab_changes_a_running_sessions_tools_and_limits(
+        page, server: LiveServer, key: str, shots: Path) -> None:
+    client = api(server, key)
+    sid = client.post("/v1/sessions", json={
+        "name": "tools-later", "max_turns": 5,
+        "mcp_servers": [{"name": "docs", "command": ["python3", "docs server.py"],
+                         "env": {"DOCS_ROOT": "/workspace/docs"}}]}).json()["id"]
+    sign_in(page, server, key)
+    page.goto(f"{server.url}/sessions/{sid}")
+    page.get_by_role("tab", name="Settings").click()
+    servers = page.get_by_label(re.compile("MCP servers: one per line"))
+    expect(servers).to_have_value("docs=python3 'docs server.py'")  # quoted as typed
+    expect(page.get_by_label("Max turns")).to_have_value("5")
+    save = page.get_by_role("button", name="Save settings")
+    expect(save).to_be_disabled()  # nothing changed yet
+    servers.fill("docs=python3 'docs server.py'\nbroken")
+    save.click()
+    expect(page.get_by_role("alert")).to_contain_text("write server=command or server=URL")
+    servers.fill("docs=python3 'docs server.py'\nsearch=https://mcp.example.test/mcp")
+    page.get_by_label("Max turns").fill("")
+    page.get_by_label("Name").fill("tools-now")
+    save.click()
+    expect(page.get_by_role("status")).to_contain_text("the next turn uses these settings")
+    expect(page.locator(".session-head")).to_contain_text("tools-now")
+    page.screenshot(path=str(shots / "settings-tab.png"))
+    got = client.get(f"/v1/sessions/{sid}").json()
+    assert got["name"] == "tools-now" and got["max_turns"] is None
+    assert [(m["name"], m["command"], m["url"], m["env"]) for m in got["mcp_servers"]] == [
+        # The unchanged server keeps its environment, which the text does not show.
+        ("docs", ["python3", "docs server.py"], None, {"DOCS_ROOT": "/workspace/docs"}),
+        ("search", None, "https://mcp.example.test/mcp", {})]
+    assert "mcp.example.test:443" in got["network"]["allow"]
+    client.close()

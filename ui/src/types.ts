@@ -21,6 +21,16 @@ export interface SessionView {
   disk?: { used_bytes: number; limit_bytes: number | null };
   network?: NetworkSettings;
   connectors?: string[];
+  mcp_servers?: McpServer[];
+}
+
+/** An MCP server whose tools a session's agent gets: a command in the sandbox or a URL. */
+export interface McpServer {
+  name: string;
+  command?: string[] | null;
+  url?: string | null;
+  env?: Record<string, string>;
+  headers?: Record<string, string>;
 }
 
 /** What a session's sandbox may reach beyond its base's list. */

@@ -98,10 +98,10 @@ def new(
         help="Attach one of your connectors (sophon connectors list). Repeat for more.")]
         = None,
     mcp: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
-        "--mcp", metavar="NAME=COMMAND",
-        help="An MCP server run in the sandbox whose tools the agent gets (as "
-             "mcp__NAME__TOOL, asked about before each use), e.g. "
-             "--mcp 'docs=python3 docs_server.py'. Repeat for more.")] = None,
+        "--mcp", metavar="NAME=COMMAND|NAME=URL",
+        help="An MCP server whose tools the agent gets (as mcp__NAME__TOOL, asked about "
+             "before each use): a command run in the sandbox, e.g. --mcp 'docs=python3 "
+             "docs_server.py', or an http(s) URL. Repeat for more.")] = None,
 ) -> None:
     """Create a session and print its id.
 
@@ -124,7 +124,9 @@ def new(
                        2) from None
     network = ({"allow": list(dict.fromkeys(allow or [])), "ask": ask_network}
                if allow or ask_network else None)
-    servers = [_mcp_server(spec) for spec in mcp or []] or None
+    from sophon.commands.session_mcp import parse_server
+
+    servers = [parse_server(spec, "--mcp") for spec in mcp or []] or None
     from sophon.commands.capabilities import check_offered
 
     c = client()
@@ -134,20 +136,6 @@ def new(
                          network=network, mcp_servers=servers,
                          connectors=list(dict.fromkeys(connector)) if connector else None)
     typer.echo(s["id"])
-
-
-def _mcp_server(spec: str) -> dict[str, Any]:
-    import shlex
-
-    name, sep, command = spec.partition("=")
-    try:
-        argv = shlex.split(command)
-    except ValueError as exc:
-        raise fail(f"--mcp {spec!r}: {exc}", 2) from None
-    if not sep or not name or not argv:
-        raise fail(f"--mcp takes NAME=COMMAND, such as 'docs=python3 server.py'; got "
-                   f"{spec!r}", 2)
-    return {"name": name, "command": argv}
 
 
 @app.command("list")

@@ -1,5 +1,6 @@
 import { useEffect, useRef, useState, type FormEvent } from "react";
 import { capabilities, sessions as api, type Capabilities, type Capability } from "../api";
+import { parseMcpServers } from "../session/mcpServers";
 import { NetworkFields, parseHosts, type NetworkDraft } from "../session/NetworkFields";
 import type { SessionView } from "../types";
 
@@ -251,8 +252,8 @@ export function NewSessionDialog(props: {
         <fieldset>
           <legend>Tools from MCP servers (optional)</legend>
           <label>
-            One per line, as server=command: run in the sandbox; the agent gets their tools
-            as mcp__server__tool and asks before each use
+            One per line, as server=command (run in the sandbox) or server=URL; the agent
+            gets their tools as mcp__server__tool and asks before each use
             <textarea
               rows={2}
               value={mcpText}
@@ -313,25 +314,4 @@ export function NewSessionDialog(props: {
       </form>
     </dialog>
   );
-}
-
-const SERVER_NAME = /^[A-Za-z0-9_-]{1,32}$/;
-
-// "docs=python3 'my server.py' -v" -> {name, command}; quotes group words, as a shell's do.
-// A string is what is wrong with the text.
-export function parseMcpServers(text: string): { name: string; command: string[] }[] | string {
-  const out: { name: string; command: string[] }[] = [];
-  for (const raw of text.split("\n")) {
-    const line = raw.trim();
-    if (!line) continue;
-    const eq = line.indexOf("=");
-    const name = eq > 0 ? line.slice(0, eq).trim() : "";
-    const words = [...line.slice(eq + 1).matchAll(/"([^"]*)"|'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2] ?? m[3]);
-    if (!SERVER_NAME.test(name) || !words.length) {
-      return `MCP server “${line}”: write server=command, the server in letters, digits, _ or -.`;
-    }
-    if (out.some((s) => s.name === name)) return `Two MCP servers are named “${name}”.`;
-    out.push({ name, command: words });
-  }
-  return out;
 }

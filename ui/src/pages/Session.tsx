@@ -11,6 +11,7 @@ import { FileTree } from "../session/FileTree";
 import { hostPort, NetworkTab } from "../session/NetworkTab";
 import { pendingApprovals } from "../session/items";
 import { SecretsTab } from "../session/SecretsTab";
+import { SettingsTab } from "../session/SettingsTab";
 import { useEvents } from "../session/useEvents";
 import type { NetworkUsage, SessionView, Status, WireEvent } from "../types";
 import { StatusBadge } from "./Sessions";
@@ -19,10 +20,10 @@ const EditorPane = lazy(() => import("../session/Editor"));
 const TerminalPane = lazy(() => import("../session/Terminal"));
 const UsageTab = lazy(() => import("../session/UsageTab"));
 
-type Tab = "chat" | "files" | "editor" | "terminal" | "diff" | "usage" | "network" | "secrets";
+type Tab = "chat" | "files" | "editor" | "terminal" | "diff" | "usage" | "network" | "secrets" | "settings";
 const TAB_LABEL: Record<Tab, string> = {
   chat: "Chat", files: "Files", editor: "Editor", terminal: "Terminal", diff: "Diff",
-  usage: "Usage", network: "Network", secrets: "Secrets",
+  usage: "Usage", network: "Network", secrets: "Secrets", settings: "Settings",
 };
 // Events after which the session's network traffic is read again.
 const NETWORK_EVENTS = new Set(["network_denied", "exec_end", "status", "approval_decision", "tool_result"]);
@@ -275,8 +276,8 @@ function SessionWorkspace({ view, initialSeq, reloadView, setView }: { view: Ses
   }, [narrow, tab]);
 
   const tabs: Tab[] = narrow
-    ? ["chat", "files", "editor", "terminal", "diff", "usage", "network", "secrets"]
-    : ["editor", "terminal", "diff", "usage", "network", "secrets"];
+    ? ["chat", "files", "editor", "terminal", "diff", "usage", "network", "secrets", "settings"]
+    : ["editor", "terminal", "diff", "usage", "network", "secrets", "settings"];
 
   const remove = async () => {
     try {
@@ -365,6 +366,7 @@ function SessionWorkspace({ view, initialSeq, reloadView, setView }: { view: Ses
               <button className="linkish" onClick={() => selectTab("usage")}>Usage</button>
               <button className="linkish" onClick={() => selectTab("network")}>Network</button>
               <button className="linkish" onClick={() => selectTab("secrets")}>Secrets</button>
+              <button className="linkish" onClick={() => selectTab("settings")}>Settings</button>
               <a href={api.exportUrl(id)} download={`${id}.tar.gz`}>Export</a>
             </nav>
           </aside>
@@ -418,6 +420,7 @@ function SessionWorkspace({ view, initialSeq, reloadView, setView }: { view: Ses
               <NetworkTab session={view} usage={netUsage} events={log.events} version={log.version} onSaved={(v) => { setView(v); loadNetwork(); }} />
             )}
             {tab === "secrets" && <SecretsTab sessionId={id} />}
+            {tab === "settings" && <SettingsTab session={view} onSaved={setView} />}
           </div>
         </section>
         {!narrow && stream}
