@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from sophon.agent.rewind import Rewinds
 from sophon.agent.service import AgentService
 from sophon.box.manager import BoxManager
 from sophon.config import Settings
@@ -18,6 +19,7 @@ from sophon.gateway.service import Gateway
 from sophon.keys import Sealer, secret_key
 from sophon.quotas import Quotas
 from sophon.sandbox.service import ExecutionService
+from sophon.sessions.checkpoints import Checkpoints
 from sophon.sessions.secrets import SecretStore
 from sophon.sessions.service import SessionService
 from sophon.sessions.terminals import Terminals
@@ -45,6 +47,8 @@ class Services:
     connectors: ConnectorService
     egress: Egress
     terminals: Terminals
+    checkpoints: Checkpoints
+    rewinds: Rewinds
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -92,10 +96,13 @@ class Services:
         else:
             log.warning("no model provider key (ANTHROPIC_API_KEY): sessions work, but a "
                         "message to the agent is refused until one is set")
+        checkpoints = Checkpoints(sessions)
+        sessions.after_change = checkpoints.take_soon  # a save's or an exec's
+        agent = AgentService(sessions, gateway, settings, checkpoints)
         return cls(settings, engine, db, UserService(db), boxes, executions, sessions,
-                   Workspace(sessions), gateway, AgentService(sessions, gateway, settings),
-                   connectors=connectors, egress=egress,
-                   terminals=Terminals(sessions, settings.terminal_keep_seconds))
+                   Workspace(sessions), gateway, agent, connectors=connectors,
+                   egress=egress, terminals=Terminals(sessions, settings.terminal_keep_seconds),
+                   checkpoints=checkpoints, rewinds=Rewinds(agent, checkpoints))
 
     @property
     def quotas(self) -> Quotas:

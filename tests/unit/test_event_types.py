@@ -48,6 +48,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
                                "seconds": 5.0},
     "network_denied": {"host": "example.com", "port": 443, "rule": "not_allowed",
                        "message": "example.com:443 is not on this sandbox's network list"},
+    "checkpoint": {"checkpoint_id": "cp_0123456789abcdef", "commit": "a" * 40, "turn": 2,
+                   "step": 1, "reason": "tool", "tool_use_id": "toolu_1",
+                   "files": [{"path": "a.txt", "change": "added"}], "files_changed": 1},
+    "rewind": {"checkpoint_id": "cp_0123456789abcdef", "to_seq": 7, "files": True,
+               "conversation": True, "undo": "cp_fedcba9876543210"},
 }
 
 

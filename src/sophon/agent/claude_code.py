@@ -38,6 +38,7 @@ from sophon.events.types import (
     ToolUse,
     User,
 )
+from sophon.sessions.checkpoints import Checkpoints, TurnCheckpoints
 from sophon.sessions.models import ApprovalPolicy
 from sophon.sessions.service import SessionService
 
@@ -47,7 +48,8 @@ INTERRUPT_GRACE = 10.0  # seconds for the CLI to end an interrupted turn before 
 
 
 async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settings,
-                          processes: ClaudeProcesses) -> None:
+                          processes: ClaudeProcesses,
+                          checkpoints: Checkpoints | None = None) -> None:
     emit = sessions.events
     sid = turn.session_id
     row = await sessions.get_row(turn.principal, sid)
@@ -63,15 +65,23 @@ async def run_claude_turn(turn: Turn, sessions: SessionService, settings: Settin
                         row.mcp_servers)
         async with sessions.box(row) as box:
             turn.box = box
+            marks = await checkpoints.for_turn(box, sid) if checkpoints else None
+            if marks is not None:
+                await marks.start()
             current = processes.get(sid)
             reused = current is not None and current.same(box, argv, env)
             proc = await processes.start(sid, box, argv, env)
             try:
-                failed = await _Turn(turn, sessions, settings, processes, proc, reused).run()
+                failed = await _Turn(turn, sessions, settings, processes, proc, reused,
+                                     marks).run()
             except _GoneBetweenTurns:
                 # It had died since the last turn, its end not seen yet: a new one resumes.
                 proc = await processes.start(sid, box, argv, env)
-                failed = await _Turn(turn, sessions, settings, processes, proc, False).run()
+                failed = await _Turn(turn, sessions, settings, processes, proc, False,
+                                     marks).run()
+            finally:
+                if marks is not None:  # however the turn ended
+                    await asyncio.shield(marks.end())
     except asyncio.CancelledError:
         if not turn.interrupted:
             await asyncio.shield(emit.append(sid, SessionError(
@@ -102,11 +112,12 @@ class _Turn:
     until its result."""
 
     def __init__(self, turn: Turn, sessions: SessionService, settings: Settings,
-                 processes: ClaudeProcesses, proc: ClaudeProcess, reused: bool) -> None:
+                 processes: ClaudeProcesses, proc: ClaudeProcess, reused: bool,
+                 marks: TurnCheckpoints | None) -> None:
         self.turn, self.sessions, self.settings = turn, sessions, settings
         self.processes, self.proc = processes, proc
         self.reused, self.heard = reused, False
-        self.lines = _Lines(sessions, turn.session_id)
+        self.lines = _Lines(sessions, turn.session_id, marks)
         self.asking: dict[str, asyncio.Task[None]] = {}  # control request id -> answer
         self.woken = asyncio.Event()
 
@@ -252,8 +263,10 @@ class _Turn:
 class _Lines:
     """The CLI's stream-json lines as Sophon's events."""
 
-    def __init__(self, sessions: SessionService, sid: str) -> None:
-        self.sessions, self.sid = sessions, sid
+    def __init__(self, sessions: SessionService, sid: str,
+                 marks: TurnCheckpoints | None = None) -> None:
+        self.sessions, self.sid, self.marks = sessions, sid, marks
+        self.tools: dict[str, str] = {}  # tool_use id -> the tool's name
         self.result: dict[str, Any] | None = None
         self.max_turns = False
         self.result_turns: int | None = None
@@ -275,6 +288,7 @@ class _Lines:
                     await emit.append(self.sid, Thinking(text=block.get("thinking", ""),
                                                          signature=block.get("signature")))
                 elif block.get("type") == "tool_use":
+                    self.tools[str(block.get("id"))] = str(block.get("name"))
                     await emit.append(self.sid, ToolUse(
                         tool_use_id=str(block.get("id")), tool=str(block.get("name")),
                         input=block.get("input") or {}))
@@ -283,10 +297,12 @@ class _Lines:
         elif kind == "user" and isinstance(content, list):
             for block in content:
                 if block.get("type") == "tool_result":
+                    use_id = str(block.get("tool_use_id"))
                     await emit.append(self.sid, ToolResult(
-                        tool_use_id=str(block.get("tool_use_id")),
-                        content=_text(block.get("content")),
+                        tool_use_id=use_id, content=_text(block.get("content")),
                         is_error=bool(block.get("is_error"))))
+                    if self.marks is not None:  # the CLI ran it: its changes are made
+                        await self.marks.after_tool(self.tools.get(use_id, "?"), use_id)
         elif kind == "result":
             self.result = msg
             self.max_turns = msg.get("subtype") == "error_max_turns"

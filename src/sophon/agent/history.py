@@ -8,6 +8,7 @@ error result, so the history is always one the API accepts.
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 INTERRUPTED = "The tool call was interrupted before it finished."
@@ -30,9 +31,40 @@ def block_of(ev: Any) -> dict[str, Any] | None:
     return None
 
 
+def effective(events: list[Any]) -> list[Any]:
+    """The events that make the conversation now: a conversation rewind (a ``rewind``
+    event) puts it back as it was at its ``to_seq``, and what follows goes on from
+    there. Rewinds nest (a rewind to a point inside a rewound stretch, or an undo, which
+    is a rewind to the checkpoint taken just before one): each event points at the one
+    before it in the conversation, and the conversation as of any seq is where it stood."""
+    parent: dict[int, int] = {}  # seq -> the seq before it in the conversation (0: none)
+    head_at: list[tuple[int, int]] = []  # (seq, the conversation's last seq after it)
+    by_seq: dict[int, Any] = {}
+    head = 0
+    for ev in events:
+        if ev.type == "rewind" and ev.conversation:
+            head = _head_as_of(head_at, ev.to_seq)
+        else:
+            by_seq[ev.seq] = ev
+            parent[ev.seq] = head
+            head = ev.seq
+        head_at.append((ev.seq, head))
+    out: list[Any] = []
+    while head:
+        out.append(by_seq[head])
+        head = parent[head]
+    out.reverse()
+    return out
+
+
+def _head_as_of(head_at: list[tuple[int, int]], seq: int) -> int:
+    i = bisect.bisect_right(head_at, (seq, float("inf"))) - 1
+    return head_at[i][1] if i >= 0 else 0
+
+
 def rebuild(events: list[Any]) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
-    for ev in events:
+    for ev in effective(events):
         block = block_of(ev)
         if block is None:
             continue

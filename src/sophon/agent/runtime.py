@@ -28,6 +28,7 @@ from sophon.config import Settings
 from sophon.errors import SophonError
 from sophon.events.types import Assistant, SessionError, Thinking, ToolResult, ToolUse, User
 from sophon.gateway.service import Gateway
+from sophon.sessions.checkpoints import Checkpoints
 from sophon.sessions.models import ApprovalPolicy
 from sophon.sessions.service import SessionService
 from sophon.store.tables import SessionRow
@@ -82,7 +83,7 @@ class Turn:
 
 
 async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
-                   settings: Settings) -> None:
+                   settings: Settings, checkpoints: Checkpoints | None = None) -> None:
     emit = sessions.events
     sid = turn.session_id
     row = await sessions.get_row(turn.principal, sid)
@@ -97,8 +98,13 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
         async with sessions.box(row) as box, contextlib.AsyncExitStack() as stack:
             turn.box = box
             ctx = ToolContext(box, env, lambda ev: emit.append(sid, ev),
-                              tasks=history.tasks_of(events),
+                              tasks=history.tasks_of(history.effective(events)),
                               output_cap=settings.limits.output_cap_bytes)
+            marks = await checkpoints.for_turn(box, sid) if checkpoints else None
+            if marks is not None:
+                await marks.start()
+                # The turn's end is checkpointed however it ends (interrupted too).
+                stack.push_async_callback(lambda: asyncio.shield(marks.end()))
             if row.mcp_servers:  # the session's own tools, for this turn
                 ctx.mcp = await SessionMcp.open(box, row.mcp_servers, env, ctx.emit,
                                                 settings.mcp_start_seconds,
@@ -128,6 +134,8 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
                             (await turn.fresh_row(sessions)).approval)
                     logged = await emit.append(sid, ToolResult(
                         tool_use_id=call["id"], content=content, is_error=is_error))
+                    if marks is not None:
+                        await marks.after_tool(call["name"], call["id"])
                     # The model gets the logged (redacted) result: a secret's value never
                     # reaches the provider, and a rebuilt history reads the same.
                     results.append({"type": "tool_result", "tool_use_id": call["id"],

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from sophon import metrics
 from sophon.agent import history
@@ -18,6 +18,7 @@ from sophon.box.bwrap import HOME
 from sophon.config import Settings
 from sophon.errors import BadRequest, TurnBusy
 from sophon.gateway.service import Caller, Gateway
+from sophon.sessions.checkpoints import Checkpoints
 from sophon.sessions.service import SessionService
 from sophon.store.tables import SessionRow
 from sophon.users import Principal
@@ -33,16 +34,34 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 
 
 class AgentService:
-    def __init__(self, sessions: SessionService, gateway: Gateway, settings: Settings) -> None:
+    def __init__(self, sessions: SessionService, gateway: Gateway, settings: Settings,
+                 checkpoints: Checkpoints | None = None) -> None:
         self.sessions = sessions
         self.gateway = gateway
         self.settings = settings
+        self.checkpoints = checkpoints
         self._turns: dict[str, Turn] = {}
         self._queued: dict[str, deque[Turn]] = {}
+        self._held: dict[str, str] = {}  # session -> what keeps turns from starting
         self.claude = ClaudeProcesses()  # the claude-code sessions' CLIs
 
     def running(self, session_id: str) -> Turn | None:
         return self._turns.get(session_id)
+
+    @contextlib.contextmanager
+    def hold(self, session_id: str, what: str) -> Iterator[None]:
+        """No turn starts in the session while this is held (a rewind): a 409 now if one
+        runs, and a message sent meanwhile is a 409 saying why."""
+        if session_id in self._turns:
+            raise TurnBusy(f"a turn is running in this session; wait for it to end or "
+                           f"interrupt it, then start {what} again")
+        if session_id in self._held:
+            raise TurnBusy(f"{self._held[session_id]} is in progress in this session")
+        self._held[session_id] = what
+        try:
+            yield
+        finally:
+            del self._held[session_id]
 
     async def send(self, principal: Principal, session_id: str, content: str,
                    queue: bool = False) -> dict[str, object]:
@@ -54,6 +73,9 @@ class AgentService:
         else:
             self.gateway.require_key()
         turn = Turn(session_id, principal, content)
+        if session_id in self._held:
+            raise TurnBusy(f"{self._held[session_id]} is in progress in this session; send "
+                           "the message once it is done")
         if session_id in self._turns:
             if not queue:
                 raise TurnBusy("a turn is already running in this session; wait for it, "
@@ -77,9 +99,11 @@ class AgentService:
         try:
             row = await self.sessions.get_row(turn.principal, turn.session_id)
             if row.runtime == "claude-code":
-                await run_claude_turn(turn, self.sessions, self.settings, self.claude)
+                await run_claude_turn(turn, self.sessions, self.settings, self.claude,
+                                      self.checkpoints)
             else:
-                await run_turn(turn, self.sessions, self.gateway, self.settings)
+                await run_turn(turn, self.sessions, self.gateway, self.settings,
+                               self.checkpoints)
         except asyncio.CancelledError:
             outcome = "cancelled"
         except Exception:
@@ -110,7 +134,7 @@ class AgentService:
             if missing:
                 raise BadRequest(f"the claude-code runtime is not available on this "
                                  f"server: {missing}")
-            await self._seed_transcript(row)
+            await self.reseed(row)
         else:
             await self.claude.end(session_id)
         await self.sessions.update(principal, session_id, {"runtime": runtime})
@@ -120,9 +144,11 @@ class AgentService:
         transcript rebuilt from the events (its own files were not in the export)."""
         row = await self.sessions.get_row(principal, session_id)
         if row.runtime == "claude-code":
-            await self._seed_transcript(row)
+            await self.reseed(row)
 
-    async def _seed_transcript(self, row: SessionRow) -> None:
+    async def reseed(self, row: SessionRow) -> None:
+        """The CLI's transcript written from the events (the conversation as it now is),
+        for its next start to resume."""
         messages = history.rebuild(await _all_events(self.sessions, row.id))
         if messages:
             data = seeded_transcript(row.id, self.settings.models.resolve(row.model), messages)

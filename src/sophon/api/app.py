@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sophon import metrics
 from sophon.api import (
     auth,
+    checkpoints,
     connectors,
     files,
     gateway,
@@ -197,7 +198,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     routers = (health.router, auth.router, sandbox.router, files.router, sessions.router,
                gateway.router, webhooks.router, volumes.router, metrics_route.router,
-               threads.router, connectors.router, terminal.router)
+               threads.router, connectors.router, terminal.router, checkpoints.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -275,6 +275,22 @@ class EventLog:
             )).all()
         return [Stored(r.seq, r.type, r.data) for r in rows]
 
+    async def read_type(self, session_id: str, event_type: str) -> list[Any]:
+        """Every event of one type, in order (through the (session, type) index)."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                select(EventRow.seq, EventRow.type, EventRow.data)
+                .where(EventRow.session_id == session_id, EventRow.type == event_type)
+                .order_by(EventRow.seq))).all()
+        return [Stored(r.seq, r.type, r.data).event() for r in rows]
+
+    async def count_type(self, session_id: str, event_type: str) -> int:
+        async with self._engine.connect() as conn:
+            found = await conn.scalar(
+                select(func.count()).select_from(EventRow)
+                .where(EventRow.session_id == session_id, EventRow.type == event_type))
+        return int(found or 0)
+
     async def read(self, session_id: str, after: int = 0, limit: int = PAGE) -> list[Any]:
         return [s.event() for s in await self.read_raw(session_id, after, limit)]
 

@@ -178,11 +178,51 @@ class NetworkDenied(_Event):
     message: str
 
 
+class CheckpointFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    change: Literal["added", "modified", "deleted"]
+
+
+class Checkpoint(_Event):
+    """The whole working tree (untracked files in, ignored ones out) as it was at this
+    point, kept as a commit under the repository's hidden ``refs/sophon/checkpoints/``;
+    taken after a tool call that can change files, a save, an exec, at a turn's start and
+    end, and around a rewind, when something changed. ``files`` is what changed since the
+    checkpoint before it (the first ``FILES_LISTED``; ``files_changed`` counts them all)."""
+
+    type: Literal["checkpoint"] = "checkpoint"
+    checkpoint_id: str
+    commit: str
+    turn: int  # the turn it was taken in or after, counted from 1 (0: before the first)
+    step: int | None = None  # the tool call in that turn, counted from 1
+    reason: Literal["tool", "turn_start", "turn_end", "save", "exec", "before_rewind",
+                    "rewind"]
+    tool_use_id: str | None = None
+    files: list[CheckpointFile] = Field(default_factory=list)
+    files_changed: int = 0
+
+
+class Rewind(_Event):
+    """The session went back to a checkpoint: its files (restored exactly), its
+    conversation (the agent's history is cut back to ``to_seq``: the events after it, up to
+    this one, are rewound, kept in the log but no longer part of what the agent is sent),
+    or both. ``undo`` is the checkpoint taken just before, which a rewind to undoes it."""
+
+    type: Literal["rewind"] = "rewind"
+    checkpoint_id: str
+    to_seq: int
+    files: bool
+    conversation: bool
+    undo: str
+
+
 Event = Annotated[
     SessionStart | SessionEnd | SessionError | Status | User | Assistant | Thinking
     | ToolUse | ToolOutput | ToolResult | FileChange | ApprovalRequest | ApprovalDecision
     | ExecStart | ExecOutput | ExecEnd | Usage | TaskUpdate | FileChangesCoalesced
-    | NetworkDenied,
+    | NetworkDenied | Checkpoint | Rewind,
     Field(discriminator="type"),
 ]
 _adapter: list[TypeAdapter[Any]] = []

@@ -62,11 +62,17 @@ _COPY = ("cp -a /mnt/source/. . && "
          "-m 'Imported'; fi")
 
 
+Note = Callable[[dict[str, Any], list[str], int], Status]
+
+
 async def import_archive(sessions: SessionService, principal: Principal,
-                         archive: AsyncIterable[bytes], name: str | None = None) -> SessionView:
+                         archive: AsyncIterable[bytes], name: str | None = None, *,
+                         events: AsyncIterable[Any] | None = None,
+                         note: Note | None = None) -> SessionView:
     """A new session from an export archive: its settings, project and event log,
     unpacked in a staging box. Connectors the archive names that this user has not are
-    left out, and said so."""
+    left out, and said so. A fork gives its own ``events`` (the archive's are then not
+    read) and ``note`` (what the last event says of where the session came from)."""
 
     async def has_connector(connector: str) -> bool:
         if sessions.check_network is None:
@@ -86,10 +92,10 @@ async def import_archive(sessions: SessionService, principal: Principal,
         view = await sessions.create(principal, req, imported=project_dir(staged))
         try:
             count = 0
-            async for event in events_of(staging):
+            async for event in events if events is not None else events_of(staging):
                 await sessions.events.append(view.id, event)
                 count += 1
-            await sessions.events.append(view.id, imported_note(old, dropped, count))
+            await sessions.events.append(view.id, (note or imported_note)(old, dropped, count))
         except BaseException:
             await sessions.purge(principal, view.id)
             raise

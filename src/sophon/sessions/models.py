@@ -267,3 +267,45 @@ class FileContent(BaseModel):
     truncated: bool = False
     content: str | None = None
     encoding: Literal["utf-8", "base64"] | None = None
+
+
+CheckpointId = Annotated[str, Field(pattern=r"^cp_[0-9a-f]{16}$",
+                                    description="A checkpoint's id (GET .../checkpoints)")]
+
+
+class CheckpointView(BaseModel):
+    id: str
+    seq: int  # the checkpoint event's place in the log
+    turn: int
+    step: int | None
+    reason: str
+    tool_use_id: str | None
+    ts: datetime
+    commit: str
+    files: list[dict[str, str]]
+    files_changed: int
+
+
+class CheckpointList(BaseModel):
+    checkpoints: list[CheckpointView]
+
+
+class RewindRequest(BaseModel):
+    model_config = REQUEST
+
+    checkpoint: CheckpointId
+    files: bool = True
+    conversation: bool = True
+
+
+class ForkRequest(BaseModel):
+    model_config = REQUEST
+
+    checkpoint: CheckpointId
+    name: str | None = Field(None, min_length=1, max_length=200)
+
+
+class CheckpointDiff(BaseModel):
+    base: str  # the commits compared (a checkpoint's, or git's empty tree)
+    head: str
+    diff: str

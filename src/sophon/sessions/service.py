@@ -13,7 +13,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,9 @@ class SessionService:
         self.claude_code_missing: Callable[[], str | None] = lambda: "no claude CLI"
         self.check_reachable: Callable[[str, str, NetworkSettings, list[str], str, int],
                                        Awaitable[None]] | None = None
+        # Told after a change to a session's files from outside a turn's tools (a save,
+        # an exec): sessions/checkpoints.py takes a checkpoint of it.
+        self.after_change: Callable[[SessionRow, str], None] | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -494,16 +497,21 @@ class SessionService:
         self.boxes.check_room_for(row.box_id)  # a 503 now, not an exec that "failed"
         await self.quotas.admit_box(row.user_id, row.box_id)
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        task = asyncio.create_task(self._run_exec(row, command, timeout, queue))
-        # Tracked until done: it outlives the reader when the caller stops reading, and
-        # its bookkeeping runs after the last event is handed out.
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # It outlives the reader when the caller stops reading, and its bookkeeping runs
+        # after the last event is handed out.
+        self.spawn(self._run_exec(row, command, timeout, queue))
 
         async def events() -> AsyncIterator[Any]:
             while (item := await queue.get()) is not None:
                 yield item
         return events()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Work that outlives the request that started it: tracked until done, and
+        waited for (or cancelled) when the server stops."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run_exec(self, row: SessionRow, command: str, timeout: int,
                         queue: asyncio.Queue[Any]) -> None:
@@ -565,6 +573,8 @@ class SessionService:
                     await db.execute(update(SessionRow).where(SessionRow.id == row.id)
                                      .values(last_activity_at=datetime.now(UTC)))
                     await db.commit()
+            if self.after_change is not None:
+                self.after_change(row, "exec")
 
     async def _mark_open(self, exec_id: str, session_id: str) -> None:
         async with self._db() as db:

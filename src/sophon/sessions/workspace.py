@@ -26,10 +26,6 @@ DIFF_LIMIT = 4 * 1024 * 1024
 REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/~^-]{0,200}$")
 
 
-
-
-
-
 def _translate(exc: BoxRequestError) -> SophonError:
     if exc.code == "not_found":
         return NotFound(exc.message)
@@ -95,6 +91,8 @@ class Workspace:
             except BoxRequestError as exc:
                 raise _translate(exc) from exc
         await self.sessions.touch(row.id)
+        if self.sessions.after_change is not None:
+            self.sessions.after_change(row, "save")
         return got
 
     async def diff(self, principal: Principal, session_id: str, since: str | None) -> str:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -124,6 +125,8 @@ class EventRow(Base):
     type: Mapped[str] = mapped_column(String(32))
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     data: Mapped[str] = mapped_column(Text)  # the event's wire JSON, already redacted
+
+    __table_args__ = (Index("ix_events_session_type", "session_id", "type", "seq"),)
 
 
 class SecretRow(Base):

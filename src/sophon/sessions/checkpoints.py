@@ -1,0 +1,301 @@
+"""Checkpoints: the whole working tree kept as a commit after every step that can change
+it, so any point of a session can be gone back to, forked from or compared.
+
+Taken inside the box by git, as the sandbox's user, in the project's own repository but
+never through its branches, index or stash: a private index (``.git/sophon/index``)
+that ``git add -A`` brings up to date (untracked files in, ignored files out; its
+cached file stats make a checkpoint of an unchanged tree cost a stat per file), a
+``write-tree``, and a commit under ``refs/sophon/checkpoints/<id>`` whose parent is the
+checkpoint before it (``refs/sophon/last``). Nothing is committed when the tree is the
+same as the last checkpoint's. The refs live in the project's ``.git``, so they travel
+with an export and a fork; the ``checkpoint`` events in the log say which commit is
+which checkpoint, when and why.
+
+A restore resets the private index to the target with ``read-tree --reset -u``, which
+rewrites only the files that differ from the state just checkpointed, removes the ones
+added since and brings back the ones deleted; ignored files are left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+from sophon.box.box import Box, ExecEvent, ExecOutcome
+from sophon.box.bwrap import BASE_ENV, WORKSPACE
+from sophon.errors import BadRequest, NotFound
+from sophon.events.types import Checkpoint, CheckpointFile
+from sophon.sessions.service import SessionService
+from sophon.store.tables import SessionRow
+from sophon.users import Principal
+
+log = logging.getLogger(__name__)
+
+FILES_LISTED = 100  # files named in a checkpoint event; files_changed counts them all
+DIFF_LIMIT = 4 * 1024 * 1024
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+# Tools that only read: no checkpoint after them (any other tool, an MCP server's
+# included, may change files; a checkpoint where nothing changed costs no event).
+READ_ONLY_TOOLS = frozenset({
+    "Read", "Glob", "Grep", "LS", "TaskCreate", "TaskUpdate", "TaskList", "TaskGet",
+    "TodoWrite", "WebFetch", "WebSearch", "NotebookRead", "ExitPlanMode", "BashOutput",
+})
+_IDENTITY = {"GIT_AUTHOR_NAME": "Sophon", "GIT_AUTHOR_EMAIL": "sophon@localhost",
+             "GIT_COMMITTER_NAME": "Sophon", "GIT_COMMITTER_EMAIL": "sophon@localhost"}
+
+# $1 the checkpoint's id, $2 its message, $3 "force" to record one even when nothing
+# changed, $4 the empty tree. Prints "same <commit>" or "new <commit>", then the changes
+# (name-status, NUL separated). Exit 3: no repository.
+_TAKE = """set -e
+git rev-parse --git-dir >/dev/null 2>&1 || { echo "/workspace is no git repository" >&2; exit 3; }
+gd=$(git rev-parse --absolute-git-dir)
+mkdir -p "$gd/sophon"
+export GIT_INDEX_FILE="$gd/sophon/index"
+git add -A --ignore-errors . >/dev/null 2>&1 || true
+tree=$(git write-tree)
+last=$(git rev-parse -q --verify 'refs/sophon/last^{commit}' || true)
+lasttree=""
+[ -n "$last" ] && lasttree=$(git rev-parse "$last^{tree}")
+if [ "$tree" = "$lasttree" ] && [ "$3" != force ]; then echo "same $last"; exit 0; fi
+if [ "$tree" = "$lasttree" ]; then commit=$last; else
+  commit=$(git commit-tree "$tree" ${last:+-p "$last"} -m "$2")
+  git update-ref refs/sophon/last "$commit"
+fi
+git update-ref "refs/sophon/checkpoints/$1" "$commit"
+echo "new $commit"
+git -c core.quotepath=off diff-tree -r -z --no-renames --name-status "${lasttree:-$4}" "$tree"
+"""
+
+# $1 the commit to restore. Run right after a checkpoint, so the private index is the
+# working tree as it is.
+_RESTORE = """set -e
+gd=$(git rev-parse --absolute-git-dir)
+export GIT_INDEX_FILE="$gd/sophon/index"
+git read-tree --reset -u "$1"
+"""
+
+# $1 the commit: the working tree made its, and the next checkpoint's parent (a fork's
+# copy of the project, whose last checkpoint was the source's).
+_RESET = """set -e
+gd=$(git rev-parse --absolute-git-dir)
+mkdir -p "$gd/sophon"
+export GIT_INDEX_FILE="$gd/sophon/index"
+git add -A --ignore-errors . >/dev/null 2>&1 || true
+git read-tree --reset -u "$1"
+git update-ref refs/sophon/last "$1"
+"""
+
+_DIFF = """git -c core.quotepath=off diff --no-color --no-ext-diff --no-renames "$1" "$2" --"""
+
+
+class CheckpointError(Exception):
+    pass
+
+
+async def _run(box: Box, script: str, args: list[str], cap: int = 1 << 20) -> tuple[int, str, str]:
+    out: list[str] = []
+    err: list[str] = []
+    code = -1
+    async for ev in box.exec(["bash", "-c", script, "checkpoint", *args], timeout=600,
+                             env={**BASE_ENV, **_IDENTITY}, cwd=WORKSPACE, output_cap=cap):
+        if isinstance(ev, ExecEvent):
+            (out if ev.stream == "stdout" else err).append(ev.data)
+        elif isinstance(ev, ExecOutcome):
+            code = ev.exit_code
+    return code, "".join(out), "".join(err)
+
+
+def _changes(listing: str) -> list[CheckpointFile]:
+    kinds = {"A": "added", "M": "modified", "D": "deleted", "T": "modified"}
+    parts = listing.split("\0")
+    return [CheckpointFile(path=path, change=kinds.get(status[:1], "modified"))  # type: ignore[arg-type]
+            for status, path in zip(parts[0::2], parts[1::2], strict=False) if path]
+
+
+class Checkpoints:
+    def __init__(self, sessions: SessionService) -> None:
+        self.sessions = sessions
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, session_id: str) -> asyncio.Lock:
+        """Held while the session's tree is checkpointed or restored: one at a time."""
+        return self._locks.setdefault(session_id, asyncio.Lock())
+
+    async def take(self, box: Box, session_id: str, reason: str, turn: int,
+                   step: int | None = None, tool_use_id: str | None = None,
+                   force: bool = False) -> Checkpoint | None:
+        """A checkpoint if the tree changed since the last one (or ``force``), logged as
+        an event; None when nothing changed or the workspace has no repository."""
+        async with self.lock(session_id):
+            return await self._take(box, session_id, reason, turn, step, tool_use_id, force)
+
+    async def _take(self, box: Box, session_id: str, reason: str, turn: int,
+                    step: int | None, tool_use_id: str | None,
+                    force: bool) -> Checkpoint | None:
+        cp_id = "cp_" + secrets.token_hex(8)
+        code, out, err = await _run(box, _TAKE, [cp_id, f"{reason} (turn {turn})",
+                                                 "force" if force else "", EMPTY_TREE])
+        if code != 0:
+            log.warning("no checkpoint of session %s: %s", session_id, err.strip()[-300:])
+            return None
+        head, _, listing = out.partition("\n")
+        kind, _, commit = head.partition(" ")
+        if kind != "new":
+            return None
+        files = _changes(listing)
+        event = Checkpoint(checkpoint_id=cp_id, commit=commit, turn=turn, step=step,
+                           reason=reason, tool_use_id=tool_use_id,  # type: ignore[arg-type]
+                           files=files[:FILES_LISTED], files_changed=len(files))
+        logged: Checkpoint = await self.sessions.events.append(session_id, event)
+        return logged
+
+    async def for_turn(self, box: Box, session_id: str) -> TurnCheckpoints:
+        """For the turn just begun (its user message logged)."""
+        return TurnCheckpoints(self, box, session_id, await self.turns(session_id))
+
+    def take_soon(self, row: SessionRow, reason: str) -> None:
+        """After a save or an exec: a checkpoint, in the background of the request."""
+        async def take() -> None:
+            try:
+                async with self.sessions.box(row) as box:
+                    await self.take(box, row.id, reason, await self.turns(row.id))
+            except Exception as exc:  # a checkpoint lost is logged, never the save's error
+                log.warning("checkpoint after %s in session %s failed: %s", reason, row.id, exc)
+
+        self.sessions.spawn(take())
+
+    async def restore(self, box: Box, session_id: str, commit: str, turn: int,
+                      checkpoint_id: str) -> tuple[Checkpoint, Checkpoint | None]:
+        """The working tree made exactly the checkpoint's: a checkpoint of how it was
+        first (forced, so the rewind can be undone), then the restore, then a checkpoint
+        of the result."""
+        async with self.lock(session_id):
+            before = await self._take(box, session_id, "before_rewind", turn, None, None,
+                                      True)
+            if before is None:
+                raise CheckpointError("the workspace's state could not be kept before the "
+                                      "rewind (is /workspace still a git repository?)")
+            code, _, err = await _run(box, _RESTORE, [commit])
+            if code != 0:
+                raise CheckpointError(f"restoring {checkpoint_id} failed: "
+                                      f"{err.strip()[-300:]}")
+            after = await self._take(box, session_id, "rewind", turn, None, None, False)
+            return before, after
+
+    async def reset(self, box: Box, session_id: str, commit: str) -> None:
+        """The working tree made exactly ``commit``'s, logging nothing (a fork)."""
+        async with self.lock(session_id):
+            code, _, err = await _run(box, _RESET, [commit])
+        if code != 0:
+            raise CheckpointError(f"restoring {commit[:12]} failed: {err.strip()[-300:]}")
+
+    async def diff(self, box: Box, base: str, target: str) -> str:
+        code, out, err = await _run(box, _DIFF, [base, target], DIFF_LIMIT)
+        if code != 0:
+            raise BadRequest(f"git diff failed: {err.strip()[-300:]}")
+        return out
+
+    # --- for the API: the owner's -----------------------------------------------------
+
+    async def listing(self, principal: Principal, session_id: str) -> list[dict[str, Any]]:
+        await self.sessions.get_row(principal, session_id)  # 404 for a stranger
+        return [view(cp) for cp in await self.all(session_id)]
+
+    async def compare(self, principal: Principal, session_id: str, base: str | None,
+                      head: str | None) -> tuple[str, str, str]:
+        """(base commit, head commit, the diff) between two checkpoints: ``head`` by
+        default the latest, ``base`` by default the one before ``head``."""
+        row = await self.sessions.get_row(principal, session_id)
+        cps = await self.all(session_id)
+        if not cps:
+            raise NotFound("this session has no checkpoints yet")
+        to = (await self.find(session_id, head)) if head else cps[-1]
+        if base:
+            frm = (await self.find(session_id, base)).commit
+        else:
+            earlier = [c for c in cps if c.seq < to.seq and c.commit != to.commit]
+            frm = earlier[-1].commit if earlier else EMPTY_TREE
+        return frm, to.commit, await self._diff(row, frm, to.commit)
+
+    async def turn_diff(self, principal: Principal, session_id: str,
+                        n: int) -> tuple[str, str, str]:
+        """What turn ``n`` changed: (base, head, the diff)."""
+        row = await self.sessions.get_row(principal, session_id)
+        base, head = await self.turn_range(session_id, n)
+        return base, head, (await self._diff(row, base, head) if base != head else "")
+
+    async def _diff(self, row: SessionRow, base: str, head: str) -> str:
+        async with self.sessions.box(row) as box:
+            return await self.diff(box, base, head)
+
+    # --- what the log says ------------------------------------------------------------
+
+    async def all(self, session_id: str) -> list[Checkpoint]:
+        """The session's checkpoints, oldest first."""
+        stored = await self.sessions.events.read_type(session_id, "checkpoint")
+        return [ev for ev in stored if isinstance(ev, Checkpoint)]
+
+    async def find(self, session_id: str, checkpoint_id: str) -> Checkpoint:
+        for cp in await self.all(session_id):
+            if cp.checkpoint_id == checkpoint_id:
+                return cp
+        raise NotFound(f"no checkpoint {checkpoint_id!r} in this session (GET "
+                       f"/v1/sessions/{session_id}/checkpoints lists them)")
+
+    async def turns(self, session_id: str) -> int:
+        """How many turns the session has had (user messages in its log)."""
+        return await self.sessions.events.count_type(session_id, "user")
+
+    async def turn_range(self, session_id: str, n: int) -> tuple[str, str]:
+        """The commits before and after turn ``n``: its start (the checkpoint taken as it
+        began, or the last one before it) and its last checkpoint."""
+        cps = await self.all(session_id)
+        if n < 1 or n > await self.turns(session_id):
+            raise NotFound(f"this session has no turn {n} (turns are counted from 1)")
+        start = [c for c in cps if c.turn < n or (c.turn == n and c.reason == "turn_start")]
+        within = [c for c in cps if c.turn == n]
+        base = start[-1].commit if start else EMPTY_TREE
+        end = within[-1].commit if within else base
+        return base, end
+
+
+class TurnCheckpoints:
+    """A turn's checkpoints: at its start (if the tree changed since the last), after
+    each tool call that may change files (its step: the tool call's number in the turn)
+    and at its end (always). A failure to take one is logged, never the turn's."""
+
+    def __init__(self, checkpoints: Checkpoints, box: Box, session_id: str, turn: int) -> None:
+        self.checkpoints, self.box, self.session_id, self.turn = checkpoints, box, session_id, turn
+        self.step = 0
+
+    async def _take(self, reason: str, step: int | None = None,
+                    tool_use_id: str | None = None, force: bool = False) -> None:
+        try:
+            await self.checkpoints.take(self.box, self.session_id, reason, self.turn, step,
+                                        tool_use_id, force)
+        except Exception as exc:
+            log.warning("checkpoint (%s) of session %s failed: %s", reason, self.session_id,
+                        exc)
+
+    async def start(self) -> None:
+        await self._take("turn_start")
+
+    async def after_tool(self, tool: str, tool_use_id: str) -> None:
+        self.step += 1
+        if tool not in READ_ONLY_TOOLS:
+            await self._take("tool", self.step, tool_use_id)
+
+    async def end(self) -> None:
+        # Always: the end of a turn is where a rewind of the conversation most often
+        # goes back to, changed files or not (an unchanged tree costs no commit).
+        await self._take("turn_end", force=True)
+
+
+def view(cp: Checkpoint) -> dict[str, Any]:
+    """A checkpoint as the API lists it."""
+    return {"id": cp.checkpoint_id, "seq": cp.seq, "turn": cp.turn, "step": cp.step,
+            "reason": cp.reason, "tool_use_id": cp.tool_use_id, "ts": cp.ts,
+            "commit": cp.commit, "files": [f.model_dump() for f in cp.files],
+            "files_changed": cp.files_changed}
