@@ -15,6 +15,7 @@ import typer
 from sophon.commands import (
     archive,
     capabilities,
+    checkpoints,
     claude_code,
     connectors,
     mcp,
@@ -33,7 +34,8 @@ app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(volumes.app, name="volumes")
 app.add_typer(connectors.app, name="connectors")
 app.add_typer(testing_app, name="testing")
-assert archive.app is session_mcp.app is claude_code.app  # their commands are claude-code's
+# Their commands are claude-code's.
+assert archive.app is session_mcp.app is checkpoints.app is claude_code.app
 app.command()(capabilities.capabilities)
 app.command()(mcp.mcp)
 

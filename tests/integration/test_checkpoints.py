@@ -298,3 +298,59 @@ def test_checkpoints_survive_a_restart_and_an_export(server: LiveServer,
         assert [c["id"] for c in checkpoints(again, sid)] == [c["id"] for c in cps]
         assert rewind(again, sid, first).status_code == 200
         assert "./a.txt=one" in files(again, sid)
+
+
+EDITS = {"turns": [
+    {"content": [tool("Write", file_path="/workspace/app.py",
+                      content="".join(f"line {i}\n" for i in range(1, 31)))]},
+    "wrote app.py",
+    {"content": [tool("Bash", command="sed -i -e 's/^line 2$/line two/' "
+                                      "-e 's/^line 28$/line twenty-eight/' app.py")]},
+    "edited app.py",
+    "noted",
+    "addressed",
+]}
+
+
+def test_a_rejected_hunk_is_reverted_and_told_to_the_agent(server: LiveServer,
+                                                           model: ModelServer) -> None:
+    with user(server) as http:
+        model.set_script(EDITS)
+        sid = http.post("/v1/sessions", json={"name": "review", "approval": {"shell": "allow"}}
+                        ).json()["id"]
+        turn(http, sid, "write app.py")
+        turn(http, sid, "rename two lines")
+        diff = http.get(f"/v1/sessions/{sid}/turns/2/diff").json()["diff"]
+        assert diff.count("\n@@ ") == 2  # two hunks, far apart
+        r = http.post(f"/v1/sessions/{sid}/turns/2/review",
+                      json={"reject": [{"path": "app.py", "hunk": 1}]})
+        assert r.status_code == 200, r.text
+        review = r.json()
+        assert review["type"] == "review" and "line twenty-eight" in review["rejected"][0]["patch"]
+        text = sh(http, sid, "cat app.py")
+        assert "line two\n" in text and "line 28\n" in text  # only the second hunk went
+        assert checkpoints(http, sid)[-1]["reason"] == "review"
+        # Told with the next message, before it.
+        turn(http, sid, "what now?")
+        said = model.requests[-1]["messages"][-1]["content"][-1]["text"]
+        assert said.startswith("I reviewed what turn 2 changed and rejected these hunks")
+        assert "line twenty-eight" in said and said.endswith("what now?")
+        # Comments are a message of their own, at once.
+        asked = len(model.requests)
+        r = http.post(f"/v1/sessions/{sid}/turns/1/review",
+                      json={"comments": [{"path": "app.py", "line": 3, "text": "say why"}]})
+        assert r.status_code == 200, r.text
+        wait_for(lambda: len(model.requests) == asked + 1 and
+                 http.get(f"/v1/sessions/{sid}").json()["status"] == "idle", 30, 0.05,
+                 "the comments' turn")
+        said = model.requests[-1]["messages"][-1]["content"][-1]["text"]
+        assert "- app.py:3: say why" in said
+        # A hunk that is not there, or no longer applies, is said; nothing changes.
+        r = http.post(f"/v1/sessions/{sid}/turns/2/review",
+                      json={"reject": [{"path": "app.py", "hunk": 5}]})
+        assert r.status_code == 400 and "no hunk 5" in r.json()["message"]
+        r = http.post(f"/v1/sessions/{sid}/turns/2/review",
+                      json={"reject": [{"path": "app.py", "hunk": 1}]})  # reverted already
+        assert r.status_code == 409 and "cannot be taken back" in r.json()["message"]
+        assert sh(http, sid, "cat app.py") == text
+        assert http.post(f"/v1/sessions/{sid}/turns/2/review", json={}).status_code == 400

@@ -53,6 +53,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
                    "files": [{"path": "a.txt", "change": "added"}], "files_changed": 1},
     "rewind": {"checkpoint_id": "cp_0123456789abcdef", "to_seq": 7, "files": True,
                "conversation": True, "undo": "cp_fedcba9876543210"},
+    "review": {"turn": 2, "rejected": [{"path": "a.py", "hunk": 0,
+                                        "patch": "diff --git a/a.py b/a.py\n"}],
+               "comments": [{"path": "a.py", "line": 3, "text": "name it better"}]},
 }
 
 

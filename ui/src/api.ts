@@ -1,6 +1,6 @@
 // The one place that talks to the server: same origin, the session cookie, and the CSRF
 // token on every state-changing request. The API key itself is never kept by the page.
-import type { ConnectorView, FileContent, SessionView, UsageReport, WireEvent } from "./types";
+import type { CheckpointView, ConnectorView, FileContent, SessionView, UsageReport, WireEvent } from "./types";
 
 export class ApiError extends Error {
   constructor(
@@ -166,6 +166,13 @@ export const sessions = {
       `${sessionPath(id)}/messages`,
       jsonBody("POST", { content, queue }),
     ),
+  checkpoints: (id: string) => request<{ checkpoints: CheckpointView[] }>(`${sessionPath(id)}/checkpoints`),
+  rewind: (id: string, checkpoint: string, files: boolean, conversation: boolean) =>
+    request<WireEvent>(`${sessionPath(id)}/rewind`, jsonBody("POST", { checkpoint, files, conversation })),
+  fork: (id: string, checkpoint: string, name?: string) =>
+    request<SessionView>(`${sessionPath(id)}/fork`, jsonBody("POST", name ? { checkpoint, name } : { checkpoint })),
+  turnDiff: (id: string, turn: number) =>
+    request<{ base: string; head: string; diff: string }>(`${sessionPath(id)}/turns/${turn}/diff`),
   interrupt: (id: string) =>
     request<{ interrupted: boolean }>(`${sessionPath(id)}/interrupt`, { method: "POST" }),
   page: (id: string, after: number, limit: number) =>

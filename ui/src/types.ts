@@ -141,6 +141,18 @@ export type WireEvent = Envelope &
         reason: string | null;
       }
     | { type: "network_denied"; host: string; port: number; rule: string; message: string }
+    | {
+        type: "checkpoint";
+        checkpoint_id: string;
+        commit: string;
+        turn: number;
+        step: number | null;
+        reason: CheckpointReason;
+        tool_use_id: string | null;
+        files: { path: string; change: "added" | "modified" | "deleted" }[];
+        files_changed: number;
+      }
+    | { type: "rewind"; checkpoint_id: string; to_seq: number; files: boolean; conversation: boolean; undo: string }
     | { type: "tool_output"; tool_use_id: string; stream: "stdout" | "stderr"; data: string; index: number }
     | { type: "exec_start"; exec_id: string; command: string }
     | { type: "exec_output"; exec_id: string; stream: "stdout" | "stderr"; data: string }
@@ -155,3 +167,19 @@ export type WireEvent = Envelope &
   );
 
 export type EventOf<T extends WireEvent["type"]> = Extract<WireEvent, { type: T }>;
+
+export type CheckpointReason = "tool" | "turn_start" | "turn_end" | "save" | "exec" | "before_rewind" | "rewind";
+
+/** A checkpoint as GET /v1/sessions/{id}/checkpoints lists it. */
+export interface CheckpointView {
+  id: string;
+  seq: number;
+  turn: number;
+  step: number | null;
+  reason: CheckpointReason;
+  tool_use_id: string | null;
+  ts: string;
+  commit: string;
+  files: { path: string; change: "added" | "modified" | "deleted" }[];
+  files_changed: number;
+}

@@ -110,3 +110,18 @@ def tasks_of(events: list[Any]) -> dict[str, dict[str, Any]]:
             tasks[ev.task_id] = {"subject": ev.subject, "status": ev.status,
                                  "description": ev.description}
     return tasks
+
+
+def review_note(reviews: list[Any]) -> str:
+    """What the agent is told of reviews since its last message, before that message."""
+    parts: list[str] = []
+    for r in reviews:
+        if r.rejected:
+            patches = "".join(h.patch for h in r.rejected)
+            parts.append(f"I reviewed what turn {r.turn} changed and rejected these hunks; "
+                         f"they have been reverted in the workspace, so do not make them "
+                         f"again as they were:\n```diff\n{patches}```")
+        if r.comments:
+            lines = "\n".join(f"- {c.path}:{c.line}: {c.text}" for c in r.comments)
+            parts.append(f"My comments on what turn {r.turn} changed:\n{lines}")
+    return "\n\n".join(parts)

@@ -11,9 +11,9 @@ from typing import Any
 from sophon.agent import history
 from sophon.agent.runtime import _all_events
 from sophon.agent.service import AgentService
-from sophon.errors import BadRequest, SophonError
-from sophon.events.types import Rewind, Status
-from sophon.sessions.checkpoints import CheckpointError, Checkpoints
+from sophon.errors import BadRequest, Conflict, SophonError
+from sophon.events.types import Review, ReviewComment, ReviewHunk, Rewind, Status
+from sophon.sessions.checkpoints import CheckpointError, Checkpoints, split_hunks
 from sophon.sessions.imports import import_archive
 from sophon.sessions.models import SessionView
 from sophon.users import Principal
@@ -95,3 +95,47 @@ class Rewinds:
             raise
         return await self.sessions.get(principal, view.id)
 
+
+    async def review(self, principal: Principal, session_id: str, turn: int,
+                     reject: list[tuple[str, int]],
+                     comments: list[tuple[str, int, str]]) -> Review:
+        """The owner's review of a turn: the rejected hunks (by file and place in the
+        turn's diff) are reverted in the workspace now; they and the comments reach the
+        agent with the next message, which the comments are at once."""
+        row = await self.sessions.get_row(principal, session_id)
+        if not reject and not comments:
+            raise BadRequest("a review rejects a hunk or comments on a line (or both)")
+        base, head = await self.checkpoints.turn_range(session_id, turn)
+        with self.agent.hold(session_id, "a review"):
+            async with self.sessions.box(row) as box:
+                by_file = split_hunks(await self.checkpoints.diff(box, base, head)
+                                      if base != head else "")
+                hunks: list[ReviewHunk] = []
+                for path, n in reject:
+                    header, parts = by_file.get(path, ("", []))
+                    if not 0 <= n < len(parts):
+                        raise BadRequest(f"turn {turn} changed no hunk {n} of {path!r} "
+                                         f"(GET .../turns/{turn}/diff shows its hunks)")
+                    hunks.append(ReviewHunk(path=path, hunk=n, patch=header + parts[n]))
+                try:
+                    for path in dict.fromkeys(h.path for h in hunks):
+                        mine = [h for h in hunks if h.path == path]
+                        patch = by_file[path][0] + "".join(by_file[path][1][h.hunk]
+                                                           for h in sorted(mine, key=_hunk))
+                        await self.checkpoints.revert(box, patch)
+                except CheckpointError as exc:
+                    raise Conflict(str(exc)) from None
+                turns = await self.checkpoints.turns(session_id)
+                if hunks:
+                    await self.checkpoints.take(box, session_id, "review", turns)
+            event: Review = await self.sessions.events.append(session_id, Review(
+                turn=turn, rejected=hunks,
+                comments=[ReviewComment(path=p, line=n, text=t) for p, n, t in comments]))
+        if comments:
+            await self.agent.send(principal, session_id, "Please address my review.",
+                                  queue=True)
+        return event
+
+
+def _hunk(h: ReviewHunk) -> int:
+    return h.hunk

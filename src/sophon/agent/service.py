@@ -72,7 +72,7 @@ class AgentService:
             await self.gateway.key_for(Caller(row.id, row.user_id, row))
         else:
             self.gateway.require_key()
-        turn = Turn(session_id, principal, content)
+        turn = Turn(session_id, principal, await self._with_reviews(session_id, content))
         if session_id in self._held:
             raise TurnBusy(f"{self._held[session_id]} is in progress in this session; send "
                            "the message once it is done")
@@ -89,6 +89,14 @@ class AgentService:
         await self.sessions.quotas.admit_box(principal.user_id, row.box_id)
         self._start(turn)
         return {"queued": False}
+
+    async def _with_reviews(self, session_id: str, content: str) -> str:
+        """The message, after what the owner's reviews since the last one said (rejected
+        hunks, line comments): the agent hears of them with it, whatever the runtime."""
+        since = await self.sessions.events.last_of_type(session_id, "user")
+        reviews = [r for r in await self.sessions.events.read_type(session_id, "review")
+                   if r.seq > since]
+        return f"{history.review_note(reviews)}\n\n{content}" if reviews else content
 
     def _start(self, turn: Turn) -> None:
         self._turns[turn.session_id] = turn

@@ -15,6 +15,7 @@ from sophon.sessions.models import (
     CheckpointId,
     CheckpointList,
     ForkRequest,
+    ReviewRequest,
     RewindRequest,
     SessionView,
 )
@@ -71,3 +72,19 @@ async def fork(session_id: str, body: ForkRequest, services: ServicesDep,
     """A new session as this one was at a checkpoint: files, git history, settings,
     secrets, and the conversation up to it."""
     return await services.rewinds.fork(principal, session_id, body.checkpoint, body.name)
+
+
+@router.post("/{session_id}/turns/{turn}/review", responses=errors(
+    400, 404, (409, "A turn is running (`turn_in_progress`), or a rejected hunk no longer "
+                    "applies: its file changed since (`conflict`).")))
+async def review_turn(session_id: str, body: ReviewRequest, services: ServicesDep,
+                      principal: PrincipalDep, turn: int = Path(ge=1, le=10**9)
+                      ) -> dict[str, Any]:
+    """Review what a turn changed: each rejected hunk (by file and its place in the
+    turn's diff) is reverted in the workspace now; the rejections and line comments go
+    to the agent with the next message, which comments send at once. Returns the
+    ``review`` event."""
+    event = await services.rewinds.review(
+        principal, session_id, turn, [(r.path, r.hunk) for r in body.reject],
+        [(c.path, c.line, c.text) for c in body.comments])
+    return to_wire(event)

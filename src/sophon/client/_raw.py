@@ -235,6 +235,44 @@ class RawClient:
         return str(self._http.call("GET", f"/v1/sessions/{seg(session_id)}/diff",
                                    params={"since": since})["diff"])
 
+    # --- checkpoints ---------------------------------------------------------------
+
+    def checkpoints(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's checkpoints, oldest first (``id``, ``turn``, ``step``,
+        ``reason``, ``ts``, ``files``, ...)."""
+        return list(self._http.call("GET", f"/v1/sessions/{seg(session_id)}/checkpoints")
+                    ["checkpoints"])
+
+    def rewind(self, session_id: str, checkpoint: str, *, files: bool = True,
+               conversation: bool = True) -> Any:
+        """Back to a checkpoint (its files, the conversation as it was, or both); the
+        ``rewind`` event, whose ``undo`` is the checkpoint that undoes it."""
+        return self._as_event(self._http.call(
+            "POST", f"/v1/sessions/{seg(session_id)}/rewind",
+            json_body={"checkpoint": checkpoint, "files": files,
+                       "conversation": conversation}))
+
+    def fork(self, session_id: str, checkpoint: str, *, name: str | None = None) -> Any:
+        """A new session as this one was at ``checkpoint``."""
+        body: dict[str, Any] = {"checkpoint": checkpoint}
+        if name:
+            body["name"] = name
+        return self._as_session(self._http.call(
+            "POST", f"/v1/sessions/{seg(session_id)}/fork", json_body=body))
+
+    def turn_diff(self, session_id: str, turn: int) -> str:
+        """What turn ``turn`` (counted from 1) changed, as a unified diff."""
+        return str(self._http.call("GET", f"/v1/sessions/{seg(session_id)}/turns/{turn}/diff")
+                   ["diff"])
+
+    def checkpoint_diff(self, session_id: str, base: str | None = None,
+                        head: str | None = None) -> str:
+        """What changed from checkpoint ``base`` to ``head`` (the latest by default;
+        ``base`` by default the one before ``head``)."""
+        params = {k: v for k, v in (("from", base), ("to", head)) if v}
+        return str(self._http.call("GET", f"/v1/sessions/{seg(session_id)}/checkpoints/diff",
+                                   params=params)["diff"])
+
     def secrets(self, session_id: str) -> list[str]:
         return list(self._http.call("GET", f"/v1/sessions/{seg(session_id)}/secrets")["names"])
 

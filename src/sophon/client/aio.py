@@ -245,6 +245,34 @@ class AsyncClient:
         return str((await self._json("GET", f"/v1/sessions/{seg(session_id)}/diff",
                                      params=params))["diff"])
 
+    async def checkpoints(self, session_id: str) -> list[dict[str, Any]]:
+        return list((await self._json("GET", f"/v1/sessions/{seg(session_id)}/checkpoints"))
+                    ["checkpoints"])
+
+    async def rewind(self, session_id: str, checkpoint: str, *, files: bool = True,
+                     conversation: bool = True) -> Any:
+        return from_wire(await self._json(
+            "POST", f"/v1/sessions/{seg(session_id)}/rewind",
+            json={"checkpoint": checkpoint, "files": files, "conversation": conversation}))
+
+    async def fork(self, session_id: str, checkpoint: str, *,
+                   name: str | None = None) -> SessionView:
+        body: dict[str, Any] = {"checkpoint": checkpoint}
+        if name:
+            body["name"] = name
+        return SessionView.model_validate(await self._json(
+            "POST", f"/v1/sessions/{seg(session_id)}/fork", json=body))
+
+    async def turn_diff(self, session_id: str, turn: int) -> str:
+        return str((await self._json(
+            "GET", f"/v1/sessions/{seg(session_id)}/turns/{turn}/diff"))["diff"])
+
+    async def checkpoint_diff(self, session_id: str, base: str | None = None,
+                              head: str | None = None) -> str:
+        params = {k: v for k, v in (("from", base), ("to", head)) if v}
+        return str((await self._json(
+            "GET", f"/v1/sessions/{seg(session_id)}/checkpoints/diff", params=params))["diff"])
+
     async def secrets(self, session_id: str) -> list[str]:
         return list((await self._json("GET", f"/v1/sessions/{seg(session_id)}/secrets"))
                     ["names"])

@@ -48,8 +48,10 @@ def import_(archive: Annotated[Path, typer.Argument(
             name: Annotated[Optional[str], typer.Option(  # noqa: UP045
                 help="A name for the new session (the archive's otherwise).")] = None,
             ) -> None:
-    """Make a new session from an export: its settings, project (with git history) and
-    events; the conversation goes on from there. Prints the new id.
+    """Make a new session from an export; prints its id.
+
+    It gets the export's settings, project (with git history) and events; the
+    conversation goes on from there.
 
     Example: sophon claude-code import ./archive/ses_0123abcd.tar.gz --name restored
     """

@@ -284,6 +284,14 @@ class EventLog:
                 .order_by(EventRow.seq))).all()
         return [Stored(r.seq, r.type, r.data).event() for r in rows]
 
+    async def last_of_type(self, session_id: str, event_type: str) -> int:
+        """The seq of the session's last event of this type (0: none)."""
+        async with self._engine.connect() as conn:
+            found = await conn.scalar(
+                select(func.max(EventRow.seq))
+                .where(EventRow.session_id == session_id, EventRow.type == event_type))
+        return int(found or 0)
+
     async def count_type(self, session_id: str, event_type: str) -> int:
         async with self._engine.connect() as conn:
             found = await conn.scalar(

@@ -198,7 +198,7 @@ class Checkpoint(_Event):
     turn: int  # the turn it was taken in or after, counted from 1 (0: before the first)
     step: int | None = None  # the tool call in that turn, counted from 1
     reason: Literal["tool", "turn_start", "turn_end", "save", "exec", "before_rewind",
-                    "rewind"]
+                    "rewind", "review"]
     tool_use_id: str | None = None
     files: list[CheckpointFile] = Field(default_factory=list)
     files_changed: int = 0
@@ -218,11 +218,38 @@ class Rewind(_Event):
     undo: str
 
 
+class ReviewHunk(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    hunk: int  # its place among the file's hunks in the turn's diff, from 0
+    patch: str  # the file's header and that hunk, as the turn's diff had them
+
+
+class ReviewComment(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    line: int
+    text: str
+
+
+class Review(_Event):
+    """The owner reviewed a turn's changes: ``rejected`` hunks were reverted in the
+    workspace, and they and the ``comments`` are told to the agent with the next message
+    (at once, when there are comments: they are a message of their own)."""
+
+    type: Literal["review"] = "review"
+    turn: int
+    rejected: list[ReviewHunk] = Field(default_factory=list)
+    comments: list[ReviewComment] = Field(default_factory=list)
+
+
 Event = Annotated[
     SessionStart | SessionEnd | SessionError | Status | User | Assistant | Thinking
     | ToolUse | ToolOutput | ToolResult | FileChange | ApprovalRequest | ApprovalDecision
     | ExecStart | ExecOutput | ExecEnd | Usage | TaskUpdate | FileChangesCoalesced
-    | NetworkDenied | Checkpoint | Rewind,
+    | NetworkDenied | Checkpoint | Rewind | Review,
     Field(discriminator="type"),
 ]
 _adapter: list[TypeAdapter[Any]] = []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sophon.box.box import Box, ExecEvent, ExecOutcome
@@ -85,6 +86,11 @@ export GIT_INDEX_FILE="$gd/sophon/index"
 git add -A --ignore-errors . >/dev/null 2>&1 || true
 git read-tree --reset -u "$1"
 git update-ref refs/sophon/last "$1"
+"""
+
+# $1 a patch file: reversed into the working tree (not the index), then removed.
+_REVERT = """trap 'rm -f "$1"' EXIT
+git apply -R --recount --whitespace=nowarn "$1"
 """
 
 _DIFF = """git -c core.quotepath=off diff --no-color --no-ext-diff --no-renames "$1" "$2" --"""
@@ -184,6 +190,21 @@ class Checkpoints:
             after = await self._take(box, session_id, "rewind", turn, None, None, False)
             return before, after
 
+    async def revert(self, box: Box, patch: str) -> None:
+        """Take ``patch`` (hunks of a diff whose result is in the working tree) back out
+        of the working tree; a CheckpointError saying why when it no longer applies."""
+        name = f".sophon-review-{secrets.token_hex(6)}.patch"
+
+        async def data() -> AsyncIterator[bytes]:
+            yield patch.encode()
+
+        await box.put_file("/tmp", name, data())
+        code, _, err = await _run(box, _REVERT, [f"/tmp/{name}"])
+        if code != 0:
+            said = (err.strip().splitlines() or ["git apply failed"])[-1]
+            raise CheckpointError(f"the change cannot be taken back: the file has changed "
+                                  f"since that turn ({said})")
+
     async def reset(self, box: Box, session_id: str, commit: str) -> None:
         """The working tree made exactly ``commit``'s, logging nothing (a fork)."""
         async with self.lock(session_id):
@@ -255,7 +276,10 @@ class Checkpoints:
         if n < 1 or n > await self.turns(session_id):
             raise NotFound(f"this session has no turn {n} (turns are counted from 1)")
         start = [c for c in cps if c.turn < n or (c.turn == n and c.reason == "turn_start")]
-        within = [c for c in cps if c.turn == n]
+        # The turn's own steps: not a save, an exec or a review after it, which count
+        # the turn before them too.
+        within = [c for c in cps if c.turn == n and c.reason in ("turn_start", "tool",
+                                                                 "turn_end")]
         base = start[-1].commit if start else EMPTY_TREE
         end = within[-1].commit if within else base
         return base, end
@@ -291,6 +315,28 @@ class TurnCheckpoints:
         # Always: the end of a turn is where a rewind of the conversation most often
         # goes back to, changed files or not (an unchanged tree costs no commit).
         await self._take("turn_end", force=True)
+
+
+def split_hunks(diff: str) -> dict[str, tuple[str, list[str]]]:
+    """A ``git diff`` by file: each file's header (``diff --git`` to ``+++``) and its
+    hunks (from an ``@@`` line to the next), as text that ``git apply`` takes back."""
+    files: dict[str, tuple[str, list[str]]] = {}
+    for block in ("\n" + diff).split("\ndiff --git ")[1:]:
+        lines = ("diff --git " + block).splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        first = next((i for i, line in enumerate(lines) if line.startswith("@@")), len(lines))
+        header, hunks = "".join(lines[:first]), []
+        for line in lines[first:]:
+            if line.startswith("@@"):
+                hunks.append(line)
+            else:
+                hunks[-1] += line
+        path = next((line[6:].rstrip("\n") for line in lines[:first]
+                     if line.startswith("+++ b/")), None) or next(
+            (line[6:].rstrip("\n") for line in lines[:first] if line.startswith("--- a/")), "")
+        files[path] = (header, hunks)
+    return files
 
 
 def view(cp: Checkpoint) -> dict[str, Any]:

@@ -309,3 +309,26 @@ class CheckpointDiff(BaseModel):
     base: str  # the commits compared (a checkpoint's, or git's empty tree)
     head: str
     diff: str
+
+
+class RejectHunk(BaseModel):
+    model_config = REQUEST
+
+    path: str = Field(min_length=1, max_length=4096)
+    hunk: int = Field(ge=0, le=100_000, description="The hunk's place in the file's diff, "
+                                                    "from 0 (GET .../turns/{n}/diff)")
+
+
+class LineComment(BaseModel):
+    model_config = REQUEST
+
+    path: str = Field(min_length=1, max_length=4096)
+    line: int = Field(ge=1, le=10_000_000, description="A line of the file after the turn")
+    text: str = Field(min_length=1, max_length=20_000)
+
+
+class ReviewRequest(BaseModel):
+    model_config = REQUEST
+
+    reject: list[RejectHunk] = Field(default_factory=list, max_length=1000)
+    comments: list[LineComment] = Field(default_factory=list, max_length=200)

@@ -271,6 +271,11 @@ function FileChangeRow({ ev, open, actions, id }: { ev: EventOf<"file_change">; 
   );
 }
 
+export const CHECKPOINT_LABEL: Record<string, string> = {
+  tool: "after a tool call", turn_start: "turn start", turn_end: "turn end", save: "after a save",
+  exec: "after a command", before_rewind: "before a rewind", rewind: "after a rewind",
+};
+
 function PlainEvent({ ev, open, actions, id }: { ev: WireEvent; open: boolean; actions: RowActions; id: string }) {
   switch (ev.type) {
     case "user":
@@ -349,6 +354,21 @@ function PlainEvent({ ev, open, actions, id }: { ev: WireEvent; open: boolean; a
       );
     case "network_denied":
       return <NetworkDenied ev={ev} />;
+    case "checkpoint":
+      return (
+        <div className="row quiet checkpoint-line" title={ev.files.map((f) => `${f.change} ${f.path}`).join("\n")}>
+          ⚑ checkpoint · {CHECKPOINT_LABEL[ev.reason]}
+          {ev.files_changed ? ` · ${ev.files_changed} file${ev.files_changed === 1 ? "" : "s"} changed` : ""}
+        </div>
+      );
+    case "rewind":
+      return (
+        <div className="row rewind-line" role="note">
+          ↶ Rewound {ev.files && ev.conversation ? "files and conversation" : ev.files ? "files" : "conversation"} to{" "}
+          <code>{ev.checkpoint_id}</code>
+          {ev.conversation ? " · the agent no longer sees the messages between that checkpoint and here" : ""}
+        </div>
+      );
     case "exec_output":
       return <pre className="row out">{ev.data}</pre>;
     case "exec_end":

@@ -25,7 +25,7 @@ export type Item =
       end?: EventOf<"exec_end">;
     };
 
-export const QUIET_TYPES = new Set(["status", "usage", "session_start"]);
+export const QUIET_TYPES = new Set(["status", "usage", "session_start", "checkpoint"]);
 
 export function buildItems(events: WireEvent[], showQuiet: boolean): Item[] {
   const results = new Map<string, EventOf<"tool_result">>();
