@@ -201,6 +201,9 @@ class Settings(BaseSettings):
     # answered in mcp_call_seconds is a tool error.
     mcp_start_seconds: float = Field(20.0, gt=0)
     mcp_call_seconds: float = Field(300.0, gt=0)
+    # Files larger than this are left out of a session's checkpoints (a rewind leaves
+    # them as they are): each checkpoint would otherwise keep another copy in .git.
+    checkpoint_max_file_mb: float = Field(10.0, gt=0)
     egress_github_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["github.com", "api.github.com"])
 

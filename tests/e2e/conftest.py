@@ -1,11 +1,15 @@
-"""Fixtures of the CLI tests: one scripted model and one server per test module, and for
-each test its own user and its own empty config directory."""
+"""Fixtures of the CLI and dashboard tests: one scripted model and one server per test
+module, and for each test its own user and its own empty config directory; for the
+dashboard, Debian's Chromium (one per module) and a fresh page per test."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,9 +40,20 @@ def config_home(tmp_path: Path) -> Path:
     return path
 
 
+def new_user(server: LiveServer) -> str:
+    """``server.add_user`` in a thread of its own: Playwright's sync API keeps an event
+    loop running in the test's thread, where ``asyncio.run`` is refused."""
+    got: list[str] = []
+    worker = threading.Thread(target=lambda: got.append(server.add_user()))
+    worker.start()
+    worker.join(60)
+    assert got, "could not create a user"
+    return got[0]
+
+
 @pytest.fixture
 def key(server: LiveServer) -> str:
-    return server.add_user()
+    return new_user(server)
 
 
 @pytest.fixture
@@ -53,3 +68,41 @@ def own_server(model: ModelServer, data_dir: Path) -> Iterator[LiveServer]:
     srv = LiveServer(data_dir, env=model_env(model)).start()
     yield srv
     srv.stop()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+DEADLINE_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookies) at 1280x800; page errors fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800},
+                                  accept_downloads=True)
+    context.set_default_timeout(DEADLINE_MS)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where a test's screenshots go: docs/screenshots with SOPHON_UPDATE_SCREENSHOTS=1."""
+    if os.environ.get("SOPHON_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    return tmp_path

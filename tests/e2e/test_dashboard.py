@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import re
 import tarfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,14 +23,12 @@ import pytest
 
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, wait_for
+from tests.e2e.conftest import CHROMIUM, DEADLINE_MS, new_user
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
 DIST = REPO / "ui" / "dist" / "index.html"
-SCREENSHOTS = REPO / "docs" / "screenshots"
-DEADLINE_MS = 30_000
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(),
@@ -61,52 +56,6 @@ JOURNEY = {"turns": [
                             "new_string": "gamma from claude"}}]},
     {"content": "Edited notes.txt."},
 ]}
-
-
-def new_user(server: LiveServer) -> str:
-    """``server.add_user`` in a thread of its own: Playwright's sync API keeps an event
-    loop running in this one, where ``asyncio.run`` is refused."""
-    got: list[str] = []
-    worker = threading.Thread(target=lambda: got.append(server.add_user()))
-    worker.start()
-    worker.join(60)
-    assert got, "could not create a user"
-    return got[0]
-
-
-@pytest.fixture
-def key(server: LiveServer) -> str:
-    return new_user(server)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: object) -> Iterator[object]:
-    """A fresh browser context (no cookies) at 1280x800; page errors fail the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800},  # type: ignore[attr-defined]
-                                  accept_downloads=True)
-    context.set_default_timeout(DEADLINE_MS)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    if os.environ.get("SOPHON_UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        return SCREENSHOTS
-    return tmp_path
 
 
 def api(server: LiveServer, key: str) -> httpx.Client:

@@ -97,22 +97,6 @@ def server(hosts: tuple[Host, Host]) -> Iterator[LiveServer]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def new_user(server: LiveServer) -> str:
-    """``server.add_user`` in a thread: Playwright's sync API keeps an event loop running
-    in this one, where ``asyncio.run`` is refused."""
-    got: list[str] = []
-    worker = threading.Thread(target=lambda: got.append(server.add_user()))
-    worker.start()
-    worker.join(60)
-    assert got, "could not create a user"
-    return got[0]
-
-
-@pytest.fixture
-def key(server: LiveServer) -> str:
-    return new_user(server)
-
-
 @pytest.fixture
 def http(server: LiveServer, key: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=120,

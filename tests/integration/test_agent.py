@@ -120,7 +120,8 @@ def test_builds_tests_fixes_and_passes(http: httpx.Client, model: ModelServer) -
     assert req["tool"] == "Bash" and "unittest" in req["input"]["command"]
     evs = wait_turn(http, sid)
 
-    kinds = [e["type"] for e in evs if e["type"] not in ("file_change", "usage", "tool_output")]
+    kinds = [e["type"] for e in evs
+             if e["type"] not in ("file_change", "usage", "tool_output", "checkpoint")]
     story = kinds[kinds.index("user"):]
     assert story == [
         "user", "status", "thinking", "assistant", "tool_use", "tool_use", "tool_use",
@@ -136,6 +137,13 @@ def test_builds_tests_fixes_and_passes(http: httpx.Client, model: ModelServer) -
     assert [e["status"] for e in evs if e["type"] == "task_update"] == ["pending", "completed"]
     assert story[-1] == "status" and evs[-1 if evs[-1]["type"] != "file_change" else -2]
     assert any(e["type"] == "usage" for e in evs)
+    # Checkpoints: the turn's start and end, and after tool calls that change files
+    # (the Writes, the Edit; a Bash that leaves __pycache__ behind), never a read-only one.
+    cps = [e for e in evs if e["type"] == "checkpoint"]
+    assert cps[0]["reason"] == "turn_start" and cps[-1]["reason"] == "turn_end"
+    tools = {e["tool_use_id"]: e["tool"] for e in evs if e["type"] == "tool_use"}
+    after = [tools[c["tool_use_id"]] for c in cps if c["reason"] == "tool"]
+    assert after[:2] == ["Write", "Write"] and "Edit" in after and "Read" not in after
     # The watcher reports changes within a second, which may be after a quick turn ended.
     wait_for(lambda: {"calc.py", "test_calc.py"} <= {
         e["path"] for e in events(http, sid) if e["type"] == "file_change"}, 5,

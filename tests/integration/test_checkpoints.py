@@ -93,8 +93,8 @@ def two_turns(http: httpx.Client, model: ModelServer) -> str:
     model.set_script(SCRIPT)
     sid = http.post("/v1/sessions", json={"name": "cp", "approval": {"shell": "allow"}}
                     ).json()["id"]
+    # Committed: the tree is HEAD's, which is no change (no checkpoint).
     sh(http, sid, "echo logs/ > .gitignore && git add .gitignore && git commit -qm ignore")
-    wait_for(lambda: checkpoints(http, sid), 10, 0.05, "the exec's checkpoint")
     turn(http, sid, "FIRST: write a.txt")
     turn(http, sid, "SECOND: write b.txt and remove a.txt")
     return sid
@@ -105,13 +105,13 @@ def test_each_step_that_changes_files_is_a_checkpoint(server: LiveServer,
     with user(server) as http:
         sid = two_turns(http, model)
         cps = checkpoints(http, sid)
-        # The exec before any turn (turn 0: the first checkpoint, the whole tree), then
+        # The first turn's start (the base of its diff: the tree as HEAD has it), then
         # turn 1's Write (its first tool call) and turn 2's Write and Bash, and each
-        # turn's end (always, changed or not); the turns' starts changed nothing.
+        # turn's end (always, changed or not).
         got = [(c["turn"], c["reason"], c["step"]) for c in cps]
-        assert got == [(0, "exec", None), (1, "tool", 1), (1, "turn_end", None),
+        assert got == [(1, "turn_start", None), (1, "tool", 1), (1, "turn_end", None),
                        (2, "tool", 1), (2, "tool", 2), (2, "turn_end", None)], got
-        assert (".gitignore", "added") in [(f["path"], f["change"]) for f in cps[0]["files"]]
+        assert cps[0]["files"] == []
         assert [(f["path"], f["change"]) for f in cps[1]["files"]] == [("a.txt", "added")]
         assert cps[2]["files"] == [] and cps[2]["commit"] == cps[1]["commit"]
         assert [(f["path"], f["change"]) for f in cps[3]["files"]] == [("b.txt", "added")]
@@ -354,3 +354,17 @@ def test_a_rejected_hunk_is_reverted_and_told_to_the_agent(server: LiveServer,
         assert r.status_code == 409 and "cannot be taken back" in r.json()["message"]
         assert sh(http, sid, "cat app.py") == text
         assert http.post(f"/v1/sessions/{sid}/turns/2/review", json={}).status_code == 400
+
+
+def test_a_file_over_the_size_limit_is_left_out_and_left_alone(server: LiveServer,
+                                                               model: ModelServer) -> None:
+    with user(server) as http:
+        sid = two_turns(http, model)
+        sh(http, sid, "head -c 11M /dev/zero > big.bin && echo small > small.txt")
+        last = wait_for(lambda: [c for c in checkpoints(http, sid) if c["reason"] == "exec"],
+                        10, 0.05, "the exec's checkpoint")
+        # Over 10 MiB (SOPHON_CHECKPOINT_MAX_FILE_MB): not kept, so not in the list.
+        assert [f["path"] for f in last[-1]["files"]] == ["small.txt"]  # type: ignore[index]
+        first = [c for c in checkpoints(http, sid) if c["turn"] == 1][-1]["id"]
+        assert rewind(http, sid, first, files=True, conversation=False).status_code == 200
+        assert sh(http, sid, "ls; stat -c %s big.bin") == "a.txt\nbig.bin\nlogs\n11534336\n"

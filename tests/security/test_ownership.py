@@ -34,8 +34,9 @@ from sophon.sessions.secrets import SecretStore
 from sophon.store.db import make_engine, migrate, sessionmaker
 from sophon.store.owned import owned
 from sophon.store.tables import ApprovalRow, Execution, SessionRow, Thread, Volume
+from sophon.testing import ModelServer
 from sophon.users import Principal, UserService
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, serve_with_model, wait_for
 from tests.security.helpers import client
 
 # Path parameters and body fields that name a user's object.
@@ -88,6 +89,7 @@ class World:
     trace: str
     volume: str
     approval: str
+    checkpoint: str = ""
 
     def new_session(self) -> str:
         r = self.a.post("/v1/sessions", json={"name": "own", "starter": {"type": "empty"}})
@@ -140,12 +142,28 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(server: LiveServer) -> Iterator[World]:
+def server(model: ModelServer) -> Iterator[LiveServer]:
+    with serve_with_model(model) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def world(server: LiveServer, model: ModelServer) -> Iterator[World]:
     with client(server, server.add_user()) as a, client(server, server.add_user()) as b:
         w = World(server, a, b, "", "", "", "", "", "")
         w.session = w.new_session()
         r = a.put(f"/v1/sessions/{w.session}/files/hello.txt", content=b"hello\n")
         assert r.status_code in (200, 201), r.text
+        # A turn, so that A's session has one (its diff, its review) and checkpoints.
+        model.set_script({"turns": ["ok"]})
+        assert a.post(f"/v1/sessions/{w.session}/messages", json={"content": "hi"}
+                      ).status_code == 202
+
+        def turn_ended() -> str | None:
+            cps = a.get(f"/v1/sessions/{w.session}/checkpoints").json()["checkpoints"]
+            return next((c["id"] for c in cps if c["reason"] == "turn_end"), None)
+
+        w.checkpoint = str(wait_for(turn_ended, 60, 0.05, "A's turn to end"))
         r = b.post("/v1/sessions", json={"name": "b's", "starter": {"type": "empty"}})
         assert r.status_code == 201, r.text
         w.b_session = r.json()["id"]
@@ -227,6 +245,13 @@ CASES: dict[tuple[str, str], list[Probe]] = {
     ("POST", S + "/messages"): [Probe(body={"content": "hello"}, fresh=("session",))],
     ("POST", S + "/interrupt"): [Probe()],
     ("GET", S + "/usage"): [Probe()],
+    ("GET", S + "/checkpoints"): [Probe()],
+    ("GET", S + "/checkpoints/diff"): [Probe()],
+    ("GET", S + "/turns/{turn}/diff"): [Probe()],
+    ("POST", S + "/rewind"): [Probe(body={"checkpoint": "{checkpoint}"})],
+    ("POST", S + "/fork"): [Probe(body={"checkpoint": "{checkpoint}"})],
+    ("POST", S + "/turns/{turn}/review"): [Probe(body={"comments": [
+        {"path": "hello.txt", "line": 1, "text": "a comment"}]})],
     ("POST", S + "/gateway-token"): [Probe()],
     ("GET", "/v1/executions/{trace_id}"): [Probe()],
     ("POST", "/v1/executions/{trace_id}/cancel"): [Probe()],
@@ -252,7 +277,7 @@ def test_every_route_that_names_an_object_has_a_case() -> None:
 def _fill(w: World, path: str, probe: Probe) -> tuple[str, str, Any]:
     """The path for A and for B, and the body, with A's objects (fresh where asked)."""
     ids = {"session_id": w.session, "trace_id": w.trace, "approval_id": w.approval,
-           "thread_id": w.thread, "path": "hello.txt",
+           "thread_id": w.thread, "path": "hello.txt", "turn": "1",
            "name": w.volume if path.startswith("/v1/volumes/") else "TOKEN"}
     for kind in probe.fresh:
         if kind == "session":
@@ -269,8 +294,8 @@ def _fill(w: World, path: str, probe: Probe) -> tuple[str, str, Any]:
             ids["approval_id"] = w.new_approval()
     body = probe.body
     if isinstance(body, dict):
-        body = {k: v.format(thread=w.thread, volume=w.volume) if isinstance(v, str) else v
-                for k, v in body.items()}
+        body = {k: v.format(thread=w.thread, volume=w.volume, checkpoint=w.checkpoint)
+                if isinstance(v, str) else v for k, v in body.items()}
     a_path = path.format(**ids)
     b_path = path.format(**{**ids, "session_id": w.b_session}) if probe.b_own_session \
         else a_path

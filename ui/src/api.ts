@@ -171,6 +171,8 @@ export const sessions = {
     request<WireEvent>(`${sessionPath(id)}/rewind`, jsonBody("POST", { checkpoint, files, conversation })),
   fork: (id: string, checkpoint: string, name?: string) =>
     request<SessionView>(`${sessionPath(id)}/fork`, jsonBody("POST", name ? { checkpoint, name } : { checkpoint })),
+  review: (id: string, turn: number, body: { reject: { path: string; hunk: number }[]; comments: { path: string; line: number; text: string }[] }) =>
+    request<WireEvent>(`${sessionPath(id)}/turns/${turn}/review`, jsonBody("POST", body)),
   turnDiff: (id: string, turn: number) =>
     request<{ base: string; head: string; diff: string }>(`${sessionPath(id)}/turns/${turn}/diff`),
   interrupt: (id: string) =>

@@ -46,28 +46,41 @@ READ_ONLY_TOOLS = frozenset({
 _IDENTITY = {"GIT_AUTHOR_NAME": "Sophon", "GIT_AUTHOR_EMAIL": "sophon@localhost",
              "GIT_COMMITTER_NAME": "Sophon", "GIT_COMMITTER_EMAIL": "sophon@localhost"}
 
+# The private index brought up to the working tree: every file but ignored ones and
+# those over $CP_MAX_KB KiB (out of the index, as if ignored: the pathspec excludes them).
+_ADD = """big="$gd/sophon/large"
+large() { find . -path ./.git -prune -o -type f -size +"$CP_MAX_KB"k "$@"; }
+{ printf '.\\0'; large -printf ':(exclude,literal)%P\\0'; } > "$big"
+git add -A --ignore-errors --pathspec-from-file="$big" --pathspec-file-nul \\
+  >/dev/null 2>&1 || true
+large -print0 | xargs -0 -r git rm -q --cached --ignore-unmatch -- >/dev/null 2>&1 || true
+"""
+
 # $1 the checkpoint's id, $2 its message, $3 "force" to record one even when nothing
-# changed, $4 the empty tree. Prints "same <commit>" or "new <commit>", then the changes
-# (name-status, NUL separated). Exit 3: no repository.
+# changed ("first": only if there is no checkpoint yet), $4 the empty tree. The first
+# checkpoint compares with HEAD's tree: a session's files as it began are not a change.
+# Prints "same <commit>" or "new <commit>", then the changes (name-status, NUL
+# separated). Exit 3: no repository.
 _TAKE = """set -e
 git rev-parse --git-dir >/dev/null 2>&1 || { echo "/workspace is no git repository" >&2; exit 3; }
 gd=$(git rev-parse --absolute-git-dir)
 mkdir -p "$gd/sophon"
 export GIT_INDEX_FILE="$gd/sophon/index"
-git add -A --ignore-errors . >/dev/null 2>&1 || true
+$ADD
 tree=$(git write-tree)
 last=$(git rev-parse -q --verify 'refs/sophon/last^{commit}' || true)
-lasttree=""
-[ -n "$last" ] && lasttree=$(git rev-parse "$last^{tree}")
-if [ "$tree" = "$lasttree" ] && [ "$3" != force ]; then echo "same $last"; exit 0; fi
-if [ "$tree" = "$lasttree" ]; then commit=$last; else
+if [ -n "$last" ]; then lasttree=$(git rev-parse "$last^{tree}")
+else lasttree=$(git rev-parse -q --verify 'HEAD^{tree}' || echo "$4"); fi
+if [ "$tree" = "$lasttree" ] && [ "$3" != force ] && { [ "$3" != first ] || [ -n "$last" ]; }
+then echo "same $last"; exit 0; fi
+if [ "$tree" = "$lasttree" ] && [ -n "$last" ]; then commit=$last; else
   commit=$(git commit-tree "$tree" ${last:+-p "$last"} -m "$2")
   git update-ref refs/sophon/last "$commit"
 fi
 git update-ref "refs/sophon/checkpoints/$1" "$commit"
 echo "new $commit"
-git -c core.quotepath=off diff-tree -r -z --no-renames --name-status "${lasttree:-$4}" "$tree"
-"""
+git -c core.quotepath=off diff-tree -r -z --no-renames --name-status "$lasttree" "$tree"
+""".replace("$ADD", _ADD)
 
 # $1 the commit to restore. Run right after a checkpoint, so the private index is the
 # working tree as it is.
@@ -83,10 +96,10 @@ _RESET = """set -e
 gd=$(git rev-parse --absolute-git-dir)
 mkdir -p "$gd/sophon"
 export GIT_INDEX_FILE="$gd/sophon/index"
-git add -A --ignore-errors . >/dev/null 2>&1 || true
+$ADD
 git read-tree --reset -u "$1"
 git update-ref refs/sophon/last "$1"
-"""
+""".replace("$ADD", _ADD)
 
 # $1 a patch file: reversed into the working tree (not the index), then removed.
 _REVERT = """trap 'rm -f "$1"' EXIT
@@ -100,12 +113,14 @@ class CheckpointError(Exception):
     pass
 
 
-async def _run(box: Box, script: str, args: list[str], cap: int = 1 << 20) -> tuple[int, str, str]:
+async def _run(box: Box, script: str, args: list[str], cap: int = 1 << 20,
+               max_kb: int = 10 * 1024) -> tuple[int, str, str]:
     out: list[str] = []
     err: list[str] = []
     code = -1
+    env = {**BASE_ENV, **_IDENTITY, "CP_MAX_KB": str(max_kb)}
     async for ev in box.exec(["bash", "-c", script, "checkpoint", *args], timeout=600,
-                             env={**BASE_ENV, **_IDENTITY}, cwd=WORKSPACE, output_cap=cap):
+                             env=env, cwd=WORKSPACE, output_cap=cap):
         if isinstance(ev, ExecEvent):
             (out if ev.stream == "stdout" else err).append(ev.data)
         elif isinstance(ev, ExecOutcome):
@@ -124,6 +139,7 @@ class Checkpoints:
     def __init__(self, sessions: SessionService) -> None:
         self.sessions = sessions
         self._locks: dict[str, asyncio.Lock] = {}
+        self.max_kb = max(1, int(sessions.settings.checkpoint_max_file_mb * 1024))
 
     def lock(self, session_id: str) -> asyncio.Lock:
         """Held while the session's tree is checkpointed or restored: one at a time."""
@@ -131,18 +147,20 @@ class Checkpoints:
 
     async def take(self, box: Box, session_id: str, reason: str, turn: int,
                    step: int | None = None, tool_use_id: str | None = None,
-                   force: bool = False) -> Checkpoint | None:
-        """A checkpoint if the tree changed since the last one (or ``force``), logged as
-        an event; None when nothing changed or the workspace has no repository."""
+                   force: bool | str = False) -> Checkpoint | None:
+        """A checkpoint if the tree changed since the last one (or ``force``; "first":
+        if there is none yet), logged as an event; None when nothing changed or the
+        workspace has no repository."""
         async with self.lock(session_id):
             return await self._take(box, session_id, reason, turn, step, tool_use_id, force)
 
     async def _take(self, box: Box, session_id: str, reason: str, turn: int,
                     step: int | None, tool_use_id: str | None,
-                    force: bool) -> Checkpoint | None:
+                    force: bool | str) -> Checkpoint | None:
         cp_id = "cp_" + secrets.token_hex(8)
-        code, out, err = await _run(box, _TAKE, [cp_id, f"{reason} (turn {turn})",
-                                                 "force" if force else "", EMPTY_TREE])
+        mode = force if isinstance(force, str) else "force" if force else ""
+        code, out, err = await _run(box, _TAKE, [cp_id, f"{reason} (turn {turn})", mode,
+                                                 EMPTY_TREE], max_kb=self.max_kb)
         if code != 0:
             log.warning("no checkpoint of session %s: %s", session_id, err.strip()[-300:])
             return None
@@ -208,7 +226,7 @@ class Checkpoints:
     async def reset(self, box: Box, session_id: str, commit: str) -> None:
         """The working tree made exactly ``commit``'s, logging nothing (a fork)."""
         async with self.lock(session_id):
-            code, _, err = await _run(box, _RESET, [commit])
+            code, _, err = await _run(box, _RESET, [commit], max_kb=self.max_kb)
         if code != 0:
             raise CheckpointError(f"restoring {commit[:12]} failed: {err.strip()[-300:]}")
 
@@ -286,16 +304,17 @@ class Checkpoints:
 
 
 class TurnCheckpoints:
-    """A turn's checkpoints: at its start (if the tree changed since the last), after
-    each tool call that may change files (its step: the tool call's number in the turn)
-    and at its end (always). A failure to take one is logged, never the turn's."""
+    """A turn's checkpoints: at its start (if the tree changed since the last, or it is
+    the session's first), after each tool call that may change files (its step: the
+    tool call's number in the turn) and at its end (always). A failure to take one is
+    logged, never the turn's."""
 
     def __init__(self, checkpoints: Checkpoints, box: Box, session_id: str, turn: int) -> None:
         self.checkpoints, self.box, self.session_id, self.turn = checkpoints, box, session_id, turn
         self.step = 0
 
     async def _take(self, reason: str, step: int | None = None,
-                    tool_use_id: str | None = None, force: bool = False) -> None:
+                    tool_use_id: str | None = None, force: bool | str = False) -> None:
         try:
             await self.checkpoints.take(self.box, self.session_id, reason, self.turn, step,
                                         tool_use_id, force)
@@ -304,7 +323,8 @@ class TurnCheckpoints:
                         exc)
 
     async def start(self) -> None:
-        await self._take("turn_start")
+        # The first turn's start is kept even unchanged: the base its diff is made from.
+        await self._take("turn_start", force="first")
 
     async def after_tool(self, tool: str, tool_use_id: str) -> None:
         self.step += 1

@@ -599,9 +599,12 @@ class SessionService:
             await box.put_file("/tmp", f"{staging}/session.json",
                                _pieces(view.model_dump_json(indent=2).encode()))
             await box.put_file("/tmp", f"{staging}/events.jsonl", self._event_lines(row.id))
-            command = (f"tar -czf - --transform='s,^\\.,project,' -C {WORKSPACE} . "
+            # A file that changes while it is read (the agent at work, a checkpoint
+            # writing into .git) is taken as tar found it: tar's exit 1, not a failure.
+            command = (f"tar -czf - --warning=no-file-changed "
+                       f"--transform='s,^\\.,project,' -C {WORKSPACE} . "
                        f"-C /tmp/{staging} events.jsonl session.json; rc=$?; "
-                       f"rm -rf /tmp/{staging}; exit $rc")
+                       f"rm -rf /tmp/{staging}; [ $rc -eq 1 ] && rc=0; exit $rc")
             # The cap is no bound on memory (the window is); the box's disk bounds the size.
             # Closed at once if the caller goes: that cancels the tar.
             async with contextlib.aclosing(box.exec(

@@ -12,6 +12,7 @@ import { hostPort, NetworkTab } from "../session/NetworkTab";
 import { pendingApprovals } from "../session/items";
 import { SecretsTab } from "../session/SecretsTab";
 import { SettingsTab } from "../session/SettingsTab";
+import { TimelineTab } from "../session/TimelineTab";
 import { useEvents } from "../session/useEvents";
 import type { NetworkUsage, SessionView, Status, WireEvent } from "../types";
 import { StatusBadge } from "./Sessions";
@@ -20,9 +21,9 @@ const EditorPane = lazy(() => import("../session/Editor"));
 const TerminalPane = lazy(() => import("../session/Terminal"));
 const UsageTab = lazy(() => import("../session/UsageTab"));
 
-type Tab = "chat" | "files" | "editor" | "terminal" | "diff" | "usage" | "network" | "secrets" | "settings";
+type Tab = "chat" | "files" | "editor" | "terminal" | "diff" | "timeline" | "usage" | "network" | "secrets" | "settings";
 const TAB_LABEL: Record<Tab, string> = {
-  chat: "Chat", files: "Files", editor: "Editor", terminal: "Terminal", diff: "Diff",
+  chat: "Chat", files: "Files", editor: "Editor", terminal: "Terminal", diff: "Diff", timeline: "Timeline",
   usage: "Usage", network: "Network", secrets: "Secrets", settings: "Settings",
 };
 // Events after which the session's network traffic is read again.
@@ -276,8 +277,8 @@ function SessionWorkspace({ view, initialSeq, reloadView, setView }: { view: Ses
   }, [narrow, tab]);
 
   const tabs: Tab[] = narrow
-    ? ["chat", "files", "editor", "terminal", "diff", "usage", "network", "secrets", "settings"]
-    : ["editor", "terminal", "diff", "usage", "network", "secrets", "settings"];
+    ? ["chat", "files", "editor", "terminal", "diff", "timeline", "usage", "network", "secrets", "settings"]
+    : ["editor", "terminal", "diff", "timeline", "usage", "network", "secrets", "settings"];
 
   const remove = async () => {
     try {
@@ -363,6 +364,7 @@ function SessionWorkspace({ view, initialSeq, reloadView, setView }: { view: Ses
             {treeView}
             <nav className="rail-links" aria-label="Session">
               <button className="linkish" onClick={() => selectTab("diff")}>Diff</button>
+              <button className="linkish" onClick={() => selectTab("timeline")}>Timeline</button>
               <button className="linkish" onClick={() => selectTab("usage")}>Usage</button>
               <button className="linkish" onClick={() => selectTab("network")}>Network</button>
               <button className="linkish" onClick={() => selectTab("secrets")}>Secrets</button>
@@ -411,6 +413,9 @@ function SessionWorkspace({ view, initialSeq, reloadView, setView }: { view: Ses
               </div>
             )}
             {tab === "diff" && <DiffTab sessionId={id} subscribe={log.subscribe} openFile={openFile} />}
+            {tab === "timeline" && (
+              <TimelineTab session={view} events={log.events} busy={busy} subscribe={log.subscribe} openFile={openFile} />
+            )}
             {tab === "usage" && (
               <Suspense fallback={<div className="empty">Loading…</div>}>
                 <UsageTab session={view} subscribe={log.subscribe} />
