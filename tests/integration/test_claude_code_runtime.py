@@ -518,3 +518,27 @@ def test_the_cli_calls_a_sessions_mcp_tool_under_sophons_approval(http: httpx.Cl
     assert "HELLO (from the box)" in results[-1]["content"], results
     assert [e["text"] for e in evs  # type: ignore[union-attr]
             if e["type"] == "assistant"][-1] == "done shouting"
+
+
+def test_a_conversation_rewind_reaches_the_clis_transcript(
+        http: httpx.Client, model: ModelServer) -> None:
+    """The CLI keeps its own transcript: a rewind of the conversation ends the CLI and
+    writes the cut conversation for the next one to resume, so the model no longer hears
+    of what came after the checkpoint; the files go back too."""
+    sid = session(http)
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND: the word is MANGO"})
+    wait_for(lambda: idle_after(http, sid, 1), 120, 0.3, "the first turn")
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "AGAIN: the word is KIWI"})
+    wait_for(lambda: idle_after(http, sid, 2), 120, 0.3, "the second turn")
+    cps = http.get(f"/v1/sessions/{sid}/checkpoints").json()["checkpoints"]
+    assert [c["reason"] for c in cps if c["turn"] == 2][-2:] == ["tool", "turn_end"]
+    end_of_first = [c for c in cps if c["turn"] == 1][-1]["id"]
+    r = http.post(f"/v1/sessions/{sid}/rewind", json={"checkpoint": end_of_first})
+    assert r.status_code == 200, r.text
+    before = len(model.requests)
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "SECOND: which word?"})
+    wait_for(lambda: idle_after(http, sid, 3), 120, 0.3, "the third turn")
+    said = [json.dumps(req["messages"]) for req in model.requests[before:]]
+    assert said and all("MANGO" in m and "KIWI" not in m for m in said), said
+    listing = http.post(f"/v1/sessions/{sid}/exec", json={"command": "ls"}).text
+    assert "again.txt" not in listing  # turn 2's Write went with the rewind
