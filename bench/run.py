@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_agent  # noqa: E402
 import bench_box_start  # noqa: E402
 import bench_burst  # noqa: E402
+import bench_checkpoints  # noqa: E402
 import bench_claude_code  # noqa: E402
 import bench_cli  # noqa: E402
 import bench_cold  # noqa: E402
@@ -60,6 +61,8 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
     "egress": (bench_egress.run, {"n": 8, "rounds": 2, "size_mb": 2, "repeats": 1}),
     "live": (bench_live.run, {"lines": 10, "keys": 20}),
     "mcp": (bench_mcp.run, {"turns": 3}),
+    "checkpoints": (bench_checkpoints.run, {"files": 200, "calls": 4, "checkpoints": 10,
+                                            "samples": 3}),
     "soak": (bench_soak.run, {"minutes": 0.5, "sessions": 3, "rate": 4.0, "window": 10.0}),
 }
 

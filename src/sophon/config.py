@@ -204,6 +204,9 @@ class Settings(BaseSettings):
     # Files larger than this are left out of a session's checkpoints (a rewind leaves
     # them as they are): each checkpoint would otherwise keep another copy in .git.
     checkpoint_max_file_mb: float = Field(10.0, gt=0)
+    # The checkpoints a session keeps: past this many, the oldest are removed as a new
+    # one is taken (its event names them). 0: all are kept.
+    checkpoint_keep: int = Field(0, ge=0)
     egress_github_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["github.com", "api.github.com"])
 

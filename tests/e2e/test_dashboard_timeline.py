@@ -81,7 +81,9 @@ def test_the_timeline_restores_forks_and_reviews(page, server: LiveServer, key: 
     page.get_by_role("button", name="Restore both").click()
     expect(page.get_by_role("status")).to_contain_text("Files and conversation restored")
     assert "line two" not in sh(http, sid, "cat app.py")
-    assert "line two" in sh(http, sid, "git show $(git rev-parse refs/sophon/last~1):app.py")
+    before = http.get(f"/v1/sessions/{sid}/checkpoints").json()["checkpoints"][-2]
+    assert before["reason"] == "before_rewind"
+    assert "line two" in sh(http, sid, f"git show {before['commit']}:app.py")
     page.get_by_role("button", name="Undo").click()
     expect(page.get_by_role("status")).to_contain_text("Undone")
     assert "line two" in sh(http, sid, "cat app.py")
@@ -111,4 +113,53 @@ def test_the_timeline_restores_forks_and_reviews(page, server: LiveServer, key: 
     expect(page.locator(".session-head")).to_contain_text("timeline-b")
     fork_id = page.url.rsplit("/", 1)[-1]
     assert fork_id != sid and "line two" not in sh(http, fork_id, "cat app.py")
+    http.close()
+
+
+# Seen from the page: the tab is hidden (the user looks elsewhere), and each browser
+# notification is recorded instead of shown.
+HIDDEN_AND_RECORDED = """
+Object.defineProperty(document, "hidden", {get: () => window.__hidden === true});
+window.__notes = [];
+window.Notification = class {
+  static permission = "granted";
+  static requestPermission() { return Promise.resolve("granted"); }
+  constructor(title, options) { window.__notes.push(title + " | " + (options || {}).body); }
+};
+"""
+
+
+def test_an_approval_counts_down_and_calls_for_attention(page, server: LiveServer, key: str,
+                                                        model: ModelServer) -> None:
+    model.set_script({"turns": [
+        {"content": [{"type": "tool_use", "name": "Bash", "input": {"command": "echo hi"}}]},
+        "said hi"]})
+    http = httpx.Client(base_url=server.url, timeout=60,
+                        headers={"Authorization": f"Bearer {key}"})
+    sid = http.post("/v1/sessions", json={"name": "patient", "approval": {
+        "timeout_seconds": 20, "on_timeout": "allow"}}).json()["id"]
+    page.add_init_script(HIDDEN_AND_RECORDED)
+    page.goto(server.url + "/")
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("heading", name="Sessions").wait_for()
+    page.goto(f"{server.url}/sessions/{sid}")
+    expect(page).to_have_title("patient · Sophon")
+    page.evaluate("window.__hidden = true")
+    assert http.post(f"/v1/sessions/{sid}/messages", json={"content": "say hi"}
+                     ).status_code == 202
+    # The banner and the card count down to the session's answer on timeout.
+    banner = page.locator(".approval-banner")
+    expect(banner.get_by_test_id("approval-countdown")).to_have_text(
+        re.compile(r"· allow in 0:(1\d|0\d)"))
+    expect(page).to_have_title("(1) Approval · patient · Sophon")
+    notes = page.evaluate("window.__notes")
+    assert any(n.startswith("patient: an approval waits | Bash") for n in notes), notes
+    page.get_by_role("button", name=re.compile("^Allow")).first.click()
+    expect(page).to_have_title("✓ patient · Sophon")  # the turn ended while hidden
+    wait_for(lambda: any(n.startswith("patient: the turn ended")
+                         for n in page.evaluate("window.__notes")), 30, 0.1,
+             "the turn's notification")
+    page.evaluate("window.__hidden = false; document.dispatchEvent(new Event('visibilitychange'))")
+    expect(page).to_have_title("patient · Sophon")
     http.close()

@@ -17,12 +17,9 @@ import pytest
 
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, wait_for
-from tests.e2e.test_dashboard import (  # noqa: F401 (fixtures)
+from tests.e2e.test_dashboard import (  # noqa: F401 (pytestmark: the same skips)
     api,
-    browser,
     expect,
-    key,
-    page,
     pytestmark,
     sign_in,
 )

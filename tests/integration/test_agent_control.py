@@ -262,7 +262,8 @@ def test_bash_set_to_ask_asks_every_time(ms: ModelServer, http: httpx.Client) ->
     no_session_errors(evs)
     assert [r["content"] for r in of_type(evs, "tool_result")] == ["one", "two"]
     assert http.get(f"/v1/sessions/{sid}").json()["approval"] == {
-        "shell": "ask_once", "tools": {"Bash": "ask"}, "webhook": None}
+        "shell": "ask_once", "tools": {"Bash": "ask"}, "webhook": None,
+        "timeout_seconds": None, "on_timeout": "deny"}
 
 
 # --- 4. interrupts ----------------------------------------------------------------------

@@ -337,6 +337,38 @@ def test_webhook_allows_and_denies(ms: ModelServer, http: httpx.Client,
         sent["toolu_rm"]["content"]
 
 
+def test_an_unanswered_approval_gets_the_sessions_answer_on_timeout(
+        ms: ModelServer, http: httpx.Client) -> None:
+    ms.set_script([
+        {"content": [tool_use("Bash", {"command": "echo let-through"}, "toolu_a"),
+                     tool_use("Write", {"file_path": "/workspace/x.txt", "content": "x"},
+                              "toolu_b")]},
+        "done",
+    ])
+    sid = create_session(http, {"tools": {"Bash": "ask", "Write": "ask"},
+                                "timeout_seconds": 5, "on_timeout": "allow"})
+    started = time.monotonic()
+    evs = run_turn(http, sid, "go")
+    no_session_errors(evs)
+    requests = of_type(evs, "approval_request")
+    # The request says when, and with what, it will be answered.
+    assert [r["on_timeout"] for r in requests] == ["allow", "allow"]
+    assert all(r["expires_at"] for r in requests)
+    assert [(d["decision"], d["by"]) for d in of_type(evs, "approval_decision")] == \
+        [("allow", "timeout"), ("allow", "timeout")]
+    assert results_by_id(evs)["toolu_a"]["content"] == "let-through"
+    assert time.monotonic() - started >= 9  # each waited its 5 s
+    # By default the answer on timeout is deny; without a timeout it waits.
+    ms.set_script([{"content": [tool_use("Bash", {"command": "echo no"}, "toolu_c")]},
+                   "done"])
+    sid = create_session(http, {"tools": {"Bash": "ask"}, "timeout_seconds": 5})
+    evs = run_turn(http, sid, "go")
+    assert results_by_id(evs)["toolu_c"]["is_error"] is True
+    assert "no answer within 5 s" in of_type(evs, "approval_decision")[0]["reason"]
+    assert http.post("/v1/sessions", json={"name": "x", "approval": {"timeout_seconds": 1}}
+                     ).status_code == 400
+
+
 def test_unreachable_webhook_denies(ms: ModelServer, http: httpx.Client,
                                     dead_port: int) -> None:
     ms.set_script([{"content": [tool_use("Bash", {"command": "echo hi"}, "toolu_hi")]},

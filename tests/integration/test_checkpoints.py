@@ -368,3 +368,24 @@ def test_a_file_over_the_size_limit_is_left_out_and_left_alone(server: LiveServe
         first = [c for c in checkpoints(http, sid) if c["turn"] == 1][-1]["id"]
         assert rewind(http, sid, first, files=True, conversation=False).status_code == 200
         assert sh(http, sid, "ls; stat -c %s big.bin") == "a.txt\nbig.bin\nlogs\n11534336\n"
+
+
+def test_a_retention_setting_removes_the_oldest_and_says_so(model: ModelServer) -> None:
+    with serve_with_model(model, SOPHON_CHECKPOINT_KEEP="3") as srv, user(srv) as http:
+        sid = http.post("/v1/sessions", json={"name": "kept"}).json()["id"]
+        for i in range(5):
+            sh(http, sid, f"echo {i} > n{i}.txt")
+            wait_for(lambda i=i: sum(e["type"] == "checkpoint" for e in events(http, sid))
+                     > i, 10, 0.05, "the exec's checkpoint")
+        logged = [e for e in events(http, sid) if e["type"] == "checkpoint"]
+        listed = checkpoints(http, sid)
+        assert [c["id"] for c in listed] == [e["checkpoint_id"] for e in logged[-3:]]
+        # Each removal is named by the checkpoint taken as it happened.
+        assert [e["pruned"] for e in logged] == [[], [], [], [logged[0]["checkpoint_id"]],
+                                                 [logged[1]["checkpoint_id"]]]
+        refs = sh(http, sid, "git for-each-ref --format='%(refname)' refs/sophon/checkpoints")
+        assert len(refs.split()) == 3
+        r = rewind(http, sid, logged[0]["checkpoint_id"])
+        assert r.status_code == 404 and "SOPHON_CHECKPOINT_KEEP" in r.json()["message"]
+        assert rewind(http, sid, listed[0]["id"]).status_code == 200
+        assert "n2.txt" in sh(http, sid, "ls") and "n3.txt" not in sh(http, sid, "ls")

@@ -138,7 +138,7 @@ def user(server: LiveServer) -> Iterator[User]:
 def request_for(u: User, method: str, path: str) -> dict[str, Any]:
     """The route's path with the user's own objects, and a body that would do something."""
     names = {"session_id": u.session, "trace_id": u.trace, "approval_id": u.approval,
-             "thread_id": u.thread, "path": "hello.txt",
+             "thread_id": u.thread, "path": "hello.txt", "turn": "1",
              "name": u.volume if path.startswith("/v1/volumes/") else "TOKEN"}
     bodies: dict[tuple[str, str], Any] = {
         ("POST", "/v1/sandbox/execute"): {"code": "echo hi", "language": "bash"},
@@ -153,6 +153,10 @@ def request_for(u: User, method: str, path: str) -> dict[str, Any]:
         ("POST", "/v1/sessions/{session_id}/approvals/{approval_id}"): {"decision": "allow"},
         ("PUT", "/v1/sessions/{session_id}/secrets/{name}"): {"value": "from-csrf"},
         ("POST", "/v1/sessions/{session_id}/messages"): {"content": "from-csrf"},
+        ("POST", "/v1/sessions/{session_id}/rewind"): {"checkpoint": "cp_0123456789abcdef"},
+        ("POST", "/v1/sessions/{session_id}/fork"): {"checkpoint": "cp_0123456789abcdef"},
+        ("POST", "/v1/sessions/{session_id}/turns/{turn}/review"): {"comments": [
+            {"path": "hello.txt", "line": 1, "text": "from-csrf"}]},
         ("POST", "/v1/volumes"): {"name": "made-by-csrf", "size_mb": 16},
     }
     kw: dict[str, Any] = {"method": method, "url": path.format(**names)}

@@ -131,6 +131,8 @@ export type WireEvent = Envelope &
         tool: string;
         input: Record<string, unknown>;
         reason: string | null;
+        expires_at?: string | null;
+        on_timeout?: "allow" | "deny" | null;
       }
     | {
         type: "approval_decision";

@@ -69,7 +69,8 @@ async def authorize(sessions: SessionService, session_id: str, policy: ApprovalP
             approval_id=approval_id, decision="allow" if verdict.allowed else "deny",
             by="webhook", reason=verdict.reason))
     else:
-        decision = await sessions.approvals.ask(session_id, tool, input, reason)
+        decision = await sessions.approvals.ask(session_id, tool, input, reason,
+                                                policy.timeout_seconds, policy.on_timeout)
         await sessions.set_status(session_id, "running")
         verdict = Verdict(decision.decision == "allow", decision.reason)
         if decision.remember:

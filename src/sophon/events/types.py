@@ -117,6 +117,9 @@ class ApprovalRequest(_Event):
     tool: str
     input: dict[str, Any]
     reason: str
+    # When it is answered for the owner, if nobody has by then (and with what).
+    expires_at: datetime | None = None
+    on_timeout: Literal["allow", "deny"] | None = None
 
 
 class ApprovalDecision(_Event):
@@ -202,6 +205,8 @@ class Checkpoint(_Event):
     tool_use_id: str | None = None
     files: list[CheckpointFile] = Field(default_factory=list)
     files_changed: int = 0
+    # Older checkpoints removed as this one was taken (SOPHON_CHECKPOINT_KEEP).
+    pruned: list[str] = Field(default_factory=list)
 
 
 class Rewind(_Event):

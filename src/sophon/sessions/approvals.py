@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -35,9 +35,11 @@ class ApprovalService:
         self._waiting: dict[str, asyncio.Future[ApprovalDecision]] = {}
 
     async def ask(self, session_id: str, tool: str, input: dict[str, Any],
-                  reason: str, timeout: float | None = None) -> ApprovalDecision:
+                  reason: str, timeout: float | None = None,
+                  on_timeout: str = "deny") -> ApprovalDecision:
         """Record a pending approval, then wait for the owner's answer (with a
-        ``timeout``: at most that long, after which it is a deny by ``timeout``)."""
+        ``timeout``: at most that long, after which ``on_timeout`` answers, by
+        ``timeout``)."""
         approval_id = "apr_" + secrets.token_hex(10)
         async with self._db() as db:
             db.add(ApprovalRow(id=approval_id, session_id=session_id, tool=tool, input=input,
@@ -46,24 +48,28 @@ class ApprovalService:
         future: asyncio.Future[ApprovalDecision] = asyncio.get_running_loop().create_future()
         self._waiting[approval_id] = future
         try:
+            expires = None if timeout is None else datetime.now(UTC) + timedelta(seconds=timeout)
             await self._log.append(session_id, ApprovalRequest(
-                approval_id=approval_id, tool=tool, input=input, reason=reason))
+                approval_id=approval_id, tool=tool, input=input, reason=reason,
+                expires_at=expires, on_timeout=on_timeout if expires else None))
             await self._set_status(session_id, "waiting_approval")
             if timeout is None:
                 return await future
             try:
                 return await asyncio.wait_for(asyncio.shield(future), timeout)
             except TimeoutError:
-                return await self._expire(session_id, approval_id, timeout, future)
+                return await self._expire(session_id, approval_id, timeout, on_timeout,
+                                          future)
         finally:
             self._waiting.pop(approval_id, None)
 
     async def _expire(self, session_id: str, approval_id: str, timeout: float,
-                      future: asyncio.Future[ApprovalDecision]) -> ApprovalDecision:
+                      answer: str, future: asyncio.Future[ApprovalDecision]
+                      ) -> ApprovalDecision:
         async with self._db() as db:
             row = await db.get(ApprovalRow, approval_id)
             if row is not None and row.status == "pending":
-                row.status, row.decided_at = "deny", datetime.now(UTC)
+                row.status, row.decided_at = answer, datetime.now(UTC)
                 await db.commit()
                 expired = True
             else:
@@ -71,8 +77,9 @@ class ApprovalService:
         if not expired:  # answered just now, between the timeout and this
             return await future
         event = await self._log.append(session_id, ApprovalDecision(
-            approval_id=approval_id, decision="deny", by="timeout",
-            reason=f"no answer within {timeout:g} s"))
+            approval_id=approval_id, decision=answer, by="timeout",  # type: ignore[arg-type]
+            reason=f"no answer within {timeout:g} s: the session's answer on timeout is "
+                   f"{answer}"))
         return event  # type: ignore[no-any-return]
 
     async def pending(self, principal: Principal, session_id: str) -> list[ApprovalRow]:

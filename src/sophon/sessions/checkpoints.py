@@ -5,11 +5,11 @@ Taken inside the box by git, as the sandbox's user, in the project's own reposit
 never through its branches, index or stash: a private index (``.git/sophon/index``)
 that ``git add -A`` brings up to date (untracked files in, ignored files out; its
 cached file stats make a checkpoint of an unchanged tree cost a stat per file), a
-``write-tree``, and a commit under ``refs/sophon/checkpoints/<id>`` whose parent is the
-checkpoint before it (``refs/sophon/last``). Nothing is committed when the tree is the
-same as the last checkpoint's. The refs live in the project's ``.git``, so they travel
-with an export and a fork; the ``checkpoint`` events in the log say which commit is
-which checkpoint, when and why.
+``write-tree``, and a commit (of no parent, so that a pruned one can be collected)
+under ``refs/sophon/checkpoints/<id>``; ``refs/sophon/last`` is the latest. Nothing
+is committed when the tree is the same as the last checkpoint's. The refs live in the
+project's ``.git``, so they travel with an export and a fork; the ``checkpoint`` events
+in the log say which commit is which checkpoint, when and why.
 
 A restore resets the private index to the target with ``read-tree --reset -u``, which
 rewrites only the files that differ from the state just checkpointed, removes the ones
@@ -46,14 +46,27 @@ READ_ONLY_TOOLS = frozenset({
 _IDENTITY = {"GIT_AUTHOR_NAME": "Sophon", "GIT_AUTHOR_EMAIL": "sophon@localhost",
              "GIT_COMMITTER_NAME": "Sophon", "GIT_COMMITTER_EMAIL": "sophon@localhost"}
 
+# Where the repository is ($gd) and its private index; exit 3 when there is none. A
+# plain .git directory, the usual case, costs no git process to find.
+_FIND = """if [ -d .git ]; then gd=$PWD/.git
+else gd=$(git rev-parse --absolute-git-dir 2>/dev/null) || {
+  echo "/workspace is no git repository" >&2; exit 3; }; fi
+[ -d "$gd/sophon" ] || mkdir "$gd/sophon"
+export GIT_INDEX_FILE="$gd/sophon/index"
+"""
+
 # The private index brought up to the working tree: every file but ignored ones and
 # those over $CP_MAX_KB KiB (out of the index, as if ignored: the pathspec excludes them).
 _ADD = """big="$gd/sophon/large"
-large() { find . -path ./.git -prune -o -type f -size +"$CP_MAX_KB"k "$@"; }
-{ printf '.\\0'; large -printf ':(exclude,literal)%P\\0'; } > "$big"
-git add -A --ignore-errors --pathspec-from-file="$big" --pathspec-file-nul \\
-  >/dev/null 2>&1 || true
-large -print0 | xargs -0 -r git rm -q --cached --ignore-unmatch -- >/dev/null 2>&1 || true
+find . -path ./.git -prune -o -type f -size +"$CP_MAX_KB"k -printf '%P\\0' > "$big"
+if [ -s "$big" ]; then
+  { printf '.\\0'; sed -z 's/^/:(exclude,literal)/' "$big"; } > "$big.spec"
+  git add -A --ignore-errors --pathspec-from-file="$big.spec" --pathspec-file-nul \\
+    >/dev/null 2>&1 || true
+  xargs -0 git rm -q --cached --ignore-unmatch -- < "$big" >/dev/null 2>&1 || true
+else
+  git add -A --ignore-errors . >/dev/null 2>&1 || true
+fi
 """
 
 # $1 the checkpoint's id, $2 its message, $3 "force" to record one even when nothing
@@ -62,44 +75,46 @@ large -print0 | xargs -0 -r git rm -q --cached --ignore-unmatch -- >/dev/null 2>
 # Prints "same <commit>" or "new <commit>", then the changes (name-status, NUL
 # separated). Exit 3: no repository.
 _TAKE = """set -e
-git rev-parse --git-dir >/dev/null 2>&1 || { echo "/workspace is no git repository" >&2; exit 3; }
-gd=$(git rev-parse --absolute-git-dir)
-mkdir -p "$gd/sophon"
-export GIT_INDEX_FILE="$gd/sophon/index"
+$FIND
 $ADD
 tree=$(git write-tree)
-last=$(git rev-parse -q --verify 'refs/sophon/last^{commit}' || true)
-if [ -n "$last" ]; then lasttree=$(git rev-parse "$last^{tree}")
-else lasttree=$(git rev-parse -q --verify 'HEAD^{tree}' || echo "$4"); fi
+at=$(git for-each-ref --format='%(objectname) %(tree)' refs/sophon/last)
+read -r last lasttree <<< "$at" || true
+[ -n "$last" ] || lasttree=$(git rev-parse -q --verify 'HEAD^{tree}' || echo "$4")
 if [ "$tree" = "$lasttree" ] && [ "$3" != force ] && { [ "$3" != first ] || [ -n "$last" ]; }
 then echo "same $last"; exit 0; fi
-if [ "$tree" = "$lasttree" ] && [ -n "$last" ]; then commit=$last; else
-  commit=$(git commit-tree "$tree" ${last:+-p "$last"} -m "$2")
-  git update-ref refs/sophon/last "$commit"
+if [ "$tree" = "$lasttree" ] && [ -n "$last" ]; then commit=$last
+  git update-ref "refs/sophon/checkpoints/$1" "$commit"
+else
+  commit=$(git commit-tree "$tree" -m "$2")
+  printf 'update refs/sophon/last %s\\nupdate refs/sophon/checkpoints/%s %s\\n' \\
+    "$commit" "$1" "$commit" | git update-ref --stdin
 fi
-git update-ref "refs/sophon/checkpoints/$1" "$commit"
 echo "new $commit"
 git -c core.quotepath=off diff-tree -r -z --no-renames --name-status "$lasttree" "$tree"
-""".replace("$ADD", _ADD)
+""".replace("$FIND", _FIND).replace("$ADD", _ADD)
+
+# $@ checkpoints to remove (ids): their refs go, and what no other checkpoint holds is
+# collected by git in time (checkpoints are commits without parents).
+_PRUNE = """printf 'delete refs/sophon/checkpoints/%s\\n' "$@" | git update-ref --stdin
+git gc --auto --quiet >/dev/null 2>&1 || true
+"""
 
 # $1 the commit to restore. Run right after a checkpoint, so the private index is the
 # working tree as it is.
 _RESTORE = """set -e
-gd=$(git rev-parse --absolute-git-dir)
-export GIT_INDEX_FILE="$gd/sophon/index"
+$FIND
 git read-tree --reset -u "$1"
-"""
+""".replace("$FIND", _FIND)
 
-# $1 the commit: the working tree made its, and the next checkpoint's parent (a fork's
-# copy of the project, whose last checkpoint was the source's).
+# $1 the commit: the working tree made its, and the one the next checkpoint compares
+# with (a fork's copy of the project, whose last checkpoint was the source's).
 _RESET = """set -e
-gd=$(git rev-parse --absolute-git-dir)
-mkdir -p "$gd/sophon"
-export GIT_INDEX_FILE="$gd/sophon/index"
+$FIND
 $ADD
 git read-tree --reset -u "$1"
 git update-ref refs/sophon/last "$1"
-""".replace("$ADD", _ADD)
+""".replace("$FIND", _FIND).replace("$ADD", _ADD)
 
 # $1 a patch file: reversed into the working tree (not the index), then removed.
 _REVERT = """trap 'rm -f "$1"' EXIT
@@ -169,11 +184,28 @@ class Checkpoints:
         if kind != "new":
             return None
         files = _changes(listing)
+        pruned = await self._prune(box, session_id)
         event = Checkpoint(checkpoint_id=cp_id, commit=commit, turn=turn, step=step,
                            reason=reason, tool_use_id=tool_use_id,  # type: ignore[arg-type]
-                           files=files[:FILES_LISTED], files_changed=len(files))
+                           files=files[:FILES_LISTED], files_changed=len(files),
+                           pruned=pruned)
         logged: Checkpoint = await self.sessions.events.append(session_id, event)
         return logged
+
+    async def _prune(self, box: Box, session_id: str) -> list[str]:
+        """With a retention setting: the oldest checkpoints past it, removed (the new
+        one, not logged yet, counts as kept)."""
+        keep = self.sessions.settings.checkpoint_keep
+        if not keep:
+            return []
+        kept = await self.all(session_id)
+        extra = [c.checkpoint_id for c in kept[:max(0, len(kept) + 1 - keep)]]
+        if extra:
+            code, _, err = await _run(box, _PRUNE, extra)
+            if code != 0:
+                log.warning("pruning checkpoints of %s failed: %s", session_id, err[-300:])
+                return []
+        return extra
 
     async def for_turn(self, box: Box, session_id: str) -> TurnCheckpoints:
         """For the turn just begun (its user message logged)."""
@@ -272,16 +304,19 @@ class Checkpoints:
     # --- what the log says ------------------------------------------------------------
 
     async def all(self, session_id: str) -> list[Checkpoint]:
-        """The session's checkpoints, oldest first."""
-        stored = await self.sessions.events.read_type(session_id, "checkpoint")
-        return [ev for ev in stored if isinstance(ev, Checkpoint)]
+        """The session's checkpoints, oldest first (not those pruned since)."""
+        stored = [ev for ev in await self.sessions.events.read_type(session_id, "checkpoint")
+                  if isinstance(ev, Checkpoint)]
+        pruned = {p for ev in stored for p in ev.pruned}
+        return [ev for ev in stored if ev.checkpoint_id not in pruned]
 
     async def find(self, session_id: str, checkpoint_id: str) -> Checkpoint:
         for cp in await self.all(session_id):
             if cp.checkpoint_id == checkpoint_id:
                 return cp
         raise NotFound(f"no checkpoint {checkpoint_id!r} in this session (GET "
-                       f"/v1/sessions/{session_id}/checkpoints lists them)")
+                       f"/v1/sessions/{session_id}/checkpoints lists them; past "
+                       "SOPHON_CHECKPOINT_KEEP, the oldest are removed)")
 
     async def turns(self, session_id: str) -> int:
         """How many turns the session has had (user messages in its log)."""

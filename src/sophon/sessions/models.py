@@ -46,6 +46,10 @@ class ApprovalPolicy(BaseModel):
 
     shell: ShellPolicy = "ask_once"
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
+    # An approval nobody answers in this long gets on_timeout as its answer (by
+    # "timeout"); none: it waits for the owner.
+    timeout_seconds: int | None = Field(None, ge=5, le=7 * 86400)
+    on_timeout: Literal["allow", "deny"] = "deny"
     # Only its form here (this model also shows stored policies); where it may go is the
     # outbound-webhook policy of sophon.webhooks, checked by the session service when
     # it is given and again before each call.

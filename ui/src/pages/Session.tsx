@@ -13,6 +13,7 @@ import { pendingApprovals } from "../session/items";
 import { SecretsTab } from "../session/SecretsTab";
 import { SettingsTab } from "../session/SettingsTab";
 import { TimelineTab } from "../session/TimelineTab";
+import { Countdown, NotifyToggle, useAttention } from "../session/attention";
 import { useEvents } from "../session/useEvents";
 import type { NetworkUsage, SessionView, Status, WireEvent } from "../types";
 import { StatusBadge } from "./Sessions";
@@ -211,9 +212,10 @@ function SessionWorkspace({ view, initialSeq, reloadView, setView }: { view: Ses
     const seen = new Set(fromEvents.map((a) => a.approval_id));
     const extra = serverPending
       .filter((a) => !seen.has(a.approval_id) && !answered.has(a.approval_id))
-      .map((a) => ({ approval_id: a.approval_id, tool: a.tool, input: a.input, reason: a.reason, ts: a.created_at }));
-    return [...extra, ...fromEvents.map((a) => ({ approval_id: a.approval_id, tool: a.tool, input: a.input, reason: a.reason, ts: a.ts }))];
+      .map((a) => ({ approval_id: a.approval_id, tool: a.tool, input: a.input, reason: a.reason, ts: a.created_at, expires_at: null, on_timeout: null }));
+    return [...extra, ...fromEvents.map((a) => ({ approval_id: a.approval_id, tool: a.tool, input: a.input, reason: a.reason, ts: a.ts, expires_at: a.expires_at ?? null, on_timeout: a.on_timeout ?? null }))];
   }, [log.version, serverPending]);
+  useAttention(view.name, pending.length, log.subscribe);
 
   const decide = useCallback(
     async (approvalId: string, decision: "allow" | "deny", remember: boolean) => {
@@ -318,6 +320,7 @@ function SessionWorkspace({ view, initialSeq, reloadView, setView }: { view: Ses
           {netUsage && netUsage.denied > 0 ? <span className="bad"> · {netUsage.denied} refused</span> : null}
         </button>
         <span className="spacer" />
+        <NotifyToggle />
         <button onClick={interrupt} disabled={!busy} className={busy ? "warn" : ""} aria-keyshortcuts="Escape">
           Interrupt
         </button>
@@ -351,6 +354,7 @@ function SessionWorkspace({ view, initialSeq, reloadView, setView }: { view: Ses
             </>
           )}
           <span className="muted small"> waiting {ago(pending[0].ts).replace(" ago", "")}{pending.length > 1 ? ` · ${pending.length - 1} more` : ""}</span>
+          <Countdown until={pending[0].expires_at} answer={pending[0].on_timeout} />
           <span className="spacer" />
           <button className="primary" onClick={() => decide(pending[0].approval_id, "allow", false)} aria-keyshortcuts="a">Allow <kbd>a</kbd></button>
           <button onClick={() => decide(pending[0].approval_id, "allow", true)} aria-keyshortcuts="Shift+A">{pending[0].tool === "Network" ? "Allow and remember" : "Always allow"} <kbd>A</kbd></button>

@@ -5,6 +5,7 @@ import { DiffView, parseDiff, syntheticDiff } from "../lib/diff";
 import { ago, clock, duration, oneLine, relative, STATUS_LABEL, tokens, toolSummary, usd } from "../lib/format";
 import { Markdown } from "../lib/markdown";
 import type { EventOf, WireEvent } from "../types";
+import { Countdown } from "./attention";
 import type { Item } from "./items";
 
 export interface RowActions {
@@ -145,6 +146,7 @@ function NetworkApprovalCard({ item, actions }: { item: Extract<Item, { kind: "a
             Deny
           </button>
           <span className="muted small">waiting since {ago(req.ts)}</span>
+          <Countdown until={req.expires_at} answer={req.on_timeout} />
         </div>
       )}
     </div>
@@ -202,6 +204,7 @@ function ApprovalCard({ item, actions }: { item: Extract<Item, { kind: "approval
             Deny
           </button>
           <span className="muted small">waiting since {ago(req.ts)}</span>
+          <Countdown until={req.expires_at} answer={req.on_timeout} />
         </div>
       )}
     </div>
