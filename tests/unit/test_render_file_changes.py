@@ -1,5 +1,6 @@
 """How the CLI shows some events: file changes, one by one and folded
-(file_changes_coalesced), and a running command's output."""
+(file_changes_coalesced), a running command's output, and checkpoints, rewinds and
+reviews."""
 
 from __future__ import annotations
 
@@ -38,3 +39,16 @@ def test_a_running_commands_output_is_printed_as_it_comes() -> None:
                    "tool_use_id": "toolu_1", "stream": "stdout", "data": "step-1\n",
                    "index": 0})
     assert text == "step-1\n"
+
+
+def test_checkpoints_rewinds_and_reviews_say_what_they_are() -> None:
+    assert _shown({"type": "checkpoint", "checkpoint_id": "cp_0123456789abcdef",
+                   "reason": "tool", "files_changed": 2}) == \
+        "  ⚑ checkpoint cp_0123456789abcdef (after a tool call, 2 files changed)\n"
+    assert "(turn end)" in _shown({"type": "checkpoint", "checkpoint_id": "cp_1",
+                                   "reason": "turn_end", "files_changed": 0})
+    text = _shown({"type": "rewind", "checkpoint_id": "cp_1", "files": True,
+                   "conversation": False, "undo": "cp_2"})
+    assert text == "↶ rewound files to cp_1 (undo: rewind to cp_2)\n"
+    text = _shown({"type": "review", "turn": 3, "rejected": [{}], "comments": [{}, {}]})
+    assert "review of turn 3: 1 hunk(s) reverted, 2 comment(s)" in text

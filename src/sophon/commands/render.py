@@ -119,5 +119,23 @@ def render(console: Console, ev: dict[str, Any]) -> None:
     elif t == "task_update":
         mark = {"completed": "☑", "in_progress": "▶"}.get(get("status", ""), "☐")
         console.print(f"[blue]  {mark} #{get('task_id')} {escape(get('subject', ''))}[/blue]")
+    elif t == "checkpoint":
+        changed = get("files_changed") or 0
+        what = f", {changed} file{'' if changed == 1 else 's'} changed" if changed else ""
+        console.print(f"[dim]  ⚑ checkpoint {get('checkpoint_id')} "
+                      f"({CHECKPOINT_WHY.get(get('reason', ''), get('reason'))}{what})[/dim]")
+    elif t == "rewind":
+        what = " and ".join(w for w in ("files", "conversation") if get(w))
+        console.print(f"[bold yellow]↶ rewound {what} to {get('checkpoint_id')}[/bold yellow] "
+                      f"[dim](undo: rewind to {get('undo')})[/dim]")
+    elif t == "review":
+        console.print(f"[yellow]✓ review of turn {get('turn')}: {len(get('rejected') or [])} "
+                      f"hunk(s) reverted, {len(get('comments') or [])} comment(s)[/yellow]")
     else:
         console.print(f"[dim]{escape(t)}[/dim]")
+
+
+CHECKPOINT_WHY = {"tool": "after a tool call", "turn_start": "turn start",
+                  "turn_end": "turn end", "save": "after a save", "exec": "after a command",
+                  "before_rewind": "before a rewind", "rewind": "after a rewind",
+                  "review": "after a review"}

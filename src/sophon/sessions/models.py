@@ -7,7 +7,14 @@ from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 MODEL_ALIASES = ("opus", "sonnet", "haiku")
 # Whole-string patterns: checked with ``fullmatch`` (``re.match`` with ``$`` lets a
@@ -273,8 +280,20 @@ class FileContent(BaseModel):
     encoding: Literal["utf-8", "base64"] | None = None
 
 
-CheckpointId = Annotated[str, Field(pattern=r"^cp_[0-9a-f]{16}$",
-                                    description="A checkpoint's id (GET .../checkpoints)")]
+CHECKPOINT_ID = re.compile(r"^cp_[0-9a-f]{16}$")
+
+
+def _checkpoint_id(value: str) -> str:
+    if not CHECKPOINT_ID.fullmatch(value):
+        raise ValueError(f"{value!r} is not a checkpoint id: they look like "
+                         "cp_0123456789abcdef (GET /v1/sessions/{id}/checkpoints lists them)")
+    return value
+
+
+CheckpointId = Annotated[str, Field(max_length=64, description="A checkpoint's id (GET "
+                                    ".../checkpoints)", json_schema_extra={
+                                        "pattern": CHECKPOINT_ID.pattern}),
+                         AfterValidator(_checkpoint_id)]
 
 
 class CheckpointView(BaseModel):
