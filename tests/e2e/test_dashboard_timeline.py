@@ -80,12 +80,18 @@ def test_the_timeline_restores_forks_and_reviews(page, server: LiveServer, key: 
     turn1.get_by_role("button", name=re.compile("turn end")).click()
     page.get_by_role("button", name="Restore both").click()
     expect(page.get_by_role("status")).to_contain_text("Files and conversation restored")
+    # Turn 2's messages stay in the pane, marked: the agent no longer sees them.
+    rewound = page.locator(".vrow.rewound")
+    expect(rewound.filter(has_text="edit two lines")).to_have_count(1)
+    expect(page.locator(".vrow").filter(has_text="write app.py").first).not_to_have_class(
+        re.compile("rewound"))
     assert "line two" not in sh(http, sid, "cat app.py")
     before = http.get(f"/v1/sessions/{sid}/checkpoints").json()["checkpoints"][-2]
     assert before["reason"] == "before_rewind"
     assert "line two" in sh(http, sid, f"git show {before['commit']}:app.py")
     page.get_by_role("button", name="Undo").click()
     expect(page.get_by_role("status")).to_contain_text("Undone")
+    expect(rewound).to_have_count(0)  # undone: the agent sees turn 2 again
     assert "line two" in sh(http, sid, "cat app.py")
 
     # Review turn 2: reject its second hunk, comment on a line of the first.

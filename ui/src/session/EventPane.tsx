@@ -4,7 +4,7 @@
 import { useVirtualizer } from "@tanstack/react-virtual";
 import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from "react";
 import { EventRow, type RowActions } from "./EventItem";
-import { buildItems } from "./items";
+import { buildItems, rewoundSeqs } from "./items";
 import type { EventLog } from "./useEvents";
 
 const NEAR_BOTTOM_PX = 80;
@@ -20,6 +20,7 @@ export function EventPane(props: {
     () => buildItems(log.events, showQuiet),
     [log.version, showQuiet],
   );
+  const rewound = useMemo(() => rewoundSeqs(log.events), [log.version]);
   const scroller = useRef<HTMLDivElement>(null);
   const atBottom = useRef(true);
   const [following, setFollowing] = useState(true);
@@ -137,7 +138,8 @@ export function EventPane(props: {
                 data-index={v.index}
                 data-seq={item.key}
                 ref={virtualizer.measureElement}
-                className="vrow"
+                className={rewound.has(Number(item.key)) ? "vrow rewound" : "vrow"}
+                title={rewound.has(Number(item.key)) ? "Rewound: the agent no longer sees this" : undefined}
                 style={{ transform: `translateY(${v.start}px)` }}
               >
                 <EventRow item={item} open={!!folds.current.get(item.key)} actions={actions} />

@@ -99,3 +99,32 @@ export function pendingApprovals(events: WireEvent[]): EventOf<"approval_request
   }
   return out;
 }
+
+const CONVERSATION = new Set(["user", "assistant", "thinking", "tool_use", "tool_result"]);
+
+/** The seqs of conversation events a rewind took out of what the agent is sent, among
+ *  the loaded events: the server's rule (agent/history.py, `effective`), where a rewind
+ *  puts the conversation back as it stood at its `to_seq`. */
+export function rewoundSeqs(events: WireEvent[]): Set<number> {
+  if (!events.some((e) => e.type === "rewind" && e.conversation)) return new Set();
+  const parent = new Map<number, number>();
+  const headAt: [number, number][] = [];
+  let head = 0;
+  for (const ev of events) {
+    if (ev.type === "rewind" && ev.conversation) {
+      let at = 0;
+      for (const [seq, h] of headAt) {
+        if (seq > ev.to_seq) break;
+        at = h;
+      }
+      head = at;
+    } else {
+      parent.set(ev.seq, head);
+      head = ev.seq;
+    }
+    headAt.push([ev.seq, head]);
+  }
+  const kept = new Set<number>();
+  for (let s = head; s; s = parent.get(s) ?? 0) kept.add(s);
+  return new Set(events.filter((e) => CONVERSATION.has(e.type) && !kept.has(e.seq)).map((e) => e.seq));
+}
