@@ -101,8 +101,8 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
                               tasks=history.tasks_of(history.effective(events)),
                               output_cap=settings.limits.output_cap_bytes)
             marks = await checkpoints.for_turn(box, sid) if checkpoints else None
-            if marks is not None:
-                await marks.start()
+            if marks is not None:  # taken while the model is first asked
+                await marks.start(wait=False)
                 # The turn's end is checkpointed however it ends (interrupted too).
                 stack.push_async_callback(lambda: asyncio.shield(marks.end()))
             if row.mcp_servers:  # the session's own tools, for this turn
@@ -127,6 +127,8 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
                 results = []
                 current = ApprovalPolicy.model_validate(row.approval)
                 for call in calls:
+                    if marks is not None:  # the last call's checkpoint first
+                        await marks.settle()
                     content, is_error, asked = await _call_tool(turn, sessions, settings,
                                                                 current, ctx, call)
                     if asked:  # an answer may have changed the policy (ask_once, remember)
@@ -134,8 +136,8 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
                             (await turn.fresh_row(sessions)).approval)
                     logged = await emit.append(sid, ToolResult(
                         tool_use_id=call["id"], content=content, is_error=is_error))
-                    if marks is not None:
-                        await marks.after_tool(call["name"], call["id"])
+                    if marks is not None:  # taken while the model is asked again
+                        await marks.after_tool(call["name"], call["id"], wait=False)
                     # The model gets the logged (redacted) result: a secret's value never
                     # reaches the provider, and a rebuilt history reads the same.
                     results.append({"type": "tool_result", "tool_use_id": call["id"],

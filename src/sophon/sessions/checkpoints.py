@@ -344,11 +344,16 @@ class TurnCheckpoints:
     """A turn's checkpoints: at its start (if the tree changed since the last, or it is
     the session's first), after each tool call that may change files (its step: the
     tool call's number in the turn) and at its end (always). A failure to take one is
-    logged, never the turn's."""
+    logged, never the turn's.
+
+    A tool call's checkpoint may run while the model is asked for its next step
+    (``wait=False``): it must only be done before the next tool runs (``settle``), so
+    that it holds what that call did and nothing after."""
 
     def __init__(self, checkpoints: Checkpoints, box: Box, session_id: str, turn: int) -> None:
         self.checkpoints, self.box, self.session_id, self.turn = checkpoints, box, session_id, turn
         self.step = 0
+        self.pending: asyncio.Future[None] | None = None
 
     async def _take(self, reason: str, step: int | None = None,
                     tool_use_id: str | None = None, force: bool | str = False) -> None:
@@ -359,16 +364,29 @@ class TurnCheckpoints:
             log.warning("checkpoint (%s) of session %s failed: %s", reason, self.session_id,
                         exc)
 
-    async def start(self) -> None:
+    async def start(self, wait: bool = True) -> None:
         # The first turn's start is kept even unchanged: the base its diff is made from.
-        await self._take("turn_start", force="first")
+        self.pending = asyncio.ensure_future(self._take("turn_start", force="first"))
+        if wait:
+            await self.settle()
 
-    async def after_tool(self, tool: str, tool_use_id: str) -> None:
+    async def after_tool(self, tool: str, tool_use_id: str, wait: bool = True) -> None:
         self.step += 1
-        if tool not in READ_ONLY_TOOLS:
-            await self._take("tool", self.step, tool_use_id)
+        if tool in READ_ONLY_TOOLS:
+            return
+        await self.settle()
+        self.pending = asyncio.ensure_future(self._take("tool", self.step, tool_use_id))
+        if wait:
+            await self.settle()
+
+    async def settle(self) -> None:
+        """The last tool call's checkpoint is taken."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            await pending
 
     async def end(self) -> None:
+        await self.settle()
         # Always: the end of a turn is where a rewind of the conversation most often
         # goes back to, changed files or not (an unchanged tree costs no commit).
         await self._take("turn_end", force=True)
