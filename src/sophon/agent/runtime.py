@@ -28,7 +28,7 @@ from sophon.config import Settings
 from sophon.errors import SophonError
 from sophon.events.types import Assistant, SessionError, Thinking, ToolResult, ToolUse, User
 from sophon.gateway.service import Gateway
-from sophon.sessions.checkpoints import Checkpoints
+from sophon.sessions.checkpoints import Checkpoints, may_write
 from sophon.sessions.models import ApprovalPolicy
 from sophon.sessions.service import SessionService
 from sophon.store.tables import SessionRow
@@ -127,8 +127,8 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
                 results = []
                 current = ApprovalPolicy.model_validate(row.approval)
                 for call in calls:
-                    if marks is not None:  # the last call's checkpoint first
-                        await marks.settle()
+                    if marks is not None and may_write(call["name"]):
+                        await marks.settle()  # the last call's checkpoint first
                     content, is_error, asked = await _call_tool(turn, sessions, settings,
                                                                 current, ctx, call)
                     if asked:  # an answer may have changed the policy (ask_once, remember)

@@ -43,6 +43,12 @@ READ_ONLY_TOOLS = frozenset({
     "Read", "Glob", "Grep", "LS", "TaskCreate", "TaskUpdate", "TaskList", "TaskGet",
     "TodoWrite", "WebFetch", "WebSearch", "NotebookRead", "ExitPlanMode", "BashOutput",
 })
+def may_write(tool: str) -> bool:
+    """Whether a tool call may change files (a checkpoint follows it, and it waits for
+    the one before it)."""
+    return tool not in READ_ONLY_TOOLS
+
+
 _IDENTITY = {"GIT_AUTHOR_NAME": "Sophon", "GIT_AUTHOR_EMAIL": "sophon@localhost",
              "GIT_COMMITTER_NAME": "Sophon", "GIT_COMMITTER_EMAIL": "sophon@localhost"}
 
@@ -372,7 +378,7 @@ class TurnCheckpoints:
 
     async def after_tool(self, tool: str, tool_use_id: str, wait: bool = True) -> None:
         self.step += 1
-        if tool in READ_ONLY_TOOLS:
+        if not may_write(tool):
             return
         await self.settle()
         self.pending = asyncio.ensure_future(self._take("tool", self.step, tool_use_id))
