@@ -2,9 +2,10 @@
 listing and rewinding cost in a session that has many.
 
 * Cost per tool call: a session whose workspace holds ``files`` files (10,000 in the
-  full run) runs a scripted turn of ``calls`` Bash calls, each changing one file. From
-  the log: each call's tool_use to its tool_result (the tool alone: the baseline) and
-  its tool_result to its checkpoint (what the checkpoint adds), p50 of each.
+  full run) runs a scripted turn of ``calls`` Bash calls, each changing one file, each
+  reply 400 ms after the last request (as a model's). From the log: each call's
+  tool_use to its tool_result (the tool alone: the baseline) and its tool_result to its
+  checkpoint (the checkpoint's own time, taken while the model is asked), p50 of each.
 * Listing: ``GET /checkpoints`` of a session with ``checkpoints`` of them (1,000 in the
   full run), against ``GET /v1/sessions/{id}`` of the same session, alternately.
 * Rewinding: ``POST /rewind`` (files and conversation) between two of its checkpoints,
@@ -69,8 +70,12 @@ def _per_tool_call(http: httpx.Client, model: ModelServer, files: int,
     _exec(http, sid, f"for d in $(seq 0 99); do mkdir -p src/d$d; done; "
                      f"for i in $(seq 1 {files}); do echo \"line $i\" > src/d$((i % 100))/f$i.txt; "
                      f"done; git add -A && git commit -qm files")
+    # Each reply takes 400 ms, as a model's do, so that each call's checkpoint (taken
+    # while the model is asked) is done before the next call: tool_use to tool_result is
+    # then the tool alone.
     steps = [{"content": [{"type": "tool_use", "name": "Bash",
-                           "input": {"command": f"echo change {i} >> src/d{i % 100}/f{i}.txt"}}]}
+                           "input": {"command": f"echo change {i} >> src/d{i % 100}/f{i}.txt"}}],
+              "delay_ms": 400}
              for i in range(1, calls + 1)]
     model.set_script({"turns": [*steps, "done"]})
     http.post(f"/v1/sessions/{sid}/messages", json={"content": "change files"}
