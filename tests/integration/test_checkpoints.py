@@ -389,3 +389,24 @@ def test_a_retention_setting_removes_the_oldest_and_says_so(model: ModelServer) 
         assert r.status_code == 404 and "SOPHON_CHECKPOINT_KEEP" in r.json()["message"]
         assert rewind(http, sid, listed[0]["id"]).status_code == 200
         assert "n2.txt" in sh(http, sid, "ls") and "n3.txt" not in sh(http, sid, "ls")
+
+
+def test_a_review_is_told_once_to_messages_queued_after_it(server: LiveServer,
+                                                          model: ModelServer) -> None:
+    with user(server) as http:
+        model.set_script({"turns": [*EDITS["turns"][:4], "first", "second"]})
+        sid = http.post("/v1/sessions", json={"name": "once", "approval": {"shell": "allow"}}
+                        ).json()["id"]
+        turn(http, sid, "write app.py")
+        turn(http, sid, "rename two lines")
+        assert http.post(f"/v1/sessions/{sid}/turns/2/review",
+                         json={"reject": [{"path": "app.py", "hunk": 0}]}).status_code == 200
+        for content in ("ONE", "TWO"):
+            assert http.post(f"/v1/sessions/{sid}/messages",
+                             json={"content": content, "queue": True}).status_code == 202
+        wait_for(lambda: sum(e["type"] == "user" for e in events(http, sid)) == 4 and
+                 http.get(f"/v1/sessions/{sid}").json()["status"] == "idle", 30, 0.05,
+                 "both turns")
+        said = [e["content"] for e in events(http, sid) if e["type"] == "user"][2:]
+        assert said[0].startswith("I reviewed what turn 2 changed") and said[0].endswith("ONE")
+        assert said[1] == "TWO"

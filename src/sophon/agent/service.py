@@ -72,7 +72,7 @@ class AgentService:
             await self.gateway.key_for(Caller(row.id, row.user_id, row))
         else:
             self.gateway.require_key()
-        turn = Turn(session_id, principal, await self._with_reviews(session_id, content))
+        turn = Turn(session_id, principal, content)
         if session_id in self._held:
             raise TurnBusy(f"{self._held[session_id]} is in progress in this session; send "
                            "the message once it is done")
@@ -106,6 +106,9 @@ class AgentService:
         started, outcome = time.monotonic(), "ended"
         try:
             row = await self.sessions.get_row(turn.principal, turn.session_id)
+            # As the turn starts, not when it was queued: of two messages queued after a
+            # review, the first carries it.
+            turn.content = await self._with_reviews(turn.session_id, turn.content)
             if row.runtime == "claude-code":
                 await run_claude_turn(turn, self.sessions, self.settings, self.claude,
                                       self.checkpoints)
