@@ -158,6 +158,9 @@ def test_an_older_servers_host_mount_is_cleaned_up_at_start(data_dir: Path) -> N
             assert mounts_under(data_dir) == [str(box / "disk")]  # the control
             srv.start()
             assert mounts_under(data_dir) == []
+            # The kernel lets the unmounted image's loop device go a moment later (until
+            # then the server answers "still in use; try again shortly").
+            wait_for(lambda: not loops_backing(data_dir), 15, 0.05, "the loop device to go")
             assert execute(http, "cat /workspace/x", thread_id="o")["stdout"] == "old\n"
     finally:
         srv.stop()
