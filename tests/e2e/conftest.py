@@ -72,7 +72,14 @@ def own_server(model: ModelServer, data_dir: Path) -> Iterator[LiveServer]:
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+DIST = Path(__file__).resolve().parents[2] / "ui" / "dist" / "index.html"
 DEADLINE_MS = 30_000
+# The dashboard test modules' pytestmark: they need Chromium and the built dashboard.
+NEEDS_DASHBOARD = [
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="Debian's chromium is not installed (scripts/system-deps)"),
+    pytest.mark.skipif(not DIST.exists(), reason="the dashboard is not built (make ui)"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -23,18 +23,14 @@ import pytest
 
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, wait_for
-from tests.e2e.conftest import CHROMIUM, DEADLINE_MS, new_user
+from tests.e2e.conftest import DEADLINE_MS, NEEDS_DASHBOARD, new_user
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 REPO = Path(__file__).resolve().parents[2]
 DIST = REPO / "ui" / "dist" / "index.html"
 
-pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="Debian's chromium is not installed (scripts/system-deps)"),
-    pytest.mark.skipif(not DIST.exists(), reason="the dashboard is not built (make ui)"),
-]
+pytestmark = NEEDS_DASHBOARD
 
 NOTES = "alpha\nbeta\n"
 # One message: write notes.txt, then run Bash (the first shell use asks); a second message:

@@ -24,21 +24,16 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, make_data_dir, wait_for
+from tests.e2e.conftest import CHROMIUM, NEEDS_DASHBOARD
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-CHROMIUM = Path("/usr/bin/chromium")
-DIST = Path(__file__).resolve().parents[2] / "ui" / "dist" / "index.html"
 DEADLINE_MS = 30_000
 HOST = "127.0.0.2"
 # Shaped like a fine-grained GitHub token; never sent anywhere (no test connects to github).
 TOKEN = "github_pat_" + "Zq7" * 12
 
-pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="Debian's chromium is not installed (scripts/system-deps)"),
-    pytest.mark.skipif(not DIST.exists(), reason="the dashboard is not built (make ui)"),
-]
+pytestmark = NEEDS_DASHBOARD
 
 expect = playwright_api.expect
 expect.set_options(timeout=DEADLINE_MS)

@@ -11,15 +11,10 @@ import pytest
 
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, wait_for
-from tests.e2e.conftest import CHROMIUM, DEADLINE_MS
+from tests.e2e.conftest import DEADLINE_MS, NEEDS_DASHBOARD
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-DIST = Path(__file__).resolve().parents[2] / "ui" / "dist" / "index.html"
-pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="Debian's chromium is not installed (scripts/system-deps)"),
-    pytest.mark.skipif(not DIST.exists(), reason="the dashboard is not built (make ui)"),
-]
+pytestmark = NEEDS_DASHBOARD
 expect = playwright_api.expect
 expect.set_options(timeout=DEADLINE_MS)
 

@@ -9,52 +9,19 @@ import io
 import json
 import tarfile
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from sophon.testing import ModelServer
-from tests.conftest import LiveServer, serve_with_model, wait_for
+from tests.conftest import LiveServer, serve_with_model
+from tests.integration.session_support import events, sh, turn, user
 
 
 @pytest.fixture(scope="module")
 def server(model: ModelServer) -> Iterator[LiveServer]:
     with serve_with_model(model) as srv:
         yield srv
-
-
-def user(server: LiveServer) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=120,
-                        headers={"Authorization": f"Bearer {server.add_user()}"})
-
-
-def events(http: httpx.Client, sid: str) -> list[dict[str, Any]]:
-    r = http.get(f"/v1/sessions/{sid}/events", params={"limit": 5000},
-                 headers={"Accept": "application/json"})
-    return list(r.json()["events"])
-
-
-def sh(http: httpx.Client, sid: str, command: str) -> str:
-    r = http.post(f"/v1/sessions/{sid}/exec", json={"command": command})
-    assert r.status_code == 200, r.text
-    lines = [json.loads(line) for line in r.text.splitlines() if line.strip()]
-    return "".join(e["data"] for e in lines if e["type"] == "exec_output")
-
-
-def turn(http: httpx.Client, sid: str, content: str) -> list[dict[str, Any]]:
-    n = sum(e["type"] == "user" for e in events(http, sid)) + 1
-    assert http.post(f"/v1/sessions/{sid}/messages", json={"content": content}
-                     ).status_code == 202
-
-    def over() -> list[dict[str, Any]] | None:
-        evs = events(http, sid)
-        users = [i for i, e in enumerate(evs) if e["type"] == "user"]
-        done = len(users) >= n and any(e["type"] == "status" and e["status"] == "idle"
-                                       for e in evs[users[n - 1]:])
-        return evs if done else None
-
-    return wait_for(over, 60, 0.05, "the turn to end")  # type: ignore[return-value]
 
 
 def archive(members: dict[str, bytes | None]) -> bytes:
