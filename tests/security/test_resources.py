@@ -36,8 +36,10 @@ def child_cgroup_where(parent: Path, counter: str) -> Path | None:
 
 
 def test_fork_bomb_is_contained(server: LiveServer, http: httpx.Client) -> None:
-    # The classic bomb, then a busy loop (no fork needed) that keeps the exec running.
-    trace = start_async(http, ":(){ :|:& };:\nwhile :; do :; done", timeout=5)
+    # The classic bomb in a background subshell, then a busy loop (no fork needed) that keeps
+    # the exec running. The exec's own shell forks only once, before the bomb: a fork it tried
+    # while the bomb held every pid would fail and end it early.
+    trace = start_async(http, "( :(){ :|:& };: ) 2>/dev/null &\nwhile :; do :; done", timeout=5)
     pids_parent = box_cgroups(server, "pids")
     # pids.events counts forks refused at pids.max: the bomb has met the limit.
     cg = wait_for(lambda: child_cgroup_where(pids_parent, "pids.events"), 10, 0.02,
