@@ -92,16 +92,17 @@ def test_the_guides_one_shot_claude_runs_in_a_thread_through_the_gateway(
     assert where["exit_code"] == 0, where
     assert where["stdout"].splitlines()[1].endswith("(Claude Code)")
 
-    # Without an anthropic connector for the execution API the thread has no gateway,
-    # and its home holds only what its code puts there.
-    bare = execute(http, "echo ${ANTHROPIC_BASE_URL:-none}; ls -A ~", "t")
-    assert bare["stdout"].split() == ["none"]
+    # It is also where the guide's Agent SDK example looks (cli_path), in every thread:
+    # the one link in a new thread's home. Without an anthropic connector for the
+    # execution API the thread has no gateway.
+    bare = execute(http, "echo ${ANTHROPIC_BASE_URL:-none}; cd ~ && find . -mindepth 1; "
+                         "/home/baponi/.local/bin/claude --version", "t")
+    assert bare["stdout"].splitlines()[:4] == ["none", "./.local", "./.local/bin",
+                                                "./.local/bin/claude"], bare
+    assert bare["stdout"].strip().endswith("(Claude Code)"), bare
     r = http.post("/v1/connectors", json={"name": "claude", "type": "anthropic",
                                           "execute": True})
     assert r.status_code == 201, r.text
-    # With it, the CLI is also where the guide's Agent SDK example looks (cli_path).
-    guide = execute(http, "/home/baponi/.local/bin/claude --version", "t")
-    assert guide["stdout"].strip().endswith("(Claude Code)"), guide
 
     res = execute(http, 'cd /home/baponi && claude -p "ONE-SHOT: write hello.txt" '
                         "--dangerously-skip-permissions --output-format json --max-turns 5",

@@ -173,7 +173,6 @@ class Box:
         self.door: socket.socket | None = None
         self.on_stopped: list[Callable[[Box], None]] = []
         # Whether the guide's cli_path (sandbox/service.py) has been made in this box.
-        self.claude_linked = False
 
     @property
     def busy(self) -> bool:

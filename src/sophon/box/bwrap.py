@@ -45,6 +45,9 @@ HOME = "/home/user"
 # A thread's persistent storage, where Baponi code expects it: the box's home
 # directory, bound here as well as at HOME (see docs/ARCHITECTURE.md, "Threads").
 THREAD_HOME = "/home/baponi"
+# Where the Baponi guide's Agent SDK example looks for Claude Code (its ``cli_path``): a
+# link in every box to the CLI under /usr (see docs/ARCHITECTURE.md, "Claude Code").
+GUIDE_CLI = f"{THREAD_HOME}/.local/bin/claude"
 AGENT_DIR = "/opt/sophon/agent"
 BOXD_PATH = f"{AGENT_DIR}/boxd.py"
 
@@ -207,9 +210,12 @@ class BwrapBackend:
         host_uid: int,
         python: str = "/usr/bin/python3",
         door_port: int | None = None,
+        claude_cli: Path | None = None,
     ) -> None:
         self.runtime_dir = runtime_dir
         self.door_port = door_port
+        # Linked at GUIDE_CLI in every box while it exists (it may be installed later).
+        self.claude_cli = claude_cli
         self.cgroups = cgroups
         self.python = python
         self.is_root = os.geteuid() == 0
@@ -361,6 +367,13 @@ class BwrapBackend:
                 args += ["--ro-bind", f, f]
         for name in ETC_FILES:
             args += copy_in(f"/etc/{name}")
+        if self.claude_cli is not None and self.claude_cli.is_file():
+            if spec.home_aliases:
+                # A thread's home is its own storage: boxd makes the link there, as the
+                # box's user, unless the thread has something of its own at that path.
+                args += ["--setenv", "SOPHON_CLAUDE_LINK", str(self.claude_cli)]
+            else:  # in the box's own root, which is gone with the box
+                args += ["--symlink", str(self.claude_cli), GUIDE_CLI]
         for inside in self.trust_files:  # after /etc/ssl: the bundle covers the system's
             args += copy_in(inside)
         args += [

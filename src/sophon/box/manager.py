@@ -73,6 +73,7 @@ class BoxManager:
             host_uid=settings.box_uid_first,
             python=settings.box_python,
             door_port=settings.egress_box_port,
+            claude_cli=settings.box_claude_dir / "bin" / "claude",
         )
         # Called with every box that has started (the egress door serves its listener),
         # and with the id of every box deleted for good (what is kept about it goes too).

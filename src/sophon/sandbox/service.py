@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sophon import metrics
 from sophon.box import ids
 from sophon.box.box import Box, ExecEvent, ExecOutcome
-from sophon.box.bwrap import BASE_ENV, HOME, WORKSPACE, check_beneath
+from sophon.box.bwrap import BASE_ENV, WORKSPACE, check_beneath
 from sophon.box.manager import BoxManager
 from sophon.box.outcome import OUT_OF_MEMORY, TIMEOUT, judge
 from sophon.box.volumes import VolumeMount
@@ -74,10 +74,6 @@ def _iso(dt: datetime | None) -> str | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.isoformat().replace("+00:00", "Z")
-
-
-# The guide's cli_path, /home/baponi/.local/bin/claude (a thread's home, seen at both).
-CLAUDE_LINK = ".local/bin/claude"
 
 
 class Run:
@@ -426,8 +422,6 @@ class ExecutionService:
         door = (await self.door_env(box.id, run.principal.user_id)
                 if self.door_env is not None else {})
         env = {**BASE_ENV, **door, **(run.req.env_vars or {})}
-        if "ANTHROPIC_BASE_URL" in door and not box.claude_linked:
-            await self._link_claude(box)
         outcome = None
         # No await between this check and the exec being registered with the box,
         # so a cancel either sees run.box or is seen here.
@@ -448,16 +442,6 @@ class ExecutionService:
             else:
                 outcome = ev
         return outcome
-
-    async def _link_claude(self, box: Box) -> None:
-        """Claude Code where the Baponi guide's Agent SDK example looks for it
-        (``cli_path``), in a thread set up for it (an anthropic connector): a link in its
-        home to the CLI every box has. Not in other threads, whose files stay theirs."""
-        claude = self.boxes.settings.box_claude_dir / "bin" / "claude"
-        if claude.exists():
-            with contextlib.suppress(BoxRequestError):  # something of the user's is there
-                await box.link_path(HOME, CLAUDE_LINK, str(claude))
-        box.claude_linked = True
 
     def _settle(self, run: Run, outcome: ExecOutcome | None, infra_error: str | None,
                 stdout: str, stderr: str) -> None:

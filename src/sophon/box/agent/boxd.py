@@ -680,12 +680,24 @@ def hand_over_door() -> None:
         channel.close()
 
 
+def link_claude() -> None:
+    """Claude Code where the Baponi guide's examples look for it (its ``cli_path``,
+    ~/.local/bin/claude in a thread's home), unless the thread put something there."""
+    target = os.environ.pop("SOPHON_CLAUDE_LINK", None)
+    if target is not None:
+        import files
+
+        with contextlib.suppress(OSError, files.PathError):
+            files.link(os.environ.get("HOME", "/"), ".local/bin/claude", target)
+
+
 def main() -> None:
     make_undumpable()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     inp = sys.stdin.buffer
     hand_over_door()
     send({"id": 0, "kind": "ready", "pid": os.getpid()})
+    link_claude()  # before the first request is read; after the greeting, not to slow it
     _workers.warm(_script_directory)
     while True:
         header = read_exact(inp, HEADER.size)
