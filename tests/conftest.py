@@ -136,6 +136,20 @@ class LiveServer:
 
         return asyncio.run(create())
 
+    def add_key(self, name: str) -> str:
+        """Another API key for the user ``name`` (as `sophon users add-key` makes one)."""
+        from sophon.store.db import make_engine, sessionmaker
+        from sophon.users import UserService
+
+        async def create() -> str:
+            engine = make_engine(f"sqlite+aiosqlite:///{self.data_dir / 'sophon.db'}")
+            try:
+                return await UserService(sessionmaker(engine)).add_key(name)
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(create())
+
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:

@@ -8,12 +8,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+from pydantic import BaseModel, Field
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sophon.errors import Conflict, NotFound, SophonError, Unauthorized
-from sophon.store.tables import ApiKey, SignInLink, User, WebSession, utcnow
+from sophon.store.tables import ApiKey, SignInLink, User, WebSession, iso, utcnow
 
 KEY_PREFIX = "sk-sophon-"
 WEB_SESSION_TTL = timedelta(days=7)
@@ -26,6 +27,22 @@ class Principal:
 
     user_id: str
     name: str
+    # The API key the request was made with (a dashboard sign-in: the key it was made
+    # with; None for a one-time link's): what the execution API's connectors go by.
+    key_id: str | None = None
+
+
+class KeyView(BaseModel):
+    """One of a user's API keys as its owner sees it: never the key itself."""
+
+    id: str = Field(description="What connectors name the key by (`keys`)")
+    prefix: str = Field(description="The key's first characters, to tell it apart")
+    created_at: str
+    current: bool = Field(description="Whether this request was made with it")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyView]
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,7 @@ class UserService:
                 raise Conflict(f"a user named {name!r} already exists") from exc
             db.add(row)
             await db.commit()
-        return Principal(user.id, name), key
+        return Principal(user.id, name, row.id), key
 
     async def add_key(self, name: str) -> str:
         async with self._sessions() as db:
@@ -77,6 +94,15 @@ class UserService:
             db.add(row)
             await db.commit()
         return key
+
+    async def keys(self, principal: Principal) -> list[KeyView]:
+        """The caller's API keys, oldest first."""
+        async with self._sessions() as db:
+            rows = (await db.execute(select(ApiKey).where(
+                ApiKey.user_id == principal.user_id).order_by(ApiKey.created_at, ApiKey.id))
+                    ).scalars().all()
+        return [KeyView(id=r.id, prefix=r.prefix, created_at=iso(r.created_at),
+                        current=r.id == principal.key_id) for r in rows]
 
     @staticmethod
     def _new_key_row(user_id: str) -> tuple[ApiKey, str]:
@@ -96,14 +122,14 @@ class UserService:
         async with self._sessions() as db:
             row = (
                 await db.execute(
-                    select(User.id, User.name)
+                    select(User.id, User.name, ApiKey.id.label("key_id"))
                     .join(ApiKey, ApiKey.user_id == User.id)
                     .where(ApiKey.key_hash == digest)
                 )
             ).first()
         if row is None:
             raise Unauthorized("invalid API key")
-        principal = Principal(row.id, row.name)
+        principal = Principal(row.id, row.name, row.key_id)
         self._cache[digest] = principal
         return principal
 
@@ -119,7 +145,8 @@ class UserService:
             if row is None:
                 raise Unauthorized("that API key is not valid (mistyped, or revoked): "
                                    "check it and try again")
-            signed_in = await self._new_web_session(db, Principal(row.id, row.name), row.key_id)
+            signed_in = await self._new_web_session(
+                db, Principal(row.id, row.name, row.key_id), row.key_id)
             await db.commit()
         return signed_in
 
@@ -151,14 +178,14 @@ class UserService:
         """The caller and CSRF token of a live web session."""
         async with self._sessions() as db:
             row = (await db.execute(
-                select(User.id, User.name, WebSession.csrf_token)
+                select(User.id, User.name, WebSession.csrf_token, WebSession.api_key_id)
                 .join(WebSession, WebSession.user_id == User.id)
                 .where(WebSession.id == hash_key(cookie), WebSession.expires_at > utcnow())
             )).first()
         if row is None:
             raise Unauthorized("your sign-in has ended (signed out, expired, or its key "
                                "was revoked): sign in again")
-        return Principal(row.id, row.name), row.csrf_token
+        return Principal(row.id, row.name, row.api_key_id), row.csrf_token
 
     async def sign_out(self, cookie: str) -> None:
         async with self._sessions() as db:

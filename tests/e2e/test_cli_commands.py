@@ -340,7 +340,8 @@ def test_connectors_add_list_rm_never_show_a_value(env: dict[str, str], server: 
     value_file.write_text(filed + "\n")
     r = sophon(env, "connectors", "add", "api", "--type", "http", "--host", "API.example.com",
                "--header", "Authorization", "--execute", "--value-file", str(value_file))
-    assert (r.returncode, r.stdout) == (0, "added api (http: api.example.com)\n"), r.stderr
+    assert (r.returncode, r.stdout) == (
+        0, "added api (http: api.example.com; executions of all your keys)\n"), r.stderr
     shown += r.stdout + r.stderr
     r = sophon(env, "connectors", "add", "claude", "--type", "anthropic", "--no-value")
     assert r.returncode == 0, r.stderr
@@ -358,7 +359,8 @@ def test_connectors_add_list_rm_never_show_a_value(env: dict[str, str], server: 
     assert r.returncode == 0, r.stderr
     shown += r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "TYPE", "HOSTS", "HEADER", "EXECUTE", "PUSH"]
+    assert lines[0].split() == ["NAME", "TYPE", "HOSTS", "HEADER", "EXECUTIONS", "PUSH"]
+    assert "all your keys" in lines[1]
     assert [line.split()[0] for line in lines[1:]] == ["api", "claude", "gh", "gh-typed"]
     assert "me/app:main, me/lib" in lines[3] and "Authorization" in lines[1]
     r = sophon(env, "connectors", "list", "--json")
@@ -375,6 +377,35 @@ def test_connectors_add_list_rm_never_show_a_value(env: dict[str, str], server: 
     assert [c["name"] for c in json.loads(sophon(env, "connectors", "list", "--json").stdout)
             ] == ["api", "claude", "gh-typed"]
     assert_one_line_error(sophon(env, "connectors", "rm", "gh"), "no connector named 'gh'")
+
+
+def test_a_connector_goes_with_the_executions_of_the_keys_it_names(
+        env: dict[str, str], server: LiveServer) -> None:
+    r = sophon(env, "connectors", "keys", "--json")
+    assert r.returncode == 0, r.stderr
+    [mine] = json.loads(r.stdout)
+    assert mine["current"] is True
+    table = sophon(env, "connectors", "keys").stdout.splitlines()
+    assert table[0].split() == ["ID", "KEY", "CREATED", "THIS", "ONE"]
+    assert table[1].startswith(mine["id"]) and table[1].rstrip().endswith("yes")
+
+    r = sophon(env, "connectors", "add", "claude", "--type", "anthropic", "--no-value",
+               "--key", mine["id"])
+    assert r.stdout == f"added claude (anthropic: (the model gateway); executions of keys " \
+                       f"{mine['id']})\n", r.stderr
+    assert sophon(env, "connectors", "execute", "claude", "--all").stdout == \
+        "claude: executions of all your keys\n"
+    assert sophon(env, "connectors", "execute", "claude", "--off").stdout == \
+        "claude: no executions\n"
+    [listed] = json.loads(sophon(env, "connectors", "list", "--json").stdout)
+    assert (listed["execute"], listed["keys"]) == (False, None)
+    # Mistakes: a key that is not yours, two choices at once, no choice.
+    assert_one_line_error(sophon(env, "connectors", "execute", "claude", "--key", "nope"),
+                          "no API key with id 'nope'", "sophon connectors keys")
+    r = sophon(env, "connectors", "execute", "claude", "--all", "--off")
+    assert r.returncode == 2 and "give one of --all" in r.stderr, r.stderr
+    assert_one_line_error(sophon(env, "connectors", "execute", "gone", "--all"),
+                          "no connector named 'gone'")
 
 
 def test_connectors_add_refuses_clearly(env: dict[str, str], tmp_path: Path) -> None:

@@ -203,18 +203,21 @@ def test_connectors_page_adds_lists_and_deletes_and_never_shows_a_value(
     form.get_by_label("Host", exact=True).fill("metrics.example.com:8443")
     form.get_by_label("Header", exact=True).fill("X-Api-Key")
     form.get_by_label("Value").fill("mk-" + "s3cr3t" * 4)
-    form.get_by_label("Also for the execution API").check()
+    form.get_by_label("The execution API's runs get it").select_option(
+        label="Only with the key you signed in with")
     form.get_by_role("button", name="Add connector").click()
     row = page.locator("tr[data-connector='metrics']")
     expect(row).to_contain_text("metrics.example.com:8443")
     expect(row).to_contain_text("X-Api-Key")
-    expect(row).to_contain_text("yes")
+    expect(row).to_contain_text("one key")
     page.screenshot(path=str(shots / "connectors.png"), full_page=True)
 
     listed = {c["name"]: c for c in http.get("/v1/connectors").json()["connectors"]}
     assert listed["gh-work"]["push"] == ["acme/api:main", "acme/web"]
-    assert (listed["metrics"]["host"], listed["metrics"]["header"],
-            listed["metrics"]["execute"]) == ("metrics.example.com:8443", "X-Api-Key", True)
+    [signed_in_with] = [k["id"] for k in http.get("/v1/keys").json()["keys"] if k["current"]]
+    assert (listed["metrics"]["host"], listed["metrics"]["header"], listed["metrics"]["execute"],
+            listed["metrics"]["keys"]) == ("metrics.example.com:8443", "X-Api-Key", False,
+                                           [signed_in_with])
     for value in (TOKEN, "mk-" + "s3cr3t" * 4):
         no_value_in_page(page, value)
     page.reload()

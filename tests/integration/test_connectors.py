@@ -18,7 +18,12 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from sophon.egress.connectors import GITHUB_HOSTS, ConnectorService, CreateConnector
+from sophon.egress.connectors import (
+    GITHUB_HOSTS,
+    ConnectorService,
+    CreateConnector,
+    UpdateConnector,
+)
 from sophon.errors import BadRequest, Conflict, NotFound
 from sophon.keys import Sealer
 from sophon.store.db import make_engine, migrate, sessionmaker
@@ -75,7 +80,7 @@ def test_each_type_is_created_and_listed_without_its_value(
         # The host in its one spelling: lower case, no trailing dot.
         ("internal-api", "http", "api.internal.example:8443", "Authorization", False, None),
     ]
-    assert all(set(c) == {"name", "type", "host", "header", "execute", "push",
+    assert all(set(c) == {"name", "type", "host", "header", "execute", "keys", "push",
                           "created_at"} for c in listed)
     assert all(c["created_at"].endswith("Z") for c in listed)
     for value in (gh, ant, hdr):
@@ -154,6 +159,10 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
         {"name": "x", "type": "http", "host": "a.example", "header": "X-Key",
          "value": f"abc{char}Injected: yes"}, "the value holds a control character")
        for what, char in (("CR", "\r"), ("LF", "\n"), ("NUL", "\x00"))},
+    "keys and execute both": ({"name": "x", "type": "anthropic", "execute": True,
+                               "keys": ["0" * 32]}, "not both"),
+    "keys not the caller's": ({"name": "x", "type": "anthropic", "keys": ["0" * 32]},
+                              f"you have no API key with id {'0' * 32!r}"),
     "http value too short": ({"name": "x", "type": "http", "host": "a.example",
                               "header": "X-Key", "value": "short"}, "too short"),
     "http value outside ASCII": ({"name": "x", "type": "http", "host": "a.example",
@@ -283,11 +292,11 @@ def test_grants_for_the_door(tmp_path: Path) -> None:
             ]
             assert GITHUB_HOSTS == ("github.com", "api.github.com")
             assert gh not in repr(got) and hdr not in repr(got)  # safe in a log line
-            assert [g.name for g in await service.execute_grants(a.user_id)] == ["gh"]
+            assert [g.name for g in await service.execute_grants(a.user_id, None)] == ["gh"]
 
             # Another user's names are not theirs.
             assert await service.grants(b.user_id, ["gh", "api"]) == []
-            assert await service.execute_grants(b.user_id) == []
+            assert await service.execute_grants(b.user_id, None) == []
             with pytest.raises(BadRequest, match=r"^no connector named 'gh'; create it with "
                                                  r"POST /v1/connectors$"):
                 await service.check_names(b.user_id, ["gh"])
@@ -300,13 +309,59 @@ def test_grants_for_the_door(tmp_path: Path) -> None:
             # A change is seen at once (the cache is dropped), and a delete takes it away.
             await service.create(a, CreateConnector(name="later", type="anthropic",
                                                     execute=True))
-            assert [g.name for g in await service.execute_grants(a.user_id)] == \
+            assert [g.name for g in await service.execute_grants(a.user_id, None)] == \
                 ["gh", "later"]
             await service.delete(a, "gh")
             assert await service.grants(a.user_id, ["gh"]) == []
-            assert [g.name for g in await service.execute_grants(a.user_id)] == ["later"]
+            assert [g.name for g in await service.execute_grants(a.user_id, None)] == ["later"]
             with pytest.raises(BadRequest):
                 await service.check_names(a.user_id, ["gh"])
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_connector_for_some_keys_goes_with_their_executions_only(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'sophon.db'}")
+        await migrate(engine)
+        db = sessionmaker(engine)
+        users = UserService(db)
+        a, _ = await users.create("a")
+        await users.add_key("a")
+        b, _ = await users.create("b")
+        first, second = [k.id for k in await users.keys(a)]
+        assert first == a.key_id
+        service = ConnectorService(db, Sealer(Fernet.generate_key()))
+
+        async def names(key_id: str | None) -> list[str]:
+            return [g.name for g in await service.execute_grants(a.user_id, key_id)]
+        try:
+            view = await service.create(a, CreateConnector(name="claude", type="anthropic",
+                                                           keys=[second, second]))
+            assert (view.execute, view.keys) == (False, [second])
+            assert await names(second) == ["claude"]
+            assert await names(first) == [] and await names(None) == []
+            # Another user's key, or both ways of attaching at once: a 400, nothing kept.
+            with pytest.raises(BadRequest, match=f"no API key with id {b.key_id!r}"):
+                await service.create(a, CreateConnector(name="x", type="anthropic",
+                                                        keys=[b.key_id]))
+            with pytest.raises(BadRequest, match="not both"):
+                await service.create(a, CreateConnector(name="x", type="anthropic",
+                                                        execute=True, keys=[first]))
+            assert [c.name for c in await service.list(a)] == ["claude"]
+            # Changed: seen by the next execution at once.
+            await service.update(a, "claude", UpdateConnector(execute=True))
+            assert await names(first) == ["claude"] and await names(None) == ["claude"]
+            await service.update(a, "claude", UpdateConnector(keys=[first]))
+            assert await names(first) == ["claude"] and await names(second) == []
+            await service.update(a, "claude", UpdateConnector(execute=False))
+            assert await names(first) == [] and (await service.list(a))[0].keys is None
+            with pytest.raises(BadRequest, match="nothing to change"):
+                await service.update(a, "claude", UpdateConnector())
+            with pytest.raises(NotFound):
+                await service.update(b, "claude", UpdateConnector(execute=True))
         finally:
             await engine.dispose()
 

@@ -353,6 +353,40 @@ def test_execute_api_threads_reach_registries_and_connectors_only(
     assert res.stdout == FILE_TEXT + "\nstatus 200", (res.stdout, res.stderr)
 
 
+def test_a_connector_for_one_key_goes_with_that_keys_executions_only(
+        server: LiveServer, hosts: Hosts) -> None:
+    """Connectors attach to API keys, as in the Baponi guide: of one user's two keys,
+    only the executions made with the attached one get it, even in a thread both use."""
+    first = server.add_user("two-keys")
+    second = server.add_key("two-keys")
+    with client_for(server, first) as c:
+        keys = c.get("/v1/keys").json()["keys"]
+        assert [k["current"] for k in keys] == [True, False], keys
+        assert [first.startswith(k["prefix"]) for k in keys] == [True, False], keys
+        r = c.post("/v1/connectors", json={
+            "name": "testhost", "type": "http", "host": hosts.files.addr,
+            "header": "X-Test-Token", "value": "test-token-value", "keys": [keys[0]["id"]]})
+        assert r.status_code == 201, r.text
+        assert r.json()["keys"] == [keys[0]["id"]] and r.json()["execute"] is False
+
+    def fetch(key: str) -> str:
+        with Baponi(api_key=key, base_url=server.url, max_retries=0) as client:
+            res = client.execute(curl_status(f"{hosts.files.url}/x"), language="bash",
+                                 thread_id="shared")
+        return str(res.stdout)
+
+    assert fetch(first) == FILE_TEXT + "\nstatus 200"
+    refused = fetch(second)  # the same thread's box, with the other key
+    assert refused.endswith("status 403") and door_said_not_listed(refused, hosts.files.addr)
+    assert fetch(first) == FILE_TEXT + "\nstatus 200"
+    # Attached to every key instead, the second key's executions get it too.
+    with client_for(server, second) as c:
+        r = c.patch("/v1/connectors/testhost", json={"execute": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["keys"] is None and r.json()["execute"] is True
+    assert fetch(second) == FILE_TEXT + "\nstatus 200"
+
+
 def test_execute_api_public_mode_still_refuses_unopened_loopback(hosts: Hosts) -> None:
     """SOPHON_EGRESS_EXECUTE=public: a thread reaches any public address and an address
     the admin opened, with no connector; a loopback address the admin did not open is

@@ -132,15 +132,19 @@ def test_the_errors_the_server_sends_are_the_ones_listed(
 
 def test_schemathesis_finds_no_server_error_and_no_undocumented_status(
         server: LiveServer, api_key: str, tmp_path: Path) -> None:
-    """Every check schemathesis has, except positive_data_acceptance: the server refuses,
-    with a documented 400, some requests the schema cannot rule out (a cursor it never
-    gave out, a ref that is not in the repository, the claude-code runtime)."""
+    """Every check schemathesis has, except two. positive_data_acceptance: the server
+    refuses, with a documented 400, some requests the schema cannot rule out (a cursor it
+    never gave out, a ref that is not in the repository, the claude-code runtime).
+    ensure_resource_availability: it reads any 404 after a create as the created object
+    missing, where the 404 names another id the fuzzer made up (a fork of a session just
+    made, from a checkpoint it never had)."""
     assert SCHEMATHESIS.exists(), "schemathesis is missing: pip install -e '.[dev]'"
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
     cmd = [str(SCHEMATHESIS), "--config-file", str(config), "run", server.url + "/openapi.json",
            "-H", f"Authorization: Bearer {api_key}",
-           "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+           "--checks", "all", "--exclude-checks",
+           "positive_data_acceptance,ensure_resource_availability",
            "--max-examples", "20",  # per operation and phase: a bounded run (~40 s)
            "--workers", "1", "--request-timeout", "3", "--output-truncate", "true"]
     if seed := os.environ.get("SOPHON_FUZZ_SEED"):  # to replay a failing run

@@ -257,6 +257,7 @@ CASES: dict[tuple[str, str], list[Probe]] = {
     ("POST", "/v1/executions/{trace_id}/cancel"): [Probe()],
     ("GET", "/v1/executions/{trace_id}/output"): [Probe()],
     ("DELETE", "/v1/volumes/{name}"): [Probe(fresh=("volume",))],
+    ("PATCH", "/v1/connectors/{name}"): [Probe(body={"execute": True}, fresh=("connector",))],
     ("DELETE", "/v1/connectors/{name}"): [Probe(fresh=("connector",))],
     ("DELETE", "/v1/threads/{thread_id}"): [Probe(fresh=("thread",))],
     ("POST", "/v1/files/upload_url"): UPLOADS,

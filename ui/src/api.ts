@@ -1,6 +1,7 @@
 // The one place that talks to the server: same origin, the session cookie, and the CSRF
 // token on every state-changing request. The API key itself is never kept by the page.
-import type { CheckpointView, ConnectorView, FileContent, SessionView, UsageReport, WireEvent } from "./types";
+import type {
+  KeyView, CheckpointView, ConnectorView, FileContent, SessionView, UsageReport, WireEvent } from "./types";
 
 export class ApiError extends Error {
   constructor(
@@ -223,6 +224,7 @@ export const connectors = {
     request<ConnectorView>("/v1/connectors", jsonBody("POST", body)),
   remove: (name: string) =>
     request<void>(`/v1/connectors/${encodeURIComponent(name)}`, { method: "DELETE" }),
+  keys: () => request<{ keys: KeyView[] }>("/v1/keys"),
 };
 
 export interface PendingApproval {

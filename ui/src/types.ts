@@ -48,8 +48,18 @@ export interface ConnectorView {
   host: string | null;
   header: string | null;
   execute: boolean;
+  /** Only the executions made with these API keys get it (execute is then false). */
+  keys: string[] | null;
   push: string[] | null;
   created_at: string;
+}
+
+/** One of the user's API keys: never the key itself. */
+export interface KeyView {
+  id: string;
+  prefix: string;
+  created_at: string;
+  current: boolean;
 }
 
 export interface NetworkUsage {

@@ -22,6 +22,7 @@ from sophon.api import (
     files,
     gateway,
     health,
+    keys,
     openapi,
     sandbox,
     sessions,
@@ -198,7 +199,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     routers = (health.router, auth.router, sandbox.router, files.router, sessions.router,
                gateway.router, webhooks.router, volumes.router, metrics_route.router,
-               threads.router, connectors.router, terminal.router, checkpoints.router)
+               threads.router, connectors.router, keys.router, terminal.router,
+               checkpoints.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

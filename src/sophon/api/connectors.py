@@ -7,7 +7,12 @@ from fastapi import APIRouter, Response
 
 from sophon.api.deps import PrincipalDep, ServicesDep
 from sophon.api.openapi import errors
-from sophon.egress.connectors import ConnectorList, ConnectorView, CreateConnector
+from sophon.egress.connectors import (
+    ConnectorList,
+    ConnectorView,
+    CreateConnector,
+    UpdateConnector,
+)
 
 router = APIRouter(prefix="/v1/connectors", tags=["connectors"])
 
@@ -29,6 +34,18 @@ async def create_connector(body: CreateConnector, services: ServicesDep,
 async def list_connectors(services: ServicesDep, principal: PrincipalDep) -> ConnectorList:
     """Your connectors: names, types and hosts, never their values."""
     return ConnectorList(connectors=await services.connectors.list(principal))
+
+
+@router.patch("/{name}", response_model=ConnectorView, responses=errors(
+    (400, "The request is not valid (`invalid_request`): both `execute: true` and `keys`, "
+          "a key id that is not one of yours, or nothing to change."),
+    404))
+async def update_connector(name: str, body: UpdateConnector, services: ServicesDep,
+                           principal: PrincipalDep) -> ConnectorView:
+    """Which of the execution API's executions get the connector: those of every one of
+    your API keys (`execute: true`), of some (`keys`), or none (`execute: false`). Boxes
+    get the change from their next execution on."""
+    return await services.connectors.update(principal, name, body)
 
 
 @router.delete("/{name}", status_code=204, responses=errors(404))

@@ -357,12 +357,24 @@ class RawClient:
 
     def create_connector(self, name: str, type: str, value: str | None = None, *,
                          host: str | None = None, header: str | None = None,
-                         execute: bool = False,
+                         execute: bool = False, keys: list[str] | None = None,
                          push: list[str] | None = None) -> dict[str, Any]:
         """A credential the egress door sends for your boxes (``type``: github,
-        anthropic or http); the answer never holds the value."""
+        anthropic or http); the answer never holds the value. ``execute``: the execution
+        API's executions of all your keys get it too; ``keys``: only those keys'."""
         return dict(self._http.call("POST", "/v1/connectors", json_body=connector_body(
-            name, type, value, host, header, execute, push)))
+            name, type, value, host, header, execute, push, keys)))
+
+    def update_connector(self, name: str, *, execute: bool | None = None,
+                         keys: list[str] | None = None) -> dict[str, Any]:
+        """Which executions get the connector: every key's (``execute=True``), some
+        keys' (``keys``), or none (``execute=False``)."""
+        return dict(self._http.call("PATCH", f"/v1/connectors/{seg(name)}",
+                                    json_body=attachment_body(execute, keys)))
+
+    def keys(self) -> list[dict[str, Any]]:
+        """Your API keys: id, first characters, and whether this client uses it."""
+        return list(self._http.call("GET", "/v1/keys")["keys"])
 
     def connectors(self) -> list[dict[str, Any]]:
         """Your connectors: names, types and hosts, never their values."""
@@ -384,14 +396,18 @@ class RawClient:
 
 
 def connector_body(name: str, type: str, value: str | None, host: str | None,
-                   header: str | None, execute: bool,
-                   push: list[str] | None) -> dict[str, Any]:
+                   header: str | None, execute: bool, push: list[str] | None,
+                   keys: list[str] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"name": name, "type": type, "execute": execute}
     for key, given in (("value", value), ("host", host), ("header", header),
-                       ("push", push)):
+                       ("push", push), ("keys", keys)):
         if given is not None:
             body[key] = given
     return body
+
+
+def attachment_body(execute: bool | None, keys: list[str] | None) -> dict[str, Any]:
+    return {k: v for k, v in (("execute", execute), ("keys", keys)) if v is not None}
 
 
 @contextlib.contextmanager

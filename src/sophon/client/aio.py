@@ -25,7 +25,13 @@ from sophon.client._common import (
     unreachable,
 )
 from sophon.client._http import seg
-from sophon.client._raw import NDJSON, connector_body, export_target, open_archive
+from sophon.client._raw import (
+    NDJSON,
+    attachment_body,
+    connector_body,
+    export_target,
+    open_archive,
+)
 from sophon.events.types import from_wire
 from sophon.sandbox.models import SandboxResult
 from sophon.sessions.models import FileContent, FileTree, SessionView
@@ -380,11 +386,21 @@ class AsyncClient:
 
     async def create_connector(self, name: str, type: str, value: str | None = None, *,
                                host: str | None = None, header: str | None = None,
-                               execute: bool = False,
+                               execute: bool = False, keys: list[str] | None = None,
                                push: list[str] | None = None) -> dict[str, Any]:
         """A credential the egress door sends for your boxes; never the value back."""
         return dict(await self._json("POST", "/v1/connectors", json=connector_body(
-            name, type, value, host, header, execute, push)))
+            name, type, value, host, header, execute, push, keys)))
+
+    async def update_connector(self, name: str, *, execute: bool | None = None,
+                               keys: list[str] | None = None) -> dict[str, Any]:
+        """Which executions get the connector: every key's, some keys', or none."""
+        return dict(await self._json("PATCH", f"/v1/connectors/{seg(name)}",
+                                     json=attachment_body(execute, keys)))
+
+    async def keys(self) -> list[dict[str, Any]]:
+        """Your API keys: id, first characters, and whether this client uses it."""
+        return list((await self._json("GET", "/v1/keys"))["keys"])
 
     async def connectors(self) -> list[dict[str, Any]]:
         return list((await self._json("GET", "/v1/connectors"))["connectors"])

@@ -62,8 +62,12 @@ def add(
         help="http: the header the value is sent in (Authorization, X-Api-Key, ...).")
     ] = None,
     execute: Annotated[bool, typer.Option(
-        "--execute", help="The execution API's threads of all your keys get it too.")
+        "--execute", help="The execution API's executions of all your keys get it too.")
     ] = False,
+    key: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--key", help="Instead of --execute: only the executions made with this API key "
+                      "(its id, from `sophon connectors keys`) get it; repeat it for more.")
+    ] = None,
     push: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
         help="github: where a push may go, owner/repo or owner/repo:branch (a glob such "
              "as feature/*); repeat it for more. Without it: anywhere.")] = None,
@@ -84,8 +88,61 @@ def add(
         raise fail(f"--type is {type_!r}; it is one of {', '.join(TYPES)}", 2)
     value = _read_value(type_, value_file, no_value)
     c = client().create_connector(name, type_, value, host=host, header=header,
-                                  execute=execute, push=push or None)
-    typer.echo(f"added {c['name']} ({c['type']}: {_hosts(c)})")
+                                  execute=execute, keys=key or None, push=push or None)
+    runs = _executions(c)
+    typer.echo(f"added {c['name']} ({c['type']}: {_hosts(c)}"
+               f"{'' if runs == 'none' else '; executions of ' + runs})")
+
+
+def _executions(c: dict[str, Any]) -> str:
+    """Which of the execution API's executions get the connector."""
+    if c["execute"]:
+        return "all your keys"
+    if c.get("keys"):
+        return "keys " + ", ".join(c["keys"])
+    return "none"
+
+
+@app.command()
+@friendly
+def execute(
+    name: Name,
+    all_keys: Annotated[bool, typer.Option(
+        "--all", help="The executions of every one of your API keys.")] = False,
+    key: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--key", help="Only the executions made with this API key (its id, from "
+                      "`sophon connectors keys`); repeat it for more.")] = None,
+    off: Annotated[bool, typer.Option("--off", help="No execution gets it.")] = False,
+) -> None:
+    """Choose which of the execution API's executions get a connector.
+
+    Example: sophon connectors execute claude --key 3f2a... (ids from `sophon connectors keys`)
+    """
+    if [all_keys, bool(key), off].count(True) != 1:
+        raise fail("give one of --all, --key ID (repeatable) or --off", 2)
+    c = client().update_connector(name, execute=True if all_keys else False if off else None,
+                                  keys=key or None)
+    runs = _executions(c)
+    typer.echo(f"{c['name']}: " + ("no executions" if runs == "none"
+                                   else f"executions of {runs}"))
+
+
+@app.command("keys")
+@friendly
+def keys(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+) -> None:
+    """Your API keys (never the keys): the ids `--key` takes.
+
+    Example: sophon connectors keys
+    """
+    listed = client().keys()
+    if as_json:
+        typer.echo(json.dumps(listed, indent=2, ensure_ascii=False))
+        return
+    typer.echo(table(["ID", "KEY", "CREATED", "THIS ONE"],
+                     [[k["id"], k["prefix"] + "…", k["created_at"][:19].replace("T", " "),
+                       "yes" if k["current"] else ""] for k in listed]))
 
 
 @app.command("list")
@@ -102,9 +159,10 @@ def list_(
         typer.echo(json.dumps(connectors, indent=2, ensure_ascii=False))
         return
     rows = [[c["name"], c["type"], _hosts(c), c.get("header") or "",
-             "yes" if c["execute"] else "", ", ".join(c.get("push") or [])]
+             "" if _executions(c) == "none" else _executions(c),
+             ", ".join(c.get("push") or [])]
             for c in connectors]
-    typer.echo(table(["NAME", "TYPE", "HOSTS", "HEADER", "EXECUTE", "PUSH"], rows))
+    typer.echo(table(["NAME", "TYPE", "HOSTS", "HEADER", "EXECUTIONS", "PUSH"], rows))
 
 
 @app.command("rm")

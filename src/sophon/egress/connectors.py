@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sophon.errors import BadRequest, Conflict, NotFound, SophonError
 from sophon.keys import Sealer
-from sophon.store.tables import Connector
+from sophon.store.tables import ApiKey, Connector, iso
 from sophon.users import Principal
 
 ConnectorType = Literal["github", "anthropic", "http"]
@@ -37,6 +37,7 @@ ConnectorType = Literal["github", "anthropic", "http"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MAX_VALUE_BYTES = 8 * 1024
 MAX_PUSH_RULES = 100
+MAX_KEYS = 100
 
 # The hosts a github connector's token is sent to.
 GITHUB_HOSTS: tuple[str, ...] = ("github.com", "api.github.com")
@@ -80,7 +81,12 @@ class CreateConnector(BaseModel):
     header: str | None = Field(None, description=(
         "http only: the header the value is sent in (Authorization, X-Api-Key, ...)"))
     execute: bool = Field(False, description=(
-        "Whether the execution API's threads of all your keys get this connector"))
+        "Whether the execution API's executions get this connector with every one of "
+        "your API keys"))
+    keys: list[str] | None = Field(None, json_schema_extra={"maxItems": MAX_KEYS},
+                                   description=(
+        "Instead of execute: the API keys (their ids, as GET /v1/keys lists them) whose "
+        "executions get this connector"))
     push: list[str] | None = Field(None, description=(
         "github only: where a push may go, as owner/repo or owner/repo:branch (a glob "
         "such as feature/* allowed); omitted: anywhere the token may push"))
@@ -102,6 +108,19 @@ class CreateConnector(BaseModel):
         return value
 
 
+class UpdateConnector(BaseModel):
+    """Which executions get a connector; its value and hosts never change (delete it and
+    create it again)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    execute: bool | None = Field(None, description=(
+        "true: the executions of every one of your keys get it; false: none do"))
+    keys: list[str] | None = Field(None, json_schema_extra={"maxItems": MAX_KEYS},
+                                   description=(
+        "Only the executions made with these keys (ids, as GET /v1/keys lists them)"))
+
+
 class ConnectorView(BaseModel):
     """A connector as its owner sees it: never its value."""
 
@@ -109,7 +128,9 @@ class ConnectorView(BaseModel):
     type: ConnectorType
     host: str | None = None
     header: str | None = None
-    execute: bool
+    execute: bool = Field(description="The executions of every one of your keys get it")
+    keys: list[str] | None = Field(None, description=(
+        "Only the executions made with these API keys get it"))
     push: list[str] | None = None
     created_at: str
 
@@ -298,19 +319,31 @@ class _Held:
     """A user's connectors as the door gets them (or why one cannot be decrypted)."""
 
     by_name: dict[str, ConnectorGrant | SophonError]
-    execute: tuple[str, ...]
-
-
-def _iso(dt: datetime) -> str:
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
+    # The connectors executions get: each name with the keys it is for (None: every key).
+    execute: tuple[tuple[str, frozenset[str] | None], ...]
 
 
 def _view(row: Connector) -> ConnectorView:
     push = (row.rules or {}).get("push")
     return ConnectorView(name=row.name, type=row.type,  # type: ignore[arg-type]
                          host=row.host, header=row.header, execute=bool(row.execute),
-                         push=list(push) if push is not None else None,
-                         created_at=_iso(row.created_at))
+                         keys=_keys_of(row), push=list(push) if push is not None else None,
+                         created_at=iso(row.created_at))
+
+
+def _keys_of(row: Connector) -> list[str] | None:
+    """The API keys whose executions get the connector, if only some do."""
+    keys = (row.rules or {}).get("keys")
+    return list(keys) if keys is not None and not row.execute else None
+
+
+def _attachment(execute: bool | None, keys: list[str] | None) -> tuple[bool, list[str] | None]:
+    if execute and keys is not None:
+        raise BadRequest("give execute: true (the executions of every one of your keys) or "
+                         "keys (only those keys'), not both")
+    if keys is not None and len(keys) > MAX_KEYS:
+        raise BadRequest(f"keys names {len(keys)} keys; at most {MAX_KEYS}")
+    return bool(execute), list(dict.fromkeys(keys)) if keys is not None else None
 
 
 class ConnectorService:
@@ -334,12 +367,19 @@ class ConnectorService:
 
     async def create(self, principal: Principal, req: CreateConnector) -> ConnectorView:
         checked = check(req)
+        execute, keys = _attachment(req.execute, req.keys)
+        if keys:
+            await self._check_keys(principal, keys)
+        rules: dict[str, list[str]] = {}
+        if checked.push is not None:
+            rules["push"] = checked.push
+        if keys is not None:
+            rules["keys"] = keys
         row = Connector(
             id=uuid.uuid4().hex, user_id=principal.user_id, name=req.name, type=req.type,
             value=self._sealer.seal(req.value) if req.value is not None else None,
-            host=checked.host, header=checked.header, execute=req.execute,
-            rules={"push": checked.push} if checked.push is not None else None,
-            created_at=datetime.now(UTC))
+            host=checked.host, header=checked.header, execute=execute,
+            rules=rules or None, created_at=datetime.now(UTC))
         taken = Conflict(f"you have a connector named {req.name!r} already; delete it first "
                          "to replace it")
         async with self._db() as db:
@@ -354,6 +394,40 @@ class ConnectorService:
                 raise taken from None
         self._forget(principal.user_id)
         return _view(row)
+
+    async def _check_keys(self, principal: Principal, keys: list[str]) -> None:
+        """A 400 naming the first of ``keys`` that is not one of the caller's API keys."""
+        async with self._db() as db:
+            mine = set((await db.execute(select(ApiKey.id).where(
+                ApiKey.user_id == principal.user_id))).scalars())
+        for key_id in keys:
+            if key_id not in mine:
+                raise BadRequest(f"you have no API key with id {key_id!r}; GET /v1/keys "
+                                 "(sophon connectors keys) lists yours")
+
+    async def update(self, principal: Principal, name: str,
+                     req: UpdateConnector) -> ConnectorView:
+        """Attach the connector to the executions of every key, some keys, or none."""
+        if not req.model_fields_set:
+            raise BadRequest("nothing to change: give execute or keys")
+        execute, keys = _attachment(req.execute, req.keys)
+        if keys:
+            await self._check_keys(principal, keys)
+        async with self._db() as db:
+            row = (await db.execute(select(Connector).where(
+                Connector.user_id == principal.user_id, Connector.name == name))
+                   ).scalar_one_or_none()
+            if row is None:
+                raise NotFound(f"no connector named {name!r}")
+            rules = {k: v for k, v in (row.rules or {}).items() if k != "keys"}
+            if keys is not None:
+                rules["keys"] = keys
+            row.execute = execute
+            row.rules = rules or None
+            await db.commit()
+            view = _view(row)
+        self._forget(principal.user_id)
+        return view
 
     async def list(self, principal: Principal) -> list[ConnectorView]:
         async with self._db() as db:
@@ -397,7 +471,8 @@ class ConnectorService:
                 rows = (await db.execute(select(Connector).where(
                     Connector.user_id == user_id).order_by(Connector.name))).scalars().all()
             held = _Held({r.name: self._grant(r) for r in rows},
-                         tuple(r.name for r in rows if r.execute))
+                         tuple((r.name, None if r.execute else frozenset(_keys_of(r) or ()))
+                               for r in rows if r.execute or _keys_of(r)))
             if changes == self._changes:
                 self._cache[user_id] = held
         return held
@@ -407,10 +482,12 @@ class ConnectorService:
         with no connector (deleted since it was attached) is left out."""
         return self._pick(await self._of_user(user_id), names)
 
-    async def execute_grants(self, user_id: str) -> list[ConnectorGrant]:
-        """The user's connectors marked ``execute``, for the execution API's threads."""
+    async def execute_grants(self, user_id: str, key_id: str | None) -> list[ConnectorGrant]:
+        """The user's connectors for an execution made with API key ``key_id``: those
+        marked ``execute`` and those attached to that key."""
         held = await self._of_user(user_id)
-        return self._pick(held, held.execute)
+        return self._pick(held, [name for name, keys in held.execute
+                                 if keys is None or key_id in keys])
 
     @staticmethod
     def _pick(held: _Held, names: Iterable[str]) -> list[ConnectorGrant]:

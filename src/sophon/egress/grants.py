@@ -94,12 +94,30 @@ class Grants:
         # network or connectors, a user's connectors, a remembered approval) calls
         # ``forget``; the expiry covers a change made by hand in the store.
         self._cache: dict[str, tuple[float, Grant | None]] = {}
-
         self._generation = 0
+        # The API key of the execution running (or last run) in each execution box: a
+        # connector may be for some of a user's keys only, and a thread's box serves
+        # whichever of them calls it (one execution at a time).
+        self._exec_keys: dict[str, str | None] = {}
 
     def forget(self) -> None:
         self._cache.clear()
         self._generation += 1
+
+    def use_key(self, box_id: str, key_id: str | None) -> None:
+        """From now on the box's grant is the one for executions made with ``key_id``."""
+        if box_id in self._exec_keys and self._exec_keys[box_id] == key_id:
+            return
+        self._exec_keys[box_id] = key_id
+        self._cache.pop(box_id, None)
+        self._generation += 1  # a lookup under way for the old key is not cached
+
+    def key_of(self, box_id: str) -> str | None:
+        return self._exec_keys.get(box_id)
+
+    def drop_box(self, box_id: str) -> None:
+        self._exec_keys.pop(box_id, None)
+        self._cache.pop(box_id, None)
 
     def credentials(self, owner_id: str, connectors: list[ConnectorGrant]
                     ) -> tuple[HostCredential, ...]:
@@ -166,7 +184,7 @@ class Grants:
         user_id = self._owner_of(box_id)
         if user_id is None or self.rules.execute == "off":
             return None
-        connectors = await self._connectors.execute_grants(user_id)
+        connectors = await self._connectors.execute_grants(user_id, self.key_of(box_id))
         credentials = self.credentials(box_id, connectors)
         allow = [parse_rule(h) for h in REGISTRIES] + [r for c in credentials for r in c.hosts]
         return Grant(owner_id=box_id, user_id=user_id,

@@ -134,11 +134,14 @@ class Egress:
 
     # --- what boxes are told ---------------------------------------------------------
 
-    async def execution_env(self, box_id: str, user_id: str) -> dict[str, str]:
-        """An execution's: the proxy, the placeholders of the user's connectors marked
-        for the execution API, and with an anthropic one among them the model gateway
-        with the box's own token (metered under the thread's box, on the user's budget)."""
-        grants = await self.connectors.execute_grants(user_id)
+    async def execution_env(self, box_id: str, user_id: str,
+                            key_id: str | None) -> dict[str, str]:
+        """An execution's: the proxy, the placeholders of the user's connectors for the
+        executions of API key ``key_id`` (the door applies those from now on in this box),
+        and with an anthropic one among them the model gateway with the box's own token
+        (metered under the thread's box, on the user's budget)."""
+        self.grants.use_key(box_id, key_id)
+        grants = await self.connectors.execute_grants(user_id, key_id)
         env = {**self._proxy_env, **self.connector_env(box_id, grants)}
         if any(g.type == "anthropic" for g in grants):
             env.update({"ANTHROPIC_BASE_URL": f"http://{GATEWAY_HOST}",
@@ -152,7 +155,8 @@ class Egress:
             grants = await self.connectors.grants(caller.user_id,
                                                   list(caller.row.connectors or []))
         else:
-            grants = await self.connectors.execute_grants(caller.user_id)
+            grants = await self.connectors.execute_grants(
+                caller.user_id, self.grants.key_of(caller.owner_id))
         return next((g.value for g in grants if g.type == "anthropic" and g.value), None)
 
     async def session_env(self, session_id: str) -> dict[str, str]:
@@ -334,6 +338,7 @@ class Egress:
         owner_id = ("ses_" + box_id[1:] if ids.kind_of(box_id) is ids.Kind.SESSION
                     else box_id)
         self.door.tallies.pop(owner_id, None)
+        self.grants.drop_box(box_id)
         async with self._db() as db:
             await db.execute(delete(NetworkUsage).where(NetworkUsage.owner_id == owner_id))
             await db.commit()

@@ -43,7 +43,7 @@ from sophon.sandbox.models import (
 from sophon.sandbox.records import Recorder
 from sophon.sandbox.threads import ThreadService
 from sophon.store.owned import owned
-from sophon.store.tables import Execution, Thread
+from sophon.store.tables import Execution, Thread, iso
 from sophon.users import Principal
 from sophon.volumes.service import VolumeService
 from sophon.webhooks import Webhooks
@@ -69,11 +69,7 @@ def new_trace_id() -> str:
 
 
 def _iso(dt: datetime | None) -> str | None:
-    if dt is None:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.isoformat().replace("+00:00", "Z")
+    return None if dt is None else iso(dt)
 
 
 class Run:
@@ -151,7 +147,8 @@ class ExecutionService:
                  webhooks: Webhooks | None = None) -> None:
         self.boxes = boxes
         # Set by sophon.services: what every execution is told to reach the egress door.
-        self.door_env: Callable[[str, str], Awaitable[dict[str, str]]] | None = None
+        self.door_env: Callable[[str, str, str | None], Awaitable[dict[str, str]]] | None \
+            = None
         self.quotas = quotas or Quotas(boxes.settings, boxes, sessions)
         self.volumes = volumes or VolumeService(boxes.settings, sessions, boxes, self.quotas)
         self._sessions = sessions
@@ -419,7 +416,7 @@ class ExecutionService:
                 self.boxes.top_up()  # after the answer: a start would slow this run
 
     async def _exec(self, run: Run, box: Box, out: dict[str, list[str]]) -> ExecOutcome | None:
-        door = (await self.door_env(box.id, run.principal.user_id)
+        door = (await self.door_env(box.id, run.principal.user_id, run.principal.key_id)
                 if self.door_env is not None else {})
         env = {**BASE_ENV, **door, **(run.req.env_vars or {})}
         outcome = None

@@ -22,7 +22,7 @@ from sophon.box.manager import BoxManager
 from sophon.errors import ThreadBusy
 from sophon.sandbox.models import TERMINAL
 from sophon.store.owned import owned
-from sophon.store.tables import Execution, Thread
+from sophon.store.tables import Execution, Thread, iso
 from sophon.users import Principal
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,6 @@ class ThreadView(BaseModel):
 
 class ThreadList(BaseModel):
     threads: list[ThreadView]
-
-
-def _iso(dt: datetime) -> str:
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
 
 
 class ThreadService:
@@ -116,8 +112,8 @@ class ThreadService:
         usage = (await self.network_usage([r.id for r in rows])
                  if self.network_usage is not None and rows else {})
         return ThreadList(threads=[ThreadView(
-            thread_id=r.name, created_at=_iso(r.created_at),
-            last_used_at=_iso(r.last_used_at or r.created_at),
+            thread_id=r.name, created_at=iso(r.created_at),
+            last_used_at=iso(r.last_used_at or r.created_at),
             awake=self.boxes.running(r.id) is not None,
             network=NetworkUsageView(**usage.get(r.id, {}))) for r in rows])
 

@@ -26,6 +26,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def iso(dt: datetime) -> str:
+    """A stored time as the API shows times: UTC, ending in Z (SQLite hands times back
+    without their zone; they were written in UTC)."""
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
+
+
 class Base(DeclarativeBase):
     pass
 

@@ -20,7 +20,7 @@ from sophon.box.manager import BoxManager
 from sophon.config import Settings
 from sophon.errors import BadRequest, Conflict
 from sophon.store.owned import owned
-from sophon.store.tables import Volume
+from sophon.store.tables import Volume, iso
 from sophon.users import Principal
 from sophon.volumes.models import VolumeView
 
@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 
 # A user's volumes by name: (id, gid, size_mb).
 UserVolumes = dict[str, tuple[str, int, int]]
-
-
-def _iso(dt: datetime) -> str:
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
 
 
 class VolumeService:
@@ -49,7 +45,7 @@ class VolumeService:
         use = self.boxes.volumes.usage(v.id)
         return VolumeView(name=v.name, mount_path=f"/data/{v.name}/", size_mb=v.size_mb,
                           used_bytes=use.used_bytes if use.limit_bytes else None,
-                          created_at=_iso(v.created_at))
+                          created_at=iso(v.created_at))
 
     async def create(self, principal: Principal, name: str,
                      size_mb: int | None) -> VolumeView:

@@ -99,7 +99,11 @@ export default function ConnectorsPage() {
                       {c.type === "github" ? <span className="muted">github.com, api.github.com</span> : (c.host ?? <span className="muted">—</span>)}
                     </td>
                     <td className="mono">{c.header ?? <span className="muted">—</span>}</td>
-                    <td className="hide-narrow">{c.execute ? "yes" : <span className="muted">no</span>}</td>
+                    <td className="hide-narrow">
+                      {c.execute ? "every key of yours" : c.keys && c.keys.length ? (
+                        <span title={c.keys.join(", ")}>{c.keys.length === 1 ? "one key" : `${c.keys.length} keys`}</span>
+                      ) : <span className="muted">no</span>}
+                    </td>
                     <td className="mono small">
                       {c.type !== "github" ? (
                         <span className="muted">—</span>
@@ -151,9 +155,15 @@ function AddConnector(props: { taken: Set<string>; onAdded: (c: ConnectorView) =
   const [host, setHost] = useState("");
   const [header, setHeader] = useState("Authorization");
   const [push, setPush] = useState("");
-  const [execute, setExecute] = useState(false);
+  const [executions, setExecutions] = useState<"none" | "all" | "this">("none");
+  const [thisKey, setThisKey] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
+
+  useEffect(() => {
+    // The key this dashboard was signed in with (none after a one-time link).
+    api.keys().then((r) => setThisKey(r.keys.find((k) => k.current)?.id ?? null), () => setThisKey(null));
+  }, []);
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -167,7 +177,8 @@ function AddConnector(props: { taken: Set<string>; onAdded: (c: ConnectorView) =
       setError(new Error(`You have a connector named ${n} already; delete it first to replace it.`));
       return;
     }
-    const body: Record<string, unknown> = { name: n, type, execute };
+    const body: Record<string, unknown> = { name: n, type, execute: executions === "all" };
+    if (executions === "this" && thisKey) body.keys = [thisKey];
     if (value) body.value = value;
     if (type === "http") {
       body.host = host.trim();
@@ -185,7 +196,7 @@ function AddConnector(props: { taken: Set<string>; onAdded: (c: ConnectorView) =
       setName("");
       setHost("");
       setPush("");
-      setExecute(false);
+      setExecutions("none");
       props.onAdded(created);
     } catch (err) {
       setError(err);
@@ -249,9 +260,15 @@ function AddConnector(props: { taken: Set<string>; onAdded: (c: ConnectorView) =
             <span className="muted small">owner/repo, or owner/repo:branch (a glob such as feature/* allowed). Empty: anywhere the token may push.</span>
           </div>
         )}
-        <label className="inline">
-          <input type="checkbox" checked={execute} onChange={(e) => setExecute(e.target.checked)} />
-          Also for the execution API's threads (every API key of yours)
+        <label>
+          The execution API's runs get it
+          <select value={executions} onChange={(e) => setExecutions(e.target.value as "none" | "all" | "this")}>
+            <option value="none">No (sessions only)</option>
+            <option value="all">With every API key of yours</option>
+            <option value="this" disabled={!thisKey}>
+              Only with the key you signed in with{thisKey ? "" : " (signed in by link: no key)"}
+            </option>
+          </select>
         </label>
         <ErrorLine error={error} />
         <div className="actions">
