@@ -46,9 +46,16 @@ $(WHEELHOUSE)/.done: $(STAMP)
 		--platform manylinux_2_28_x86_64 -d $(WHEELHOUSE) '$(AGENT_SDK)' \
 		&& touch $@ || echo "note: no wheelhouse: the Agent SDK test will be skipped" >&2
 
+# The base images (Debian roots, see sophon/images), built once each per machine (in
+# SOPHON_IMAGES_DIR, /var/lib/sophon/images: content-addressed and shared by every
+# server, the tests' included), so no session and no test waits for a build.
+.PHONY: images
+images: system-deps $(STAMP)
+	$(BIN)/sophon images build
+
 # The admin user is made once (its key shown that once); every run prints a new one-time
 # link (15 minutes) that signs admin in to the dashboard. SOPHON_HOST/SOPHON_PORT move both.
-run: system-deps box-tools $(STAMP) ui
+run: system-deps box-tools $(STAMP) ui images
 	@$(BIN)/sophon users add admin 2>/dev/null \
 		&& echo "^ API key for user 'admin' (shown once). More keys: $(BIN)/sophon users add NAME" \
 		|| true
@@ -56,7 +63,7 @@ run: system-deps box-tools $(STAMP) ui
 	@$(BIN)/sophon users sign-in-link admin
 	$(BIN)/sophon serve
 
-test: system-deps box-tools $(STAMP) ui $(WHEELHOUSE)/.done
+test: system-deps box-tools $(STAMP) ui $(WHEELHOUSE)/.done images
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q -n 2 --dist loadfile
 

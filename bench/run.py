@@ -34,6 +34,7 @@ import bench_cold  # noqa: E402
 import bench_dashboard  # noqa: E402
 import bench_egress  # noqa: E402
 import bench_events  # noqa: E402
+import bench_images  # noqa: E402
 import bench_live  # noqa: E402
 import bench_mcp  # noqa: E402
 import bench_memory  # noqa: E402
@@ -63,6 +64,7 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
     "mcp": (bench_mcp.run, {"turns": 3}),
     "checkpoints": (bench_checkpoints.run, {"files": 200, "calls": 4, "checkpoints": 10,
                                             "samples": 3}),
+    "images": (bench_images.run, {"samples": 5, "cold": False}),
     "soak": (bench_soak.run, {"minutes": 0.5, "sessions": 3, "rate": 4.0, "window": 10.0}),
 }
 

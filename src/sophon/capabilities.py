@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field
 
 from sophon.config import Settings
 from sophon.egress.policy import BASE_ALLOW
-from sophon.sessions.profiles import PROFILES
+from sophon.images.store import ImageStore
+from sophon.sessions.profiles import PROFILES, describe
 
 
 class BaseCapability(BaseModel):
@@ -50,14 +51,14 @@ class Capabilities(BaseModel):
     limits: Limits
 
 
-def capabilities(settings: Settings, claude_code_missing: str | None) -> Capabilities:
+def capabilities(settings: Settings, claude_code_missing: str | None,
+                 images: ImageStore | None) -> Capabilities:
     bases = []
-    for profile in PROFILES.values():
-        missing = profile.missing()
+    for name in PROFILES:
+        description, reason = describe(name, images)
         bases.append(BaseCapability(
-            name=profile.name, description=profile.description, available=not missing,
-            reason=(f"this host has no {', '.join(missing)}" if missing else None),
-            network=list(BASE_ALLOW.get(profile.name, ()))))
+            name=name, description=description, available=reason is None, reason=reason,
+            network=list(BASE_ALLOW.get(name, ()))))
     runtimes = [
         RuntimeCapability(name="native", available=True),
         RuntimeCapability(name="claude-code", available=claude_code_missing is None,

@@ -18,6 +18,7 @@ from sophon.commands import (
     checkpoints,
     claude_code,
     connectors,
+    images,
     mcp,
     sandbox,
     session_mcp,
@@ -33,6 +34,7 @@ app.add_typer(claude_code.app, name="claude-code")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(volumes.app, name="volumes")
 app.add_typer(connectors.app, name="connectors")
+app.add_typer(images.app, name="images")
 app.add_typer(testing_app, name="testing")
 # Their commands are claude-code's.
 assert archive.app is session_mcp.app is checkpoints.app is claude_code.app

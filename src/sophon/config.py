@@ -187,6 +187,16 @@ class Settings(BaseSettings):
     # The Claude Code CLI every box gets (scripts/box-tools; under /usr, which boxes see;
     # `bin/claude` goes on every exec's PATH). Elsewhere or missing: no claude-code runtime.
     box_claude_dir: Path = Path("/usr/local/lib/sophon-claude")
+    # A session's box runs on its base's image (sophon/images: a Debian root built with
+    # mmdebstrap, squashfs, mounted read-only), or with "host" on the host's own /usr.
+    # Images need root (a loop mount), mmdebstrap and mksquashfs; without them the server
+    # says why at start and uses the host's /usr.
+    images: Literal["debian", "host"] = "debian"
+    # Where images are kept: content-addressed and read-only, so every server on the
+    # machine (each data directory, the tests', the acceptance stories') shares them and
+    # builds each once, as a container engine keeps one image store per machine.
+    images_dir: Path = Path("/var/lib/sophon/images")
+    image_build_timeout: float = Field(900.0, gt=0)
     # A claude-code session's CLI stays up between turns for this long (then it exits and
     # the box may sleep; the next turn resumes the conversation). A turn whose CLI prints
     # nothing for claude_code_stall_seconds, with no approval pending, is a hung CLI: it is

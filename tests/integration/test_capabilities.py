@@ -21,9 +21,8 @@ def test_the_server_says_which_bases_runtimes_and_models_it_offers(
     assert bases["python"]["network"] == ["pypi.org", "files.pythonhosted.org"]
     assert bases["generic"]["network"] == []
     # What the host lacks is offered as unavailable, with the reason.
-    if shutil.which("dotnet") is None:
-        assert not bases["dotnet"]["available"]
-        assert "dotnet" in bases["dotnet"]["reason"]
+    assert not bases["dotnet"]["available"]
+    assert ".NET SDK" in bases["dotnet"]["reason"]
     # ... and is what session create refuses (the same test the form relies on).
     for name, base in bases.items():
         r = httpx.post(server.url + "/v1/sessions", json={"name": "c", "base": name},
@@ -59,3 +58,22 @@ def test_start_up_says_what_the_database_did_in_one_line(data_dir: Path) -> None
     assert "Running upgrade" not in log and "Context impl" not in log, log
     assert log.count("database schema created") == 1, log
     assert "database schema upgraded" not in log
+
+
+def test_without_images_a_base_is_what_the_host_has(data_dir: Path) -> None:
+    """SOPHON_IMAGES=host: boxes see the host's /usr, a base is there when the host has its
+    toolchain, and a session's view says it has no image."""
+    srv = LiveServer(data_dir, env={"SOPHON_IMAGES": "host"}).start()
+    try:
+        health = httpx.get(srv.url + "/healthz").json()
+        assert health["box_images"] == "off: SOPHON_IMAGES=host"
+        key = {"Authorization": f"Bearer {srv.add_user()}"}
+        bases = {b["name"]: b for b in httpx.get(srv.url + "/v1/capabilities",
+                                                 headers=key).json()["bases"]}
+        if shutil.which("dotnet") is None:
+            assert bases["dotnet"]["reason"] == "this host has no dotnet"
+        r = httpx.post(srv.url + "/v1/sessions", json={"name": "h", "base": "python"},
+                       headers=key, timeout=60)
+        assert r.status_code == 201 and r.json()["image"] is None, r.text
+    finally:
+        srv.stop()

@@ -21,7 +21,9 @@ def test_every_tool_of_the_deep_agents_backend_works(server: LiveServer) -> None
         assert read.error is None and read.file_data["content"] == "alpha\nbeta"
         edit = sb.edit("/home/baponi/notes.txt", "beta", "gamma")
         assert edit.error is None and edit.occurrences == 1
-        assert [e["path"] for e in sb.ls("/home/baponi").entries] == ["/home/baponi/notes.txt"]
+        # .local holds Claude Code where the Baponi guide looks for it (bin/claude).
+        assert sorted(e["path"] for e in sb.ls("/home/baponi").entries) == [
+            "/home/baponi/.local", "/home/baponi/notes.txt"]
         assert [m["path"] for m in sb.glob("*.txt", "/home/baponi").matches] == \
             ["/home/baponi/notes.txt"]
         grep = sb.grep("gamma", "/home/baponi")

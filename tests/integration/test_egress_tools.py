@@ -128,6 +128,12 @@ def bare_box(http: httpx.Client) -> str:
     return new_session(http, "generic", [])
 
 
+@pytest.fixture(scope="module")
+def bare_python_box(http: httpx.Client) -> str:
+    """A python session with nothing but its base's list (no local host): pip's refusals."""
+    return new_session(http, "python", [])
+
+
 def sh(http: httpx.Client, sid: str, command: str, timeout: int = 120) -> tuple[int, str]:
     """Run ``command`` in the session's box: (exit code, stdout and stderr)."""
     r = http.post(f"/v1/sessions/{sid}/exec", json={"command": command, "timeout": timeout},
@@ -235,7 +241,7 @@ def test_python_requests_http_and_https(http: httpx.Client, hosts: Hosts,
 
 
 def test_pip_install_from_a_local_index(http: httpx.Client, hosts: Hosts, python_box: str,
-                                        bare_box: str) -> None:
+                                        bare_python_box: str) -> None:
     """A python session (its base list names PyPI, which no test may reach; the
     session's own list names the local index) installs a wheel with plain ``pip``."""
     code, out = sh(http, python_box, (
@@ -248,11 +254,11 @@ def test_pip_install_from_a_local_index(http: httpx.Client, hosts: Hosts, python
     # page's HTTP error at debug level (plain pip and -v say only "from versions:
     # none"), so -vvv shows the door's 403.
     seen = len(hosts.index.hits)
-    code, out = sh(http, bare_box, (
+    code, out = sh(http, bare_python_box, (
         f"pip install -vvv --retries 0 --index-url {hosts.index.url}/simple {WHEEL_PROJECT} 2>&1"))
     assert code != 0 and "403 Client Error: Forbidden" in out, out
     assert len(hosts.index.hits) == seen  # nothing reached the index
-    assert any(e["port"] == hosts.index.port for e in refused_events(http, bare_box))
+    assert any(e["port"] == hosts.index.port for e in refused_events(http, bare_python_box))
 
 
 # --- Node --------------------------------------------------------------------------------

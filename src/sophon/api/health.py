@@ -15,7 +15,18 @@ async def healthz(services: ServicesDep) -> dict[str, object]:
     return {"status": "ok", "box_limits": services.boxes.limits_mode,
             "box_seccomp": services.boxes.backend.seccomp_mode,
             "box_disk": services.boxes.disks.mode,
-            "box_claude_code": services.egress.claude_code}
+            "box_claude_code": services.egress.claude_code,
+            "box_images": _images(services)}
+
+
+def _images(services: ServicesDep) -> object:
+    """Each base image's state (a build under way: mmdebstrap's last line), or why
+    boxes see the host's /usr."""
+    store = services.boxes.images
+    if store is None:
+        return f"off: {services.boxes.images_off}"
+    return {v.name: v.progress if v.status == "building" and v.progress else v.status
+            for v in store.list()}
 
 
 class Me(BaseModel):
@@ -42,4 +53,5 @@ async def me(principal: PrincipalDep, services: ServicesDep) -> Me:
 async def server_capabilities(principal: PrincipalDep, services: ServicesDep) -> Capabilities:
     """What this server offers: bases (with why one is not available), runtimes, models,
     network modes and the limits a session may ask for."""
-    return capabilities(services.settings, services.sessions.claude_code_missing())
+    return capabilities(services.settings, services.sessions.claude_code_missing(),
+                        services.boxes.images)

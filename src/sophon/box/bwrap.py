@@ -63,6 +63,8 @@ SYSTEM_FILES = (
     "/etc/services",
 )
 SYSTEM_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
+# What a box with an image (sophon.images) sees of it, read-only.
+IMAGE_DIRS = ("usr", "etc", "var")
 
 ETC_FILES = {
     "passwd": (
@@ -77,6 +79,9 @@ ETC_FILES = {
     # A commit works out of the box, as in a session's first one; the least of git's
     # settings, so the user's own (~/.gitconfig, the repository's, GIT_AUTHOR_*) win.
     "gitconfig": "[user]\n\tname = Sophon\n\temail = sophon@localhost\n",
+    # An interactive shell's prompt is the terminal's PS1 (an image's own bash.bashrc
+    # would set another); the window size follows the terminal's.
+    "bash.bashrc": "shopt -s checkwinsize\n",
 }
 
 # What a box trusts for TLS, when the egress door has a CA of its own (egress/ca.py):
@@ -196,6 +201,9 @@ class BoxSpec:
     # The box's disk, mounted in the launcher's own mount namespace (None: workspace and
     # home are ready on the host: no quotas, a box from before them, a staging box).
     disk: BoxDisk | None = None
+    # The mounted image whose /usr, /etc and /var the box sees (None: the host's /usr,
+    # as boxes made before images had; see sophon.images).
+    image_root: Path | None = None
 
 
 class BwrapBackend:
@@ -211,11 +219,15 @@ class BwrapBackend:
         python: str = "/usr/bin/python3",
         door_port: int | None = None,
         claude_cli: Path | None = None,
+        tool_dirs: tuple[Path, ...] = (),
     ) -> None:
         self.runtime_dir = runtime_dir
         self.door_port = door_port
         # Linked at GUIDE_CLI in every box while it exists (it may be installed later).
         self.claude_cli = claude_cli
+        # The host's tools under /usr (Claude Code, Node's door preload) that an image
+        # box gets bound over its image's own /usr at the same paths.
+        self.tool_dirs = tool_dirs
         self.cgroups = cgroups
         self.python = python
         self.is_root = os.geteuid() == 0
@@ -354,17 +366,10 @@ class BwrapBackend:
             if fd is None:
                 return ["--ro-bind", str(host), inside]
             return ["--perms", "0644", "--ro-bind-data", str(fd), inside]
-        for d in SYSTEM_DIRS:
-            if os.path.isdir(d):
-                args += ["--ro-bind", d, d]
-        for link, target in SYSTEM_LINKS.items():
-            if os.path.islink(link):
-                args += ["--symlink", target, link]
-            elif os.path.isdir(link):
-                args += ["--ro-bind", link, link]
-        for f in SYSTEM_FILES:
-            if os.path.exists(f):
-                args += ["--ro-bind", f, f]
+        if spec.image_root is not None:
+            args += self._image_args(spec.image_root)
+        else:
+            args += self._host_system_args()
         for name in ETC_FILES:
             args += copy_in(f"/etc/{name}")
         if self.claude_cli is not None and self.claude_cli.is_file():
@@ -400,6 +405,50 @@ class BwrapBackend:
                      "--setenv", "SOPHON_DOOR_PORT", str(self.door_port)]
         args += [self.python, "-I", "-S", BOXD_PATH]
         return args
+
+    @staticmethod
+    def _host_system_args() -> list[str]:
+        """The host's own /usr and the few /etc files programs need (a box without an
+        image)."""
+        args: list[str] = []
+        for d in SYSTEM_DIRS:
+            if os.path.isdir(d):
+                args += ["--ro-bind", d, d]
+        for link, target in SYSTEM_LINKS.items():
+            if os.path.islink(link):
+                args += ["--symlink", target, link]
+            elif os.path.isdir(link):
+                args += ["--ro-bind", link, link]
+        for f in SYSTEM_FILES:
+            if os.path.exists(f):
+                args += ["--ro-bind", f, f]
+        return args
+
+    def _image_args(self, root: Path) -> list[str]:
+        """An image's /usr, /etc and /var (read-only, from its own filesystem), its
+        top-level links, and the host's tools over its mount points for them."""
+        args: list[str] = []
+        for d in IMAGE_DIRS:
+            args += ["--ro-bind", str(root / d), f"/{d}"]
+        for link in SYSTEM_LINKS:
+            target = root / link.lstrip("/")
+            if target.is_symlink():
+                args += ["--symlink", os.readlink(target), link]
+        for tools in self.tool_dirs:
+            if tools.is_dir() and (root / str(tools).lstrip("/")).is_dir():
+                args += ["--ro-bind", str(tools), str(tools)]
+        return args
+
+    def image_mount_points(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.mount_points_for(self.tool_dirs)
+
+    @staticmethod
+    def mount_points_for(tool_dirs: tuple[Path, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The files and directories an image must have for a box to mount over them
+        (its root is read-only: bwrap cannot make them), made when it is built."""
+        files = (*(f"/etc/{name}" for name in ETC_FILES), TRUST_BUNDLE, TRUST_CA,
+                 SYSTEM_BUNDLE)
+        return files, tuple(str(d) for d in tool_dirs if str(d).startswith("/usr/"))
 
     def launch(self, spec: BoxSpec, procs_files: list[Path],
                fds: BoxFds | None = None) -> Launch:

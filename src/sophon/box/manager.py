@@ -29,6 +29,7 @@ from sophon.box.uids import UidPool
 from sophon.box.volumes import VolumeMount, VolumeStore
 from sophon.config import Settings
 from sophon.errors import BoxError, BoxUnavailable
+from sophon.images.store import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,18 @@ def cgroup_name(data_dir: Path) -> str:
 def is_thread_box(box_id: str) -> bool:
     """Whether the box is the execution API's (a thread's, a one-off's, the pool's)."""
     return ids.kind_of(box_id) is ids.Kind.EXECUTION
+
+
+def boxes_on_image(boxes_dir: Path, digest: str) -> list[str]:
+    """The boxes (running or not) made to run on image ``digest``."""
+    used = []
+    for d in boxes_dir.iterdir() if boxes_dir.is_dir() else ():
+        try:
+            if (d / "image").read_text().strip() == digest:
+                used.append(d.name)
+        except OSError:
+            continue
+    return sorted(used)
 
 
 class BoxManager:
@@ -74,7 +87,12 @@ class BoxManager:
             python=settings.box_python,
             door_port=settings.egress_box_port,
             claude_cli=settings.box_claude_dir / "bin" / "claude",
+            tool_dirs=(settings.box_claude_dir, settings.box_node_dir),
         )
+        self.images, self.images_off = self._image_store(settings)
+        self._image_of: dict[str, str | None] = {}  # box id: its image (read once)
+        if self.images is None:
+            log.warning("images are off: %s; boxes see the host's /usr", self.images_off)
         # Called with every box that has started (the egress door serves its listener),
         # and with the id of every box deleted for good (what is kept about it goes too).
         self.on_started: list[Callable[[Box], None]] = []
@@ -118,6 +136,48 @@ class BoxManager:
         # Admission (see _admission): starts in progress, and the line they wait in.
         self._starting = 0
         self._start_slots = asyncio.Semaphore(settings.start_concurrency)
+
+    def _image_store(self, settings: Settings) -> tuple[ImageStore | None, str]:
+        """The images, or why there are none (and boxes see the host's /usr)."""
+        if settings.images == "host":
+            return None, "SOPHON_IMAGES=host"
+        if not self.backend.is_root:
+            return None, "the server is not root, and an image is a loop mount"
+        for tool, package in (("mmdebstrap", "mmdebstrap"), ("mksquashfs", "squashfs-tools")):
+            if shutil.which(tool) is None:
+                return None, f"{tool} is not installed (apt-get install {package})"
+        store = ImageStore(settings.images_dir, timeout=settings.image_build_timeout,
+                           mount_points=self.backend.image_mount_points())
+        self.backend.check_reachable(settings.images_dir)
+        return store, ""
+
+    def set_image(self, box_id: str, digest: str) -> None:
+        """The box runs on this image from its next start (before its first, for a new
+        box); kept with the box, so it is the same image after a restart."""
+        d = self.box_dir(box_id)
+        d.mkdir(mode=0o711, parents=True, exist_ok=True)
+        (d / "image").write_text(digest)
+        self._image_of[box_id] = digest
+
+    def image_of(self, box_id: str) -> str | None:
+        if box_id not in self._image_of:
+            try:
+                digest = (self.box_dir(box_id) / "image").read_text().strip() or None
+            except FileNotFoundError:
+                digest = None
+            self._image_of[box_id] = digest
+        return self._image_of[box_id]
+
+    async def _image_root(self, box_id: str) -> Path | None:
+        digest = self.image_of(box_id)
+        if digest is None:
+            return None  # a box from before images, or made without one: the host's /usr
+        root = await self.images.root_of(digest) if self.images is not None else None
+        if root is None:
+            raise BoxError(f"box {box_id} runs on image {digest}, which is not on this "
+                           f"server ({self.images_off or 'deleted'}); build it again with "
+                           "`sophon images build`")
+        return root
 
     @property
     def limits_mode(self) -> str:
@@ -308,6 +368,7 @@ class BoxManager:
             d = self.box_dir(box_id)
             await self._check_room()  # before a uid or a disk is spent on it
             uid = await self._uid_for(box_id)
+            image_root = await self._image_root(box_id)
             disk = await self.disks.prepare(box_id, disk_mb)
             spec = BoxSpec(
                 box_id=box_id,
@@ -323,6 +384,7 @@ class BoxManager:
                 volume_binds=tuple(binds),
                 groups=tuple(sorted({m.gid for m in mounts})),
                 disk=disk,
+                image_root=image_root,
             )
             try:
                 box = await self._start(spec)
@@ -518,6 +580,7 @@ class BoxManager:
         self._owners.pop(box_id, None)
         self._waking.pop(box_id, None)
         self._attended.pop(box_id, None)
+        self._image_of.pop(box_id, None)
         # rmtree works through directory fds and never follows a symlink a workload made.
         assert shutil.rmtree.avoids_symlink_attacks
         await asyncio.to_thread(shutil.rmtree, self.box_dir(box_id), True)

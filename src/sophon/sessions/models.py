@@ -201,6 +201,9 @@ class SessionView(BaseModel):
     name: str
     status: Literal["idle", "running", "waiting_approval", "sleeping", "error"]
     base: str
+    image: str | None = Field(None, description=(
+        "The digest of the base's image the box runs on; null: the host's own /usr (a "
+        "session made before images, or a server without them)"))
     model: str
     runtime: str
     system_prompt: str | None

@@ -1,8 +1,8 @@
-"""Base images: named profiles of what a session's sandbox offers.
-
-A box sees the host's /usr read-only, so a profile is available exactly when the
-host has its toolchain. An unknown base, or one this host cannot offer, is refused
-when the session is created, with the reason.
+"""Bases: what a session's sandbox offers. With images (sophon.images, the default) a
+base is its image, built from Debian's packages; without them (SOPHON_IMAGES=host, or a
+server that cannot make images) a base is a profile over the host's own /usr, available
+exactly when the host has its toolchain. An unknown base, or one this server cannot
+offer, is refused when the session is created, with the reason.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import shutil
 from dataclasses import dataclass
 
 from sophon.errors import BadRequest
+from sophon.images.definitions import BUILTIN
+from sophon.images.store import ImageStore
 
 BOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -18,9 +20,8 @@ BOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 @dataclass(frozen=True)
 class BaseProfile:
     name: str
-    description: str
+    description: str  # on the host's /usr
     tools: tuple[str, ...]
-    network: bool = False  # no base has network yet: boxes get loopback only
 
     def missing(self) -> list[str]:
         return [t for t in self.tools if shutil.which(t, path=BOX_PATH) is None]
@@ -37,12 +38,22 @@ PROFILES = {
 }
 
 
-def resolve(name: str) -> BaseProfile:
-    profile = PROFILES.get(name)
-    if profile is None:
-        raise BadRequest(f"unknown base {name!r}; choose one of: {', '.join(PROFILES)}")
+def describe(name: str, images: ImageStore | None) -> tuple[str, str | None]:
+    """A base's description and, if this server cannot offer it, why."""
+    profile = PROFILES[name]
+    if images is not None:
+        image = BUILTIN[name]
+        return image.description, image.unavailable
     missing = profile.missing()
-    if missing:
-        raise BadRequest(f"base {name!r} needs {', '.join(missing)}, which this host does not "
-                         "have; install it or choose another base")
-    return profile
+    return profile.description, (f"this host has no {', '.join(missing)}" if missing
+                                 else None)
+
+
+def resolve(name: str, images: ImageStore | None) -> None:
+    """A 400 for a base that is unknown or that this server cannot offer."""
+    if name not in PROFILES:
+        raise BadRequest(f"unknown base {name!r}; choose one of: {', '.join(PROFILES)}")
+    _, reason = describe(name, images)
+    if reason is not None:
+        raise BadRequest(f"base {name!r} is not available on this server: {reason}; "
+                         "choose another base")

@@ -174,7 +174,7 @@ class SessionService:
             # Refused rather than quietly run natively: the choice must mean what it says.
             raise BadRequest(f"the claude-code runtime is not available on this server: "
                              f"{self.claude_code_missing()}; use runtime 'native'")
-        profiles.resolve(req.base)
+        profiles.resolve(req.base, self.boxes.images)
         if req.approval.webhook:  # checked again before each call
             await self.webhooks.check(req.approval.webhook, "approval.webhook")
         if req.disk_mb is not None and req.disk_mb > self.settings.disk_max_mb:
@@ -207,12 +207,18 @@ class SessionService:
             network=req.network.model_dump(), connectors=list(req.connectors),
             mcp_servers=[m.model_dump() for m in req.mcp_servers],
         )
+        image = None
+        if self.boxes.images is not None:
+            # The first session of a base waits for its image to be built (once).
+            image, _ = await self.boxes.images.ensure(req.base)
         self.quotas.know_session(session_id, principal.user_id)
         await self.quotas.admit_box(principal.user_id, row.box_id)
         async with self._db() as db:
             db.add(row)
             await db.commit()
         try:
+            if image is not None:
+                self.boxes.set_image(row.box_id, image.digest)
             await self.events.append(session_id, SessionStart(
                 name=req.name, base=req.base, model=req.model, runtime=req.runtime,
                 starter=req.starter.model_dump()))
@@ -298,8 +304,8 @@ class SessionService:
             status = "sleeping"
         return SessionView(
             id=row.id, name=row.name, status=status,  # type: ignore[arg-type]
-            base=row.base, model=row.model, runtime=row.runtime,
-            system_prompt=row.system_prompt, starter=row.starter,
+            base=row.base, image=self.boxes.image_of(row.box_id), model=row.model,
+            runtime=row.runtime, system_prompt=row.system_prompt, starter=row.starter,
             approval=ApprovalPolicy.model_validate(row.approval),
             created_at=_utc(row.created_at), last_activity_at=_utc(row.last_activity_at),
             usage=Usage(input_tokens=row.input_tokens, output_tokens=row.output_tokens,

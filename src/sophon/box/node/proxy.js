@@ -14,6 +14,14 @@ try {
     } finally {
       process.emitWarning = warn;
     }
+    if (major < 20) {
+      // Node 18's own fetch (an older undici inside it) takes the dispatcher but reports
+      // a refused tunnel as "Request was cancelled": the pinned undici's fetch, whole,
+      // says what the door answered.
+      for (const name of ['fetch', 'Headers', 'Request', 'Response', 'FormData']) {
+        globalThis[name] = undici[name];
+      }
+    }
   }
 } catch (e) {
   // Never keep a program from starting: without this, fetch is only not proxied.

@@ -1,0 +1,149 @@
+"""Base images (issue 22): a box's start on its image's root against the same start on the
+host's /usr, an image's build cold and its reuse, and the disk each image takes.
+
+* box start: ``BoxManager.get`` of a stopped session box (its disk made once), with the
+  python image and without (the host's /usr), timed alternately, then the box's first
+  ``true``; goal: image / host <= 1.2 at p50.
+* build: each base built from nothing into a scratch images directory (cold; the full run
+  only: minutes of mmdebstrap), then asked for again (warm: the store finds it built).
+* disk: each image's squashfs file and the root it unpacks to.
+
+Root, mmdebstrap and mksquashfs are needed, as for the server's images.
+
+    .venv/bin/python bench/run.py --only images
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from common import Figure, Samples, make_data_dir, remove_server_cgroups
+
+COMMAND = ".venv/bin/python bench/run.py --only images"
+GOAL_RATIO = 1.2
+
+
+def _shared() -> Path:
+    """The images every server on this machine uses (SOPHON_IMAGES_DIR)."""
+    from sophon.config import Settings
+
+    return Settings().images_dir
+
+
+async def _first_true(mgr: object, box_id: str) -> None:
+    from sophon.box.box import ExecOutcome
+    from sophon.box.manager import BoxManager
+
+    assert isinstance(mgr, BoxManager)
+    box = await mgr.get(box_id, idle_after=36000)
+    async for ev in box.exec(["/bin/true"], timeout=10, env={"PATH": "/usr/bin:/bin"},
+                             cwd="/workspace", output_cap=1024):
+        if isinstance(ev, ExecOutcome):
+            assert ev.exit_code == 0, ev
+
+
+async def _starts(samples: int, data_dir: Path) -> tuple[Samples, Samples]:
+    from sophon.box.manager import BoxManager
+    from sophon.config import Settings
+
+    mgr = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, images_dir=_shared()))
+    await mgr.start()
+    try:
+        assert mgr.images is not None, mgr.images_off
+        image, _ = await mgr.images.ensure("python")
+        on_image, on_host = "s" + uuid.uuid4().hex[:31], "s" + uuid.uuid4().hex[:31]
+        mgr.set_image(on_image, image.digest)
+        for box_id in (on_image, on_host):  # disks made, image mounted: not timed
+            await _first_true(mgr, box_id)
+            await mgr.stop(box_id)
+        times: dict[str, list[float]] = {on_image: [], on_host: []}
+        for _ in range(samples):
+            for box_id in (on_image, on_host):
+                t0 = time.perf_counter()
+                await _first_true(mgr, box_id)
+                times[box_id].append((time.perf_counter() - t0) * 1e3)
+                await mgr.stop(box_id)
+        return Samples(times[on_image]), Samples(times[on_host])
+    finally:
+        await mgr.close()
+
+
+async def _builds(scratch: Path) -> dict[str, tuple[float, float]]:
+    """Each base: (cold build seconds, warm ensure milliseconds)."""
+    from sophon.box.bwrap import BwrapBackend
+    from sophon.config import Settings
+    from sophon.images.definitions import BUILTIN
+    from sophon.images.store import ImageStore
+
+    settings = Settings()
+    store = ImageStore(scratch, mount_points=BwrapBackend.mount_points_for(
+        (settings.box_claude_dir, settings.box_node_dir)))
+    out = {}
+    for name, definition in BUILTIN.items():
+        if definition.unavailable:
+            continue
+        t0 = time.perf_counter()
+        await store.ensure(name)
+        cold = time.perf_counter() - t0
+        again = ImageStore(scratch)  # a server starting: nothing in memory
+        t0 = time.perf_counter()
+        await again.ensure(name)
+        out[name] = (cold, (time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def _disk(images_dir: Path) -> list[str]:
+    lines = []
+    for info_file in sorted(images_dir.glob("*/image.json")):
+        info = json.loads(info_file.read_text())
+        packed = (info_file.parent / "image.sqfs").stat().st_size
+        lines.append(f"{info['name']}: {packed / 2**20:.0f} MiB on disk (squashfs, lz4), "
+                     f"{info['size_bytes'] / 2**20:.0f} MiB unpacked, built in "
+                     f"{info.get('build_seconds', '?')} s")
+    lines.append("shared blocks: none; each image is a file of its own (a base's image "
+                 "holds the generic one's packages again)")
+    return lines
+
+
+def run(samples: int = 40, cold: bool = True) -> list[Figure]:
+    if os.geteuid() != 0 or not shutil.which("mmdebstrap"):
+        return [Figure("images_start", "Box start on an image", COMMAND, float("nan"), "ms",
+                       float("nan"), "host /usr",
+                       details=["skipped: images need root and mmdebstrap"])]
+    data_dir = make_data_dir()
+    cgroups = Path("/proc/self/cgroup").read_text()
+    try:
+        image, host = asyncio.run(_starts(samples, data_dir))
+    finally:
+        remove_server_cgroups(data_dir, cgroups)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    ratio = image.p50 / host.p50
+    figures = [Figure(
+        "images_start", "Session box start + first exec, python image vs host /usr",
+        COMMAND, image.p50, "ms", host.p50, "host /usr", goal=f"≤ {GOAL_RATIO}×",
+        met=ratio <= GOAL_RATIO,
+        details=[f"image: {image.describe()}", f"host /usr: {host.describe()}",
+                 *_disk(_shared())])]
+    if cold:
+        scratch = Path(make_data_dir()) / "images"
+        try:
+            builds = asyncio.run(_builds(scratch))
+        finally:
+            for mnt in scratch.glob("*/mnt"):
+                subprocess.run(["umount", "-l", str(mnt)], check=False)
+            shutil.rmtree(scratch.parent, ignore_errors=True)
+        for name, (cold_s, warm_ms) in builds.items():
+            figures.append(Figure(
+                f"images_build_{name}", f"Image {name}: built cold vs found built (warm)",
+                COMMAND, cold_s * 1e3, "ms", warm_ms, "warm",
+                details=[f"cold {cold_s:.1f} s (mmdebstrap from the host's apt sources, "
+                         f"mksquashfs); warm {warm_ms:.2f} ms (a new store: it mounts the "
+                         "image)"]))
+    return figures

@@ -1,0 +1,208 @@
+"""Building an image: ``mmdebstrap`` makes a Debian root from the host's apt sources into
+a scratch directory, the finishing steps make it safe and ready to be a box's read-only
+root, ``mksquashfs`` packs it into one file, and only then is it renamed to its digest
+(a failed or cut-off build leaves nothing that could be used)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sophon.errors import SophonError
+from sophon.images.definitions import BOX_NEEDS, ImageDef
+
+log = logging.getLogger("sophon.images")
+
+# Documentation and translations are most of a minimal root's size and no box reads them.
+DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
+                 "/usr/share/locale/*", "/usr/share/lintian/*")
+# Snapshot mirrors serve Release files past their Valid-Until date.
+APT_OPTIONS = ('Acquire::Check-Valid-Until "false"',)
+
+
+class ImageBuildFailed(SophonError):
+    """A build that did not finish: the message ends with the last lines of its log.
+    Nothing of it is used; the next need of the image builds it again."""
+
+    status = 503
+    code = "image_build_failed"
+
+
+def host_sources(apt_dir: Path = Path("/etc/apt")) -> list[str]:
+    """The host's apt sources (the mirrors this machine reaches), as mmdebstrap takes
+    them: a file's contents are pasted into the image's sources."""
+    found = []
+    listed = apt_dir / "sources.list"
+    if listed.is_file() and any(line.strip() and not line.lstrip().startswith("#")
+                                for line in listed.read_text(errors="replace").splitlines()):
+        found.append(str(listed))
+    parts = apt_dir / "sources.list.d"
+    if parts.is_dir():
+        found += sorted(str(p) for p in parts.iterdir()
+                        if p.suffix in (".list", ".sources") and p.is_file())
+    return found
+
+
+def command(definition: ImageDef, target: Path, sources: list[str]) -> list[str]:
+    """mmdebstrap in a mount namespace of its own: the /proc, /sys and /dev it mounts in
+    the new root go with it however it ends (killed at a timeout, the server stopped),
+    never left in the host's table under a directory that is then removed."""
+    packages = sorted(set(definition.packages) | set(BOX_NEEDS))
+    argv = ["unshare", "--mount", "--propagation", "private", "--",
+            "mmdebstrap", "--variant=minbase", "--format=directory",
+            f"--include={','.join(packages)}"]
+    argv += [f"--aptopt={opt}" for opt in APT_OPTIONS]
+    argv += [f"--dpkgopt=path-exclude={glob}" for glob in DPKG_EXCLUDES]
+    return [*argv, definition.suite, str(target), *sources]
+
+
+def finish(root: Path, mount_points: tuple[tuple[str, ...], tuple[str, ...]]) -> int:
+    """Make a built root fit to be shared read-only by boxes: no setuid or setgid file
+    (a box's processes cannot gain privileges anyway; this leaves nothing to try), the
+    files and directories the box layer mounts over made, everything readable by a box's
+    uid where it was readable by others. Returns the root's size in bytes."""
+    files, dirs = mount_points
+    for rel in dirs:
+        (root / rel.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    for rel in files:
+        path = root / rel.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() and not path.is_symlink():
+            path.touch(0o644)
+        elif path.is_symlink():  # e.g. /etc/resolv.conf; a bind needs a real file
+            path.unlink()
+            path.touch(0o644)
+    size = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            size += st.st_size
+            if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+    root.chmod(0o755)
+    return size
+
+
+async def build(definition: ImageDef, scratch: Path, sources: list[str], timeout: float,
+                mount_points: tuple[tuple[str, ...], tuple[str, ...]],
+                progress: Callable[[str], None]) -> int:
+    """Build ``definition`` into ``scratch / "root"``, its log in ``scratch / "build.log"``;
+    ``progress`` hears each line mmdebstrap prints. Returns the root's size."""
+    if shutil.which("mmdebstrap") is None:
+        raise ImageBuildFailed("mmdebstrap is not installed on this server "
+                               "(apt-get install mmdebstrap)")
+    root = scratch / "root"
+    argv = command(definition, root, sources)
+    started = time.monotonic()
+    log_file = await asyncio.to_thread(open, scratch / "build.log", "wb")
+    with log_file:
+        log_file.write(("$ " + " ".join(argv) + "\n").encode())
+        log_file.flush()
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(timeout):
+                while line := await proc.stdout.readline():
+                    log_file.write(line)
+                    log_file.flush()
+                    progress(line.decode(errors="replace").rstrip())
+                code = await proc.wait()
+        except TimeoutError:
+            await _stop(proc)
+            raise ImageBuildFailed(f"the build of image {definition.name!r} took longer "
+                                   f"than {timeout:.0f} s (SOPHON_IMAGE_BUILD_TIMEOUT) and "
+                                   f"was stopped{_tail(scratch)}") from None
+        except BaseException:
+            await _stop(proc)
+            raise
+    if code != 0:
+        raise ImageBuildFailed(f"the build of image {definition.name!r} failed (mmdebstrap "
+                               f"exited with {code}){_tail(scratch)}")
+    size = await asyncio.to_thread(finish, root, mount_points)
+    await squash(root, scratch / "image.sqfs", timeout)
+    await asyncio.to_thread(shutil.rmtree, root)
+    log.info("image %s (%s) built in %.1f s, %.0f MiB", definition.name,
+             definition.digest, time.monotonic() - started, size / 2**20)
+    return size
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace: float = 10.0) -> None:
+    """mmdebstrap and everything it started: asked to stop (it cleans up on SIGTERM),
+    then killed."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
+            return
+        except TimeoutError:
+            continue
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` in this process's mount table, deepest first."""
+    prefix = str(path).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mountinfo") as table:
+        for line in table:
+            point = line.split()[4].replace("\\040", " ")
+            if point == str(path) or point.startswith(prefix):
+                found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def remove_scratch(scratch: Path) -> None:
+    """A build's scratch directory, gone; never through a mount left in it (a removal
+    that went on into a bound /dev or /proc would reach the host's)."""
+    for point in mounts_under(scratch):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
+    left = mounts_under(scratch)
+    if left:
+        log.error("not removing %s: %s still mounted there", scratch, ", ".join(left))
+        return
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def squash(root: Path, target: Path, timeout: float) -> None:
+    """The root as one read-only squashfs file: a filesystem of its own, so a box's
+    mountinfo shows its paths from the image's root, never the data directory's. lz4:
+    ~1 s to make, and quick to read back."""
+    if shutil.which("mksquashfs") is None:
+        raise ImageBuildFailed("mksquashfs is not installed on this server "
+                               "(apt-get install squashfs-tools)")
+    proc = await asyncio.create_subprocess_exec(
+        "mksquashfs", str(root), str(target), "-comp", "lz4", "-noappend", "-quiet",
+        "-no-progress", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with asyncio.timeout(timeout):
+            out, _ = await proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise ImageBuildFailed(f"mksquashfs failed: {out.decode(errors='replace')[-500:]}")
+
+
+def _tail(scratch: Path, lines: int = 6) -> str:
+    try:
+        text = (scratch / "build.log").read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return ": " + " | ".join(line.strip() for line in text if line.strip())
