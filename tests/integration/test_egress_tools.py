@@ -381,6 +381,19 @@ def test_a_connector_for_one_key_goes_with_that_keys_executions_only(
                                  thread_id="shared")
         return str(res.stdout)
 
+    def gateway(key: str) -> str:
+        with Baponi(api_key=key, base_url=server.url, max_retries=0) as client:
+            res = client.execute("echo ${ANTHROPIC_BASE_URL:-none}", language="bash",
+                                 thread_id="shared")
+        return str(res.stdout).strip()
+
+    # An anthropic connector for the first key: its executions get the model gateway.
+    with client_for(server, first) as c:
+        r = c.post("/v1/connectors", json={"name": "claude", "type": "anthropic",
+                                           "keys": [keys[0]["id"]]})
+        assert r.status_code == 201, r.text
+    assert gateway(first) == "http://gateway.sophon.internal"
+    assert gateway(second) == "none"
     assert fetch(first) == FILE_TEXT + "\nstatus 200"
     refused = fetch(second)  # the same thread's box, with the other key
     assert refused.endswith("status 403") and door_said_not_listed(refused, hosts.files.addr)
@@ -391,6 +404,19 @@ def test_a_connector_for_one_key_goes_with_that_keys_executions_only(
         assert r.status_code == 200, r.text
         assert r.json()["keys"] is None and r.json()["execute"] is True
     assert fetch(second) == FILE_TEXT + "\nstatus 200"
+
+
+def test_a_direct_call_to_anthropic_is_refused_and_logged(
+        server: LiveServer, http: httpx.Client, bare_box: str) -> None:
+    """Code in a box reaches the model through the gateway alone: a direct call to an
+    Anthropic host is refused by the door (before any name is looked up) and the server
+    log says which box tried."""
+    code, out = sh(http, bare_box, "curl -sS -o /dev/null -w '%{http_code}' "
+                                   "https://api.anthropic.com/v1/messages 2>&1")
+    assert code != 0 and "403" in out, out
+    box = "ses_" + bare_box.removeprefix("ses_")
+    assert f"{box} tried to reach api.anthropic.com:443 directly, not through the model " \
+           "gateway" in server.log.read_text(errors="replace")
 
 
 def test_execute_api_public_mode_still_refuses_unopened_loopback(hosts: Hosts) -> None:
