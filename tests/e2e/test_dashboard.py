@@ -450,6 +450,7 @@ def test_the_form_offers_only_what_the_server_can_run(page, server: LiveServer,
     page.get_by_role("button", name="New session").click()
     for base in caps["bases"]:
         option = page.locator(f'label:has-text("Base") option[value="{base["name"]}"]')
+        expect(option).to_contain_text(base["description"])  # what its image holds
         if base["available"]:
             expect(option).to_be_enabled()
         else:  # shown, disabled, with the reason (dotnet where the host has none)

@@ -130,9 +130,11 @@ export function NewSessionDialog(props: {
           <label>
             Base
             <select value={base} onChange={(e) => setBase(e.target.value)}>
-              {BASES.map(([v, label]) => {
+              {BASES.map(([v, fallback]) => {
                 const cap = offered(caps?.bases, v);
                 const off = cap !== undefined && !cap.available;
+                // What the server's image of the base holds, when it says.
+                const label = cap && "description" in cap ? `${v}: ${cap.description}` : fallback;
                 return (
                   <option key={v} value={v} disabled={off} title={off ? cap.reason ?? "" : undefined}>
                     {off ? `${label} (unavailable: ${cap.reason})` : label}
