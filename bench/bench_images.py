@@ -144,6 +144,6 @@ def run(samples: int = 40, cold: bool = True) -> list[Figure]:
                 f"images_build_{name}", f"Image {name}: built cold vs found built (warm)",
                 COMMAND, cold_s * 1e3, "ms", warm_ms, "warm",
                 details=[f"cold {cold_s:.1f} s (mmdebstrap from the host's apt sources, "
-                         f"mksquashfs); warm {warm_ms:.2f} ms (a new store: it mounts the "
-                         "image)"]))
+                         f"mksquashfs); warm {warm_ms:.2f} ms (a new store, as a server "
+                         "starting: finds it built, and mounted already)"]))
     return figures
