@@ -4,7 +4,6 @@ the root of every other box."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -34,14 +33,6 @@ async def sh(manager: BoxManager, box_id: str, code: str) -> tuple[str, int]:
     return out, outcome.exit_code
 
 
-@pytest.fixture
-async def manager(data_dir: Path) -> AsyncIterator[BoxManager]:
-    mgr = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
-    await mgr.start()
-    try:
-        yield mgr
-    finally:
-        await mgr.close()
 
 
 async def test_a_threads_home_links_the_cli_and_keeps_what_the_thread_puts_there(

@@ -28,14 +28,6 @@ def printed_lines(out: str) -> list[str]:
 
 
 
-@pytest.fixture
-async def manager(data_dir: Path) -> AsyncIterator[BoxManager]:
-    mgr = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
-    await mgr.start()
-    try:
-        yield mgr
-    finally:
-        await mgr.close()
 
 
 class Reader:

@@ -13,7 +13,7 @@ import pytest
 
 from sophon.config import Settings
 from sophon.images.definitions import BUILTIN
-from tests.conftest import LiveServer, make_data_dir
+from tests.conftest import LiveServer
 from tests.integration.session_support import sh, user
 
 IMAGES = Settings().images_dir
@@ -21,15 +21,6 @@ IMAGES = Settings().images_dir
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("mmdebstrap"),
     reason="images need root and mmdebstrap (make test installs and builds them)")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    path = make_data_dir()
-    srv = LiveServer(path).start()
-    yield srv
-    srv.stop()
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
