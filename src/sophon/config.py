@@ -197,6 +197,10 @@ class Settings(BaseSettings):
     # builds each once, as a container engine keeps one image store per machine.
     images_dir: Path = Path("/var/lib/sophon/images")
     image_build_timeout: float = Field(900.0, gt=0)
+    # A built image's size at most (a user's build past it fails), and how many images of
+    # their own each user may have (0: no limit).
+    image_max_mb: int = Field(8192, ge=64)
+    user_max_images: int = Field(20, ge=0)
     # A claude-code session's CLI stays up between turns for this long (then it exits and
     # the box may sleep; the next turn resumes the conversation). A turn whose CLI prints
     # nothing for claude_code_stall_seconds, with no approval pending, is a hung CLI: it is

@@ -119,10 +119,12 @@ class Quotas:
                 self.boxes.set_owner(box_id, user_id)
             self._owners_loaded = True
 
-    async def admit_box(self, user_id: str, box_id: str | None = None) -> str:
+    async def admit_box(self, user_id: str, box_id: str | None = None,
+                        pooled: bool = True) -> str:
         """The box for the user's next piece of work, counted against their boxes awake.
 
-        ``box_id`` None: a new box (a started one from the pool when there is one). A
+        ``box_id`` None: a new box (a started one from the pool when there is one and
+        ``pooled``; not for a box on an image of its own). A
         box that is running, or being woken by another request, costs nothing more. The
         check and the claim happen with no await between them, so concurrent requests
         cannot all pass a limit of one."""
@@ -139,7 +141,7 @@ class Quotas:
                 f"user (SOPHON_USER_MAX_BOXES={limit}); stop one, or wait for idle ones to "
                 "sleep", retry_after=self.boxes.next_sleep_in(awake))
         if box_id is None:
-            box_id = self.boxes.new_box_id()
+            box_id = self.boxes.new_box_id(pooled)
         self.boxes.claim(box_id, user_id)
         return box_id
 

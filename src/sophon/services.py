@@ -16,6 +16,7 @@ from sophon.egress.connectors import ConnectorService
 from sophon.egress.service import Egress
 from sophon.events.log import EventLog
 from sophon.gateway.service import Gateway
+from sophon.images.service import ImageService
 from sophon.keys import Sealer, secret_key
 from sophon.quotas import Quotas
 from sophon.sandbox.service import ExecutionService
@@ -49,6 +50,7 @@ class Services:
     terminals: Terminals
     checkpoints: Checkpoints
     rewinds: Rewinds
+    images: ImageService
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -85,8 +87,13 @@ class Services:
         gateway.connector_key = egress.connector_key
         executions.door_env = egress.execution_env
         executions.threads.network_usage = egress.usage
+        # Users' images, built in build boxes whose steps go out through the door.
+        images = ImageService(settings, db, boxes, egress.build_env,
+                              egress.grants.rules.check_session_rules)
+        sessions.images = executions.images = images
         await sessions.recover()
         await boxes.start()
+        await images.recover()
         executions.threads.start()  # thread expiry, execution record pruning
         egress.start()
         if gateway.configured:
@@ -102,7 +109,8 @@ class Services:
         return cls(settings, engine, db, UserService(db), boxes, executions, sessions,
                    Workspace(sessions), gateway, agent, connectors=connectors,
                    egress=egress, terminals=Terminals(sessions, settings.terminal_keep_seconds),
-                   checkpoints=checkpoints, rewinds=Rewinds(agent, checkpoints))
+                   checkpoints=checkpoints, rewinds=Rewinds(agent, checkpoints),
+                   images=images)
 
     @property
     def quotas(self) -> Quotas:
@@ -121,6 +129,7 @@ class Services:
 
     async def close(self) -> None:
         await self.terminals.close()
+        await self.images.close()
         await self.agent.close()
         await self.gateway.close()
         await self.sessions.close()

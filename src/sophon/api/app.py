@@ -22,6 +22,7 @@ from sophon.api import (
     files,
     gateway,
     health,
+    images,
     keys,
     openapi,
     sandbox,
@@ -198,7 +199,8 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(error_body("invalid_request", _describe(exc)), 400)
 
     routers = (health.router, auth.router, sandbox.router, files.router, sessions.router,
-               gateway.router, webhooks.router, volumes.router, metrics_route.router,
+               gateway.router, webhooks.router, volumes.router, images.router,
+               metrics_route.router,
                threads.router, connectors.router, keys.router, terminal.router,
                checkpoints.router)
 

@@ -204,6 +204,9 @@ class BoxSpec:
     # The mounted image whose /usr, /etc and /var the box sees (None: the host's /usr,
     # as boxes made before images had; see sophon.images).
     image_root: Path | None = None
+    # A user image's build box (box/builds.py): its /usr, /etc and /var are the build's
+    # scratch root, which its steps write to.
+    image_writable: bool = False
 
 
 class BwrapBackend:
@@ -367,7 +370,7 @@ class BwrapBackend:
                 return ["--ro-bind", str(host), inside]
             return ["--perms", "0644", "--ro-bind-data", str(fd), inside]
         if spec.image_root is not None:
-            args += self._image_args(spec.image_root)
+            args += self._image_args(spec.image_root, spec.image_writable)
         else:
             args += self._host_system_args()
         for name in ETC_FILES:
@@ -424,12 +427,12 @@ class BwrapBackend:
                 args += ["--ro-bind", f, f]
         return args
 
-    def _image_args(self, root: Path) -> list[str]:
+    def _image_args(self, root: Path, writable: bool = False) -> list[str]:
         """An image's /usr, /etc and /var (read-only, from its own filesystem), its
         top-level links, and the host's tools over its mount points for them."""
         args: list[str] = []
-        for d in IMAGE_DIRS:
-            args += ["--ro-bind", str(root / d), f"/{d}"]
+        for d in IMAGE_DIRS:  # --remount-ro / later does not reach these binds
+            args += ["--bind" if writable else "--ro-bind", str(root / d), f"/{d}"]
         for link in SYSTEM_LINKS:
             target = root / link.lstrip("/")
             if target.is_symlink():

@@ -15,6 +15,7 @@ class Kind(StrEnum):
     SESSION = "s"    # a session's: "s" + the session id's hex
     STAGING = "g"    # a clone's staging box, never kept
     VOLUME = "v"     # a volume's files box: "v" + the volume's id
+    BUILD = "b"      # a user image's build box (box/builds.py), never kept
 
 
 def new_id(kind: Kind) -> str:

@@ -91,6 +91,10 @@ class BoxManager:
         )
         self.images, self.images_off = self._image_store(settings)
         self._image_of: dict[str, str | None] = {}  # box id: its image (read once)
+        # Build boxes (box/builds.py): the scratch root each runs on, and for the egress
+        # door whose build it is (user id) and the hosts its steps may reach.
+        self.build_roots: dict[str, Path] = {}
+        self.build_rules: dict[str, tuple[str, tuple[str, ...]]] = {}
         if self.images is None:
             log.warning("images are off: %s; boxes see the host's /usr", self.images_off)
         # Called with every box that has started (the egress door serves its listener),
@@ -147,6 +151,7 @@ class BoxManager:
             if shutil.which(tool) is None:
                 return None, f"{tool} is not installed (apt-get install {package})"
         store = ImageStore(settings.images_dir, timeout=settings.image_build_timeout,
+                           max_bytes=settings.image_max_mb * 2**20,
                            mount_points=self.backend.image_mount_points())
         self.backend.check_reachable(settings.images_dir)
         return store, ""
@@ -169,6 +174,8 @@ class BoxManager:
         return self._image_of[box_id]
 
     async def _image_root(self, box_id: str) -> Path | None:
+        if box_id in self.build_roots:
+            return self.build_roots[box_id]
         digest = self.image_of(box_id)
         if digest is None:
             return None  # a box from before images, or made without one: the host's /usr
@@ -216,13 +223,14 @@ class BoxManager:
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.remove)
 
-    def new_box_id(self) -> str:
-        """An id for a new box: a started one from the pool when there is one.
+    def new_box_id(self, pooled: bool = True) -> str:
+        """An id for a new box: a started one from the pool when there is one (and
+        ``pooled``: a pooled box runs on the host's /usr).
 
         Taking a pooled box does not refill the pool: a start would compete for the CPU
         with the very request that took the box. The caller calls ``top_up`` once it
         has answered (``discard`` does too); a miss starts the refill at once."""
-        while self._pool:
+        while pooled and self._pool:
             box_id = self._pool.pop(0)
             box = self.running(box_id)
             if box is not None:
@@ -385,6 +393,7 @@ class BoxManager:
                 groups=tuple(sorted({m.gid for m in mounts})),
                 disk=disk,
                 image_root=image_root,
+                image_writable=box_id in self.build_roots,
             )
             try:
                 box = await self._start(spec)
@@ -599,6 +608,10 @@ class BoxManager:
     def disk_full(self, box_id: str) -> bool:
         box = self.running(box_id)
         return self.disks.full(box_id, box.pid if box is not None else None)
+
+    async def uid_for(self, box_id: str) -> int | None:
+        """The host uid the box's processes run as (None: the server's own)."""
+        return await self._uid_for(box_id)
 
     async def _uid_for(self, box_id: str) -> int | None:
         if self.uids is None:

@@ -82,8 +82,11 @@ class Placeholders:
 class Grants:
     def __init__(self, rules: AdminRules, db: async_sessionmaker[AsyncSession],
                  connectors: ConnectorService, owner_of: Callable[[str], str | None],
-                 placeholders: Placeholders, github_hosts: list[str]) -> None:
+                 placeholders: Placeholders, github_hosts: list[str],
+                 build_rules: dict[str, tuple[str, tuple[str, ...]]] | None = None) -> None:
         self.rules = rules
+        # A build box's user and the hosts its steps may reach (box/builds.py).
+        self._build_rules = build_rules if build_rules is not None else {}
         self._db = db
         self._connectors = connectors
         self._owner_of = owner_of  # an execution box's user (box/manager.py)
@@ -158,6 +161,10 @@ class Grants:
             return await self._for_session("ses_" + box_id[1:])
         if kind is ids.Kind.EXECUTION:
             return await self._for_execution(box_id)
+        if kind is ids.Kind.BUILD and box_id in self._build_rules:
+            user_id, allow = self._build_rules[box_id]
+            return Grant(owner_id=box_id, user_id=user_id,
+                         policy=self._policy([parse_rule(h) for h in allow]))
         return None  # staging and volume boxes have no network
 
     async def _for_session(self, session_id: str) -> Grant | None:

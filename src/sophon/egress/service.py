@@ -106,7 +106,7 @@ class Egress:
         self._box_token = box_token  # Gateway.box_token: a session id -> its box's token
         self.rules = AdminRules(settings)
         self.grants = Grants(self.rules, db, connectors, boxes.owner_of, Placeholders(key),
-                             settings.egress_github_hosts)
+                             settings.egress_github_hosts, boxes.build_rules)
         # The CA the door speaks TLS to a connector's hosts with, trusted in every box.
         self.ca = SophonCA(settings.data_dir)
         boxes.backend.trust(self.ca.bundle(), self.ca.pem)
@@ -147,6 +147,10 @@ class Egress:
             env.update({"ANTHROPIC_BASE_URL": f"http://{GATEWAY_HOST}",
                         "ANTHROPIC_AUTH_TOKEN": self._box_token(box_id), **CLAUDE_CODE_ENV})
         return env
+
+    def build_env(self) -> dict[str, str]:
+        """A user image's build steps: the door's proxy settings, no connector."""
+        return dict(self._proxy_env)
 
     async def connector_key(self, caller: Caller) -> str | None:
         """The provider key of the caller's own anthropic connector, if it has one with

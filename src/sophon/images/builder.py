@@ -14,7 +14,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from sophon.errors import SophonError
@@ -95,11 +95,19 @@ def finish(root: Path, mount_points: tuple[tuple[str, ...], tuple[str, ...]]) ->
     return size
 
 
+# Runs a user image's steps in a build box over the root (box/builds.py): the root, the
+# steps, the time left, and where each line of output goes.
+StepRunner = Callable[[Path, list[str], float, Callable[[str], None]], Awaitable[None]]
+
+
 async def build(definition: ImageDef, scratch: Path, sources: list[str], timeout: float,
                 mount_points: tuple[tuple[str, ...], tuple[str, ...]],
-                progress: Callable[[str], None]) -> int:
+                progress: Callable[[str], None], run_steps: StepRunner | None = None,
+                max_bytes: int | None = None) -> int:
     """Build ``definition`` into ``scratch / "root"``, its log in ``scratch / "build.log"``;
-    ``progress`` hears each line mmdebstrap prints. Returns the root's size."""
+    ``progress`` hears each line mmdebstrap (and each step) prints. A user image's steps
+    run through ``run_steps``; a root larger than ``max_bytes`` fails the build. Returns
+    the root's size."""
     if shutil.which("mmdebstrap") is None:
         raise ImageBuildFailed("mmdebstrap is not installed on this server "
                                "(apt-get install mmdebstrap)")
@@ -133,7 +141,32 @@ async def build(definition: ImageDef, scratch: Path, sources: list[str], timeout
         raise ImageBuildFailed(f"the build of image {definition.name!r} failed (mmdebstrap "
                                f"exited with {code}){_tail(scratch)}")
     size = await asyncio.to_thread(finish, root, mount_points)
-    await squash(root, scratch / "image.sqfs", timeout)
+    steps = definition.steps
+    if steps:
+        if run_steps is None:
+            raise ImageBuildFailed(f"image {definition.name!r} has build steps, and this "
+                                   "server has no build box to run them in")
+        left = timeout - (time.monotonic() - started)
+        os.chmod(scratch, 0o711)  # the build box's uid walks to the root it writes
+
+        def heard(line: str) -> None:
+            step_log.write((line + "\n").encode(errors="replace"))
+            progress(line)
+        step_log = await asyncio.to_thread(open, scratch / "build.log", "ab", buffering=0)
+        with step_log:
+            try:
+                await run_steps(root, steps, left, heard)
+            except SophonError as exc:
+                heard(f"E: {exc}")
+                raise ImageBuildFailed(f"the build of image {definition.name!r} failed: "
+                                       f"{exc}") from None
+        # Again: a step may have made a setuid file (its own, packed as root's).
+        size = await asyncio.to_thread(finish, root, mount_points)
+    if max_bytes is not None and size > max_bytes:
+        raise ImageBuildFailed(f"image {definition.name!r} is {size / 2**20:.0f} MiB, over "
+                               f"this server's limit of {max_bytes / 2**20:.0f} MiB an image "
+                               "(SOPHON_IMAGE_MAX_MB)")
+    await squash(root, scratch / "image.sqfs", timeout, all_root=bool(steps))
     await asyncio.to_thread(shutil.rmtree, root)
     log.info("image %s (%s) built in %.1f s, %.0f MiB", definition.name,
              definition.digest, time.monotonic() - started, size / 2**20)
@@ -177,16 +210,18 @@ def remove_scratch(scratch: Path) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-async def squash(root: Path, target: Path, timeout: float) -> None:
+async def squash(root: Path, target: Path, timeout: float, all_root: bool = False) -> None:
     """The root as one read-only squashfs file: a filesystem of its own, so a box's
     mountinfo shows its paths from the image's root, never the data directory's. lz4:
-    ~1 s to make, and quick to read back."""
+    ~1 s to make, and quick to read back. ``all_root``: every file owned by root (a
+    root a build box's uid wrote to)."""
     if shutil.which("mksquashfs") is None:
         raise ImageBuildFailed("mksquashfs is not installed on this server "
                                "(apt-get install squashfs-tools)")
     proc = await asyncio.create_subprocess_exec(
         "mksquashfs", str(root), str(target), "-comp", "lz4", "-noappend", "-quiet",
-        "-no-progress", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        "-no-progress", *(["-all-root"] if all_root else []),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT)
     try:
         async with asyncio.timeout(timeout):

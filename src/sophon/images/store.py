@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -39,18 +39,29 @@ class ImageView(BaseModel):
     name: str
     description: str
     digest: str
-    status: str  # ready | building | not built | unavailable
+    status: str  # ready | building | not built | unavailable | failed
     size_bytes: int | None = None
     built_at: str | None = None
     build_seconds: float | None = None
-    reason: str | None = None  # unavailable: why
-    progress: str | None = None  # building: mmdebstrap's last line
+    reason: str | None = None  # unavailable: why; failed: the build's error
+    progress: str | None = None  # building: the build's last line
+    # A user's own image: the built-in it builds on, and what it adds.
+    builtin: bool = True
+    base: str | None = None
+    apt: list[str] = []
+    pip: list[str] = []
+    npm: list[str] = []
+    run: list[str] = []
+    env: dict[str, str] = {}
+    allow: list[str] = []
+    created_at: str | None = None
 
 
 @dataclass
 class _Building:
     task: asyncio.Task[Path]
     last_line: str = ""
+    listeners: list[asyncio.Event] = field(default_factory=list)
 
 
 def _publish(scratch: Path, final: Path, info: dict[str, object]) -> None:
@@ -63,13 +74,14 @@ def _publish(scratch: Path, final: Path, info: dict[str, object]) -> None:
 
 class ImageStore:
     def __init__(self, images_dir: Path, *, sources: list[str] | None = None,
-                 timeout: float = 900.0,
+                 timeout: float = 900.0, max_bytes: int | None = None,
                  mount_points: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())) -> None:
         self.dir = images_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o711)  # boxes walk to their root; nobody lists the images
         self.sources = builder.host_sources() if sources is None else sources
         self.timeout = timeout
+        self.max_bytes = max_bytes
         self.mount_points = mount_points
         self._building: dict[str, _Building] = {}
         self._mounted: set[str] = set()
@@ -119,10 +131,13 @@ class ImageStore:
         finally:
             os.close(fd)
 
-    async def ensure(self, name: str) -> tuple[ImageDef, Path]:
-        """The image of ``name``, built first if it is not yet (or its definition changed);
-        one build for every caller that asks meanwhile."""
-        definition = self.definition(name)
+    async def ensure(self, image: str | ImageDef,
+                     run_steps: builder.StepRunner | None = None) -> tuple[ImageDef, Path]:
+        """The image (a built-in's name, or a definition), built first if it is not yet
+        (or its definition changed); one build for every caller that asks meanwhile.
+        A user image's steps run through ``run_steps`` (box/builds.py)."""
+        definition = self.definition(image) if isinstance(image, str) else image
+        name = definition.name
         if definition.unavailable:
             raise BadRequest(f"image {name!r} is not available on this server: "
                              f"{definition.unavailable}")
@@ -131,13 +146,17 @@ class ImageStore:
             return definition, root
         building = self._building.get(definition.digest)
         if building is None:
-            building = _Building(asyncio.ensure_future(self._build(definition)))
+            building = _Building(asyncio.ensure_future(self._build(definition, run_steps)))
             self._building[definition.digest] = building
             building.task.add_done_callback(
                 lambda _t, d=definition.digest: self._building.pop(d, None))
         return definition, await asyncio.shield(building.task)
 
-    async def _build(self, definition: ImageDef) -> Path:
+    def building(self, digest: str) -> bool:
+        return digest in self._building
+
+    async def _build(self, definition: ImageDef,
+                     run_steps: builder.StepRunner | None) -> Path:
         digest = definition.digest
         fd = os.open(self.dir / f".{digest}.build", os.O_CREAT | os.O_RDWR, 0o600)
         try:
@@ -148,26 +167,46 @@ class ImageStore:
             # Holding the lock, any scratch of this digest is a build that was cut off.
             for stale in self.dir.glob(f".build-{digest}-*"):
                 await asyncio.to_thread(builder.remove_scratch, stale)
+            with contextlib.suppress(FileNotFoundError):  # a new build, a new log
+                (self.dir / f".{digest}.failed.log").unlink()
             log.info("building image %s (%s): the first box of this base waits for it",
                      definition.name, digest)
             scratch = Path(tempfile.mkdtemp(prefix=f".build-{digest}-", dir=self.dir))
             started = time.monotonic()
             try:
                 size = await builder.build(definition, scratch, self.sources, self.timeout,
-                                           self.mount_points, self._progress(digest))
+                                           self.mount_points, self._progress(digest),
+                                           run_steps, self.max_bytes)
                 info = {"name": definition.name, "description": definition.description,
                         "digest": digest, "suite": definition.suite,
-                        "packages": sorted(definition.packages), "size_bytes": size,
+                        "packages": sorted(definition.packages), "steps": definition.steps,
+                        "size_bytes": size,
                         "build_seconds": round(time.monotonic() - started, 1),
                         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
                 final = self.dir / digest
                 await asyncio.to_thread(_publish, scratch, final, info)
             except BaseException:
+                self._keep_log(digest, scratch)
                 await asyncio.to_thread(builder.remove_scratch, scratch)
                 raise
             return await self._root(digest)
         finally:
             os.close(fd)
+
+    def log_path(self, digest: str) -> Path | None:
+        """The build log of an image: in its directory once built, in the scratch of a
+        build under way, or the last failed build's (kept beside it); None if none."""
+        built = self.dir / digest / "build.log"
+        if built.is_file():
+            return built
+        for scratch in self.dir.glob(f".build-{digest}-*"):
+            return scratch / "build.log"
+        failed = self.dir / f".{digest}.failed.log"
+        return failed if failed.is_file() else None
+
+    def _keep_log(self, digest: str, scratch: Path) -> None:
+        with contextlib.suppress(OSError):
+            shutil.copyfile(scratch / "build.log", self.dir / f".{digest}.failed.log")
 
     async def _root(self, digest: str) -> Path:
         root = await self.root_of(digest)
@@ -179,28 +218,46 @@ class ImageStore:
             building = self._building.get(digest)
             if building is not None and line:
                 building.last_line = line
-            if line.startswith("I: "):
-                log.info("image %s: %s", digest[:12], line[3:])
+                for listener in building.listeners:
+                    listener.set()
+            if line.startswith(("I: ", "--- step")):
+                log.info("image %s: %s", digest[:12], line.removeprefix("I: "))
         return heard
 
+    async def wait_for_more(self, digest: str, timeout: float) -> None:
+        """Until the build of ``digest`` prints a line or ends (or ``timeout``)."""
+        building = self._building.get(digest)
+        if building is None:
+            return
+        heard = asyncio.Event()
+        building.listeners.append(heard)
+        try:
+            waiter = asyncio.ensure_future(heard.wait())
+            await asyncio.wait({waiter, building.task}, timeout=timeout)
+            waiter.cancel()
+        finally:
+            building.listeners.remove(heard)
+
     def list(self) -> list[ImageView]:
-        out = []
-        for definition in BUILTIN.values():
-            view = ImageView(name=definition.name, description=definition.description,
-                             digest=definition.digest, status="not built")
-            building = self._building.get(definition.digest)
-            if definition.unavailable:
-                view.status, view.reason = "unavailable", definition.unavailable
-            elif self.built(definition.digest):
-                info = json.loads((self.dir / definition.digest / "image.json").read_text())
-                view.status = "ready"
-                view.size_bytes = info.get("size_bytes")
-                view.built_at = info.get("built_at")
-                view.build_seconds = info.get("build_seconds")
-            elif building is not None:
-                view.status, view.progress = "building", building.last_line or None
-            out.append(view)
-        return out
+        return [self.state(ImageView(name=d.name, description=d.description,
+                                     digest=d.digest, status="not built"), d.unavailable)
+                for d in BUILTIN.values()]
+
+    def state(self, view: ImageView, unavailable: str | None = None) -> ImageView:
+        """``view`` with what this store knows of its digest: built (size, time),
+        building (its last line), or neither."""
+        building = self._building.get(view.digest)
+        if unavailable:
+            view.status, view.reason = "unavailable", unavailable
+        elif self.built(view.digest):
+            info = json.loads((self.dir / view.digest / "image.json").read_text())
+            view.status, view.reason = "ready", None
+            view.size_bytes = info.get("size_bytes")
+            view.built_at = info.get("built_at")
+            view.build_seconds = info.get("build_seconds")
+        elif building is not None:
+            view.status, view.progress = "building", building.last_line or None
+        return view
 
     def remove(self, name: str, in_use: list[str]) -> None:
         """Delete a built image; refused while boxes use it (``in_use`` names them)."""
@@ -208,11 +265,16 @@ class ImageStore:
         if in_use:
             raise BadRequest(f"image {name!r} is used by {len(in_use)} box(es) "
                              f"({', '.join(in_use[:10])}); delete them first")
-        with self._locked(definition.digest):
+        self.remove_digest(definition.digest)
+
+    def remove_digest(self, digest: str) -> None:
+        with self._locked(digest):
             with contextlib.suppress(FileNotFoundError):
-                (self.dir / definition.digest / "image.json").unlink()
-            mnt = self.dir / definition.digest / "mnt"
+                (self.dir / f".{digest}.failed.log").unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / digest / "image.json").unlink()
+            mnt = self.dir / digest / "mnt"
             if os.path.ismount(mnt):
                 subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=60)
-            self._mounted.discard(definition.digest)
-            shutil.rmtree(self.dir / definition.digest, ignore_errors=True)
+            self._mounted.discard(digest)
+            shutil.rmtree(self.dir / digest, ignore_errors=True)

@@ -79,6 +79,10 @@ class ExecuteRequest(BaseModel):
     # "Volumes"): only they are mounted, each at its own path.
     sub_paths: list[str] | None = Field(None, max_length=10, json_schema_extra={
         "items": {"type": "string", "maxLength": 1024, "pattern": SUB_PATH_PATTERN}})
+    # Sophon's own: the image the box runs on (a built-in one, or one of the caller's
+    # from POST /v1/images); a thread keeps the image it was made with.
+    image: str | None = Field(None, max_length=63, json_schema_extra={
+        "pattern": r"^[a-z0-9][a-z0-9-]{0,62}$"})
 
     @field_validator("sub_paths")
     @classmethod

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -47,6 +47,9 @@ from sophon.store.tables import Execution, Thread, iso
 from sophon.users import Principal
 from sophon.volumes.service import VolumeService
 from sophon.webhooks import Webhooks
+
+if TYPE_CHECKING:
+    from sophon.images.service import ImageService
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +152,8 @@ class ExecutionService:
         # Set by sophon.services: what every execution is told to reach the egress door.
         self.door_env: Callable[[str, str, str | None], Awaitable[dict[str, str]]] | None \
             = None
+        # ... and the images an execution may name (sophon/images/service.py).
+        self.images: ImageService | None = None
         self.quotas = quotas or Quotas(boxes.settings, boxes, sessions)
         self.volumes = volumes or VolumeService(boxes.settings, sessions, boxes, self.quotas)
         self._sessions = sessions
@@ -253,6 +258,7 @@ class ExecutionService:
                                  "with POST /v1/webhooks/secret (shown once)")
         if req.sub_paths is not None:  # no such volume, or a symlink in it: a 400 now
             await self.check_sub_paths(principal.user_id, req.sub_paths)
+        digest = await self._image_digest(principal, req.image)
         key = (principal.user_id, req.thread_id) if req.thread_id else None
         if key is not None and key in self._busy:
             raise ThreadBusy(
@@ -268,7 +274,7 @@ class ExecutionService:
             # The box is had before the request is answered, in every mode: a limit
             # reached (uids, memory, open files, the start queue) is a 503 that names
             # it, never an execution that "failed".
-            box, kind = await self._hold_box(run)
+            box, kind = await self._hold_box(run, digest)
             if mode in ("async", "stream"):
                 # The client has the trace id before the end (the 202, the stream's
                 # X-Trace-Id): the row exists from now, so a crash leaves it interrupted.
@@ -285,10 +291,30 @@ class ExecutionService:
                                        name=f"run-{run.trace_id}")
         return run
 
-    async def _hold_box(self, run: Run) -> tuple[Box, str]:
-        box_id, kind = await self._box_id_for(run.principal, run.req.thread_id)
+    async def _image_digest(self, principal: Principal, name: str | None) -> str | None:
+        """The digest of the image an execution names, built first if it is not yet;
+        None: no image named (a pooled box, on the host's /usr)."""
+        if name is None:
+            return None
+        if self.images is None or self.boxes.images is None:
+            raise BadRequest(f"image {name!r}: images are off on this server "
+                             f"({self.boxes.images_off or 'no image service'})")
+        _, definition = await self.images.resolve(principal.user_id, name)
+        return definition.digest
+
+    async def _hold_box(self, run: Run, digest: str | None = None) -> tuple[Box, str]:
+        box_id, kind = await self._box_id_for(run.principal, run.req.thread_id, digest)
         run.box_id = box_id
         try:
+            if kind != "known" and digest is not None:
+                self.boxes.set_image(box_id, digest)
+            elif kind == "known" and digest is not None and \
+                    self.boxes.image_of(box_id) != digest:
+                raise BadRequest(
+                    f"thread {run.req.thread_id!r} runs on "
+                    f"{'another image' if self.boxes.image_of(box_id) else 'no image'}; "
+                    "a thread keeps the image it was made with (use a new thread_id for "
+                    f"image {run.req.image!r})")
             volumes = await self.mounts_for(run.principal.user_id, run.req.sub_paths)
             box = await self.boxes.hold(box_id, volumes=volumes)
         except BaseException:
@@ -314,12 +340,15 @@ class ExecutionService:
         self._busy.pop((user_id, name), None)
         self._thread_ids.pop((user_id, name), None)
 
-    async def _box_id_for(self, principal: Principal, thread: str | None) -> tuple[str, str]:
+    async def _box_id_for(self, principal: Principal, thread: str | None,
+                          digest: str | None = None) -> tuple[str, str]:
         """The box for a run, and whether it is a one-off's (``fresh``), a new thread's
-        (``new``) or a known thread's (``known``)."""
+        (``new``) or a known thread's (``known``). A pooled box runs on the host's /usr:
+        with an image (``digest``), a new box is started for it."""
         # Each box to start or wake counts against the user's boxes awake (a 429).
+        pooled = digest is None
         if thread is None:
-            return await self.quotas.admit_box(principal.user_id), "fresh"
+            return await self.quotas.admit_box(principal.user_id, pooled=pooled), "fresh"
         key = (principal.user_id, thread)
         cached = self._thread_ids.get(key)
         if cached:
@@ -334,7 +363,7 @@ class ExecutionService:
             # concurrent new threads hold the whole pool waiting for one more.
             await self.quotas.check_disk(key[0], self.boxes.settings.box_disk_mb,
                                          "a new thread")
-            found, kind = await self.quotas.admit_box(key[0]), "new"
+            found, kind = await self.quotas.admit_box(key[0], pooled=pooled), "new"
             async with self._sessions() as db:
                 db.add(Thread(id=found, user_id=key[0], name=thread))
                 try:

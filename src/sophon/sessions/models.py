@@ -204,6 +204,9 @@ class SessionView(BaseModel):
     image: str | None = Field(None, description=(
         "The digest of the base's image the box runs on; null: the host's own /usr (a "
         "session made before images, or a server without them)"))
+    image_name: str | None = Field(None, description=(
+        "The image of yours the session was made on (its `base` is then that image's "
+        "built-in base); null: the base's own image"))
     model: str
     runtime: str
     system_prompt: str | None

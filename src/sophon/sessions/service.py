@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -65,6 +65,9 @@ from sophon.store.owned import owned
 from sophon.store.tables import OpenExec, SessionRow
 from sophon.users import Principal
 from sophon.webhooks import Webhooks
+
+if TYPE_CHECKING:
+    from sophon.images.service import ImageService
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,8 @@ class SessionService:
         self.claude_code_missing: Callable[[], str | None] = lambda: "no claude CLI"
         self.check_reachable: Callable[[str, str, NetworkSettings, list[str], str, int],
                                        Awaitable[None]] | None = None
+        # Users' own images (sophon/images/service.py), which a session's base may name.
+        self.images: ImageService | None = None
         # Told after a change to a session's files from outside a turn's tools (a save,
         # an exec): sessions/checkpoints.py takes a checkpoint of it.
         self.after_change: Callable[[SessionRow, str], None] | None = None
@@ -174,7 +179,13 @@ class SessionService:
             # Refused rather than quietly run natively: the choice must mean what it says.
             raise BadRequest(f"the claude-code runtime is not available on this server: "
                              f"{self.claude_code_missing()}; use runtime 'native'")
-        profiles.resolve(req.base, self.boxes.images)
+        base, own_image = req.base, None
+        if req.base not in profiles.PROFILES and self.images is not None \
+                and self.boxes.images is not None:
+            # One of the user's own images: built already, or built now (once).
+            base, own_image = await self.images.resolve(principal.user_id, req.base)
+        else:
+            profiles.resolve(req.base, self.boxes.images)
         if req.approval.webhook:  # checked again before each call
             await self.webhooks.check(req.approval.webhook, "approval.webhook")
         if req.disk_mb is not None and req.disk_mb > self.settings.disk_max_mb:
@@ -189,7 +200,7 @@ class SessionService:
             await self.check_network(principal.user_id, req.network, req.connectors)
         remote = remote_url(req.starter)
         if remote is not None and self.check_reachable is not None:
-            await self.check_reachable(principal.user_id, req.base, req.network,
+            await self.check_reachable(principal.user_id, base, req.network,
                                        req.connectors, *remote)
         elif remote is not None:
             raise NetworkDisabled("sandboxes on this server have no network, so a clone "
@@ -199,7 +210,8 @@ class SessionService:
                                      "a new session")
         session_id = "ses_" + secrets.token_hex(12)
         row = SessionRow(
-            id=session_id, user_id=principal.user_id, name=req.name, base=req.base,
+            id=session_id, user_id=principal.user_id, name=req.name, base=base,
+            image=req.base if own_image is not None else None,
             model=req.model, runtime=req.runtime, system_prompt=req.system_prompt,
             starter=req.starter.model_dump(), approval=req.approval.model_dump(),
             status="idle", box_id=box_id_of(session_id), input_tokens=0, output_tokens=0,
@@ -210,7 +222,7 @@ class SessionService:
         image = None
         if self.boxes.images is not None:
             # The first session of a base waits for its image to be built (once).
-            image, _ = await self.boxes.images.ensure(req.base)
+            image, _ = await self.boxes.images.ensure(own_image or base)
         self.quotas.know_session(session_id, principal.user_id)
         await self.quotas.admit_box(principal.user_id, row.box_id)
         async with self._db() as db:
@@ -220,7 +232,7 @@ class SessionService:
             if image is not None:
                 self.boxes.set_image(row.box_id, image.digest)
             await self.events.append(session_id, SessionStart(
-                name=req.name, base=req.base, model=req.model, runtime=req.runtime,
+                name=req.name, base=base, model=req.model, runtime=req.runtime,
                 starter=req.starter.model_dump()))
             env = await self.exec_env(session_id, {})
             async with contextlib.AsyncExitStack() as stack:
@@ -304,7 +316,8 @@ class SessionService:
             status = "sleeping"
         return SessionView(
             id=row.id, name=row.name, status=status,  # type: ignore[arg-type]
-            base=row.base, image=self.boxes.image_of(row.box_id), model=row.model,
+            base=row.base, image=self.boxes.image_of(row.box_id), image_name=row.image,
+            model=row.model,
             runtime=row.runtime, system_prompt=row.system_prompt, starter=row.starter,
             approval=ApprovalPolicy.model_validate(row.approval),
             created_at=_utc(row.created_at), last_activity_at=_utc(row.last_activity_at),

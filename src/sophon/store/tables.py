@@ -118,6 +118,8 @@ class SessionRow(Base):
     connectors: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     # The MCP servers whose tools its agent gets (agent/mcp_servers.py), as given.
     mcp_servers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # The user's own image it was made on (``base`` is then that image's built-in base).
+    image: Mapped[str | None] = mapped_column(String(63), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  index=True)
     last_activity_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -264,3 +266,22 @@ class NetworkUsage(Base):
     bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
     connections: Mapped[int] = mapped_column(Integer, default=0)
     denied: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ImageRow(Base):
+    """A user's image (sophon/images/service.py): a built-in base and what is added to
+    it. The built image is kept by its digest (sophon/images/store.py), shared by every
+    user whose definition is the same."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    base: Mapped[str] = mapped_column(String(16))
+    # apt, pip, npm, run, env, allow, description: as the user gave them.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    digest: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # building | ready | failed
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,229 @@
+"""Users' own images (POST /v1/images): a Debian package and a pip package (from the
+egress tests' local index, through the door) on the python base, built in a build box,
+followed as a log, used by a session and by an execute-API thread, kept across a
+restart, refused for deletion while used; bad definitions and failing builds, which
+leave nothing half-built; and two users' same definitions sharing one build."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from sophon.config import Settings
+from tests.conftest import LiveServer, make_data_dir
+from tests.integration.egress_hosts import WHEEL_MODULE, WHEEL_PROJECT, PackageIndex
+from tests.integration.session_support import sh, user
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("mmdebstrap"),
+    reason="images need root and mmdebstrap (make test installs them)")
+
+MAX_IMAGES = 4
+
+
+@pytest.fixture(scope="module")
+def index() -> Iterator[PackageIndex]:
+    idx = PackageIndex()
+    yield idx
+    idx.close()
+
+
+@pytest.fixture(scope="module")
+def server(index: PackageIndex) -> Iterator[LiveServer]:
+    srv = LiveServer(make_data_dir(), env={
+        "SOPHON_EGRESS_ALLOW_PRIVATE": index.addr,
+        "SOPHON_USER_MAX_IMAGES": str(MAX_IMAGES)}).start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(srv.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def http(server: LiveServer) -> Iterator[httpx.Client]:
+    with user(server) as client:
+        yield client
+
+
+def define(index: PackageIndex, name: str = "tools") -> dict:
+    return {"name": name, "from": "python", "apt": ["jq"], "pip": [WHEEL_PROJECT],
+            "env": {"PIP_INDEX_URL": f"{index.url}/simple"}, "allow": [index.addr],
+            "run": ["echo made-by-run > /etc/made-by-run", "chmod u+s /usr/bin/jq"]}
+
+
+def follow(http: httpx.Client, name: str, after: int = 0) -> tuple[list[str], dict]:
+    """The build's log lines (after line ``after``) and the image as it ended."""
+    lines, numbers = [], []
+    with http.stream("GET", f"/v1/images/{name}/log", params={"after": after},
+                     timeout=900) as r:
+        assert r.status_code == 200, r.read()
+        for raw in r.iter_lines():
+            if not raw.startswith("data: "):
+                continue
+            event = json.loads(raw[6:])
+            if event["type"] == "image_log":
+                lines.append(event["text"])
+                numbers.append(event["line"])
+            else:
+                assert numbers == sorted(numbers) and (not numbers or numbers[0] > after)
+                return lines, event["image"]
+    raise AssertionError("the log ended without the image's status")
+
+
+@pytest.fixture(scope="module")
+def tools(http: httpx.Client, index: PackageIndex) -> dict:
+    r = http.post("/v1/images", json=define(index))
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "building" and r.json()["builtin"] is False
+    lines, image = follow(http, "tools")
+    assert image["status"] == "ready", (image, lines[-20:])
+    assert any(line.startswith("--- step 1 of 3: python3 -m pip install") for line in lines)
+    assert any("Successfully installed" in line for line in lines), lines[-30:]
+    return image
+
+
+def test_a_user_image_builds_with_apt_pip_and_run_steps_and_a_session_uses_it(
+        http: httpx.Client, tools: dict) -> None:
+    assert tools["base"] == "python" and tools["apt"] == ["jq"]
+    r = http.post("/v1/sessions", json={"name": "on-tools", "base": "tools",
+                                        "starter": {"type": "empty"}})
+    assert r.status_code == 201, r.text
+    session = r.json()
+    assert (session["base"], session["image_name"], session["image"]) == (
+        "python", "tools", tools["digest"])
+    sid = session["id"]
+    out = sh(http, sid, f"jq --version && python3 -c 'import {WHEEL_MODULE}; print(\"ok\")' "
+                        "&& cat /etc/made-by-run && python3 -m pytest --version 2>&1 | head -1")
+    assert out.startswith("jq-") and "ok\nmade-by-run\npytest " in out, out
+    # What the build's uid wrote is root's in the image (as the base's own files: host
+    # root, which the box's user namespace does not map), read-only, and no setuid file
+    # survives (the run step made one).
+    out = sh(http, sid, "stat -c '%u %A' /usr/bin/bash /etc/made-by-run /usr/bin/jq; "
+                        "touch /usr/x 2>&1")
+    root = out.split()[0]
+    assert out.splitlines()[:3] == [f"{root} -rwxr-xr-x", f"{root} -rw-r--r--",
+                                    f"{root} -rwxr-xr-x"], out
+    assert "Read-only file system" in out, out
+
+
+def test_an_execute_thread_names_the_image_and_keeps_it(
+        http: httpx.Client, tools: dict) -> None:
+    run = {"code": f"import {WHEEL_MODULE}, subprocess\n"
+                   "print(subprocess.run(['jq', '--version'], capture_output=True, "
+                   "text=True).stdout.strip())", "thread_id": "on-tools", "image": "tools"}
+    r = http.post("/v1/sandbox/execute", json=run)
+    assert r.status_code == 200 and r.json()["success"], r.text
+    assert r.json()["stdout"].startswith("jq-")
+    again = http.post("/v1/sandbox/execute", json={**run, "code": "print(2)"})
+    assert again.status_code == 200 and again.json()["stdout"] == "2\n", again.text
+    other = http.post("/v1/sandbox/execute", json={**run, "image": "generic"})
+    assert other.status_code == 400, other.text
+    assert "keeps the image it was made with" in other.json()["message"]
+    # A one-off on the image; with no image, a pooled box (without the pip package).
+    probe = f"python3 -c 'import {WHEEL_MODULE}' 2>/dev/null && echo has-it || echo none"
+    one = http.post("/v1/sandbox/execute", json={"code": probe, "language": "bash",
+                                                 "image": "tools"})
+    assert one.json()["stdout"] == "has-it\n", one.text
+    plain = http.post("/v1/sandbox/execute", json={"code": probe, "language": "bash"})
+    assert plain.json()["stdout"] == "none\n", plain.text
+
+
+def test_an_image_in_use_is_not_deleted_and_one_not_in_use_is(
+        http: httpx.Client, index: PackageIndex, tools: dict, server: LiveServer) -> None:
+    r = http.post("/v1/sessions", json={"name": "keeps-it", "base": "tools",
+                                        "starter": {"type": "empty"}})
+    sid = r.json()["id"]
+    refused = http.delete("/v1/images/tools")
+    assert refused.status_code == 409, refused.text
+    assert sid in refused.json()["message"], refused.text
+    assert http.get("/v1/images/tools").json()["status"] == "ready"
+    # An image nothing uses goes, with its files (no other user has the same one).
+    http.post("/v1/images", json={"name": "spare", "from": "generic", "apt": ["tree"]})
+    spare = follow(http, "spare")[1]
+    assert spare["status"] == "ready", spare
+    images_dir = Settings().images_dir
+    assert (images_dir / spare["digest"]).is_dir()
+    assert http.delete("/v1/images/spare").status_code == 204
+    assert http.get("/v1/images/spare").status_code == 404
+    assert not (images_dir / spare["digest"]).exists()
+
+
+def test_bad_definitions_are_refused_with_the_reason(http: httpx.Client,
+                                                     index: PackageIndex) -> None:
+    cases = [
+        ({"name": "x", "from": "ubuntu"}, "unknown base image"),
+        ({"name": "python", "from": "python"}, "built-in image's name"),
+        ({"name": "Bad_Name", "from": "python"}, "lower-case"),
+        ({"name": "x", "from": "python", "pip": ["-r /etc/passwd"]}, "no options"),
+        ({"name": "x", "from": "python", "apt": ["jq; rm -rf /"]}, "not a Debian package"),
+        ({"name": "x", "from": "python", "env": {"LD_PRELOAD": "/x.so"}}, "reserved"),
+        ({"name": "x", "from": "python", "allow": ["127.0.0.3:80"]}, "127.0.0.3"),
+        ({"name": "x", "from": "python", "unknown": 1}, "unknown"),
+        ({"name": "x", "from": "dotnet"}, "not available"),
+    ]
+    for body, said in cases:
+        r = http.post("/v1/images", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"] == "invalid_request" and said in r.json()["message"], \
+            (body, r.text)
+    assert http.get("/v1/images/x").status_code == 404
+    bad = http.post("/v1/sessions", json={"name": "x", "base": "no-such-image",
+                                          "starter": {"type": "empty"}})
+    assert bad.status_code == 400 and "no-such-image" in bad.json()["message"], bad.text
+
+
+def test_failing_builds_keep_their_log_and_nothing_half_built_is_used(
+        server: LiveServer) -> None:
+    with user(server) as http:
+        http.post("/v1/images", json={"name": "no-such-package", "from": "generic",
+                                      "apt": ["sophon-no-such-package"]})
+        http.post("/v1/images", json={"name": "bad-step", "from": "generic",
+                                      "run": ["echo about to fail", "exit 3"]})
+        lines, image = follow(http, "no-such-package")
+        assert image["status"] == "failed", image
+        assert "sophon-no-such-package" in image["reason"], image
+        assert any("sophon-no-such-package" in line for line in lines)
+        lines, image = follow(http, "bad-step")
+        assert image["status"] == "failed", image
+        assert "step 2 (exit 3) failed with exit code 3" in image["reason"], image
+        assert "about to fail" in lines, lines[-10:]
+        assert not (Settings().images_dir / image["digest"]).exists()
+        r = http.post("/v1/sessions", json={"name": "x", "base": "bad-step",
+                                            "starter": {"type": "empty"}})
+        assert r.status_code == 400 and "failed to build" in r.json()["message"], r.text
+        # The log can be read again later, from any line.
+        again, _ = follow(http, "bad-step", after=len(lines) - 2)
+        assert again == lines[-2:]
+
+
+def test_the_same_definition_is_built_once_for_two_users_and_quotas_hold(
+        server: LiveServer, index: PackageIndex, tools: dict) -> None:
+    with user(server) as other:
+        r = other.post("/v1/images", json=define(index, "mine"))
+        assert r.status_code == 202
+        assert r.json()["digest"] == tools["digest"] and r.json()["status"] == "ready"
+        assert other.get("/v1/images/tools").status_code == 404  # not theirs
+        names = [i["name"] for i in other.get("/v1/images").json()["images"]]
+        assert names[:3] == ["generic", "python", "node"] and "mine" in names
+        assert "tools" not in names
+        assert other.post("/v1/images", json=define(index, "mine")).status_code == 409
+        for n in range(MAX_IMAGES - 1):
+            made = other.post("/v1/images", json={"name": f"more-{n}", "from": "generic",
+                                                  "apt": ["tree"]})
+            assert made.status_code == 202, made.text
+        over = other.post("/v1/images", json={"name": "one-too-many", "from": "generic"})
+        assert over.status_code == 429 and "SOPHON_USER_MAX_IMAGES" in over.text
+
+
+def test_images_survive_a_restart(http: httpx.Client, server: LiveServer,
+                                  tools: dict) -> None:
+    server.restart()
+    assert http.get("/v1/images/tools").json()["status"] == "ready"
+    r = http.post("/v1/sessions", json={"name": "after", "base": "tools",
+                                        "starter": {"type": "empty"}})
+    assert r.status_code == 201, r.text
+    assert sh(http, r.json()["id"], "cat /etc/made-by-run") == "made-by-run\n"
