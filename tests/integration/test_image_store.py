@@ -47,7 +47,8 @@ def leftovers(images_dir: Path) -> list[str]:
 def fake_build(calls: list[str], fail: bool = False) -> Callable[..., object]:
     async def build(definition: ImageDef, scratch: Path, sources: list[str], timeout: float,
                     mount_points: tuple[tuple[str, ...], tuple[str, ...]],
-                    progress: Callable[[str], None]) -> int:
+                    progress: Callable[[str], None], run_steps: object = None,
+                    max_bytes: int | None = None) -> int:
         calls.append(definition.name)
         (scratch / "build.log").write_text("I: downloading packages...\n")
         progress("I: downloading packages...")
@@ -103,11 +104,16 @@ async def test_a_failed_build_leaves_nothing_and_says_why(
     store = ImageStore(images_dir, sources=[], mount_points=POINTS)
     with pytest.raises(ImageBuildFailed, match="Unable to locate package nosuchpkg"):
         await store.ensure("generic")
-    assert leftovers(images_dir) == []
-    # The next need tries again.
+    # Nothing but its log, which the images API shows.
+    digest = BUILTIN["generic"].digest
+    assert leftovers(images_dir) == [f".{digest}.failed.log"]
+    failed = store.log_path(digest)
+    assert failed is not None and "nosuchpkg" in failed.read_text()
+    # The next need tries again; its log replaces the failed one.
     monkeypatch.setattr(builder, "build", fake_build(calls))
     await store.ensure("generic")
     assert calls == ["generic", "generic"]
+    assert leftovers(images_dir) == [digest]
 
 
 async def test_unknown_unavailable_and_used_images_are_refused(

@@ -16,7 +16,7 @@ import pytest
 
 from sophon.config import Settings
 from tests.conftest import LiveServer, make_data_dir
-from tests.integration.egress_hosts import WHEEL_MODULE, WHEEL_PROJECT, PackageIndex
+from tests.integration.egress_hosts import HOST, WHEEL_MODULE, WHEEL_PROJECT, PackageIndex
 from tests.integration.session_support import sh, user
 
 pytestmark = pytest.mark.skipif(
@@ -177,20 +177,23 @@ def test_bad_definitions_are_refused_with_the_reason(http: httpx.Client,
 
 
 def test_failing_builds_keep_their_log_and_nothing_half_built_is_used(
-        server: LiveServer) -> None:
+        server: LiveServer, index: PackageIndex) -> None:
     with user(server) as http:
         http.post("/v1/images", json={"name": "no-such-package", "from": "generic",
                                       "apt": ["sophon-no-such-package"]})
-        http.post("/v1/images", json={"name": "bad-step", "from": "generic",
-                                      "run": ["echo about to fail", "exit 3"]})
+        # A build box reaches its base's hosts and its own list, nothing else: the index
+        # is open on this server, but not on this image's list.
+        http.post("/v1/images", json={"name": "bad-step", "from": "generic", "run": [
+            "echo about to fail", f"curl -sS --fail-with-body {index.url}/simple/"]})
         lines, image = follow(http, "no-such-package")
         assert image["status"] == "failed", image
         assert "sophon-no-such-package" in image["reason"], image
         assert any("sophon-no-such-package" in line for line in lines)
         lines, image = follow(http, "bad-step")
         assert image["status"] == "failed", image
-        assert "step 2 (exit 3) failed with exit code 3" in image["reason"], image
+        assert "step 2 (curl" in image["reason"] and "exit code 22" in image["reason"], image
         assert "about to fail" in lines, lines[-10:]
+        assert any("not on" in line and HOST in line for line in lines), lines[-4:]
         assert not (Settings().images_dir / image["digest"]).exists()
         r = http.post("/v1/sessions", json={"name": "x", "base": "bad-step",
                                             "starter": {"type": "empty"}})
@@ -211,9 +214,9 @@ def test_the_same_definition_is_built_once_for_two_users_and_quotas_hold(
         assert names[:3] == ["generic", "python", "node"] and "mine" in names
         assert "tools" not in names
         assert other.post("/v1/images", json=define(index, "mine")).status_code == 409
-        for n in range(MAX_IMAGES - 1):
+        for n in range(MAX_IMAGES - 1):  # (builds that fail at once)
             made = other.post("/v1/images", json={"name": f"more-{n}", "from": "generic",
-                                                  "apt": ["tree"]})
+                                                  "apt": ["sophon-no-such-package"]})
             assert made.status_code == 202, made.text
         over = other.post("/v1/images", json={"name": "one-too-many", "from": "generic"})
         assert over.status_code == 429 and "SOPHON_USER_MAX_IMAGES" in over.text
