@@ -28,6 +28,10 @@ class BoxLimits(BaseSettings):
     memory_mb: int = Field(512, ge=16, description="memory limit (cgroup), MiB")
     cpus: float = Field(1.0, gt=0, description="CPU quota, in cores")
     pids: int = Field(256, ge=8, description="maximum number of processes")
+    # The most a session may ask for (images/sizing.py); 0: the largest base default.
+    memory_max_mb: int = Field(0, ge=0)
+    cpus_max: float = Field(0.0, ge=0)
+    pids_max: int = Field(0, ge=0)
     tmp_mb: int = Field(64, ge=1, description="size of the private /tmp, MiB")
     output_cap_bytes: int = Field(1024 * 1024, ge=1024, description="per stream, per exec")
 
@@ -200,6 +204,9 @@ class Settings(BaseSettings):
     # A built image's size at most (a user's build past it fails), and how many images of
     # their own each user may have (0: no limit).
     image_max_mb: int = Field(8192, ge=64)
+    # Each base's box defaults over the SOPHON_BOX_* ones (images/sizing.py), as JSON:
+    # {"python": {"memory_mb": 2048, "cpus": 2, "pids": 512, "disk_mb": 4096}, ...}.
+    base_limits: dict[str, dict[str, float]] = Field(default_factory=dict)
     user_max_images: int = Field(20, ge=0)
     # A claude-code session's CLI stays up between turns for this long (then it exits and
     # the box may sleep; the next turn resumes the conversation). A turn whose CLI prints
@@ -256,6 +263,19 @@ class Settings(BaseSettings):
             return self.public_url.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @field_validator("base_limits")
+    @classmethod
+    def _base_limits(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for base, limits in v.items():
+            unknown = set(limits) - {"memory_mb", "cpus", "pids", "disk_mb"}
+            if unknown:
+                raise ValueError(f"SOPHON_BASE_LIMITS[{base!r}]: unknown limit(s) "
+                                 f"{', '.join(sorted(unknown))}; the limits are memory_mb, "
+                                 "cpus, pids and disk_mb")
+            if any(value <= 0 for value in limits.values()):
+                raise ValueError(f"SOPHON_BASE_LIMITS[{base!r}]: limits are positive")
+        return v
 
     @property
     def disk_max_mb(self) -> int:

@@ -19,6 +19,7 @@ from sophon.box.box import Box, ExecOutcome
 from sophon.box.bwrap import BASE_ENV
 from sophon.box.manager import BoxManager
 from sophon.errors import SophonError
+from sophon.images.sizing import Size
 
 # The output of one step that is kept (the log is for people; a flood is cut).
 STEP_OUTPUT_CAP = 4 * 1024 * 1024
@@ -42,11 +43,12 @@ async def _chown(root: Path, uid: int) -> None:
 
 
 async def run_steps(boxes: BoxManager, root: Path, steps: list[str], *, user_id: str,
-                    allow: tuple[str, ...], env: dict[str, str],
+                    allow: tuple[str, ...], env: dict[str, str], size: Size,
                     progress: Callable[[str], None], timeout: float) -> None:
-    """Run ``steps`` (shell commands) in order in a build box over ``root``; the first
-    that fails (or the time running out) stops the build with BuildStepFailed."""
+    """Run ``steps`` (shell commands) in order in a build box of ``size`` over ``root``;
+    the first that fails (or the time running out) stops the build with BuildStepFailed."""
     box_id = ids.new_id(ids.Kind.BUILD)
+    boxes.set_limits(box_id, size.memory_mb, size.cpus, size.pids)
     boxes.build_roots[box_id] = root
     boxes.build_rules[box_id] = (user_id, allow)
     boxes.set_owner(box_id, user_id)
@@ -55,7 +57,7 @@ async def run_steps(boxes: BoxManager, root: Path, steps: list[str], *, user_id:
         uid = await boxes.uid_for(box_id)
         if uid is not None:
             await _chown(root, uid)
-        async with boxes.use(box_id) as box:
+        async with boxes.use(box_id, disk_mb=size.disk_mb) as box:
             for n, step in enumerate(steps, 1):
                 progress(f"--- step {n} of {len(steps)}: {step}")
                 left = deadline - time.monotonic()

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -114,6 +115,7 @@ class BoxManager:
                         "that escaped its namespaces could reach other boxes' files")
         lim = settings.limits
         self.limits = Limits(lim.memory_mb * 2**20, lim.cpus, lim.pids)
+        self._limits: dict[str, Limits] = {}  # box id: its own (read once; see set_limits)
         self._boxes: dict[str, Box] = {}
         self._idle_after: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -138,7 +140,7 @@ class BoxManager:
         self._discarding: set[asyncio.Task[None]] = set()
         self._refill: asyncio.Task[None] | None = None
         # Admission (see _admission): starts in progress, and the line they wait in.
-        self._starting = 0
+        self._starting_mb = 0  # the memory limits of the boxes starting now
         self._start_slots = asyncio.Semaphore(settings.start_concurrency)
 
     def _image_store(self, settings: Settings) -> tuple[ImageStore | None, str]:
@@ -172,6 +174,28 @@ class BoxManager:
                 digest = None
             self._image_of[box_id] = digest
         return self._image_of[box_id]
+
+    def set_limits(self, box_id: str, memory_mb: int, cpus: float, pids: int) -> None:
+        """The box's memory, CPU and process limits from its next start (its image's
+        defaults or what its session asked for: images/sizing.py); kept with the box."""
+        d = self.box_dir(box_id)
+        d.mkdir(mode=0o711, parents=True, exist_ok=True)
+        (d / "limits").write_text(json.dumps({"memory_mb": memory_mb, "cpus": cpus,
+                                              "pids": pids}))
+        self._limits[box_id] = Limits(memory_mb * 2**20, cpus, pids)
+
+    def limits_of(self, box_id: str) -> Limits:
+        """The box's own limits, or the server's SOPHON_BOX_* ones."""
+        found = self._limits.get(box_id)
+        if found is None:
+            try:
+                own = json.loads((self.box_dir(box_id) / "limits").read_text())
+                found = Limits(int(own["memory_mb"]) * 2**20, float(own["cpus"]),
+                               int(own["pids"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                found = self.limits
+            self._limits[box_id] = found
+        return found
 
     async def _image_root(self, box_id: str) -> Path | None:
         if box_id in self.build_roots:
@@ -374,7 +398,8 @@ class BoxManager:
                 root = await self.volumes.attach(m.volume_id, size_mb, m.gid)
                 binds.append((root, m.sub, m.inside))
             d = self.box_dir(box_id)
-            await self._check_room()  # before a uid or a disk is spent on it
+            limits = self.limits_of(box_id)
+            await self._check_room(limits)  # before a uid or a disk is spent on it
             uid = await self._uid_for(box_id)
             image_root = await self._image_root(box_id)
             disk = await self.disks.prepare(box_id, disk_mb)
@@ -382,7 +407,7 @@ class BoxManager:
                 box_id=box_id,
                 workspace=d / "workspace",
                 home=d / "home",
-                limits=self.limits,
+                limits=limits,
                 tmp_bytes=self.settings.limits.tmp_mb * 2**20,
                 extra_ro_binds=tuple((extra_ro_binds or {}).items()),
                 host_uid=uid,
@@ -428,31 +453,40 @@ class BoxManager:
     def _awake_count(self) -> int:
         return sum(1 for b in self._boxes.values() if not b.stopped.is_set())
 
-    def _room(self) -> int:
-        """How many more boxes the memory budget admits now."""
-        per_box = self.settings.limits.memory_mb
-        used = (self._awake_count() + self._starting) * per_box
-        return max(0, (self.settings.memory_budget_mb - used) // per_box)
+    def _used_mb(self) -> int:
+        """The memory limits of the running boxes and those starting, added up."""
+        running = sum(self.limits_of(i).memory_bytes for i, b in self._boxes.items()
+                      if not b.stopped.is_set())
+        return running // 2**20 + self._starting_mb
 
-    async def _check_room(self) -> None:
-        if self._room() < 1 and self._pool:  # an empty pooled box makes way
+    def _room(self, limits: Limits | None = None) -> int:
+        """How many more boxes of ``limits`` (default: the server's) the memory budget
+        admits now."""
+        per_box = (limits or self.limits).memory_bytes // 2**20
+        return max(0, (self.settings.memory_budget_mb - self._used_mb()) // per_box)
+
+    async def _check_room(self, limits: Limits | None = None) -> None:
+        while self._room(limits) < 1 and self._pool:  # empty pooled boxes make way
             await self.destroy(self._pool.pop())
-        self._refuse_if_full()
+        self._refuse_if_full(limits)
 
     def check_room_for(self, box_id: str) -> None:
         """BoxUnavailable now if waking ``box_id`` could not be admitted (the memory
         budget, open files): for a request that answers before the box is up."""
-        if self.awake_or_waking(box_id) or (self._room() < 1 and self._pool):
+        limits = self.limits_of(box_id)
+        if self.awake_or_waking(box_id) or (self._room(limits) < 1 and self._pool):
             return  # running already, or an empty pooled box will make way
-        self._refuse_if_full()
+        self._refuse_if_full(limits)
 
-    def _refuse_if_full(self) -> None:
-        if self._room() < 1:
-            per_box, budget = self.settings.limits.memory_mb, self.settings.memory_budget_mb
+    def _refuse_if_full(self, limits: Limits | None = None) -> None:
+        if self._room(limits) < 1:
+            per_box = (limits or self.limits).memory_bytes // 2**20
+            budget = self.settings.memory_budget_mb
             raise BoxUnavailable(
                 f"the server's memory budget for boxes is in use: {self._awake_count()} "
-                f"boxes of {per_box} MiB each are running, and their limits may add up to "
-                f"{budget} MiB (SOPHON_BOX_MEMORY_BUDGET_MB); idle boxes are stopped "
+                f"boxes are running with memory limits of {self._used_mb()} MiB together, "
+                f"and a box of {per_box} MiB more would pass the {budget} MiB their limits "
+                "may add up to (SOPHON_BOX_MEMORY_BUDGET_MB); idle boxes are stopped "
                 "after a while, so try again later", retry_after=15)
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         # The descriptor table's size bounds how many are open, and costs nothing to read;
@@ -464,7 +498,7 @@ class BoxManager:
                 raise BoxUnavailable(_out_of_files_message(in_use, soft), retry_after=30)
 
     @contextlib.asynccontextmanager
-    async def _admission(self) -> AsyncIterator[None]:
+    async def _admission(self, limits: Limits) -> AsyncIterator[None]:
         """A place among the starts allowed at once and room in the memory budget, or
         BoxUnavailable naming the limit that was reached."""
         slots, wait = self._start_slots, self.settings.box_start_wait_seconds
@@ -482,17 +516,18 @@ class BoxManager:
         else:
             await slots.acquire()
         try:
-            await self._check_room()
-            self._starting += 1
+            await self._check_room(limits)
+            memory_mb = limits.memory_bytes // 2**20
+            self._starting_mb += memory_mb
             try:
                 yield
             finally:
-                self._starting -= 1
+                self._starting_mb -= memory_mb
         finally:
             slots.release()
 
     async def _start(self, spec: BoxSpec) -> Box:
-        async with self._admission():
+        async with self._admission(spec.limits):
             try:
                 box = await self.backend.start(spec)
                 for hook in self.on_started:
@@ -590,6 +625,7 @@ class BoxManager:
         self._waking.pop(box_id, None)
         self._attended.pop(box_id, None)
         self._image_of.pop(box_id, None)
+        self._limits.pop(box_id, None)
         # rmtree works through directory fds and never follows a symlink a workload made.
         assert shutil.rmtree.avoids_symlink_attacks
         await asyncio.to_thread(shutil.rmtree, self.box_dir(box_id), True)

@@ -25,6 +25,7 @@ from sophon.box.manager import BoxManager, boxes_on_image
 from sophon.config import Settings
 from sophon.egress.policy import BASE_ALLOW
 from sophon.errors import BadRequest, Conflict, LimitExceeded, NotFound
+from sophon.images import sizing
 from sophon.images.builder import ImageBuildFailed
 from sophon.images.definitions import BUILTIN, ImageDef
 from sophon.images.models import CreateImage
@@ -130,16 +131,17 @@ class ImageService:
         """The user's image, built (again, if its files are gone) before this returns."""
         definition = definition_of(row)
         allow = (*BASE_ALLOW.get(row.base, ()), *definition.allow)
-        runner = functools.partial(self._run_steps, row.user_id, allow, dict(definition.env))
+        runner = functools.partial(self._run_steps, row.user_id, allow, dict(definition.env),
+                                   sizing.defaults(self.settings, row.base))
         await self.store.ensure(definition, runner)
         return definition
 
     async def _run_steps(self, user_id: str, allow: tuple[str, ...], own_env: dict[str, str],
-                         root: Path, steps: list[str], timeout: float,
+                         size: sizing.Size, root: Path, steps: list[str], timeout: float,
                          progress: Callable[[str], None]) -> None:
         env = {**builds.BUILD_ENV, **self._build_env(), **own_env}
         await builds.run_steps(self.boxes, root, steps, user_id=user_id, allow=allow,
-                               env=env, progress=progress, timeout=timeout)
+                               env=env, size=size, progress=progress, timeout=timeout)
 
     async def recover(self) -> None:
         """Builds cut off by the last stop start again (content-addressed: what was
@@ -193,13 +195,18 @@ class ImageService:
         async with self._db() as db:
             rows = (await db.execute(select(ImageRow).where(
                 ImageRow.user_id == principal.user_id).order_by(ImageRow.name))).scalars()
-            return [*store.list(), *(self._view(r, store) for r in rows)]
+            return [self._sized(v) for v in (*store.list(), *(self._view(r, store)
+                                                             for r in rows))]
 
     async def get(self, principal: Principal, name: str) -> ImageView:
         store = self.store
         if name in BUILTIN:
-            return next(v for v in store.list() if v.name == name)
-        return self._view(await self._row(principal, name), store)
+            return self._sized(next(v for v in store.list() if v.name == name))
+        return self._sized(self._view(await self._row(principal, name), store))
+
+    def _sized(self, view: ImageView) -> ImageView:
+        view.limits = sizing.defaults(self.settings, view.base or view.name).as_dict()
+        return view
 
     async def log_lines(self, principal: Principal, name: str, after: int,
                         heartbeat: float) -> AsyncIterator[tuple[int, str] | ImageView | None]:

@@ -55,6 +55,8 @@ class ImageView(BaseModel):
     env: dict[str, str] = {}
     allow: list[str] = []
     created_at: str | None = None
+    # What a box on it gets unless its session asks otherwise (images/sizing.py).
+    limits: dict[str, float] | None = None
 
 
 @dataclass

@@ -32,6 +32,7 @@ from sophon.box.manager import BoxManager
 from sophon.box.outcome import OUT_OF_MEMORY, TIMEOUT, judge
 from sophon.box.volumes import VolumeMount
 from sophon.errors import BadRequest, BoxError, BoxRequestError, ThreadBusy
+from sophon.images import sizing
 from sophon.quotas import Quotas
 from sophon.sandbox.models import (
     TERMINAL,
@@ -258,7 +259,7 @@ class ExecutionService:
                                  "with POST /v1/webhooks/secret (shown once)")
         if req.sub_paths is not None:  # no such volume, or a symlink in it: a 400 now
             await self.check_sub_paths(principal.user_id, req.sub_paths)
-        digest = await self._image_digest(principal, req.image)
+        image = await self._image(principal, req.image)
         key = (principal.user_id, req.thread_id) if req.thread_id else None
         if key is not None and key in self._busy:
             raise ThreadBusy(
@@ -274,7 +275,7 @@ class ExecutionService:
             # The box is had before the request is answered, in every mode: a limit
             # reached (uids, memory, open files, the start queue) is a 503 that names
             # it, never an execution that "failed".
-            box, kind = await self._hold_box(run, digest)
+            box, kind = await self._hold_box(run, image)
             if mode in ("async", "stream"):
                 # The client has the trace id before the end (the 202, the stream's
                 # X-Trace-Id): the row exists from now, so a crash leaves it interrupted.
@@ -291,23 +292,27 @@ class ExecutionService:
                                        name=f"run-{run.trace_id}")
         return run
 
-    async def _image_digest(self, principal: Principal, name: str | None) -> str | None:
-        """The digest of the image an execution names, built first if it is not yet;
-        None: no image named (a pooled box, on the host's /usr)."""
+    async def _image(self, principal: Principal, name: str | None) -> tuple[str, str] | None:
+        """The base and digest of the image an execution names, built first if it is not
+        yet; None: no image named (a pooled box, on the host's /usr)."""
         if name is None:
             return None
         if self.images is None or self.boxes.images is None:
             raise BadRequest(f"image {name!r}: images are off on this server "
                              f"({self.boxes.images_off or 'no image service'})")
-        _, definition = await self.images.resolve(principal.user_id, name)
-        return definition.digest
+        base, definition = await self.images.resolve(principal.user_id, name)
+        return base, definition.digest
 
-    async def _hold_box(self, run: Run, digest: str | None = None) -> tuple[Box, str]:
+    async def _hold_box(self, run: Run,
+                        image: tuple[str, str] | None = None) -> tuple[Box, str]:
+        digest = image[1] if image else None
         box_id, kind = await self._box_id_for(run.principal, run.req.thread_id, digest)
         run.box_id = box_id
         try:
-            if kind != "known" and digest is not None:
-                self.boxes.set_image(box_id, digest)
+            if kind != "known" and image is not None:
+                self.boxes.set_image(box_id, image[1])
+                size = sizing.defaults(self.boxes.settings, image[0])
+                self.boxes.set_limits(box_id, size.memory_mb, size.cpus, size.pids)
             elif kind == "known" and digest is not None and \
                     self.boxes.image_of(box_id) != digest:
                 raise BadRequest(

@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from sophon.images.sizing import SizeRequest
+
 MODEL_ALIASES = ("opus", "sonnet", "haiku")
 # Whole-string patterns: checked with ``fullmatch`` (``re.match`` with ``$`` lets a
 # trailing newline through); pydantic's ``pattern`` (Rust regex) anchors ``$`` at the end.
@@ -143,9 +145,11 @@ class CreateSession(BaseModel):
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     max_turns: int | None = Field(None, ge=1, le=10_000)
     max_budget_usd: float | None = Field(None, gt=0)
-    # The hard quota of /workspace and /home/user together; default SOPHON_BOX_DISK_MB,
-    # at most SOPHON_BOX_DISK_MAX_MB (checked by the service: a 400 naming the ceiling).
+    # The hard quota of /workspace and /home/user together; default the base's (else
+    # SOPHON_BOX_DISK_MB), at most SOPHON_BOX_DISK_MAX_MB (checked by the service: a 400
+    # naming the ceiling). ``limits``: memory, CPU and processes, likewise (images/sizing).
     disk_mb: int | None = Field(None, ge=16, le=1024 * 1024)
+    limits: SizeRequest | None = None
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     connectors: list[ConnectorName] = Field(default_factory=list, max_length=50)
     mcp_servers: list[McpServer] = Field(default_factory=list, max_length=10)
@@ -196,6 +200,12 @@ class DiskInfo(BaseModel):
     limit_bytes: int | None  # None: this box has no quota (an unprivileged server)
 
 
+class BoxSize(BaseModel):
+    memory_mb: int
+    cpus: float
+    pids: int
+
+
 class SessionView(BaseModel):
     id: str
     name: str
@@ -204,6 +214,9 @@ class SessionView(BaseModel):
     image: str | None = Field(None, description=(
         "The digest of the base's image the box runs on; null: the host's own /usr (a "
         "session made before images, or a server without them)"))
+    limits: BoxSize | None = Field(None, description=(
+        "The box's memory (MiB), CPUs and processes: its base's defaults or what the "
+        "session asked for"))
     image_name: str | None = Field(None, description=(
         "The image of yours the session was made on (its `base` is then that image's "
         "built-in base); null: the base's own image"))

@@ -38,6 +38,7 @@ from sophon.events.types import (
     SessionStart,
     Status,
 )
+from sophon.images import sizing
 from sophon.quotas import Quotas, unattended_detail
 from sophon.sessions import imports, profiles
 from sophon.sessions.approvals import ApprovalService
@@ -45,6 +46,7 @@ from sophon.sessions.file_changes import ChangeLimiter
 from sophon.sessions.local_copy import server_copy
 from sophon.sessions.models import (
     ApprovalPolicy,
+    BoxSize,
     CreateSession,
     DiskInfo,
     McpServer,
@@ -188,10 +190,8 @@ class SessionService:
             profiles.resolve(req.base, self.boxes.images)
         if req.approval.webhook:  # checked again before each call
             await self.webhooks.check(req.approval.webhook, "approval.webhook")
-        if req.disk_mb is not None and req.disk_mb > self.settings.disk_max_mb:
-            raise BadRequest(f"disk_mb is {req.disk_mb}, over this server's ceiling of "
-                             f"{self.settings.disk_max_mb} MiB a session "
-                             "(SOPHON_BOX_DISK_MAX_MB)")
+        # The base's defaults, or what was asked within the admin's ceilings (a 400).
+        size = sizing.resolve(self.settings, base, req.limits, req.disk_mb)
         source = await validate_starter(req.starter, self.settings)
         if req.mcp_servers:  # a url server's host joins the list (within the ceiling)
             req = req.model_copy(update={"network": NetworkSettings.model_validate(
@@ -206,8 +206,7 @@ class SessionService:
             raise NetworkDisabled("sandboxes on this server have no network, so a clone "
                                   "from a URL cannot work; clone from a local path")
         self.quotas.check_events(principal.user_id)
-        await self.quotas.check_disk(principal.user_id, req.disk_mb or self.settings.box_disk_mb,
-                                     "a new session")
+        await self.quotas.check_disk(principal.user_id, size.disk_mb, "a new session")
         session_id = "ses_" + secrets.token_hex(12)
         row = SessionRow(
             id=session_id, user_id=principal.user_id, name=req.name, base=base,
@@ -231,6 +230,7 @@ class SessionService:
         try:
             if image is not None:
                 self.boxes.set_image(row.box_id, image.digest)
+            self.boxes.set_limits(row.box_id, size.memory_mb, size.cpus, size.pids)
             await self.events.append(session_id, SessionStart(
                 name=req.name, base=base, model=req.model, runtime=req.runtime,
                 starter=req.starter.model_dump()))
@@ -244,7 +244,7 @@ class SessionService:
                     if source.copy:
                         path = str(await stack.enter_async_context(server_copy(
                             path, self.settings.data_dir / "staging",
-                            (req.disk_mb or self.settings.box_disk_mb) * 2**20)))
+                            size.disk_mb * 2**20)))
                     # Read the user's path in a box that can read nothing of any other
                     # box, then let the session's box clone from that box's copy.
                     try:
@@ -258,7 +258,7 @@ class SessionService:
                     staged.chmod(0o755)
                     extra = {str(staged): SOURCE_MOUNT}
                 async with self.boxes.use(row.box_id, self.settings.session_idle_seconds,
-                                          extra_ro_binds=extra, disk_mb=req.disk_mb) as box:
+                                          extra_ro_binds=extra, disk_mb=size.disk_mb) as box:
                     if imported is not None:
                         await imports.copy_project(box, env)
                     else:
@@ -312,11 +312,14 @@ class SessionService:
 
     async def view(self, row: SessionRow) -> SessionView:
         status = row.status
+        limits = self.boxes.limits_of(row.box_id)
         if status == "idle" and self.boxes.running(row.box_id) is None:
             status = "sleeping"
         return SessionView(
             id=row.id, name=row.name, status=status,  # type: ignore[arg-type]
             base=row.base, image=self.boxes.image_of(row.box_id), image_name=row.image,
+            limits=BoxSize(memory_mb=limits.memory_bytes // 2**20, cpus=limits.cpus,
+                           pids=limits.pids),
             model=row.model,
             runtime=row.runtime, system_prompt=row.system_prompt, starter=row.starter,
             approval=ApprovalPolicy.model_validate(row.approval),
