@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from sophon.client import Client
 from sophon.config import Settings
 from tests.conftest import LiveServer, make_data_dir
 from tests.integration.egress_hosts import HOST, WHEEL_MODULE, WHEEL_PROJECT, PackageIndex
@@ -141,10 +142,16 @@ def test_an_image_in_use_is_not_deleted_and_one_not_in_use_is(
     assert refused.status_code == 409, refused.text
     assert sid in refused.json()["message"], refused.text
     assert http.get("/v1/images/tools").json()["status"] == "ready"
-    # An image nothing uses goes, with its files (no other user has the same one).
-    http.post("/v1/images", json={"name": "spare", "from": "generic", "apt": ["tree"]})
-    spare = follow(http, "spare")[1]
-    assert spare["status"] == "ready", spare
+    # An image nothing uses goes, with its files (no other user has the same one). Made
+    # and followed with the SDK here.
+    with Client(server.url, http.headers["Authorization"].removeprefix("Bearer ")) as sdk:
+        assert sdk.create_image("spare", "generic", apt=["tree"])["status"] == "building"
+        events = list(sdk.image_log("spare"))
+        spare = events[-1]["image"]
+        assert [e["type"] for e in events[-2:]] == ["image_log", "image_status"]
+        assert spare["status"] == "ready", spare
+        out = sdk.execute("tree --version", language="bash", image="spare")
+        assert out.stdout.startswith("tree v"), out
     images_dir = Settings().images_dir
     assert (images_dir / spare["digest"]).is_dir()
     assert http.delete("/v1/images/spare").status_code == 204

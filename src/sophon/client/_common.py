@@ -136,10 +136,13 @@ def session_body(name: str, *, base: str, model: str, system_prompt: str | None,
                  approval: dict[str, Any] | None, max_turns: int | None,
                  max_budget_usd: float | None, network: dict[str, Any] | None = None,
                  connectors: list[str] | None = None,
-                 mcp_servers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 mcp_servers: list[dict[str, Any]] | None = None,
+                 limits: dict[str, Any] | None = None,
+                 disk_mb: int | None = None) -> dict[str, Any]:
     """A session's create body. ``network``: {"allow": ["host[:port]", "*.domain"],
     "ask": bool}; ``connectors``: names of the caller's connectors the box uses;
-    ``mcp_servers``: [{"name", "command": [...], "env"?}] whose tools the agent gets."""
+    ``mcp_servers``: [{"name", "command": [...], "env"?}] whose tools the agent gets;
+    ``limits``: {"memory_mb", "cpus", "pids"} instead of the base's defaults."""
     if template and clone:
         raise ValueError("give a template or a clone URL, not both")
     starter: dict[str, Any] = {"type": "empty"}
@@ -152,7 +155,8 @@ def session_body(name: str, *, base: str, model: str, system_prompt: str | None,
     for key, value in (("system_prompt", system_prompt), ("approval", approval),
                        ("max_turns", max_turns), ("max_budget_usd", max_budget_usd),
                        ("network", network), ("connectors", connectors),
-                       ("mcp_servers", mcp_servers)):
+                       ("mcp_servers", mcp_servers), ("limits", limits),
+                       ("disk_mb", disk_mb)):
         if value is not None:
             body[key] = value
     return body
@@ -160,10 +164,21 @@ def session_body(name: str, *, base: str, model: str, system_prompt: str | None,
 
 def execute_body(code: str, language: str, timeout: int, thread_id: str | None,
                  env_vars: dict[str, str] | None,
-                 metadata: dict[str, str] | None) -> dict[str, Any]:
+                 metadata: dict[str, str] | None, image: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"code": code, "language": language, "timeout": timeout}
     for key, value in (("thread_id", thread_id), ("env_vars", env_vars),
-                       ("metadata", metadata)):
+                       ("metadata", metadata), ("image", image)):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def image_body(name: str, base: str, apt: list[str] | None, pip: list[str] | None,
+               npm: list[str] | None, run: list[str] | None, env: dict[str, str] | None,
+               allow: list[str] | None, description: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "from": base}
+    for key, value in (("apt", apt), ("pip", pip), ("npm", npm), ("run", run), ("env", env),
+                       ("allow", allow), ("description", description)):
         if value is not None:
             body[key] = value
     return body

@@ -22,6 +22,7 @@ from sophon.client._common import (
     ServerError,
     SSEParser,
     execute_body,
+    image_body,
     resolve,
     session_body,
 )
@@ -87,12 +88,18 @@ class RawClient:
                        max_budget_usd: float | None = None,
                        network: dict[str, Any] | None = None,
                        connectors: list[str] | None = None,
-                       mcp_servers: list[dict[str, Any]] | None = None) -> Any:
+                       mcp_servers: list[dict[str, Any]] | None = None,
+                       limits: dict[str, Any] | None = None,
+                       disk_mb: int | None = None) -> Any:
+        """A new session. ``base``: a built-in image or one of yours; ``limits``:
+        {"memory_mb", "cpus", "pids"} instead of its defaults (within the server's
+        ceilings)."""
         body = session_body(name, base=base, model=model, system_prompt=system_prompt,
                             template=template, clone=clone, ref=ref, runtime=runtime,
                             approval=approval, max_turns=max_turns,
                             max_budget_usd=max_budget_usd, network=network,
-                            connectors=connectors, mcp_servers=mcp_servers)
+                            connectors=connectors, mcp_servers=mcp_servers,
+                            limits=limits, disk_mb=disk_mb)
         return self._as_session(self._http.call("POST", "/v1/sessions", json_body=body))
 
     def list_sessions(self, limit: int | None = None, *, page_size: int = 100) -> Iterator[Any]:
@@ -306,25 +313,27 @@ class RawClient:
 
     def execute(self, code: str, *, language: str = "python", timeout: int = 60,
                 thread_id: str | None = None, env_vars: dict[str, str] | None = None,
-                metadata: dict[str, str] | None = None) -> Any:
-        body = execute_body(code, language, timeout, thread_id, env_vars, metadata)
+                metadata: dict[str, str] | None = None, image: str | None = None) -> Any:
+        body = execute_body(code, language, timeout, thread_id, env_vars, metadata, image)
         return self._as_result(self._http.call("POST", "/v1/sandbox/execute", json_body=body,
                                                read_timeout=timeout + 60))
 
     def execute_stream(self, code: str, *, language: str = "python", timeout: int = 60,
                        thread_id: str | None = None, env_vars: dict[str, str] | None = None,
-                       metadata: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+                       metadata: dict[str, str] | None = None,
+                       image: str | None = None) -> Iterator[dict[str, Any]]:
         """The execution's events: status, output (stream, data), keepalive, result."""
-        body = execute_body(code, language, timeout, thread_id, env_vars, metadata)
+        body = execute_body(code, language, timeout, thread_id, env_vars, metadata, image)
         r = self._http.open("POST", "/v1/sandbox/execute", json_body=body,
                             headers={"Accept": NDJSON}, read_timeout=timeout + 60)
         return self._lines(r)
 
     def start_execution(self, code: str, *, language: str = "python", timeout: int = 60,
                         thread_id: str | None = None, env_vars: dict[str, str] | None = None,
-                        metadata: dict[str, str] | None = None) -> dict[str, Any]:
+                        metadata: dict[str, str] | None = None,
+                        image: str | None = None) -> dict[str, Any]:
         """Start an execution and return at once: ``{"trace_id": ..., "status": "queued"}``."""
-        body = execute_body(code, language, timeout, thread_id, env_vars, metadata)
+        body = execute_body(code, language, timeout, thread_id, env_vars, metadata, image)
         return dict(self._http.call("POST", "/v1/sandbox/execute", json_body=body,
                                     headers={"Prefer": "respond-async"}))
 
@@ -341,6 +350,39 @@ class RawClient:
     def delete_thread(self, thread_id: str) -> None:
         """Delete a thread with its files, for good (a busy one: ThreadBusyError)."""
         self._http.call("DELETE", f"/v1/threads/{seg(thread_id)}")
+
+    def images(self) -> list[dict[str, Any]]:
+        """The built-in images and yours, each with its status and box defaults."""
+        return list(self._http.call("GET", "/v1/images")["images"])
+
+    def create_image(self, name: str, base: str, *, apt: list[str] | None = None,
+                     pip: list[str] | None = None, npm: list[str] | None = None,
+                     run: list[str] | None = None, env: dict[str, str] | None = None,
+                     allow: list[str] | None = None,
+                     description: str | None = None) -> dict[str, Any]:
+        """An image of yours on a built-in ``base``; its build starts now (follow it with
+        ``image_log``). Sessions name it as ``base``, executions as ``image``."""
+        return dict(self._http.call("POST", "/v1/images", json_body=image_body(
+            name, base, apt, pip, npm, run, env, allow, description)))
+
+    def get_image(self, name: str) -> dict[str, Any]:
+        return dict(self._http.call("GET", f"/v1/images/{seg(name)}"))
+
+    def image_log(self, name: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """The build's log (``{"type": "image_log", "line", "text"}``), followed while
+        it builds, then ``{"type": "image_status", "image": {...}}``, where it ends."""
+        with self._http.open("GET", f"/v1/images/{seg(name)}/log", params={"after": after},
+                             read_timeout=None) as r:
+            parser = SSEParser()
+            for line in r.iter_lines():
+                for data in parser.feed(line):
+                    event = json.loads(data)
+                    yield event
+                    if event["type"] == "image_status":
+                        return
+
+    def delete_image(self, name: str) -> None:
+        self._http.call("DELETE", f"/v1/images/{seg(name)}")
 
     def create_volume(self, name: str, size_mb: int | None = None) -> dict[str, Any]:
         """A named volume, mounted read-write at /data/<name>/ in your boxes."""

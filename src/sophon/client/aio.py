@@ -20,6 +20,7 @@ from sophon.client._common import (
     SSEParser,
     error_for,
     execute_body,
+    image_body,
     resolve,
     session_body,
     unreachable,
@@ -106,13 +107,15 @@ class AsyncClient:
                              max_budget_usd: float | None = None,
                              network: dict[str, Any] | None = None,
                              connectors: list[str] | None = None,
-                             mcp_servers: list[dict[str, Any]] | None = None
-                             ) -> SessionView:
+                             mcp_servers: list[dict[str, Any]] | None = None,
+                             limits: dict[str, Any] | None = None,
+                             disk_mb: int | None = None) -> SessionView:
         body = session_body(name, base=base, model=model, system_prompt=system_prompt,
                             template=template, clone=clone, ref=ref, runtime=runtime,
                             approval=approval, max_turns=max_turns,
                             max_budget_usd=max_budget_usd, network=network,
-                            connectors=connectors, mcp_servers=mcp_servers)
+                            connectors=connectors, mcp_servers=mcp_servers,
+                            limits=limits, disk_mb=disk_mb)
         return SessionView.model_validate(await self._json("POST", "/v1/sessions", json=body))
 
     async def list_sessions(self, limit: int | None = None, *,
@@ -332,8 +335,9 @@ class AsyncClient:
 
     async def execute(self, code: str, *, language: str = "python", timeout: int = 60,
                       thread_id: str | None = None, env_vars: dict[str, str] | None = None,
-                      metadata: dict[str, str] | None = None) -> SandboxResult:
-        body = execute_body(code, language, timeout, thread_id, env_vars, metadata)
+                      metadata: dict[str, str] | None = None,
+                      image: str | None = None) -> SandboxResult:
+        body = execute_body(code, language, timeout, thread_id, env_vars, metadata, image)
         return SandboxResult.model_validate(await self._json(
             "POST", "/v1/sandbox/execute", json=body,
             timeout=httpx.Timeout(60, read=timeout + 60)))
@@ -342,9 +346,9 @@ class AsyncClient:
                              thread_id: str | None = None,
                              env_vars: dict[str, str] | None = None,
                              metadata: dict[str, str] | None = None,
-                             ) -> AsyncIterator[dict[str, Any]]:
+                             image: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """The execution's events: status, output (stream, data), keepalive, result."""
-        body = execute_body(code, language, timeout, thread_id, env_vars, metadata)
+        body = execute_body(code, language, timeout, thread_id, env_vars, metadata, image)
         async for line in self._lines("POST", "/v1/sandbox/execute", timeout + 60, json=body,
                                       headers={"Accept": NDJSON}):
             if line:
@@ -353,8 +357,9 @@ class AsyncClient:
     async def start_execution(self, code: str, *, language: str = "python",
                               timeout: int = 60, thread_id: str | None = None,
                               env_vars: dict[str, str] | None = None,
-                              metadata: dict[str, str] | None = None) -> dict[str, Any]:
-        body = execute_body(code, language, timeout, thread_id, env_vars, metadata)
+                              metadata: dict[str, str] | None = None,
+                              image: str | None = None) -> dict[str, Any]:
+        body = execute_body(code, language, timeout, thread_id, env_vars, metadata, image)
         return dict(await self._json("POST", "/v1/sandbox/execute", json=body,
                                      headers={"Prefer": "respond-async"}))
 
@@ -370,6 +375,38 @@ class AsyncClient:
 
     async def delete_thread(self, thread_id: str) -> None:
         await self._json("DELETE", f"/v1/threads/{seg(thread_id)}")
+
+    async def images(self) -> list[dict[str, Any]]:
+        """The built-in images and yours, each with its status and box defaults."""
+        return list((await self._json("GET", "/v1/images"))["images"])
+
+    async def create_image(self, name: str, base: str, *, apt: list[str] | None = None,
+                           pip: list[str] | None = None, npm: list[str] | None = None,
+                           run: list[str] | None = None, env: dict[str, str] | None = None,
+                           allow: list[str] | None = None,
+                           description: str | None = None) -> dict[str, Any]:
+        """An image of yours on a built-in ``base``; its build starts now (follow it with
+        ``image_log``). Sessions name it as ``base``, executions as ``image``."""
+        return dict(await self._json("POST", "/v1/images", json=image_body(
+            name, base, apt, pip, npm, run, env, allow, description)))
+
+    async def get_image(self, name: str) -> dict[str, Any]:
+        return dict(await self._json("GET", f"/v1/images/{seg(name)}"))
+
+    async def image_log(self, name: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """The build's log (``{"type": "image_log", "line", "text"}``), followed while
+        it builds, then ``{"type": "image_status", "image": {...}}``, where it ends."""
+        parser = SSEParser()
+        async for line in self._lines("GET", f"/v1/images/{seg(name)}/log", None,
+                                      params={"after": after}):
+            for data in parser.feed(line):
+                event = json.loads(data)
+                yield event
+                if event["type"] == "image_status":
+                    return
+
+    async def delete_image(self, name: str) -> None:
+        await self._json("DELETE", f"/v1/images/{seg(name)}")
 
     async def create_volume(self, name: str, size_mb: int | None = None) -> dict[str, Any]:
         """A named volume, mounted read-write at /data/<name>/ in your boxes."""
