@@ -100,15 +100,56 @@ async def _builds(scratch: Path) -> dict[str, tuple[float, float]]:
 
 
 def _disk(images_dir: Path) -> list[str]:
+    from sophon.images.definitions import BUILTIN
+
     lines = []
-    for info_file in sorted(images_dir.glob("*/image.json")):
+    for definition in BUILTIN.values():
+        info_file = images_dir / definition.digest / "image.json"
+        if definition.unavailable or not info_file.is_file():
+            continue
         info = json.loads(info_file.read_text())
         packed = (info_file.parent / "image.sqfs").stat().st_size
         lines.append(f"{info['name']}: {packed / 2**20:.0f} MiB on disk (squashfs, lz4), "
                      f"{info['size_bytes'] / 2**20:.0f} MiB unpacked, built in "
                      f"{info.get('build_seconds', '?')} s")
-    lines.append("shared blocks: none; each image is a file of its own (a base's image "
-                 "holds the generic one's packages again)")
+    lines += _shared_files(images_dir)
+    return lines
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Each regular file under ``root``: (size, mtime). Files unpacked from the same
+    Debian package are the same path, size and mtime."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if st.st_mode & 0o170000 == 0o100000:
+                out[os.path.relpath(path, root)] = (st.st_size, int(st.st_mtime))
+    return out
+
+
+def _shared_files(images_dir: Path) -> list[str]:
+    """Shared blocks: none (each image is a squashfs file of its own). What sharing
+    would save: the bytes of each image's files that the generic image holds too."""
+    from sophon.images.definitions import BUILTIN
+
+    roots = {name: images_dir / d.digest / "mnt" for name, d in BUILTIN.items()
+             if not d.unavailable and (images_dir / d.digest / "mnt" / "usr").is_dir()}
+    if "generic" not in roots:
+        return ["shared blocks: none (each image a file of its own); generic not mounted"]
+    generic = _files(roots["generic"])
+    lines = []
+    for name, root in roots.items():
+        if name == "generic":
+            continue
+        files = _files(root)
+        same = sum(size for path, (size, mtime) in files.items()
+                   if generic.get(path) == (size, mtime))
+        total = sum(size for size, _ in files.values())
+        lines.append(f"shared blocks: none; {name} holds {same / 2**20:.0f} MiB of files "
+                     f"identical to generic's (of its {total / 2**20:.0f} MiB): what a "
+                     "layered store would keep once")
     return lines
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator
 
 import httpx
@@ -16,6 +17,8 @@ import pytest
 
 from sophon.client import Client
 from sophon.config import Settings
+from sophon.images.definitions import BUILTIN
+from sophon.images.store import ImageStore
 from tests.conftest import LiveServer, make_data_dir
 from tests.integration.egress_hosts import HOST, WHEEL_MODULE, WHEEL_PROJECT, PackageIndex
 from tests.integration.session_support import sh, user
@@ -41,7 +44,18 @@ def server(index: PackageIndex) -> Iterator[LiveServer]:
         "SOPHON_USER_MAX_IMAGES": str(MAX_IMAGES)}).start()
     yield srv
     srv.stop()
+    forget_images(srv)
     shutil.rmtree(srv.data_dir, ignore_errors=True)
+
+
+def forget_images(srv: LiveServer) -> None:
+    """The images this module's users made, gone from the machine's image store (their
+    digests name this run's index port: no other run has them)."""
+    with sqlite3.connect(srv.data_dir / "sophon.db") as db:
+        digests = {d for (d,) in db.execute("SELECT digest FROM images")}
+    store = ImageStore(Settings().images_dir)
+    for digest in digests - {d.digest for d in BUILTIN.values()}:
+        store.remove_digest(digest)
 
 
 @pytest.fixture(scope="module")
