@@ -464,6 +464,30 @@ def test_the_form_offers_only_what_the_server_can_run(page, server: LiveServer,
         expect(option).to_be_disabled()
 
 
+def test_the_form_offers_the_users_own_images(page, server: LiveServer, key: str) -> None:
+    client = api(server, key)
+    # Nothing added to generic: the same digest as generic's image, so ready at once.
+    made = client.post("/v1/images", json={"name": "my-shell", "from": "generic",
+                                           "description": "generic, my way"})
+    if made.status_code == 400 and "images are off" in made.text:
+        pytest.skip("this server has no images")
+    assert made.status_code == 202, made.text
+    sign_in(page, server, key)
+    page.get_by_role("button", name="New session").click()
+    option = page.locator('label:has-text("Base") optgroup[label="Your images"] '
+                          'option[value="my-shell"]')
+    expect(option).to_contain_text("generic, my way")
+    expect(option).to_be_enabled()
+    page.get_by_label("Name").fill("on-my-image")
+    page.get_by_label("Base").select_option("my-shell")
+    page.get_by_role("button", name="Create session").click()
+    page.wait_for_url("**/sessions/ses_*")
+    sid = page.url.rsplit("/", 1)[-1]
+    view = client.get(f"/v1/sessions/{sid}").json()
+    assert (view["base"], view["image_name"]) == ("generic", "my-shell"), view
+    client.close()
+
+
 def test_the_create_button_is_in_sight_on_a_900_px_high_window(page, server: LiveServer,
                                                                 key: str) -> None:
     page.set_viewport_size({"width": 1280, "height": 900})

@@ -120,6 +120,18 @@ export interface Capabilities {
 /** What this server offers (bases, runtimes, models), and why not the rest. */
 export const capabilities = () => request<Capabilities>("/v1/capabilities");
 
+export interface ImageInfo {
+  name: string;
+  description: string;
+  status: string; // ready | building | not built | failed | unavailable
+  builtin: boolean;
+  base: string | null;
+  reason: string | null;
+}
+
+/** The built-in images and the user's own (POST /v1/images). */
+export const images = () => request<{ images: ImageInfo[] }>("/v1/images");
+
 export const sessionPath = (id: string) => `/v1/sessions/${encodeURIComponent(id)}`;
 
 export function filePath(id: string, path: string): string {

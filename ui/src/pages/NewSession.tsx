@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState, type FormEvent } from "react";
-import { capabilities, sessions as api, type Capabilities, type Capability } from "../api";
+import { capabilities, images, sessions as api, type Capabilities, type Capability, type ImageInfo } from "../api";
 import { parseMcpServers } from "../session/mcpServers";
 import { NetworkFields, parseHosts, type NetworkDraft } from "../session/NetworkFields";
 import type { SessionView } from "../types";
@@ -46,6 +46,7 @@ export function NewSessionDialog(props: {
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const [caps, setCaps] = useState<Capabilities | null>(null);
+  const [ownImages, setOwnImages] = useState<ImageInfo[]>([]);
 
   useEffect(() => {
     const d = dialog.current!;
@@ -56,6 +57,8 @@ export function NewSessionDialog(props: {
   useEffect(() => {
     // What this server can run: the rest is shown, disabled, with the reason.
     capabilities().then(setCaps, () => setCaps(null));
+    // The user's own images (a server without images lists none).
+    images().then((r) => setOwnImages(r.images.filter((i) => !i.builtin)), () => setOwnImages([]));
   }, []);
   const offered = (list: Capability[] | undefined, name: string) => list?.find((c) => c.name === name);
 
@@ -141,6 +144,15 @@ export function NewSessionDialog(props: {
                   </option>
                 );
               })}
+              {ownImages.length > 0 && (
+                <optgroup label="Your images">
+                  {ownImages.map((i) => (
+                    <option key={i.name} value={i.name} disabled={i.status !== "ready"} title={i.reason ?? i.status}>
+                      {`${i.name}: ${i.description}` + (i.status === "ready" ? "" : ` (${i.status})`)}
+                    </option>
+                  ))}
+                </optgroup>
+              )}
             </select>
           </label>
         </div>
