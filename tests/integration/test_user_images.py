@@ -20,7 +20,14 @@ from sophon.config import Settings
 from sophon.images.definitions import BUILTIN
 from sophon.images.store import ImageStore
 from tests.conftest import LiveServer, make_data_dir
-from tests.integration.egress_hosts import HOST, WHEEL_MODULE, WHEEL_PROJECT, PackageIndex
+from tests.integration.egress_hosts import (
+    HOST,
+    NPM_PACKAGE,
+    WHEEL_MODULE,
+    WHEEL_PROJECT,
+    NpmRegistry,
+    PackageIndex,
+)
 from tests.integration.session_support import sh, user
 
 pytestmark = pytest.mark.skipif(
@@ -38,9 +45,16 @@ def index() -> Iterator[PackageIndex]:
 
 
 @pytest.fixture(scope="module")
-def server(index: PackageIndex) -> Iterator[LiveServer]:
+def npm() -> Iterator[NpmRegistry]:
+    registry = NpmRegistry()
+    yield registry
+    registry.close()
+
+
+@pytest.fixture(scope="module")
+def server(index: PackageIndex, npm: NpmRegistry) -> Iterator[LiveServer]:
     srv = LiveServer(make_data_dir(), env={
-        "SOPHON_EGRESS_ALLOW_PRIVATE": index.addr,
+        "SOPHON_EGRESS_ALLOW_PRIVATE": f"{index.addr},{npm.addr}",
         "SOPHON_USER_MAX_IMAGES": str(MAX_IMAGES)}).start()
     yield srv
     srv.stop()
@@ -90,9 +104,14 @@ def follow(http: httpx.Client, name: str, after: int = 0) -> tuple[list[str], di
 
 
 @pytest.fixture(scope="module")
-def tools(http: httpx.Client, index: PackageIndex) -> dict:
+def tools(http: httpx.Client, index: PackageIndex, npm: NpmRegistry) -> dict:
     r = http.post("/v1/images", json=define(index))
     assert r.status_code == 202, r.text
+    # Built meanwhile: a node image with an npm package from the local registry.
+    node = http.post("/v1/images", json={
+        "name": "node-tools", "from": "node", "npm": [NPM_PACKAGE],
+        "env": {"NPM_CONFIG_REGISTRY": f"{npm.url}/"}, "allow": [npm.addr]})
+    assert node.status_code == 202, node.text
     assert r.json()["status"] == "building" and r.json()["builtin"] is False
     lines, image = follow(http, "tools")
     assert image["status"] == "ready", (image, lines[-20:])
@@ -123,6 +142,18 @@ def test_a_user_image_builds_with_apt_pip_and_run_steps_and_a_session_uses_it(
     assert out.splitlines()[:3] == [f"{root} -rwxr-xr-x", f"{root} -rw-r--r--",
                                     f"{root} -rwxr-xr-x"], out
     assert "Read-only file system" in out, out
+
+
+def test_a_node_image_has_the_npm_package_installed_globally(
+        http: httpx.Client, tools: dict) -> None:
+    lines, image = follow(http, "node-tools")
+    assert image["status"] == "ready", (image, lines[-20:])
+    r = http.post("/v1/sandbox/execute", json={
+        "code": "ls /usr/local/lib/node_modules; NODE_PATH=/usr/local/lib/node_modules "
+                f"node -e \"console.log(require('{NPM_PACKAGE}').answer)\"",
+        "language": "bash", "image": "node-tools"})
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == f"{NPM_PACKAGE}\n42\n", r.text
 
 
 def test_an_execute_thread_names_the_image_and_keeps_it(

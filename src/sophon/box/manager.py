@@ -42,6 +42,10 @@ WAKE_CLAIM_SECONDS = 120.0
 # and what the server keeps for its own connections and database: a start with fewer
 # left is refused up front, instead of failing half-way with EMFILE.
 FD_RESERVE = 64
+# Background box work (a one-off's clean-up, the pool's refill) waits until no request
+# has asked for a box in QUIET_SECONDS, but never longer than QUIET_WAIT_SECONDS.
+QUIET_SECONDS = 0.05
+QUIET_WAIT_SECONDS = 1.0
 
 
 def cgroup_name(data_dir: Path) -> str:
@@ -138,6 +142,9 @@ class BoxManager:
         self._pool: list[str] = []
         self._detaching: set[asyncio.Task[None]] = set()
         self._discarding: set[asyncio.Task[None]] = set()
+        self._last_asked = 0.0  # when a request last asked for a box (see _quiet)
+        self._filling: set[str] = set()  # the boxes the pool is starting
+        self._closing = False
         self._refill: asyncio.Task[None] | None = None
         # Admission (see _admission): starts in progress, and the line they wait in.
         self._starting_mb = 0  # the memory limits of the boxes starting now
@@ -232,6 +239,7 @@ class BoxManager:
         self._top_up()
 
     async def close(self) -> None:
+        self._closing = True  # clean-ups waiting for quiet go now
         for task in (self._reaper, self._refill):
             if task is not None:
                 task.cancel()
@@ -273,7 +281,21 @@ class BoxManager:
         self._discarding.add(task)
         task.add_done_callback(self._discarding.discard)
 
+    async def _quiet(self) -> None:
+        """Until no box has been asked for in QUIET_SECONDS (at most QUIET_WAIT_SECONDS):
+        background box work (a one-off's clean-up, the pool's refill) then competes for
+        the CPU with no request's, e.g. the warm exec a client sends right after a
+        one-off's answer."""
+        waited_until = time.monotonic() + QUIET_WAIT_SECONDS
+        while not self._closing:
+            now = time.monotonic()
+            quiet_at = self._last_asked + QUIET_SECONDS
+            if now >= quiet_at or now >= waited_until:
+                return
+            await asyncio.sleep(min(quiet_at, waited_until) - now)
+
     async def _discard(self, box_id: str) -> None:
+        await self._quiet()
         try:
             await self.destroy(box_id)
         except Exception:
@@ -291,9 +313,11 @@ class BoxManager:
 
     async def _fill_pool(self) -> None:
         while len(self._pool) < self.settings.box_pool_size:
+            await self._quiet()
             if self._room() < 2:  # a pooled box never takes a request's last place
                 return
             box_id = ids.new_id(ids.Kind.EXECUTION)
+            self._filling.add(box_id)
             try:
                 box = await self.get(box_id)
             except asyncio.CancelledError:  # the server is stopping: leave nothing behind
@@ -307,6 +331,8 @@ class BoxManager:
                 log.exception("could not start a box for the pool")
                 await self.destroy(box_id)
                 return
+            finally:
+                self._filling.discard(box_id)
             box.leases += 1  # the pool holds it, so the idle reaper leaves it alone
             self._pool.append(box_id)
 
@@ -379,7 +405,9 @@ class BoxManager:
         ``disk_mb`` only if it makes the box's disk (default ``SOPHON_BOX_DISK_MB``).
         ``volumes`` (None: whatever the box has) are the volume mounts the box must have:
         a running box with other mounts is stopped and started again with these."""
-        self._attended[box_id] = time.monotonic()
+        self._attended[box_id] = now = time.monotonic()
+        if box_id not in self._filling:  # a request's, not the pool's own start
+            self._last_asked = now
         box = self.running(box_id)
         if box is not None and (volumes is None or self._mounts.get(box_id, ()) == volumes):
             return box
