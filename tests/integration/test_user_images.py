@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sqlite3
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -19,7 +20,7 @@ from sophon.client import Client
 from sophon.config import Settings
 from sophon.images.definitions import BUILTIN
 from sophon.images.store import ImageStore
-from tests.conftest import LiveServer, make_data_dir
+from tests.conftest import LiveServer, make_data_dir, wait_for
 from tests.integration.egress_hosts import (
     HOST,
     NPM_PACKAGE,
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.skipif(
     reason="images need root and mmdebstrap (make test installs them)")
 
 MAX_IMAGES = 4
+MAX_IMAGE_MB = 600  # the python and node images are about 450 MiB
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,8 @@ def npm() -> Iterator[NpmRegistry]:
 def server(index: PackageIndex, npm: NpmRegistry) -> Iterator[LiveServer]:
     srv = LiveServer(make_data_dir(), env={
         "SOPHON_EGRESS_ALLOW_PRIVATE": f"{index.addr},{npm.addr}",
-        "SOPHON_USER_MAX_IMAGES": str(MAX_IMAGES)}).start()
+        "SOPHON_USER_MAX_IMAGES": str(MAX_IMAGES),
+        "SOPHON_IMAGE_MAX_MB": str(MAX_IMAGE_MB)}).start()
     yield srv
     srv.stop()
     forget_images(srv)
@@ -104,7 +107,8 @@ def follow(http: httpx.Client, name: str, after: int = 0) -> tuple[list[str], di
 
 
 @pytest.fixture(scope="module")
-def tools(http: httpx.Client, index: PackageIndex, npm: NpmRegistry) -> dict:
+def tools(http: httpx.Client, index: PackageIndex, npm: NpmRegistry,
+          failing: httpx.Client) -> dict:
     r = http.post("/v1/images", json=define(index))
     assert r.status_code == 202, r.text
     # Built meanwhile: a node image with an npm package from the local registry.
@@ -190,7 +194,10 @@ def test_an_image_in_use_is_not_deleted_and_one_not_in_use_is(
     # An image nothing uses goes, with its files (no other user has the same one). Made
     # and followed with the SDK here.
     with Client(server.url, http.headers["Authorization"].removeprefix("Bearer ")) as sdk:
-        assert sdk.create_image("spare", "generic", apt=["tree"])["status"] == "building"
+        # (a step naming this run: a digest no other run has)
+        made = sdk.create_image("spare", "generic", apt=["tree"],
+                                run=[f"echo {uuid.uuid4().hex} > /etc/spare-id"])
+        assert made["status"] == "building", made
         events = list(sdk.image_log("spare"))
         spare = events[-1]["image"]
         assert [e["type"] for e in events[-2:]] == ["image_log", "image_status"]
@@ -201,7 +208,15 @@ def test_an_image_in_use_is_not_deleted_and_one_not_in_use_is(
     assert (images_dir / spare["digest"]).is_dir()
     assert http.delete("/v1/images/spare").status_code == 204
     assert http.get("/v1/images/spare").status_code == 404
-    assert not (images_dir / spare["digest"]).exists()
+    # Its files go once the one-off's box on it is gone too.
+    wait_for(lambda: not (images_dir / spare["digest"]).exists(), 30, 0.2,
+             "the deleted image's files to go")
+    # An image with nothing added is the built-in one: deleting it leaves that alone.
+    same = http.post("/v1/images", json={"name": "same-as-generic", "from": "generic"})
+    assert same.json()["digest"] == BUILTIN["generic"].digest, same.text
+    assert same.json()["status"] == "ready", same.text
+    assert http.delete("/v1/images/same-as-generic").status_code == 204
+    assert http.get("/v1/images/generic").json()["status"] == "ready"
 
 
 def test_bad_definitions_are_refused_with_the_reason(http: httpx.Client,
@@ -228,8 +243,10 @@ def test_bad_definitions_are_refused_with_the_reason(http: httpx.Client,
     assert bad.status_code == 400 and "no-such-image" in bad.json()["message"], bad.text
 
 
-def test_failing_builds_keep_their_log_and_nothing_half_built_is_used(
-        server: LiveServer, index: PackageIndex) -> None:
+@pytest.fixture(scope="module")
+def failing(server: LiveServer, index: PackageIndex) -> Iterator[httpx.Client]:
+    """Another user, with three images whose builds fail (started at once, so that they
+    build while the module's other builds do)."""
     with user(server) as http:
         http.post("/v1/images", json={"name": "no-such-package", "from": "generic",
                                       "apt": ["sophon-no-such-package"]})
@@ -237,22 +254,34 @@ def test_failing_builds_keep_their_log_and_nothing_half_built_is_used(
         # is open on this server, but not on this image's list.
         http.post("/v1/images", json={"name": "bad-step", "from": "generic", "run": [
             "echo about to fail", f"curl -sS --fail-with-body {index.url}/simple/"]})
-        lines, image = follow(http, "no-such-package")
-        assert image["status"] == "failed", image
-        assert "sophon-no-such-package" in image["reason"], image
-        assert any("sophon-no-such-package" in line for line in lines)
-        lines, image = follow(http, "bad-step")
-        assert image["status"] == "failed", image
-        assert "step 2 (curl" in image["reason"] and "exit code 22" in image["reason"], image
-        assert "about to fail" in lines, lines[-10:]
-        assert any("not on" in line and HOST in line for line in lines), lines[-4:]
-        assert not (Settings().images_dir / image["digest"]).exists()
-        r = http.post("/v1/sessions", json={"name": "x", "base": "bad-step",
-                                            "starter": {"type": "empty"}})
-        assert r.status_code == 400 and "failed to build" in r.json()["message"], r.text
-        # The log can be read again later, from any line.
-        again, _ = follow(http, "bad-step", after=len(lines) - 2)
-        assert again == lines[-2:]
+        http.post("/v1/images", json={"name": "too-big", "from": "generic",
+                                      "run": ["head -c 450M /dev/zero > /usr/big"]})
+        yield http
+
+
+def test_failing_builds_keep_their_log_and_nothing_half_built_is_used(
+        failing: httpx.Client) -> None:
+    http = failing
+    lines, image = follow(http, "no-such-package")
+    assert image["status"] == "failed", image
+    assert "sophon-no-such-package" in image["reason"], image
+    assert any("sophon-no-such-package" in line for line in lines)
+    lines, image = follow(http, "bad-step")
+    assert image["status"] == "failed", image
+    assert "step 2 (curl" in image["reason"] and "exit code 22" in image["reason"], image
+    assert "about to fail" in lines, lines[-10:]
+    assert any("not on" in line and HOST in line for line in lines), lines[-4:]
+    assert not (Settings().images_dir / image["digest"]).exists()
+    _, image = follow(http, "too-big")
+    assert image["status"] == "failed", image
+    assert f"over this server's limit of {MAX_IMAGE_MB} MiB" in image["reason"], image
+    assert not (Settings().images_dir / image["digest"]).exists()
+    r = http.post("/v1/sessions", json={"name": "x", "base": "bad-step",
+                                        "starter": {"type": "empty"}})
+    assert r.status_code == 400 and "failed to build" in r.json()["message"], r.text
+    # The log can be read again later, from any line.
+    again, _ = follow(http, "bad-step", after=len(lines) - 2)
+    assert again == lines[-2:]
 
 
 def test_the_same_definition_is_built_once_for_two_users_and_quotas_hold(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sophon.box import ids
 from sophon.box.box import Box, ExecOutcome
-from sophon.box.bwrap import BASE_ENV
+from sophon.box.bwrap import BASE_ENV, HOME
 from sophon.box.manager import BoxManager
 from sophon.errors import SophonError
 from sophon.images.sizing import Size
@@ -25,9 +25,11 @@ from sophon.images.sizing import Size
 STEP_OUTPUT_CAP = 4 * 1024 * 1024
 # What every step sees (before the door's proxy settings and the image's own env): no
 # pip or npm chatter a log does not need, no bytecode of the build's own runs.
+# Temporary files on the build box's disk, not its small /tmp (a wheel's build, npm's).
+BUILD_TMP = f"{HOME}/.build-tmp"
 BUILD_ENV = {**BASE_ENV, "TERM": "dumb", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
              "PIP_PROGRESS_BAR": "off", "npm_config_update_notifier": "false",
-             "DEBIAN_FRONTEND": "noninteractive"}
+             "DEBIAN_FRONTEND": "noninteractive", "TMPDIR": BUILD_TMP}
 
 
 class BuildStepFailed(SophonError):
@@ -63,7 +65,8 @@ async def run_steps(boxes: BoxManager, root: Path, steps: list[str], *, user_id:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise BuildStepFailed(f"the build ran out of time before step {n}")
-                outcome = await _run(box, step, env, left, progress)
+                outcome = await _run(box, f"mkdir -p {BUILD_TMP} && {{\n{step}\n}}", env,
+                                     left, progress)
                 if outcome.timed_out:
                     raise BuildStepFailed(f"step {n} ({step}) was still running when the "
                                           "build's time ran out, and was stopped")

@@ -35,6 +35,13 @@ from sophon.users import Principal
 
 log = logging.getLogger("sophon.images")
 
+# A built-in's digest is never removed with a user's image (one with nothing added is
+# the same image).
+BUILTIN_DIGESTS = frozenset(d.digest for d in BUILTIN.values())
+# A deleted image's files wait for the boxes on it to go (a one-off's, being deleted).
+REMOVE_WAIT_SECONDS = 0.5
+REMOVE_WAIT_ROUNDS = 120
+
 
 def definition_of(row: ImageRow) -> ImageDef:
     spec = row.spec
@@ -104,7 +111,9 @@ class ImageService:
         return self._view(row, store)
 
     def _start_build(self, row: ImageRow) -> None:
-        task = asyncio.create_task(self._build(row.id), name=f"image-{row.id}")
+        self._track(asyncio.create_task(self._build(row.id), name=f"image-{row.id}"))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -255,7 +264,7 @@ class ImageService:
             row = (await db.execute(select(ImageRow).where(
                 ImageRow.user_id == user_id, ImageRow.name == name))).scalar_one_or_none()
         if row is None:
-            raise BadRequest(f"unknown image {name!r}: the built-in ones are "
+            raise BadRequest(f"unknown base or image {name!r}: the built-in ones are "
                              f"{', '.join(BUILTIN)}; yours are listed by GET /v1/images")
         if row.status == "failed":
             raise BadRequest(f"image {name!r} failed to build ({row.error}); delete it and "
@@ -286,10 +295,27 @@ class ImageService:
                 await db.commit()
             others = await db.scalar(select(func.count()).select_from(ImageRow)
                                      .where(ImageRow.digest == row.digest))
+        if not others and row.digest not in BUILTIN_DIGESTS:
+            self._track(asyncio.create_task(self._remove_when_unused(row.digest),
+                                            name=f"image-remove-{row.digest[:12]}"))
+
+    async def _remove_when_unused(self, digest: str) -> None:
+        """The image's files, once no box uses it (a one-off's box may still be going
+        away) and no image of any user here is the same again; after a while, left for
+        the next delete."""
         store = self.boxes.images
-        if store is not None and not others and not store.building(row.digest) \
-                and not boxes_on_image(self.settings.boxes_dir, row.digest):
-            await asyncio.to_thread(store.remove_digest, row.digest)
+        for _ in range(REMOVE_WAIT_ROUNDS):
+            if store is None or store.building(digest):
+                return
+            if not await asyncio.to_thread(boxes_on_image, self.settings.boxes_dir, digest):
+                async with self._db() as db:
+                    again = await db.scalar(select(func.count()).select_from(ImageRow)
+                                            .where(ImageRow.digest == digest))
+                if not again:
+                    await asyncio.to_thread(store.remove_digest, digest)
+                return
+            await asyncio.sleep(REMOVE_WAIT_SECONDS)
+        log.info("image %s stays on disk: boxes still run on it", digest[:12])
 
     async def _users(self, user_id: str, digest: str) -> list[str]:
         """The user's sessions (by id and name) and threads on image ``digest``."""
