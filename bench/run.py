@@ -66,7 +66,7 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
     "checkpoints": (bench_checkpoints.run, {"files": 200, "calls": 4, "checkpoints": 10,
                                             "samples": 3}),
     "images": (bench_images.run, {"samples": 5, "cold": False}),
-    "after_oneoff": (bench_after_oneoff.run, {"pairs": 5, "warmup": 2}),
+    "after_oneoff": (bench_after_oneoff.run, {"pairs": 3, "warmup": 1, "pause": 0.3}),
     "soak": (bench_soak.run, {"minutes": 0.5, "sessions": 3, "rate": 4.0, "window": 10.0}),
 }
 
