@@ -8,6 +8,7 @@ scripted model (tests/e2e/conftest.py). Each test has its own user and config di
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -52,6 +53,34 @@ def test_sandbox_exec(env: dict[str, str]) -> None:
     assert (r.returncode, r.stdout) == (7, "partial\n"), r.stderr
     r = sophon(env, "sandbox", "exec", "--language", "python", "raise SystemExit(4)")
     assert r.returncode == 4, r.stderr
+
+
+def test_images_from_the_cli(env: dict[str, str], server: LiveServer, key: str) -> None:
+    """`new --base` names an image of the user's, `--memory-mb` and the rest size the
+    box, and `sandbox exec --image` runs on an image."""
+    if os.geteuid() != 0 or not shutil.which("mmdebstrap"):
+        pytest.skip("images need a root server and mmdebstrap")
+    api = Client(server.url, key)
+    # Nothing added to generic: the same image as generic's, so ready at once.
+    made = api._http.call("POST", "/v1/images", json_body={"name": "cli-shell",
+                                                           "from": "generic"})
+    assert made["status"] == "ready", made
+    r = sophon(env, "claude-code", "new", "--name", "sized", "--base", "cli-shell",
+               "--memory-mb", "300", "--pids", "100")
+    assert r.returncode == 0, r.stderr
+    s = session(env, r.stdout.strip())
+    assert (s["base"], s["image_name"]) == ("generic", "cli-shell"), s
+    assert s["limits"] == {"memory_mb": 300, "cpus": 1.0, "pids": 100}, s
+    assert_one_line_error(sophon(env, "claude-code", "new", "--name", "x", "--base",
+                                 "no-such-image"), "unknown base", "no-such-image")
+    assert_one_line_error(sophon(env, "claude-code", "new", "--name", "x",
+                                 "--memory-mb", "999999"), "SOPHON_BOX_MEMORY_MAX_MB")
+    r = sophon(env, "sandbox", "exec", "--image", "cli-shell", "grep -c bookworm "
+                                                                 "/etc/os-release")
+    assert r.returncode == 0 and int(r.stdout) >= 1, (r.stdout, r.stderr)
+    assert_one_line_error(sophon(env, "sandbox", "exec", "--image", "nope", "true"),
+                          "nope")
+    api.close()
 
 
 # --- 2. creating sessions: every option of `new` --------------------------------------------

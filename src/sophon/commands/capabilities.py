@@ -45,6 +45,13 @@ def capabilities(as_json: Annotated[bool, typer.Option(
                + f"; the execution API's threads: {caps['execute_network']}")
 
 
+def _own_image(c: Any, name: str) -> bool:
+    try:
+        return any(i["name"] == name and not i.get("builtin", True) for i in c.images())
+    except Exception:  # an older server without /v1/images
+        return False
+
+
 def check_offered(c: Any, base: str, runtime: str) -> None:
     """Refuse, as a usage error, a base or runtime the server says it cannot run, naming
     what it can. A server without /v1/capabilities is left to answer for itself."""
@@ -58,6 +65,8 @@ def check_offered(c: Any, base: str, runtime: str) -> None:
                                  ("runtime", runtime, caps["runtimes"])):
         found = next((o for o in offered if o["name"] == value), None)
         usable = [o["name"] for o in offered if o["available"]]
+        if found is None and kind == "base" and _own_image(c, value):
+            continue  # one of the user's images: the server says if it cannot be used
         if found is None:
             raise fail(f"unknown {kind} {value!r}; this server offers: {', '.join(usable)}", 2)
         if not found["available"]:

@@ -75,7 +75,7 @@ def new(
     name: Annotated[str, typer.Option(help="A name for the session.")],
     base: Annotated[str, typer.Option(
         help="python | node | dotnet | generic (`sophon capabilities`: what this server "
-             "runs)")] = "generic",
+             "runs), or an image of yours (POST /v1/images)")] = "generic",
     model: Annotated[str, typer.Option(help="opus | sonnet | haiku, or a model id")] = "sonnet",
     system_prompt: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Extra instructions, or @FILE to read them from a file.")] = None,
@@ -102,6 +102,15 @@ def new(
         help="An MCP server whose tools the agent gets (as mcp__NAME__TOOL, asked about "
              "before each use): a command run in the sandbox, e.g. --mcp 'docs=python3 "
              "docs_server.py', or an http(s) URL. Repeat for more.")] = None,
+    memory_mb: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="The sandbox's memory limit in MiB instead of its base's default (at most "
+             "the server's ceiling).")] = None,
+    cpus: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="CPUs instead of the base's default.")] = None,
+    pids: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Processes at most, instead of the base's default.")] = None,
+    disk_mb: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="The disk quota of the project and home in MiB.")] = None,
 ) -> None:
     """Create a session and print its id.
 
@@ -131,10 +140,13 @@ def new(
 
     c = client()
     check_offered(c, base, runtime)
+    limits = {k: v for k, v in (("memory_mb", memory_mb), ("cpus", cpus), ("pids", pids))
+              if v is not None} or None
     s = c.create_session(name, base=base, model=model, system_prompt=system_prompt,
                          template=template, clone=clone, ref=ref, runtime=runtime,
                          network=network, mcp_servers=servers,
-                         connectors=list(dict.fromkeys(connector)) if connector else None)
+                         connectors=list(dict.fromkeys(connector)) if connector else None,
+                         limits=limits, disk_mb=disk_mb)
     typer.echo(s["id"])
 
 

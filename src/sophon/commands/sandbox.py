@@ -22,6 +22,9 @@ def exec_(
         help="A thread id: files persist between calls.")] = None,
     language: Annotated[str, typer.Option(help="bash | python | node")] = "bash",
     timeout: Annotated[int, typer.Option(help="Seconds (1-3600).")] = 60,
+    image: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="The image to run on: a built-in one or yours (a thread keeps the image it "
+             "was made with).")] = None,
 ) -> None:
     """Run code in a sandbox, streaming its output; exits with its exit code.
 
@@ -31,7 +34,7 @@ def exec_(
         code = sys.stdin.read()
     exit_code = 1
     for ev in client().execute_stream(code, language=language, timeout=timeout,
-                                      thread_id=thread):
+                                      thread_id=thread, image=image):
         if ev["type"] == "output":
             out = sys.stdout if ev["stream"] == "stdout" else sys.stderr
             out.write(ev["data"])
