@@ -60,7 +60,7 @@ class ImageDef:
 
 
 BUILTIN: dict[str, ImageDef] = {d.name: d for d in (
-    ImageDef("generic", "bash, coreutils, git, curl, less, procps", GENERIC),
+    ImageDef("generic", "bash, coreutils, git, curl, wget, less, procps", GENERIC),
     ImageDef("python", "python3 with pip, venv, pytest and requests, gcc and the headers "
              "for wheels",
              (*GENERIC, "python3-pip", "python3-venv", "python3-pytest", "python3-requests",
