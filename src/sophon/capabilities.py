@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from sophon.config import Settings
 from sophon.egress.policy import BASE_ALLOW
+from sophon.images import sizing
 from sophon.images.store import ImageStore
 from sophon.sessions.profiles import PROFILES, describe
 
@@ -19,6 +20,9 @@ class BaseCapability(BaseModel):
     available: bool
     reason: str | None = Field(None, description="Why it is not available")
     network: list[str] = Field(description="Hosts its sessions reach without asking")
+    limits: dict[str, int | float] = Field(default_factory=dict, description=(
+        "What its sessions' boxes get unless they ask otherwise: memory_mb, cpus, pids, "
+        "disk_mb"))
 
 
 class RuntimeCapability(BaseModel):
@@ -38,6 +42,10 @@ class Limits(BaseModel):
     pids: int
     disk_mb: int = Field(description="A session's disk unless it asks for more")
     disk_max_mb: int = Field(description="The most a session may ask for (`disk_mb`)")
+    memory_max_mb: int = Field(0, description="The most a session may ask for "
+                                              "(`limits.memory_mb`)")
+    cpus_max: float = Field(0, description="... for `limits.cpus`")
+    pids_max: int = Field(0, description="... for `limits.pids`")
 
 
 class Capabilities(BaseModel):
@@ -58,7 +66,8 @@ def capabilities(settings: Settings, claude_code_missing: str | None,
         description, reason = describe(name, images)
         bases.append(BaseCapability(
             name=name, description=description, available=reason is None, reason=reason,
-            network=list(BASE_ALLOW.get(name, ()))))
+            network=list(BASE_ALLOW.get(name, ())),
+            limits=sizing.defaults(settings, name).as_dict()))
     runtimes = [
         RuntimeCapability(name="native", available=True),
         RuntimeCapability(name="claude-code", available=claude_code_missing is None,
@@ -66,9 +75,10 @@ def capabilities(settings: Settings, claude_code_missing: str | None,
     ]
     models = [ModelCapability(name=alias, id=model)
               for alias, model in settings.models.model_aliases.items()]
-    limits = settings.limits
+    limits, top = settings.limits, sizing.ceilings(settings)
     return Capabilities(
         bases=bases, runtimes=runtimes, models=models,
         execute_network=settings.egress_execute,
         limits=Limits(memory_mb=limits.memory_mb, cpus=limits.cpus, pids=limits.pids,
-                      disk_mb=settings.box_disk_mb, disk_max_mb=settings.disk_max_mb))
+                      disk_mb=settings.box_disk_mb, disk_max_mb=top.disk_mb,
+                      memory_max_mb=top.memory_mb, cpus_max=top.cpus, pids_max=top.pids))

@@ -480,11 +480,19 @@ def test_the_form_offers_the_users_own_images(page, server: LiveServer, key: str
     expect(option).to_be_enabled()
     page.get_by_label("Name").fill("on-my-image")
     page.get_by_label("Base").select_option("my-shell")
+    # The box's size: the image's defaults as placeholders, and what is asked instead.
+    caps = client.get("/v1/capabilities").json()
+    generic = next(b for b in caps["bases"] if b["name"] == "generic")
+    memory = page.get_by_label("Memory (MiB)")
+    expect(memory).to_have_attribute("placeholder", str(generic["limits"]["memory_mb"]))
+    expect(memory).to_have_attribute("max", str(caps["limits"]["memory_max_mb"]))
+    memory.fill("300")
     page.get_by_role("button", name="Create session").click()
     page.wait_for_url("**/sessions/ses_*")
     sid = page.url.rsplit("/", 1)[-1]
     view = client.get(f"/v1/sessions/{sid}").json()
     assert (view["base"], view["image_name"]) == ("generic", "my-shell"), view
+    assert view["limits"]["memory_mb"] == 300, view
     client.close()
 
 

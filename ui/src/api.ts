@@ -111,10 +111,18 @@ export interface Capability {
   reason: string | null;
 }
 
+export interface BoxLimits {
+  memory_mb: number;
+  cpus: number;
+  pids: number;
+  disk_mb: number;
+}
+
 export interface Capabilities {
-  bases: (Capability & { description: string; network: string[] })[];
+  bases: (Capability & { description: string; network: string[]; limits?: BoxLimits })[];
   runtimes: Capability[];
   models: { name: string; id: string }[];
+  limits?: { memory_max_mb?: number; cpus_max?: number; pids_max?: number; disk_max_mb?: number };
 }
 
 /** What this server offers (bases, runtimes, models), and why not the rest. */
@@ -127,6 +135,7 @@ export interface ImageInfo {
   builtin: boolean;
   base: string | null;
   reason: string | null;
+  limits?: BoxLimits | null;
 }
 
 /** The built-in images and the user's own (POST /v1/images). */

@@ -56,7 +56,7 @@ class ImageView(BaseModel):
     allow: list[str] = []
     created_at: str | None = None
     # What a box on it gets unless its session asks otherwise (images/sizing.py).
-    limits: dict[str, float] | None = None
+    limits: dict[str, int | float] | None = None
 
 
 @dataclass

@@ -40,6 +40,9 @@ export function NewSessionDialog(props: {
   const [maxTurns, setMaxTurns] = useState("");
   const [budget, setBudget] = useState("");
   const [diskMb, setDiskMb] = useState("");
+  const [memoryMb, setMemoryMb] = useState("");
+  const [cpus, setCpus] = useState("");
+  const [pids, setPids] = useState("");
   const [secrets, setSecrets] = useState<SecretRow[]>([]);
   const [network, setNetwork] = useState<NetworkDraft>({ allowText: "", ask: false, connectors: [] });
   const [mcpText, setMcpText] = useState("");
@@ -61,6 +64,8 @@ export function NewSessionDialog(props: {
     images().then((r) => setOwnImages(r.images.filter((i) => !i.builtin)), () => setOwnImages([]));
   }, []);
   const offered = (list: Capability[] | undefined, name: string) => list?.find((c) => c.name === name);
+  // What the chosen base (or image of the user's) gets unless the form asks otherwise.
+  const defaults = caps?.bases.find((b) => b.name === base)?.limits ?? ownImages.find((i) => i.name === base)?.limits ?? undefined;
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -99,6 +104,11 @@ export function NewSessionDialog(props: {
     if (maxTurns) body.max_turns = Number(maxTurns);
     if (budget) body.max_budget_usd = Number(budget);
     if (diskMb) body.disk_mb = Number(diskMb);
+    const limits: Record<string, number> = {};
+    if (memoryMb) limits.memory_mb = Number(memoryMb);
+    if (cpus) limits.cpus = Number(cpus);
+    if (pids) limits.pids = Number(pids);
+    if (Object.keys(limits).length) body.limits = limits;
     setBusy(true);
     try {
       const created = await api.create(body);
@@ -291,7 +301,22 @@ export function NewSessionDialog(props: {
             </label>
             <label>
               Disk (MB)
-              <input type="number" min={16} step={1} value={diskMb} onChange={(e) => setDiskMb(e.target.value)} />
+              <input type="number" min={16} max={caps?.limits?.disk_max_mb} step={1} value={diskMb} placeholder={defaults?.disk_mb?.toString()} onChange={(e) => setDiskMb(e.target.value)} />
+            </label>
+          </div>
+          {/* The box's size: the base's defaults (the placeholders) unless asked, within the server's ceilings. */}
+          <div className="grid3">
+            <label>
+              Memory (MiB)
+              <input type="number" min={64} max={caps?.limits?.memory_max_mb} step={1} value={memoryMb} placeholder={defaults?.memory_mb?.toString()} onChange={(e) => setMemoryMb(e.target.value)} />
+            </label>
+            <label>
+              CPUs
+              <input type="number" min={0.1} max={caps?.limits?.cpus_max} step={0.1} value={cpus} placeholder={defaults?.cpus?.toString()} onChange={(e) => setCpus(e.target.value)} />
+            </label>
+            <label>
+              Processes
+              <input type="number" min={16} max={caps?.limits?.pids_max} step={1} value={pids} placeholder={defaults?.pids?.toString()} onChange={(e) => setPids(e.target.value)} />
             </label>
           </div>
         </fieldset>
