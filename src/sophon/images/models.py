@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sophon.images.definitions import BUILTIN
 from sophon.images.store import ImageView
-from sophon.sandbox.models import ENV_KEY, RESERVED_ENV, RESERVED_ENV_PREFIXES
+from sophon.sandbox.models import check_env
 
 IMAGE_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 IMAGE_NAME = re.compile(IMAGE_NAME_PATTERN.strip("^$"))
@@ -85,17 +85,7 @@ class CreateImage(BaseModel):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        if len(v) > 50:
-            raise ValueError("more than 50 environment variables")
-        for key, value in v.items():
-            if not ENV_KEY.fullmatch(key):
-                raise ValueError(f"environment variable {key!r}: names are uppercase "
-                                 "letters, digits and '_', starting with a letter")
-            if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
-                raise ValueError(f"environment variable {key!r} is reserved by the sandbox")
-            if "\x00" in value or len(value) > 4096:
-                raise ValueError(f"environment variable {key!r} has an invalid value")
-        return v
+        return check_env(v)
 
 
 class ImageList(BaseModel):

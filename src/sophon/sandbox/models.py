@@ -48,6 +48,7 @@ def _kind(v: Any) -> str:
 
 Seconds = Annotated[int, BeforeValidator(whole_seconds)]
 
+
 # Variables a caller may not set: they would change how the sandbox itself works.
 RESERVED_ENV = frozenset({
     "PATH", "HOME", "TMPDIR", "PWD", "OLDPWD", "SHELL", "USER", "LOGNAME", "LANG",
@@ -60,6 +61,29 @@ Language = Literal["python", "bash", "node"]
 Status = Literal["queued", "running", "success", "failed", "timeout", "cancelled", "oom"]
 WebhookDelivery = Literal["pending", "delivered", "failed"]
 TERMINAL: frozenset[str] = frozenset({"success", "failed", "timeout", "cancelled", "oom"})
+
+
+def check_env(v: dict[str, str]) -> dict[str, str]:
+    """Variables a caller gives a sandbox (an execution's ``env_vars``, an image's build
+    ``env``): at most 50, named as shells name them, none the sandbox reserves, 64 KiB
+    in all."""
+    if len(v) > 50:
+        raise ValueError("more than 50 environment variables")
+    total = 0
+    for key, value in v.items():
+        if not ENV_KEY.fullmatch(key):
+            raise ValueError(
+                f"environment variable {key!r}: names are uppercase letters, digits "
+                "and '_', starting with a letter"
+            )
+        if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
+            raise ValueError(f"environment variable {key!r} is reserved by the sandbox")
+        if "\x00" in value or len(value) > 4096:
+            raise ValueError(f"environment variable {key!r} has an invalid value")
+        total += len(key) + len(value)
+    if total > 65536:
+        raise ValueError("environment variables exceed 64 KiB in total")
+    return v
 
 
 class ExecuteRequest(BaseModel):
@@ -129,25 +153,7 @@ class ExecuteRequest(BaseModel):
     @field_validator("env_vars")
     @classmethod
     def _env(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        if v is None:
-            return v
-        if len(v) > 50:
-            raise ValueError("more than 50 environment variables")
-        total = 0
-        for key, value in v.items():
-            if not ENV_KEY.fullmatch(key):
-                raise ValueError(
-                    f"environment variable {key!r}: names are uppercase letters, digits "
-                    "and '_', starting with a letter"
-                )
-            if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
-                raise ValueError(f"environment variable {key!r} is reserved by the sandbox")
-            if "\x00" in value or len(value) > 4096:
-                raise ValueError(f"environment variable {key!r} has an invalid value")
-            total += len(key) + len(value)
-        if total > 65536:
-            raise ValueError("environment variables exceed 64 KiB in total")
-        return v
+        return v if v is None else check_env(v)
 
 
 class SandboxResult(BaseModel):
