@@ -41,6 +41,8 @@ BUILTIN_DIGESTS = frozenset(d.digest for d in BUILTIN.values())
 # A deleted image's files wait for the boxes on it to go (a one-off's, being deleted).
 REMOVE_WAIT_SECONDS = 0.5
 REMOVE_WAIT_ROUNDS = 120
+# A log followed while its build waits to start (no build to wait on): looked at again.
+QUEUED_POLL_SECONDS = 0.2
 
 
 def definition_of(row: ImageRow) -> ImageDef:
@@ -240,6 +242,9 @@ class ImageService:
                 if not building and not await self._queued(principal, name):
                     yield await self.get(principal, name)
                     return
+                if not building:  # queued: its task has not reached the store yet
+                    await asyncio.sleep(QUEUED_POLL_SECONDS)
+                    continue
                 before = seen
                 await store.wait_for_more(digest, heartbeat)
                 if seen == before and store.building(digest):
