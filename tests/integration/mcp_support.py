@@ -28,6 +28,9 @@ for line in sys.stdin:
         sys.exit(7)
     elif method == "tools/call" and msg["params"]["arguments"].get("text") == "hang":
         continue  # never answered
+    elif method == "tools/call" and msg["params"]["arguments"].get("text") == "save":
+        open("saved.txt", "w").write("SAVE\n")  # a tool that changes the workspace
+        result = {"content": [{"type": "text", "text": "saved"}]}
     elif method == "tools/call":
         text = msg["params"]["arguments"]["text"]
         result = {"content": [{"type": "text", "text": text.upper() + " (from " +

@@ -14,6 +14,7 @@ import pytest
 
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, serve_with_model, wait_for
+from tests.integration.mcp_support import DEMO, SERVER
 from tests.integration.session_support import events, sh, turn, user
 
 
@@ -378,3 +379,39 @@ def test_a_review_is_told_once_to_messages_queued_after_it(server: LiveServer,
         said = [e["content"] for e in events(http, sid) if e["type"] == "user"][2:]
         assert said[0].startswith("I reviewed what turn 2 changed") and said[0].endswith("ONE")
         assert said[1] == "TWO"
+
+
+def test_checkpoints_are_kept_while_the_box_sleeps(model: ModelServer) -> None:
+    """A sleeping session's box is stopped: its checkpoints are still listed, and a
+    rewind wakes the box and restores from them."""
+    with serve_with_model(model, SOPHON_SESSION_IDLE_SECONDS="0.5",
+                          SOPHON_IDLE_CHECK_SECONDS="0.1") as srv, user(srv) as http:
+        sid = http.post("/v1/sessions", json={"name": "sleepy"}).json()["id"]
+        sh(http, sid, "echo one > one.txt")
+        first = wait_for(lambda: checkpoints(http, sid), 10, 0.05, "the exec's checkpoint")
+        sh(http, sid, "echo two > two.txt && rm one.txt")
+        wait_for(lambda: len(checkpoints(http, sid)) == 2, 10, 0.05, "the second checkpoint")
+        wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["status"] == "sleeping",
+                 20, 0.05, "the session to sleep")
+        assert [c["id"] for c in checkpoints(http, sid)][:1] == [first[0]["id"]]
+        r = rewind(http, sid, first[0]["id"], files=True, conversation=False)
+        assert r.status_code == 200, r.text
+        assert files(http, sid) == "./one.txt=one\n"
+
+
+def test_an_mcp_tool_that_writes_is_checkpointed(server: LiveServer,
+                                                 model: ModelServer) -> None:
+    with user(server) as http:
+        model.set_script({"turns": [{"content": [{
+            "type": "tool_use", "id": "m1", "name": "mcp__demo__shout",
+            "input": {"text": "save"}}]}, "saved it"]})
+        sid = http.post("/v1/sessions", json={
+            "name": "mcp", "base": "python", "mcp_servers": [DEMO],
+            "approval": {"tools": {"mcp__demo__shout": "allow"}}}).json()["id"]
+        assert http.put(f"/v1/sessions/{sid}/files/demo_server.py",
+                        content=SERVER.encode()).status_code == 201
+        wait_for(lambda: checkpoints(http, sid), 10, 0.05, "the save's checkpoint")
+        turn(http, sid, "save with the tool")
+        [made] = [c for c in checkpoints(http, sid) if c["reason"] == "tool"]
+        assert made["tool_use_id"] == "m1"
+        assert [(f["path"], f["change"]) for f in made["files"]] == [("saved.txt", "added")]
