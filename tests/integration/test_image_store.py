@@ -44,12 +44,21 @@ def leftovers(images_dir: Path) -> list[str]:
                                                                                 ".build")))
 
 
+REAL_BUILD = builder.build
+
+
 def fake_build(calls: list[str], fail: bool = False) -> Callable[..., object]:
+    """mmdebstrap's part stood in for; an image unpacked from a built one is built for
+    real (unsquashfs of what the stand-in made)."""
     async def build(definition: ImageDef, scratch: Path, sources: list[str], timeout: float,
                     mount_points: tuple[tuple[str, ...], tuple[str, ...]],
                     progress: Callable[[str], None], run_steps: object = None,
-                    max_bytes: int | None = None) -> int:
-        calls.append(definition.name)
+                    max_bytes: int | None = None, from_image: Path | None = None) -> int:
+        calls.append(definition.name if from_image is None
+                     else f"{definition.name} from {from_image.parent.name}")
+        if from_image is not None:
+            return await REAL_BUILD(definition, scratch, sources, timeout, mount_points,
+                                    progress, run_steps, max_bytes, from_image)  # type: ignore[arg-type]
         (scratch / "build.log").write_text("I: downloading packages...\n")
         progress("I: downloading packages...")
         await asyncio.sleep(0.2)  # long enough for a second caller to arrive
@@ -163,3 +172,31 @@ def test_a_scratch_directory_is_never_removed_through_a_mount(tmp_path: Path) ->
     assert builder.mounts_under(scratch) == [str(scratch / "root/dev")]
     builder.remove_scratch(scratch)
     assert not scratch.exists() and (outside / "precious").read_text() == "keep"
+
+
+async def test_a_user_image_adding_no_package_starts_from_its_built_base(
+        images_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No mmdebstrap of the same packages again: the base is built (once) and unpacked;
+    an image that adds a Debian package is bootstrapped whole."""
+    calls: list[str] = []
+    monkeypatch.setattr(builder, "build", fake_build(calls))
+    store = ImageStore(images_dir, sources=[], mount_points=POINTS)
+    generic = BUILTIN["generic"]
+    mine = ImageDef("mine", "", generic.packages, base="generic", run=("true",))
+    ran: list[list[str]] = []
+
+    async def steps(root: Path, steps: list[str], left: float,
+                    heard: Callable[[str], None]) -> None:
+        ran.append(steps)
+        (root / "usr/bin/tool").write_text("made by a step\n")
+
+    _, root = await store.ensure(mine, steps)
+    assert calls == ["generic", f"mine from {generic.digest}"] and ran == [["true"]]
+    assert (root / "usr/bin/tool").read_text() == "made by a step\n"
+    assert (root / "usr/bin/su").read_text() == "#!/bin/sh\n"  # the base's files
+    assert not (root / "usr/bin/su").stat().st_mode & stat.S_ISUID
+    log = (images_dir / mine.digest / "build.log").read_text()
+    assert log.startswith("$ unsquashfs -quiet -no-progress -dest ") and generic.digest in log
+    more = ImageDef("more", "", (*generic.packages, "jq"), base="generic", run=("true",))
+    await store.ensure(more, steps)
+    assert calls[2:] == ["more"]

@@ -100,19 +100,30 @@ def finish(root: Path, mount_points: tuple[tuple[str, ...], tuple[str, ...]]) ->
 StepRunner = Callable[[Path, list[str], float, Callable[[str], None]], Awaitable[None]]
 
 
+def unpack_command(image: Path, target: Path) -> list[str]:
+    """The root of a built image, unpacked (owners, modes and xattrs as built): a user
+    image that adds no Debian package starts from its base's files in seconds instead
+    of a whole mmdebstrap of the same packages."""
+    return ["unsquashfs", "-quiet", "-no-progress", "-dest", str(target), str(image)]
+
+
 async def build(definition: ImageDef, scratch: Path, sources: list[str], timeout: float,
                 mount_points: tuple[tuple[str, ...], tuple[str, ...]],
                 progress: Callable[[str], None], run_steps: StepRunner | None = None,
-                max_bytes: int | None = None) -> int:
+                max_bytes: int | None = None, from_image: Path | None = None) -> int:
     """Build ``definition`` into ``scratch / "root"``, its log in ``scratch / "build.log"``;
-    ``progress`` hears each line mmdebstrap (and each step) prints. A user image's steps
-    run through ``run_steps``; a root larger than ``max_bytes`` fails the build. Returns
-    the root's size."""
-    if shutil.which("mmdebstrap") is None:
-        raise ImageBuildFailed("mmdebstrap is not installed on this server "
-                               "(apt-get install mmdebstrap)")
+    ``progress`` hears each line mmdebstrap (and each step) prints. The root is made by
+    mmdebstrap, or unpacked from ``from_image`` (a built image of the same packages). A
+    user image's steps run through ``run_steps``; a root larger than ``max_bytes`` fails
+    the build. Returns the root's size."""
+    tool = "unsquashfs" if from_image else "mmdebstrap"
+    if shutil.which(tool) is None:
+        package = "squashfs-tools" if from_image else "mmdebstrap"
+        raise ImageBuildFailed(f"{tool} is not installed on this server "
+                               f"(apt-get install {package})")
     root = scratch / "root"
-    argv = command(definition, root, sources)
+    argv = (unpack_command(from_image, root) if from_image
+            else command(definition, root, sources))
     started = time.monotonic()
     log_file = await asyncio.to_thread(open, scratch / "build.log", "wb")
     with log_file:
@@ -138,7 +149,7 @@ async def build(definition: ImageDef, scratch: Path, sources: list[str], timeout
             await _stop(proc)
             raise
     if code != 0:
-        raise ImageBuildFailed(f"the build of image {definition.name!r} failed (mmdebstrap "
+        raise ImageBuildFailed(f"the build of image {definition.name!r} failed ({tool} "
                                f"exited with {code}){_tail(scratch)}")
     size = await asyncio.to_thread(finish, root, mount_points)
     steps = definition.steps

@@ -173,12 +173,13 @@ class ImageStore:
                 (self.dir / f".{digest}.failed.log").unlink()
             log.info("building image %s (%s): the first box of this base waits for it",
                      definition.name, digest)
+            from_image = await self._base_to_unpack(definition)
             scratch = Path(tempfile.mkdtemp(prefix=f".build-{digest}-", dir=self.dir))
             started = time.monotonic()
             try:
                 size = await builder.build(definition, scratch, self.sources, self.timeout,
                                            self.mount_points, self._progress(digest),
-                                           run_steps, self.max_bytes)
+                                           run_steps, self.max_bytes, from_image)
                 info = {"name": definition.name, "description": definition.description,
                         "digest": digest, "suite": definition.suite,
                         "packages": sorted(definition.packages), "steps": definition.steps,
@@ -194,6 +195,16 @@ class ImageStore:
             return await self._root(digest)
         finally:
             os.close(fd)
+
+    async def _base_to_unpack(self, definition: ImageDef) -> Path | None:
+        """The built base a user image can start from: one whose packages are the
+        image's own (no apt package added), built first if it is not yet."""
+        base = BUILTIN.get(definition.base or "")
+        if base is None or base.unavailable or (base.suite, set(base.packages)) != (
+                definition.suite, set(definition.packages)):
+            return None
+        await self.ensure(base)
+        return self.dir / base.digest / "image.sqfs"
 
     def log_path(self, digest: str) -> Path | None:
         """The build log of an image: in its directory once built, in the scratch of a
