@@ -65,7 +65,7 @@ run: system-deps box-tools $(STAMP) ui images
 
 test: system-deps box-tools $(STAMP) ui $(WHEELHOUSE)/.done images
 	$(BIN)/ruff check src tests bench
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
 bench: system-deps $(STAMP)
 	$(BIN)/python bench/run.py

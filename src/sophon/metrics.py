@@ -2,8 +2,9 @@
 
 Counters and histograms are recorded where things happen (one line at each place: a
 request in ``api/app.py``'s middleware, an execution, a turn, an event appended, a model
-call metered, a webhook delivered); gauges that describe the present (boxes awake, the
-pool, executions in flight) are read from the services when the page is scraped, so they
+call metered, a webhook delivered, the door's tallies written); gauges that describe the
+present (boxes awake, the pool, executions in flight, the door's open connections) are
+read from the services when the page is scraped, so they
 can never drift from the truth.
 
 One registry per process: a server is one process, and the registry is this module's
@@ -49,6 +50,13 @@ gateway_tokens = Counter(
 gateway_cost = Counter(
     "sophon_gateway_cost_usd", "What the metered model calls cost, in US dollars",
     ["model"], registry=registry)
+door_connections = Counter(
+    "sophon_door_connections", "Connections boxes asked of the egress door, by outcome "
+    "(opened, refused); counted when the door's tallies are written (every 2 s)",
+    ["outcome"], registry=registry)
+door_bytes = Counter(
+    "sophon_door_bytes", "Bytes through the egress door, by direction (out: from boxes)",
+    ["direction"], registry=registry)
 webhook_deliveries = Counter(
     "sophon_webhook_deliveries", "Outbound webhook deliveries, by kind and outcome",
     ["kind", "outcome"], registry=registry)

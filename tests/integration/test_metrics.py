@@ -6,7 +6,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import LiveServer
+from sophon.testing import ModelServer
+from tests.conftest import LiveServer, free_port, serve_with_model, wait_for
+from tests.integration.session_support import sh, turn, user
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +74,43 @@ def test_metrics_count_session_events(server: LiveServer, http: httpx.Client,
     samples = _samples(text)
     assert sum(v for (n, _), v in samples.items() if n == "sophon_events_appended_total") > 0
     assert _value(samples, "sophon_boxes_awake", kind="session") >= 1
+
+
+def test_metrics_count_turns_model_calls_webhooks_and_the_door(model: ModelServer) -> None:
+    """What only a model, a webhook and a box's network make: a turn's latency, the
+    gateway's tokens and cost, a webhook delivery (here one that fails: nobody listens),
+    and a connection the egress door refused."""
+    nobody = f"127.0.0.1:{free_port()}"
+    with serve_with_model(model, SOPHON_WEBHOOK_ALLOW_INSECURE_HOSTS=nobody,
+                          SOPHON_WEBHOOK_RETRY_DELAYS="0.05") as srv, user(srv) as http:
+        headers = {"Authorization": f"Bearer {srv.add_user('admin')}"}
+
+        def scrape() -> dict:
+            return _samples(httpx.get(f"{srv.url}/metrics", headers=headers).text)
+
+        def grew(before: dict, name: str, **labels: str) -> bool:
+            return _value(scrape(), name, **labels) > _value(before, name, **labels)
+
+        before = scrape()
+        model.set_script({"turns": ["counted"]})
+        sid = http.post("/v1/sessions", json={"name": "metered"}).json()["id"]
+        turn(http, sid, "hello")
+        after = scrape()
+        assert (_value(after, "sophon_turn_duration_seconds_count", outcome="ended")
+                == _value(before, "sophon_turn_duration_seconds_count", outcome="ended") + 1)
+        assert sum(v for (n, _), v in after.items() if n == "sophon_gateway_tokens_total") > \
+            sum(v for (n, _), v in before.items() if n == "sophon_gateway_tokens_total")
+        assert any(n == "sophon_gateway_cost_usd_total" for n, _ in after)
+
+        assert http.post("/v1/webhooks/secret").status_code == 200  # signs deliveries
+        r = http.post("/v1/sandbox/execute", json={
+            "code": "true", "language": "bash", "webhook_url": f"http://{nobody}/hook"})
+        assert r.status_code in (200, 202), r.text
+        wait_for(lambda: grew(before, "sophon_webhook_deliveries_total", kind="execution",
+                              outcome="failed"), 30, 0.1, "the failed delivery counted")
+
+        code = sh(http, sid, "curl -s -o /dev/null -w '%{http_code}' http://blocked.example/")
+        assert code == "403", code
+        wait_for(lambda: grew(before, "sophon_door_connections_total", outcome="refused"),
+                 10, 0.2, "the refused connection counted")
+        assert ("sophon_door_connections_open", ()) in scrape()

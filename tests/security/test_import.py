@@ -7,7 +7,9 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -62,6 +64,27 @@ def test_an_archive_cannot_write_outside_the_staging_box(server: LiveServer,
         # The host's /etc/passwd did not come along through the hard link.
         assert "root:x:0:0" not in http.post(f"/v1/sessions/{sid}/exec", json={
             "command": "cat hard 2>&1; true"}).text.replace("/etc/passwd", "")
+
+
+def test_the_tricky_archive_escapes_a_naive_unpack() -> None:
+    """The control: the archive above is a real attack. Unpacked on the host by a tool
+    that trusts its members (tarfile without a filter), its `..`, absolute and
+    through-a-link members land outside the directory it was unpacked into."""
+    token = secrets.token_hex(6)
+    escaped = [Path(f"/tmp/{kind}-{token}") for kind in ("dots", "absolute", "inner-dots",
+                                                         "through-link")]
+    top = Path(tempfile.mkdtemp(dir="/tmp"))
+    scratch = top / "a"  # three levels down: every `..` member climbs to /tmp
+    scratch.mkdir()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tricky_archive(token)), mode="r:gz") as tar:
+            members = [m for m in tar.getmembers() if not m.islnk()]  # not /etc/passwd
+            tar.extractall(scratch, members=members, filter="fully_trusted")
+        assert [p.exists() for p in escaped] == [True, True, True, True]
+    finally:
+        for p in escaped:
+            p.unlink(missing_ok=True)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_an_archive_larger_than_the_staging_disk_is_refused() -> None:

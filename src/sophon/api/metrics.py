@@ -35,6 +35,9 @@ def live_gauges(services: Services) -> dict[str, tuple[str, object, str]]:
                                   boxes.pool_level, ""),
         "sophon_executions_in_flight": ("Executions accepted and not yet finished",
                                         services.executions.in_flight, ""),
+        "sophon_door_connections_open": (
+            "Connections through the egress door now",
+            sum(t.open for t in services.egress.door.tallies.values()), ""),
     }
 
 

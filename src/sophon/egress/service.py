@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from sophon import metrics
 from sophon.box import ids
 from sophon.box.bwrap import BASE_ENV, TRUST_BUNDLE, TRUST_CA
 from sophon.box.manager import BoxManager
@@ -336,6 +337,11 @@ class Egress:
             for t, counts in taken.values():  # counted again at the next flush
                 t.give_back(counts)
             raise
+        for _t, (out, inn, conns, denied) in taken.values():
+            metrics.door_connections.labels("opened").inc(conns)
+            metrics.door_connections.labels("refused").inc(denied)
+            metrics.door_bytes.labels("out").inc(out)
+            metrics.door_bytes.labels("in").inc(inn)
 
     async def forget_box(self, box_id: str) -> None:
         """A session's or thread's box deleted for good: its network usage goes too."""
