@@ -17,6 +17,7 @@ from sophon.commands import (
     capabilities,
     checkpoints,
     claude_code,
+    cluster,
     connectors,
     images,
     mcp,
@@ -39,6 +40,7 @@ app.add_typer(testing_app, name="testing")
 # Their commands are claude-code's.
 assert archive.app is session_mcp.app is checkpoints.app is claude_code.app
 app.command()(capabilities.capabilities)
+app.command()(cluster.cluster)
 app.command()(mcp.mcp)
 
 DataDir = Annotated[Optional[Path], typer.Option(  # noqa: UP045

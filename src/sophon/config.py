@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     # Never taken from a request's Host header, which the caller chooses.
     public_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
     log_level: str = "info"
+    # A cluster (nodes sharing one PostgreSQL database, sophon/cluster/): where other
+    # nodes reach this one (default: base_url), and how often it says it is alive; a
+    # node silent for node_lease_seconds is taken for dead.
+    node_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    node_heartbeat_seconds: float = Field(5.0, gt=0)
+    node_lease_seconds: float = Field(15.0, gt=0)
     # The built dashboard served at `/`; None: the repository's ui/dist (`make ui`).
     ui_dir: Path | None = None
 

@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sophon.agent.rewind import Rewinds
 from sophon.agent.service import AgentService
 from sophon.box.manager import BoxManager
+from sophon.cluster.nodes import NodeRegistry
+from sophon.cluster.notify import EventListener
 from sophon.config import Settings
 from sophon.egress.connectors import ConnectorService
 from sophon.egress.service import Egress
@@ -51,6 +53,8 @@ class Services:
     checkpoints: Checkpoints
     rewinds: Rewinds
     images: ImageService
+    nodes: NodeRegistry
+    listener: EventListener | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -69,6 +73,16 @@ class Services:
             log.warning("%d execution(s) were cut off by the last stop; marked failed", cut_off)
         events = EventLog(engine)
         events.on_append = quotas.note_event
+        # This server as a node of the database's cluster (the only one on SQLite); on
+        # PostgreSQL, what other nodes append reaches the streams open here.
+        nodes = NodeRegistry(settings, db, lambda: len(boxes.awake()))
+        await nodes.start()
+        events.node_id = nodes.id
+        listener = None
+        if engine.url.get_backend_name() == "postgresql":
+            listener = EventListener(engine.url, nodes.id, events.appended_elsewhere,
+                                     events.look_again)
+            listener.start()
         key = secret_key(settings.data_dir)
         connectors = ConnectorService(db, Sealer(key))
         sessions = SessionService(settings, db, boxes, events, SecretStore(db, key), quotas,
@@ -110,7 +124,7 @@ class Services:
                    Workspace(sessions), gateway, agent, connectors=connectors,
                    egress=egress, terminals=Terminals(sessions, settings.terminal_keep_seconds),
                    checkpoints=checkpoints, rewinds=Rewinds(agent, checkpoints),
-                   images=images)
+                   images=images, nodes=nodes, listener=listener)
 
     @property
     def quotas(self) -> Quotas:
@@ -136,4 +150,7 @@ class Services:
         await self.executions.close()
         await self.boxes.close()
         await self.egress.close()
+        if self.listener is not None:
+            await self.listener.close()
+        await self.nodes.close()
         await self.engine.dispose()

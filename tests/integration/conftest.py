@@ -9,6 +9,7 @@ import pytest
 
 from sophon.box.manager import BoxManager
 from sophon.config import Settings
+from tests.integration.postgres_support import postgres_url  # noqa: F401 (a fixture)
 
 
 @pytest.fixture

@@ -2,47 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.conftest import LiveServer, free_port, wait_for
+from tests.conftest import LiveServer, wait_for
+from tests.integration.postgres_support import NEEDS_POSTGRES
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-pytestmark = pytest.mark.skipif(
-    not (PG_BIN / "initdb").exists() or os.geteuid() != 0 or shutil.which("runuser") is None,
-    reason="needs PostgreSQL 15 server binaries and root (to run it as the postgres user)",
-)
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    pytest.importorskip("asyncpg")
-    root = Path(tempfile.mkdtemp(prefix="sophon-pg-", dir="/tmp"))
-    shutil.chown(root, "postgres")
-    port = free_port()
-
-    def as_postgres(*cmd: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["runuser", "-u", "postgres", "--", *cmd],
-                              capture_output=True, text=True, check=True)
-
-    as_postgres(str(PG_BIN / "initdb"), "-D", str(root / "db"), "-A", "trust", "-U", "sophon")
-    as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(root / "db"), "-l", str(root / "log"),
-                "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "-w", "start")
-    try:
-        as_postgres(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
-                    "sophon", "sophon")
-        yield f"postgresql+asyncpg://sophon@127.0.0.1:{port}/sophon"
-    finally:
-        as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(root / "db"), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+pytestmark = NEEDS_POSTGRES
 
 
 def test_executions_on_postgres_survive_a_restart(data_dir: Path, postgres_url: str) -> None:

@@ -18,6 +18,7 @@ from sophon import metrics
 from sophon.api import (
     auth,
     checkpoints,
+    cluster,
     connectors,
     files,
     gateway,
@@ -202,7 +203,7 @@ def create_app(settings: Settings) -> FastAPI:
                gateway.router, webhooks.router, volumes.router, images.router,
                metrics_route.router,
                threads.router, connectors.router, keys.router, terminal.router,
-               checkpoints.router)
+               checkpoints.router, cluster.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

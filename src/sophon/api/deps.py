@@ -85,15 +85,17 @@ async def principal(request: Request) -> Principal:
     return await services(request).users.authenticate(token)
 
 
-async def admin(request: Request) -> Principal:
-    """The caller, who must be one of ``SOPHON_ADMIN_USERS``."""
-    caller = await principal(request)
+ServicesDep = Annotated[Services, Depends(services)]
+PrincipalDep = Annotated[Principal, Depends(principal)]
+
+
+async def admin(request: Request, caller: PrincipalDep) -> Principal:
+    """The caller, who must be one of ``SOPHON_ADMIN_USERS`` (a dependency on the key,
+    so the API's description says the route needs one)."""
     if caller.name not in services(request).settings.admin_users:
         raise Forbidden(f"only an admin may read {request.url.path} (SOPHON_ADMIN_USERS "
                         "names them)")
     return caller
 
 
-ServicesDep = Annotated[Services, Depends(services)]
-PrincipalDep = Annotated[Principal, Depends(principal)]
 AdminDep = Annotated[Principal, Depends(admin)]

@@ -16,7 +16,8 @@ async def healthz(services: ServicesDep) -> dict[str, object]:
             "box_seccomp": services.boxes.backend.seccomp_mode,
             "box_disk": services.boxes.disks.mode,
             "box_claude_code": services.egress.claude_code,
-            "box_images": _images(services)}
+            "box_images": _images(services),
+            "node": {"id": services.nodes.id, "url": services.nodes.url}}
 
 
 def _images(services: ServicesDep) -> object:

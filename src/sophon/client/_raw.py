@@ -414,6 +414,10 @@ class RawClient:
         return dict(self._http.call("PATCH", f"/v1/connectors/{seg(name)}",
                                     json_body=attachment_body(execute, keys)))
 
+    def cluster(self) -> dict[str, Any]:
+        """The nodes on this server's database, alive or not, with their load (admins)."""
+        return dict(self._http.call("GET", "/v1/cluster"))
+
     def keys(self) -> list[dict[str, Any]]:
         """Your API keys: id, first characters, and whether this client uses it."""
         return list(self._http.call("GET", "/v1/keys")["keys"])

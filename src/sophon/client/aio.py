@@ -435,6 +435,10 @@ class AsyncClient:
         return dict(await self._json("PATCH", f"/v1/connectors/{seg(name)}",
                                      json=attachment_body(execute, keys)))
 
+    async def cluster(self) -> dict[str, Any]:
+        """The nodes on this server's database, alive or not, with their load (admins)."""
+        return dict(await self._json("GET", "/v1/cluster"))
+
     async def keys(self) -> list[dict[str, Any]]:
         """Your API keys: id, first characters, and whether this client uses it."""
         return list((await self._json("GET", "/v1/keys"))["keys"])

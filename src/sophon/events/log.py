@@ -22,10 +22,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sophon import metrics
+from sophon.cluster import notify
 from sophon.events.types import from_wire, to_wire
 from sophon.store.tables import EventRow
 
@@ -150,6 +151,10 @@ class EventLog:
         self._queue: list[_Write] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        # On PostgreSQL, each append is announced to the other nodes on the database
+        # (cluster/notify.py) as this node: set by the node registry.
+        self.node_id: str | None = None
+        self._announce = url.get_backend_name() == "postgresql"
         # Told of every event stored, by session: the per-user event rate (quotas.py).
         self.on_append: Callable[[str], None] | None = None
 
@@ -229,6 +234,13 @@ class EventLog:
             try:
                 async with self._engine.begin() as conn:
                     await conn.execute(insert(EventRow), [w.row for w in batch])
+                    if self._announce and self.node_id is not None:
+                        # Sent at commit, never for rows that were not stored.
+                        last = {w.session_id: w.stored.seq for w in batch}
+                        for sid, seq in last.items():
+                            await conn.execute(text("SELECT pg_notify(:c, :p)"), {
+                                "c": notify.CHANNEL, "p": notify.payload(self.node_id, sid,
+                                                                         seq)})
             except Exception as exc:
                 self._fail(batch, exc)
                 continue
@@ -367,12 +379,34 @@ class EventLog:
         for q in self._subs.get(session_id, ()):
             q.put_nowait(CLOSED)
 
+    def appended_elsewhere(self, session_id: str, seq: int) -> None:
+        """Another node stored the session's events up to ``seq``: the streams here read
+        them from the table, and this node's next seq is read again."""
+        if session_id in self._last:  # never lowered: a write queued here keeps its seq
+            self._last[session_id] = max(self._last[session_id], seq)
+        for q in list(self._subs.get(session_id, ())):
+            _poke(q)
+
+    def look_again(self) -> None:
+        """Notifications may have been lost: every stream reads the table again."""
+        for subs in self._subs.values():
+            for q in list(subs):
+                _poke(q)
+
     def end_streams(self) -> None:
         """The server is stopping: every follower ends now (its client reconnects from
         its Last-Event-ID), instead of being cut off with a traceback at the deadline."""
         for subs in self._subs.values():
             for q in subs:
                 q.put_nowait(CLOSED)
+
+
+def _poke(q: asyncio.Queue[Any]) -> None:
+    """A gap marker: the stream goes back to the store for what it has not seen."""
+    if q.qsize() >= QUEUE_LIMIT:
+        _reset(q)
+    else:
+        q.put_nowait(OVERFLOW)
 
 
 def _reset(q: asyncio.Queue[Any]) -> None:

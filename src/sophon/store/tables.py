@@ -285,3 +285,20 @@ class ImageRow(Base):
     status: Mapped[str] = mapped_column(String(16))  # building | ready | failed
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class NodeRow(Base):
+    """A server sharing this database (sophon/cluster/nodes.py): where other nodes reach
+    it, its last heartbeat, and its load then."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                   index=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    boxes_awake: Mapped[int] = mapped_column(Integer, default=0)
+    memory_available_mb: Mapped[int] = mapped_column(Integer, default=0)

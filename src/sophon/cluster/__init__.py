@@ -1,0 +1,1 @@
+"""Several servers around one database: the node registry and the events they share."""
