@@ -31,6 +31,7 @@ import bench_burst  # noqa: E402
 import bench_checkpoints  # noqa: E402
 import bench_claude_code  # noqa: E402
 import bench_cli  # noqa: E402
+import bench_cluster  # noqa: E402
 import bench_cold  # noqa: E402
 import bench_dashboard  # noqa: E402
 import bench_egress  # noqa: E402
@@ -67,6 +68,7 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
                                             "samples": 3}),
     "images": (bench_images.run, {"samples": 5, "cold": False}),
     "after_oneoff": (bench_after_oneoff.run, {"pairs": 3, "warmup": 1, "pause": 0.3}),
+    "cluster": (bench_cluster.run, {"commands": 10}),
     "soak": (bench_soak.run, {"minutes": 0.5, "sessions": 3, "rate": 4.0, "window": 10.0}),
 }
 

@@ -3,6 +3,7 @@ port of loopback, in a directory of its own, removed after)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -22,10 +23,9 @@ NEEDS_POSTGRES = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """The SQLAlchemy URL of a new, empty database."""
-    pytest.importorskip("asyncpg")
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server of its own with one empty database: its SQLAlchemy URL."""
     root = Path(tempfile.mkdtemp(prefix="sophon-pg-", dir="/tmp"))
     shutil.chown(root, "postgres")
     port = free_port()
@@ -44,3 +44,11 @@ def postgres_url() -> Iterator[str]:
     finally:
         as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(root / "db"), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The URL of a new, empty database on a server of its own."""
+    pytest.importorskip("asyncpg")
+    with postgres() as url:
+        yield url
