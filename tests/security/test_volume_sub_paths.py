@@ -5,40 +5,27 @@ real directory mounts like any sub-path."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
 from baponi import Baponi
 
 from tests.conftest import LiveServer
 from tests.integration.test_volumes import new_volume, sh, thread
 
 
-@pytest.fixture
-def key(server: LiveServer) -> str:
-    return server.add_user()
-
-
-@pytest.fixture
-def client(server: LiveServer, key: str) -> Iterator[Baponi]:
-    with Baponi(api_key=key, base_url=server.url, max_retries=0) as c:
-        yield c
-
-
-def test_sub_paths_do_not_follow_symlinks(client: Baponi, server: LiveServer,
-                                          key: str) -> None:
-    v = new_volume(server, key)
-    sh(client, f"ln -s /etc /data/{v}/etc && ln -s / /data/{v}/root && mkdir /data/{v}/d "
-               f"&& echo f > /data/{v}/d/f", thread())
-    auth = {"Authorization": f"Bearer {key}"}
-    for sub, code, says in (("etc", "sub_path_is_symlink", "'etc' is a symbolic link"),
-                            ("root/etc", "sub_path_is_symlink", "'root' is a symbolic link"),
-                            ("d/f", "sub_path_not_a_directory", "'f' is a file")):
-        res = httpx.post(f"{server.url}/v1/sandbox/execute", headers=auth, json={
-            "code": "ls /data/*/*", "language": "bash", "sub_paths": [f"/data/{v}/{sub}"]})
-        assert res.status_code == 400, res.text
-        assert res.json()["error"] == code and says in res.json()["message"], res.text
-        assert "passwd" not in res.text
-    # Control: the directory itself is a sub-path like any other.
-    assert sh(client, f"cat /data/{v}/d/f", sub_paths=[f"/data/{v}/d"]) == "f\n"
+def test_sub_paths_do_not_follow_symlinks(server: LiveServer, api_key: str) -> None:
+    key = api_key
+    with Baponi(api_key=key, base_url=server.url, max_retries=0) as client:
+        v = new_volume(server, key)
+        sh(client, f"ln -s /etc /data/{v}/etc && ln -s / /data/{v}/root && mkdir /data/{v}/d "
+                   f"&& echo f > /data/{v}/d/f", thread())
+        auth = {"Authorization": f"Bearer {key}"}
+        for sub, code, says in (("etc", "sub_path_is_symlink", "'etc' is a symbolic link"),
+                                ("root/etc", "sub_path_is_symlink", "'root' is a symbolic link"),
+                                ("d/f", "sub_path_not_a_directory", "'f' is a file")):
+            res = httpx.post(f"{server.url}/v1/sandbox/execute", headers=auth, json={
+                "code": "ls /data/*/*", "language": "bash", "sub_paths": [f"/data/{v}/{sub}"]})
+            assert res.status_code == 400, res.text
+            assert res.json()["error"] == code and says in res.json()["message"], res.text
+            assert "passwd" not in res.text
+        # Control: the directory itself is a sub-path like any other.
+        assert sh(client, f"cat /data/{v}/d/f", sub_paths=[f"/data/{v}/d"]) == "f\n"
