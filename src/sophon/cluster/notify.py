@@ -43,7 +43,6 @@ class EventListener:
         self._on_event = on_event
         self._on_gap = on_gap
         self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-listener")
@@ -75,9 +74,7 @@ class EventListener:
                     log.info("event listener: connected again")
                     self._on_gap()
                 attempt = 1  # from now on, a reconnection means notifications were lost
-                self.connected.set()
                 await lost.wait()
-                self.connected.clear()
                 log.warning("event listener: connection lost; reconnecting")
             finally:
                 with contextlib.suppress(Exception):

@@ -381,7 +381,7 @@ class EventLog:
 
     def appended_elsewhere(self, session_id: str, seq: int) -> None:
         """Another node stored the session's events up to ``seq``: the streams here read
-        them from the table, and this node's next seq is read again."""
+        them from the table, and this node's next seq comes after it."""
         if session_id in self._last:  # never lowered: a write queued here keeps its seq
             self._last[session_id] = max(self._last[session_id], seq)
         for q in list(self._subs.get(session_id, ())):
