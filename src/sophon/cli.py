@@ -37,6 +37,7 @@ app.add_typer(volumes.app, name="volumes")
 app.add_typer(connectors.app, name="connectors")
 app.add_typer(images.app, name="images")
 app.add_typer(testing_app, name="testing")
+app.add_typer(cluster.node_app, name="node")
 # Their commands are claude-code's.
 assert archive.app is session_mcp.app is checkpoints.app is claude_code.app
 app.command()(capabilities.capabilities)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import cached_property
 from pathlib import Path
@@ -304,8 +305,32 @@ class Settings(BaseSettings):
         return self.data_dir / "boxes"
 
     @property
+    def node_key(self) -> str:
+        """A short name for this node's own state in a data directory several nodes
+        share ("" on SQLite, where the server is alone): from the address other nodes
+        reach it at, so the same for every run of the node."""
+        if not self.clustered:
+            return ""
+        url = (self.node_url or self.base_url).rstrip("/")
+        return hashlib.sha256(url.encode()).hexdigest()[:8]
+
+    @property
+    def clustered(self) -> bool:
+        """Whether other nodes may share this server's database and data directory."""
+        return self.resolved_database_url.startswith("postgresql")
+
+    def _node_local(self, name: str) -> Path:
+        return self.data_dir / (f"{name}-{self.node_key}" if self.node_key else name)
+
+    @property
     def runtime_dir(self) -> Path:
-        return self.data_dir / "runtime"
+        """Sockets of this node's running boxes (node-local)."""
+        return self._node_local("runtime")
+
+    @property
+    def staging_dir(self) -> Path:
+        """Copies of clones this node is making (node-local)."""
+        return self._node_local("staging")
 
 
 def load_settings(**overrides: object) -> Settings:

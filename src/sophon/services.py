@@ -11,8 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sophon.agent.rewind import Rewinds
 from sophon.agent.service import AgentService
 from sophon.box.manager import BoxManager
+from sophon.cluster import drain
+from sophon.cluster.forward import Forwarding
 from sophon.cluster.nodes import NodeRegistry
 from sophon.cluster.notify import EventListener
+from sophon.cluster.ownership import Ownership
 from sophon.config import Settings
 from sophon.egress.connectors import ConnectorService
 from sophon.egress.service import Egress
@@ -54,7 +57,9 @@ class Services:
     rewinds: Rewinds
     images: ImageService
     nodes: NodeRegistry
+    ownership: Ownership
     listener: EventListener | None = None
+    forwarding: Forwarding | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -68,15 +73,19 @@ class Services:
         volumes = VolumeService(settings, db, boxes, quotas)
         webhooks = Webhooks(settings, db)  # every outbound webhook, execution or approval
         executions = ExecutionService(boxes, db, engine, quotas, volumes, webhooks)
+        # This server as a node of the database's cluster (the only one on SQLite); on
+        # PostgreSQL, what other nodes append reaches the streams open here, and each
+        # session runs on one node, which the others forward its requests to.
+        nodes = NodeRegistry(settings, db, lambda: len(boxes.awake()))
+        await nodes.start()
+        ownership = Ownership(settings, db, nodes)
+        if ownership.clustered:
+            executions.node_id = nodes.id
         cut_off = await executions.recover()
         if cut_off:
             log.warning("%d execution(s) were cut off by the last stop; marked failed", cut_off)
         events = EventLog(engine)
         events.on_append = quotas.note_event
-        # This server as a node of the database's cluster (the only one on SQLite); on
-        # PostgreSQL, what other nodes append reaches the streams open here.
-        nodes = NodeRegistry(settings, db, lambda: len(boxes.awake()))
-        await nodes.start()
         events.node_id = nodes.id
         listener = None
         if engine.url.get_backend_name() == "postgresql":
@@ -87,6 +96,7 @@ class Services:
         connectors = ConnectorService(db, Sealer(key))
         sessions = SessionService(settings, db, boxes, events, SecretStore(db, key), quotas,
                                   webhooks)
+        sessions.ownership = ownership
         gateway = Gateway(settings.models, db, events, token_key=key)
         # The one way out of every box, wired before any box starts.
         egress = Egress(settings, db, events, connectors, boxes, gateway.box_token, key,
@@ -120,11 +130,25 @@ class Services:
         checkpoints = Checkpoints(sessions)
         sessions.after_change = checkpoints.take_soon  # a save's or an exec's
         agent = AgentService(sessions, gateway, settings, checkpoints)
+        forwarding = None
+        if ownership.clustered:
+            forwarding = Forwarding(ownership, key)
+            ownership.on_taken["session"] = lambda sid: sessions.cut_off(
+                sid, "the node that ran it stopped")
+
+            async def lost(session_id: str) -> None:
+                await agent.let_go(session_id)
+                await sessions.let_go(session_id)
+
+            ownership.on_lost["session"] = lost
+            nodes.after_beat.append(ownership.check)
+            nodes.after_beat.append(lambda: drain.hand_on(ownership, sessions, agent))
         return cls(settings, engine, db, UserService(db), boxes, executions, sessions,
                    Workspace(sessions), gateway, agent, connectors=connectors,
                    egress=egress, terminals=Terminals(sessions, settings.terminal_keep_seconds),
                    checkpoints=checkpoints, rewinds=Rewinds(agent, checkpoints),
-                   images=images, nodes=nodes, listener=listener)
+                   images=images, nodes=nodes, listener=listener, ownership=ownership,
+                   forwarding=forwarding)
 
     @property
     def quotas(self) -> Quotas:
@@ -149,6 +173,10 @@ class Services:
         await self.sessions.close()
         await self.executions.close()
         await self.boxes.close()
+        # What ran here is free for any node to take at once, not after the lease.
+        await self.ownership.release_all()
+        if self.forwarding is not None:
+            await self.forwarding.close()
         await self.egress.close()
         if self.listener is not None:
             await self.listener.close()

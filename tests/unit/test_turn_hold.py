@@ -30,6 +30,7 @@ class Sessions:
         self.events = Events()
         self.boxes = SimpleNamespace(check_room_for=lambda box_id: None)
         self.quotas = SimpleNamespace(admit_box=self._admit)
+        self.ownership = None  # a server alone
 
     async def _admit(self, user_id: str, box_id: str) -> None:
         return None

@@ -66,6 +66,8 @@ class AgentService:
     async def send(self, principal: Principal, session_id: str, content: str,
                    queue: bool = False) -> dict[str, object]:
         row = await self.sessions.get_row(principal, session_id)  # 404 for a stranger
+        if self.sessions.ownership is not None:  # its turns run where its box does
+            await self.sessions.ownership.hold("session", session_id)
         # No model to answer: said once, here, rather than a message logged and a turn
         # that fails. The CLI runtime's calls may use the user's own connector's key.
         if row.runtime == "claude-code":
@@ -170,6 +172,8 @@ class AgentService:
         """Stop the running turn now: commands are killed (their output so far is kept),
         a model reply being streamed is cut where it is. Queued messages are dropped."""
         await self.sessions.get_row(principal, session_id)
+        if self.sessions.ownership is not None:
+            await self.sessions.ownership.hold("session", session_id)
         self._queued.pop(session_id, None)
         turn = self._turns.get(session_id)
         if turn is None or turn.task is None:
@@ -198,6 +202,15 @@ class AgentService:
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(asyncio.shield(turn.task), 15)
         return True
+
+    async def let_go(self, session_id: str) -> None:
+        """Another node runs the session now (it reported this node's turn as cut off):
+        the turn here stops without a word, and what was queued behind it is dropped."""
+        self._queued.pop(session_id, None)
+        turn = self._turns.get(session_id)
+        if turn is not None and turn.task is not None:
+            turn.task.cancel()
+            await asyncio.gather(turn.task, return_exceptions=True)
 
     async def close(self) -> None:
         for turn in list(self._turns.values()):

@@ -35,6 +35,7 @@ from sophon.api import (
     webhooks,
 )
 from sophon.api import metrics as metrics_route
+from sophon.cluster.forward import Forwarder
 from sophon.config import Settings
 from sophon.errors import PayloadTooLarge, SophonError
 from sophon.mcp.endpoint import McpEndpoint
@@ -227,6 +228,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Logged with its traceback by the server; the client gets the usual shape.
         return JSONResponse(error_body("internal_error", "internal server error"), 500)
 
+    app.add_middleware(Forwarder)  # in a cluster: to the node that runs the session
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(RequestMetrics)  # outermost: it sees the 413s too
     for router in routers:

@@ -1,4 +1,4 @@
-"""``GET /v1/cluster``: the nodes on this server's database, for admins."""
+"""``GET /v1/cluster``: the nodes on this server's database, and draining one, for admins."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from sophon.api.deps import AdminDep, ServicesDep
 from sophon.api.openapi import errors
 from sophon.cluster.nodes import NodeView
+from sophon.errors import NotFound
 
 router = APIRouter()
 
@@ -27,3 +28,21 @@ async def cluster(_: AdminDep, services: ServicesDep) -> Cluster:
     heartbeat (admins: SOPHON_ADMIN_USERS)."""
     return Cluster(node=services.nodes.id, database=services.engine.url.get_backend_name(),
                    nodes=await services.nodes.list())
+
+
+class Drain(BaseModel):
+    draining: bool = Field(True, description="false: take work again")
+
+
+@router.post("/v1/cluster/nodes/{node_id}/drain", response_model=NodeView, responses=errors(
+    (403, "Only admins (SOPHON_ADMIN_USERS) drain nodes (`forbidden`)."), 404))
+async def drain(node_id: str, _: AdminDep, services: ServicesDep,
+                body: Drain | None = None) -> NodeView:
+    """Drain a node: it gets no new session or thread, and at each heartbeat hands on
+    the sessions it runs that are between turns (their boxes stop; the next request for
+    one, on any node, starts it on another). Turns and execs running there finish
+    first. ``{"draining": false}`` undoes it."""
+    found = await services.nodes.set_draining(node_id, (body or Drain()).draining)
+    if found is None:
+        raise NotFound(f"there is no node {node_id}; `sophon cluster` lists them")
+    return found

@@ -48,9 +48,11 @@ QUIET_SECONDS = 0.05
 QUIET_WAIT_SECONDS = 1.0
 
 
-def cgroup_name(data_dir: Path) -> str:
-    """Named after the data directory, so servers with different data never meet."""
-    return "sophon-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+def cgroup_name(data_dir: Path, node_key: str = "") -> str:
+    """Named after the data directory, so servers with different data never meet; and
+    after the node, so nodes sharing one data directory never reap each other's boxes."""
+    name = "sophon-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return f"{name}-{node_key}" if node_key else name
 
 
 def is_thread_box(box_id: str) -> bool:
@@ -78,7 +80,7 @@ class BoxManager:
                         (settings.runtime_dir, 0o755)):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(mode)
-        self.cgroups = CgroupTree.detect(cgroup_name(settings.data_dir))
+        self.cgroups = CgroupTree.detect(cgroup_name(settings.data_dir, settings.node_key))
         if self.cgroups is None:
             log.warning(
                 "cgroups are not usable here: box limits fall back to rlimits, which bound "

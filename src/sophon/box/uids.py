@@ -5,10 +5,15 @@ from one box's namespaces reaches no other box's files. The uid of a box is reco
 ``boxes/<id>/uid`` (root-owned, outside the directories the box can see), so it survives
 restarts; deleting the box's directory releases it. A uid is only handed out again once
 the directory of its former box is gone, so a new owner never meets old files.
+
+Nodes that share the data directory (a cluster) share the range: a uid is taken by
+creating ``box-uids/<uid>`` exclusively, which only one process can do, and a box's uid
+written by another node is read from its directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -21,13 +26,26 @@ log = logging.getLogger(__name__)
 class UidPool:
     def __init__(self, boxes_dir: Path, first: int, count: int) -> None:
         self.boxes_dir = boxes_dir
+        self.claims = boxes_dir.parent / "box-uids"
+        self.claims.mkdir(mode=0o700, exist_ok=True)
         self.first, self.count = first, count
         self._by_box: dict[str, int] = {}
         for d in boxes_dir.iterdir() if boxes_dir.is_dir() else ():
             uid = self._read(d / "uid")
             if uid is not None:
                 self._by_box[d.name] = uid
+                self._claim(uid, d.name, exclusive=False)  # boxes from before the claims
         self._used = set(self._by_box.values())
+
+    def _claim(self, uid: int, box_id: str, exclusive: bool = True) -> bool:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0)
+        try:
+            fd = os.open(self.claims / str(uid), flags, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(box_id)
+        return True
 
     @staticmethod
     def _read(path: Path) -> int | None:
@@ -38,11 +56,19 @@ class UidPool:
 
     def get(self, box_id: str) -> tuple[int, bool]:
         """The box's uid, and whether it was assigned just now."""
-        uid = self._by_box.get(box_id)
-        if uid is not None:
+        uid = self._by_box.get(box_id) or self._read(self.boxes_dir / box_id / "uid")
+        if uid is not None:  # (read: given by another node, or before this one started)
+            self._by_box[box_id] = uid
+            self._used.add(uid)
             return uid, False
-        free = next((u for u in range(self.first, self.first + self.count)
-                     if u not in self._used), None)
+        free = None
+        for candidate in range(self.first, self.first + self.count):
+            if candidate in self._used:
+                continue
+            if self._claim(candidate, box_id):
+                free = candidate
+                break
+            self._used.add(candidate)  # another node's
         if free is None:
             # One-off executions give theirs back as they end; threads and sessions only
             # when deleted (or expired: SOPHON_THREAD_EXPIRY_DAYS).
@@ -64,6 +90,8 @@ class UidPool:
         uid = self._by_box.pop(box_id, None)
         if uid is not None:
             self._used.discard(uid)
+            with contextlib.suppress(FileNotFoundError):
+                (self.claims / str(uid)).unlink()
 
     def in_use(self) -> int:
         return len(self._used)

@@ -418,6 +418,12 @@ class RawClient:
         """The nodes on this server's database, alive or not, with their load (admins)."""
         return dict(self._http.call("GET", "/v1/cluster"))
 
+    def drain(self, node_id: str, draining: bool = True) -> dict[str, Any]:
+        """Drain a node (admins): no new work goes there, and its sessions move on
+        between turns; ``draining=False`` undoes it. The node as it now is."""
+        return dict(self._http.call("POST", f"/v1/cluster/nodes/{node_id}/drain",
+                                    json_body={"draining": draining}))
+
     def keys(self) -> list[dict[str, Any]]:
         """Your API keys: id, first characters, and whether this client uses it."""
         return list(self._http.call("GET", "/v1/keys")["keys"])

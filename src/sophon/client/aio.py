@@ -439,6 +439,12 @@ class AsyncClient:
         """The nodes on this server's database, alive or not, with their load (admins)."""
         return dict(await self._json("GET", "/v1/cluster"))
 
+    async def drain(self, node_id: str, draining: bool = True) -> dict[str, Any]:
+        """Drain a node (admins): no new work goes there, and its sessions move on
+        between turns; ``draining=False`` undoes it. The node as it now is."""
+        return dict(await self._json("POST", f"/v1/cluster/nodes/{node_id}/drain",
+                                     json={"draining": draining}))
+
     async def keys(self) -> list[dict[str, Any]]:
         """Your API keys: id, first characters, and whether this client uses it."""
         return list((await self._json("GET", "/v1/keys"))["keys"])

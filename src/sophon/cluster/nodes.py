@@ -11,15 +11,15 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sophon.config import Settings
-from sophon.store.tables import NodeRow, iso, utcnow
+from sophon.store.tables import NodeRow, SessionRow, iso, utcnow
 
 log = logging.getLogger("sophon.cluster")
 
@@ -38,6 +38,8 @@ class NodeView(BaseModel):
     stopped_at: str | None = None
     boxes_awake: int
     memory_available_mb: int
+    sessions: int = 0  # that it runs
+    draining: bool = False
     this: bool  # the node that answered
 
 
@@ -61,6 +63,10 @@ class NodeRegistry:
         self.id = "node_" + secrets.token_hex(8)
         self.url = (settings.node_url or settings.base_url).rstrip("/")
         self._task: asyncio.Task[None] | None = None
+        # Being drained (set by an admin, read at each heartbeat); and what runs after
+        # each heartbeat (ownership checks, the drain itself).
+        self.draining = False
+        self.after_beat: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> None:
         async with self._db() as db:
@@ -80,6 +86,7 @@ class NodeRegistry:
                               pid=os.getpid(), started_at=utcnow())
                 db.add(row)
             row.heartbeat_at = utcnow()
+            self.draining = bool(row.draining)
             row.boxes_awake = self._boxes_awake()
             row.memory_available_mb = memory_available_mb()
             cutoff = utcnow() - FORGET_AFTER
@@ -95,12 +102,34 @@ class NodeRegistry:
                 await self.beat()
             except Exception:  # the database away for a moment: said, and tried again
                 log.exception("node %s: could not write its heartbeat", self.id)
+                continue
+            for then in self.after_beat:
+                try:
+                    await then()
+                except Exception:
+                    log.exception("node %s: after its heartbeat", self.id)
+
+    async def set_draining(self, node_id: str, draining: bool) -> NodeView | None:
+        async with self._db() as db:
+            row = await db.get(NodeRow, node_id)
+            if row is None:
+                return None
+            row.draining = draining
+            await db.commit()
+            await db.refresh(row)
+        if node_id == self.id:
+            self.draining = draining
+        return self._view(row)
 
     async def list(self) -> list[NodeView]:
         async with self._db() as db:
             rows = (await db.scalars(select(NodeRow).order_by(NodeRow.started_at,
                                                               NodeRow.id))).all()
-        return [self._view(r) for r in rows]
+            runs = dict((await db.execute(
+                select(SessionRow.node_id, func.count()).where(SessionRow.node_id.is_not(None))
+                .group_by(SessionRow.node_id))).all())
+        return [self._view(r).model_copy(update={"sessions": runs.get(r.id, 0)})
+                for r in rows]
 
     def _view(self, row: NodeRow) -> NodeView:
         lease = timedelta(seconds=self.settings.node_lease_seconds)
@@ -111,7 +140,8 @@ class NodeRegistry:
                         alive=alive,
                         stopped_at=iso(row.stopped_at) if row.stopped_at else None,
                         boxes_awake=row.boxes_awake,
-                        memory_available_mb=row.memory_available_mb, this=row.id == self.id)
+                        memory_available_mb=row.memory_available_mb,
+                        draining=bool(row.draining), this=row.id == self.id)
 
     async def close(self) -> None:
         if self._task is not None:

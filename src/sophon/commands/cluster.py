@@ -23,9 +23,37 @@ def cluster(as_json: Annotated[bool, typer.Option(
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
-    rows = [[n["id"] + (" *" if n["this"] else ""), n["url"],
-             "alive" if n["alive"] else ("stopped" if n["stopped_at"] else "silent"),
-             str(n["boxes_awake"]), f"{n['memory_available_mb']:,} MiB", n["heartbeat_at"]]
+    rows = [[n["id"] + (" *" if n["this"] else ""), n["url"], _state(n),
+             str(n["sessions"]), str(n["boxes_awake"]), f"{n['memory_available_mb']:,} MiB",
+             n["heartbeat_at"]]
             for n in found["nodes"]]
-    typer.echo(table(["NODE", "URL", "STATE", "BOXES", "MEMORY FREE", "LAST HEARD"], rows))
+    typer.echo(table(["NODE", "URL", "STATE", "SESSIONS", "BOXES", "MEMORY FREE",
+                      "LAST HEARD"], rows))
     typer.echo(f"* answered ({found['database']})")
+
+
+def _state(node: dict) -> str:  # type: ignore[type-arg]
+    if not node["alive"]:
+        return "stopped" if node["stopped_at"] else "silent"
+    return "draining" if node["draining"] else "alive"
+
+
+node_app = typer.Typer(help="Manage one node of a cluster (admins).", no_args_is_help=True)
+
+
+@node_app.command("drain")
+@friendly
+def drain(node_id: Annotated[str, typer.Argument(help="The node's id (sophon cluster)")],
+          undo: Annotated[bool, typer.Option(
+              "--undo", help="Take work on the node again.")] = False) -> None:
+    """Drain a node: no new session goes there, and the sessions it runs move to other
+    nodes between turns (running turns finish first).
+
+    Example: sophon node drain node_3f2a9c0d1e2b4f56
+    """
+    node = client().drain(node_id, draining=not undo)
+    if undo:
+        typer.echo(f"{node_id} takes new work again")
+    else:
+        typer.echo(f"{node_id} is draining: {node['sessions']} session(s) still run there "
+                   "and move on between turns; `sophon cluster` shows how it goes")

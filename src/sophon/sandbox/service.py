@@ -150,6 +150,9 @@ class ExecutionService:
                  volumes: VolumeService | None = None,
                  webhooks: Webhooks | None = None) -> None:
         self.boxes = boxes
+        # The node this server is in a cluster (sophon/cluster/): each execution row
+        # names it, so that one node's death cuts off only its own.
+        self.node_id: str | None = None
         # Set by sophon.services: what every execution is told to reach the egress door.
         self.door_env: Callable[[str, str, str | None], Awaitable[dict[str, str]]] | None \
             = None
@@ -179,7 +182,11 @@ class ExecutionService:
 
     async def recover(self) -> int:
         """Runs cut off by a server stop end as failed; none stays 'running' forever.
-        One-off boxes a crash left on disk are deleted. Call before boxes start."""
+        One-off boxes a crash left on disk are deleted. Call before boxes start. In a
+        cluster, the other nodes' boxes and executions are theirs: a node's are ended by
+        the node that finds it dead (cluster/ownership.py)."""
+        if self.node_id is not None:
+            return 0
         async with self._sessions() as db:
             threads = set((await db.execute(select(Thread.id))).scalars())
         for d in self.boxes.settings.boxes_dir.iterdir():
@@ -525,7 +532,7 @@ class ExecutionService:
             "output_truncated": run.truncated, "duration_ms": run.duration_ms,
             "metadata": run.req.metadata, "created_at": run.created_at,
             "completed_at": run.completed_at, "webhook_url": run.req.webhook_url,
-            "webhook_delivery_status": run.webhook_status,
+            "webhook_delivery_status": run.webhook_status, "node_id": self.node_id,
         }
 
     async def _send_webhook(self, run: Run) -> None:

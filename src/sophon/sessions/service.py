@@ -69,6 +69,7 @@ from sophon.users import Principal
 from sophon.webhooks import Webhooks
 
 if TYPE_CHECKING:
+    from sophon.cluster.ownership import Ownership
     from sophon.images.service import ImageService
 
 log = logging.getLogger(__name__)
@@ -139,32 +140,51 @@ class SessionService:
         # Told after a change to a session's files from outside a turn's tools (a save,
         # an exec): sessions/checkpoints.py takes a checkpoint of it.
         self.after_change: Callable[[SessionRow, str], None] | None = None
+        # Which node runs each session's box (sophon/cluster/ownership.py); None: this
+        # server alone runs them all.
+        self.ownership: Ownership | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
     async def recover(self) -> None:
         """After a restart: turns that were running (or waiting for an approval) were
         cut off, execs too. A pending approval stays answerable; its answer is recorded,
-        but no turn waits for it any more."""
+        but no turn waits for it any more. In a cluster, only the sessions of nodes that
+        stopped or died are this node's to report (see cluster/ownership.py)."""
         # Copies of clones that a stopped server was making (sessions/local_copy.py).
-        await asyncio.to_thread(shutil.rmtree, self.settings.data_dir / "staging", True)
+        await asyncio.to_thread(shutil.rmtree, self.settings.staging_dir, True)
+        if self.ownership is not None and self.ownership.clustered:
+            await self.ownership.take_orphans()
+            return
         async with self._db() as db:
-            cut = list((await db.execute(select(SessionRow.id, SessionRow.status).where(
+            cut = set((await db.scalars(select(SessionRow.id).where(
                 SessionRow.status.in_(("running", "waiting_approval"))))).all())
-            open_execs = list((await db.execute(select(OpenExec))).scalars())
-        for session_id, status in cut:
+            cut |= set((await db.scalars(select(OpenExec.session_id))).all())
+        for session_id in cut:
+            await self.cut_off(session_id, "the server stopped")
+
+    async def cut_off(self, session_id: str, who: str) -> None:
+        """Report the session's turn and execs that ``who`` (the server, a node) cut off
+        by stopping: the turn as interrupted, each exec as ended with -1."""
+        async with self._db() as db:
+            status = await db.scalar(select(SessionRow.status).where(
+                SessionRow.id == session_id))
+            open_execs = list((await db.scalars(select(OpenExec).where(
+                OpenExec.session_id == session_id))).all())
+        if status in ("running", "waiting_approval"):
             waiting = " while it waited for an approval" if status == "waiting_approval" else ""
             await self.events.append(session_id, SessionError(
                 code="interrupted",
-                message=f"the server stopped during a turn{waiting}, and the turn was cut "
+                message=f"{who} during a turn{waiting}, and the turn was cut "
                         "off; send the next message to continue"))
             await self.set_status(session_id, "idle")
         for ex in open_execs:
             await self.events.append(ex.session_id, ExecEnd(
                 exec_id=ex.exec_id, exit_code=-1, error="interrupted"))
-        async with self._db() as db:
-            await db.execute(delete(OpenExec))
-            await db.commit()
+        if open_execs:
+            async with self._db() as db:
+                await db.execute(delete(OpenExec).where(OpenExec.session_id == session_id))
+                await db.commit()
 
     async def close(self) -> None:
         tasks = [t for _, t, _ in self._watchers.values()] + list(self._tasks)
@@ -218,6 +238,9 @@ class SessionService:
             network=req.network.model_dump(), connectors=list(req.connectors),
             mcp_servers=[m.model_dump() for m in req.mcp_servers],
         )
+        if self.ownership is not None and self.ownership.clustered:
+            row.node_id = self.ownership.node_id  # made here, run here
+            await self.ownership.claim_new("session", session_id)
         image = None
         if self.boxes.images is not None:
             # The first session of a base waits for its image to be built (once).
@@ -243,7 +266,7 @@ class SessionService:
                     path = source.path
                     if source.copy:
                         path = str(await stack.enter_async_context(server_copy(
-                            path, self.settings.data_dir / "staging",
+                            path, self.settings.staging_dir,
                             size.disk_mb * 2**20)))
                     # Read the user's path in a box that can read nothing of any other
                     # box, then let the session's box clone from that box's copy.
@@ -274,6 +297,8 @@ class SessionService:
         await self._purge(await self.get_row(principal, session_id))
 
     async def _purge(self, row: SessionRow) -> None:
+        if self.ownership is not None:
+            await self.ownership.hold("session", row.id)
         self._change_limits.pop(row.id, None)
         watcher = self._watchers.pop(row.id, None)
         if watcher is not None:
@@ -285,6 +310,26 @@ class SessionService:
         await self.events.delete(row.id)
         self.secrets.forget(row.id)
         self.quotas.forget_session(row.id)
+        if self.ownership is not None:
+            await self.ownership.forget("session", row.id)
+
+    async def busy(self, session_id: str) -> bool:
+        """Whether a turn or an exec of the session is under way."""
+        async with self._db() as db:
+            status = await db.scalar(select(SessionRow.status).where(
+                SessionRow.id == session_id))
+            execs = await db.scalar(select(OpenExec.exec_id).where(
+                OpenExec.session_id == session_id).limit(1))
+        return status in BUSY_STATUSES or execs is not None
+
+    async def let_go(self, session_id: str) -> None:
+        """This node no longer runs the session (drained, or taken over by another node
+        after this one was silent too long): its watcher and box stop here."""
+        self._change_limits.pop(session_id, None)
+        watcher = self._watchers.pop(session_id, None)
+        if watcher is not None:
+            watcher[1].cancel()
+        await self.boxes.stop(box_id_of(session_id))
 
     async def delete(self, principal: Principal, session_id: str) -> None:
         await self._purge(await self.get_row(principal, session_id))
@@ -410,6 +455,8 @@ class SessionService:
     @contextlib.asynccontextmanager
     async def box(self, row: SessionRow) -> AsyncIterator[Box]:
         """The session's running box, woken if it was sleeping, with its watcher on."""
+        if self.ownership is not None:
+            await self.ownership.hold("session", row.id)
         await self.refresh_secrets(row.id)
         self.quotas.know_session(row.id, row.user_id)
         was_sleeping = self.boxes.running(row.box_id) is None

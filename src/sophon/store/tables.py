@@ -65,6 +65,8 @@ class Thread(Base):
     # Written at most hourly (sandbox/threads.py); what thread expiry goes by.
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                           nullable=True, default=utcnow)
+    # The node that runs its box (sophon/cluster/ownership.py); None: none yet.
+    node_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
 
 
 class Execution(Base):
@@ -89,6 +91,8 @@ class Execution(Base):
     # how that went: pending, delivered or failed. None without a webhook.
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     webhook_delivery_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The node it runs on: a node that dies cuts off only its own.
+    node_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
 
 
 class SessionRow(Base):
@@ -123,6 +127,8 @@ class SessionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  index=True)
     last_activity_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The node that runs its box, watcher and turns (sophon/cluster/ownership.py).
+    node_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
 
 
 class EventRow(Base):
@@ -302,3 +308,5 @@ class NodeRow(Base):
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     boxes_awake: Mapped[int] = mapped_column(Integer, default=0)
     memory_available_mb: Mapped[int] = mapped_column(Integer, default=0)
+    # Being drained (``sophon node drain``): given no new work, handing its sessions on.
+    draining: Mapped[bool] = mapped_column(Boolean, default=False)

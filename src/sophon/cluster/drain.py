@@ -1,0 +1,33 @@
+"""Draining a node (``sophon node drain``): placement sends it nothing new (ownership.py),
+and at each of its heartbeats it hands on the sessions it runs that are between turns
+and execs: their boxes stop here, and the next request for one, on any node, starts it
+on the node that takes it. A running turn or exec finishes here first."""
+
+from __future__ import annotations
+
+import logging
+
+from sophon.agent.service import AgentService
+from sophon.cluster.ownership import Ownership
+from sophon.sessions.service import SessionService
+
+log = logging.getLogger("sophon.cluster")
+
+
+async def hand_on(ownership: Ownership, sessions: SessionService,
+                  agent: AgentService) -> int:
+    """One step of a drain; the number of sessions handed on."""
+    if not ownership.nodes.draining:
+        return 0
+    moved = 0
+    for session_id in sorted(ownership.mine("session")):
+        if agent.running(session_id) is not None or await sessions.busy(session_id):
+            continue
+        # Handed on before the box stops, so a request that comes meanwhile goes to
+        # the node that takes it, never to this box again.
+        await ownership.release("session", session_id)
+        await sessions.let_go(session_id)
+        moved += 1
+    if moved:
+        log.info("node %s (draining) handed on %d session(s)", ownership.node_id, moved)
+    return moved
