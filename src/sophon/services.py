@@ -22,7 +22,7 @@ from sophon.egress.service import Egress
 from sophon.events.log import EventLog
 from sophon.gateway.service import Gateway
 from sophon.images.service import ImageService
-from sophon.keys import Sealer, secret_key
+from sophon.keys import Sealer, secret_key, signing_key
 from sophon.quotas import Quotas
 from sophon.sandbox.service import ExecutionService
 from sophon.sessions.checkpoints import Checkpoints
@@ -81,6 +81,7 @@ class Services:
         ownership = Ownership(settings, db, nodes)
         if ownership.clustered:
             executions.node_id = nodes.id
+            executions.ownership = ownership
         cut_off = await executions.recover()
         if cut_off:
             log.warning("%d execution(s) were cut off by the last stop; marked failed", cut_off)
@@ -132,7 +133,8 @@ class Services:
         agent = AgentService(sessions, gateway, settings, checkpoints)
         forwarding = None
         if ownership.clustered:
-            forwarding = Forwarding(ownership, key)
+            users = UserService(db)
+            forwarding = Forwarding(ownership, key, users, signing_key(settings.data_dir))
             ownership.on_taken["session"] = lambda sid: sessions.cut_off(
                 sid, "the node that ran it stopped")
 
@@ -141,8 +143,10 @@ class Services:
                 await sessions.let_go(session_id)
 
             ownership.on_lost["session"] = lost
+            ownership.on_lost["thread"] = executions.let_go
             nodes.after_beat.append(ownership.check)
-            nodes.after_beat.append(lambda: drain.hand_on(ownership, sessions, agent))
+            nodes.after_beat.append(lambda: drain.hand_on(ownership, sessions, agent,
+                                                          executions))
         return cls(settings, engine, db, UserService(db), boxes, executions, sessions,
                    Workspace(sessions), gateway, agent, connectors=connectors,
                    egress=egress, terminals=Terminals(sessions, settings.terminal_keep_seconds),

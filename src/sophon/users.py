@@ -21,6 +21,10 @@ WEB_SESSION_TTL = timedelta(days=7)
 SIGN_IN_LINK_TTL = timedelta(minutes=15)
 
 
+# The dashboard's session cookie (its value names a row of web_sessions).
+WEB_COOKIE = "sophon_session"
+
+
 @dataclass(frozen=True)
 class Principal:
     """The authenticated caller of a request."""

@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from sophon.testing import ModelServer
 from tests.conftest import LiveServer, make_data_dir, model_env, wait_for
@@ -23,6 +25,7 @@ from tests.integration.postgres_support import NEEDS_POSTGRES
 from tests.integration.session_support import sh
 from tests.integration.test_agent_edges import tool_use
 from tests.integration.test_session_events import SSEStream
+from tests.integration.test_terminal import Term, printed_lines
 
 pytestmark = NEEDS_POSTGRES
 
@@ -147,6 +150,18 @@ def test_a_session_is_served_through_every_node_as_one(
         far.wait_seq(last)
         assert far.seqs == list(range(1, last + 1))
         assert far.data == page(on_c, sid)
+
+    # A terminal opened on C is a shell in A's box.
+    with connect(f"{c.url.replace('http', 'ws')}/v1/sessions/{sid}/terminal",
+                 additional_headers={"Authorization": f"Bearer {key}"},
+                 open_timeout=15) as ws:
+        term = Term(ws)
+        term.send("cat c.txt; echo $((6*7))\r")
+        assert "42" in printed_lines(term.until("42"))
+        assert "by-b" in printed_lines(term.seen)
+    with pytest.raises(InvalidStatus):  # a stranger's refusal is passed on
+        connect(f"{c.url.replace('http', 'ws')}/v1/sessions/{sid}/terminal",
+                additional_headers={"Authorization": f"Bearer {stranger}"}, open_timeout=15)
 
     # Another user's session is a 404 on every node, whatever the route.
     for srv in (a, b, c):
@@ -273,3 +288,71 @@ def test_new_sessions_go_where_there_is_room_and_a_drained_node_hands_its_own_on
     assert sophon(env, "node", "drain", "--undo", node_id(b)).returncode == 0
     again = on_a.post("/v1/sessions", json={"name": "again"}).json()["id"]
     assert owner(postgres_url, again) == node_id(b)
+
+
+def thread_owner(postgres_url: str, name: str) -> str | None:
+    from sqlalchemy import select
+
+    from sophon.store.db import make_engine, sessionmaker
+    from sophon.store.tables import Thread
+
+    async def read() -> str | None:
+        engine = make_engine(postgres_url)
+        try:
+            async with sessionmaker(engine)() as db:
+                return await db.scalar(select(Thread.node_id).where(Thread.name == name))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def test_a_thread_runs_on_one_node_whichever_node_the_baponi_client_asks(
+        trio: tuple[ModelServer, list[LiveServer]], postgres_url: str) -> None:
+    from baponi import Baponi
+
+    _, nodes = trio
+    key = nodes[0].add_user(database_url=postgres_url)
+    baponi = [Baponi(api_key=key, base_url=n.url, max_retries=0) for n in nodes]
+    made = baponi[0].execute("echo one > /home/baponi/kept.txt; echo $$ > pid",
+                             language="bash", thread_id="t1")
+    assert made.success, made.stderr
+    runs_on = thread_owner(postgres_url, "t1")
+    assert runs_on in [node_id(n) for n in nodes]
+    # Every node sends the thread's work to the node that runs its box.
+    for client_ in baponi:
+        got = client_.execute("cat /home/baponi/kept.txt", language="bash", thread_id="t1")
+        assert got.stdout == "one\n", got.stderr
+    # A signed upload URL from one node, used at it; the file read through another.
+    up = baponi[2].upload_url(path="up.txt", content_length=3, source="thread", id="t1")
+    assert httpx.put(up.url, content=b"hey", timeout=60).status_code == 200
+    assert baponi[1].execute("cat /home/baponi/up.txt", language="bash",
+                             thread_id="t1").stdout == "hey"
+    listed = baponi[1].list_files(source="thread", id="t1")
+    assert "up.txt" in [f.path for f in listed]
+    # An execution's status from any node; a killed owner's thread moves on, files whole.
+    handle = baponi[0].execute_webhook("sleep 0.2; echo later", language="bash",
+                                       thread_id="t1")
+    assert handle.wait(poll_interval=0.05, timeout=30).stdout == "later\n"
+    for client_ in baponi:
+        assert client_.get_execution(handle.trace_id).stdout == "later\n"
+    assert thread_owner(postgres_url, "t1") == runs_on
+    [dead] = [n for n in nodes if node_id(n) == runs_on]
+    dead.kill()
+    alive = [c for c, n in zip(baponi, nodes, strict=True) if n is not dead]
+    refused: list[str] = []
+
+    def after_the_move() -> Any:
+        try:
+            return alive[0].execute("cat /home/baponi/kept.txt /home/baponi/up.txt",
+                                    language="bash", thread_id="t1")
+        except Exception as exc:  # until the lease runs out: the owner does not answer
+            refused.append(str(exc))
+            return None
+
+    moved = wait_for(after_the_move, LEASE + 15, 0.5, "the thread to move on")
+    assert moved.stdout == "one\nhey"
+    assert all("does not answer" in r for r in refused), refused
+    assert thread_owner(postgres_url, "t1") not in (None, runs_on)
+    for c in baponi:
+        c.close()

@@ -17,9 +17,9 @@ from fastapi import Depends, Request
 
 from sophon.errors import Forbidden, SophonError
 from sophon.services import Services
-from sophon.users import Principal
+from sophon.users import WEB_COOKIE, Principal
 
-COOKIE = "sophon_session"
+COOKIE = WEB_COOKIE
 CSRF_HEADER = "X-CSRF-Token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -54,7 +54,12 @@ def check_origin(request: Request) -> None:
         return
     parts = urlsplit(origin)
     scheme = parts.scheme.lower()
-    ours = _host_port(request.headers.get("host", ""), scheme)
+    host = request.headers.get("host", "")
+    forwarding = getattr(request.app.state.services, "forwarding", None)
+    if forwarding is not None and forwarding.forwarded(request.scope):
+        # Sent on by the node the browser reached (cluster/forward.py): its Host.
+        host = request.headers.get("x-forwarded-host", host)
+    ours = _host_port(host, scheme)
     theirs = _host_port(parts.netloc, scheme) if scheme in _DEFAULT_PORTS else None
     if theirs is None or theirs != ours:
         raise CsrfFailed(f"cross-site request refused: Origin {origin[:200]!r} is not this "

@@ -72,6 +72,7 @@ def _files(request: Request) -> ThreadFiles:
                                               services.settings.base_url,
                                               services.quotas,
                                               services.executions.threads.touch)
+        tf.node_id = services.executions.node_id
     return tf  # type: ignore[no-any-return]
 
 

@@ -1,7 +1,8 @@
 """Draining a node (``sophon node drain``): placement sends it nothing new (ownership.py),
 and at each of its heartbeats it hands on the sessions it runs that are between turns
-and execs: their boxes stop here, and the next request for one, on any node, starts it
-on the node that takes it. A running turn or exec finishes here first."""
+and execs, and the threads whose boxes run nothing: their boxes stop here, and the next
+request for one, on any node, starts it on the node that takes it. A running turn,
+exec or execution finishes here first."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import logging
 
 from sophon.agent.service import AgentService
 from sophon.cluster.ownership import Ownership
+from sophon.sandbox.service import ExecutionService
 from sophon.sessions.service import SessionService
 
 log = logging.getLogger("sophon.cluster")
 
 
 async def hand_on(ownership: Ownership, sessions: SessionService,
-                  agent: AgentService) -> int:
-    """One step of a drain; the number of sessions handed on."""
+                  agent: AgentService, executions: ExecutionService) -> int:
+    """One step of a drain; the number of sessions and threads handed on."""
     if not ownership.nodes.draining:
         return 0
     moved = 0
@@ -27,6 +29,13 @@ async def hand_on(ownership: Ownership, sessions: SessionService,
         # the node that takes it, never to this box again.
         await ownership.release("session", session_id)
         await sessions.let_go(session_id)
+        moved += 1
+    for thread in sorted(ownership.mine("thread")):
+        box = executions.boxes.running(thread)
+        if box is not None and box.busy:
+            continue  # an execution or a file transfer: at a later heartbeat
+        await ownership.release("thread", thread)
+        await executions.let_go(thread)
         moved += 1
     if moved:
         log.info("node %s (draining) handed on %d session(s)", ownership.node_id, moved)

@@ -114,6 +114,23 @@ class Ownership:
         conditions = self._alive()
         return conditions[0] & conditions[1] & conditions[2]
 
+    async def thread_id(self, user_id: str, name: str) -> str | None:
+        async with self._db() as db:
+            return await db.scalar(select(Thread.id).where(Thread.user_id == user_id,
+                                                           Thread.name == name))
+
+    async def execution_node(self, trace_id: str) -> Owner | None:
+        """The live node, if another, that an execution runs (or ran) on: what it
+        keeps in memory (the output of a run still going) is there."""
+        async with self._db() as db:
+            found = (await db.execute(
+                select(NodeRow.id, NodeRow.url).join(
+                    Execution, Execution.node_id == NodeRow.id)
+                .where(Execution.trace_id == trace_id, self._alive_all()))).first()
+        if found is None or found.id == self.node_id:
+            return None
+        return Owner(found.id, found.url)
+
     async def hold(self, kind: Kind, key: str) -> None:
         """Before this node runs its box: raise if another live node runs it."""
         owner = await self.locate(kind, key)

@@ -126,6 +126,8 @@ class ThreadFiles:
         self.key = key
         self.base_url = base_url.rstrip("/")  # SOPHON_PUBLIC_URL, never a request's Host
         self.ttl = ttl
+        # In a cluster (sophon/cluster/): the node a thread made here runs on.
+        self.node_id: str | None = None
 
     async def box_of(self, user_id: str, thread: str, create: bool = False) -> str:
         """The box of the caller's thread; another user's (or no) thread is a 404. An
@@ -141,7 +143,7 @@ class ThreadFiles:
                                      "a new thread")
         box_id = await self.quotas.admit_box(user_id)
         async with self.db() as db:
-            db.add(Thread(id=box_id, user_id=user_id, name=thread))
+            db.add(Thread(id=box_id, user_id=user_id, name=thread, node_id=self.node_id))
             try:
                 await db.commit()
             except IntegrityError:  # made concurrently by an execute or another upload

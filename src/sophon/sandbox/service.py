@@ -50,6 +50,7 @@ from sophon.volumes.service import VolumeService
 from sophon.webhooks import Webhooks
 
 if TYPE_CHECKING:
+    from sophon.cluster.ownership import Ownership
     from sophon.images.service import ImageService
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ class ExecutionService:
         # The node this server is in a cluster (sophon/cluster/): each execution row
         # names it, so that one node's death cuts off only its own.
         self.node_id: str | None = None
+        self.ownership: Ownership | None = None
         # Set by sophon.services: what every execution is told to reach the egress door.
         self.door_env: Callable[[str, str, str | None], Awaitable[dict[str, str]]] | None \
             = None
@@ -348,6 +350,14 @@ class ExecutionService:
                              f"({self._busy[(user_id, name)]}); wait for it or cancel it")
         self._busy[(user_id, name)] = why
 
+    async def let_go(self, thread_box: str) -> None:
+        """Another node runs the thread now (or this one is drained): its box stops
+        here, and what is known of it here is forgotten."""
+        for key, box_id in list(self._thread_ids.items()):
+            if box_id == thread_box:
+                del self._thread_ids[key]
+        await self.boxes.stop(thread_box)
+
     def _release_thread(self, user_id: str, name: str) -> None:
         self._busy.pop((user_id, name), None)
         self._thread_ids.pop((user_id, name), None)
@@ -364,6 +374,8 @@ class ExecutionService:
         key = (principal.user_id, thread)
         cached = self._thread_ids.get(key)
         if cached:
+            if self.ownership is not None:
+                await self.ownership.hold("thread", cached)
             return await self.quotas.admit_box(principal.user_id, cached), "known"
         kind = "known"
         async with self._sessions() as db:
@@ -377,7 +389,7 @@ class ExecutionService:
                                          "a new thread")
             found, kind = await self.quotas.admit_box(key[0], pooled=pooled), "new"
             async with self._sessions() as db:
-                db.add(Thread(id=found, user_id=key[0], name=thread))
+                db.add(Thread(id=found, user_id=key[0], name=thread, node_id=self.node_id))
                 try:
                     await db.commit()
                 except IntegrityError:  # the same thread was made concurrently
@@ -387,7 +399,11 @@ class ExecutionService:
                         select(Thread.id).where(Thread.user_id == key[0], Thread.name == thread)
                     )).scalar_one()
         if kind == "known":
+            if self.ownership is not None:  # its box runs on one node at a time
+                await self.ownership.hold("thread", found)
             await self.quotas.admit_box(key[0], found)
+        elif self.ownership is not None:
+            await self.ownership.claim_new("thread", found)
         self._thread_ids[key] = found
         return found, kind
 
