@@ -68,7 +68,7 @@ BENCHES: dict[str, tuple[Callable[..., list[Figure]], dict[str, object]]] = {
                                             "samples": 3}),
     "images": (bench_images.run, {"samples": 5, "cold": False}),
     "after_oneoff": (bench_after_oneoff.run, {"pairs": 3, "warmup": 1, "pause": 0.3}),
-    "cluster": (bench_cluster.run, {"commands": 10}),
+    "cluster": (bench_cluster.run, {"commands": 10, "samples": 5, "seconds": 2.0}),
     "soak": (bench_soak.run, {"minutes": 0.5, "sessions": 3, "rate": 4.0, "window": 10.0}),
 }
 
