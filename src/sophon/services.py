@@ -27,7 +27,7 @@ from sophon.quotas import Quotas
 from sophon.sandbox.service import ExecutionService
 from sophon.sessions.checkpoints import Checkpoints
 from sophon.sessions.secrets import SecretStore
-from sophon.sessions.service import SessionService
+from sophon.sessions.service import SessionService, box_id_of
 from sophon.sessions.terminals import Terminals
 from sophon.sessions.workspace import Workspace
 from sophon.store.db import make_data_files_private, make_engine, migrate, sessionmaker
@@ -135,8 +135,13 @@ class Services:
         if ownership.clustered:
             users = UserService(db)
             forwarding = Forwarding(ownership, key, users, signing_key(settings.data_dir))
-            ownership.on_taken["session"] = lambda sid: sessions.cut_off(
-                sid, "the node that ran it stopped")
+
+            async def taken(session_id: str) -> None:
+                await boxes.disks.adopt(box_id_of(session_id))
+                await sessions.cut_off(session_id, "the node that ran it stopped")
+
+            ownership.on_taken["session"] = taken
+            ownership.on_taken["thread"] = boxes.disks.adopt  # a thread's id is its box's
 
             async def lost(session_id: str) -> None:
                 await agent.let_go(session_id)

@@ -7,7 +7,9 @@ room, and a drained node hands its sessions on."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -356,3 +358,47 @@ def test_a_thread_runs_on_one_node_whichever_node_the_baponi_client_asks(
     assert thread_owner(postgres_url, "t1") not in (None, runs_on)
     for c in baponi:
         c.close()
+
+
+def test_a_paused_node_lets_go_of_what_another_node_took_and_no_disk_is_mounted_twice(
+        trio: tuple[ModelServer, list[LiveServer]], postgres_url: str) -> None:
+    """A node that stops beating while its process lives on (SIGSTOP: a stopped VM, a
+    long pause) loses its sessions after the lease; its box still holds the session's
+    disk, so the node that took it refuses to mount it again until the paused node,
+    running again, finds out and stops its box."""
+    _, (a, b, _) = trio
+    admin = a.add_user("admin", database_url=postgres_url)
+    key = a.add_user(database_url=postgres_url)
+    on_a, on_b = client(a, key), client(b, key)
+    sid = on_a.post("/v1/sessions", json={"name": "paused"}).json()["id"]
+    assert sh(on_a, sid, "echo before > f.txt; cat f.txt") == "before\n"
+    assert owner(postgres_url, sid) == node_id(a)
+    a_id = node_id(a)
+
+    def a_row() -> dict[str, Any]:
+        r = httpx.get(f"{b.url}/v1/cluster", headers={"Authorization": f"Bearer {admin}"})
+        return next(n for n in r.json()["nodes"] if n["id"] == a_id)
+
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: not a_row()["alive"], LEASE + 10, 0.2, "A to be taken for dead")
+        refused = on_b.post(f"/v1/sessions/{sid}/exec", json={"command": "cat f.txt"})
+        [end] = [e for e in map(json.loads, refused.text.splitlines())
+                 if e["type"] == "exec_end"]
+        assert (end["exit_code"], end["error"]) == (-1, "sandbox_unavailable"), end
+        assert owner(postgres_url, sid) == node_id(b)
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    # A beats again, sees the session is B's, and stops its box; B's box then starts.
+    wait_for(lambda: a_row()["alive"], 10, 0.1, "A to beat again")
+
+    def on_b_now() -> bool:
+        r = on_b.post(f"/v1/sessions/{sid}/exec", json={"command": "true"})
+        ends = [e for e in map(json.loads, r.text.splitlines()) if e["type"] == "exec_end"]
+        return bool(ends[0]["exit_code"] == 0)
+
+    wait_for(on_b_now, 30, 0.2, "B to run the session's box")
+    assert sh(on_b, sid, "cat f.txt; echo after >> f.txt") == "before\n"
+    assert sh(on_a, sid, "cat f.txt") == "before\nafter\n"  # through A, run by B
+    assert owner(postgres_url, sid) == node_id(b)

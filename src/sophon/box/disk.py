@@ -279,6 +279,23 @@ class Disks:
             time.sleep(0.001)  # the kernel lets go within milliseconds of the box's end
         self._loops.pop(box_id, None)
 
+    async def adopt(self, box_id: str) -> None:
+        """The box was run by another node until now (cluster/ownership.py): if a loop
+        device still holds its image (that node's box, not gone yet: on one machine, a
+        node paused rather than dead), the next start waits for it, and refuses rather
+        than mount the image twice."""
+        if self.enabled and box_id not in self._loops:
+            await asyncio.to_thread(self._adopt, box_id)
+
+    def _adopt(self, box_id: str) -> None:
+        path = str(self.image(box_id).resolve())
+        with contextlib.suppress(OSError):
+            for dev in Path("/sys/block").glob("loop*"):
+                number = dev.name[4:]
+                if number.isdigit() and backing_file(int(number)) == path:
+                    self._loops[box_id] = int(number)
+                    return
+
     async def released(self, box_id: str) -> None:
         """Once a stopped box's disk is let go by the kernel (its mount went with the
         box's last process; the loop device clears itself a moment later): from then on
