@@ -139,6 +139,7 @@ def request_for(u: User, method: str, path: str) -> dict[str, Any]:
     """The route's path with the user's own objects, and a body that would do something."""
     names = {"session_id": u.session, "trace_id": u.trace, "approval_id": u.approval,
              "thread_id": u.thread, "path": "hello.txt", "turn": "1",
+             "node_id": "node_0000000000000000",
              "name": u.volume if path.startswith("/v1/volumes/") else "TOKEN"}
     bodies: dict[tuple[str, str], Any] = {
         ("POST", "/v1/sandbox/execute"): {"code": "echo hi", "language": "bash"},

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from sophon.errors import BoxUnavailable
@@ -43,6 +44,7 @@ class UidPool:
             fd = os.open(self.claims / str(uid), flags, 0o600)
         except FileExistsError:
             return False
+        os.fchmod(fd, 0o600)  # (one an older run left readable is repaired too)
         with os.fdopen(fd, "w") as f:
             f.write(box_id)
         return True
@@ -54,6 +56,20 @@ class UidPool:
         except (OSError, ValueError):
             return None
 
+    def _claimed_by(self, uid: int) -> str | None:
+        try:
+            return (self.claims / str(uid)).read_text()
+        except OSError:
+            return None
+
+    def _candidates(self) -> Iterator[int]:
+        """First the uids not known to be taken; then those another node had taken when
+        last seen here, which it may have given back since."""
+        uids = range(self.first, self.first + self.count)
+        yield from (u for u in uids if u not in self._used)
+        own = set(self._by_box.values())
+        yield from (u for u in uids if u in self._used and u not in own)
+
     def get(self, box_id: str) -> tuple[int, bool]:
         """The box's uid, and whether it was assigned just now."""
         uid = self._by_box.get(box_id) or self._read(self.boxes_dir / box_id / "uid")
@@ -62,13 +78,11 @@ class UidPool:
             self._used.add(uid)
             return uid, False
         free = None
-        for candidate in range(self.first, self.first + self.count):
-            if candidate in self._used:
-                continue
-            if self._claim(candidate, box_id):
-                free = candidate
+        for candidate in self._candidates():
+            if self._claim(candidate, box_id) or self._claimed_by(candidate) == box_id:
+                free = candidate  # (claimed for this very box before its uid file went)
                 break
-            self._used.add(candidate)  # another node's
+            self._used.add(candidate)  # another box's, maybe another node's
         if free is None:
             # One-off executions give theirs back as they end; threads and sessions only
             # when deleted (or expired: SOPHON_THREAD_EXPIRY_DAYS).
