@@ -167,9 +167,9 @@ class Forwarding:
             retry = math.ceil(self.ownership.settings.node_lease_seconds)
             await JSONResponse(
                 {"error": "node_unreachable",
-                 "message": f"the node that runs this session ({owner.url}) does not answer; "
-                            f"if it stopped, another node takes the session over within "
-                            f"{retry} s: try again then"},
+                 "message": f"the node that runs this ({owner.url}) does not answer; if it "
+                            f"stopped, another node takes its work over within {retry} s: "
+                            "try again then"},
                 503, headers={"Retry-After": str(retry)})(scope, receive, send)
             return
         try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from sophon.cluster.nodes import NodeRegistry
@@ -72,20 +72,21 @@ class Ownership:
     def mine(self, kind: Kind) -> set[str]:
         return set(self._mine[kind])
 
-    def _alive_since(self):  # noqa: ANN202 (a datetime)
-        return utcnow() - timedelta(seconds=self.settings.node_lease_seconds)
-
-    def _alive(self) -> list:  # noqa: ANN202 (SQL conditions)
+    def _alive(self) -> ColumnElement[bool]:
         """A node that beat within the lease and did not stop, and that is not an
         earlier run of this one (same address: this process is there now)."""
-        return [NodeRow.stopped_at.is_(None), NodeRow.heartbeat_at >= self._alive_since(),
-                or_(NodeRow.id == self.node_id, NodeRow.url != self.nodes.url)]
+        since = utcnow() - timedelta(seconds=self.settings.node_lease_seconds)
+        return and_(NodeRow.stopped_at.is_(None), NodeRow.heartbeat_at >= since,
+                    or_(NodeRow.id == self.node_id, NodeRow.url != self.nodes.url))
 
     # --- where a session or thread runs -------------------------------------------
 
-    async def locate(self, kind: Kind, key: str) -> Owner | None:
+    async def locate(self, kind: Kind, key: str, here: bool = False) -> Owner | None:
         """The live node that runs it, if another; None if this node does (taking it
-        now when no live node had it) or if there is no such row (the route says 404)."""
+        now when no live node had it) or if there is no such row (the route says 404).
+        A node being drained sends what no node runs to the placed node, unless the
+        request is ``here`` already (forwarded to it): then it takes it, and hands it on
+        at a later heartbeat."""
         if not self.clustered or key in self._mine[kind]:
             return None
         table = _TABLES[kind]
@@ -94,7 +95,7 @@ class Ownership:
                 found = (await db.execute(
                     select(table.node_id, NodeRow.url)
                     .select_from(table)
-                    .outerjoin(NodeRow, (NodeRow.id == table.node_id) & self._alive_all())
+                    .outerjoin(NodeRow, (NodeRow.id == table.node_id) & self._alive())
                     .where(table.id == key))).first()
             if found is None:
                 return None
@@ -104,15 +105,11 @@ class Ownership:
                 return None
             if node_id is not None and url is not None:
                 return Owner(node_id, url)
-            if self.nodes.draining and (elsewhere := await self.place()) is not None:
+            if self.nodes.draining and not here and (elsewhere := await self.place()):
                 return elsewhere  # which takes it: a node being drained takes nothing
             if await self._take(kind, key, node_id):
                 return None
             # Another node took it between the read and the update: look again.
-
-    def _alive_all(self):  # noqa: ANN202
-        conditions = self._alive()
-        return conditions[0] & conditions[1] & conditions[2]
 
     async def thread_id(self, user_id: str, name: str) -> str | None:
         async with self._db() as db:
@@ -126,14 +123,14 @@ class Ownership:
             found = (await db.execute(
                 select(NodeRow.id, NodeRow.url).join(
                     Execution, Execution.node_id == NodeRow.id)
-                .where(Execution.trace_id == trace_id, self._alive_all()))).first()
+                .where(Execution.trace_id == trace_id, self._alive()))).first()
         if found is None or found.id == self.node_id:
             return None
         return Owner(found.id, found.url)
 
     async def hold(self, kind: Kind, key: str) -> None:
         """Before this node runs its box: raise if another live node runs it."""
-        owner = await self.locate(kind, key)
+        owner = await self.locate(kind, key, here=True)
         if owner is not None:
             raise SessionElsewhere(
                 f"this {kind} runs on node {owner.node_id} ({owner.url}); ask that node, "
@@ -201,7 +198,7 @@ class Ownership:
         async with self._db() as db:
             nodes = (await db.execute(select(NodeRow.id, NodeRow.url,
                                              NodeRow.memory_available_mb)
-                                      .where(*self._alive(), NodeRow.draining.is_(False))
+                                      .where(self._alive(), NodeRow.draining.is_(False))
                                       )).all()
             if len(nodes) < 2:
                 return None
@@ -245,7 +242,7 @@ class Ownership:
         """Take the sessions a dead node left in the middle of a turn or an exec."""
         if not self.clustered:
             return 0
-        alive = select(NodeRow.id).where(*self._alive())
+        alive = select(NodeRow.id).where(self._alive())
         busy = or_(SessionRow.status.in_(("running", "waiting_approval")),
                    SessionRow.id.in_(select(OpenExec.session_id)))
         async with self._db() as db:
