@@ -107,7 +107,7 @@ def exec_ms(http: httpx.Client, sid: str, command: str = "true") -> float:
 
 def fanout(url: str, commands: int) -> Figure:
     with cluster(url, 2) as (a, b):
-        key = a.add_user("bench", database_url=url)
+        key = a.add_user("bench-fanout", database_url=url)
         with client(a, key) as http:
             sid = http.post("/v1/sessions", json={"name": "bench"}).json()["id"]
             near, far = Follower(a.url, key, sid), Follower(b.url, key, sid)
@@ -136,7 +136,7 @@ def fanout(url: str, commands: int) -> Figure:
 
 def forwarding(url: str, samples: int) -> Figure:
     with cluster(url, 2) as (a, b):
-        key = a.add_user("bench", database_url=url)
+        key = a.add_user("bench-forwarding", database_url=url)
         with client(a, key) as on_a, client(b, key) as on_b:
             sid = on_a.post("/v1/sessions", json={"name": "fwd"}).json()["id"]
             for _ in range(5):  # both paths warm (box awake, connections open)
@@ -168,7 +168,7 @@ def _answers_in(http: httpx.Client, sid: str, since: float, deadline: float = 60
 
 def takeover(url: str) -> Figure:
     with cluster(url, 2) as (a, b):
-        key = a.add_user("bench", database_url=url)
+        key = a.add_user("bench-takeover", database_url=url)
         with client(a, key) as on_a, client(b, key) as on_b:
             sid = on_a.post("/v1/sessions", json={"name": "moving"}).json()["id"]
             exec_ms(on_a, sid)

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -42,11 +43,15 @@ def trio(postgres_url: str) -> Iterator[tuple[ModelServer, list[LiveServer]]]:
     nodes: list[LiveServer] = []
     with ModelServer() as model:
         env = {"SOPHON_DATABASE_URL": postgres_url, **FAST, **model_env(model.url)}
+        for name in "abc":
+            srv = LiveServer(data, env=env)
+            srv.log = data / f"server-{name}.log"
+            nodes.append(srv)
         try:
-            for name in "abc":
-                srv = LiveServer(data, env=env)
-                srv.log = data / f"server-{name}.log"
-                nodes.append(srv.start())
+            # The first alone (it makes the schema), then the other two side by side.
+            nodes[0].start()
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(LiveServer.start, nodes[1:]))
             yield model, nodes
         finally:
             for srv in nodes:
