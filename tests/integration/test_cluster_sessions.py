@@ -279,7 +279,7 @@ def test_new_sessions_go_where_there_is_room_and_a_drained_node_hands_its_own_on
     def sessions_on(n: LiveServer) -> int:
         r = httpx.get(f"{c.url}/v1/cluster", headers={"Authorization": f"Bearer {admin}"})
         [row] = [x for x in r.json()["nodes"] if x["id"] == node_id(n)]
-        assert row["draining"] == (n is b)
+        assert row["draining"]
         return int(row["sessions"])
 
     wait_for(lambda: sessions_on(b) == 0, 15, 0.2, "B to hand its session on")
@@ -289,9 +289,18 @@ def test_new_sessions_go_where_there_is_room_and_a_drained_node_hands_its_own_on
     with client(b, key) as on_b:
         assert sh(on_b, on_b_sid, "cat mine.txt") == f"{on_b_sid}\n"
     assert owner(postgres_url, on_b_sid) in (node_id(a), node_id(c))
-    # Nothing new goes to B while it drains; undone, it takes work again.
+    # Nothing new goes to B while it drains.
     more = [on_a.post("/v1/sessions", json={"name": f"m{i}"}).json()["id"] for i in range(2)]
     assert node_id(b) not in [owner(postgres_url, sid) for sid in more]
+    # C drained too: A is the one node left to take work, whoever is asked.
+    assert sophon(env, "node", "drain", node_id(c)).returncode == 0
+    wait_for(lambda: sessions_on(c) == 0, 15, 0.2, "C to hand its sessions on")
+    [on_c_sid] = [sid for sid, n in zip(ids, placed, strict=True) if n == node_id(c)]
+    with client(c, key) as on_c:
+        assert sh(on_c, on_c_sid, "cat mine.txt") == f"{on_c_sid}\n"
+        last = on_c.post("/v1/sessions", json={"name": "last"}).json()["id"]
+    assert owner(postgres_url, on_c_sid) == owner(postgres_url, last) == node_id(a)
+    # Undone, B takes work again.
     assert sophon(env, "node", "drain", "--undo", node_id(b)).returncode == 0
     again = on_a.post("/v1/sessions", json={"name": "again"}).json()["id"]
     assert owner(postgres_url, again) == node_id(b)

@@ -19,8 +19,8 @@ log = logging.getLogger("sophon.cluster")
 async def hand_on(ownership: Ownership, sessions: SessionService,
                   agent: AgentService, executions: ExecutionService) -> int:
     """One step of a drain; the number of sessions and threads handed on."""
-    if not ownership.nodes.draining:
-        return 0
+    if not ownership.nodes.draining or await ownership.place() is None:
+        return 0  # (every other node drained or gone too: nowhere to go)
     moved = 0
     for session_id in sorted(ownership.mine("session")):
         if agent.running(session_id) is not None or await sessions.busy(session_id):

@@ -200,8 +200,8 @@ class Ownership:
                                              NodeRow.memory_available_mb)
                                       .where(self._alive(), NodeRow.draining.is_(False))
                                       )).all()
-            if len(nodes) < 2:
-                return None
+            if not nodes or [n.id for n in nodes] == [self.node_id]:
+                return None  # (none: this node, drained or not, as a last resort)
             ids = [n.id for n in nodes]
             counts: dict[str, int] = dict.fromkeys(ids, 0)
             for table in (SessionRow, Thread):

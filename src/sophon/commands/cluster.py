@@ -46,8 +46,10 @@ node_app = typer.Typer(help="Manage one node of a cluster (admins).", no_args_is
 def drain(node_id: Annotated[str, typer.Argument(help="The node's id (sophon cluster)")],
           undo: Annotated[bool, typer.Option(
               "--undo", help="Take work on the node again.")] = False) -> None:
-    """Drain a node: no new session goes there, and the sessions it runs move to other
-    nodes between turns (running turns finish first).
+    """Drain a node: nothing new goes there; its sessions move on between turns.
+
+    Running turns, execs and executions finish on it first; `sophon cluster` shows how
+    many sessions still run there.
 
     Example: sophon node drain node_3f2a9c0d1e2b4f56
     """
