@@ -27,6 +27,8 @@ from tests.e2e.cli_support import cli_env, sophon
 from tests.integration.postgres_support import NEEDS_POSTGRES
 from tests.integration.session_support import sh
 from tests.integration.test_agent_edges import tool_use
+from tests.integration.test_mcp import call
+from tests.integration.test_mcp import connect as mcp_session
 from tests.integration.test_session_events import SSEStream
 from tests.integration.test_terminal import Term, printed_lines
 
@@ -169,6 +171,17 @@ def test_a_session_is_served_through_every_node_as_one(
     with pytest.raises(InvalidStatus):  # a stranger's refusal is passed on
         connect(f"{c.url.replace('http', 'ws')}/v1/sessions/{sid}/terminal",
                 additional_headers={"Authorization": f"Bearer {stranger}"}, open_timeout=15)
+
+    # An agent's MCP tool calls through C: run by A, like every other request.
+    async def as_an_agent() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with mcp_session(c, key) as agent:
+            ran = await call(agent, "claude_code_exec", session_id=sid, command="cat c.txt")
+            made = await call(agent, "claude_code_start", name="by-mcp")
+            return ran, made
+
+    ran, made = asyncio.run(as_an_agent())
+    assert ran["exit_code"] == 0 and "by-b" in ran["output"], ran
+    assert owner(postgres_url, made["session_id"]) in {node_id(n) for n in (a, b, c)}
 
     # Another user's session is a 404 on every node, whatever the route.
     for srv in (a, b, c):

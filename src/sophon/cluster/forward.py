@@ -8,6 +8,9 @@ request: another user's session is a 404 on every node. A header the nodes alone
 make (an HMAC under the data directory's key, which every node of a cluster shares)
 marks a forwarded request, which is served where it lands, never sent on again.
 
+A tool call of the MCP endpoint (stateless: any node can answer any request) goes the
+same way, by the session its arguments name (``claude_code_start``: by placement).
+
 The execution API's threads go the same way: an execute or a files-API call naming a
 thread goes to the node that runs the thread's box (a thread not made yet, to the node
 with the most room, which makes it); a signed file URL, to the node running the box it
@@ -44,12 +47,14 @@ log = logging.getLogger("sophon.cluster")
 
 HEADER = b"x-sophon-forwarded"
 SESSION_PATH = re.compile(r"^/v1/sessions/(ses_[0-9a-f]+)(/.*)?$")
+SESSION_ID = re.compile(r"^ses_[0-9a-f]+$")
 # Served from the database by whichever node is asked.
 ANY_NODE = {("GET", "/events")}
 PLACED = {("POST", "/v1/sessions"), ("POST", "/v1/sessions/import")}
 # Requests that name a thread in their JSON body, and the field that does.
 THREAD_IN_BODY = {"/v1/sandbox/execute": "thread_id", "/v1/files/upload_url": "id",
                   "/v1/files/download_url": "id", "/v1/files/list": "id"}
+MCP_PATH = "/mcp"
 THREAD_PATH = re.compile(r"^/v1/threads/([^/]+)$")
 EXECUTION_PATH = re.compile(r"^/v1/sandbox/executions/([^/]+)(/.*)?$")
 BLOB_PATH = re.compile(r"^/v1/files/blob/([^/]+)$")
@@ -93,6 +98,8 @@ class Forwarding:
             if (method, found.group(2) or "") in ANY_NODE:
                 return None
             return await self.ownership.locate("session", found.group(1))
+        if path == MCP_PATH and method == "POST" and body is not None:
+            return await self._mcp_call(body)
         if path in THREAD_IN_BODY and body is not None:
             try:
                 named = json.loads(body)
@@ -115,6 +122,23 @@ class Forwarding:
                 return None
             return await self.ownership.locate("thread", grant.box_id)
         return None
+
+    async def _mcp_call(self, body: bytes) -> Owner | None:
+        """A JSON-RPC ``tools/call`` naming a session: to the node that runs it."""
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return None
+        params = message.get("params") if isinstance(message, dict) else None
+        if not isinstance(params, dict) or message.get("method") != "tools/call":
+            return None  # also a batch, or the handshake: answered here
+        if params.get("name") == "claude_code_start":
+            return await self.ownership.place()
+        arguments = params.get("arguments")
+        session = arguments.get("session_id") if isinstance(arguments, dict) else None
+        if not isinstance(session, str) or SESSION_ID.match(session) is None:
+            return None
+        return await self.ownership.locate("session", session)
 
     async def _thread(self, scope: Scope, name: str, make: bool = True) -> Owner | None:
         user_id = await self._caller(scope)
@@ -292,7 +316,7 @@ class Forwarder:
                 await forwarding.forward_websocket(owner, scope, receive, send)
             return
         body = None
-        if scope["path"] in THREAD_IN_BODY:
+        if scope["path"] in THREAD_IN_BODY or scope["path"] == MCP_PATH:
             # Which thread is in the body, which BodyLimit has read whole already: it is
             # read here, and handed on again.
             first = await receive()
