@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
 
-from common import ROOT, SERVER_ENV, Figure, LiveServer, Samples, make_data_dir
+from common import ROOT, SERVER_ENV, Figure, LiveServer, Samples
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from tests.integration.postgres_support import postgres  # noqa: E402
+from tests.integration.postgres_support import nodes_on, postgres  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/run.py --only cluster"
 
@@ -74,22 +72,9 @@ LEASE = 3.0
 NODE_ENV = {"SOPHON_NODE_HEARTBEAT_SECONDS": "0.5", "SOPHON_NODE_LEASE_SECONDS": str(LEASE)}
 
 
-@contextlib.contextmanager
-def cluster(url: str, n: int) -> Iterator[list[LiveServer]]:
+def cluster(url: str, n: int) -> contextlib.AbstractContextManager[list[LiveServer]]:
     """``n`` nodes on the database at ``url``, sharing one data directory."""
-    data = make_data_dir()
-    env = {**SERVER_ENV, "SOPHON_DATABASE_URL": url, **NODE_ENV}
-    nodes: list[LiveServer] = []
-    try:
-        for i in range(n):
-            srv = LiveServer(data, env=env)
-            srv.log = data / f"server-{i}.log"
-            nodes.append(srv.start())
-        yield nodes
-    finally:
-        for srv in nodes:
-            srv.stop()
-        shutil.rmtree(data, ignore_errors=True)
+    return nodes_on(url, "abc"[:n], {**SERVER_ENV, **NODE_ENV})
 
 
 def client(srv: LiveServer, key: str) -> httpx.Client:

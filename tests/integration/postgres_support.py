@@ -1,5 +1,5 @@
 """A real PostgreSQL server for a test (Debian's, run as the postgres user on a free
-port of loopback, in a directory of its own, removed after)."""
+port of loopback, in a directory of its own, removed after), and nodes on it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import LiveServer, free_port, make_data_dir
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -52,3 +53,26 @@ def postgres_url() -> Iterator[str]:
     pytest.importorskip("asyncpg")
     with postgres() as url:
         yield url
+
+
+@contextlib.contextmanager
+def nodes_on(url: str, names: str, env: dict[str, str]) -> Iterator[list[LiveServer]]:
+    """A node (``sophon serve``) per letter of ``names`` on the database at ``url``, all
+    sharing one data directory (as a cluster's nodes share their storage); each logs to
+    ``server-<name>.log`` there. Stopped and removed after."""
+    data = make_data_dir()
+    nodes = []
+    for name in names:
+        srv = LiveServer(data, env={"SOPHON_DATABASE_URL": url, **env})
+        srv.log = data / f"server-{name}.log"
+        nodes.append(srv)
+    try:
+        # The first alone (it makes the schema), then the others side by side.
+        nodes[0].start()
+        with ThreadPoolExecutor(max(1, len(nodes) - 1)) as pool:
+            list(pool.map(LiveServer.start, nodes[1:]))
+        yield nodes
+    finally:
+        for srv in nodes:
+            srv.stop()
+        shutil.rmtree(data, ignore_errors=True)

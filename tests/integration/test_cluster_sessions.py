@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -22,9 +20,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from sophon.testing import ModelServer
-from tests.conftest import LiveServer, make_data_dir, model_env, wait_for
+from tests.conftest import LiveServer, model_env, wait_for
 from tests.e2e.cli_support import cli_env, sophon
-from tests.integration.postgres_support import NEEDS_POSTGRES
+from tests.integration.postgres_support import NEEDS_POSTGRES, nodes_on
 from tests.integration.session_support import sh
 from tests.integration.test_agent_edges import tool_use
 from tests.integration.test_mcp import call
@@ -41,24 +39,9 @@ JSON = {"Accept": "application/json"}
 
 @pytest.fixture
 def trio(postgres_url: str) -> Iterator[tuple[ModelServer, list[LiveServer]]]:
-    data = make_data_dir()
-    nodes: list[LiveServer] = []
-    with ModelServer() as model:
-        env = {"SOPHON_DATABASE_URL": postgres_url, **FAST, **model_env(model.url)}
-        for name in "abc":
-            srv = LiveServer(data, env=env)
-            srv.log = data / f"server-{name}.log"
-            nodes.append(srv)
-        try:
-            # The first alone (it makes the schema), then the other two side by side.
-            nodes[0].start()
-            with ThreadPoolExecutor(2) as pool:
-                list(pool.map(LiveServer.start, nodes[1:]))
-            yield model, nodes
-        finally:
-            for srv in nodes:
-                srv.stop()
-            shutil.rmtree(data, ignore_errors=True)
+    with ModelServer() as model, nodes_on(postgres_url, "abc",
+                                          {**FAST, **model_env(model.url)}) as nodes:
+        yield model, nodes
 
 
 def client(srv: LiveServer, key: str) -> httpx.Client:

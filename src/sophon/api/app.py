@@ -35,6 +35,7 @@ from sophon.api import (
     webhooks,
 )
 from sophon.api import metrics as metrics_route
+from sophon.asgi import replay
 from sophon.cluster.forward import Forwarder
 from sophon.config import Settings
 from sophon.errors import PayloadTooLarge, SophonError
@@ -74,19 +75,11 @@ class BodyLimit:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 await self._refuse(scope, receive, send)
                 return
-        pending = await self._read(receive)
-        if pending is None:
+        whole = await self._read(receive)
+        if whole is None:
             await self._refuse(scope, receive, send)
             return
-
-        async def replay() -> Message:
-            nonlocal pending
-            if pending is not None:
-                message, pending = pending, None
-                return message
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay(whole, receive), send)
 
     async def _read(self, receive: Receive) -> Message | None:
         """The request's first message, holding the whole body if it came in parts;

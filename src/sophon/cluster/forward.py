@@ -35,8 +35,9 @@ from http.cookies import SimpleCookie
 
 import httpx
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sophon.asgi import replay
 from sophon.box import ids
 from sophon.cluster.ownership import Owner, Ownership
 from sophon.errors import SophonError
@@ -321,22 +322,10 @@ class Forwarder:
             # read here, and handed on again.
             first = await receive()
             body = first.get("body", b"") if first["type"] == "http.request" else None
-            receive = _replay(first, receive)
+            receive = replay(first, receive)
         owner = await forwarding.owner_for(scope, body)
         if owner is None:
             await self.app(scope, receive, send)
             return
         await forwarding.forward(owner, scope, receive, send)
 
-
-def _replay(first: Message, receive: Receive) -> Receive:
-    pending: Message | None = first
-
-    async def again() -> Message:
-        nonlocal pending
-        if pending is not None:
-            message, pending = pending, None
-            return message
-        return await receive()
-
-    return again
