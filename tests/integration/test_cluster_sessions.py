@@ -151,6 +151,28 @@ def test_a_session_is_served_through_every_node_as_one(
         term.send("cat c.txt; echo $((6*7))\r")
         assert "42" in printed_lines(term.until("42"))
         assert "by-b" in printed_lines(term.seen)
+    # The dashboard on C: signed in by cookie, a save (CSRF token, C's Origin) and a
+    # terminal (C's Origin) go to A, which checks them against the Host the browser used.
+    signed = httpx.post(f"{c.url}/v1/auth/session", json={"api_key": key})
+    cookie = f"sophon_session={signed.cookies['sophon_session']}"
+    browser = {"Cookie": cookie, "Origin": c.url}
+    saved = httpx.put(f"{c.url}/v1/sessions/{sid}/files/c.txt", content=b"by-browser\n",
+                      headers={**browser, "X-CSRF-Token": signed.json()["csrf_token"],
+                               "If-Match": on_a.get(f"/v1/sessions/{sid}/files/c.txt")
+                               .headers["etag"]})
+    assert saved.status_code == 200, saved.text
+    forged = httpx.put(f"{c.url}/v1/sessions/{sid}/files/c.txt", content=b"x",
+                       headers={**browser, "Origin": "http://evil.example"})
+    assert forged.status_code == 403
+    with connect(f"{c.url.replace('http', 'ws')}/v1/sessions/{sid}/terminal",
+                 additional_headers=browser, open_timeout=15) as ws:
+        term = Term(ws)
+        term.send("cat c.txt\r")
+        assert "by-browser" in printed_lines(term.until("by-browser"))
+    with pytest.raises(InvalidStatus):  # another site's page may not open one
+        connect(f"{c.url.replace('http', 'ws')}/v1/sessions/{sid}/terminal",
+                additional_headers={**browser, "Origin": "http://evil.example"},
+                open_timeout=15)
     with pytest.raises(InvalidStatus):  # a stranger's refusal is passed on
         connect(f"{c.url.replace('http', 'ws')}/v1/sessions/{sid}/terminal",
                 additional_headers={"Authorization": f"Bearer {stranger}"}, open_timeout=15)
@@ -163,7 +185,7 @@ def test_a_session_is_served_through_every_node_as_one(
             return ran, made
 
     ran, made = asyncio.run(as_an_agent())
-    assert ran["exit_code"] == 0 and "by-b" in ran["output"], ran
+    assert ran["exit_code"] == 0 and "by-browser" in ran["output"], ran
     assert owner(postgres_url, made["session_id"]) in {node_id(n) for n in (a, b, c)}
 
     # Another user's session is a 404 on every node, whatever the route.
