@@ -229,10 +229,13 @@ class BoxManager:
     async def start(self) -> None:
         self.settings.boxes_dir.mkdir(parents=True, exist_ok=True)
         raise_open_files_limit()
-        await asyncio.to_thread(self.volumes.detach_all)
-        stale = await self.disks.detach_all()  # a crash leaves its boxes' disks mounted
-        if stale:
-            log.info("unmounted %d box disk(s) left over from a previous run", stale)
+        # A crash leaves its staging boxes' disks and its volumes mounted on the host. In
+        # a cluster they may be another live node's, sharing this data directory: left.
+        if not self.settings.clustered:
+            await asyncio.to_thread(self.volumes.detach_all)
+            stale = await self.disks.detach_all()
+            if stale:
+                log.info("unmounted %d box disk(s) left over from a previous run", stale)
         if self.cgroups is not None:
             reaped = await asyncio.to_thread(self.cgroups.reap_orphans)
             if reaped:
