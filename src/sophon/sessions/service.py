@@ -158,7 +158,7 @@ class SessionService:
             return
         async with self._db() as db:
             cut = set((await db.scalars(select(SessionRow.id).where(
-                SessionRow.status.in_(("running", "waiting_approval"))))).all())
+                SessionRow.status.in_(BUSY_STATUSES)))).all())
             cut |= set((await db.scalars(select(OpenExec.session_id))).all())
         for session_id in cut:
             await self.cut_off(session_id, "the server stopped")
@@ -171,7 +171,7 @@ class SessionService:
                 SessionRow.id == session_id))
             open_execs = list((await db.scalars(select(OpenExec).where(
                 OpenExec.session_id == session_id))).all())
-        if status in ("running", "waiting_approval"):
+        if status in BUSY_STATUSES:
             waiting = " while it waited for an approval" if status == "waiting_approval" else ""
             await self.events.append(session_id, SessionError(
                 code="interrupted",
@@ -299,10 +299,7 @@ class SessionService:
     async def _purge(self, row: SessionRow) -> None:
         if self.ownership is not None:
             await self.ownership.hold("session", row.id)
-        self._change_limits.pop(row.id, None)
-        watcher = self._watchers.pop(row.id, None)
-        if watcher is not None:
-            watcher[1].cancel()
+        self._stop_watching(row.id)
         await self.boxes.destroy(row.box_id)
         async with self._db() as db:
             await db.execute(delete(SessionRow).where(SessionRow.id == row.id))
@@ -325,11 +322,14 @@ class SessionService:
     async def let_go(self, session_id: str) -> None:
         """This node no longer runs the session (drained, or taken over by another node
         after this one was silent too long): its watcher and box stop here."""
+        self._stop_watching(session_id)
+        await self.boxes.stop(box_id_of(session_id))
+
+    def _stop_watching(self, session_id: str) -> None:
         self._change_limits.pop(session_id, None)
         watcher = self._watchers.pop(session_id, None)
         if watcher is not None:
             watcher[1].cancel()
-        await self.boxes.stop(box_id_of(session_id))
 
     async def delete(self, principal: Principal, session_id: str) -> None:
         await self._purge(await self.get_row(principal, session_id))
