@@ -294,11 +294,18 @@ def test_a_session_from_start_to_delete(page, server: LiveServer, key: str,
     client.close()
 
 
-def wait_idle(client: httpx.Client, sid: str, min_seq: int, deadline: float = 120.0) -> None:
+def wait_idle(client: httpx.Client, sid: str, min_seq: int, deadline: float = 240.0) -> None:
+    # Generous: 10,000 events take ~10 s alone, many times that on a loaded machine.
+    seen: dict[str, object] = {}
+
     def done() -> bool:
-        view = client.get(f"/v1/sessions/{sid}").json()
-        return view["status"] == "idle" and view["last_seq"] >= min_seq
-    wait_for(done, deadline, 0.2, f"session {sid} to reach seq {min_seq}")
+        seen.update(client.get(f"/v1/sessions/{sid}").json())
+        return seen["status"] == "idle" and int(str(seen["last_seq"])) >= min_seq
+    try:
+        wait_for(done, deadline, 0.2, f"session {sid} to reach seq {min_seq}")
+    except AssertionError as exc:  # where it stood: stuck, or only slow
+        raise AssertionError(f"{exc}; last seen: status {seen.get('status')}, "
+                             f"last_seq {seen.get('last_seq')}") from None
 
 
 # Scrolls the event pane from the newest event to the oldest, one step a frame, and

@@ -62,11 +62,14 @@ class NodeRegistry:
         self._boxes_awake = boxes_awake
         self.id = "node_" + secrets.token_hex(8)
         self.url = (settings.node_url or settings.base_url).rstrip("/")
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         # Being drained (set by an admin, read at each heartbeat); and what runs after
-        # each heartbeat (ownership checks, the drain itself).
+        # each heartbeat (ownership checks, the drain itself), on a task of its own: work
+        # there (stopping boxes, taking sessions over) never delays the next heartbeat,
+        # or a busy node would lose its lease to its own bookkeeping.
         self.draining = False
         self.after_beat: list[Callable[[], Awaitable[None]]] = []
+        self._beaten = asyncio.Event()
 
     async def start(self) -> None:
         async with self._db() as db:
@@ -75,7 +78,8 @@ class NodeRegistry:
                            boxes_awake=0, memory_available_mb=memory_available_mb()))
             await db.commit()
         log.info("node %s (%s) joined", self.id, self.url)
-        self._task = asyncio.create_task(self._beat_loop(), name="node-heartbeat")
+        self._tasks = [asyncio.create_task(self._beat_loop(), name="node-heartbeat"),
+                       asyncio.create_task(self._after_loop(), name="node-after-beat")]
 
     async def beat(self) -> None:
         """Say this node is alive, with its load; forget nodes long gone."""
@@ -85,7 +89,6 @@ class NodeRegistry:
                 row = NodeRow(id=self.id, url=self.url, host=socket.gethostname()[:255],
                               pid=os.getpid(), started_at=utcnow())
                 db.add(row)
-            row.heartbeat_at = utcnow()
             self.draining = bool(row.draining)
             row.boxes_awake = self._boxes_awake()
             row.memory_available_mb = memory_available_mb()
@@ -93,6 +96,9 @@ class NodeRegistry:
             for old in (await db.scalars(select(NodeRow).where(
                     NodeRow.heartbeat_at < cutoff))).all():
                 await db.delete(old)
+            # Stamped last: a process paused in the middle of this must not write, once
+            # it runs again, a time from before its pause.
+            row.heartbeat_at = utcnow()
             await db.commit()
 
     async def _beat_loop(self) -> None:
@@ -103,6 +109,14 @@ class NodeRegistry:
             except Exception:  # the database away for a moment: said, and tried again
                 log.exception("node %s: could not write its heartbeat", self.id)
                 continue
+            self._beaten.set()
+
+    async def _after_loop(self) -> None:
+        """Runs ``after_beat`` once after each heartbeat, or once after several if the
+        work took longer than a beat."""
+        while True:
+            await self._beaten.wait()
+            self._beaten.clear()
             for then in self.after_beat:
                 try:
                     await then()
@@ -144,10 +158,11 @@ class NodeRegistry:
                         draining=bool(row.draining), this=row.id == self.id)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         with contextlib.suppress(Exception):  # a stop with the database gone still stops
             async with self._db() as db:
                 row = await db.get(NodeRow, self.id)
