@@ -49,7 +49,7 @@ from sophon.egress.policy import (
     normalize_host,
     parse_ip,
 )
-from sophon.egress.splice import Scrubber, Splice, Tally
+from sophon.egress.splice import KernelSplice, Scrubber, Splice, Tally
 from sophon.egress.upstream import (
     ProxyError,
     Upstream,
@@ -345,9 +345,7 @@ class Door:
         tally = self.tally(grant)
         tally.connections += 1
         tally.open += 1
-        splice = Splice(tally, self.settings.egress_idle_timeout_seconds)
-        if name != GATEWAY_HOST and secrets:
-            splice.host.scrub = Scrubber(secrets)
+        relay: KernelSplice | Splice | None = None
         try:
             if head.method == "CONNECT":
                 await loop.sock_sendall(conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -356,18 +354,26 @@ class Door:
                 target = path if proxy is None else (
                     f"http://{name}" + ("" if port == 80 else f":{port}") + path)
                 first = _origin_request(head, target, name, port, headers, proxy) + rest
-            await loop.create_connection(lambda: splice.host, sock=upstream)
-            upstream = None
-            assert splice.host.transport is not None
             if first:  # before the box's side is read: what it sends next goes after
-                splice.host.transport.write(first)
+                await loop.sock_sendall(upstream, first)
                 tally.bytes_out += len(first)
-            await loop.connect_accepted_socket(lambda: splice.box, sock=conn.dup())
-            splice.start()
-            await splice.done
+            idle = self.settings.egress_idle_timeout_seconds
+            if name == GATEWAY_HOST or not secrets:
+                # Nothing to mask in what comes back: the kernel moves the bytes.
+                relay = KernelSplice(tally, idle, conn, upstream)
+                relay.start()
+            else:
+                relay = splice = Splice(tally, idle)
+                splice.host.scrub = Scrubber(secrets)
+                await loop.create_connection(lambda: splice.host, sock=upstream)
+                upstream = None  # the transport's now
+                await loop.connect_accepted_socket(lambda: splice.box, sock=conn.dup())
+                splice.start()
+            await relay.done
         finally:
             tally.open -= 1
-            splice.close()
+            if relay is not None:
+                relay.close()
             if upstream is not None:
                 upstream.close()
 
