@@ -28,6 +28,11 @@ for line in sys.stdin:
         sys.exit(7)
     elif method == "tools/call" and msg["params"]["arguments"].get("text") == "hang":
         continue  # never answered
+    elif method == "tools/call" and msg["params"]["arguments"].get("text") == "garble":
+        print("this line is not JSON", flush=True)  # skipped, as MCP clients do
+        print(json.dumps({"jsonrpc": "2.0", "id": rid, "result": "not an object"}),
+              flush=True)  # the answer: JSON-RPC, but not an MCP result
+        continue
     elif method == "tools/call" and msg["params"]["arguments"].get("text") == "save":
         open("saved.txt", "w").write("SAVE\n")  # a tool that changes the workspace
         result = {"content": [{"type": "text", "text": "saved"}]}

@@ -503,9 +503,12 @@ def test_a_budget_holds_at_sophons_gateway_and_in_the_cli(http: httpx.Client) ->
 
 def test_the_cli_calls_a_sessions_mcp_tool_under_sophons_approval(http: httpx.Client) -> None:
     """A session's MCP server reaches the CLI as --mcp-config (run by the CLI in the box);
-    its tool waits on Sophon's approval like any other, then runs."""
+    its tool waits on Sophon's approval like any other, then runs. A server that cannot
+    start is a session_error, and the turn goes on without it."""
+    broken = {"name": "broken", "command": ["python3", "-c", "import sys; sys.exit(3)"]}
     r = http.post("/v1/sessions", json={"name": "cc", "base": "python",
-                                        "runtime": "claude-code", "mcp_servers": [DEMO]})
+                                        "runtime": "claude-code",
+                                        "mcp_servers": [DEMO, broken]})
     sid = r.json()["id"]
     for path, body in (("demo_server.py", SERVER), (".marker", "the box\n")):
         assert http.put(f"/v1/sessions/{sid}/files/{path}", content=body.encode()
@@ -518,6 +521,9 @@ def test_the_cli_calls_a_sessions_mcp_tool_under_sophons_approval(http: httpx.Cl
     assert "HELLO (from the box)" in results[-1]["content"], results
     assert [e["text"] for e in evs  # type: ignore[union-attr]
             if e["type"] == "assistant"][-1] == "done shouting"
+    errors = [e["message"] for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+    assert len(errors) == 1 and errors[0].startswith(
+        "the MCP server broken could not start (the Claude Code CLI says: failed)"), errors
 
 
 def test_a_conversation_rewind_reaches_the_clis_transcript(

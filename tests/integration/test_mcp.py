@@ -170,15 +170,20 @@ def test_an_approval_and_a_long_turn_come_back_to_the_caller(server: LiveServer,
 def test_sophon_mcp_serves_the_same_tools_on_stdio(server: LiveServer, model: ModelServer,
                                                    tmp_path: Path) -> None:
     """`sophon mcp`, as an agent runs it (a command speaking MCP on stdio), with the
-    user's key from the environment."""
+    login `sophon login` saved: start → send → status → events → diff → export →
+    delete; another user's session is not found through it either."""
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
     model.set_script(WRITE_THEN_DONE)
-    key = server.add_user()
+    key, other = server.add_user(), server.add_user()
     sophon = str(Path(sys.executable).with_name("sophon"))
-    params = StdioServerParameters(command=sophon, args=["mcp"], env={
-        "SOPHON_URL": server.url, "SOPHON_API_KEY": key,
-        "XDG_CONFIG_HOME": str(tmp_path)})
+    home = {"XDG_CONFIG_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sophon, "login", "--url", server.url, "--api-key", key], env=home,
+                   check=True, capture_output=True, timeout=60)
+    params = StdioServerParameters(command=sophon, args=["mcp"], env=home)
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {other}"}
+                      ) as theirs:
+        their_sid = theirs.post("/v1/sessions", json={"name": "theirs"}).json()["id"]
 
     async def story() -> None:
         async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
@@ -187,6 +192,19 @@ def test_sophon_mcp_serves_the_same_tools_on_stdio(server: LiveServer, model: Mo
             sid = (await call(s, "claude_code_start", name="over-stdio"))["session_id"]
             sent = await call(s, "claude_code_send", session_id=sid, message="write it")
             assert sent["status"] == "done" and sent["text"] == "MCP-DONE wrote notes.md"
+            status = await call(s, "claude_code_status", session_id=sid)
+            assert status["status"] == "idle"
+            events = await call(s, "claude_code_events", session_id=sid, after_seq=0)
+            assert "tool_use" in [e["type"] for e in events["events"]]
+            diff = await call(s, "claude_code_diff", session_id=sid)
+            assert "+line two" in diff["diff"]
+            export = await call(s, "claude_code_export", session_id=sid)
+            assert export["path"] == f"/v1/sessions/{sid}/export"
+            assert (await call(s, "claude_code_delete", session_id=sid)) == {"deleted": sid}
+            for tool in ("claude_code_status", "claude_code_delete"):
+                res = await s.call_tool(tool, {"session_id": their_sid})
+                text = "".join(getattr(b, "text", "") for b in res.content)
+                assert res.is_error and "not_found" in text, (tool, text)
 
     run(story())
     # A wrong key is said at once, on stderr, with a non-zero exit.
@@ -198,25 +216,85 @@ def test_sophon_mcp_serves_the_same_tools_on_stdio(server: LiveServer, model: Mo
     assert bad.returncode == 1 and bad.stderr.startswith("error: "), bad.stderr
 
 
+def test_an_interrupt_ends_a_running_turn(server: LiveServer, model: ModelServer) -> None:
+    """claude_code_interrupt stops a turn in the middle of a command: the turn's
+    outcome says interrupted, and the session takes the next message."""
+    model.set_script({"turns": [
+        {"content": [{"type": "tool_use", "name": "Bash", "input": {"command": "sleep 60"}}]},
+        "AFTER"]})
+    key = server.add_user()
+
+    async def story() -> None:
+        async with connect(server, key) as s:
+            sid = (await call(s, "claude_code_start", name="stoppable",
+                              shell="allow"))["session_id"]
+            sent = await call(s, "claude_code_send", session_id=sid, message="sleep",
+                              wait_seconds=1)
+            assert sent["status"] == "running", sent
+            await call(s, "claude_code_interrupt", session_id=sid)
+            done = await call(s, "claude_code_wait", session_id=sid,
+                              resume_after_seq=sent["resume_after_seq"], wait_seconds=30)
+            assert done["status"] == "interrupted", done
+            again = await call(s, "claude_code_send", session_id=sid, message="go on",
+                               wait_seconds=30)
+            assert again["status"] == "done" and again["text"] == "AFTER", again
+
+    run(story())
+
+
+def test_start_takes_the_whole_approval_policy_and_a_first_message(
+        server: LiveServer, model: ModelServer) -> None:
+    """claude_code_start with a per-tool rule and a first message: the rule is the
+    session's, and the first turn's outcome comes back with the id."""
+    model.set_script(WRITE_THEN_DONE)
+    key = server.add_user()
+
+    async def story() -> dict[str, Any]:
+        async with connect(server, key) as s:
+            return await call(s, "claude_code_start", name="ruled", message="write notes",
+                              approval={"shell": "deny", "tools": {"Write": "allow"},
+                                        "timeout_seconds": 60, "on_timeout": "deny"})
+
+    started = run(story())
+    assert started["turn"]["status"] == "done"
+    assert started["turn"]["text"] == "MCP-DONE wrote notes.md"
+    view = httpx.get(f"{server.url}/v1/sessions/{started['session_id']}",
+                     headers={"Authorization": f"Bearer {key}"}).json()
+    assert view["approval"]["shell"] == "deny"
+    assert view["approval"]["tools"] == {"Write": "allow"}
+    assert view["approval"]["timeout_seconds"] == 60
+
+
 def test_a_send_cut_off_by_a_restart_is_told_after_it(model: ModelServer) -> None:
-    """The caller's wait outlives the server: after a restart, claude_code_wait from the
-    same seq says how the turn ended (cut off, with the reason), nothing lost."""
+    """A send made as an MCP task outlives the server: after a restart, the task's state
+    and result, and claude_code_wait from its seq, say how the turn ended (cut off, with
+    the reason), nothing lost."""
     model.set_script({"turns": [
         {"content": [{"type": "tool_use", "name": "Bash", "input": {"command": "sleep 60"}}]},
         "never"]})
     with serve_with_model(model) as srv:
         key = srv.add_user()
 
-        async def before() -> tuple[str, int]:
+        async def before() -> str:
             async with connect(srv, key) as s:
-                sid = (await call(s, "claude_code_start", name="cut", shell="allow"))[
-                    "session_id"]
-                sent = await call(s, "claude_code_send", session_id=sid, message="sleep",
-                                  wait_seconds=1)
-                assert sent["status"] == "running", sent
-                return sid, sent["resume_after_seq"]
+                return str((await call(s, "claude_code_start", name="cut", shell="allow"))[
+                    "session_id"])
 
-        sid, seq = run(before())
+        sid = run(before())
+        # The send as an MCP task, running (its sleep under way) when the server dies.
+        made = rpc(srv, key, "tools/call", {"name": "claude_code_send", "task": {"ttl": 600000},
+                                            "arguments": {"session_id": sid,
+                                                          "message": "sleep"}})
+        task = made["result"]["task"]["taskId"]
+        seq = int(task.rsplit(".", 1)[1])
+
+        def sleeping() -> bool:
+            evs = httpx.get(f"{srv.url}/v1/sessions/{sid}/events", headers={
+                "Authorization": f"Bearer {key}", "Accept": "application/json"}).json()
+            return any(e["type"] == "tool_use" for e in evs["events"])
+
+        wait_for(sleeping, 30, 0.1, "the turn's command to run")
+        assert rpc(srv, key, "tasks/get", {"taskId": task})["result"]["status"] == "working"
         srv.kill()
         srv.start()
 
@@ -228,8 +306,7 @@ def test_a_send_cut_off_by_a_restart_is_told_after_it(model: ModelServer) -> Non
         outcome = run(after())
         assert outcome["status"] == "failed", outcome
         assert outcome["error"].startswith("interrupted: the server stopped during a turn")
-        # The same turn as an MCP task: its result after the restart says the same.
-        task = f"{sid}.{seq}"
+        # The task made before the restart: its state and result say the same.
         assert rpc(srv, key, "tasks/get", {"taskId": task})["result"]["status"] == "failed"
         result = rpc(srv, key, "tasks/result", {"taskId": task})["result"]
         assert result["isError"] and result["structuredContent"]["status"] == "failed"

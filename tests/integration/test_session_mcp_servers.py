@@ -76,7 +76,12 @@ def test_the_agent_calls_a_sessions_mcp_tool_after_approval(http: httpx.Client,
     assert http.post(f"/v1/sessions/{sid}/approvals/{asked[0]['approval_id']}",  # type: ignore[index]
                      json={"decision": "allow"}).status_code == 200
     evs = wait_for(lambda: turn_over(http, sid), 30, 0.05, "the turn to end")
+    # Typed events like a built-in tool's: the call, then its result.
+    [use] = [e for e in evs if e["type"] == "tool_use"]  # type: ignore[union-attr]
+    assert (use["tool"], use["input"], use["tool_use_id"]) == (
+        "mcp__demo__shout", {"text": "hello"}, "t1")
     [result] = [e for e in evs if e["type"] == "tool_result"]  # type: ignore[union-attr]
+    assert result["tool_use_id"] == "t1"
     assert (result["content"], result["is_error"]) == ("HELLO (from the sandbox)", False)
     # The model was offered the tool with the server's own schema, beside the built-ins.
     offered = {t["name"]: t for t in model.requests[0]["tools"]}
@@ -119,6 +124,27 @@ def test_a_broken_server_is_said_and_the_turn_goes_on(http: httpx.Client,
     assert [e["text"] for e in evs if e["type"] == "assistant"] == ["carried on"]  # type: ignore[union-attr]
     assert evs[-1]["type"] == "status" and evs[-1]["status"] == "idle"  # type: ignore[index]
     assert "mcp__broken" not in json.dumps(model.requests[-1]["tools"])
+
+
+def test_malformed_output_is_a_tool_error_at_once_not_a_hung_turn(
+        http: httpx.Client, model: ModelServer) -> None:
+    """A server that prints a line that is not JSON (skipped) and answers a call with a
+    JSON-RPC message that is not an MCP result: the call is a tool error and a
+    session_error at once (not after the call timeout), and the server stays usable."""
+    model.set_script({"turns": [tool_use("mcp__demo__shout", "t1", text="garble"),
+                                tool_use("mcp__demo__shout", "t2", text="again"), "done"]})
+    sid = session(http, mcp_servers=[DEMO],
+                  approval={"tools": {"mcp__demo__shout": "allow"}})
+    http.post(f"/v1/sessions/{sid}/messages", json={"content": "garble"})
+    evs = wait_for(lambda: turn_over(http, sid), 30, 0.05, "the turn to end")
+    errors = [e["message"] for e in evs if e["type"] == "session_error"]  # type: ignore[union-attr]
+    assert errors == ["the MCP server demo failed on shout: it answered with something "
+                      "not MCP"], errors
+    results = {e["tool_use_id"]: e for e in evs if e["type"] == "tool_result"}  # type: ignore[union-attr]
+    assert results["t1"]["is_error"] and "not MCP" in results["t1"]["content"]
+    assert (results["t2"]["content"], results["t2"]["is_error"]) == (
+        "AGAIN (from the sandbox)", False)
+    assert evs[-1]["type"] == "status" and evs[-1]["status"] == "idle"  # type: ignore[index]
 
 
 def test_servers_are_checked_and_changed_like_any_setting(http: httpx.Client) -> None:

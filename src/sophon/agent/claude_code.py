@@ -279,6 +279,8 @@ class _Lines:
         content = (msg.get("message") or {}).get("content")
         if kind == "stream_event":
             self._stream_event(msg.get("event") or {})
+        elif kind == "system" and msg.get("subtype") == "init":
+            await self._servers(msg.get("mcp_servers"))
         elif kind == "assistant" and isinstance(content, list):
             self.partial = []  # the whole message is here: nothing partial left to keep
             for block in content:
@@ -308,6 +310,19 @@ class _Lines:
             self.max_turns = msg.get("subtype") == "error_max_turns"
             turns = msg.get("num_turns")
             self.result_turns = turns if isinstance(turns, int) else None
+
+    async def _servers(self, servers: Any) -> None:
+        """The session's MCP servers the CLI could not start (its init line says which,
+        not why): a session_error each, as the native runtime says them; the CLI leaves
+        their tools out and the turn goes on."""
+        for server in servers if isinstance(servers, list) else []:
+            status = server.get("status") if isinstance(server, dict) else None
+            if status in (None, "connected", "pending"):
+                continue
+            await self.sessions.events.append(self.sid, SessionError(
+                code="mcp_server", message=(
+                    f"the MCP server {server.get('name')} could not start (the Claude Code "
+                    f"CLI says: {status}); its tools are left out of this turn")))
 
     def _stream_event(self, event: dict[str, Any]) -> None:
         """The model's reply as it streams: its text so far (an interrupt keeps it)."""

@@ -37,7 +37,9 @@ INSTRUCTIONS = (
     "an approval returns status waiting_approval with the pending calls: answer with "
     "claude_code_approve, then claude_code_wait. A turn longer than wait_seconds returns "
     "status running: call claude_code_wait to go on waiting; nothing is lost.")
-WAIT_DEFAULT = 300.0
+# Under the shortest timeout MCP clients commonly default to (60 s): a longer turn comes
+# back as "running" with the seq to resume from, before the client gives up on the call.
+WAIT_DEFAULT = 45.0
 
 SessionId = Annotated[str, Field(description="The session's id (ses_...)")]
 Wait = Annotated[float, Field(description="Seconds to wait for the turn to end; past "
@@ -173,6 +175,10 @@ def build(tools: SessionTools) -> MCPServer:
             shell: Annotated[Literal["ask_once", "allow", "deny"], Field(
                 description="Shell commands: ask on first use, always allowed, or never")]
             = "ask_once",
+            approval: Annotated[ApprovalPolicy | None, Field(
+                description="The whole approval policy (shell, per-tool rules such as "
+                            "{\"Write\": \"allow\"}, a timeout and its answer, a "
+                            "webhook); given, it replaces `shell`")] = None,
             runtime: Annotated[Literal["native", "claude-code"], Field(
                 description="The agent: Sophon's, or the Claude Code CLI")] = "native",
             message: Annotated[str | None, Field(description="A first message")] = None,
@@ -187,7 +193,7 @@ def build(tools: SessionTools) -> MCPServer:
         req = CreateSession.model_validate({
             "name": name, "base": base, "model": model, "system_prompt": system_prompt,
             "starter": starter, "runtime": runtime,
-            "approval": ApprovalPolicy(shell=shell).model_dump()})
+            "approval": (approval or ApprovalPolicy(shell=shell)).model_dump()})
         view = await services.sessions.create(who, req)
         out: dict[str, Any] = {"session_id": view.id, "session": _brief(view)}
         if message:

@@ -6,6 +6,7 @@ files it changed, what it cost. Read from the session's events, which are the tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -109,33 +110,61 @@ def ended(events: list[Stored]) -> bool:
                for s in _turn(events))
 
 
+# A turn quiet this long (a long command, a slow model) still tells the caller it is
+# alive: clients that reset their call timeout on progress then keep waiting.
+QUIET_PROGRESS_SECONDS = 10.0
+
+
 async def wait_for_turn(follow: Callable[[int], Any], after: int, wait_seconds: float, *,
                         started: bool,
                         progress: Callable[[int, str], Awaitable[None]] | None = None,
-                        stop_at_approval: bool = True) -> list[Stored]:
+                        stop_at_approval: bool = True,
+                        quiet: float = QUIET_PROGRESS_SECONDS) -> list[Stored]:
     """The events after ``after`` up to the status that ends the turn (once its message
     is seen, or ``started``) or asks for an approval, or as many as came within
-    ``wait_seconds``. ``progress`` is told of each tool call as it starts."""
+    ``wait_seconds``. ``progress`` is told of each tool call as it starts, and after
+    each ``quiet`` seconds without one (its count only ever grows, as MCP asks)."""
     got: list[Stored] = []
+    told = 0
     deadline = time.monotonic() + wait_seconds
+    quiet_since = time.monotonic()
     stream = follow(after)
+    # The next batch, kept across quiet spells: cancelling a generator's anext would
+    # end the generator.
+    next_batch: asyncio.Future[Any] | None = None
     try:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return got
+            if next_batch is None:
+                next_batch = asyncio.ensure_future(anext(stream))
+            done, _ = await asyncio.wait({next_batch}, timeout=min(left, quiet))
+            if not done:
+                if progress is not None and time.monotonic() - quiet_since >= quiet:
+                    told += 1
+                    await progress(told, "still working")
+                    quiet_since = time.monotonic()
+                continue
+            arrived, next_batch = next_batch, None
             try:
-                batch = await asyncio.wait_for(anext(stream), left)
-            except (TimeoutError, StopAsyncIteration):
+                batch = arrived.result()
+            except StopAsyncIteration:
                 return got
             for stored in batch or []:
                 got.append(stored)
                 started = started or stored.type == "user"
                 if stored.type == "tool_use" and progress is not None:
-                    await progress(len(got), f"tool: {stored.event().tool}")
+                    told += 1
+                    await progress(told, f"tool: {stored.event().tool}")
+                    quiet_since = time.monotonic()
                 ends = ("idle", "error", "waiting_approval") if stop_at_approval else \
                     ("idle", "error")
                 if started and stored.type == "status" and stored.event().status in ends:
                     return got  # ended, or the caller answers and waits again
     finally:
+        if next_batch is not None:
+            next_batch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await next_batch
         await stream.aclose()
