@@ -318,10 +318,10 @@ CLAUDE = Path("/usr/local/lib/sophon-claude/bin/claude")  # scripts/box-tools in
 def test_claude_code_delegates_a_task_to_a_sophon_session(server: LiveServer,
                                                           model: ModelServer,
                                                           tmp_path: Path) -> None:
-    """The real Claude Code CLI as the calling agent: Sophon's /mcp in its --mcp-config,
-    its own model calls through Sophon's gateway (a session's token) to the scripted
-    model, which has it call claude_code_start with a first message; the delegated
-    session does the work and the CLI reports the answer."""
+    """The real Claude Code CLI as the calling agent: Sophon's /mcp added with `claude mcp
+    add --transport http`, its own model calls through Sophon's gateway (a session's
+    token) to the scripted model, which has it call claude_code_start with a first
+    message; the delegated session does the work and the CLI reports the answer."""
     if not CLAUDE.exists():
         pytest.skip("the claude CLI is not installed (scripts/box-tools)")
 
@@ -345,19 +345,23 @@ def test_claude_code_delegates_a_task_to_a_sophon_session(server: LiveServer,
                       headers={"Authorization": f"Bearer {key}"}) as http:
         caller = http.post("/v1/sessions", json={"name": "caller"}).json()["id"]
         token = http.post(f"/v1/sessions/{caller}/gateway-token").json()["token"]
-        config = {"mcpServers": {"sophon": {"type": "http", "url": server.url + "/mcp",
-                                            "headers": {"Authorization": f"Bearer {key}"}}}}
         home = tmp_path / "home"
         home.mkdir()
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "ANTHROPIC_BASE_URL": server.url,
+               "ANTHROPIC_AUTH_TOKEN": token, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+               "DISABLE_AUTOUPDATER": "1"}
+        # As a user adds Sophon to Claude Code.
+        added = subprocess.run(
+            [str(CLAUDE), "mcp", "add", "--transport", "http", "--scope", "user", "sophon",
+             server.url + "/mcp", "--header", f"Authorization: Bearer {key}"],
+            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert added.returncode == 0, added.stderr
         done = subprocess.run(
             [str(CLAUDE), "-p", "DELEGATE-TASK: have a Sophon session write notes.md",
-             "--output-format", "json", "--max-turns", "4", "--strict-mcp-config",
-             "--mcp-config", json.dumps(config),
+             "--output-format", "json", "--max-turns", "4",
              "--allowedTools", "mcp__sophon__claude_code_start"],
-            env={"PATH": "/usr/bin:/bin", "HOME": str(home), "ANTHROPIC_BASE_URL": server.url,
-                 "ANTHROPIC_AUTH_TOKEN": token, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-                 "DISABLE_AUTOUPDATER": "1"},
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+            env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=180)
         assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result["result"] == "DELEGATED-OK: notes.md is written", result
