@@ -14,6 +14,7 @@ import asyncio
 import math
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
@@ -98,6 +99,8 @@ class Quotas:
         self._session_owner: dict[str, str] = {}
         self._owners_loaded = False
         self._loading = asyncio.Lock()
+        # The MiB of a user's own built images (images/service.py sets it).
+        self.user_images_mb: Callable[[str], Awaitable[int]] | None = None
 
     # --- boxes awake ----------------------------------------------------------
 
@@ -170,7 +173,8 @@ class Quotas:
 
     async def disk_mb(self, user_id: str) -> int:
         """What the user's thread and session disks and volumes may grow to, in MiB:
-        each image's size (one not made yet counts at the default size)."""
+        each disk image's size (one not made yet counts at the default size); and the
+        user's own built images (told by the image service, once it is open)."""
         async with self._db() as db:
             box_ids = [*(await db.execute(select(Thread.id).where(
                            Thread.user_id == user_id))).scalars(),
@@ -179,7 +183,8 @@ class Quotas:
             volumes = (await db.execute(select(func.coalesce(func.sum(Volume.size_mb), 0))
                                         .where(Volume.user_id == user_id))).scalar_one()
         boxes = await asyncio.to_thread(self._images_mb, box_ids)
-        return boxes + int(volumes)
+        images = await self.user_images_mb(user_id) if self.user_images_mb else 0
+        return boxes + int(volumes) + images
 
     def _images_mb(self, box_ids: list[str]) -> int:
         total = 0
@@ -200,9 +205,10 @@ class Quotas:
         if used + adding_mb > limit:
             raise LimitExceeded(
                 f"{what} of {adding_mb} MiB would bring your disk to {used + adding_mb} "
-                f"MiB (your sessions', threads' and volumes' sizes added up), over the "
-                f"{limit} MiB this server allows per user (SOPHON_USER_MAX_DISK_MB); delete "
-                "a session or volume you no longer need, or ask for a smaller size")
+                f"MiB (your sessions', threads', volumes' and images' sizes added up), "
+                f"over the {limit} MiB this server allows per user "
+                "(SOPHON_USER_MAX_DISK_MB); delete a session, volume or image you no longer "
+                "need, or ask for a smaller size")
 
     # --- events ---------------------------------------------------------------
 

@@ -116,6 +116,8 @@ class Services:
         images = ImageService(settings, db, boxes, egress.build_env,
                               egress.grants.rules.check_session_rules)
         sessions.images = executions.images = images
+        images.quotas = quotas
+        quotas.user_images_mb = images.disk_mb
         await sessions.recover()
         await boxes.start()
         await images.recover()

@@ -313,3 +313,39 @@ def test_images_survive_a_restart(http: httpx.Client, server: LiveServer,
                                         "starter": {"type": "empty"}})
     assert r.status_code == 201, r.text
     assert sh(http, r.json()["id"], "cat /etc/made-by-run") == "made-by-run\n"
+
+
+def test_images_count_against_the_users_disk(server: LiveServer, index: PackageIndex,
+                                             tools: dict) -> None:
+    """A user's built images count toward SOPHON_USER_MAX_DISK_MB: an image that takes
+    the user past it fails, said with the sizes and the setting, and is not usable; one
+    built for it alone is removed, one found built (another server's on the same store)
+    stays for those that use it."""
+    tight = LiveServer(make_data_dir(), env={"SOPHON_USER_MAX_DISK_MB": "50",
+                                             "SOPHON_EGRESS_ALLOW_PRIVATE": index.addr}
+                       ).start()
+    try:
+        with user(tight) as c:
+            # Found built: the module's `tools` image (hundreds of MiB), same definition.
+            r = c.post("/v1/images", json=define(index, "same"))
+            assert r.status_code == 202, r.text
+            _, same = follow(c, "same")
+            assert same["status"] == "failed", same
+            assert "SOPHON_USER_MAX_DISK_MB" in same["reason"]
+            assert "over the 50 MiB this server allows per user" in same["reason"]
+            used = c.post("/v1/sessions", json={"name": "on-it", "base": "same"})
+            assert used.status_code == 400 and "failed to build" in used.text
+            assert ImageStore(Settings().images_dir).built(tools["digest"])  # still there
+            # Built for this user alone (its own step makes it new): refused and removed.
+            fresh = c.post("/v1/images", json={
+                "name": "fresh", "from": "generic",
+                "run": [f"echo {uuid.uuid4().hex} > /etc/mark"]})
+            assert fresh.status_code == 202, fresh.text
+            _, built = follow(c, "fresh")
+            assert built["status"] == "failed" and "MiB" in built["reason"], built
+            assert not ImageStore(Settings().images_dir).built(built["digest"])
+            # Nothing else of theirs is past the limit: a failed image counts nothing.
+            assert c.get("/v1/me").json()["limits"]["disk_mb"]["used"] == 0
+    finally:
+        tight.stop()
+        shutil.rmtree(tight.data_dir, ignore_errors=True)

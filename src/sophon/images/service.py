@@ -30,6 +30,7 @@ from sophon.images.builder import ImageBuildFailed
 from sophon.images.definitions import BUILTIN, ImageDef
 from sophon.images.models import CreateImage
 from sophon.images.store import ImageStore, ImageView
+from sophon.quotas import Quotas
 from sophon.store.tables import ImageRow, SessionRow, Thread, iso
 from sophon.users import Principal
 
@@ -74,6 +75,9 @@ class ImageService:
         self._build_env = build_env  # the egress door's proxy settings
         self._check_allow = check_allow  # a 400 for a host past the admin's ceiling
         self._tasks: set[asyncio.Task[None]] = set()
+        # The user's disk, images included (quotas.py): a build that would take it past
+        # the limit fails, and its files go unless another image is the same.
+        self.quotas: Quotas | None = None
 
     @property
     def store(self) -> ImageStore:
@@ -124,19 +128,68 @@ class ImageService:
             row = await db.get(ImageRow, image_id)
         if row is None:
             return
-        status, error = "ready", None
+        status, error, too_big = "ready", None, False
+        # Built by this build (not found built: another user's, or another server's on
+        # the same store): only then are its files this user's doing, to drop if refused.
+        made_here = self.boxes.images is not None and not self.boxes.images.built(row.digest)
         try:
             await self.ensure(row)
+            error = await self._past_disk_limit(row)
+            if error is not None:
+                status, too_big = "failed", made_here
         except ImageBuildFailed as exc:
             status, error = "failed", str(exc)
         except Exception as exc:  # a bug: said in the image, and logged with its trace
             log.exception("the build of image %s failed", image_id)
             status, error = "failed", f"the build failed: {exc}"
+        if too_big:  # gone before the image is said failed
+            await self._drop_if_unused(row)
         async with self._db() as db:
-            row = await db.get(ImageRow, image_id)
-            if row is not None:
-                row.status, row.error = status, error
+            found = await db.get(ImageRow, image_id)
+            if found is not None:
+                found.status, found.error = status, error
                 await db.commit()
+
+    async def _past_disk_limit(self, row: ImageRow) -> str | None:
+        """Why the image just built may not be kept (the user's disk with it is past
+        SOPHON_USER_MAX_DISK_MB), or None."""
+        limit = self.settings.user_max_disk_mb
+        if self.quotas is None or not limit:
+            return None
+        used = await self.quotas.disk_mb(row.user_id)
+        if used <= limit:
+            return None
+        return (f"the image is {self._mb(row.digest)} MiB; with it your disk would be {used} "
+                f"MiB (your sessions', threads', volumes' and images' sizes added up), over "
+                f"the {limit} MiB this server allows per user (SOPHON_USER_MAX_DISK_MB); "
+                "delete a session, volume or image you no longer need, then define it again")
+
+    async def _drop_if_unused(self, row: ImageRow) -> None:
+        """A refused image's files go, unless another image (a built-in, or any user's
+        that did not fail) is the same."""
+        async with self._db() as db:
+            others = await db.scalar(select(func.count()).select_from(ImageRow).where(
+                ImageRow.digest == row.digest, ImageRow.id != row.id,
+                ImageRow.status != "failed"))
+        if not others and row.digest not in BUILTIN_DIGESTS and self.boxes.images:
+            await asyncio.to_thread(self.boxes.images.remove_digest, row.digest)
+
+    def _mb(self, digest: str) -> int:
+        """A built image's size in MiB (rounded up); 0 if it is not built."""
+        store = self.boxes.images
+        if store is None or not store.built(digest):
+            return 0
+        view = store.state(ImageView(name="", description="", digest=digest,
+                                     status="not built"))
+        return -(-(view.size_bytes or 0) // 2**20)
+
+    async def disk_mb(self, user_id: str) -> int:
+        """The MiB of the user's own images that are built and not failed (one shared
+        with another user counts for each)."""
+        async with self._db() as db:
+            digests = list((await db.execute(select(ImageRow.digest).where(
+                ImageRow.user_id == user_id, ImageRow.status != "failed"))).scalars())
+        return sum(self._mb(d) for d in digests)
 
     async def ensure(self, row: ImageRow) -> ImageDef:
         """The user's image, built (again, if its files are gone) before this returns."""
@@ -183,8 +236,8 @@ class ImageService:
                          env=spec.get("env", {}), allow=spec.get("allow", []),
                          created_at=iso(row.created_at))
         view = store.state(view)
-        if view.status == "not built" and row.status == "failed":
-            view.status, view.reason = "failed", row.error
+        if row.status == "failed":  # built or not (found built, but past the disk limit)
+            view.status, view.reason, view.size_bytes = "failed", row.error, None
         elif view.status == "not built" and row.status == "building":
             view.status = "building"  # queued: the task has not reached the store yet
         return view
