@@ -258,6 +258,9 @@ def failing(server: LiveServer, index: PackageIndex) -> Iterator[httpx.Client]:
             "echo about to fail", f"curl -sS --fail-with-body {index.url}/simple/"]})
         http.post("/v1/images", json={"name": "too-big", "from": "generic",
                                       "run": ["head -c 450M /dev/zero > /usr/big"]})
+        # Far past the limit: the step's writes stop at the build disk's end, not the host's.
+        http.post("/v1/images", json={"name": "far-too-big", "from": "generic",
+                                      "run": ["head -c 2000M /dev/zero > /usr/big"]})
         yield http
 
 
@@ -277,6 +280,13 @@ def test_failing_builds_keep_their_log_and_nothing_half_built_is_used(
     _, image = follow(http, "too-big")
     assert image["status"] == "failed", image
     assert f"over this server's limit of {MAX_IMAGE_MB} MiB" in image["reason"], image
+    assert not (Settings().images_dir / image["digest"]).exists()
+    far_lines, image = follow(http, "far-too-big")
+    assert image["status"] == "failed", image
+    assert "step 1 (head -c 2000M" in image["reason"], image
+    assert (f"the image's space is full: an image may be at most {MAX_IMAGE_MB} MiB"
+            in image["reason"]), image
+    assert any("No space left on device" in line for line in far_lines), far_lines[-4:]
     assert not (Settings().images_dir / image["digest"]).exists()
     r = http.post("/v1/sessions", json={"name": "x", "base": "bad-step",
                                         "starter": {"type": "empty"}})

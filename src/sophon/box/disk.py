@@ -91,10 +91,11 @@ def _run(*argv: str) -> None:
         raise _failed(argv[0], proc.stderr)
 
 
-def mkfs_argv(path: Path) -> list[str]:
+def mkfs_argv(path: Path, bytes_per_inode: int | None = None) -> list[str]:
     # No reserved blocks (no root inside a box); lazy init keeps it sparse and fast.
-    return ["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1",
-            str(path)]
+    inodes = ["-i", str(bytes_per_inode)] if bytes_per_inode else []
+    return ["mkfs.ext4", "-q", "-F", "-m", "0", *inodes,
+            "-E", "lazy_itable_init=1,lazy_journal_init=1", str(path)]
 
 
 def _sparse_file(img: Path, size_mb: int) -> Path:
@@ -109,12 +110,13 @@ def _install_image(tmp: Path, img: Path) -> None:
     os.replace(tmp, img)
 
 
-def make_image(img: Path, size_mb: int) -> None:
-    """A sparse ext4 image of ``size_mb`` at ``img``, unless there is one already."""
+def make_image(img: Path, size_mb: int, bytes_per_inode: int | None = None) -> None:
+    """A sparse ext4 image of ``size_mb`` at ``img``, unless there is one already
+    (``bytes_per_inode``: more inodes than mkfs's default, for a tree of small files)."""
     if img.exists():
         return
     tmp = _sparse_file(img, size_mb)
-    _run(*mkfs_argv(tmp))
+    _run(*mkfs_argv(tmp, bytes_per_inode))
     _install_image(tmp, img)
 
 

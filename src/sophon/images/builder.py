@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from sophon.box import disk
 from sophon.errors import SophonError
 from sophon.images.definitions import BOX_NEEDS, ImageDef
 
@@ -159,6 +160,8 @@ async def build(definition: ImageDef, scratch: Path, sources: list[str], timeout
                                    "server has no build box to run them in")
         left = timeout - (time.monotonic() - started)
         os.chmod(scratch, 0o711)  # the build box's uid walks to the root it writes
+        if max_bytes is not None:  # the steps write on a disk of the image's size
+            root = await asyncio.to_thread(_onto_disk, scratch, root, max_bytes)
 
         def heard(line: str) -> None:
             step_log.write((line + "\n").encode(errors="replace"))
@@ -169,8 +172,13 @@ async def build(definition: ImageDef, scratch: Path, sources: list[str], timeout
                 await run_steps(root, steps, left, heard)
             except SophonError as exc:
                 heard(f"E: {exc}")
+                full = ""
+                if max_bytes is not None and _nearly_full(root):
+                    full = (f"; the image's space is full: an image may be at most "
+                            f"{max_bytes / 2**20:.0f} MiB on this server "
+                            "(SOPHON_IMAGE_MAX_MB)")
                 raise ImageBuildFailed(f"the build of image {definition.name!r} failed: "
-                                       f"{exc}") from None
+                                       f"{exc}{full}") from None
         # Again: a step may have made a setuid file (its own, packed as root's).
         size = await asyncio.to_thread(finish, root, mount_points)
     if max_bytes is not None and size > max_bytes:
@@ -178,7 +186,10 @@ async def build(definition: ImageDef, scratch: Path, sources: list[str], timeout
                                f"this server's limit of {max_bytes / 2**20:.0f} MiB an image "
                                "(SOPHON_IMAGE_MAX_MB)")
     await squash(root, scratch / "image.sqfs", timeout, all_root=bool(steps))
-    await asyncio.to_thread(shutil.rmtree, root)
+    if root != scratch / "root":  # on the steps' disk
+        await asyncio.to_thread(_off_disk, scratch, root)
+    else:
+        await asyncio.to_thread(shutil.rmtree, root)
     log.info("image %s (%s) built in %.1f s, %.0f MiB", definition.name,
              definition.digest, time.monotonic() - started, size / 2**20)
     return size
@@ -195,6 +206,44 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float = 10.0) -> None:
             return
         except TimeoutError:
             continue
+
+
+# The steps' disk: room for the image at its limit and ext4's own (journal, inode
+# tables), and an inode per 4 KiB (a root is many small files; mkfs's default, one per
+# 16 KiB, runs out first).
+STEPS_DISK_SLACK_MB = 160
+STEPS_BYTES_PER_INODE = 4096
+
+
+def _onto_disk(scratch: Path, root: Path, max_bytes: int) -> Path:
+    """The root moved onto an ext4 disk of about ``max_bytes`` mounted at
+    ``scratch/steps``: a user's build steps fill that disk, never the host's."""
+    img, mnt = scratch / "steps.img", scratch / "steps"
+    disk.make_image(img, max_bytes // 2**20 + STEPS_DISK_SLACK_MB, STEPS_BYTES_PER_INODE)
+    disk.mount_image(img, mnt)
+    (mnt / "lost+found").rmdir()  # ext4's, not the image's
+    copied = subprocess.run(["cp", "-a", f"{root}/.", str(mnt)], capture_output=True,
+                            timeout=900, check=False)
+    if copied.returncode != 0:
+        raise ImageBuildFailed("could not copy the image's root onto its build disk: "
+                               f"{copied.stderr.decode(errors='replace')[-300:]}")
+    shutil.rmtree(root)
+    return mnt
+
+
+def _off_disk(scratch: Path, mnt: Path) -> None:
+    disk.unmount(mnt)
+    mnt.rmdir()
+    (scratch / "steps.img").unlink(missing_ok=True)
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the disk under ``path`` has (almost) no room left: what made a step fail."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 8 * 2**20 or st.f_favail < 64
 
 
 def mounts_under(path: Path) -> list[str]:
