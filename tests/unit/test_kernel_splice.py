@@ -89,6 +89,10 @@ def test_a_reader_that_stops_holds_the_sender_back() -> None:
                 except BlockingIOError:
                     break
         assert tally.bytes_in <= sent
+        # The door stopped reading the host and waits for the box to take more (not a
+        # loop on "would block").
+        back = relay._flows[1]
+        assert (back.reading, back.writing) == (False, True)
         buffers = sum(s.getsockopt(socket.SOL_SOCKET, o) for s in (box, host)
                       for o in (socket.SO_RCVBUF, socket.SO_SNDBUF))
         assert sent < 4 * (buffers + PIPE_SIZE), (sent, buffers)

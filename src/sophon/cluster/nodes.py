@@ -94,7 +94,7 @@ class NodeRegistry:
             row.memory_available_mb = memory_available_mb()
             cutoff = utcnow() - FORGET_AFTER
             for old in (await db.scalars(select(NodeRow).where(
-                    NodeRow.heartbeat_at < cutoff))).all():
+                    NodeRow.heartbeat_at < cutoff, NodeRow.id != self.id))).all():
                 await db.delete(old)
             # Stamped last: a process paused in the middle of this must not write, once
             # it runs again, a time from before its pause.

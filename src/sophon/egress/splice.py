@@ -290,8 +290,14 @@ class KernelSplice:
         self.idle = idle
         self.done = self.loop.create_future()
         self.last = time.monotonic()
-        self._flows = [_Flow(self, box, host, outbound=True),
-                       _Flow(self, host, box, outbound=False)]
+        self._flows: list[_Flow] = []
+        try:
+            self._flows.append(_Flow(self, box, host, outbound=True))
+            self._flows.append(_Flow(self, host, box, outbound=False))
+        except BaseException:  # out of descriptors: the pipes made so far are closed
+            for flow in self._flows:
+                flow.close()
+            raise
         self._finished = 0
         self._closed = False
         self._timer = self.loop.call_later(idle, self._check_idle)

@@ -73,10 +73,10 @@ def finish(root: Path, mount_points: tuple[tuple[str, ...], tuple[str, ...]]) ->
     uid where it was readable by others. Returns the root's size in bytes."""
     files, dirs = mount_points
     for rel in dirs:
-        (root / rel.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        _real_dirs(root, rel)
     for rel in files:
         path = root / rel.lstrip("/")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _real_dirs(root, str(Path(rel).parent))
         if not path.exists() and not path.is_symlink():
             path.touch(0o644)
         elif path.is_symlink():  # e.g. /etc/resolv.conf; a bind needs a real file
@@ -94,6 +94,25 @@ def finish(root: Path, mount_points: tuple[tuple[str, ...], tuple[str, ...]]) ->
                 os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
     root.chmod(0o755)
     return size
+
+
+def _real_dirs(root: Path, rel: str) -> None:
+    """``rel`` and each directory above it inside ``root``, made where missing, as real
+    directories. A symlink among them is refused, never followed: this runs as root on
+    the host after a user's build steps, which could have made ``/etc`` a link to the
+    host's own."""
+    path = root
+    for part in Path(rel.lstrip("/")).parts:
+        path = path / part
+        if path.is_symlink():
+            raise ImageBuildFailed(f"the image's /{path.relative_to(root)} is a symbolic "
+                                   "link; a build step may not replace a directory a box "
+                                   "mounts into with a link")
+        if not path.exists():
+            path.mkdir()
+        elif not path.is_dir():
+            raise ImageBuildFailed(f"the image's /{path.relative_to(root)} is not a "
+                                   "directory; a box mounts into it")
 
 
 # Runs a user image's steps in a build box over the root (box/builds.py): the root, the
@@ -161,7 +180,16 @@ async def build(definition: ImageDef, scratch: Path, sources: list[str], timeout
         left = timeout - (time.monotonic() - started)
         os.chmod(scratch, 0o711)  # the build box's uid walks to the root it writes
         if max_bytes is not None:  # the steps write on a disk of the image's size
-            root = await asyncio.to_thread(_onto_disk, scratch, root, max_bytes)
+            moving = asyncio.ensure_future(asyncio.to_thread(_onto_disk, scratch, root,
+                                                             max_bytes))
+            try:
+                root = await asyncio.shield(moving)
+            except asyncio.CancelledError:
+                # The thread cannot be stopped: let its mount land before the scratch
+                # directory is cleaned up (which unmounts what it finds there).
+                with contextlib.suppress(Exception):
+                    await moving
+                raise
 
         def heard(line: str) -> None:
             step_log.write((line + "\n").encode(errors="replace"))
@@ -208,22 +236,30 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float = 10.0) -> None:
             continue
 
 
-# The steps' disk: room for the image at its limit and ext4's own (journal, inode
-# tables), and an inode per 4 KiB (a root is many small files; mkfs's default, one per
-# 16 KiB, runs out first).
-STEPS_DISK_SLACK_MB = 160
+# The steps' disk: an inode per 4 KiB (a root is many small files; mkfs's default, one
+# per 16 KiB, runs out first), which costs ext4 1/16 of the disk in inode tables; with
+# its journal and files' last blocks, a quarter more than the limit and 256 MiB hold an
+# image at the limit (the exact limit is checked after the steps). Sparse: only what is
+# written takes room.
+STEPS_DISK_FACTOR = 1.25
+STEPS_DISK_SLACK_MB = 256
 STEPS_BYTES_PER_INODE = 4096
 
 
 def _onto_disk(scratch: Path, root: Path, max_bytes: int) -> Path:
-    """The root moved onto an ext4 disk of about ``max_bytes`` mounted at
+    """The root moved onto an ext4 disk sized for ``max_bytes`` mounted at
     ``scratch/steps``: a user's build steps fill that disk, never the host's."""
     img, mnt = scratch / "steps.img", scratch / "steps"
-    disk.make_image(img, max_bytes // 2**20 + STEPS_DISK_SLACK_MB, STEPS_BYTES_PER_INODE)
-    disk.mount_image(img, mnt)
-    (mnt / "lost+found").rmdir()  # ext4's, not the image's
-    copied = subprocess.run(["cp", "-a", f"{root}/.", str(mnt)], capture_output=True,
-                            timeout=900, check=False)
+    size_mb = int(max_bytes / 2**20 * STEPS_DISK_FACTOR) + STEPS_DISK_SLACK_MB
+    try:
+        disk.make_image(img, size_mb, STEPS_BYTES_PER_INODE)
+        disk.mount_image(img, mnt)
+        (mnt / "lost+found").rmdir()  # ext4's, not the image's
+        copied = subprocess.run(["cp", "-a", f"{root}/.", str(mnt)], capture_output=True,
+                                timeout=900, check=False)
+    except (SophonError, OSError, subprocess.TimeoutExpired) as exc:
+        raise ImageBuildFailed(f"could not make the disk the build steps run on: {exc}"
+                               ) from None
     if copied.returncode != 0:
         raise ImageBuildFailed("could not copy the image's root onto its build disk: "
                                f"{copied.stderr.decode(errors='replace')[-300:]}")

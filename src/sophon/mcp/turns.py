@@ -137,14 +137,17 @@ async def wait_for_turn(follow: Callable[[int], Any], after: int, wait_seconds: 
             left = deadline - time.monotonic()
             if left <= 0:
                 return got
+            if progress is not None and time.monotonic() - quiet_since >= quiet:
+                # Checked on every pass: a turn printing tool output all along sends
+                # events, but no tool call, and is still said to be alive.
+                told += 1
+                await progress(told, "still working")
+                quiet_since = time.monotonic()
             if next_batch is None:
                 next_batch = asyncio.ensure_future(anext(stream))
-            done, _ = await asyncio.wait({next_batch}, timeout=min(left, quiet))
+            until_told = quiet - (time.monotonic() - quiet_since)
+            done, _ = await asyncio.wait({next_batch}, timeout=max(0.0, min(left, until_told)))
             if not done:
-                if progress is not None and time.monotonic() - quiet_since >= quiet:
-                    told += 1
-                    await progress(told, "still working")
-                    quiet_since = time.monotonic()
                 continue
             arrived, next_batch = next_batch, None
             try:
@@ -165,6 +168,7 @@ async def wait_for_turn(follow: Callable[[int], Any], after: int, wait_seconds: 
     finally:
         if next_batch is not None:
             next_batch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+            # (an error of the follow's last read is not the caller's: it has its answer)
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
                 await next_batch
         await stream.aclose()
