@@ -36,6 +36,8 @@ pytestmark = pytest.mark.skipif(
     reason="images need root and mmdebstrap (make test installs them)")
 
 MAX_IMAGES = 4
+# Where the "linked" image's step points /etc/ssl: a directory on the host.
+LINK_TARGET = f"/tmp/sophon-image-link-{uuid.uuid4().hex[:8]}"
 MAX_IMAGE_MB = 600  # the python and node images are about 450 MiB
 
 
@@ -258,6 +260,11 @@ def failing(server: LiveServer, index: PackageIndex) -> Iterator[httpx.Client]:
             "echo about to fail", f"curl -sS --fail-with-body {index.url}/simple/"]})
         http.post("/v1/images", json={"name": "too-big", "from": "generic",
                                       "run": ["head -c 450M /dev/zero > /usr/big"]})
+        # A step that points a directory the box mounts into at the host's (the root is
+        # finished as root on the host): refused, never followed.
+        os.makedirs(LINK_TARGET, exist_ok=True)
+        http.post("/v1/images", json={"name": "linked", "from": "generic", "run": [
+            f"rm -rf /etc/ssl && ln -s {LINK_TARGET} /etc/ssl"]})
         # Far past the limit: the step's writes stop at the build disk's end, not the host's.
         http.post("/v1/images", json={"name": "far-too-big", "from": "generic",
                                       "run": ["head -c 2000M /dev/zero > /usr/big"]})
@@ -281,6 +288,10 @@ def test_failing_builds_keep_their_log_and_nothing_half_built_is_used(
     assert image["status"] == "failed", image
     assert f"over this server's limit of {MAX_IMAGE_MB} MiB" in image["reason"], image
     assert not (Settings().images_dir / image["digest"]).exists()
+    _, image = follow(http, "linked")
+    assert image["status"] == "failed", image
+    assert "the image's /etc/ssl is a symbolic link" in image["reason"], image
+    assert not os.path.lexists(f"{LINK_TARGET}/certs")  # nothing made through the link
     far_lines, image = follow(http, "far-too-big")
     assert image["status"] == "failed", image
     assert "step 1 (head -c 2000M" in image["reason"], image
