@@ -129,19 +129,17 @@ class Scrubber:
         return tail
 
 
-class Splice:
-    """Two halves and an idle timer (one timer re-armed lazily, not one per read)."""
+class _Relay:
+    """What both kinds of splice share: the meter, ``done``, and an idle timer (one
+    timer re-armed lazily, not one per read). ``close`` ends the relay."""
 
     def __init__(self, tally: Tally, idle: float) -> None:
+        self.loop = asyncio.get_running_loop()
         self.tally = tally
         self.idle = idle
-        self.box = Half(self, outbound=True)
-        self.host = Half(self, outbound=False)
-        self.box.peer, self.host.peer = self.host, self.box
-        self.done = asyncio.get_running_loop().create_future()
-        self.started = False
+        self.done = self.loop.create_future()
         self.last = time.monotonic()
-        self._timer = asyncio.get_running_loop().call_later(idle, self._check_idle)
+        self._timer = self.loop.call_later(idle, self._check_idle)
 
     def touch(self, n: int, outbound: bool) -> None:
         self.last = time.monotonic()
@@ -149,6 +147,32 @@ class Splice:
             self.tally.bytes_out += n
         else:
             self.tally.bytes_in += n
+
+    def _check_idle(self) -> None:
+        quiet = time.monotonic() - self.last
+        if quiet >= self.idle:
+            self.close()
+        else:
+            self._timer = self.loop.call_later(self.idle - quiet, self._check_idle)
+
+    def _ended(self) -> None:
+        self._timer.cancel()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Splice(_Relay):
+    """Two halves, each an asyncio protocol."""
+
+    def __init__(self, tally: Tally, idle: float) -> None:
+        super().__init__(tally, idle)
+        self.box = Half(self, outbound=True)
+        self.host = Half(self, outbound=False)
+        self.box.peer, self.host.peer = self.host, self.box
+        self.started = False
 
     def start(self) -> None:
         for half in (self.box, self.host):
@@ -161,21 +185,11 @@ class Splice:
             if half.eof:
                 half.pass_eof()
 
-    def _check_idle(self) -> None:
-        quiet = time.monotonic() - self.last
-        if quiet >= self.idle:
-            self.close()
-        else:
-            self._timer = asyncio.get_running_loop().call_later(self.idle - quiet,
-                                                                self._check_idle)
-
     def close(self) -> None:
-        self._timer.cancel()
         for half in (self.box, self.host):
             if half.transport is not None:
                 half.transport.close()  # flushes what is buffered first
-        if not self.done.done():
-            self.done.set_result(None)
+        self._ended()
 
 
 PIPE_SIZE = 256 * 1024
@@ -276,7 +290,7 @@ class _Flow:
                 os.close(fd)
 
 
-class KernelSplice:
+class KernelSplice(_Relay):
     """The splice of two connected sockets done by the kernel (splice(2) through a pipe
     each way), for connections whose bytes nothing needs to see (no connector value to
     mask): no byte is copied into Python, so a download costs the door a fraction of the
@@ -285,11 +299,6 @@ class KernelSplice:
 
     def __init__(self, tally: Tally, idle: float, box: socket.socket,
                  host: socket.socket) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.tally = tally
-        self.idle = idle
-        self.done = self.loop.create_future()
-        self.last = time.monotonic()
         self._flows: list[_Flow] = []
         try:
             self._flows.append(_Flow(self, box, host, outbound=True))
@@ -298,39 +307,23 @@ class KernelSplice:
             for flow in self._flows:
                 flow.close()
             raise
+        super().__init__(tally, idle)
         self._finished = 0
         self._closed = False
-        self._timer = self.loop.call_later(idle, self._check_idle)
 
     def start(self) -> None:
         for flow in self._flows:
             flow.start()
-
-    def touch(self, n: int, outbound: bool) -> None:
-        self.last = time.monotonic()
-        if outbound:
-            self.tally.bytes_out += n
-        else:
-            self.tally.bytes_in += n
 
     def flow_done(self) -> None:
         self._finished += 1
         if self._finished == len(self._flows):
             self.close()
 
-    def _check_idle(self) -> None:
-        quiet = time.monotonic() - self.last
-        if quiet >= self.idle:
-            self.close()
-        else:
-            self._timer = self.loop.call_later(self.idle - quiet, self._check_idle)
-
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._timer.cancel()
         for flow in self._flows:
             flow.close()
-        if not self.done.done():
-            self.done.set_result(None)
+        self._ended()
