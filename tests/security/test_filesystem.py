@@ -67,7 +67,8 @@ def test_system_paths_and_boxd_are_read_only(run: Run, server: LiveServer) -> No
     res = run(f"""
 boxd_before=$(sha256sum {BOXD_PATH})
 for f in /usr/{marker} /usr/bin/{marker} /usr/lib/{marker} /usr/local/{marker} \\
-         /etc/ssl/{marker} /etc/alternatives/{marker} {AGENT_DIR}/{marker}; do
+         /etc/ssl/{marker} /etc/alternatives/{marker} {AGENT_DIR}/{marker} \\
+         {AGENT_DIR}/__pycache__/{marker}; do
     touch "$f" 2>/dev/null && echo "WROTE $f"
 done
 for f in $(find {AGENT_DIR} -type f) /etc/passwd /etc/group /etc/hosts /etc/resolv.conf \\
@@ -85,6 +86,23 @@ echo control > /workspace/{marker} && cat /workspace/{marker}
     # The host's copies are intact.
     assert not Path(f"/usr/{marker}").exists()
     assert file_hashes(runtime) == before
+
+
+def test_boxd_s_modules_come_compiled_for_the_box_s_python(run: Run) -> None:
+    """boxd's modules are compiled once on the host (box/bwrap.py), not at every box's
+    start: the compiled file the box's python looks for is there, for its version, and
+    taken without a look at the source (the box's copies have new times)."""
+    res = run(f"""
+import importlib.util, json
+spec = importlib.util.spec_from_file_location("daemon", "{AGENT_DIR}/daemon.py")
+with open(spec.cached, "rb") as f:
+    head = f.read(16)
+print(json.dumps({{"magic": head[:4] == importlib.util.MAGIC_NUMBER,
+                  "flags": int.from_bytes(head[4:8], "little")}}))
+""", language="python")
+    assert res["exit_code"] == 0, res
+    # flags 1: a hash-based file whose source is not checked
+    assert json.loads(res["stdout"]) == {"magic": True, "flags": 1}, res
 
 
 def test_home_is_writable_and_private_to_the_box(run: Run, server: LiveServer) -> None:

@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -267,14 +268,36 @@ class BwrapBackend:
             (etc / name).write_text(text)
         agent = self.runtime_dir / "agent"
         agent.mkdir(exist_ok=True)
+        shutil.rmtree(agent / "__pycache__", ignore_errors=True)
         for src in Path(__file__).with_name("agent").glob("*.py"):
             shutil.copyfile(src, agent / src.name)
-        for p in [self.runtime_dir, etc, agent, *etc.iterdir(), *agent.iterdir()]:
+        compiled = self._compile_agent(agent)
+        for p in [self.runtime_dir, etc, agent, *etc.iterdir(), *agent.iterdir(), *compiled]:
             p.chmod(0o755 if p.is_dir() else 0o644)
         # Copied into every box from descriptors (see argv): (host file, path in the box).
         self.trust_files: tuple[str, ...] = ()
         self.data_files = [(etc / name, f"/etc/{name}") for name in ETC_FILES] + [
-            (f, f"{AGENT_DIR}/{f.name}") for f in sorted(agent.glob("*.py"))]
+            (f, f"{AGENT_DIR}/{f.relative_to(agent)}")
+            for f in sorted(agent.glob("*.py")) + compiled]
+
+    def _compile_agent(self, agent: Path) -> list[Path]:
+        """boxd's modules compiled by the boxes' interpreter, as ``__pycache__`` files it
+        takes without looking at their sources (unchecked hash: the copies a box gets
+        have new times). An image whose python is another version looks for another
+        file name and compiles the sources itself; so does every box if this fails."""
+        script = ("import compileall, py_compile, sys; sys.exit(not compileall.compile_dir("
+                  "sys.argv[1], quiet=1, legacy=False, invalidation_mode="
+                  "py_compile.PycInvalidationMode.UNCHECKED_HASH))")
+        try:
+            subprocess.run([self.python, "-I", "-S", "-c", script, str(agent)], check=True,
+                           capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("boxd's modules could not be compiled ahead (%s); each box "
+                        "compiles them as it starts", exc)
+            return []
+        # boxd.py is run as a script, which is always compiled from its source.
+        return sorted(p for p in (agent / "__pycache__").glob("*.pyc")
+                      if not p.name.startswith("boxd."))
 
     def trust(self, bundle: bytes, ca: bytes) -> None:
         """Give every box started from now on this bundle and CA (see TRUST_BUNDLE)."""
