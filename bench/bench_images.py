@@ -4,6 +4,10 @@ host's /usr, an image's build cold and its reuse, and the disk each image takes.
 * box start: ``BoxManager.get`` of a stopped session box (its disk made once), with the
   python image and without (the host's /usr), timed alternately, then the box's first
   ``true``; goal: image / host <= 1.2 at p50.
+* box start on the request path: a new box (its disk made) with nothing ready for it (no
+  pool), through ``BoxManager.get``, until its first ``true`` has run; against a bare
+  ``bwrap`` with the same namespaces running ``true`` (the kernel's part alone), in
+  turns; goal: at most 3× at p50.
 * build: each base built from nothing into a scratch images directory (cold; the full run
   only: minutes of mmdebstrap), then asked for again (warm: the store finds it built).
 * disk: each image's squashfs file and the root it unpacks to.
@@ -28,6 +32,13 @@ from common import Figure, Samples, make_data_dir, remove_server_cgroups
 
 COMMAND = ".venv/bin/python bench/run.py --only images"
 GOAL_RATIO = 1.2
+GOAL_REQUEST_PATH = 3.0
+# A bare bwrap: the namespaces a box gets, /usr, /proc and /dev, and `true`.
+BARE_BWRAP = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+              "--unshare-uts", "--unshare-cgroup", "--uid", "1000", "--gid", "1000",
+              "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink",
+              "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc",
+              "--dev", "/dev", "--as-pid-1", "true"]
 
 
 def _shared() -> Path:
@@ -71,6 +82,38 @@ async def _starts(samples: int, data_dir: Path) -> tuple[Samples, Samples]:
                 times[box_id].append((time.perf_counter() - t0) * 1e3)
                 await mgr.stop(box_id)
         return Samples(times[on_image]), Samples(times[on_host])
+    finally:
+        await mgr.close()
+
+
+def _bare_bwrap() -> float:
+    t0 = time.perf_counter()
+    subprocess.run(BARE_BWRAP, check=True)
+    return (time.perf_counter() - t0) * 1e3
+
+
+async def _request_path(samples: int, data_dir: Path) -> tuple[Samples, Samples]:
+    """New boxes started and given their first ``true``, each followed by a bare bwrap;
+    each box is deleted before the next (not timed)."""
+    from sophon.box.manager import BoxManager
+    from sophon.config import Settings
+
+    mgr = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
+    await mgr.start()
+    box_ms: list[float] = []
+    bare_ms: list[float] = []
+    try:
+        for i in range(samples + 5):  # the first five warm the caches, not counted
+            box_id = "x" + uuid.uuid4().hex[:31]
+            t0 = time.perf_counter()
+            await _first_true(mgr, box_id)
+            took = (time.perf_counter() - t0) * 1e3
+            await mgr.destroy(box_id)
+            bare = await asyncio.to_thread(_bare_bwrap)
+            if i >= 5:
+                box_ms.append(took)
+                bare_ms.append(bare)
+        return Samples(box_ms), Samples(bare_ms)
     finally:
         await mgr.close()
 
@@ -162,6 +205,7 @@ def run(samples: int = 40, cold: bool = True) -> list[Figure]:
     cgroups = Path("/proc/self/cgroup").read_text()
     try:
         image, host = asyncio.run(_starts(samples, data_dir))
+        fresh, bare = asyncio.run(_request_path(samples, data_dir))
     finally:
         remove_server_cgroups(data_dir, cgroups)
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -171,7 +215,12 @@ def run(samples: int = 40, cold: bool = True) -> list[Figure]:
         COMMAND, image.p50, "ms", host.p50, "host /usr", goal=f"≤ {GOAL_RATIO}×",
         met=ratio <= GOAL_RATIO,
         details=[f"image: {image.describe()}", f"host /usr: {host.describe()}",
-                 *_disk(_shared())])]
+                 *_disk(_shared())]),
+        Figure("box_start_request_path",
+               "New box on the request path (no pool) + first exec, vs a bare bwrap true",
+               COMMAND, fresh.p50, "ms", bare.p50, "bare bwrap (same namespaces) running true",
+               goal=f"≤ {GOAL_REQUEST_PATH:g}×", met=fresh.p50 / bare.p50 <= GOAL_REQUEST_PATH,
+               details=[f"new box: {fresh.describe()}", f"bare bwrap: {bare.describe()}"])]
     if cold:
         scratch = Path(make_data_dir()) / "images"
         try:
