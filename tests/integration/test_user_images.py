@@ -344,7 +344,7 @@ def test_images_count_against_the_users_disk(server: LiveServer, index: PackageI
     """A user's built images count toward SOPHON_USER_MAX_DISK_MB: an image that takes
     the user past it fails, said with the sizes and the setting, and is not usable; one
     built for it alone is removed, one found built (another server's on the same store)
-    stays for those that use it."""
+    stays for those that use it; one two users built at once is removed too."""
     tight = LiveServer(make_data_dir(), env={"SOPHON_USER_MAX_DISK_MB": "50",
                                              "SOPHON_EGRESS_ALLOW_PRIVATE": index.addr}
                        ).start()
@@ -370,6 +370,17 @@ def test_images_count_against_the_users_disk(server: LiveServer, index: PackageI
             assert not ImageStore(Settings().images_dir).built(built["digest"])
             # Nothing else of theirs is past the limit: a failed image counts nothing.
             assert c.get("/v1/me").json()["limits"]["disk_mb"]["used"] == 0
+            # Two users define one new image at once (one build, shared), each past the
+            # limit: both are refused, and the files go (neither keeps them for the other).
+            twin = {"name": "twin", "from": "generic",
+                    "run": [f"echo {uuid.uuid4().hex} > /etc/mark"]}
+            with user(tight) as d:
+                assert c.post("/v1/images", json=twin).status_code == 202
+                assert d.post("/v1/images", json=twin).status_code == 202
+                (_, mine), (_, theirs) = follow(c, "twin"), follow(d, "twin")
+            assert mine["digest"] == theirs["digest"]
+            assert mine["status"] == theirs["status"] == "failed", (mine, theirs)
+            assert not ImageStore(Settings().images_dir).built(mine["digest"])
     finally:
         tight.stop()
         shutil.rmtree(tight.data_dir, ignore_errors=True)

@@ -78,6 +78,10 @@ class ImageService:
         # The user's disk, images included (quotas.py): a build that would take it past
         # the limit fails, and its files go unless another image is the same.
         self.quotas: Quotas | None = None
+        # One refusal at a time per digest: two users' builds of one definition end
+        # together, and the second must see the first one failed when it counts who
+        # else keeps the files (else each counts the other, and they stay for nobody).
+        self._refusing: dict[str, asyncio.Lock] = {}
 
     @property
     def store(self) -> ImageStore:
@@ -142,8 +146,17 @@ class ImageService:
         except Exception as exc:  # a bug: said in the image, and logged with its trace
             log.exception("the build of image %s failed", image_id)
             status, error = "failed", f"the build failed: {exc}"
-        if too_big:  # gone before the image is said failed
+        if not too_big:
+            await self._set_status(image_id, status, error)
+            return
+        lock = self._refusing.setdefault(row.digest, asyncio.Lock())
+        async with lock:  # gone before the image is said failed
             await self._drop_if_unused(row)
+            await self._set_status(image_id, status, error)
+        if not lock.locked():
+            self._refusing.pop(row.digest, None)
+
+    async def _set_status(self, image_id: str, status: str, error: str | None) -> None:
         async with self._db() as db:
             found = await db.get(ImageRow, image_id)
             if found is not None:
