@@ -143,6 +143,24 @@ def test_an_approved_connection_completes_and_remember_adds_the_host(
     assert len(_events(http, sid, "approval_request")) == 1
 
 
+def test_an_approval_without_remember_lets_that_connection_alone_through(
+        http: httpx.Client, target: ThreadingHTTPServer) -> None:
+    sid = _session(http)
+    url = f"http://{HOST}:{target.server_address[1]}/once"
+    with ThreadPoolExecutor(1) as pool:
+        first: Future[str] = pool.submit(_fetch, http, sid, url)
+        _answer(http, sid, "allow")
+        assert first.result(60).strip() == "200"
+        # the same address again: asked again (what the door keeps of its decisions
+        # is for hosts on the list, never for one a person let through once)
+        second: Future[str] = pool.submit(_fetch, http, sid, url)
+        _answer(http, sid, "deny")
+        out = second.result(60)
+    assert "refused" in out and "403" in out
+    assert len(_events(http, sid, "approval_request")) == 2
+    assert http.get(f"/v1/sessions/{sid}").json()["network"]["allow"] == []
+
+
 def test_a_denied_connection_is_refused_and_the_host_sees_nothing(
         http: httpx.Client, target: ThreadingHTTPServer) -> None:
     sid = _session(http)

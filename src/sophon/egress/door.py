@@ -73,6 +73,7 @@ GATEWAY_PATHS = ("/v1/messages",)
 ANTHROPIC_DOMAINS = ("anthropic.com", "claude.ai", "claude.com")
 
 MAX_HEAD = 64 * 1024
+DECIDED_MAX = 4096  # decisions kept (Door._decide) before they are all forgotten
 CHUNK = 256 * 1024
 # Headers that are about the hop to the proxy, not the request: never sent on.
 HOP_HEADERS = frozenset({"connection", "proxy-connection", "keep-alive", "proxy-authorization",
@@ -202,6 +203,9 @@ class Door:
         self._listeners: dict[str, int] = {}  # box id: the listener's fd
         self._open: dict[str, int] = {}  # box id: connections open
         self._tasks: set[asyncio.Task[None]] = set()
+        # (id of a grant, address, port, tls): (that grant, where it may be reached)
+        self._decided: dict[tuple[int, str, int, bool],
+                            tuple[Grant, list[tuple[IPAddress, int]]]] = {}
         self.tallies: dict[str, Tally] = {}  # owner id: not yet written to the store
         # The server's own listener, where the gateway's route is (a name or a wildcard
         # address: its loopback).
@@ -266,8 +270,8 @@ class Door:
         self._open[box_id] = opened + 1
         grant: Grant | None = None
         try:
-            async with asyncio.timeout(self.settings.egress_head_timeout_seconds):
-                head_raw, rest = await _read_head(loop, conn)
+            head_raw, rest = await _read_head(loop, conn,
+                                              self.settings.egress_head_timeout_seconds)
             head = parse_head(head_raw)
             grant = await self._grants(box_id)
             if grant is None:
@@ -325,17 +329,8 @@ class Door:
                                                       f"POST http://{GATEWAY_HOST}/v1/messages"))
             addrs = [self.gateway_addr]
         else:
-            refusal = check_listed(grant.policy, name, port)
-            if refusal is not None and refusal.rule == "not_allowed" and grant.policy.ask \
-                    and self._ask is not None:
-                refusal = None if await self._ask(grant, name, port) else Refusal(
-                    "approval_denied", f"{name}:{port} is not on this sandbox's network "
-                                       "list, and the connection was not approved")
-            if refusal is not None:
-                raise Refused(403, refusal)
-            proxy = self.upstream.for_host(name, tls=head.method == "CONNECT")
-            addrs = await self._resolve(loop, grant.policy, name, port,
-                                        unresolved_ok=proxy is not None)
+            addrs, proxy = await self._decide(loop, grant, name, port,
+                                              tls=head.method == "CONNECT")
             creds = grant.credentials_for(name, port)
             if creds and head.method == "CONNECT":
                 await self._intercept(loop, conn, grant, name, port, addrs, creds, proxy)
@@ -381,6 +376,36 @@ class Door:
                 relay.close()
             if upstream is not None:
                 upstream.close()
+
+    async def _decide(self, loop: asyncio.AbstractEventLoop, grant: Grant, name: str,
+                      port: int, tls: bool
+                      ) -> tuple[list[tuple[IPAddress, int]], UpstreamProxy | None]:
+        """Where ``name:port`` may be reached for this grant, and through which of the
+        server's proxies (None: directly); Refused if it may not. The answer for an
+        address on the grant's list is kept as long as the grant: it needs no name
+        looked up and cannot change, and a box connects to the same few again and again.
+        One a person approved is not kept (they approved that connection)."""
+        key = (id(grant), name, port, tls)
+        kept = self._decided.get(key)
+        if kept is not None and kept[0] is grant:  # the grant held there: its id is its own
+            return kept[1], None
+        refusal = check_listed(grant.policy, name, port)
+        listed = refusal is None
+        if refusal is not None and refusal.rule == "not_allowed" and grant.policy.ask \
+                and self._ask is not None:
+            refusal = None if await self._ask(grant, name, port) else Refusal(
+                "approval_denied", f"{name}:{port} is not on this sandbox's network "
+                                   "list, and the connection was not approved")
+        if refusal is not None:
+            raise Refused(403, refusal)
+        proxy = self.upstream.for_host(name, tls=tls)
+        addrs = await self._resolve(loop, grant.policy, name, port,
+                                    unresolved_ok=proxy is not None)
+        if listed and proxy is None and parse_ip(name) is not None:
+            if len(self._decided) >= DECIDED_MAX:
+                self._decided.clear()
+            self._decided[key] = (grant, addrs)
+        return addrs, proxy
 
     async def _intercept(self, loop: asyncio.AbstractEventLoop, conn: socket.socket,
                          grant: Grant, name: str, port: int,
@@ -501,8 +526,8 @@ class Door:
                                  socket.SOCK_STREAM)
             sock.setblocking(False)
             try:
-                async with asyncio.timeout(self.settings.egress_connect_timeout_seconds):
-                    await connect_socket(loop, sock, (str(ip), port))
+                await connect_socket(loop, sock, (str(ip), port),
+                                     self.settings.egress_connect_timeout_seconds)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return sock
             except (OSError, TimeoutError) as exc:
@@ -523,9 +548,10 @@ async def _send(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: byte
 
 
 async def connect_socket(loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                          addr: tuple[str, int]) -> None:
-    """Connect the non-blocking ``sock``; to a near host the handshake is often done
-    by the time connect() returns or a poll later, and then the loop is not asked."""
+                         addr: tuple[str, int], timeout: float | None = None) -> None:
+    """Connect the non-blocking ``sock`` (TimeoutError after ``timeout`` seconds); to a
+    near host the handshake is often done by the time connect() returns or a poll
+    later, and then the loop is not asked."""
     err = sock.connect_ex(addr)
     if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
         poller = select.poll()
@@ -534,7 +560,8 @@ async def connect_socket(loop: asyncio.AbstractEventLoop, sock: socket.socket,
             done = loop.create_future()
             loop.add_writer(sock.fileno(), lambda: done.done() or done.set_result(None))
             try:
-                await done
+                async with asyncio.timeout(timeout):
+                    await done
             finally:
                 loop.remove_writer(sock.fileno())
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -569,13 +596,15 @@ def _origin_request(head: _Head, path: str, host: str, port: int,
 # loop.sock_connect and asyncio.wait_for cost several (measured: 300 µs for a
 # connection on loopback, against 60 µs this way).
 
-async def _read_head(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> tuple[bytes, bytes]:
-    buf = b""
+async def _read_head(loop: asyncio.AbstractEventLoop, conn: socket.socket,
+                     timeout: float) -> tuple[bytes, bytes]:
+    buf, deadline = b"", loop.time() + timeout
     while True:
         try:
             chunk = conn.recv(16384)
         except (BlockingIOError, InterruptedError):
-            chunk = await loop.sock_recv(conn, 16384)
+            async with asyncio.timeout_at(deadline):
+                chunk = await loop.sock_recv(conn, 16384)
         if not chunk:
             raise ConnectionResetError("the box closed the connection")
         buf += chunk
