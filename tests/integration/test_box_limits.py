@@ -3,8 +3,12 @@ server are cleaned up at the next start."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -122,5 +126,51 @@ async def test_a_box_whose_disk_cannot_be_mounted_fails_saying_why(
         monkeypatch.setattr(manager.disks, "prepare", real)  # control: it starts now
         async with manager.use("m1") as box:
             assert await box.process_count() >= 0
+    finally:
+        await manager.close()
+
+
+async def spares_ready(ready: Callable[[], list[Path]], what: str) -> None:
+    """Polled on the loop: the spares are made by the manager's task on this loop."""
+    from sophon.box.disk import SPARE_DISKS
+
+    end = time.monotonic() + 30
+    while len(ready()) != SPARE_DISKS:
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="box disks need a root server")
+async def test_a_new_box_takes_a_disk_made_ahead_and_another_is_made(data_dir: Path) -> None:
+    """A new box's disk is one of the spares made ahead (moved, not made on its
+    request's path), whole and its own; another spare takes its place. A disk of
+    another size is made for its box; spares from before the start go (another size,
+    a crash's half-made one)."""
+    spares = data_dir / "spare-disks"
+    spares.mkdir(parents=True)
+    (spares / "64-crashed.new").write_bytes(b"")  # a crash's half-made spare
+    (spares / "128-old.img").write_bytes(b"")  # of a size no longer the default
+    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, box_disk_mb=64))
+    await manager.start()
+    try:
+        def ready() -> list[Path]:
+            return sorted(spares.glob("64-*.img"))
+
+        await spares_ready(ready, "the spare disks")
+        assert sorted(p.name for p in spares.iterdir()) == [p.name for p in ready()]
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in ready())
+        inodes = {p.stat().st_ino for p in ready()}
+        _, outcome = await run(manager, "n1", "open('/workspace/f', 'w').write('x' * 10**6)")
+        assert outcome.exit_code == 0
+        assert (data_dir / "boxes" / "n1" / "disk.img").stat().st_ino in inodes
+        assert manager.disk_use("n1").limit_bytes is not None
+        assert manager.disk_use("n1").limit_bytes <= 64 * 2**20  # type: ignore[operator]
+        await spares_ready(ready, "a spare to replace it")
+        # Another size: made for the box; the spares stay as they are.
+        before = {p.stat().st_ino for p in ready()}
+        async with manager.use("n2", disk_mb=96):
+            pass
+        assert (data_dir / "boxes" / "n2" / "disk.img").stat().st_ino not in before
+        assert {p.stat().st_ino for p in ready()} == before
     finally:
         await manager.close()

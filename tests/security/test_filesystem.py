@@ -298,9 +298,10 @@ def test_symlinks_where_boxd_writes_scripts_stay_in_the_box(
     (same uid) can swap for a symlink or fill with planted links. The next executions
     must still run, nothing may be written through the links, and never by the server."""
     def host_state() -> set[str]:
-        # (boxes/ and box-uids/, the boxes' own bookkeeping, change with a new thread)
+        # (boxes/, box-uids/ and spare-disks/, the boxes' own bookkeeping, change with a
+        # new thread)
         return snapshot(server.data_dir, lambda p: p.relative_to(server.data_dir).parts[0]
-                        in ("boxes", "box-uids")
+                        in ("boxes", "box-uids", "spare-disks")
                         or p.name.startswith(("sophon.db", "server.log")))
 
     before = host_state()

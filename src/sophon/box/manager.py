@@ -148,6 +148,8 @@ class BoxManager:
         self._filling: set[str] = set()  # the boxes the pool is starting
         self._closing = False
         self._refill: asyncio.Task[None] | None = None
+        self._spares: asyncio.Task[None] | None = None  # disks made ahead (disk.py)
+        self.disks.on_spare_taken = self._make_spares
         # Admission (see _admission): starts in progress, and the line they wait in.
         self._starting_mb = 0  # the memory limits of the boxes starting now
         self._start_slots = asyncio.Semaphore(settings.start_concurrency)
@@ -233,6 +235,7 @@ class BoxManager:
         # a cluster they may be another live node's, sharing this data directory: left.
         if not self.settings.clustered:
             await asyncio.to_thread(self.volumes.detach_all)
+            await asyncio.to_thread(self.disks.clear_spares)
             stale = await self.disks.detach_all()
             if stale:
                 log.info("unmounted %d box disk(s) left over from a previous run", stale)
@@ -242,10 +245,11 @@ class BoxManager:
                 log.info("reaped %d box(es) left over from a previous run", reaped)
         self._reaper = asyncio.create_task(self._reap_idle_loop(), name="box-idle-reaper")
         self._top_up()
+        self._make_spares()
 
     async def close(self) -> None:
         self._closing = True  # clean-ups waiting for quiet go now
-        for task in (self._reaper, self._refill):
+        for task in (self._reaper, self._refill, self._spares):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -311,6 +315,16 @@ class BoxManager:
         """Refill the pool in the background, if it is short."""
         if len(self._pool) < self.settings.box_pool_size:
             self._top_up()
+
+    def _make_spares(self) -> None:
+        if self.disks.enabled and (self._spares is None or self._spares.done()):
+            self._spares = asyncio.create_task(self._fill_spares(), name="box-spare-disks")
+
+    async def _fill_spares(self) -> None:
+        try:
+            await self.disks.make_spares(self._quiet)
+        except BoxError:
+            log.exception("could not make a disk ahead; new boxes make their own")
 
     def _top_up(self) -> None:
         if self.settings.box_pool_size and (self._refill is None or self._refill.done()):
