@@ -268,7 +268,6 @@ class BwrapBackend:
             (etc / name).write_text(text)
         agent = self.runtime_dir / "agent"
         agent.mkdir(exist_ok=True)
-        shutil.rmtree(agent / "__pycache__", ignore_errors=True)
         for src in Path(__file__).with_name("agent").glob("*.py"):
             shutil.copyfile(src, agent / src.name)
         compiled = self._compile_agent(agent)
@@ -295,9 +294,12 @@ class BwrapBackend:
             log.warning("boxd's modules could not be compiled ahead (%s); each box "
                         "compiles them as it starts", exc)
             return []
-        # boxd.py is run as a script, which is always compiled from its source.
+        # boxd.py is run as a script, which is always compiled from its source. Each file
+        # is replaced whole (nodes sharing this directory may compile at once); one left
+        # from a module that is gone is not copied.
         return sorted(p for p in (agent / "__pycache__").glob("*.pyc")
-                      if not p.name.startswith("boxd."))
+                      if (agent / f"{p.name.split('.')[0]}.py").is_file()
+                      and not p.name.startswith("boxd."))
 
     def trust(self, bundle: bytes, ca: bytes) -> None:
         """Give every box started from now on this bundle and CA (see TRUST_BUNDLE)."""
