@@ -148,7 +148,7 @@ class BoxManager:
         self._filling: set[str] = set()  # the boxes the pool is starting
         self._closing = False
         self._refill: asyncio.Task[None] | None = None
-        self._spares: asyncio.Task[None] | None = None  # disks made ahead (disk.py)
+        self._spare_task: asyncio.Task[None] | None = None  # disks made ahead (disk.py)
         self.disks.on_spare_taken = self._make_spares
         # Admission (see _admission): starts in progress, and the line they wait in.
         self._starting_mb = 0  # the memory limits of the boxes starting now
@@ -249,7 +249,7 @@ class BoxManager:
 
     async def close(self) -> None:
         self._closing = True  # clean-ups waiting for quiet go now
-        for task in (self._reaper, self._refill, self._spares):
+        for task in (self._reaper, self._refill, self._spare_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -317,13 +317,13 @@ class BoxManager:
             self._top_up()
 
     def _make_spares(self) -> None:
-        if self.disks.enabled and (self._spares is None or self._spares.done()):
-            self._spares = asyncio.create_task(self._fill_spares(), name="box-spare-disks")
+        if self.disks.enabled and (self._spare_task is None or self._spare_task.done()):
+            self._spare_task = asyncio.create_task(self._fill_spares(), name="box-spare-disks")
 
     async def _fill_spares(self) -> None:
         try:
             await self.disks.make_spares(self._quiet)
-        except BoxError:
+        except (BoxError, OSError):  # mkfs failed, or the data directory is full
             log.exception("could not make a disk ahead; new boxes make their own")
 
     def _top_up(self) -> None:

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
-import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -51,6 +49,7 @@ from sophon.egress.policy import (
     normalize_host,
     parse_ip,
 )
+from sophon.egress.sockets import connect_socket, send_now
 from sophon.egress.splice import KernelSplice, Scrubber, Splice, Tally
 from sophon.egress.upstream import (
     ProxyError,
@@ -348,7 +347,7 @@ class Door:
         relay: KernelSplice | Splice | None = None
         try:
             if head.method == "CONNECT":
-                await _send(loop, conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await send_now(loop, conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
                 first = rest
             else:
                 target = path if proxy is None else (
@@ -539,44 +538,6 @@ class Door:
                                              f"{addrs[0][1]}: {what}"))
 
 
-# A connection's set-up is on the path of every request a box makes (the tunnel's added
-# latency, issue 17), so _send, connect_socket and _read_head try the socket first and
-# go through the loop only when it is not ready: each trip through the loop is a
-# wake-up, and loop.sock_connect and asyncio.wait_for cost several (measured: 300 µs
-# for a connection on loopback, against 60 µs this way).
-
-
-async def _send(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
-    try:
-        sent = sock.send(data)
-    except (BlockingIOError, InterruptedError):
-        sent = 0
-    if sent < len(data):
-        await loop.sock_sendall(sock, data[sent:])
-
-
-async def connect_socket(loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                         addr: tuple[str, int], timeout: float | None = None) -> None:
-    """Connect the non-blocking ``sock`` (TimeoutError after ``timeout`` seconds); to a
-    near host the handshake is often done by the time connect() returns or a poll
-    later, and then the loop is not asked."""
-    err = sock.connect_ex(addr)
-    if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        if not poller.poll(0):
-            done = loop.create_future()
-            loop.add_writer(sock.fileno(), lambda: done.done() or done.set_result(None))
-            try:
-                async with asyncio.timeout(timeout):
-                    await done
-            finally:
-                loop.remove_writer(sock.fileno())
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        raise OSError(err, os.strerror(err))
-
-
 def _origin_request(head: _Head, path: str, host: str, port: int,
                     headers: list[tuple[str, str]],
                     proxy: UpstreamProxy | None = None) -> bytes:
@@ -600,6 +561,7 @@ def _origin_request(head: _Head, path: str, host: str, port: int,
 
 async def _read_head(loop: asyncio.AbstractEventLoop, conn: socket.socket,
                      timeout: float) -> tuple[bytes, bytes]:
+    # The socket first, the loop only if nothing is there yet (why: sockets.py).
     buf, deadline = b"", loop.time() + timeout
     while True:
         try:

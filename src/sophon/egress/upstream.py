@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from sophon.egress.sockets import connect_socket
+
 MAX_HEAD = 16 * 1024
 
 
@@ -70,7 +72,7 @@ async def open_socket(loop: asyncio.AbstractEventLoop, proxy: UpstreamProxy,
         sock = socket.socket(family, type_, proto)
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
+            await connect_socket(loop, sock, addr, timeout)
             return sock
         except (OSError, TimeoutError) as exc:
             sock.close()

@@ -1,4 +1,4 @@
-"""The door's connect to a host (egress/door.py ``connect_socket``): done without a trip
+"""The door's connect to a host (egress/sockets.py ``connect_socket``): done without a trip
 through the loop when the handshake is over at once, waited for when it is not, an
 error when the host refuses, and a timeout leaves nothing registered with the loop."""
 
@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from sophon.egress.door import connect_socket
+from sophon.egress.sockets import connect_socket
 
 
 def _client() -> socket.socket:
