@@ -262,3 +262,48 @@ def test_a_spawn_cancelled_after_the_fork_kills_its_process(
     [pid] = forked
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10,
              what="the process of a cancelled spawn to end")
+
+
+def test_a_child_made_ahead_runs_the_start_that_names_it_and_only_that(run: Run) -> None:
+    async def main() -> tuple[int, int, bytes, list[int], bytes]:
+        spawner = Spawner()
+        first = await spawner.ahead([])
+        second = await spawner.ahead([])
+        assert spawner.is_ahead(first) and spawner.is_ahead(second)
+        proc = await spawner.spawn(launch(sys.executable, "-c", OPEN_FDS), by=first)
+        out = await proc.stdout.read()
+        code = await asyncio.wait_for(proc.wait(), 10)
+        # One that is never used ends when told to, and its exit is nobody's: a later
+        # child given its pid again must not look ended.
+        spawner.drop_ahead(second)
+        for _ in range(500):
+            if second not in spawner._abandoned:
+                break
+            await asyncio.sleep(0.01)
+        assert second not in spawner._abandoned and not spawner._early_exits
+        echo = await spawner.spawn(launch("/bin/echo", "next"))
+        said = await echo.stdout.read()
+        await spawner.close()
+        return proc.pid, code, out, [first], said
+
+    pid, code, out, (first,), said = run(main())  # type: ignore[misc]
+    assert pid == first and code == 0
+    assert out == b"[0, 1, 2]\n"  # nothing of spawnd's or of another child's
+    assert said == b"next\n"
+
+
+def test_a_start_naming_a_child_made_ahead_that_died_forks_as_usual(run: Run) -> None:
+    async def main() -> tuple[int, int, bytes, int]:
+        spawner = Spawner()
+        dead = await spawner.ahead([])
+        # Killed behind the spawner's back; the start may reach spawnd before or after
+        # the exit does: either way it runs, once, in a new child.
+        os.kill(dead, signal.SIGKILL)
+        proc = await spawner.spawn(launch("/bin/sh", "-c", "echo ran; sleep 0.2"), by=dead)
+        out = await proc.stdout.read()
+        code = await asyncio.wait_for(proc.wait(), 10)
+        await spawner.close()
+        return proc.pid, code, out, dead
+
+    pid, code, out, dead = run(main())  # type: ignore[misc]
+    assert pid != dead and code == 0 and out == b"ran\n"

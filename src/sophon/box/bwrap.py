@@ -30,6 +30,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sophon.box.ahead import Ahead
 from sophon.box.box import Box
 from sophon.box.cgroups import CgroupTree, Limits
 from sophon.box.disk import MOUNT_OPTIONS, BoxDisk
@@ -240,6 +241,7 @@ class BwrapBackend:
         if self.bwrap is None:
             raise BoxError("bubblewrap (bwrap) is not installed; install the 'bubblewrap' package")
         self.spawner = Spawner()
+        self.ahead = Ahead(cgroups, self.spawner) if cgroups is not None else None
         self._install_runtime()
         self.seccomp_filter: Path | None = None
         self.seccomp_mode = "off"
@@ -516,10 +518,13 @@ class BwrapBackend:
             if self.door_port is not None:
                 door_channel, box_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
                 fds.door = box_end.detach()
-            if self.cgroups is not None:
+            by = None
+            if self.ahead is not None and (taken := await self.ahead.take(spec.limits)):
+                cgroup, by = taken
+            elif self.cgroups is not None:
                 cgroup = await asyncio.to_thread(self.cgroups.create, spec.box_id, spec.limits)
             launch = self.launch(spec, cgroup.procs_files if cgroup else [], fds)
-            proc = await self.spawner.spawn(launch, limit=2**20)
+            proc = await self.spawner.spawn(launch, limit=2**20, by=by)
         except (OSError, BoxError) as exc:
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)

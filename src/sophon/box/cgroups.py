@@ -17,6 +17,7 @@ import errno
 import itertools
 import logging
 import os
+import secrets
 import signal
 import time
 from dataclasses import dataclass
@@ -73,6 +74,23 @@ class BoxCgroup:
     @property
     def procs_files(self) -> list[Path]:
         return [d / "cgroup.procs" for d in self.dirs]
+
+    def limit(self, limits: Limits) -> None:
+        if self.version == 2:
+            d = self.dirs[0]
+            _write(d / "memory.max", str(limits.memory_bytes))
+            if (d / "memory.swap.max").exists():
+                _write(d / "memory.swap.max", "0")
+            _write(d / "pids.max", str(limits.pids))
+            _write(d / "cpu.max", f"{int(limits.cpus * 100_000)} 100000")
+            return
+        mem, pids, cpu = self.dirs
+        _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
+        if (mem / "memory.memsw.limit_in_bytes").exists():
+            _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+        _write(pids / "pids.max", str(limits.pids))
+        _write(cpu / "cpu.cfs_period_us", "100000")
+        _write(cpu / "cpu.cfs_quota_us", str(int(limits.cpus * 100_000)))
 
     def _memory_dir(self) -> Path:
         return self.dirs[0]  # v2 has one dir; v1 lists the memory hierarchy first
@@ -206,27 +224,21 @@ class CgroupTree:
         return cls([parent], 2, leaf)
 
     def create(self, box_id: str, limits: Limits) -> BoxCgroup:
-        name = f"{box_id}.{next(self._starts)}"
+        cg = self.make(f"{box_id}.{next(self._starts)}")
+        cg.limit(limits)
+        return cg
+
+    def make(self, name: str) -> BoxCgroup:
+        """A new cgroup with no limits of its own yet (see ``BoxCgroup.limit``)."""
         dirs = [p / name for p in self.parents]
         for d in dirs:
             d.mkdir(exist_ok=True)
-        cg = BoxCgroup(dirs, self.version)
-        if self.version == 2:
-            d = dirs[0]
-            _write(d / "memory.max", str(limits.memory_bytes))
-            if (d / "memory.swap.max").exists():
-                _write(d / "memory.swap.max", "0")
-            _write(d / "pids.max", str(limits.pids))
-            _write(d / "cpu.max", f"{int(limits.cpus * 100_000)} 100000")
-            return cg
-        mem, pids, cpu = dirs
-        _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
-        if (mem / "memory.memsw.limit_in_bytes").exists():
-            _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
-        _write(pids / "pids.max", str(limits.pids))
-        _write(cpu / "cpu.cfs_period_us", "100000")
-        _write(cpu / "cpu.cfs_quota_us", str(int(limits.cpus * 100_000)))
-        return cg
+        return BoxCgroup(dirs, self.version)
+
+    def make_ahead(self) -> BoxCgroup:
+        """A cgroup for a box not asked for yet (see ahead.py); a name no run of the
+        server has used, as a box's is (a new server's count starts at 1 again)."""
+        return self.make(f"ahead.{secrets.token_hex(6)}")
 
     def remove(self) -> None:
         """Remove the server's cgroups at shutdown: every box's that is still there (a

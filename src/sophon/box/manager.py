@@ -317,14 +317,21 @@ class BoxManager:
             self._top_up()
 
     def _make_spares(self) -> None:
-        if self.disks.enabled and (self._spare_task is None or self._spare_task.done()):
-            self._spare_task = asyncio.create_task(self._fill_spares(), name="box-spare-disks")
+        """Disks (disk.py) and box processes in their cgroups (ahead.py) made ahead."""
+        if self._spare_task is None or self._spare_task.done():
+            self._spare_task = asyncio.create_task(self._fill_spares(), name="box-spares")
 
     async def _fill_spares(self) -> None:
         try:
-            await self.disks.make_spares(self._quiet)
+            if self.disks.enabled:
+                await self.disks.make_spares(self._quiet)
         except (BoxError, OSError):  # mkfs failed, or the data directory is full
             log.exception("could not make a disk ahead; new boxes make their own")
+        try:
+            if self.backend.ahead is not None:
+                await self.backend.ahead.fill(self._quiet)
+        except (BoxError, OSError):
+            log.exception("could not make a box process ahead; boxes start the usual way")
 
     def _top_up(self) -> None:
         if self.settings.box_pool_size and (self._refill is None or self._refill.done()):
@@ -579,6 +586,7 @@ class BoxManager:
                 box = await self.backend.start(spec)
                 for hook in self.on_started:
                     hook(box)
+                self._make_spares()  # for the next start, once it is quiet
                 return box
             except (OSError, BoxError) as exc:
                 cause = exc if isinstance(exc, OSError) else exc.__cause__

@@ -116,6 +116,7 @@ class Spawner:
         self._early_exits: dict[int, int] = {}
         self._abandoned: set[int] = set()  # killed before spawn() returned them
         self._tasks: set[asyncio.Task[int]] = set()
+        self._ahead: dict[int, int] = {}  # children made ahead (pid: pidfd), not yet used
 
     @property
     def pid(self) -> int | None:
@@ -161,6 +162,10 @@ class Spawner:
             msg = json.loads(data)
             if "exit" in msg:
                 pid, code = int(msg["exit"]), int(msg["code"])
+                pidfd = self._ahead.pop(pid, None)
+                if pidfd is not None:  # made ahead and never used
+                    os.close(pidfd)
+                    continue
                 proc = self._children.pop(pid, None)
                 if proc is not None:
                     proc.exited(code)
@@ -192,6 +197,7 @@ class Spawner:
             proc.exited(-signal.SIGKILL)
         self._early_exits.clear()
         self._abandoned.clear()
+        self._forget_ahead()
         if self._proc is not None:
             proc_, self._proc = self._proc, None
             task = asyncio.get_running_loop().create_task(proc_.wait())  # reap it
@@ -216,9 +222,54 @@ class Spawner:
                 finally:
                     loop.remove_writer(sock.fileno())
 
-    async def spawn(self, launch: Launch, limit: int = 2**16) -> SpawnedProcess:
-        """Start one box process; ``limit`` is its output streams' buffer size."""
+    def _forget_ahead(self) -> None:
+        for pidfd in self._ahead.values():
+            os.close(pidfd)
+        self._ahead.clear()
+
+    def is_ahead(self, pid: int) -> bool:
+        """Whether this child made ahead still waits to be used."""
+        return pid in self._ahead
+
+    async def ahead(self, cgroup_procs: list[str]) -> int:
+        """A child made now, in these cgroups, for a later ``spawn(..., by=pid)``: that
+        start then skips joining them (see spawnd.py). Its pid."""
         sock = await self._ensure()
+        rid = next(self._ids)
+        reply: asyncio.Future[tuple[dict[str, object], list[int]]] = \
+            asyncio.get_running_loop().create_future()
+        self._replies[rid] = reply
+        try:
+            await self._send(sock, {"id": rid, "ahead": cgroup_procs}, [])
+            msg, fds = await reply
+        finally:
+            self._replies.pop(rid, None)
+        if "error" in msg:
+            raise BoxError(f"could not make a box process ahead: {msg['error']}")
+        pid, (pidfd,) = int(str(msg["pid"])), fds
+        self._ahead[pid] = pidfd
+        return pid
+
+    def drop_ahead(self, pid: int) -> None:
+        """End a child made ahead that will not be used."""
+        pidfd = self._ahead.pop(pid, None)
+        if pidfd is not None:
+            self._abandoned.add(pid)  # its exit is no child's
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+
+    async def spawn(self, launch: Launch, limit: int = 2**16,
+                    by: int | None = None) -> SpawnedProcess:
+        """Start one box process; ``limit`` is its output streams' buffer size. ``by``:
+        a child made ahead (``ahead``) in the launch's cgroups, to start it."""
+        sock = await self._ensure()
+        if by is not None:
+            pidfd = self._ahead.pop(by, None)
+            if pidfd is None:
+                by = None  # gone already: spawnd forks as usual
+            else:
+                os.close(pidfd)  # the reply brings another
         loop = asyncio.get_running_loop()
         pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
         (in_r, in_w), (out_r, out_w), (err_r, err_w) = pipes
@@ -232,11 +283,14 @@ class Spawner:
                 "id": rid, "argv": launch.argv, "env": launch.env,
                 "targets": [0, 1, 2, *launch.pass_fds], "cgroup_procs": launch.cgroup_procs,
                 "mount": launch.mount, "creds": launch.creds, "rlimits": launch.rlimits,
+                **({"by": by} if by is not None else {}),
             }, [*theirs, *launch.pass_fds])
         except BaseException:
             self._replies.pop(rid, None)
             for fd in (*theirs, *ours):
                 os.close(fd)
+            if by is not None:  # still waiting in spawnd: its end is no child's
+                self._abandoned.add(by)
             raise
         for fd in theirs:
             os.close(fd)
@@ -251,6 +305,9 @@ class Spawner:
                 os.close(fd)
             raise BoxError(f"could not start a box process: {msg['error']}")
         pid, (pidfd,) = int(str(msg["pid"])), fds
+        # Made ahead but gone by then (spawnd forked instead): its exit is no child's.
+        if by is not None and pid != by and self._early_exits.pop(by, None) is None:
+            self._abandoned.add(by)
         try:
             proc = await self._wrap(pid, pidfd, ours, limit)
         except BaseException:
@@ -331,3 +388,4 @@ class Spawner:
         children, self._children = self._children, {}
         for child in children.values():
             child.exited(-signal.SIGKILL)
+        self._forget_ahead()

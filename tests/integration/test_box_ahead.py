@@ -1,0 +1,100 @@
+"""Box processes made ahead (box/ahead.py): a new box starts in a cgroup that already has
+its first process in it, with the box's own limits, and another is made in its place."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sophon.box.ahead import AHEAD, Ahead
+from sophon.box.box import ExecOutcome
+from sophon.box.cgroups import BoxCgroup
+from sophon.box.manager import BoxManager
+from sophon.config import Settings
+from tests.integration.test_box_limits import run
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="cgroups are managed only by a root server")
+
+
+async def until(ok: Callable[[], bool], what: str) -> None:
+    """Polled on the loop: the manager's own tasks make them, on this loop."""
+    end = time.monotonic() + 30
+    while not ok():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def memory_limit(cg: BoxCgroup) -> int:
+    d = cg.dirs[0]
+    name = "memory.max" if cg.version == 2 else "memory.limit_in_bytes"
+    return int((d / name).read_text())
+
+
+async def ready_ahead(manager: BoxManager) -> tuple[Ahead, list[tuple[BoxCgroup, int]]]:
+    ahead = manager.backend.ahead
+    assert ahead is not None, "a root server has cgroups here"
+    await until(lambda: ahead.ready == AHEAD, "the box processes made ahead")
+    return ahead, list(ahead._ready)
+
+
+async def test_a_new_box_starts_in_a_cgroup_made_ahead_with_its_own_limits(
+        data_dir: Path) -> None:
+    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
+    await manager.start()
+    try:
+        ahead, waiting = await ready_ahead(manager)
+        # Each waits in its cgroup, alone, and nothing of a box runs there yet.
+        for cg, pid in waiting:
+            assert cg.pids() == [pid]
+        manager.set_limits("a1", memory_mb=160, cpus=0.5, pids=64)
+        async with manager.use("a1") as box:
+            assert box.cgroup is not None
+            assert box.cgroup.dirs in [cg.dirs for cg, _ in waiting]
+            assert memory_limit(box.cgroup) == 160 * 2**20
+            assert box.pid in box.cgroup.pids()
+        # The limits hold for what runs in it.
+        _, outcome = await run(manager, "a1", "b = bytearray(400 * 2**20)\n"
+                                              "for i in range(0, len(b), 4096): b[i] = 1")
+        assert isinstance(outcome, ExecOutcome) and outcome.oom_killed, outcome
+        _, fine = await run(manager, "a1", "print('ok')")
+        assert fine.exit_code == 0
+        # Another is made in its place, once nothing is asked for.
+        _, again = await ready_ahead(manager)
+        assert {pid for _, pid in again} - {pid for _, pid in waiting}
+    finally:
+        await manager.close()
+
+
+async def test_a_box_starts_when_what_was_made_ahead_is_gone(data_dir: Path) -> None:
+    """Killed in its cgroup (or spawnd started again): the start forks as usual, into
+    a cgroup with the box's limits, and the dead one's exit is nobody's."""
+    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
+    await manager.start()
+    try:
+        _, waiting = await ready_ahead(manager)
+        for _, pid in waiting:
+            os.kill(pid, signal.SIGKILL)
+        manager.set_limits("g1", memory_mb=144, cpus=0.5, pids=64)
+        _, outcome = await run(manager, "g1", "print('ok')")
+        assert outcome.exit_code == 0
+        box = manager.running("g1")
+        assert box is not None and box.cgroup is not None
+        assert box.pid not in [pid for _, pid in waiting]
+        assert memory_limit(box.cgroup) == 144 * 2**20
+        # spawnd itself gone: its children made ahead went with it.
+        spawner = manager.backend.spawner
+        await ready_ahead(manager)
+        assert spawner._proc is not None
+        spawner._proc.kill()
+        await until(lambda: spawner.pid is None, "the server to see spawnd gone")
+        _, outcome = await run(manager, "g2", "print('ok')")
+        assert outcome.exit_code == 0
+    finally:
+        await manager.close()
