@@ -8,7 +8,6 @@ workload planted included) can lead outside the root. Standard library only.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 
@@ -65,6 +64,10 @@ def _is_link(dir_fd: int, name: str) -> bool:
 
 
 def etag_of(data: bytes) -> str:
+    # Imported here: it loads OpenSSL (~5 ms), and a thread's box imports this module
+    # before its first request to link Claude Code (daemon.link_claude).
+    import hashlib
+
     return hashlib.sha256(data).hexdigest()[:32]
 
 
