@@ -307,3 +307,23 @@ def test_a_start_naming_a_child_made_ahead_that_died_forks_as_usual(run: Run) ->
 
     pid, code, out, dead = run(main())  # type: ignore[misc]
     assert pid != dead and code == 0 and out == b"ran\n"
+
+
+def test_ctrl_c_in_the_servers_terminal_leaves_spawnd_to_the_server(run: Run) -> None:
+    """SIGINT reaches the whole process group: spawnd waits for the server's shutdown."""
+    async def main() -> tuple[bool, bytes, bytes]:
+        spawner = Spawner()
+        waiting = await spawner.ahead([])
+        first = spawner.pid
+        assert first is not None
+        os.kill(first, signal.SIGINT)
+        os.kill(waiting, signal.SIGINT)
+        proc = await spawner.spawn(launch("/bin/sh", "-c", "echo $$ ran"), by=waiting)
+        out = await proc.stdout.read()
+        err = await proc.stderr.read()
+        same = spawner.pid == first
+        await spawner.close()
+        return same, out, err
+
+    same, out, err = run(main())  # type: ignore[misc]
+    assert same and out.endswith(b" ran\n") and err == b""

@@ -328,6 +328,10 @@ def main() -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C in the server's terminal reaches this process too (one process group): the
+    # server stops its boxes and then closes the socket, which ends this process. Its
+    # children get the default back before they exec (see child).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     spawnd = Spawnd(sock)
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
