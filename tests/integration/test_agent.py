@@ -85,7 +85,9 @@ def answer_approval(http: httpx.Client, sid: str, decision: str) -> dict[str, An
     req = wait_for(lambda: next((e for e in events(http, sid)
                                  if e["type"] == "approval_request"), None),
                    20, 0.05, "an approval request")
-    assert http.get(f"/v1/sessions/{sid}").json()["status"] == "waiting_approval"
+    # The session's status follows its approval_request (the next event in its stream).
+    wait_for(lambda: http.get(f"/v1/sessions/{sid}").json()["status"] == "waiting_approval",
+             10, 0.02, "the status waiting_approval")
     r = http.post(f"/v1/sessions/{sid}/approvals/{req['approval_id']}",
                   json={"decision": decision})
     assert r.status_code == 200, r.text
