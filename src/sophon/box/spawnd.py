@@ -202,6 +202,11 @@ def wait_ahead(sock: socket.socket, procs_files: list[str], spawnd_pid: int) -> 
     child(req, received_fds(anc))
 
 
+def send_with_fds(sock: socket.socket, msg: dict[str, object], fds: list[int]) -> None:
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+    sock.sendmsg([json.dumps(msg).encode()], anc if fds else [])
+
+
 def received_fds(anc: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, blob in anc:
@@ -218,9 +223,7 @@ class Spawnd:
         self.ahead: dict[int, socket.socket] = {}  # children made ahead, waiting
 
     def send(self, msg: dict[str, object], fds: list[int] = ()) -> None:  # type: ignore[assignment]
-        data = json.dumps(msg).encode()
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-        self.sock.sendmsg([data], anc if fds else [])
+        send_with_fds(self.sock, msg, fds)
 
     def on_request(self) -> bool:
         try:
@@ -286,8 +289,7 @@ class Spawnd:
             return 0
         with sock:
             try:
-                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-                sock.sendmsg([json.dumps(req).encode()], anc if fds else [])
+                send_with_fds(sock, req, fds)
                 # A child that was dying as it was sent the start never says it took it.
                 sock.settimeout(AHEAD_ACK_SECONDS)
                 if sock.recv(1) == b"1":
