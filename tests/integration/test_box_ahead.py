@@ -98,3 +98,31 @@ async def test_a_box_starts_when_what_was_made_ahead_is_gone(data_dir: Path) -> 
         assert outcome.exit_code == 0
     finally:
         await manager.close()
+
+
+async def test_a_start_cancelled_after_taking_one_leaves_no_process_or_cgroup(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that goes away mid-start (its client hung up) takes what it took with
+    it: the waiting child is killed and its cgroup removed, not kept until shutdown."""
+    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
+    await manager.start()
+    try:
+        _, waiting = await ready_ahead(manager)
+        cgroup, pid = waiting[0]  # the first taken
+        spawning = asyncio.Event()
+
+        async def stuck(*_: object, **__: object) -> None:
+            spawning.set()
+            await asyncio.sleep(3600)
+
+        monkeypatch.setattr(manager.backend.spawner, "spawn", stuck)
+        start = asyncio.create_task(manager.get("c1"))
+        await asyncio.wait_for(spawning.wait(), 30)
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        assert not any(d.exists() for d in cgroup.dirs)
+        await until(lambda: not Path(f"/proc/{pid}").exists(), "the waiting child to end")
+        assert not manager.backend.spawner.is_ahead(pid)
+    finally:
+        await manager.close()

@@ -61,6 +61,9 @@ class Ahead:
                 log.warning("a cgroup made ahead took no limits (%s); starting anew", exc)
                 await self._drop(cgroup, pid)
                 return None
+            except asyncio.CancelledError:  # the start went away: no one will use it
+                await self._drop(cgroup, pid)
+                raise
             return cgroup, pid
         return None
 

@@ -525,6 +525,14 @@ class BwrapBackend:
                 cgroup = await asyncio.to_thread(self.cgroups.create, spec.box_id, spec.limits)
             launch = self.launch(spec, cgroup.procs_files if cgroup else [], fds)
             proc = await self.spawner.spawn(launch, limit=2**20, by=by)
+        except asyncio.CancelledError:
+            # The request went away: its cgroup goes too, with whatever waits in it (a
+            # child made ahead that no start will use).
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.remove)
+            if door_channel is not None:
+                door_channel.close()
+            raise
         except (OSError, BoxError) as exc:
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
