@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from sophon.agent.rewind import Rewinds
 from sophon.agent.service import AgentService
-from sophon.box.manager import BoxManager
+from sophon.box.manager import BoxManager, is_thread_box
 from sophon.cluster import drain
 from sophon.cluster.forward import Forwarding
 from sophon.cluster.nodes import NodeRegistry
@@ -27,7 +27,7 @@ from sophon.quotas import Quotas
 from sophon.sandbox.service import ExecutionService
 from sophon.sessions.checkpoints import Checkpoints
 from sophon.sessions.secrets import SecretStore
-from sophon.sessions.service import SessionService, box_id_of
+from sophon.sessions.service import SessionService, box_id_of, session_id_of
 from sophon.sessions.terminals import Terminals
 from sophon.sessions.workspace import Workspace
 from sophon.store.db import make_data_files_private, make_engine, migrate, sessionmaker
@@ -143,6 +143,16 @@ class Services:
                 await sessions.cut_off(session_id, "the node that ran it stopped")
 
             ownership.on_taken["session"] = taken
+
+            async def may_start(box_id: str) -> None:
+                # The check before each box start, against the database: no node starts
+                # the box of a session or thread that another node runs (or took).
+                if (session_id := session_id_of(box_id)) is not None:
+                    await ownership.hold("session", session_id)
+                elif is_thread_box(box_id):
+                    await ownership.hold("thread", box_id)
+
+            boxes.may_start = may_start
             ownership.on_taken["thread"] = boxes.disks.adopt  # a thread's id is its box's
 
             async def lost(session_id: str) -> None:

@@ -25,10 +25,16 @@ def events(http: httpx.Client, sid: str) -> list[dict[str, Any]]:
 
 def sh(http: httpx.Client, sid: str, command: str) -> str:
     """What a command printed (stdout and stderr) in the session's workspace."""
+    return sh_end(http, sid, command)[0]
+
+
+def sh_end(http: httpx.Client, sid: str, command: str) -> tuple[str, dict[str, Any]]:
+    """What a command printed, and its exec_end event (exit code, error)."""
     r = http.post(f"/v1/sessions/{sid}/exec", json={"command": command})
     assert r.status_code == 200, r.text
     lines = [json.loads(line) for line in r.text.splitlines() if line.strip()]
-    return "".join(e["data"] for e in lines if e["type"] == "exec_output")
+    [end] = [e for e in lines if e["type"] == "exec_end"]
+    return "".join(e["data"] for e in lines if e["type"] == "exec_output"), end
 
 
 def turn(http: httpx.Client, sid: str, content: str) -> list[dict[str, Any]]:

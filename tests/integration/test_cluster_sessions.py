@@ -23,7 +23,7 @@ from sophon.testing import ModelServer
 from tests.conftest import LiveServer, model_env, wait_for
 from tests.e2e.cli_support import cli_env, sophon
 from tests.integration.postgres_support import NEEDS_POSTGRES, nodes_on
-from tests.integration.session_support import sh
+from tests.integration.session_support import sh, sh_end
 from tests.integration.test_agent_edges import tool_use
 from tests.integration.test_mcp import call
 from tests.integration.test_mcp import connect as mcp_session
@@ -305,7 +305,8 @@ def test_new_sessions_go_where_there_is_room_and_a_drained_node_hands_its_own_on
     assert "draining" in listed.stdout, listed.stdout
     # The session works through B still, now run by another node, its files whole.
     with client(b, key) as on_b:
-        assert sh(on_b, on_b_sid, "cat mine.txt") == f"{on_b_sid}\n"
+        printed, end = sh_end(on_b, on_b_sid, "cat mine.txt")
+        assert (printed, end["exit_code"], end["error"]) == (f"{on_b_sid}\n", 0, None)
     assert owner(postgres_url, on_b_sid) in (node_id(a), node_id(c))
     # Nothing new goes to B while it drains.
     more = [on_a.post("/v1/sessions", json={"name": f"m{i}"}).json()["id"] for i in range(2)]

@@ -125,6 +125,9 @@ class BoxManager:
         self._boxes: dict[str, Box] = {}
         self._idle_after: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Asked under the box's lock before this node starts a box: raises if the box is
+        # not this node's to run (cluster/ownership.py; None: one node, always its own).
+        self.may_start: Callable[[str], Awaitable[None]] | None = None
         self.volumes = VolumeStore(settings.data_dir, self.disks)
         self._vol_sizes: dict[str, tuple[int, int]] = {}  # volume id: (size_mb, gid)
         self._mounts: dict[str, tuple[VolumeMount, ...]] = {}  # box id: its volume mounts
@@ -443,6 +446,8 @@ class BoxManager:
             if box is not None and (volumes is None
                                     or self._mounts.get(box_id, ()) == volumes):
                 return box
+            if self.may_start is not None:
+                await self.may_start(box_id)
             if box is not None:  # mounted other volumes: restart with these
                 await box.stop()
             mounts = self._mounts.get(box_id, ()) if volumes is None else volumes
@@ -488,6 +493,14 @@ class BoxManager:
             self._idle_after[box_id] = idle_after or self.settings.thread_idle_seconds
             log.debug("box %s started (pid %d)", box_id, box.pid)
             return box
+
+    @contextlib.asynccontextmanager
+    async def no_start(self, box_id: str) -> AsyncIterator[None]:
+        """While held, no start of this box begins on this node (one waits): a node hands
+        a box's work on and stops the box in one step, so that no start of its own (a
+        request that asked just before) mounts the disk after the next node has."""
+        async with self._locks.setdefault(box_id, asyncio.Lock()):
+            yield
 
     async def hold(self, box_id: str,
                    volumes: tuple[VolumeMount, ...] | None = None) -> Box:

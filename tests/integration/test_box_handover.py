@@ -1,0 +1,70 @@
+"""A node hands a box's work on to another node (a drain) and stops the box in one step
+(``BoxManager.no_start``): a start of the same box asked meanwhile on this node waits,
+then asks whether the box is still this node's to run (``may_start``), and starts and
+mounts nothing when it is not. A second mount of the box's disk beside the next node's
+would lose what either wrote."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from sophon.box.box import Box, ExecEvent
+from sophon.box.disk import backing_file
+from sophon.box.manager import BoxManager
+from sophon.cluster.ownership import SessionElsewhere
+
+
+async def sh(box: Box, command: str) -> str:
+    out = ""
+    async for ev in box.exec(["sh", "-c", command], timeout=30, env={"PATH": "/usr/bin:/bin"},
+                             cwd="/workspace", output_cap=65536):
+        if isinstance(ev, ExecEvent):
+            out += ev.data
+        else:
+            assert ev.exit_code == 0, out
+    return out
+
+
+def loops_of(image: Path) -> list[str]:
+    """The loop devices attached to ``image`` now."""
+    path = str(image.resolve())
+    return [dev.name for dev in Path("/sys/block").glob("loop*")
+            if dev.name[4:].isdigit() and backing_file(int(dev.name[4:])) == path]
+
+
+async def test_a_start_asked_while_the_box_is_handed_on_starts_nothing(
+        manager: BoxManager) -> None:
+    mine = True
+    asked: list[str] = []
+
+    async def may_start(box_id: str) -> None:
+        asked.append(box_id)
+        if not mine:
+            raise SessionElsewhere("this session runs on node n2 now")
+
+    manager.may_start = may_start
+    async with manager.use("h1") as box:
+        await sh(box, "echo kept > f")
+    assert asked == ["h1"]
+
+    async with manager.no_start("h1"):
+        mine = False  # the hand-on: the database says another node runs it from now
+        stopping = asyncio.create_task(manager.stop("h1"))
+        await asyncio.wait_for(box.stopped.wait(), 30)
+        late = asyncio.create_task(manager.get("h1"))  # a checkpoint asked for earlier
+        await asyncio.sleep(0)
+        assert not late.done(), "a start went ahead while the box was being handed on"
+        await stopping
+    with pytest.raises(SessionElsewhere):
+        await late
+    assert asked == ["h1", "h1"]
+    assert manager.running("h1") is None
+    if manager.disks.enabled:  # its disk is let go, and not mounted again here
+        assert loops_of(manager.disks.image("h1")) == []
+
+    mine = True  # handed back later: it starts here again, with its files
+    async with manager.use("h1") as box:
+        assert await sh(box, "cat f") == "kept\n"
