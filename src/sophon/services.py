@@ -123,11 +123,7 @@ class Services:
         await images.recover()
         executions.threads.start()  # thread expiry, execution record pruning
         egress.start()
-        if gateway.configured:
-            # The SDK takes about a second to import: here, in a thread, not in the first
-            # agent turn, where it would stall every request on the event loop.
-            await asyncio.to_thread(gateway.client)
-        else:
+        if not gateway.configured:
             log.warning("no model provider key (ANTHROPIC_API_KEY): sessions work, but a "
                         "message to the agent is refused until one is set")
         checkpoints = Checkpoints(sessions)

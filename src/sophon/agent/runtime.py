@@ -27,6 +27,7 @@ from sophon.box.box import Box
 from sophon.config import Settings
 from sophon.errors import SophonError
 from sophon.events.types import Assistant, SessionError, Thinking, ToolResult, ToolUse, User
+from sophon.gateway.messages import BlockDone, MessageDone, TextDelta
 from sophon.gateway.service import Gateway
 from sophon.sessions.checkpoints import Checkpoints, may_write
 from sophon.sessions.models import ApprovalPolicy
@@ -91,7 +92,7 @@ async def run_turn(turn: Turn, sessions: SessionService, gateway: Gateway,
     await sessions.set_status(sid, "running")
     failed: str | None = None
     try:
-        gateway.client()  # without a provider key, the turn ends here, saying why
+        gateway.require_key()  # without a provider key, the turn ends here, saying why
         events = await _all_events(sessions, sid)
         messages = history.rebuild(events)
         env = {**await sessions.exec_env(sid, await sessions.refresh_secrets(sid))}
@@ -195,24 +196,23 @@ async def _ask_model(turn: Turn, sessions: SessionService, gateway: Gateway,
     blocks: list[dict[str, Any]] = []
     logging: list[asyncio.Task[None]] = []  # appends run in order while the stream goes on
     turn.partial = []
+    final = MessageDone(None)
     try:
-        async with gateway.client().messages.stream(**params) as stream:
-            async for ev in stream:
-                if ev.type == "text":
-                    turn.partial.append(ev.text)
-                elif ev.type == "content_block_stop":
-                    block = ev.content_block.model_dump(exclude_none=True)
-                    blocks.append(_clean(block))
-                    turn.partial = []
-                    logging.append(asyncio.create_task(_log_block(sessions, row.id, block)))
-            final = await stream.get_final_message()
+        async for ev in gateway.stream(params):
+            if isinstance(ev, TextDelta):
+                turn.partial.append(ev.text)
+            elif isinstance(ev, BlockDone):
+                blocks.append(_clean(ev.block))
+                turn.partial = []
+                logging.append(asyncio.create_task(_log_block(sessions, row.id, ev.block)))
+            else:
+                final = ev
     finally:
         # Every block is in the log before anything acts on it (or the turn ends).
         await asyncio.shield(asyncio.gather(*logging))
-    usage = final.usage.model_dump(exclude_none=True) if final.usage else {}
     # Recorded while the tools run (the next budget check counts it either way), after
     # the previous record, so the session's totals are written in order.
-    counted = {k: v for k, v in usage.items() if isinstance(v, int)}
+    counted = final.usage
     turn.metering_cost = gateway.cost(model, counted)
     turn.cost_since_row += turn.metering_cost
     turn.metering = asyncio.create_task(

@@ -28,12 +28,12 @@ from sophon.config import ModelSettings
 from sophon.errors import BudgetExceeded, ProviderNotConfigured, Unauthorized
 from sophon.events.log import EventLog
 from sophon.events.types import Usage
+from sophon.gateway.messages import ANTHROPIC_VERSION, Event, merge_usage, stream_message
 from sophon.store.owned import owned
 from sophon.store.tables import SessionRow, UsageRecord
 from sophon.users import Principal
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-ANTHROPIC_VERSION = "2023-06-01"
 # A box's own token (its ANTHROPIC_AUTH_TOKEN): the session id and a MAC over it, so it
 # needs no row, is the same after every restart, and dies with its session.
 BOX_TOKEN_PREFIX = "sk-sophon-box-"
@@ -68,7 +68,6 @@ class Gateway:
                                    b"sophon gateway box token", hashlib.sha256).digest()
         self._db = db
         self._events = events
-        self._client: Any = None
         self._http: httpx.AsyncClient | None = None
         self._recording: set[asyncio.Task[Any]] = set()
         self._unrecorded: dict[str, float] = {}  # cost of proxied calls being recorded
@@ -100,20 +99,21 @@ class Gateway:
         """ProviderNotConfigured unless the server has a key (the native runtime's)."""
         self._require_key()
 
-    def client(self) -> Any:
+    async def stream(self, params: dict[str, Any]) -> AsyncIterator[Event]:
+        """One Messages API call of the native runtime with the server's key, streamed
+        (gateway/messages.py); metered by the caller, which knows the session."""
         key = self._require_key()
-        if self._client is None:
-            # Heavy (~1 s): Services.open calls this at start-up, off the event loop.
-            from anthropic import AsyncAnthropic
+        async for event in stream_message(self._client(), self.models.anthropic_base_url
+                                          or DEFAULT_BASE_URL, key, params):
+            yield event
 
-            self._client = AsyncAnthropic(api_key=key, base_url=self.models.anthropic_base_url,
-                                          max_retries=2)
-        return self._client
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10))
+        return self._http
 
     async def close(self) -> None:
         await asyncio.gather(*self._recording, return_exceptions=True)
-        if self._client is not None:
-            await self._client.close()
         if self._http is not None:
             await self._http.aclose()
 
@@ -286,8 +286,6 @@ class Gateway:
             await self.check_budget(row, model, body, pending)
         else:
             await self.check_budget(caller, model, body, pending)
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10))
         base = (self.models.anthropic_base_url or DEFAULT_BASE_URL).rstrip("/")
         # identity: the body is relayed byte for byte without its content-encoding
         # header, and read here for the usage.
@@ -296,9 +294,9 @@ class Gateway:
                        "anthropic-version": headers.get("anthropic-version", ANTHROPIC_VERSION)}
         if "anthropic-beta" in headers:
             out_headers["anthropic-beta"] = headers["anthropic-beta"]
-        request = self._http.build_request("POST", f"{base}/v1/messages", json=body,
+        request = self._client().build_request("POST", f"{base}/v1/messages", json=body,
                                            headers=out_headers)
-        response = await self._http.send(request, stream=True)
+        response = await self._client().send(request, stream=True)
         media = response.headers.get("content-type", "application/json")
 
         async def relay() -> AsyncIterator[bytes]:
@@ -312,7 +310,7 @@ class Gateway:
                         buffer = _scan_usage(buffer, usage, media)
                 if response.status_code == 200 and "json" in media:
                     with contextlib.suppress(ValueError, AttributeError):
-                        _merge_usage(usage, json.loads(buffer or b"{}").get("usage") or {})
+                        merge_usage(usage, json.loads(buffer or b"{}").get("usage") or {})
             finally:
                 await response.aclose()
                 if usage:  # metered after the client has its last byte, not before
@@ -346,12 +344,6 @@ def _record_row(user_id: str, owner_id: str, model: str, usage: dict[str, int],
         cache_write_tokens=usage.get("cache_creation_input_tokens", 0), cost_usd=cost)
 
 
-def _merge_usage(total: dict[str, int], usage: dict[str, Any]) -> None:
-    for k, v in usage.items():
-        if isinstance(v, int):
-            total[k] = v  # the API reports cumulative figures
-
-
 def _scan_usage(buffer: bytes, usage: dict[str, int], media: str) -> bytes:
     """Pick usage out of whole SSE frames; return what is left of the buffer."""
     if "event-stream" not in media:
@@ -366,7 +358,7 @@ def _scan_usage(buffer: bytes, usage: dict[str, int], media: str) -> bytes:
             except ValueError:
                 continue
             if data.get("type") == "message_start":
-                _merge_usage(usage, data.get("message", {}).get("usage") or {})
+                merge_usage(usage, data.get("message", {}).get("usage") or {})
             elif data.get("type") == "message_delta":
-                _merge_usage(usage, data.get("usage") or {})
+                merge_usage(usage, data.get("usage") or {})
     return rest
