@@ -25,11 +25,16 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
+for path in (ROOT, ROOT / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 # wait_for is re-exported for the benchmarks.
-from conftest import LiveServer, make_data_dir, wait_for  # noqa: E402, F401
+from tests.conftest import LiveServer, make_data_dir, wait_for  # noqa: E402, F401
+
+# A benchmark times the server a user runs: its own process, not a fork of one with its
+# imports done (what the tests use to start a few hundred servers).
+LiveServer.forked = False
 
 EXECUTE = "/v1/sandbox/execute"
 # Benchmarks time the server, not its per-user ceilings: one user sends all the load.

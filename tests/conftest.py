@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from sophon.testing import ModelServer
+from tests.forked_server import ZYGOTE_PROCESS, Forked, forkable
 
 SERVER_START_DEADLINE = 30.0
 
@@ -58,7 +59,11 @@ def make_data_dir() -> Path:
 
 
 class LiveServer:
-    """``sophon serve`` in a child process, as a user would run it."""
+    """``sophon serve`` in a child process, as a user would run it: forked from a process
+    that has made its imports already (tests/forked_server.py), unless ``forked`` is
+    off (the benchmarks) or the environment differs in what Python reads at start."""
+
+    forked = True
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
@@ -69,15 +74,18 @@ class LiveServer:
         inherited = {k: v for k, v in os.environ.items()
                      if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
         self.env = {**inherited, "SOPHON_DATA_DIR": str(data_dir), **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | Forked | None = None
         self.log = data_dir / "server.log"
 
     def start(self) -> LiveServer:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sophon.cli", "serve", "--port", str(self.port)],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            )
+        args = ["serve", "--port", str(self.port)]
+        if self.forked and forkable(self.env):
+            self.proc = ZYGOTE_PROCESS.fork(args, self.env, self.log, os.getcwd())
+        else:
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen([sys.executable, "-m", "sophon.cli", *args],
+                                             env=self.env, stdout=log,
+                                             stderr=subprocess.STDOUT)
 
         def healthy() -> bool:
             assert self.proc is not None

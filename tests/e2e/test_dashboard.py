@@ -300,6 +300,12 @@ def wait_idle(client: httpx.Client, sid: str, min_seq: int, deadline: float = 24
 
     def done() -> bool:
         seen.update(client.get(f"/v1/sessions/{sid}").json())
+        if seen["status"] == "error":  # the turn failed: say why, at once
+            last = int(str(seen["last_seq"]))
+            tail = client.get(f"/v1/sessions/{sid}/events", headers={"Accept": "application/json"},
+                              params={"after": max(0, last - 20), "limit": 20}).json()
+            raise AssertionError(f"the turn failed at seq {last}: " + "; ".join(
+                str(e.get("message")) for e in tail["events"] if e["type"] == "session_error"))
         return seen["status"] == "idle" and int(str(seen["last_seq"])) >= min_seq
     try:
         wait_for(done, deadline, 0.2, f"session {sid} to reach seq {min_seq}")

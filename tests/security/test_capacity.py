@@ -124,8 +124,10 @@ def server_with_open_files(soft: int, hard: int,
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-    with mock.patch("tests.conftest.subprocess.Popen",
-                    functools.partial(subprocess.Popen, preexec_fn=limit)), \
+    # Its own process (not forked from the test worker's zygote), which Popen starts.
+    with mock.patch.object(LiveServer, "forked", False), \
+            mock.patch("tests.conftest.subprocess.Popen",
+                       functools.partial(subprocess.Popen, preexec_fn=limit)), \
             live_server(env) as srv:
         yield srv
 

@@ -6,6 +6,7 @@ import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -41,8 +42,11 @@ print(json.dumps({"env": dict(os.environ), "read": read, "unreadable": unreadabl
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
-    with live_server(env={CANARY_NAME: CANARY_VALUE,
-                          "SOPHON_SECSUITE_CANARY": CANARY_VALUE}) as srv:
+    # A process started with this environment, as a user's server is (one forked from
+    # the tests' zygote shows the zygote's in /proc/<pid>/environ, the control below).
+    with mock.patch.object(LiveServer, "forked", False), \
+            live_server(env={CANARY_NAME: CANARY_VALUE,
+                             "SOPHON_SECSUITE_CANARY": CANARY_VALUE}) as srv:
         yield srv
 
 
