@@ -29,7 +29,7 @@ from sophon.box.disk import Disks, DiskUse
 from sophon.box.uids import UidPool
 from sophon.box.volumes import VolumeMount, VolumeStore
 from sophon.config import Settings
-from sophon.errors import BoxError, BoxUnavailable
+from sophon.errors import BoxError, BoxUnavailable, NotFound
 from sophon.images.store import ImageStore
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # How long a box claimed by a request (sophon/quotas.py) counts as awake before it runs:
 # past the start queue's wait, a claim whose start never came is forgotten.
 WAKE_CLAIM_SECONDS = 120.0
+# How long a deleted box's id is remembered: longer than any start can wait in line.
+GONE_KEEP_SECONDS = 600.0
 
 # Open files a box start may need (pipes, the seccomp filter, /etc copies, mount's),
 # and what the server keeps for its own connections and database: a start with fewer
@@ -128,6 +130,10 @@ class BoxManager:
         # Asked under the box's lock before this node starts a box: raises if the box is
         # not this node's to run (cluster/ownership.py; None: one node, always its own).
         self.may_start: Callable[[str], Awaitable[None]] | None = None
+        # Boxes deleted in the last GONE_KEEP_SECONDS (ids are never used again): a start
+        # asked for before the delete (a checkpoint after an exec) finds the box gone
+        # instead of making it again over the files being removed.
+        self._gone: dict[str, float] = {}
         self.volumes = VolumeStore(settings.data_dir, self.disks)
         self._vol_sizes: dict[str, tuple[int, int]] = {}  # volume id: (size_mb, gid)
         self._mounts: dict[str, tuple[VolumeMount, ...]] = {}  # box id: its volume mounts
@@ -446,6 +452,9 @@ class BoxManager:
             if box is not None and (volumes is None
                                     or self._mounts.get(box_id, ()) == volumes):
                 return box
+            if box_id in self._gone:
+                raise NotFound("this box was deleted (its session, thread or volume is "
+                               "gone)")
             if self.may_start is not None:
                 await self.may_start(box_id)
             if box is not None:  # mounted other volumes: restart with these
@@ -683,8 +692,12 @@ class BoxManager:
                 await self.disks.released(box_id)
 
     async def destroy(self, box_id: str) -> None:
-        """Stop the box and delete its files for good."""
-        await self.stop(box_id)
+        """Stop the box and delete its files for good; no start of it begins after."""
+        async with self._locks.setdefault(box_id, asyncio.Lock()):
+            now = time.monotonic()
+            self._gone = {b: t for b, t in self._gone.items() if now - t < GONE_KEEP_SECONDS}
+            self._gone[box_id] = now
+            await self.stop(box_id)
         await self.disks.detach(box_id)
         self._locks.pop(box_id, None)
         self._idle_after.pop(box_id, None)

@@ -233,6 +233,8 @@ class Checkpoints:
             try:
                 async with self.sessions.box(row) as box:
                     await self.take(box, row.id, reason, await self.turns(row.id))
+            except NotFound:
+                pass  # the session was deleted meanwhile: nothing left to keep
             except Exception as exc:  # a checkpoint lost is logged, never the save's error
                 log.warning("checkpoint after %s in session %s failed: %s", reason, row.id, exc)
 
