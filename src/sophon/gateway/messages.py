@@ -68,7 +68,8 @@ async def stream_message(http: httpx.AsyncClient, base_url: str, key: str,
             response = await http.send(request, stream=True)
         except httpx.TransportError as exc:
             if attempt == max_retries:
-                raise ModelCallError(f"could not reach the provider: {exc!r}") from exc
+                raise ModelCallError(f"could not reach the provider at {base_url}: "
+                                     f"{exc!r}") from exc
             await asyncio.sleep(_backoff(attempt, None))
             continue
         try:
