@@ -128,8 +128,13 @@ class Ownership:
             return None
         return Owner(found.id, found.url)
 
-    async def hold(self, kind: Kind, key: str) -> None:
-        """Before this node runs its box: raise if another live node runs it."""
+    async def hold(self, kind: Kind, key: str, take: bool = True) -> None:
+        """Before this node runs its box: raise if another live node runs it. With
+        ``take`` False (work of the node's own, after a request: a checkpoint), also if
+        this node does not hold it now: a drained node that released a session never
+        takes it back for that, while the node it went to is about to run it."""
+        if not take and self.clustered and key not in self._mine[kind]:
+            raise SessionElsewhere(f"this {kind} is no longer run by node {self.node_id}")
         owner = await self.locate(kind, key, here=True)
         if owner is not None:
             raise SessionElsewhere(

@@ -26,6 +26,7 @@ from typing import Any
 
 from sophon.box.box import Box, ExecEvent, ExecOutcome
 from sophon.box.bwrap import BASE_ENV, WORKSPACE
+from sophon.cluster.ownership import SessionElsewhere
 from sophon.errors import BadRequest, NotFound
 from sophon.events.types import Checkpoint, CheckpointFile
 from sophon.sessions.service import SessionService
@@ -231,10 +232,13 @@ class Checkpoints:
         """After a save or an exec: a checkpoint, in the background of the request."""
         async def take() -> None:
             try:
-                async with self.sessions.box(row) as box:
+                async with self.sessions.box(row, take=False) as box:
                     await self.take(box, row.id, reason, await self.turns(row.id))
             except NotFound:
                 pass  # the session was deleted meanwhile: nothing left to keep
+            except SessionElsewhere as exc:  # handed on (a drain): its next node keeps on
+                log.info("no checkpoint after %s in session %s: %s", reason, row.id,
+                         exc.message)
             except Exception as exc:  # a checkpoint lost is logged, never the save's error
                 log.warning("checkpoint after %s in session %s failed: %s", reason, row.id, exc)
 

@@ -453,10 +453,11 @@ class SessionService:
     # --- the box -------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def box(self, row: SessionRow) -> AsyncIterator[Box]:
-        """The session's running box, woken if it was sleeping, with its watcher on."""
+    async def box(self, row: SessionRow, take: bool = True) -> AsyncIterator[Box]:
+        """The session's running box, woken if it was sleeping, with its watcher on
+        (``take``: see ``Ownership.hold``)."""
         if self.ownership is not None:
-            await self.ownership.hold("session", row.id)
+            await self.ownership.hold("session", row.id, take)
         await self.refresh_secrets(row.id)
         self.quotas.know_session(row.id, row.user_id)
         was_sleeping = self.boxes.running(row.box_id) is None
