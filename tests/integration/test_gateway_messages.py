@@ -5,8 +5,10 @@ usage as reported, the SDK's retry rules, and every failure a ModelCallError."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -129,3 +131,34 @@ async def test_no_provider_at_the_address_is_an_error_after_the_retries(
         await call(http, url, retries=1)
     assert "could not reach the provider" in exc.value.message
     assert time.monotonic() - started < 5  # one back-off of about half a second
+
+
+@pytest.mark.parametrize("body", [
+    b"<html>a proxy's sign-in page</html>",
+    b'event: message_start\ndata: {"type": "message_start", "message": \n\n',
+    b'data: {"type": "content_block_delta", "delta": {"type": "text_delta"}}\n\n',
+], ids=["not-sse", "truncated-json", "delta-without-its-block"])
+async def test_a_200_that_is_not_a_messages_stream_is_an_error_that_says_so(
+        http: httpx.AsyncClient, body: bytes) -> None:
+    class Garbage(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ModelCallError) as exc:
+            await call(http, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ("not a Messages API stream" in exc.value.message
+            or "ended before message_stop" in exc.value.message), exc.value.message
