@@ -140,13 +140,15 @@ class Services:
 
             ownership.on_taken["session"] = taken
 
-            async def may_start(box_id: str) -> None:
-                # The check before each box start, against the database: no node starts
-                # the box of a session or thread that another node runs (or took).
+            async def may_start(box_id: str, take: bool) -> None:
+                # Before each box start, against the database: a session's or thread's
+                # box starts only on the node that runs it. A request's start takes one
+                # that no node runs; the node's own work after a request (a checkpoint)
+                # takes nothing, so one asked before a drain released it starts nothing.
                 if (session_id := session_id_of(box_id)) is not None:
-                    await ownership.hold("session", session_id)
+                    await ownership.hold("session", session_id, take)
                 elif is_thread_box(box_id):
-                    await ownership.hold("thread", box_id)
+                    await ownership.hold("thread", box_id, take)
 
             boxes.may_start = may_start
             ownership.on_taken["thread"] = boxes.disks.adopt  # a thread's id is its box's

@@ -47,7 +47,7 @@ async def test_a_start_asked_while_the_box_is_handed_on_starts_nothing(
     mine = True
     asked: list[str] = []
 
-    async def may_start(box_id: str) -> None:
+    async def may_start(box_id: str, take: bool) -> None:
         asked.append(box_id)
         if not mine:
             raise SessionElsewhere("this session runs on node n2 now")

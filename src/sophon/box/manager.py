@@ -127,9 +127,11 @@ class BoxManager:
         self._boxes: dict[str, Box] = {}
         self._idle_after: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        # Asked under the box's lock before this node starts a box: raises if the box is
-        # not this node's to run (cluster/ownership.py; None: one node, always its own).
-        self.may_start: Callable[[str], Awaitable[None]] | None = None
+        # Asked under the box's lock before this node starts a box, with whether the
+        # start may take the box's session or thread for this node (a request's may; the
+        # node's own work after one may not): raises if the box is not this node's to run
+        # (cluster/ownership.py; None: one node, always its own).
+        self.may_start: Callable[[str, bool], Awaitable[None]] | None = None
         # Boxes deleted in the last GONE_KEEP_SECONDS (ids are never used again): a start
         # asked for before the delete (a checkpoint after an exec) finds the box gone
         # instead of making it again over the files being removed.
@@ -421,9 +423,10 @@ class BoxManager:
     async def use(self, box_id: str, idle_after: float | None = None,
                   extra_ro_binds: dict[str, str] | None = None,
                   disk_mb: int | None = None,
-                  volumes: tuple[VolumeMount, ...] | None = None) -> AsyncIterator[Box]:
+                  volumes: tuple[VolumeMount, ...] | None = None,
+                  take: bool = True) -> AsyncIterator[Box]:
         """Hold a box for a piece of work: the idle reaper never stops a held box."""
-        box = await self.get(box_id, idle_after, extra_ro_binds, disk_mb, volumes)
+        box = await self.get(box_id, idle_after, extra_ro_binds, disk_mb, volumes, take)
         box.leases += 1
         try:
             yield box
@@ -434,12 +437,14 @@ class BoxManager:
     async def get(self, box_id: str, idle_after: float | None = None,
                   extra_ro_binds: dict[str, str] | None = None,
                   disk_mb: int | None = None,
-                  volumes: tuple[VolumeMount, ...] | None = None) -> Box:
+                  volumes: tuple[VolumeMount, ...] | None = None,
+                  take: bool = True) -> Box:
         """The running box with this id, started (over its existing files) if needed.
         ``extra_ro_binds`` (host path: box path) apply only if this call starts it;
         ``disk_mb`` only if it makes the box's disk (default ``SOPHON_BOX_DISK_MB``).
         ``volumes`` (None: whatever the box has) are the volume mounts the box must have:
-        a running box with other mounts is stopped and started again with these."""
+        a running box with other mounts is stopped and started again with these.
+        ``take``: see ``may_start``."""
         self._attended[box_id] = now = time.monotonic()
         if box_id not in self._filling:  # a request's, not the pool's own start
             self._last_asked = now
@@ -456,7 +461,7 @@ class BoxManager:
                 raise NotFound("this box was deleted (its session, thread or volume is "
                                "gone)")
             if self.may_start is not None:
-                await self.may_start(box_id)
+                await self.may_start(box_id, take)
             if box is not None:  # mounted other volumes: restart with these
                 await box.stop()
             mounts = self._mounts.get(box_id, ()) if volumes is None else volumes
@@ -693,7 +698,7 @@ class BoxManager:
 
     async def destroy(self, box_id: str) -> None:
         """Stop the box and delete its files for good; no start of it begins after."""
-        async with self._locks.setdefault(box_id, asyncio.Lock()):
+        async with self.no_start(box_id):
             now = time.monotonic()
             self._gone = {b: t for b, t in self._gone.items() if now - t < GONE_KEEP_SECONDS}
             self._gone[box_id] = now

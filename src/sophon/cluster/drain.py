@@ -38,7 +38,7 @@ async def hand_on(ownership: Ownership, sessions: SessionService,
         moved += 1
     for thread in sorted(ownership.mine("thread")):
         async with boxes.no_start(thread):  # a thread's id is its box's
-            box = executions.boxes.running(thread)
+            box = boxes.running(thread)
             if box is not None and box.busy:
                 continue  # an execution or a file transfer: at a later heartbeat
             await ownership.release("thread", thread)

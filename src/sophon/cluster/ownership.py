@@ -81,7 +81,8 @@ class Ownership:
 
     # --- where a session or thread runs -------------------------------------------
 
-    async def locate(self, kind: Kind, key: str, here: bool = False) -> Owner | None:
+    async def locate(self, kind: Kind, key: str, here: bool = False,
+                     take: bool = True) -> Owner | None:
         """The live node that runs it, if another; None if this node does (taking it
         now when no live node had it) or if there is no such row (the route says 404).
         A node being drained sends what no node runs to the placed node, unless the
@@ -107,6 +108,9 @@ class Ownership:
                 return Owner(node_id, url)
             if self.nodes.draining and not here and (elsewhere := await self.place()):
                 return elsewhere  # which takes it: a node being drained takes nothing
+            if not take:
+                raise SessionElsewhere(f"no node runs this {kind} now, and node "
+                                       f"{self.node_id} takes it only for a request")
             if await self._take(kind, key, node_id):
                 return None
             # Another node took it between the read and the update: look again.
@@ -133,9 +137,7 @@ class Ownership:
         ``take`` False (work of the node's own, after a request: a checkpoint), also if
         this node does not hold it now: a drained node that released a session never
         takes it back for that, while the node it went to is about to run it."""
-        if not take and self.clustered and key not in self._mine[kind]:
-            raise SessionElsewhere(f"this {kind} is no longer run by node {self.node_id}")
-        owner = await self.locate(kind, key, here=True)
+        owner = await self.locate(kind, key, here=True, take=take)
         if owner is not None:
             raise SessionElsewhere(
                 f"this {kind} runs on node {owner.node_id} ({owner.url}); ask that node, "

@@ -463,7 +463,8 @@ class SessionService:
         was_sleeping = self.boxes.running(row.box_id) is None
         if was_sleeping:  # waking it: one more box awake for its owner
             await self.quotas.admit_box(row.user_id, row.box_id)
-        async with self.boxes.use(row.box_id, self.settings.session_idle_seconds) as box:
+        async with self.boxes.use(row.box_id, self.settings.session_idle_seconds,
+                                  take=take) as box:
             watching = self._watch(row.id, box)
             # Hand the box out only once the watcher has its first snapshot, so a change
             # made by this very request is reported.
