@@ -26,6 +26,12 @@ $(UI_STAMP): $(UI_SOURCES)
 	cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build
 	touch $(UI_STAMP)
 
+# boxd, the first process of every box: a static Go binary (the server also builds it
+# when it finds it missing or older than its sources).
+BOXD := src/sophon/box/boxd/boxd
+$(BOXD): $(wildcard src/sophon/box/boxd/*.go) src/sophon/box/boxd/go.mod
+	cd src/sophon/box/boxd && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o boxd .
+
 # Debian packages the sandbox needs (bubblewrap, python3 and pip for workloads, git).
 system-deps:
 	@./scripts/system-deps
@@ -55,7 +61,7 @@ images: system-deps $(STAMP)
 
 # The admin user is made once (its key shown that once); every run prints a new one-time
 # link (15 minutes) that signs admin in to the dashboard. SOPHON_HOST/SOPHON_PORT move both.
-run: system-deps box-tools $(STAMP) ui images
+run: system-deps box-tools $(STAMP) $(BOXD) ui images
 	@$(BIN)/sophon users add admin 2>/dev/null \
 		&& echo "^ API key for user 'admin' (shown once). More keys: $(BIN)/sophon users add NAME" \
 		|| true
@@ -63,15 +69,15 @@ run: system-deps box-tools $(STAMP) ui images
 	@$(BIN)/sophon users sign-in-link admin
 	$(BIN)/sophon serve
 
-test: system-deps box-tools $(STAMP) ui $(WHEELHOUSE)/.done images
+test: system-deps box-tools $(STAMP) $(BOXD) ui $(WHEELHOUSE)/.done images
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
-bench: system-deps $(STAMP)
+bench: system-deps $(STAMP) $(BOXD)
 	$(BIN)/python bench/run.py
 
 # Every benchmark once, with few samples: proves they run, measures nothing (CI runs it).
-bench-smoke: system-deps $(STAMP)
+bench-smoke: system-deps $(STAMP) $(BOXD)
 	$(BIN)/python bench/run.py --quick > /dev/null
 
 lint: $(STAMP)

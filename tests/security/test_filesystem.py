@@ -88,13 +88,13 @@ echo control > /workspace/{marker} && cat /workspace/{marker}
     assert file_hashes(runtime) == before
 
 
-def test_boxd_s_modules_come_compiled_for_the_box_s_python(run: Run) -> None:
-    """boxd's modules are compiled once on the host (box/bwrap.py), not at every box's
+def test_the_file_helper_s_modules_come_compiled_for_the_box_s_python(run: Run) -> None:
+    """boxd's file helper's modules are compiled once on the host (box/bwrap.py), not at every box's
     start: the compiled file the box's python looks for is there, for its version, and
     taken without a look at the source (the box's copies have new times)."""
     res = run(f"""
 import importlib.util, json
-spec = importlib.util.spec_from_file_location("daemon", "{AGENT_DIR}/daemon.py")
+spec = importlib.util.spec_from_file_location("fileserver", "{AGENT_DIR}/fileserver.py")
 with open(spec.cached, "rb") as f:
     head = f.read(16)
 print(json.dumps({{"magic": head[:4] == importlib.util.MAGIC_NUMBER,

@@ -1,5 +1,5 @@
 """boxd's modules compiled ahead for the boxes' python (box/bwrap.py): one compiled file
-per module, boxd.py (a script, always compiled from source) left out, and a compiled
+per module, helper.py (a script, always compiled from source) left out, and a compiled
 file left from a module that is gone not copied into boxes."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def test_each_module_is_compiled_and_a_gone_one_is_not_copied(tmp_path: Path) ->
     backend.python = str(BOX_PYTHON)
     compiled = backend._compile_agent(agent)
     modules = {p.name.split(".")[0] for p in compiled}
-    assert modules == {p.stem for p in agent.glob("*.py")} - {"boxd"}
+    assert modules == {p.stem for p in agent.glob("*.py")} - {"helper"}
     assert all(p.stat().st_size > 100 for p in compiled)
 
 

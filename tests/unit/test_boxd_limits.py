@@ -26,6 +26,7 @@ import pytest
 
 import sophon.box
 from sophon.box.box import Box, ExecEvent, ExecOutcome
+from sophon.box.boxd_build import ensure_boxd
 from sophon.box.protocol import MAX_FRAME, Done, Failure, read_reply
 from sophon.errors import BoxProtocolError, BoxRequestError, PayloadTooLarge
 
@@ -39,12 +40,13 @@ WINDOW = 256 * 1024
 
 @functools.cache
 def boxd() -> Path:
-    """boxd and its modules, copied where the tmpfs the test mounts on /tmp cannot hide
-    them (the checkout itself may be under /tmp)."""
+    """boxd and its file helper's modules, copied where the tmpfs the test mounts on /tmp
+    cannot hide them (the checkout itself may be under /tmp)."""
     copy = Path(tempfile.mkdtemp(prefix="sophon-boxd-", dir="/dev/shm"))
     shutil.copytree(AGENT, copy, dirs_exist_ok=True)
+    shutil.copy2(ensure_boxd(), copy / "boxd")
     atexit.register(shutil.rmtree, copy, True)
-    return copy / "boxd.py"
+    return copy / "boxd"
 
 
 async def spawn(script: str | None = None) -> asyncio.subprocess.Process:
@@ -52,8 +54,8 @@ async def spawn(script: str | None = None) -> asyncio.subprocess.Process:
         argv = [sys.executable, "-c", script]
     else:
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                'mount -t tmpfs -o size=16m tmpfs /tmp && exec "$0" -I "$1"',
-                BOX_PYTHON, str(boxd())]
+                'mount -t tmpfs -o size=16m tmpfs /tmp && SOPHON_PYTHON="$1" exec "$0"',
+                str(boxd()), BOX_PYTHON]
     return await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)

@@ -14,8 +14,9 @@ Layers, outermost first:
    network namespaces, drops every capability, mounts a minimal read-only system view
    with only the box's own ``workspace`` and ``home`` writable, and loads the seccomp
    filter (seccomp.py) just before it execs boxd;
-4. boxd, as uid 1000 and pid 1 inside (no bwrap init in the box: it would hold
-   the host's pipes where a workload could open them through /proc).
+4. boxd (a static Go program, boxd/), as uid 1000 and pid 1 inside (no bwrap init in
+   the box: it would hold the host's pipes where a workload could open them through
+   /proc); it starts its file helper (agent/, Python) on the first file request.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from sophon.box.ahead import Ahead
 from sophon.box.box import Box
+from sophon.box.boxd_build import ensure_boxd
 from sophon.box.cgroups import CgroupTree, Limits
 from sophon.box.disk import MOUNT_OPTIONS, BoxDisk
 from sophon.box.seccomp import SeccompUnavailable, compile_filter
@@ -51,7 +53,8 @@ THREAD_HOME = "/home/baponi"
 # link in every box to the CLI under /usr (see docs/ARCHITECTURE.md, "Claude Code").
 GUIDE_CLI = f"{THREAD_HOME}/.local/bin/claude"
 AGENT_DIR = "/opt/sophon/agent"
-BOXD_PATH = f"{AGENT_DIR}/boxd.py"
+# boxd starts its file helper (agent/helper.py, beside it) under SOPHON_PYTHON.
+BOXD_PATH = f"{AGENT_DIR}/boxd"
 
 # Host paths shown read-only inside every box when they exist.
 SYSTEM_DIRS = ("/usr", "/opt/node", "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates")
@@ -273,13 +276,17 @@ class BwrapBackend:
         for src in Path(__file__).with_name("agent").glob("*.py"):
             shutil.copyfile(src, agent / src.name)
         compiled = self._compile_agent(agent)
+        # Replaced whole: nodes sharing this directory may install at once.
+        boxd = agent / "boxd"
+        shutil.copyfile(ensure_boxd(), agent / f".boxd.{os.getpid()}")
+        os.replace(agent / f".boxd.{os.getpid()}", boxd)
         for p in [self.runtime_dir, etc, agent, *etc.iterdir(), *agent.iterdir(), *compiled]:
-            p.chmod(0o755 if p.is_dir() else 0o644)
+            p.chmod(0o755 if p.is_dir() or p == boxd else 0o644)
         # Copied into every box from descriptors (see argv): (host file, path in the box).
         self.trust_files: tuple[str, ...] = ()
         self.data_files = [(etc / name, f"/etc/{name}") for name in ETC_FILES] + [
             (f, f"{AGENT_DIR}/{f.relative_to(agent)}")
-            for f in sorted(agent.glob("*.py")) + compiled]
+            for f in [boxd, *sorted(agent.glob("*.py")), *compiled]]
 
     def _compile_agent(self, agent: Path) -> list[Path]:
         """boxd's modules compiled by the boxes' interpreter, as ``__pycache__`` files it
@@ -296,12 +303,12 @@ class BwrapBackend:
             log.warning("boxd's modules could not be compiled ahead (%s); each box "
                         "compiles them as it starts", exc)
             return []
-        # boxd.py is run as a script, which is always compiled from its source. Each file
+        # helper.py is run as a script, which is always compiled from its source. Each file
         # is replaced whole (nodes sharing this directory may compile at once); one left
         # from a module that is gone is not copied.
         return sorted(p for p in (agent / "__pycache__").glob("*.pyc")
                       if (agent / f"{p.name.split('.')[0]}.py").is_file()
-                      and not p.name.startswith("boxd."))
+                      and not p.name.startswith("helper."))
 
     def trust(self, bundle: bytes, ca: bytes) -> None:
         """Give every box started from now on this bundle and CA (see TRUST_BUNDLE)."""
@@ -395,7 +402,8 @@ class BwrapBackend:
             host, fd = data[inside]
             if fd is None:
                 return ["--ro-bind", str(host), inside]
-            return ["--perms", "0644", "--ro-bind-data", str(fd), inside]
+            mode = "0755" if inside == BOXD_PATH else "0644"
+            return ["--perms", mode, "--ro-bind-data", str(fd), inside]
         if spec.image_root is not None:
             args += self._image_args(spec.image_root, spec.image_writable)
         else:
@@ -433,7 +441,7 @@ class BwrapBackend:
         if fds is not None and fds.door is not None and self.door_port is not None:
             args += ["--setenv", "SOPHON_DOOR_FD", str(fds.door),
                      "--setenv", "SOPHON_DOOR_PORT", str(self.door_port)]
-        args += [self.python, "-I", "-S", BOXD_PATH]
+        args += ["--setenv", "SOPHON_PYTHON", self.python, BOXD_PATH]
         return args
 
     @staticmethod
@@ -496,7 +504,7 @@ class BwrapBackend:
         if self.cgroups is None:
             # Per-process limits only, which a determined workload can spread across
             # processes. The server says so at start-up.
-            launch.rlimits = [("RLIMIT_AS", spec.limits.memory_bytes, spec.limits.memory_bytes),
+            launch.rlimits = [("RLIMIT_DATA", spec.limits.memory_bytes, spec.limits.memory_bytes),
                               ("RLIMIT_NPROC", spec.limits.pids, spec.limits.pids)]
         return launch
 

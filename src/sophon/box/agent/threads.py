@@ -1,70 +1,14 @@
-"""boxd's threads: the one that reaps every child in the box, and those that run requests.
+"""The file helper's threads, which run its requests (fileserver.py).
 
-Standard library only, like boxd (which imports this at start-up).
+Standard library only, like the helper.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
-import time
 from collections.abc import Callable
-
-
-class Reaper:
-    """The one place that waits for children: ours and every orphan in the box.
-
-    Its thread starts with the first child and, with no child left, sleeps until the
-    next: an idle box is one process with one thread, which never wakes."""
-
-    def __init__(self) -> None:
-        self._status: dict[int, int] = {}
-        self._cond = threading.Condition()
-        self._spawns = 0  # children started so far
-        self._started = False
-
-    def spawned(self) -> None:
-        """Called after each child is started."""
-        with self._cond:
-            self._spawns += 1
-            self._cond.notify_all()
-            if not self._started:
-                self._started = True
-                threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                seen = self._spawns
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                # None now. A child started after ``seen`` was read counted itself
-                # first, so this cannot sleep through it.
-                with self._cond:
-                    while self._spawns == seen:
-                        self._cond.wait()
-                continue
-            with self._cond:
-                self._status[pid] = os.waitstatus_to_exitcode(status)
-                self._cond.notify_all()
-
-    def wait(self, pid: int, timeout: float | None) -> int | None:
-        """The exit code of ``pid`` (negative: killed by that signal), or None on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while pid not in self._status:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-            return self._status.pop(pid)
-
-    def exited(self, pid: int) -> bool:
-        with self._cond:
-            return pid in self._status
 
 
 class Workers:
@@ -119,38 +63,3 @@ class Workers:
                     except queue.Empty:
                         self._idle -= 1
                         return
-
-
-class Credit:
-    """Flow control of one request's output: at most ``window`` characters of data sent
-    and not yet credited back by the host. The thread that sends waits for credit; the
-    host's ``credit`` frames (read by the main thread) give it."""
-
-    def __init__(self, window: int) -> None:
-        self._left = window
-        self._closed = False
-        self._cond = threading.Condition()
-
-    def take(self, size: int, deadline: float) -> bool:
-        """Wait until ``size`` may be sent, and count it as sent. False if the request
-        was cancelled (send nothing more) or ``deadline`` (monotonic) passed first."""
-        with self._cond:
-            while self._left < size and not self._closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            if self._closed:
-                return False
-            self._left -= size
-            return True
-
-    def give(self, size: int) -> None:
-        with self._cond:
-            self._left += size
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()

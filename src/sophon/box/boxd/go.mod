@@ -1,0 +1,3 @@
+module sophon/boxd
+
+go 1.19
