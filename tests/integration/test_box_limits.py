@@ -136,7 +136,7 @@ async def spares_ready(ready: Callable[[], list[Path]], what: str) -> None:
 
     end = time.monotonic() + 30
     while len(ready()) != SPARE_DISKS:
-        assert time.monotonic() < end, f"timed out waiting for {what}"
+        assert time.monotonic() < end, f"timed out waiting for {what}: {ready()}"
         await asyncio.sleep(0.05)
 
 

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 AHEAD = 2  # made ahead at a time: a burst past it starts the usual way
 
+# A cgroup with its limits written and the pid of the launcher waiting in it.
+Reserved = tuple[BoxCgroup, int]
+
 
 class Ahead:
     def __init__(self, cgroups: CgroupTree, spawner: Spawner) -> None:
@@ -47,7 +50,7 @@ class Ahead:
                 raise
             self._ready.append((cgroup, pid))
 
-    async def take(self, limits: Limits) -> tuple[BoxCgroup, int] | None:
+    async def take(self, limits: Limits) -> Reserved | None:
         """A cgroup with these limits and the waiting child in it, or None (none left:
         the caller makes a cgroup and spawnd forks)."""
         while self._ready:
@@ -66,6 +69,10 @@ class Ahead:
                 raise
             return cgroup, pid
         return None
+
+    async def drop(self, cgroup: BoxCgroup, pid: int) -> None:
+        """One taken and not used: its launcher and cgroup go."""
+        await self._drop(cgroup, pid)
 
     async def _drop(self, cgroup: BoxCgroup, pid: int) -> None:
         self.spawner.drop_ahead(pid)

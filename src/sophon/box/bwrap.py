@@ -22,6 +22,7 @@ Layers, outermost first:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -31,7 +32,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sophon.box.ahead import Ahead
+from sophon.box.agent_fs import AgentFs
+from sophon.box.ahead import Ahead, Reserved
 from sophon.box.box import Box
 from sophon.box.boxd_build import ensure_boxd
 from sophon.box.cgroups import CgroupTree, Limits
@@ -132,19 +134,23 @@ class BoxFds:
 
     seccomp: int | None = None
     data: list[int] = field(default_factory=list)  # in the order of ``data_files``
+    # The host's own /etc files a box without an image gets (in the order of
+    # SYSTEM_FILES, those that exist); opened at each start, so an update is seen.
+    system: list[tuple[str, int]] = field(default_factory=list)
     volumes: list[int] = field(default_factory=list)  # in the order of ``volume_binds``
     # The box's end of the socket boxd hands its door listener back through (the one
     # descriptor bwrap leaves open: boxd closes it once it has sent the listener).
     door: int | None = None
 
     def all(self) -> tuple[int, ...]:
-        return (*([] if self.seccomp is None else [self.seccomp]), *self.data, *self.volumes,
+        return (*([] if self.seccomp is None else [self.seccomp]), *self.data,
+                *(fd for _, fd in self.system), *self.volumes,
                 *([] if self.door is None else [self.door]))
 
     def close(self) -> None:
         for fd in self.all():
             os.close(fd)
-        self.seccomp, self.data, self.volumes, self.door = None, [], [], None
+        self.seccomp, self.data, self.system, self.volumes, self.door = None, [], [], [], None
 
 
 def open_beneath(root: Path, rel: str) -> int:
@@ -246,9 +252,21 @@ class BwrapBackend:
         self.spawner = Spawner()
         self.ahead = Ahead(cgroups, self.spawner) if cgroups is not None else None
         self._install_runtime()
+        # A root server keeps a read-only copy of the agent dir that boxes bind
+        # (agent_fs.py); otherwise each box gets copies of its files.
+        self.agent_fs = AgentFs.mount(runtime_dir / "agent") if self.is_root else None
+        if self.agent_fs is not None:  # bound whole: no file of it is copied in
+            self.data_files = [(host, inside) for host, inside in self.data_files
+                               if not inside.startswith(AGENT_DIR + "/")]
         self.seccomp_filter: Path | None = None
         self.seccomp_mode = "off"
         self._install_seccomp()
+
+    def close(self) -> None:
+        """After the last box has stopped."""
+        if self.agent_fs is not None:
+            self.agent_fs.unmount()
+            self.agent_fs = None
 
     def check_reachable(self, path: Path) -> None:
         """bwrap runs as the box's host uid, so it must be able to walk to every path it
@@ -334,6 +352,10 @@ class BwrapBackend:
                 fds.seccomp = os.open(self.seccomp_filter, os.O_RDONLY | os.O_CLOEXEC)
             for host, _ in self.data_files:
                 fds.data.append(os.open(host, os.O_RDONLY | os.O_CLOEXEC))
+            if spec is not None and spec.image_root is None:
+                for f in SYSTEM_FILES:
+                    with contextlib.suppress(FileNotFoundError):
+                        fds.system.append((f, os.open(f, os.O_RDONLY | os.O_CLOEXEC)))
             for root, rel, _ in spec.volume_binds if spec else ():
                 fds.volumes.append(open_beneath(root, rel))
         except BaseException:
@@ -387,7 +409,11 @@ class BwrapBackend:
             args += ["--seccomp", str(fds.seccomp)]
         # The generated /etc files and boxd are copies made by bwrap from descriptors,
         # not binds of the runtime directory: a bind's source path shows in the box's
-        # /proc/self/mountinfo, and that path names the server's data directory.
+        # /proc/self/mountinfo, and that path names the server's data directory. Where
+        # the path is on the box's own root (a tmpfs bwrap makes, read-only once it is
+        # built) the copy is a plain file there (--file), not a file bound over the path
+        # (--ro-bind-data): each mount costs bwrap a pass over the mount table, and a box
+        # without an image had some 30 of them (about 4 ms of its start).
         data_fds: list[int | None] = [*fds.data] if fds else [None] * len(self.data_files)
         data = {inside: (host, fd)
                 for (host, inside), fd in zip(self.data_files, data_fds, strict=True)}
@@ -398,18 +424,20 @@ class BwrapBackend:
                    for a in ("--bind", str(root / rel) if fd is None else f"/proc/self/fd/{fd}",
                              inside)]
 
-        def copy_in(inside: str) -> list[str]:
+        def copy_in(inside: str, on_root: bool) -> list[str]:
             host, fd = data[inside]
             if fd is None:
                 return ["--ro-bind", str(host), inside]
             mode = "0755" if inside == BOXD_PATH else "0644"
-            return ["--perms", mode, "--ro-bind-data", str(fd), inside]
+            return ["--perms", mode, "--file" if on_root else "--ro-bind-data", str(fd), inside]
+        # An image's /etc is its own (a bind); a box without one has /etc on its root.
+        etc_on_root = spec.image_root is None
         if spec.image_root is not None:
             args += self._image_args(spec.image_root, spec.image_writable)
         else:
-            args += self._host_system_args()
+            args += self._host_system_args(fds.system if fds is not None else None)
         for name in ETC_FILES:
-            args += copy_in(f"/etc/{name}")
+            args += copy_in(f"/etc/{name}", etc_on_root)
         if self.claude_cli is not None and self.claude_cli.is_file():
             if spec.home_aliases:
                 # A thread's home is its own storage: boxd makes the link there, as the
@@ -418,7 +446,7 @@ class BwrapBackend:
             else:  # in the box's own root, which is gone with the box
                 args += ["--symlink", str(self.claude_cli), GUIDE_CLI]
         for inside in self.trust_files:  # after /etc/ssl: the bundle covers the system's
-            args += copy_in(inside)
+            args += copy_in(inside, False)
         args += [
             "--proc", "/proc",
             "--dev", "/dev",
@@ -427,8 +455,9 @@ class BwrapBackend:
             "--bind", str(spec.workspace), WORKSPACE,
             "--bind", str(spec.home), HOME,
             *[a for alias in spec.home_aliases for a in ("--bind", str(spec.home), alias)],
-            *[a for _, inside in self.data_files if inside.startswith(AGENT_DIR + "/")
-              for a in copy_in(inside)],
+            *(["--ro-bind", str(self.agent_fs.path), AGENT_DIR] if self.agent_fs is not None
+              else [a for _, inside in self.data_files if inside.startswith(AGENT_DIR + "/")
+                    for a in copy_in(inside, True)]),
             *[a for host, inside in spec.extra_ro_binds for a in ("--ro-bind", host, inside)],
             *volumes,
             # Everything not mounted writable above is read-only: the root and /dev.
@@ -445,9 +474,10 @@ class BwrapBackend:
         return args
 
     @staticmethod
-    def _host_system_args() -> list[str]:
+    def _host_system_args(files: list[tuple[str, int]] | None = None) -> list[str]:
         """The host's own /usr and the few /etc files programs need (a box without an
-        image)."""
+        image); those files copied onto the box's root from ``files`` (path, descriptor)
+        when given, else bound."""
         args: list[str] = []
         for d in SYSTEM_DIRS:
             if os.path.isdir(d):
@@ -457,6 +487,10 @@ class BwrapBackend:
                 args += ["--symlink", target, link]
             elif os.path.isdir(link):
                 args += ["--ro-bind", link, link]
+        if files is not None:
+            for f, fd in files:
+                args += ["--perms", "0644", "--file", str(fd), f]
+            return args
         for f in SYSTEM_FILES:
             if os.path.exists(f):
                 args += ["--ro-bind", f, f]
@@ -508,14 +542,26 @@ class BwrapBackend:
                               ("RLIMIT_NPROC", spec.limits.pids, spec.limits.pids)]
         return launch
 
-    async def start(self, spec: BoxSpec, ready_timeout: float = 15.0) -> Box:
+    async def reserve(self, limits: Limits) -> Reserved | None:
+        """A cgroup with these limits and a launcher waiting in it (ahead.py), taken
+        while the rest of a start is made ready; None when none was made ahead. Give it
+        to ``start``, or back with ``unreserve``."""
+        return await self.ahead.take(limits) if self.ahead is not None else None
+
+    async def unreserve(self, reserved: Reserved) -> None:
+        assert self.ahead is not None
+        await self.ahead.drop(*reserved)
+
+    async def start(self, spec: BoxSpec, ready_timeout: float = 15.0,
+                    reserved: Reserved | None = None) -> Box:
         try:
-            return await self._start(spec, ready_timeout)
+            return await self._start(spec, ready_timeout, reserved)
         finally:
             if spec.disk is not None:  # mounted by now, or never to be
                 spec.disk.close()
 
-    async def _start(self, spec: BoxSpec, ready_timeout: float) -> Box:
+    async def _start(self, spec: BoxSpec, ready_timeout: float,
+                     reserved: Reserved | None = None) -> Box:
         if spec.disk is None:  # else the launcher makes them, inside the mounted disk
             self.prepare_dirs(spec)
         cgroup = None
@@ -527,7 +573,9 @@ class BwrapBackend:
                 door_channel, box_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
                 fds.door = box_end.detach()
             by = None
-            if self.ahead is not None and (taken := await self.ahead.take(spec.limits)):
+            if reserved is not None:
+                (cgroup, by), reserved = reserved, None
+            elif self.ahead is not None and (taken := await self.ahead.take(spec.limits)):
                 cgroup, by = taken
             elif self.cgroups is not None:
                 cgroup = await asyncio.to_thread(self.cgroups.create, spec.box_id, spec.limits)
@@ -536,12 +584,16 @@ class BwrapBackend:
         except asyncio.CancelledError:
             # The request went away: its cgroup goes too, with whatever waits in it (a
             # child made ahead that no start will use).
+            if reserved is not None:
+                await self.unreserve(reserved)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
             if door_channel is not None:
                 door_channel.close()
             raise
         except (OSError, BoxError) as exc:
+            if reserved is not None:
+                await self.unreserve(reserved)
             if cgroup is not None:
                 await asyncio.to_thread(cgroup.remove)
             if door_channel is not None:

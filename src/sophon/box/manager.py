@@ -22,10 +22,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from sophon.box import ids
+from sophon.box.ahead import Reserved
 from sophon.box.box import Box
 from sophon.box.bwrap import THREAD_HOME, BoxSpec, BwrapBackend
 from sophon.box.cgroups import CgroupTree, Limits
-from sophon.box.disk import Disks, DiskUse
+from sophon.box.disk import BoxDisk, Disks, DiskUse
 from sophon.box.uids import UidPool
 from sophon.box.volumes import VolumeMount, VolumeStore
 from sophon.config import Settings
@@ -266,10 +267,12 @@ class BoxManager:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await asyncio.gather(*self._discarding, return_exceptions=True)
+        await asyncio.to_thread(self.disks.release_spares)
         pooled, self._pool = self._pool, []
         await asyncio.gather(*(self.destroy(box_id) for box_id in pooled))
         await asyncio.gather(*(b.stop() for b in list(self._boxes.values())))
         await self.backend.spawner.close()
+        await asyncio.to_thread(self.backend.close)
         await self.disks.detach_all()
         await asyncio.to_thread(self.volumes.detach_all)
         if self.cgroups is not None:
@@ -473,9 +476,17 @@ class BoxManager:
             d = self.box_dir(box_id)
             limits = self.limits_of(box_id)
             await self._check_room(limits)  # before a uid or a disk is spent on it
-            uid = await self._uid_for(box_id)
-            image_root = await self._image_root(box_id)
-            disk = await self.disks.prepare(box_id, disk_mb)
+            # The disk and the cgroup are made ready in threads while the uid is found.
+            reserving = asyncio.ensure_future(self.backend.reserve(limits))
+            preparing = asyncio.ensure_future(self.disks.prepare(box_id, disk_mb))
+            try:
+                uid = await self._uid_for(box_id)
+                image_root = await self._image_root(box_id)
+                disk = await preparing
+                reserved = await reserving
+            except BaseException:
+                await self._abandon(box_id, reserving, preparing)
+                raise
             spec = BoxSpec(
                 box_id=box_id,
                 workspace=d / "workspace",
@@ -494,7 +505,7 @@ class BoxManager:
                 image_writable=box_id in self.build_roots,
             )
             try:
-                box = await self._start(spec)
+                box = await self._start(spec, reserved)
             except BaseException:
                 self._waking.pop(box_id, None)
                 await self.disks.detach(box_id)
@@ -607,23 +618,44 @@ class BoxManager:
         finally:
             slots.release()
 
-    async def _start(self, spec: BoxSpec) -> Box:
-        async with self._admission(spec.limits):
-            try:
-                box = await self.backend.start(spec)
+    async def _abandon(self, box_id: str, reserving: asyncio.Future[Reserved | None],
+                       preparing: asyncio.Future[BoxDisk | None]) -> None:
+        """A start that failed before its launch: what was made ready for it goes."""
+        for task in (reserving, preparing):
+            task.cancel()
+        reserved, disk = await asyncio.gather(reserving, preparing, return_exceptions=True)
+        if isinstance(reserved, tuple):
+            await self.backend.unreserve(reserved)
+        if isinstance(disk, BoxDisk):
+            disk.close()
+            await self.disks.detach(box_id)
+
+    async def _start(self, spec: BoxSpec, reserved: Reserved | None = None) -> Box:
+        """``reserved``: see ``BwrapBackend.reserve``; given back if the start is refused
+        before the backend has it."""
+        launching = False
+        try:
+            async with self._admission(spec.limits):
+                launching = True
+                box = await self.backend.start(spec, reserved=reserved)
                 for hook in self.on_started:
                     hook(box)
                 self._make_spares()  # for the next start, once it is quiet
                 return box
-            except (OSError, BoxError) as exc:
-                cause = exc if isinstance(exc, OSError) else exc.__cause__
-                if isinstance(cause, OSError) and cause.errno in (errno.EMFILE,
-                                                                   errno.ENFILE):
-                    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-                    in_use = len(os.listdir("/proc/self/fd"))
-                    raise BoxUnavailable(_out_of_files_message(in_use, soft),
-                                         retry_after=30) from exc
-                raise
+        except (OSError, BoxError) as exc:
+            if reserved is not None and not launching:
+                await self.backend.unreserve(reserved)
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
+            if isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE):
+                soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+                in_use = len(os.listdir("/proc/self/fd"))
+                raise BoxUnavailable(_out_of_files_message(in_use, soft),
+                                     retry_after=30) from exc
+            raise
+        except BaseException:
+            if reserved is not None and not launching:
+                await self.backend.unreserve(reserved)
+            raise
 
     @contextlib.asynccontextmanager
     async def staging(self, ro_binds: dict[str, str]) -> AsyncIterator[tuple[Box, Path]]:

@@ -3,6 +3,7 @@ package main
 // Flow control of one request's output, and where ``input`` requests write.
 
 import (
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -67,11 +68,15 @@ func (c *credit) close() {
 type feed struct {
 	mu   sync.Mutex
 	fd   int
-	pty  bool
+	pty  *os.File // a terminal's, read and written through the runtime's poller
 	gone bool
 }
 
 func (f *feed) write(data []byte) error {
+	if f.pty != nil {
+		_, err := f.pty.Write(data)
+		return err
+	}
 	for len(data) > 0 {
 		n, err := syscall.Write(f.fd, data)
 		if err == syscall.EINTR || err == syscall.EAGAIN {
@@ -86,7 +91,7 @@ func (f *feed) write(data []byte) error {
 }
 
 func (f *feed) end() error {
-	if f.pty {
+	if f.pty != nil {
 		return nil // a terminal has no end of input: its shell reads Ctrl-D as sent
 	}
 	return syscall.Shutdown(f.fd, syscall.SHUT_WR)

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -62,15 +61,45 @@ func sendError(id int64, code, message string) {
 	send(frame{"id": id, "kind": "error", "code": code, "message": message})
 }
 
-var leadingID = regexp.MustCompile(`^\s*\{\s*"id"\s*:\s*(\d{1,18})\s*[,}]`)
-
-// refuse answers a request boxd could not read, if its id can be found at its start (the
-// host always puts it first); else nobody is waiting for it.
-func refuse(head []byte, code, message string) {
-	if m := leadingID.FindSubmatch(head); m != nil {
-		if id, err := strconv.ParseInt(string(m[1]), 10, 64); err == nil {
-			sendError(id, code, message)
+// leadingID reads the id at the start of a request, `{"id": 123,` (the host always puts
+// it first), with JSON's whitespace allowed between the tokens.
+func leadingID(head []byte) (int64, bool) {
+	i := 0
+	skip := func() {
+		for i < len(head) && (head[i] == ' ' || head[i] == '\t' || head[i] == '\n' || head[i] == '\r') {
+			i++
 		}
+	}
+	expect := func(token string) bool {
+		skip()
+		if !strings.HasPrefix(string(head[i:]), token) {
+			return false
+		}
+		i += len(token)
+		return true
+	}
+	if !expect("{") || !expect(`"id"`) || !expect(":") {
+		return 0, false
+	}
+	skip()
+	start := i
+	for i < len(head) && head[i] >= '0' && head[i] <= '9' && i-start < 18 {
+		i++
+	}
+	digits := string(head[start:i])
+	skip()
+	if digits == "" || i >= len(head) || head[i] != ',' && head[i] != '}' {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(digits, 10, 64)
+	return id, err == nil
+}
+
+// refuse answers a request boxd could not read, if its id can be found at its start;
+// else nobody is waiting for it.
+func refuse(head []byte, code, message string) {
+	if id, ok := leadingID(head); ok {
+		sendError(id, code, message)
 	}
 }
 

@@ -24,9 +24,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
+	"runtime"
+	"sync"
 	"syscall"
+	"unsafe"
 )
 
 var reap *reaper
@@ -108,25 +110,19 @@ func handOverDoor() {
 
 func main() {
 	makeUndumpable()
-	// Every catchable signal is caught and dropped: boxd is the box's init, and a
-	// workload's kill must not end it (the kernel gives pid 1 only signals it handles).
-	// Caught, not ignored: an ignored signal would stay ignored in every child.
-	signals := make(chan os.Signal, 64)
-	signal.Notify(signals)
-	go func() {
-		for range signals {
-		}
-	}()
+	runtime.GOMAXPROCS(2) // boxd waits more than it computes
+	unkillable()
 	if python := os.Getenv("SOPHON_PYTHON"); python != "" {
 		self, _ := os.Executable()
 		helperArgv = []string{python, "-I", "-S", filepath.Join(filepath.Dir(self), "helper.py")}
 	}
 	os.Unsetenv("SOPHON_PYTHON")
-	reap = newReaper()
+	reap = newReaper() // its goroutine starts with the first child
 	handOverDoor()
 	claude := os.Getenv("SOPHON_CLAUDE_LINK")
 	os.Unsetenv("SOPHON_CLAUDE_LINK")
 	send(frame{"id": 0, "kind": "ready", "pid": os.Getpid()})
+	go threadsAhead()
 	if claude != "" { // after the greeting, not to slow it; before the first request is read
 		linkClaude(claude)
 	}
@@ -199,4 +195,46 @@ func giveCredit(req request) {
 	if c != nil {
 		c.give(int(size))
 	}
+}
+
+// unkillable gives the signals that would end boxd (the Go runtime's handlers exit on
+// them) their default action back. The kernel never delivers a signal whose action is
+// the default to a pid namespace's init from inside it, so no workload's kill ends
+// boxd; and a command boxd starts gets the default for each, as it should (an ignored
+// signal would stay ignored in every child). The runtime keeps its handlers for the
+// signals a fault raises, so a bug in boxd is still a panic it recovers from.
+func unkillable() {
+	for _, sig := range []syscall.Signal{
+		syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGABRT, syscall.SIGTERM,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE, syscall.SIGALRM,
+		syscall.SIGSTKFLT, syscall.SIGVTALRM, syscall.SIGXCPU, syscall.SIGXFSZ,
+		syscall.SIGPWR, syscall.SIGSYS, syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU,
+	} {
+		var dfl [4]uint64 // struct sigaction: handler SIG_DFL, no flags, no restorer, no mask
+		syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(sig),
+			uintptr(unsafe.Pointer(&dfl)), 0, 8, 0, 0)
+	}
+}
+
+// threadsAhead makes the runtime start its threads now, while the box is new. The box's
+// pids limit counts boxd's threads with its workloads', and the Go runtime ends the
+// process when it cannot start a thread it needs: a fork bomb that has taken every pid
+// would otherwise end boxd, and the box, as soon as boxd needed one more. Each goroutine
+// holds a thread of its own until all have one; then they let go, and the threads wait,
+// idle, for the runtime to use them.
+func threadsAhead() {
+	const threads = 8
+	var ready sync.WaitGroup
+	release := make(chan struct{})
+	ready.Add(threads)
+	for i := 0; i < threads; i++ {
+		go func() {
+			runtime.LockOSThread()
+			ready.Done()
+			<-release
+			runtime.UnlockOSThread()
+		}()
+	}
+	ready.Wait()
+	close(release)
 }

@@ -95,15 +95,16 @@ func opPty(id int64, req request) (frame, *reqError) {
 		return nil, spawnError(argv[0], err)
 	}
 	cred := newCredit(int(w))
-	fed := &feed{fd: master, pty: true}
+	// Non-blocking, so that a terminal waiting for output holds no thread of boxd's: a
+	// thread boxd would need then could be one a fork bomb in the box has taken.
+	syscall.SetNonblock(master, true)
+	term := os.NewFile(uintptr(master), "pty")
+	fed := &feed{fd: master, pty: term}
 	register(id, pid, cred, fed)
 	never := time.Now().Add(100 * 365 * 24 * time.Hour)
 	buf := make([]byte, chunk)
 	for {
-		n, err := syscall.Read(master, buf)
-		if err == syscall.EINTR {
-			continue
-		}
+		n, err := term.Read(buf)
 		if err != nil || n <= 0 { // EIO: no process holds the pty any more
 			break
 		}
@@ -118,7 +119,7 @@ func opPty(id int64, req request) (frame, *reqError) {
 	killGroup(pid) // what the shell left running on the pty goes with it
 	fed.mu.Lock()
 	fed.gone = true
-	syscall.Close(master)
+	term.Close()
 	fed.mu.Unlock()
 	if code < 0 {
 		code = 128 - code
@@ -177,13 +178,15 @@ func opResize(id int64, req request) (frame, *reqError) {
 	}
 	target, _ := req.integer("target")
 	fed := startedFeed(target)
-	if fed == nil || !fed.pty {
+	if fed == nil || fed.pty == nil {
 		return nil, fail("not_running", "terminal %s is not running", string(req["target"]))
 	}
 	fed.mu.Lock()
 	defer fed.mu.Unlock()
 	if !fed.gone {
-		setWinsize(fed.fd, rows, cols)
+		if conn, err := fed.pty.SyscallConn(); err == nil {
+			conn.Control(func(fd uintptr) { setWinsize(int(fd), rows, cols) })
+		}
 	}
 	return frame{"rows": rows, "cols": cols}, nil
 }

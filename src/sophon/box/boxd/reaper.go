@@ -14,12 +14,12 @@ type reaper struct {
 	cond    *sync.Cond
 	waiting map[int]chan int // children boxd started, until their exit is taken
 	spawns  int
+	once    sync.Once
 }
 
 func newReaper() *reaper {
 	r := &reaper{waiting: map[int]chan int{}}
 	r.cond = sync.NewCond(&r.mu)
-	go r.loop()
 	return r
 }
 
@@ -27,6 +27,7 @@ func newReaper() *reaper {
 // exit before it is known as one of ours. The channel gets its exit code (negative:
 // killed by that signal).
 func (r *reaper) start(fork func() (int, error)) (int, chan int, error) {
+	r.once.Do(func() { go r.loop() })
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	pid, err := fork()
