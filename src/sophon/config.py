@@ -323,6 +323,10 @@ class Settings(BaseSettings):
         return self.data_dir / (f"{name}-{self.node_key}" if self.node_key else name)
 
     @property
+    def spare_disks_dir(self) -> Path:
+        return self._node_local("spare-disks")
+
+    @property
     def runtime_dir(self) -> Path:
         """Sockets of this node's running boxes (node-local)."""
         return self._node_local("runtime")

@@ -126,3 +126,32 @@ async def test_a_start_cancelled_after_taking_one_leaves_no_process_or_cgroup(
         assert not manager.backend.spawner.is_ahead(pid)
     finally:
         await manager.close()
+
+
+async def test_a_start_that_fails_before_its_launch_gives_back_what_it_took(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cgroup made ahead is taken while the box's disk is made ready; when the disk
+    fails, the start fails with its reason and the cgroup and its waiting child go."""
+    from sophon.errors import BoxError
+
+    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0))
+    await manager.start()
+    try:
+        _, waiting = await ready_ahead(manager)
+        cgroup, pid = waiting[0]  # the first taken
+
+        async def no_disk(*_: object, **__: object) -> None:
+            await asyncio.sleep(0.05)  # the cgroup is taken meanwhile
+            raise BoxError("no disk today")
+
+        monkeypatch.setattr(manager.disks, "prepare", no_disk)
+        with pytest.raises(BoxError, match="no disk today"):
+            await manager.get("f1")
+        assert not any(d.exists() for d in cgroup.dirs)
+        await until(lambda: not Path(f"/proc/{pid}").exists(), "the waiting child to end")
+        assert not manager.backend.spawner.is_ahead(pid)
+        monkeypatch.undo()  # control: with a disk, the box starts
+        _, outcome = await run(manager, "f1", "print('ok')")
+        assert outcome.exit_code == 0
+    finally:
+        await manager.close()

@@ -306,7 +306,8 @@ def test_new_sessions_go_where_there_is_room_and_a_drained_node_hands_its_own_on
     # The session works through B still, now run by another node, its files whole.
     with client(b, key) as on_b:
         printed, end = sh_end(on_b, on_b_sid, "cat mine.txt")
-        assert (printed, end["exit_code"], end["error"]) == (f"{on_b_sid}\n", 0, None)
+        got = (printed, end["exit_code"], end["error"])
+        assert got == (f"{on_b_sid}\n", 0, None), json.dumps(end)
     assert owner(postgres_url, on_b_sid) in (node_id(a), node_id(c))
     # Nothing new goes to B while it drains.
     more = [on_a.post("/v1/sessions", json={"name": f"m{i}"}).json()["id"] for i in range(2)]

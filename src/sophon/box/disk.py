@@ -103,9 +103,14 @@ def mkfs_argv(path: Path, bytes_per_inode: int | None = None) -> list[str]:
 
 
 def _sparse_file(img: Path, size_mb: int) -> Path:
+    """The image's file, made under a temporary name, the server's alone from the start."""
     tmp = img.with_suffix(".new")
-    with open(tmp, "wb") as f:
-        f.truncate(size_mb * 2**20)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # (one a crash left with other bits)
+        os.ftruncate(fd, size_mb * 2**20)
+    finally:
+        os.close(fd)
     return tmp
 
 
@@ -202,13 +207,16 @@ def mounted_use(mnt: Path | str) -> DiskUse | None:
 
 
 class Disks:
-    def __init__(self, boxes_dir: Path, default_mb: int, runner: Runner) -> None:
+    def __init__(self, boxes_dir: Path, default_mb: int, runner: Runner,
+                 spare_dir: Path | None = None) -> None:
         self.boxes_dir = boxes_dir
         self.default_mb = default_mb
         self.runner = runner
         # Spares: <size in MiB>-<random>.img, in the data directory (the same filesystem as
-        # the boxes', so taking one is a rename).
-        self.spare_dir = boxes_dir.parent / "spare-disks"
+        # the boxes', so taking one is a rename). Each node of a cluster has its own: a
+        # spare is attached to a loop device by the node that made it, and only that node
+        # may take it.
+        self.spare_dir = spare_dir or boxes_dir.parent / "spare-disks"
         self.on_spare_taken: Callable[[], None] | None = None  # the manager makes another
         tools = [shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin")
                  for t in ("mkfs.ext4", "mount", "umount")]
@@ -220,8 +228,7 @@ class Disks:
         # Box id: the loop device its last start used. A start of the same box waits for
         # it to be let go, so one image is never mounted twice at once.
         self._loops: dict[str, int] = {}
-        # Spare image: its loop device (number, descriptor holding it). A spare another
-        # node takes is never mounted through this one: its descriptor is just closed.
+        # Spare image: its loop device (number, descriptor holding it).
         self._spare_loops: dict[Path, tuple[int, int]] = {}
 
     def image(self, box_id: str) -> Path:

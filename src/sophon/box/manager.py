@@ -116,7 +116,8 @@ class BoxManager:
         self.uids = UidPool(settings.boxes_dir, settings.box_uid_first,
                             settings.box_uid_count) if self.backend.is_root else None
         self.disks = Disks(settings.boxes_dir, settings.box_disk_mb,
-                           runner=self.backend.spawner.run)
+                           runner=self.backend.spawner.run,
+                           spare_dir=settings.spare_disks_dir)
         if not self.disks.enabled:
             log.warning("disk quotas are off: %s", self.disks.mode)
         if self.uids is None:
