@@ -17,10 +17,12 @@ The child writes what went wrong before its exec to its stderr and exits 127.
 
 A child can also be made ahead, before any box asks for it (see ahead.py):
 ``{"id", "ahead": [cgroup.procs files]}`` forks one that joins those cgroups and waits.
-A later start that names it (``"by": pid``) is handed to it instead of a new fork, so the
-start does not pay for joining a cgroup, which takes the kernel's global cgroup lock
-and, after a quiet moment, an RCU grace period (5-16 ms measured). The reply is the
-same ``{"id", "pid"}`` with a pidfd; if that child is gone, the start forks as usual.
+The reply is ``{"id", "pid"}`` with a pidfd and the server's end of a socket pair whose
+other end the child waits on: the server hands a later start straight to that child,
+which answers ``1`` and carries it out as a forked child would, so the start pays
+neither for joining a cgroup (the kernel's global cgroup lock, and after a quiet moment
+an RCU grace period: 5-16 ms measured) nor for a trip through this process. If that
+child is gone, the server sends the start here and it forks as usual.
 
 This process dies with the server (PR_SET_PDEATHSIG), and bwrap (``--die-with-parent``)
 with it.
@@ -42,7 +44,6 @@ import sys
 
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 64
-AHEAD_ACK_SECONDS = 2.0
 
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
@@ -220,7 +221,6 @@ class Spawnd:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.children: set[int] = set()
-        self.ahead: dict[int, socket.socket] = {}  # children made ahead, waiting
 
     def send(self, msg: dict[str, object], fds: list[int] = ()) -> None:  # type: ignore[assignment]
         send_with_fds(self.sock, msg, fds)
@@ -238,15 +238,13 @@ class Spawnd:
         if "ahead" in req:
             self.make_ahead(req)
             return True
-        pid = self.hand_over(req, fds) if "by" in req else 0
-        if not pid:
-            try:
-                pid = os.fork()
-            except OSError as exc:
-                self.send({"id": req["id"], "error": str(exc)})
-                pid = -1
-            if pid == 0:
-                child(req, fds)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.send({"id": req["id"], "error": str(exc)})
+            pid = -1
+        if pid == 0:
+            child(req, fds)
         for fd in fds:
             os.close(fd)
         if pid > 0:
@@ -277,29 +275,12 @@ class Spawnd:
                        me)
         theirs.close()
         self.children.add(pid)
-        self.ahead[pid] = ours
-        self.reply_pid(req["id"], pid)
-
-    def hand_over(self, req: dict[str, object], fds: list[int]) -> int:
-        """The start, to the child made ahead that it names: that child's pid, or 0 when
-        it is gone (the caller forks instead)."""
-        pid = int(str(req["by"]))
-        sock = self.ahead.pop(pid, None)
-        if sock is None:
-            return 0
-        with sock:
-            try:
-                send_with_fds(sock, req, fds)
-                # A child that was dying as it was sent the start never says it took it.
-                sock.settimeout(AHEAD_ACK_SECONDS)
-                if sock.recv(1) == b"1":
-                    return pid
-            except OSError:  # timeouts included
-                pass
-        # Never two processes for one start: it is ours (not reaped yet), so the pid is.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        return 0
+        pidfd = os.pidfd_open(pid)
+        try:
+            self.send({"id": req["id"], "pid": pid}, [pidfd, ours.fileno()])
+        finally:
+            os.close(pidfd)
+            ours.close()
 
     def reap(self) -> None:
         while self.children:
@@ -310,9 +291,6 @@ class Spawnd:
             if pid == 0:
                 return
             self.children.discard(pid)
-            ahead = self.ahead.pop(pid, None)
-            if ahead is not None:
-                ahead.close()
             self.send({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
 
 

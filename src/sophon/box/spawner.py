@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SPAWND = Path(__file__).with_name("spawnd.py")
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_MESSAGE = 1 << 16
+AHEAD_ACK_SECONDS = 2.0  # for a child made ahead to say it took a start
 
 
 @dataclass
@@ -116,7 +117,8 @@ class Spawner:
         self._early_exits: dict[int, int] = {}
         self._abandoned: set[int] = set()  # killed before spawn() returned them
         self._tasks: set[asyncio.Task[int]] = set()
-        self._ahead: dict[int, int] = {}  # children made ahead (pid: pidfd), not yet used
+        # Children made ahead, not yet used: pid -> (pidfd, the socket to hand it a start).
+        self._ahead: dict[int, tuple[int, socket.socket]] = {}
 
     @property
     def pid(self) -> int | None:
@@ -162,9 +164,10 @@ class Spawner:
             msg = json.loads(data)
             if "exit" in msg:
                 pid, code = int(msg["exit"]), int(msg["code"])
-                pidfd = self._ahead.pop(pid, None)
-                if pidfd is not None:  # made ahead and never used
-                    os.close(pidfd)
+                waiting = self._ahead.pop(pid, None)
+                if waiting is not None:  # made ahead and never used
+                    os.close(waiting[0])
+                    waiting[1].close()
                     continue
                 proc = self._children.pop(pid, None)
                 if proc is not None:
@@ -223,8 +226,9 @@ class Spawner:
                     loop.remove_writer(sock.fileno())
 
     def _forget_ahead(self) -> None:
-        for pidfd in self._ahead.values():
+        for pidfd, sock in self._ahead.values():
             os.close(pidfd)
+            sock.close()
         self._ahead.clear()
 
     def is_ahead(self, pid: int) -> bool:
@@ -245,69 +249,85 @@ class Spawner:
         finally:
             self._replies.pop(rid, None)
         if "error" in msg:
+            for fd in fds:
+                os.close(fd)
             raise BoxError(f"could not make a box process ahead: {msg['error']}")
-        pid, (pidfd,) = int(str(msg["pid"])), fds
-        self._ahead[pid] = pidfd
+        pid, (pidfd, sock_fd) = int(str(msg["pid"])), fds
+        sock = socket.socket(fileno=sock_fd)
+        sock.setblocking(False)
+        self._ahead[pid] = (pidfd, sock)
         return pid
 
     def drop_ahead(self, pid: int) -> None:
         """End a child made ahead that will not be used."""
-        pidfd = self._ahead.pop(pid, None)
-        if pidfd is not None:
+        waiting = self._ahead.pop(pid, None)
+        if waiting is not None:
+            waiting[1].close()
+            self._end_ahead(pid, waiting[0])
+
+    async def _hand_over(self, pid: int, msg: dict[str, object], fds: list[int]) -> int | None:
+        """The start, straight to the child made ahead ``pid`` (spawnd, its parent, is not
+        on the way): its pidfd once it says it took it; else None (it died, or was dying:
+        it is killed, and the caller has spawnd fork instead)."""
+        waiting = self._ahead.pop(pid, None)
+        if waiting is None:
+            return None  # gone already
+        pidfd, sock = waiting
+        try:
+            with sock:
+                data = json.dumps(msg).encode()
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+                sock.sendmsg([data], anc)
+                took = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 1),
+                                              AHEAD_ACK_SECONDS)
+            if took == b"1":
+                return pidfd
+        except (OSError, TimeoutError):
+            pass
+        except BaseException:  # the start went away: so does the child
+            self._end_ahead(pid, pidfd)
+            raise
+        self._end_ahead(pid, pidfd)  # never two processes for one start
+        return None
+
+    def _end_ahead(self, pid: int, pidfd: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        if self._early_exits.pop(pid, None) is None:
             self._abandoned.add(pid)  # its exit is no child's
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            os.close(pidfd)
 
     async def spawn(self, launch: Launch, limit: int = 2**16,
                     by: int | None = None) -> SpawnedProcess:
         """Start one box process; ``limit`` is its output streams' buffer size. ``by``:
         a child made ahead (``ahead``) in the launch's cgroups, to start it."""
         sock = await self._ensure()
-        if by is not None:
-            pidfd = self._ahead.pop(by, None)
-            if pidfd is None:
-                by = None  # gone already: spawnd forks as usual
-            else:
-                os.close(pidfd)  # the reply brings another
-        loop = asyncio.get_running_loop()
         pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
         (in_r, in_w), (out_r, out_w), (err_r, err_w) = pipes
         theirs = [in_r, out_w, err_w]
         ours = [in_w, out_r, err_r]
         rid = next(self._ids)
-        reply: asyncio.Future[tuple[dict[str, object], list[int]]] = loop.create_future()
-        self._replies[rid] = reply
+        start = {
+            "id": rid, "argv": launch.argv, "env": launch.env,
+            "targets": [0, 1, 2, *launch.pass_fds], "cgroup_procs": launch.cgroup_procs,
+            "mount": launch.mount, "creds": launch.creds, "rlimits": launch.rlimits,
+        }
         try:
-            await self._send(sock, {
-                "id": rid, "argv": launch.argv, "env": launch.env,
-                "targets": [0, 1, 2, *launch.pass_fds], "cgroup_procs": launch.cgroup_procs,
-                "mount": launch.mount, "creds": launch.creds, "rlimits": launch.rlimits,
-                **({"by": by} if by is not None else {}),
-            }, [*theirs, *launch.pass_fds])
-        except BaseException:
-            self._replies.pop(rid, None)
-            for fd in (*theirs, *ours):
-                os.close(fd)
-            if by is not None:  # still waiting in spawnd: its end is no child's
-                self._abandoned.add(by)
-            raise
-        for fd in theirs:
-            os.close(fd)
-        try:
-            msg, fds = await reply
+            pidfd = None
+            if by is not None:
+                pidfd = await self._hand_over(by, start, [*theirs, *launch.pass_fds])
+            if pidfd is not None:
+                pid = by
+            else:
+                pid, pidfd = await self._fork(sock, rid, start, [*theirs, *launch.pass_fds])
         except BaseException:
             for fd in ours:
                 os.close(fd)
             raise
-        if "error" in msg:
-            for fd in (*ours, *fds):
+        finally:
+            for fd in theirs:
                 os.close(fd)
-            raise BoxError(f"could not start a box process: {msg['error']}")
-        pid, (pidfd,) = int(str(msg["pid"])), fds
-        # Made ahead but gone by then (spawnd forked instead): its exit is no child's.
-        if by is not None and pid != by and self._early_exits.pop(by, None) is None:
-            self._abandoned.add(by)
+        assert pid is not None
         try:
             proc = await self._wrap(pid, pidfd, ours, limit)
         except BaseException:
@@ -323,6 +343,24 @@ class Spawner:
             self._children.pop(pid, None)
             proc.exited(code)
         return proc
+
+    async def _fork(self, sock: socket.socket, rid: int, start: dict[str, object],
+                    fds: list[int]) -> tuple[int, int]:
+        """The start, to spawnd, which forks a child for it: its pid and pidfd."""
+        reply: asyncio.Future[tuple[dict[str, object], list[int]]] = \
+            asyncio.get_running_loop().create_future()
+        self._replies[rid] = reply
+        try:
+            await self._send(sock, start, fds)
+            msg, got = await reply
+        finally:
+            self._replies.pop(rid, None)
+        if "error" in msg:
+            for fd in got:
+                os.close(fd)
+            raise BoxError(f"could not start a box process: {msg['error']}")
+        pid, (pidfd,) = int(str(msg["pid"])), got
+        return pid, pidfd
 
     async def run(self, argv: list[str]) -> tuple[int, bytes]:
         """Run a host command (as the server's user, no box around it) to its end: its
