@@ -224,15 +224,26 @@ func opExec(id int64, req request) (frame, *reqError) {
 	_ = scriptPath
 
 	reads := make(chan chunkRead, 2)
+	// Closed when the exec stops listening (a background child may still hold the pipes):
+	// a reader with a chunk nobody will take leaves then.
+	stopped := make(chan struct{})
+	defer close(stopped)
 	readInto := func(f *os.File, name string) {
 		for {
 			buf := make([]byte, chunk)
 			n, err := f.Read(buf)
 			if n > 0 {
-				reads <- chunkRead{name, buf[:n]}
+				select {
+				case reads <- chunkRead{name, buf[:n]}:
+				case <-stopped:
+					return
+				}
 			}
 			if err != nil {
-				reads <- chunkRead{name, nil}
+				select {
+				case reads <- chunkRead{name, nil}:
+				case <-stopped:
+				}
 				return
 			}
 		}
