@@ -44,13 +44,15 @@ def boxd(helper: str | None = None) -> Path:
     return copy / "boxd"
 
 
-async def spawn(script: str | None = None,
-                helper: str | None = None) -> asyncio.subprocess.Process:
+async def spawn(script: str | None = None, helper: str | None = None,
+                ignoring: str = "") -> asyncio.subprocess.Process:
+    """``ignoring``: signals (as sh's trap names them) boxd starts with ignored."""
     if script is not None:  # a stand-in boxd
         argv = [sys.executable, "-c", script]
     else:
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                'mount -t tmpfs -o size=16m tmpfs /tmp && SOPHON_PYTHON="$1" exec "$0"',
+                (f"trap '' {ignoring}; " if ignoring else "")
+                + 'mount -t tmpfs -o size=16m tmpfs /tmp && SOPHON_PYTHON="$1" exec "$0"',
                 str(boxd(helper)), BOX_PYTHON]
     return await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -58,9 +60,9 @@ async def spawn(script: str | None = None,
 
 
 @contextlib.asynccontextmanager
-async def running_box(script: str | None = None,
-                      helper: str | None = None) -> AsyncIterator[Box]:
-    box = Box("unit", await spawn(script, helper), None)
+async def running_box(script: str | None = None, helper: str | None = None,
+                      ignoring: str = "") -> AsyncIterator[Box]:
+    box = Box("unit", await spawn(script, helper, ignoring), None)
     await box.wait_ready(10)
     try:
         yield box

@@ -50,3 +50,11 @@ async def test_a_character_cut_between_two_reads_comes_whole() -> None:
               "time.sleep(0.3); w.write(b'\\xac b'); w.flush()")
     async with running_box() as box:
         assert await output_of(box, [BOX_PYTHON, "-c", script]) == "a€ b"
+
+
+async def test_a_command_starts_with_no_signal_ignored_whatever_boxd_inherited() -> None:
+    # Started with some signals ignored (nohup, a service manager, glibc's 32 and 33 in a
+    # parent that ignored them): boxd's commands still start with every one at default.
+    async with running_box(ignoring="HUP USR1 34") as box:
+        status = await output_of(box, ["grep", "^SigIgn:", "/proc/self/status"])
+    assert status == "SigIgn:\t0000000000000000\n"

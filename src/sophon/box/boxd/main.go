@@ -214,6 +214,16 @@ func unkillable() {
 		syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(sig),
 			uintptr(unsafe.Pointer(&dfl)), 0, 8, 0, 0)
 	}
+	// And a signal ignored by whatever started the server (the runtime leaves such ones
+	// be, glibc's own 32 and 33 too) is not ignored in a box.
+	for sig := uintptr(1); sig <= 64; sig++ {
+		var now [4]uint64
+		if _, _, e := syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, sig, 0,
+			uintptr(unsafe.Pointer(&now)), 8, 0, 0); e == 0 && now[0] == 1 { // SIG_IGN
+			var dfl [4]uint64
+			syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, sig, uintptr(unsafe.Pointer(&dfl)), 0, 8, 0, 0)
+		}
+	}
 }
 
 // threadsAhead makes the runtime start its threads now, while the box is new. The box's
