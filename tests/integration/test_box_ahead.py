@@ -41,7 +41,7 @@ async def ready_ahead(manager: BoxManager) -> tuple[Ahead, list[tuple[BoxCgroup,
     ahead = manager.backend.ahead
     assert ahead is not None, "a root server has cgroups here"
     await until(lambda: ahead.ready == AHEAD, "the box processes made ahead")
-    return ahead, list(ahead._ready)
+    return ahead, [(cg, pid) for cg, pid, _ in ahead._ready]
 
 
 async def test_a_new_box_starts_in_a_cgroup_made_ahead_with_its_own_limits(
@@ -50,9 +50,11 @@ async def test_a_new_box_starts_in_a_cgroup_made_ahead_with_its_own_limits(
     await manager.start()
     try:
         ahead, waiting = await ready_ahead(manager)
-        # Each waits in its cgroup, alone, and nothing of a box runs there yet.
+        # Each waits in its cgroup, alone, and nothing of a box runs there yet; the
+        # server's own limits are written there already (most boxes have them).
         for cg, pid in waiting:
             assert cg.pids() == [pid]
+            assert memory_limit(cg) == manager.limits.memory_bytes
         manager.set_limits("a1", memory_mb=160, cpus=0.5, pids=64)
         async with manager.use("a1") as box:
             assert box.cgroup is not None

@@ -31,33 +31,40 @@ class Ahead:
     def __init__(self, cgroups: CgroupTree, spawner: Spawner) -> None:
         self.cgroups = cgroups
         self.spawner = spawner
-        self._ready: list[tuple[BoxCgroup, int]] = []  # (cgroup, pid of the child in it)
+        # (cgroup, pid of the child in it, the limits written there already)
+        self._ready: list[tuple[BoxCgroup, int, Limits | None]] = []
 
     @property
     def ready(self) -> int:
         return len(self._ready)
 
-    async def fill(self, before_each: Callable[[], Awaitable[None]]) -> None:
+    async def fill(self, before_each: Callable[[], Awaitable[None]],
+                   likely: Limits | None = None) -> None:
         """Make them until AHEAD are ready, each after ``before_each`` (the box manager's
-        wait for a quiet moment)."""
+        wait for a quiet moment); with the ``likely`` limits (the server's own) written
+        already, which a start with those limits then need not write (about 0.5-1.5 ms)."""
         while len(self._ready) < AHEAD:
             await before_each()
             cgroup = await asyncio.to_thread(self.cgroups.make_ahead)
             try:
+                if likely is not None:
+                    await asyncio.to_thread(cgroup.limit, likely)
                 pid = await self.spawner.ahead([str(f) for f in cgroup.procs_files])
             except BaseException:
                 await asyncio.to_thread(cgroup.remove)
                 raise
-            self._ready.append((cgroup, pid))
+            self._ready.append((cgroup, pid, likely))
 
     async def take(self, limits: Limits) -> Reserved | None:
         """A cgroup with these limits and the waiting child in it, or None (none left:
         the caller makes a cgroup and spawnd forks)."""
         while self._ready:
-            cgroup, pid = self._ready.pop(0)
+            cgroup, pid, written = self._ready.pop(0)
             if not self.spawner.is_ahead(pid):  # spawnd was started again since
                 await self._drop(cgroup, pid)
                 continue
+            if written == limits:
+                return cgroup, pid
             try:
                 await asyncio.to_thread(cgroup.limit, limits)
             except OSError as exc:

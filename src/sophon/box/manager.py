@@ -344,7 +344,7 @@ class BoxManager:
             log.exception("could not make a disk ahead; new boxes make their own")
         try:
             if self.backend.ahead is not None:
-                await self.backend.ahead.fill(self._quiet)
+                await self.backend.ahead.fill(self._quiet, self.limits)
         except (BoxError, OSError):
             log.exception("could not make a box process ahead; boxes start the usual way")
 
