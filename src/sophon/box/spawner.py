@@ -240,18 +240,8 @@ class Spawner:
         start then skips joining them (see spawnd.py). Its pid."""
         sock = await self._ensure()
         rid = next(self._ids)
-        reply: asyncio.Future[tuple[dict[str, object], list[int]]] = \
-            asyncio.get_running_loop().create_future()
-        self._replies[rid] = reply
-        try:
-            await self._send(sock, {"id": rid, "ahead": cgroup_procs}, [])
-            msg, fds = await reply
-        finally:
-            self._replies.pop(rid, None)
-        if "error" in msg:
-            for fd in fds:
-                os.close(fd)
-            raise BoxError(f"could not make a box process ahead: {msg['error']}")
+        msg, fds = await self._ask(sock, {"id": rid, "ahead": cgroup_procs}, [],
+                                   "make a box process ahead")
         pid, (pidfd, sock_fd) = int(str(msg["pid"])), fds
         sock = socket.socket(fileno=sock_fd)
         sock.setblocking(False)
@@ -319,7 +309,7 @@ class Spawner:
             if pidfd is not None:
                 pid = by
             else:
-                pid, pidfd = await self._fork(sock, rid, start, [*theirs, *launch.pass_fds])
+                pid, pidfd = await self._fork(sock, start, [*theirs, *launch.pass_fds])
         except BaseException:
             for fd in ours:
                 os.close(fd)
@@ -344,21 +334,29 @@ class Spawner:
             proc.exited(code)
         return proc
 
-    async def _fork(self, sock: socket.socket, rid: int, start: dict[str, object],
-                    fds: list[int]) -> tuple[int, int]:
-        """The start, to spawnd, which forks a child for it: its pid and pidfd."""
+    async def _ask(self, sock: socket.socket, msg: dict[str, object], fds: list[int],
+                   what: str) -> tuple[dict[str, object], list[int]]:
+        """Send spawnd a request (``msg["id"]``) and wait for its answer and descriptors;
+        BoxError saying it could not ``what`` if spawnd says why."""
+        rid = int(str(msg["id"]))
         reply: asyncio.Future[tuple[dict[str, object], list[int]]] = \
             asyncio.get_running_loop().create_future()
         self._replies[rid] = reply
         try:
-            await self._send(sock, start, fds)
-            msg, got = await reply
+            await self._send(sock, msg, fds)
+            answer, got = await reply
         finally:
             self._replies.pop(rid, None)
-        if "error" in msg:
+        if "error" in answer:
             for fd in got:
                 os.close(fd)
-            raise BoxError(f"could not start a box process: {msg['error']}")
+            raise BoxError(f"could not {what}: {answer['error']}")
+        return answer, got
+
+    async def _fork(self, sock: socket.socket, start: dict[str, object],
+                    fds: list[int]) -> tuple[int, int]:
+        """The start, to spawnd, which forks a child for it: its pid and pidfd."""
+        msg, got = await self._ask(sock, start, fds, "start a box process")
         pid, (pidfd,) = int(str(msg["pid"])), got
         return pid, pidfd
 

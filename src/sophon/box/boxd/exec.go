@@ -176,13 +176,11 @@ func opExec(id int64, req request) (frame, *reqError) {
 	if rerr != nil {
 		return nil, rerr
 	}
-	scriptPath := ""
 	if script, ok := req.str("script"); ok {
 		p, rerr := writeScript(id, script)
 		if rerr != nil {
 			return nil, rerr
 		}
-		scriptPath = p
 		defer os.Remove(p)
 		for i, a := range argv {
 			argv[i] = strings.ReplaceAll(a, "{script}", p)
@@ -221,7 +219,6 @@ func opExec(id int64, req request) (frame, *reqError) {
 		return nil, spawnError(argv[0], err)
 	}
 	register(id, pid, cred, fed)
-	_ = scriptPath
 
 	reads := make(chan chunkRead, 2)
 	// Closed when the exec stops listening (a background child may still hold the pipes):
