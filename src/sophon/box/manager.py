@@ -162,6 +162,7 @@ class BoxManager:
         self._closing = False
         self._refill: asyncio.Task[None] | None = None
         self._spare_task: asyncio.Task[None] | None = None  # disks made ahead (disk.py)
+        self._spares_wanted = False  # asked for while the task was past its disks
         self.disks.on_spare_taken = self._make_spares
         # Admission (see _admission): starts in progress, and the line they wait in.
         self._starting_mb = 0  # the memory limits of the boxes starting now
@@ -333,10 +334,16 @@ class BoxManager:
 
     def _make_spares(self) -> None:
         """Disks (disk.py) and box processes in their cgroups (ahead.py) made ahead."""
+        self._spares_wanted = True  # a task past its disks makes another round
         if self._spare_task is None or self._spare_task.done():
             self._spare_task = asyncio.create_task(self._fill_spares(), name="box-spares")
 
     async def _fill_spares(self) -> None:
+        while self._spares_wanted:
+            self._spares_wanted = False
+            await self._fill_spares_once()
+
+    async def _fill_spares_once(self) -> None:
         try:
             if self.disks.enabled:
                 await self.disks.make_spares(self._quiet)
