@@ -16,7 +16,7 @@ import pytest
 
 from sophon.box.box import ExecEvent, ExecOutcome
 from sophon.box.cgroups import CgroupTree
-from sophon.box.disk import BoxDisk
+from sophon.box.disk import BoxDisk, backing_file
 from sophon.box.manager import BoxManager, cgroup_name
 from sophon.config import Settings
 from sophon.errors import BoxError
@@ -172,5 +172,99 @@ async def test_a_new_box_takes_a_disk_made_ahead_and_another_is_made(data_dir: P
             pass
         assert (data_dir / "boxes" / "n2" / "disk.img").stat().st_ino not in before
         assert {p.stat().st_ino for p in ready()} == before
+    finally:
+        await manager.close()
+
+
+def spare_devices(spares: Path) -> dict[Path, int]:
+    """Each spare image in ``spares`` and the loop device it is attached to."""
+    found = {}
+    for dev in Path("/sys/block").glob("loop*"):
+        number = int(dev.name[4:])
+        backing = backing_file(number)
+        if backing is not None and Path(backing).parent == spares.resolve():
+            found[Path(backing)] = number
+    return found
+
+
+def host_mount_table() -> str:
+    return Path("/proc/self/mountinfo").read_text()
+
+
+def set_up(number: int) -> bool:
+    """ext4 lists every filesystem it has set up, mounted anywhere or nowhere."""
+    return Path(f"/sys/fs/ext4/loop{number}").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="box disks need a root server")
+async def test_a_spare_disk_is_set_up_ahead_listed_in_no_mount_table_and_let_go(
+    data_dir: Path
+) -> None:
+    """The filesystem of a spare disk is set up before any box asks for it (the box's
+    mount then reuses it), yet no mount table lists it: not the host's, not a box's.
+    Once its box is gone, or the server has closed, nothing holds the device."""
+    spares = data_dir / "spare-disks"
+    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, box_disk_mb=64))
+    await manager.start()
+    try:
+        async def each_spare_set_up() -> dict[Path, int]:
+            from sophon.box.disk import SPARE_DISKS
+
+            end = time.monotonic() + 30
+            while True:
+                devices = spare_devices(spares)
+                if len(devices) == SPARE_DISKS and all(map(set_up, devices.values())):
+                    return devices
+                assert time.monotonic() < end, f"spares not set up ahead: {devices}"
+                await asyncio.sleep(0.05)
+
+        devices = await each_spare_set_up()
+        inodes = {img.stat().st_ino: n for img, n in devices.items()}
+        assert not [n for n in devices.values() if f"/dev/loop{n} " in host_mount_table()]
+
+        _, outcome = await run(manager, "n1", "print(open('/proc/self/mountinfo').read())")
+        taken = os.stat(data_dir / "boxes" / "n1" / "disk.img").st_ino
+        mine = inodes[taken]
+        async with manager.use("n1") as box:
+            table = ""
+            async for ev in box.exec(["cat", "/proc/self/mountinfo"], timeout=10,
+                                     env={"PATH": "/usr/bin"}, cwd="/", output_cap=2**20):
+                if isinstance(ev, ExecEvent):
+                    table += ev.data
+        assert f"/dev/loop{mine} " in table  # its own disk, the control
+        others = [n for n in spare_devices(spares).values() if n != mine]
+        assert others and not [n for n in others if f"/dev/loop{n} " in table]
+
+        await manager.destroy("n1")
+        wait_for(lambda: backing_file(mine) is None and not set_up(mine), deadline=10,
+                 what="the taken spare's device let go with its box")
+        left = list(spare_devices(spares).values())
+    finally:
+        await manager.close()
+    wait_for(lambda: not [n for n in left if backing_file(n) is not None or set_up(n)],
+             deadline=10, what="the spares' devices let go at close")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="box disks need a root server")
+async def test_a_spare_whose_filesystem_could_not_be_set_up_ahead_still_serves(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel without the mount API (before 5.2) refuses the set-up: the spare is
+    taken all the same and its box mounts it the usual way."""
+    def refused(*_: object) -> int:
+        raise OSError(38, "fsopen: Function not implemented")
+
+    monkeypatch.setattr("sophon.box.held_mount.hold", refused)
+    spares = data_dir / "spare-disks"
+    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, box_disk_mb=64))
+    await manager.start()
+    try:
+        await spares_ready(lambda: list(spare_devices(spares)), "spares attached")
+        assert not [n for n in spare_devices(spares).values() if set_up(n)]
+        inodes = {p.stat().st_ino for p in spares.glob("64-*.img")}
+        _, outcome = await run(manager, "n1", "open('/workspace/f', 'w').write('x' * 10**6)")
+        assert outcome.exit_code == 0
+        assert (data_dir / "boxes" / "n1" / "disk.img").stat().st_ino in inodes
+        assert manager.disk_use("n1").limit_bytes is not None
     finally:
         await manager.close()

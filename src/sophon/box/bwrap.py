@@ -37,7 +37,7 @@ from sophon.box.ahead import Ahead, Reserved
 from sophon.box.box import Box
 from sophon.box.boxd_build import ensure_boxd
 from sophon.box.cgroups import CgroupTree, Limits
-from sophon.box.disk import MOUNT_OPTIONS, BoxDisk
+from sophon.box.disk import MOUNT_OPTIONS, BoxDisk, mount_flags
 from sophon.box.seccomp import SeccompUnavailable, compile_filter
 from sophon.box.spawner import HOST_PATH, Launch, Spawner
 from sophon.errors import BoxError, BoxRequestError
@@ -113,17 +113,6 @@ BASE_ENV = {
     "PIP_NO_INPUT": "1",
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
 }
-
-
-# mount(8)'s names for the flags in disk.MOUNT_OPTIONS; the rest go to ext4 as data.
-MOUNT_FLAGS = {"nosuid": 0x2, "nodev": 0x4, "noexec": 0x8, "noatime": 0x400}
-
-
-def mount_flags(options: str) -> tuple[int, str]:
-    """``mount -o`` options as mount(2)'s flags and data."""
-    names = options.split(",")
-    flags = sum(MOUNT_FLAGS[n] for n in names if n in MOUNT_FLAGS)
-    return flags, ",".join(n for n in names if n not in MOUNT_FLAGS)
 
 
 @dataclass

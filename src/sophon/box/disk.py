@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sophon.box import held_mount
 from sophon.errors import BoxError
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ FULL_BELOW_SHARE = 0.01
 # uninitialised (lazy_itable_init) read as zeros already; ext4 would otherwise zero them
 # in a kernel thread after each first mount, disk writes that every box start paid for.
 MOUNT_OPTIONS = "nosuid,nodev,noatime,discard,noinit_itable"
+# mount(8)'s names for the flags in MOUNT_OPTIONS; the rest go to ext4 as data.
+MOUNT_FLAGS = {"nosuid": 0x2, "nodev": 0x4, "noexec": 0x8, "noatime": 0x400}
 
 # <linux/loop.h>
 LOOP_CTL_GET_FREE = 0x4C82
@@ -72,16 +75,34 @@ class BoxDisk:
     """A box's image on a loop device, for the box's launcher to mount at ``mountpoint``
     in its own mount namespace. The device clears itself when its last user closes it, so
     ``fd`` holds it until the box has mounted it (``close`` once the box has started or
-    failed to)."""
+    failed to). ``held``: a spare's filesystem, set up ahead (held_mount.py), -1 if not."""
 
     device: str
     mountpoint: Path
     fd: int
+    held: int = -1
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        _close(self.held, self.fd)
+        self.fd = self.held = -1
+
+
+# A spare disk ready for a box: its loop device's number, a descriptor holding the
+# device, and one holding its filesystem set up ahead (-1 if none).
+Attached = tuple[int, int, int]
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
+
+
+def mount_flags(options: str) -> tuple[int, str]:
+    """``mount -o`` options as mount(2)'s flags and data."""
+    names = options.split(",")
+    flags = sum(MOUNT_FLAGS[n] for n in names if n in MOUNT_FLAGS)
+    return flags, ",".join(n for n in names if n not in MOUNT_FLAGS)
 
 
 def _failed(name: str, stderr: bytes) -> BoxError:
@@ -165,6 +186,18 @@ def attach_loop(img: Path) -> tuple[int, int]:
         os.close(ctl)
 
 
+def attach_spare(img: Path) -> Attached:
+    """``attach_loop``, and the filesystem set up ahead when the kernel allows it: the
+    box that takes the spare mounts it in a few microseconds instead of about 0.6 ms."""
+    number, fd = attach_loop(img)
+    try:
+        held = held_mount.hold(f"/dev/loop{number}", "ext4", mount_flags(MOUNT_OPTIONS)[1])
+    except OSError as exc:
+        log.debug("spare disk %s not set up ahead: %s", img.name, exc)
+        held = -1
+    return number, fd, held
+
+
 def backing_file(number: int) -> str | None:
     """The file loop device ``number`` is attached to, None if it is free."""
     try:
@@ -229,7 +262,7 @@ class Disks:
         # it to be let go, so one image is never mounted twice at once.
         self._loops: dict[str, int] = {}
         # Spare image: its loop device (number, descriptor holding it).
-        self._spare_loops: dict[Path, tuple[int, int]] = {}
+        self._spare_loops: dict[Path, Attached] = {}
 
     def image(self, box_id: str) -> Path:
         return self.boxes_dir / box_id / "disk.img"
@@ -286,9 +319,9 @@ class Disks:
     def _spares(self) -> list[Path]:
         return sorted(self.spare_dir.glob(f"{self.default_mb}-*.img"))
 
-    def _take_spare(self, img: Path, size_mb: int) -> tuple[int, int] | bool | None:
-        """Move a spare to ``img``: its loop device (number, descriptor) if it has one,
-        True if not; None when there is no spare to take."""
+    def _take_spare(self, img: Path, size_mb: int) -> Attached | bool | None:
+        """Move a spare to ``img``: its loop device if it has one, True if not; None when
+        there is no spare to take."""
         if size_mb != self.default_mb:
             return None
         img.parent.mkdir(parents=True, exist_ok=True)
@@ -299,11 +332,11 @@ class Disks:
                 os.replace(spare, img)
             except FileNotFoundError:  # taken meanwhile (another node on this directory)
                 if loop is not None:
-                    os.close(loop[1])
+                    _close(loop[2], loop[1])
                 continue
             except OSError:  # not the same filesystem after all: mkfs it is
                 if loop is not None:
-                    os.close(loop[1])
+                    _close(loop[2], loop[1])
                 return None
             return loop if loop is not None else True
         return None
@@ -317,8 +350,8 @@ class Disks:
 
     def release_spares(self) -> None:
         """At close: the spares this process attached go, with their loop devices."""
-        for spare, (_, fd) in list(self._spare_loops.items()):
-            os.close(fd)
+        for spare, (_, fd, held) in list(self._spare_loops.items()):
+            _close(held, fd)
             spare.unlink(missing_ok=True)
         self._spare_loops.clear()
 
@@ -333,7 +366,7 @@ class Disks:
             spare = self.spare_dir / f"{self.default_mb}-{os.urandom(8).hex()}.img"
             await self._make_image(spare, self.default_mb)
             try:
-                self._spare_loops[spare] = await asyncio.to_thread(attach_loop, spare)
+                self._spare_loops[spare] = await asyncio.to_thread(attach_spare, spare)
             except (BoxError, OSError) as exc:  # it is taken without one, attached then
                 log.warning("a spare disk has no loop device ahead: %s", exc)
 
@@ -350,18 +383,18 @@ class Disks:
         await asyncio.to_thread(_install_image, tmp, img)
 
     def _prepare(self, box_id: str, size_mb: int | None,
-                 attached: tuple[int, int] | None = None) -> BoxDisk | None:
+                 attached: Attached | None = None) -> BoxDisk | None:
         if self._legacy(box_id):
             return None
         img, mnt = self._layout(box_id, size_mb)
         if os.path.ismount(mnt):  # mounted on the host by an older server: used as is
             if attached is not None:
-                os.close(attached[1])
+                _close(attached[2], attached[1])
             return None
         self._wait_released(box_id, img)
-        number, fd = attached if attached is not None else attach_loop(img)
+        number, fd, held = attached if attached is not None else (*attach_loop(img), -1)
         self._loops[box_id] = number
-        return BoxDisk(f"/dev/loop{number}", mnt, fd)
+        return BoxDisk(f"/dev/loop{number}", mnt, fd, held)
 
     def _wait_released(self, box_id: str, img: Path) -> None:
         number = self._loops.get(box_id)

