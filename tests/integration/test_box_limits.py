@@ -268,3 +268,29 @@ async def test_a_spare_whose_filesystem_could_not_be_set_up_ahead_still_serves(
         assert manager.disk_use("n1").limit_bytes is not None
     finally:
         await manager.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="box disks need a root server")
+async def test_a_spare_made_without_a_loop_device_is_attached_when_taken(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No loop device was free when the spare was made: the box that takes it gets
+    one attached on its start, and its disk quota holds."""
+    def no_device(img: Path) -> tuple[int, int, int]:
+        raise BoxError(f"could not attach {img.name} to a loop device: none free")
+
+    monkeypatch.setattr("sophon.box.disk.attach_spare", no_device)
+    spares = data_dir / "spare-disks"
+    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, box_disk_mb=64))
+    await manager.start()
+    try:
+        await spares_ready(lambda: sorted(spares.glob("64-*.img")), "the spare disks")
+        assert not spare_devices(spares)
+        inodes = {p.stat().st_ino for p in spares.glob("64-*.img")}
+        _, outcome = await run(manager, "n1", "open('/workspace/f', 'w').write('x' * 10**8)")
+        assert outcome.exit_code != 0  # 100 MB does not fit on a 64 MB disk
+        assert (data_dir / "boxes" / "n1" / "disk.img").stat().st_ino in inodes
+        use = manager.disk_use("n1")
+        assert use.limit_bytes is not None and use.limit_bytes <= 64 * 2**20
+    finally:
+        await manager.close()

@@ -291,8 +291,9 @@ class Disks:
         them, whose files are real directories)."""
         if not self.enabled:
             return None
-        # One trip to a thread for a new box that takes a spare, the usual case.
-        disk, took = await asyncio.to_thread(self._prepare_new, box_id, size_mb)
+        # A new box that takes a spare attached already, the usual case: a rename and a
+        # few stats, done here (the trip to a thread and back took longer than they do).
+        disk, took = self._prepare_new(box_id, size_mb)
         if took and self.on_spare_taken is not None:
             self.on_spare_taken()
         if disk is not False:
@@ -304,16 +305,16 @@ class Disks:
 
     def _prepare_new(self, box_id: str, size_mb: int | None
                      ) -> tuple[BoxDisk | None | bool, bool]:
-        """A new box's disk from a spare, attached already: (its disk, True); else
-        (False, False): the caller makes it or finds it."""
+        """A new box's disk from a spare attached already: (its disk, True); else
+        (False, whether a spare was taken): the caller makes, attaches or finds it."""
         img = self.image(box_id)
         if img.exists() or self._legacy(box_id):
             return False, False
         taken = self._take_spare(img, size_mb or self.default_mb)
         if taken is None:
             return False, False
-        if taken is True:  # a spare without its own loop device
-            return self._prepare(box_id, size_mb), True
+        if taken is True:  # a spare without its own loop device: attached in a thread
+            return False, True
         return self._prepare(box_id, size_mb, taken), True
 
     def _spares(self) -> list[Path]:
