@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -130,6 +131,15 @@ async def test_a_box_whose_disk_cannot_be_mounted_fails_saying_why(
         await manager.close()
 
 
+def image_root(img: Path) -> dict[str, tuple[str, str]]:
+    """The entries of an ext4 image's root directory: name -> (mode, uid), read from
+    the image file itself (debugfs), without mounting it."""
+    listing = subprocess.run(["debugfs", "-R", "ls -l /", str(img)], capture_output=True,
+                             text=True, check=True).stdout
+    return {f[-1]: (f[1], f[3]) for f in (line.split() for line in listing.splitlines())
+            if len(f) >= 9}
+
+
 async def spares_ready(ready: Callable[[], list[Path]], what: str) -> None:
     """Polled on the loop: the spares are made by the manager's task on this loop."""
     from sophon.box.disk import SPARE_DISKS
@@ -159,6 +169,9 @@ async def test_a_new_box_takes_a_disk_made_ahead_and_another_is_made(data_dir: P
         await spares_ready(ready, "the spare disks")
         assert sorted(p.name for p in spares.iterdir()) == [p.name for p in ready()]
         assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in ready())
+        for spare in ready():  # made with its box's two directories, root's until then
+            assert {"workspace": ("40700", "0"), "home": ("40700", "0")}.items() <= \
+                image_root(spare).items()
         inodes = {p.stat().st_ino for p in ready()}
         _, outcome = await run(manager, "n1", "open('/workspace/f', 'w').write('x' * 10**6)")
         assert outcome.exit_code == 0

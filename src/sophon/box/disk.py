@@ -116,10 +116,13 @@ def _run(*argv: str) -> None:
         raise _failed(argv[0], proc.stderr)
 
 
-def mkfs_argv(path: Path, bytes_per_inode: int | None = None) -> list[str]:
+def mkfs_argv(path: Path, bytes_per_inode: int | None = None,
+              root: Path | None = None) -> list[str]:
     # No reserved blocks (no root inside a box); lazy init keeps it sparse and fast.
+    # ``root``: a directory whose tree the filesystem starts with.
     inodes = ["-i", str(bytes_per_inode)] if bytes_per_inode else []
-    return ["mkfs.ext4", "-q", "-F", "-m", "0", *inodes,
+    tree = ["-d", str(root)] if root is not None else []
+    return ["mkfs.ext4", "-q", "-F", "-m", "0", *inodes, *tree,
             "-E", "lazy_itable_init=1,lazy_journal_init=1", str(path)]
 
 
@@ -194,7 +197,10 @@ def attach_spare(img: Path) -> Attached:
         held = held_mount.hold(f"/dev/loop{number}", "ext4", mount_flags(MOUNT_OPTIONS)[1])
     except OSError as exc:
         log.debug("spare disk %s not set up ahead: %s", img.name, exc)
-        held = -1
+        return number, fd, -1
+    for sub in SUBDIRS:  # read now, so the box's launcher finds them in memory
+        with contextlib.suppress(OSError):
+            os.stat(sub, dir_fd=held, follow_symlinks=False)
     return number, fd, held
 
 
@@ -263,6 +269,9 @@ class Disks:
         self._loops: dict[str, int] = {}
         # Spare image: its loop device (number, descriptor holding it).
         self._spare_loops: dict[Path, Attached] = {}
+        # What a new disk starts with: its workspace and home, made by mkfs, so a box's
+        # first start does not wait on the writes of their first creation (~1 ms).
+        self.template = boxes_dir.parent / "disk-template"
 
     def image(self, box_id: str) -> Path:
         return self.boxes_dir / box_id / "disk.img"
@@ -377,11 +386,17 @@ class Disks:
         boxes running)."""
         img.parent.mkdir(parents=True, exist_ok=True)
         tmp = await asyncio.to_thread(_sparse_file, img, size_mb)
-        code, err = await self.runner(mkfs_argv(tmp))
+        await asyncio.to_thread(self._make_template)
+        code, err = await self.runner(mkfs_argv(tmp, root=self.template))
         if code != 0:
             tmp.unlink(missing_ok=True)
             raise _failed("mkfs.ext4", err)
         await asyncio.to_thread(_install_image, tmp, img)
+
+    def _make_template(self) -> None:
+        self.template.mkdir(mode=0o755, exist_ok=True)
+        for sub in SUBDIRS:
+            (self.template / sub).mkdir(mode=0o700, exist_ok=True)
 
     def _prepare(self, box_id: str, size_mb: int | None,
                  attached: Attached | None = None) -> BoxDisk | None:
