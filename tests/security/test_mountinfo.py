@@ -42,6 +42,9 @@ def test_mount_table_names_neither_the_data_dir_nor_the_box(
     assert len(agent) == 1, agent
     [line] = agent
     assert line.split()[3] == "/" and " - tmpfs " in line, line
+    # So is its /etc (box/etc_fs.py): the server's files and the host's few, one bind.
+    etc = sorted({line for line in table.splitlines() if line.split()[4:5] == ["/etc"]})
+    assert len(etc) == 1 and etc[0].split()[3] == "/" and " - tmpfs " in etc[0], etc
     for secret in {str(server.data_dir), str(server.data_dir.resolve()), box_id}:
         leaked = [line for line in table.splitlines() if secret in line]
         assert not leaked, f"{secret!r} shows in the box's mount table: {leaked}"

@@ -56,9 +56,10 @@ class AgentFs:
         self.path = path
 
     @classmethod
-    def mount(cls, source: Path, run_dir: Path = RUN_DIR) -> AgentFs | None:
+    def mount(cls, source: Path, run_dir: Path = RUN_DIR,
+              what: str = "the agent's files") -> AgentFs | None:
         """The copy of ``source``, or None (boxes then get copies of its files) when it
-        cannot be made; the reason is logged."""
+        cannot be made; the reason is logged (etc_fs.py makes one of /etc the same way)."""
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             run_dir.chmod(0o755)
@@ -81,7 +82,7 @@ class AgentFs:
                 _remove(path)
                 raise
         except OSError as exc:
-            log.warning("boxes get copies of the agent's files (no shared copy: %s)", exc)
+            log.warning("boxes get copies of %s (no shared copy: %s)", what, exc)
             return None
         return cls(path)
 

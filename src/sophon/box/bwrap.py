@@ -38,6 +38,7 @@ from sophon.box.box import Box
 from sophon.box.boxd_build import ensure_boxd
 from sophon.box.cgroups import CgroupTree, Limits
 from sophon.box.disk import MOUNT_OPTIONS, BoxDisk, mount_flags
+from sophon.box.etc_fs import EtcFs
 from sophon.box.seccomp import SeccompUnavailable, compile_filter
 from sophon.box.spawner import HOST_PATH, Launch, Spawner
 from sophon.errors import BoxError, BoxRequestError
@@ -130,9 +131,13 @@ class BoxFds:
     # The box's end of the socket boxd hands its door listener back through (the one
     # descriptor bwrap leaves open: boxd closes it once it has sent the listener).
     door: int | None = None
+    # The /etc a box without an image binds whole (etc_fs.py); then ``data`` has -1 for
+    # the files it holds and ``system`` is empty.
+    etc: Path | None = None
 
     def all(self) -> tuple[int, ...]:
-        return (*([] if self.seccomp is None else [self.seccomp]), *self.data,
+        return (*([] if self.seccomp is None else [self.seccomp]),
+                *(fd for fd in self.data if fd >= 0),
                 *(fd for _, fd in self.system), *self.volumes,
                 *([] if self.door is None else [self.door]))
 
@@ -247,6 +252,11 @@ class BwrapBackend:
         if self.agent_fs is not None:  # bound whole: no file of it is copied in
             self.data_files = [(host, inside) for host, inside in self.data_files
                                if not inside.startswith(AGENT_DIR + "/")]
+        # And the /etc of a box without an image, the same way (etc_fs.py).
+        self.etc_fs = EtcFs(
+            runtime_dir / "etc-box", {name: runtime_dir / "etc" / name for name in ETC_FILES},
+            SYSTEM_FILES, tuple(d for d in SYSTEM_DIRS if d.startswith("/etc/"))
+        ) if self.agent_fs is not None else None
         self.seccomp_filter: Path | None = None
         self.seccomp_mode = "off"
         self._install_seccomp()
@@ -256,6 +266,8 @@ class BwrapBackend:
         if self.agent_fs is not None:
             self.agent_fs.unmount()
             self.agent_fs = None
+        if self.etc_fs is not None:
+            self.etc_fs.close()
 
     def check_reachable(self, path: Path) -> None:
         """bwrap runs as the box's host uid, so it must be able to walk to every path it
@@ -331,6 +343,9 @@ class BwrapBackend:
         self.data_files = [f for f in self.data_files if f[1] not in self.trust_files]
         self.trust_files = tuple(inside for _, _, inside in files)
         self.data_files += [(host, inside) for host, _, inside in files]
+        if self.etc_fs is not None:  # the system bundle's path is in the host's /etc/ssl
+            self.etc_fs.add({inside: host for host, _, inside in files
+                             if inside != SYSTEM_BUNDLE})
 
     def open_fds(self, spec: BoxSpec | None = None) -> BoxFds:
         """Fresh descriptors for one box start: bwrap reads each to its end (and binds
@@ -339,9 +354,13 @@ class BwrapBackend:
         try:
             if self.seccomp_filter is not None:
                 fds.seccomp = os.open(self.seccomp_filter, os.O_RDONLY | os.O_CLOEXEC)
-            for host, _ in self.data_files:
-                fds.data.append(os.open(host, os.O_RDONLY | os.O_CLOEXEC))
-            if spec is not None and spec.image_root is None:
+            if spec is not None and spec.image_root is None and self.etc_fs is not None:
+                fds.etc = self.etc_fs.current()
+            held = self.etc_fs.provides() if fds.etc is not None and self.etc_fs else set()
+            for host, inside in self.data_files:
+                fds.data.append(-1 if inside in held else
+                                os.open(host, os.O_RDONLY | os.O_CLOEXEC))
+            if spec is not None and spec.image_root is None and fds.etc is None:
                 for f in SYSTEM_FILES:
                     with contextlib.suppress(FileNotFoundError):
                         fds.system.append((f, os.open(f, os.O_RDONLY | os.O_CLOEXEC)))
@@ -421,12 +440,17 @@ class BwrapBackend:
             return ["--perms", mode, "--file" if on_root else "--ro-bind-data", str(fd), inside]
         # An image's /etc is its own (a bind); a box without one has /etc on its root.
         etc_on_root = spec.image_root is None
+        etc_bound = fds.etc if fds is not None else None
         if spec.image_root is not None:
             args += self._image_args(spec.image_root, spec.image_writable)
         else:
+            if etc_bound is not None:  # before the host's directories bound inside it
+                args += ["--ro-bind", str(etc_bound), "/etc"]
             args += self._host_system_args(fds.system if fds is not None else None)
+        held = self.etc_fs.provides() if etc_bound is not None and self.etc_fs else set()
         for name in ETC_FILES:
-            args += copy_in(f"/etc/{name}", etc_on_root)
+            if f"/etc/{name}" not in held:
+                args += copy_in(f"/etc/{name}", etc_on_root)
         if self.claude_cli is not None and self.claude_cli.is_file():
             if spec.home_aliases:
                 # A thread's home is its own storage: boxd makes the link there, as the
@@ -435,7 +459,8 @@ class BwrapBackend:
             else:  # in the box's own root, which is gone with the box
                 args += ["--symlink", str(self.claude_cli), GUIDE_CLI]
         for inside in self.trust_files:  # after /etc/ssl: the bundle covers the system's
-            args += copy_in(inside, False)
+            if inside not in held:
+                args += copy_in(inside, False)
         args += [
             "--proc", "/proc",
             "--dev", "/dev",
