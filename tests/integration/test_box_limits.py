@@ -200,6 +200,13 @@ def spare_devices(spares: Path) -> dict[Path, int]:
     return found
 
 
+def loops_on(img: Path) -> list[int]:
+    """The loop devices attached to ``img``."""
+    path = str(img.resolve())
+    return [int(d.name[4:]) for d in Path("/sys/block").glob("loop*")
+            if backing_file(int(d.name[4:])) == path]
+
+
 def host_mount_table() -> str:
     return Path("/proc/self/mountinfo").read_text()
 
@@ -306,4 +313,45 @@ async def test_a_spare_made_without_a_loop_device_is_attached_when_taken(
         use = manager.disk_use("n1")
         assert use.limit_bytes is not None and use.limit_bytes <= 64 * 2**20
     finally:
+        await manager.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="box disks need a root server")
+async def test_a_spare_being_attached_is_not_taken_by_a_start(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start while a spare is half ready (its image made, its loop device being
+    attached) does not take it: the image would get a second loop device (and, with the
+    spare's filesystem set up ahead, a second mount) on top of the box's own."""
+    import threading
+
+    from sophon.box import disk
+
+    attached, go_on = threading.Event(), threading.Event()
+    real = disk.attach_loop
+
+    def slow_attach(img: Path) -> tuple[int, int]:
+        found = real(img)
+        if img.parent.name == "spare-disks":  # a box's own attach is not held up
+            attached.set()
+            go_on.wait(20)
+        return found
+
+    monkeypatch.setattr(disk, "attach_loop", slow_attach)
+    spares = data_dir / "spare-disks"
+    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, box_disk_mb=64))
+    await manager.start()
+    try:
+        end = time.monotonic() + 30
+        while not attached.is_set():
+            assert time.monotonic() < end, "no spare was made"
+            await asyncio.sleep(0.02)
+        _, outcome = await run(manager, "n1", "print('started')")
+        assert outcome.exit_code == 0
+        go_on.set()
+        await spares_ready(lambda: sorted(spares.glob("64-*.img")), "the spare disks")
+        on_image = loops_on(data_dir / "boxes" / "n1" / "disk.img")
+        assert len(on_image) == 1, on_image  # the box's own, and no other
+    finally:
+        go_on.set()
         await manager.close()

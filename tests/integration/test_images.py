@@ -74,6 +74,12 @@ def test_the_image_root_is_read_only_without_setuid_and_names_no_host_path(
     # The write refused, and no setuid or setgid file found (find prints none).
     assert refused == "touch: cannot touch '/usr/x': Read-only file system\n", out
     assert " /usr /usr " in table and "squashfs" in table, table
+    # The server's /etc files over the image's own: binds of its tmpfs copy's files
+    # (box/etc_fs.py), named there by their own names.
+    for inside, root in (("/etc/passwd", "/passwd"), ("/etc/hosts", "/hosts")):
+        lines = {line for line in table.splitlines() if line.split()[4:5] == [inside]}
+        assert [line.split()[3] for line in lines] == [root] and all(
+            " - tmpfs " in line for line in lines), (inside, lines)
     for secret in (str(server.data_dir), str(IMAGES), str(IMAGES.resolve())):
         assert secret not in table, table
     # What every box has works here too: git, the agent's shell, Claude Code's link.

@@ -354,9 +354,9 @@ class BwrapBackend:
         try:
             if self.seccomp_filter is not None:
                 fds.seccomp = os.open(self.seccomp_filter, os.O_RDONLY | os.O_CLOEXEC)
-            if spec is not None and spec.image_root is None and self.etc_fs is not None:
+            if spec is not None and self.etc_fs is not None:
                 fds.etc = self.etc_fs.current()
-            held = self.etc_fs.provides() if fds.etc is not None and self.etc_fs else set()
+            held = self._in_etc_fs() if fds.etc is not None else set()
             for host, inside in self.data_files:
                 fds.data.append(-1 if inside in held else
                                 os.open(host, os.O_RDONLY | os.O_CLOEXEC))
@@ -370,6 +370,12 @@ class BwrapBackend:
             fds.close()
             raise
         return fds
+
+    def _in_etc_fs(self) -> set[str]:
+        """The box paths a file of the /etc copy (etc_fs.py) serves: its own, and the
+        system bundle's, which is Sophon's bundle (TRUST_BUNDLE) under the image's name."""
+        held = self.etc_fs.provides() if self.etc_fs is not None else set()
+        return held | ({SYSTEM_BUNDLE} if TRUST_BUNDLE in held else set())
 
     def _install_seccomp(self) -> None:
         """Compile the box filter once; without libseccomp boxes start unfiltered, and
@@ -432,7 +438,14 @@ class BwrapBackend:
                    for a in ("--bind", str(root / rel) if fd is None else f"/proc/self/fd/{fd}",
                              inside)]
 
+        etc_bound = fds.etc if fds is not None else None
+        held = self._in_etc_fs() if etc_bound is not None else set()
+
         def copy_in(inside: str, on_root: bool) -> list[str]:
+            if inside in held:  # a bind of the server's copy, where bwrap would copy
+                assert etc_bound is not None
+                rel = TRUST_BUNDLE if inside == SYSTEM_BUNDLE else inside
+                return ["--ro-bind", str(etc_bound / rel.removeprefix("/etc/")), inside]
             host, fd = data[inside]
             if fd is None:
                 return ["--ro-bind", str(host), inside]
@@ -440,16 +453,17 @@ class BwrapBackend:
             return ["--perms", mode, "--file" if on_root else "--ro-bind-data", str(fd), inside]
         # An image's /etc is its own (a bind); a box without one has /etc on its root.
         etc_on_root = spec.image_root is None
-        etc_bound = fds.etc if fds is not None else None
+        # A box without an image binds the copy whole; an image's box binds its files
+        # over the image's own /etc.
+        etc_whole = etc_bound is not None and spec.image_root is None
         if spec.image_root is not None:
             args += self._image_args(spec.image_root, spec.image_writable)
         else:
             if etc_bound is not None:  # before the host's directories bound inside it
                 args += ["--ro-bind", str(etc_bound), "/etc"]
             args += self._host_system_args(fds.system if fds is not None else None)
-        held = self.etc_fs.provides() if etc_bound is not None and self.etc_fs else set()
         for name in ETC_FILES:
-            if f"/etc/{name}" not in held:
+            if not etc_whole:
                 args += copy_in(f"/etc/{name}", etc_on_root)
         if self.claude_cli is not None and self.claude_cli.is_file():
             if spec.home_aliases:
@@ -459,7 +473,7 @@ class BwrapBackend:
             else:  # in the box's own root, which is gone with the box
                 args += ["--symlink", str(self.claude_cli), GUIDE_CLI]
         for inside in self.trust_files:  # after /etc/ssl: the bundle covers the system's
-            if inside not in held:
+            if not (etc_whole and inside.startswith("/etc/sophon/")):
                 args += copy_in(inside, False)
         args += [
             "--proc", "/proc",

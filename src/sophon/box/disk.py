@@ -374,11 +374,25 @@ class Disks:
         while len(await asyncio.to_thread(self._spares)) < SPARE_DISKS:
             await before_each()
             spare = self.spare_dir / f"{self.default_mb}-{os.urandom(8).hex()}.img"
-            await self._make_image(spare, self.default_mb)
+            # Made and attached under a name no start takes (_spares lists *.img): a
+            # start that took it half-way would attach the image a second time.
+            made = spare.with_suffix(".made")
+            await self._make_image(made, self.default_mb)
+            attached: Attached | None = None
             try:
-                self._spare_loops[spare] = await asyncio.to_thread(attach_spare, spare)
+                attached = await asyncio.to_thread(attach_spare, made)
             except (BoxError, OSError) as exc:  # it is taken without one, attached then
                 log.warning("a spare disk has no loop device ahead: %s", exc)
+            # Here, with no await between: the name and the device are taken together.
+            try:
+                os.replace(made, spare)
+            except OSError as exc:  # removed meanwhile (the server is closing)
+                if attached is not None:
+                    _close(attached[2], attached[1])
+                log.warning("a spare disk was lost before it was ready: %s", exc)
+                continue
+            if attached is not None:
+                self._spare_loops[spare] = attached
 
     async def _make_image(self, img: Path, size_mb: int) -> None:
         """``make_image`` with mkfs run by ``runner`` (the box launcher, whose fork does
