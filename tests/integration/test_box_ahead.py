@@ -50,10 +50,12 @@ async def test_a_new_box_starts_in_a_cgroup_made_ahead_with_its_own_limits(
     await manager.start()
     try:
         ahead, waiting = await ready_ahead(manager)
-        # Each waits in its cgroup, alone, and nothing of a box runs there yet; the
-        # server's own limits are written there already (most boxes have them).
-        for cg, pid in waiting:
-            assert cg.pids() == [pid]
+        # Each waits in its cgroup, alone, and nothing of a box runs there yet (it joins
+        # it just after spawnd has said it was made); the server's own limits are
+        # written there already (most boxes have them).
+        await until(lambda: all(cg.pids() == [pid] for cg, pid in waiting),
+                    "each process made ahead alone in its cgroup")
+        for cg, _ in waiting:
             assert memory_limit(cg) == manager.limits.memory_bytes
         manager.set_limits("a1", memory_mb=160, cpus=0.5, pids=64)
         async with manager.use("a1") as box:
