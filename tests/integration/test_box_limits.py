@@ -4,12 +4,14 @@ server are cleaned up at the next start."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -140,6 +142,25 @@ def image_root(img: Path) -> dict[str, tuple[str, str]]:
             if len(f) >= 9}
 
 
+@contextlib.asynccontextmanager
+async def small_disks(data_dir: Path) -> AsyncIterator[BoxManager]:
+    """A started manager whose boxes (and spares) get 64 MB disks."""
+    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, box_disk_mb=64))
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        await manager.close()
+
+
+def spare_inodes(spares: Path) -> set[int]:
+    return {p.stat().st_ino for p in spares.glob("64-*.img")}
+
+
+def disk_inode(data_dir: Path, box_id: str) -> int:
+    return (data_dir / "boxes" / box_id / "disk.img").stat().st_ino
+
+
 async def spares_ready(ready: Callable[[], list[Path]], what: str) -> None:
     """Polled on the loop: the spares are made by the manager's task on this loop."""
     from sophon.box.disk import SPARE_DISKS
@@ -160,9 +181,7 @@ async def test_a_new_box_takes_a_disk_made_ahead_and_another_is_made(data_dir: P
     spares.mkdir(parents=True)
     (spares / "64-crashed.new").write_bytes(b"")  # a crash's half-made spare
     (spares / "128-old.img").write_bytes(b"")  # of a size no longer the default
-    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, box_disk_mb=64))
-    await manager.start()
-    try:
+    async with small_disks(data_dir) as manager:
         def ready() -> list[Path]:
             return sorted(spares.glob("64-*.img"))
 
@@ -172,10 +191,10 @@ async def test_a_new_box_takes_a_disk_made_ahead_and_another_is_made(data_dir: P
         for spare in ready():  # made with its box's two directories, root's until then
             assert {"workspace": ("40700", "0"), "home": ("40700", "0")}.items() <= \
                 image_root(spare).items()
-        inodes = {p.stat().st_ino for p in ready()}
+        inodes = spare_inodes(spares)
         _, outcome = await run(manager, "n1", "open('/workspace/f', 'w').write('x' * 10**6)")
         assert outcome.exit_code == 0
-        assert (data_dir / "boxes" / "n1" / "disk.img").stat().st_ino in inodes
+        assert disk_inode(data_dir, "n1") in inodes
         assert manager.disk_use("n1").limit_bytes is not None
         assert manager.disk_use("n1").limit_bytes <= 64 * 2**20  # type: ignore[operator]
         await spares_ready(ready, "a spare to replace it")
@@ -183,10 +202,8 @@ async def test_a_new_box_takes_a_disk_made_ahead_and_another_is_made(data_dir: P
         before = {p.stat().st_ino for p in ready()}
         async with manager.use("n2", disk_mb=96):
             pass
-        assert (data_dir / "boxes" / "n2" / "disk.img").stat().st_ino not in before
+        assert disk_inode(data_dir, "n2") not in before
         assert {p.stat().st_ino for p in ready()} == before
-    finally:
-        await manager.close()
 
 
 def spare_devices(spares: Path) -> dict[Path, int]:
@@ -224,9 +241,7 @@ async def test_a_spare_disk_is_set_up_ahead_listed_in_no_mount_table_and_let_go(
     mount then reuses it), yet no mount table lists it: not the host's, not a box's.
     Once its box is gone, or the server has closed, nothing holds the device."""
     spares = data_dir / "spare-disks"
-    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, box_disk_mb=64))
-    await manager.start()
-    try:
+    async with small_disks(data_dir) as manager:
         async def each_spare_set_up() -> dict[Path, int]:
             from sophon.box.disk import SPARE_DISKS
 
@@ -243,7 +258,7 @@ async def test_a_spare_disk_is_set_up_ahead_listed_in_no_mount_table_and_let_go(
         assert not [n for n in devices.values() if f"/dev/loop{n} " in host_mount_table()]
 
         _, outcome = await run(manager, "n1", "print(open('/proc/self/mountinfo').read())")
-        taken = os.stat(data_dir / "boxes" / "n1" / "disk.img").st_ino
+        taken = disk_inode(data_dir, "n1")
         mine = inodes[taken]
         async with manager.use("n1") as box:
             table = ""
@@ -259,8 +274,6 @@ async def test_a_spare_disk_is_set_up_ahead_listed_in_no_mount_table_and_let_go(
         wait_for(lambda: backing_file(mine) is None and not set_up(mine), deadline=10,
                  what="the taken spare's device let go with its box")
         left = list(spare_devices(spares).values())
-    finally:
-        await manager.close()
     wait_for(lambda: not [n for n in left if backing_file(n) is not None or set_up(n)],
              deadline=10, what="the spares' devices let go at close")
 
@@ -276,18 +289,14 @@ async def test_a_spare_whose_filesystem_could_not_be_set_up_ahead_still_serves(
 
     monkeypatch.setattr("sophon.box.held_mount.hold", refused)
     spares = data_dir / "spare-disks"
-    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, box_disk_mb=64))
-    await manager.start()
-    try:
+    async with small_disks(data_dir) as manager:
         await spares_ready(lambda: list(spare_devices(spares)), "spares attached")
         assert not [n for n in spare_devices(spares).values() if set_up(n)]
-        inodes = {p.stat().st_ino for p in spares.glob("64-*.img")}
+        inodes = spare_inodes(spares)
         _, outcome = await run(manager, "n1", "open('/workspace/f', 'w').write('x' * 10**6)")
         assert outcome.exit_code == 0
-        assert (data_dir / "boxes" / "n1" / "disk.img").stat().st_ino in inodes
+        assert disk_inode(data_dir, "n1") in inodes
         assert manager.disk_use("n1").limit_bytes is not None
-    finally:
-        await manager.close()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="box disks need a root server")
@@ -301,19 +310,15 @@ async def test_a_spare_made_without_a_loop_device_is_attached_when_taken(
 
     monkeypatch.setattr("sophon.box.disk.attach_spare", no_device)
     spares = data_dir / "spare-disks"
-    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, box_disk_mb=64))
-    await manager.start()
-    try:
+    async with small_disks(data_dir) as manager:
         await spares_ready(lambda: sorted(spares.glob("64-*.img")), "the spare disks")
         assert not spare_devices(spares)
-        inodes = {p.stat().st_ino for p in spares.glob("64-*.img")}
+        inodes = spare_inodes(spares)
         _, outcome = await run(manager, "n1", "open('/workspace/f', 'w').write('x' * 10**8)")
         assert outcome.exit_code != 0  # 100 MB does not fit on a 64 MB disk
-        assert (data_dir / "boxes" / "n1" / "disk.img").stat().st_ino in inodes
+        assert disk_inode(data_dir, "n1") in inodes
         use = manager.disk_use("n1")
         assert use.limit_bytes is not None and use.limit_bytes <= 64 * 2**20
-    finally:
-        await manager.close()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="box disks need a root server")
@@ -323,8 +328,6 @@ async def test_a_spare_being_attached_is_not_taken_by_a_start(
     """A start while a spare is half ready (its image made, its loop device being
     attached) does not take it: the image would get a second loop device (and, with the
     spare's filesystem set up ahead, a second mount) on top of the box's own."""
-    import threading
-
     from sophon.box import disk
 
     attached, go_on = threading.Event(), threading.Event()
@@ -339,19 +342,17 @@ async def test_a_spare_being_attached_is_not_taken_by_a_start(
 
     monkeypatch.setattr(disk, "attach_loop", slow_attach)
     spares = data_dir / "spare-disks"
-    manager = BoxManager(Settings(data_dir=data_dir, box_pool_size=0, box_disk_mb=64))
-    await manager.start()
-    try:
-        end = time.monotonic() + 30
-        while not attached.is_set():
-            assert time.monotonic() < end, "no spare was made"
-            await asyncio.sleep(0.02)
-        _, outcome = await run(manager, "n1", "print('started')")
-        assert outcome.exit_code == 0
-        go_on.set()
-        await spares_ready(lambda: sorted(spares.glob("64-*.img")), "the spare disks")
-        on_image = loops_on(data_dir / "boxes" / "n1" / "disk.img")
-        assert len(on_image) == 1, on_image  # the box's own, and no other
-    finally:
-        go_on.set()
-        await manager.close()
+    async with small_disks(data_dir) as manager:
+        try:
+            end = time.monotonic() + 30
+            while not attached.is_set():
+                assert time.monotonic() < end, "no spare was made"
+                await asyncio.sleep(0.02)
+            _, outcome = await run(manager, "n1", "print('started')")
+            assert outcome.exit_code == 0
+            go_on.set()
+            await spares_ready(lambda: sorted(spares.glob("64-*.img")), "the spare disks")
+            on_image = loops_on(data_dir / "boxes" / "n1" / "disk.img")
+            assert len(on_image) == 1, on_image  # the box's own, and no other
+        finally:
+            go_on.set()
