@@ -22,7 +22,7 @@ def layout(tmp_path: Path) -> tuple[EtcFs, Path]:
     generated = tmp_path / "generated"
     generated.mkdir()
     (generated / "passwd").write_text("user:x:1000:1000::/home/user:/bin/bash\n")
-    fs = EtcFs(tmp_path / "staging", {"passwd": generated / "passwd"},
+    fs = EtcFs({"passwd": generated / "passwd"},
                (str(host / "services"), str(host / "missing")),
                (str(host / "ssl"), str(host / "alternatives")),
                run_dir=tmp_path / "run", host_etc=str(host))

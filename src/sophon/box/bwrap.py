@@ -254,7 +254,7 @@ class BwrapBackend:
                                if not inside.startswith(AGENT_DIR + "/")]
         # And the /etc of a box without an image, the same way (etc_fs.py).
         self.etc_fs = EtcFs(
-            runtime_dir / "etc-box", {name: runtime_dir / "etc" / name for name in ETC_FILES},
+            {name: runtime_dir / "etc" / name for name in ETC_FILES},
             SYSTEM_FILES, tuple(d for d in SYSTEM_DIRS if d.startswith("/etc/"))
         ) if self.agent_fs is not None else None
         self.seccomp_filter: Path | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,10 +44,9 @@ class EtcFs:
     host's files a box gets (the same path under ``host_etc``); ``mount_points``: the
     directories under ``host_etc`` bound over it (made empty here, where they exist)."""
 
-    def __init__(self, staging: Path, generated: dict[str, Path], system: tuple[str, ...],
+    def __init__(self, generated: dict[str, Path], system: tuple[str, ...],
                  mount_points: tuple[str, ...], run_dir: Path = RUN_DIR,
                  host_etc: str = "/etc") -> None:
-        self.staging = staging
         self.host_etc = host_etc
         self.generated = dict(generated)
         self.system = system
@@ -77,24 +77,28 @@ class EtcFs:
         return self._fs.path if self._fs is not None else None
 
     def _make(self, signature: Signature) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging.mkdir(mode=0o755, parents=True)
+        # Put together in a directory of this call's own, gone once copied: nothing of
+        # it is left where another process could see it half made.
+        with tempfile.TemporaryDirectory(prefix="sophon-etc-") as tmp:
+            self._mount(Path(tmp), signature)
+
+    def _mount(self, staging: Path, signature: Signature) -> None:
         for name, host in {**self.generated, **self.extra}.items():
-            dest = self.staging / name
+            dest = staging / name
             dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             shutil.copyfile(host, dest)
         for path in self.system:
             if os.path.isfile(path):
-                shutil.copyfile(path, self.staging / os.path.relpath(path, self.host_etc))
+                shutil.copyfile(path, staging / os.path.relpath(path, self.host_etc))
         for path in self.mount_points:
             if os.path.isdir(path):
-                (self.staging / os.path.relpath(path, self.host_etc)).mkdir(
+                (staging / os.path.relpath(path, self.host_etc)).mkdir(
                     mode=0o755, exist_ok=True)
-        for p in [self.staging, *self.staging.rglob("*")]:
+        for p in [staging, *staging.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
         if self._fs is not None:
             self._fs.unmount()  # boxes running keep the copy they bound
-        self._fs = AgentFs.mount(self.staging, self.run_dir, "their /etc files")
+        self._fs = AgentFs.mount(staging, self.run_dir, "their /etc files")
         self.broken = self._fs is None
         self._made_from = signature
 
