@@ -50,7 +50,7 @@ from sophon.egress.policy import (
     parse_ip,
 )
 from sophon.egress.sockets import connect_socket, send_now
-from sophon.egress.splice import KernelSplice, Scrubber, Splice, Tally
+from sophon.egress.splice import BulkRelay, Scrubber, Splice, Tally
 from sophon.egress.upstream import (
     ProxyError,
     Upstream,
@@ -344,7 +344,7 @@ class Door:
         tally = self.tally(grant)
         tally.connections += 1
         tally.open += 1
-        relay: KernelSplice | Splice | None = None
+        relay: BulkRelay | Splice | None = None
         try:
             if head.method == "CONNECT":
                 await send_now(loop, conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -359,7 +359,7 @@ class Door:
             idle = self.settings.egress_idle_timeout_seconds
             if name == GATEWAY_HOST or not secrets:
                 # Nothing to mask in what comes back: the kernel moves the bytes.
-                relay = KernelSplice(tally, idle, conn, upstream)
+                relay = BulkRelay(tally, idle, conn, upstream)
                 relay.start()
             else:
                 relay = splice = Splice(tally, idle)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -192,122 +190,138 @@ class Splice(_Relay):
         self._ended()
 
 
-PIPE_SIZE = 256 * 1024
-F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in the fcntl module from Python 3.10 on Linux
+CHUNK = 1024 * 1024  # the most one read takes in
+SPARE_CHUNKS = 4  # read buffers kept for reuse once no bytes wait in them
+
+
+class _Chunks:
+    """The bulk relay's read buffers, shared by every connection: a read borrows one,
+    and its flow keeps it only while the bytes in it wait for the other side to take
+    them. What the door holds follows the bytes in flight (at most one CHUNK per
+    direction of a connection), not the connections open."""
+
+    def __init__(self) -> None:
+        self._spare: list[bytearray] = []
+
+    def take(self) -> bytearray:
+        try:
+            return self._spare.pop()
+        except IndexError:
+            return bytearray(CHUNK)
+
+    def give(self, chunk: bytearray) -> None:
+        if len(self._spare) < SPARE_CHUNKS:
+            self._spare.append(chunk)
+
+
+_CHUNKS = _Chunks()
 
 
 class _Flow:
-    """One direction of a kernel splice: ``src`` → a pipe → ``dst``, driven by the
-    loop's readiness callbacks. The bytes move inside the kernel; Python sees counts."""
+    """One direction of a bulk relay: ``src`` read into a large buffer, sent on to
+    ``dst``, driven by the loop's readiness callbacks. Until what was read has all been
+    sent, ``src`` is not read again (flow control)."""
 
-    def __init__(self, owner: KernelSplice, src: socket.socket, dst: socket.socket,
+    def __init__(self, owner: BulkRelay, src: socket.socket, dst: socket.socket,
                  outbound: bool) -> None:
         self.owner = owner
-        self.src, self.dst = src.fileno(), dst.fileno()
-        self.dst_sock = dst
+        self.src, self.dst = src, dst
+        src.setblocking(False)
         self.outbound = outbound
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        with contextlib.suppress(OSError):  # a smaller pipe only means more steps
-            fcntl.fcntl(self.w, F_SETPIPE_SZ, PIPE_SIZE)
-        self.held = 0  # bytes in the pipe, not yet sent on
+        self.chunk: bytearray | None = None  # read, not all sent on yet
+        self.sent = self.held = 0
         self.reading = self.writing = False
-        self.eof = False
-        self.finished = False
+        self.finished = self.closed = False
 
     def start(self) -> None:
         self._want_read()
 
     def _want_read(self) -> None:
-        if not self.reading:
-            self.owner.loop.add_reader(self.src, self._readable)
+        if not self.reading and not self.closed:
+            self.owner.loop.add_reader(self.src.fileno(), self._readable)
             self.reading = True
 
     def _stop_read(self) -> None:
         if self.reading:
-            self.owner.loop.remove_reader(self.src)
+            self.owner.loop.remove_reader(self.src.fileno())
             self.reading = False
 
     def _readable(self) -> None:
+        chunk = _CHUNKS.take()
         try:
-            n = os.splice(self.src, self.w, PIPE_SIZE,
-                          flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+            n = self.src.recv_into(chunk)
         except (BlockingIOError, InterruptedError):
+            _CHUNKS.give(chunk)
             return
         except OSError:
+            _CHUNKS.give(chunk)
             self.owner.close()
             return
         if n == 0:
-            self.eof = True
+            _CHUNKS.give(chunk)
             self._stop_read()
-        else:
-            self.held += n
-            self.owner.touch(n, self.outbound)
-        self._drain()
-
-    def _writable(self) -> None:
+            self._finish()
+            return
+        self.owner.touch(n, self.outbound)
+        self.chunk, self.sent, self.held = chunk, 0, n
         self._drain()
 
     def _drain(self) -> None:
-        while self.held:
-            try:
-                n = os.splice(self.r, self.dst, self.held,
-                              flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
-            except (BlockingIOError, InterruptedError):
-                # The other side cannot take more now: stop reading until it can (flow
-                # control, as with the transports' pause_reading).
-                self._stop_read()
-                if not self.writing:
-                    self.owner.loop.add_writer(self.dst, self._writable)
-                    self.writing = True
-                return
-            except OSError:
-                self.owner.close()
-                return
-            self.held -= n
+        assert self.chunk is not None
+        with memoryview(self.chunk) as view:
+            while self.sent < self.held:
+                try:
+                    self.sent += self.dst.send(view[self.sent:self.held])
+                except (BlockingIOError, InterruptedError):
+                    # The other side cannot take more now: stop reading until it can.
+                    self._stop_read()
+                    if not self.writing:
+                        self.owner.loop.add_writer(self.dst.fileno(), self._drain)
+                        self.writing = True
+                    return
+                except OSError:
+                    self.owner.close()
+                    return
+        _CHUNKS.give(self.chunk)
+        self.chunk = None
         if self.writing:
-            self.owner.loop.remove_writer(self.dst)
+            self.owner.loop.remove_writer(self.dst.fileno())
             self.writing = False
-        if self.eof:
-            self._finish()
-        else:
-            self._want_read()
+        self._want_read()
 
     def _finish(self) -> None:
         if self.finished:
             return
         self.finished = True
         with contextlib.suppress(OSError):
-            self.dst_sock.shutdown(socket.SHUT_WR)
+            self.dst.shutdown(socket.SHUT_WR)
         self.owner.flow_done()
 
     def close(self) -> None:
         self._stop_read()
+        self.closed = True
         if self.writing:
-            self.owner.loop.remove_writer(self.dst)
+            self.owner.loop.remove_writer(self.dst.fileno())
             self.writing = False
-        for fd in (self.r, self.w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if self.chunk is not None:
+            _CHUNKS.give(self.chunk)
+            self.chunk = None
 
 
-class KernelSplice(_Relay):
-    """The splice of two connected sockets done by the kernel (splice(2) through a pipe
-    each way), for connections whose bytes nothing needs to see (no connector value to
-    mask): no byte is copied into Python, so a download costs the door a fraction of the
-    CPU. Same flow control (a side that cannot take more pauses the other), idle timeout
-    and meter as ``Splice``. The sockets stay the caller's to close."""
+class BulkRelay(_Relay):
+    """The relay of two connected sockets whose bytes nothing needs to see (no
+    connector value to mask), each way through a large read buffer: few wake-ups per
+    megabyte, and the box's side sent in full segments. (A ``splice(2)`` through a pipe
+    copied nothing into Python, but the segments it built from the host's pieces cost the
+    box's reader more than the copy saved: measured, 0.67-0.73x of a direct download
+    against 0.76-0.92x.) Same flow control (a side that cannot take more pauses the
+    other), idle timeout and meter as ``Splice``. The sockets stay the caller's to close."""
 
     def __init__(self, tally: Tally, idle: float, box: socket.socket,
                  host: socket.socket) -> None:
-        self._flows: list[_Flow] = []
-        try:
-            self._flows.append(_Flow(self, box, host, outbound=True))
-            self._flows.append(_Flow(self, host, box, outbound=False))
-        except BaseException:  # out of descriptors: the pipes made so far are closed
-            for flow in self._flows:
-                flow.close()
-            raise
         super().__init__(tally, idle)
+        self._flows = [_Flow(self, box, host, outbound=True),
+                       _Flow(self, host, box, outbound=False)]
         self._finished = 0
         self._closed = False
 
