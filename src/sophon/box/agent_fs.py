@@ -13,25 +13,18 @@ that starts.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
 from pathlib import Path
+
+from sophon.box.libc import LIBC, checked
 
 log = logging.getLogger(__name__)
 
 RUN_DIR = Path("/run/sophon/agent-fs")
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT = 1, 2, 4, 32
 MNT_DETACH = 2
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def _alive(pid: int) -> bool:
@@ -46,7 +39,7 @@ def _alive(pid: int) -> bool:
 
 def _remove(path: Path) -> None:
     if os.path.ismount(path):
-        _libc.umount2(str(path).encode(), MNT_DETACH)
+        LIBC.umount2(str(path).encode(), MNT_DETACH)
     with contextlib.suppress(OSError):
         path.rmdir()
 
@@ -70,12 +63,12 @@ class AgentFs:
             path = run_dir / str(os.getpid())
             path.mkdir(mode=0o755)
             flags = MS_NOSUID | MS_NODEV
-            _check(_libc.mount(b"tmpfs", str(path).encode(), b"tmpfs", flags,
+            checked(LIBC.mount(b"tmpfs", str(path).encode(), b"tmpfs", flags,
                                b"mode=0755,size=64m"), f"mounting a tmpfs on {path}")
             try:
                 shutil.copytree(source, path, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns(".*"))
-                _check(_libc.mount(None, str(path).encode(), None,
+                checked(LIBC.mount(None, str(path).encode(), None,
                                    MS_REMOUNT | MS_RDONLY | flags, None),
                        f"making {path} read-only")
             except BaseException:

@@ -14,8 +14,9 @@ Linux 5.2 or newer, and root. Where either is missing a spare simply has no held
 
 from __future__ import annotations
 
-import ctypes
 import os
+
+from sophon.box.libc import LIBC, checked
 
 # The same numbers on every architecture: these calls came after the tables were unified.
 SYS_FSOPEN = 430
@@ -29,16 +30,10 @@ FSCONFIG_CMD_CREATE = 6
 # The held mount is only a reference: nothing is ever run or opened through it.
 MOUNT_ATTR_LOCKED_DOWN = 0x1 | 0x2 | 0x4 | 0x8  # RDONLY, NOSUID, NODEV, NOEXEC
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 def _call(what: str, number: int, *args: object) -> int:
-    result = _libc.syscall(number, *args)
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return int(result)
+    return checked(LIBC.syscall(number, *args), what)
 
 
 def hold(device: str, fstype: str, data: str) -> int:
