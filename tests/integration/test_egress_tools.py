@@ -261,6 +261,19 @@ def test_pip_install_from_a_local_index(http: httpx.Client, hosts: Hosts, python
     assert any(e["port"] == hosts.index.port for e in refused_events(http, bare_python_box))
 
 
+def test_pip_says_why_the_door_refused_an_https_index(http: httpx.Client, hosts: Hosts,
+                                                      bare_python_box: str) -> None:
+    """pip prints a refused tunnel's status line, not its body: the door's reason is in
+    the line, so plain pip (no -v) says which host was refused and what to change."""
+    code, out = sh(http, bare_python_box, (
+        f"pip download --no-deps -d /tmp/refused --retries 1 "
+        f"--index-url {hosts.tls.url}/simple {WHEEL_PROJECT} 2>&1"))
+    assert code != 0, out
+    assert ("Tunnel connection failed: 403 Forbidden (Sophon network door: "
+            f"{hosts.tls.addr} is not on this sandbox's network list; add it to the "
+            "session's network.allow)") in out, out
+
+
 # --- Node --------------------------------------------------------------------------------
 
 

@@ -118,3 +118,16 @@ def test_the_servers_proxy_from_its_environment() -> None:
     assert Upstream({}).for_host("pypi.org", tls=True) is None
     with pytest.raises(ValueError, match="http://"):
         UpstreamProxy.parse("socks5://proxy:1080")
+
+
+def test_the_doors_answer_says_why_in_its_status_line_as_one_safe_line() -> None:
+    from sophon.egress.door import response
+
+    raw = response(403, "h\u00e9st\r\nx-injected: 1 is not on the list")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *headers = head.decode("ascii").split("\r\n")
+    assert status == ("HTTP/1.1 403 Forbidden (Sophon network door: h?st??x-injected: 1 "
+                      "is not on the list)")
+    assert not any(h.lower().startswith("x-injected") for h in headers)
+    assert body.decode() == "Sophon network door: h\u00e9st\r\nx-injected: 1 is not on the list\n"
+    assert len(response(403, "x" * 5000).split(b"\r\n", 1)[0]) <= 420

@@ -173,13 +173,20 @@ def split_target(head: _Head) -> tuple[str, int, str]:
     return url.hostname, port, path
 
 
-def response(status: int, reason: str, body: str) -> bytes:
-    data = (body + "\n").encode()
+def response(status: int, message: str) -> bytes:
+    """The door's own answer. The message is in the body and, for the clients that print
+    the status line but not the body (pip, Python's urllib and requests: "Tunnel
+    connection failed: 403 ..."), in the reason phrase too, as printable ASCII."""
+    text = f"Sophon network door: {message}"
+    reason = f"{REASONS.get(status, 'Error')} ({text})"
+    reason = "".join(c if " " <= c <= "~" else "?" for c in reason)[:MAX_REASON]
+    data = (text + "\n").encode()
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
             f"content-length: {len(data)}\r\nconnection: close\r\n"
             f"x-sophon-door: refused\r\n\r\n").encode() + data
 
 
+MAX_REASON = 400
 REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 431: "Request Header "
            "Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
            504: "Gateway Timeout"}
@@ -260,7 +267,7 @@ class Door:
         loop = asyncio.get_running_loop()
         opened = self._open.get(box_id, 0)
         if opened >= self.settings.egress_max_connections_per_box:
-            await _answer(loop, conn, response(503, REASONS[503], (
+            await _answer(loop, conn, response(503, (
                 f"this sandbox already has {opened} connections open through the "
                 "network door (SOPHON_EGRESS_MAX_CONNECTIONS_PER_BOX); close some "
                 "and retry")))
@@ -283,8 +290,7 @@ class Door:
                     with contextlib.suppress(Refused):
                         host, port, _ = split_target(head)
                 await self._deny(grant, host, port, exc.refusal)
-            await _answer(loop, conn, response(exc.status, REASONS.get(exc.status, "Error"),
-                                               f"Sophon network door: {exc.refusal.message}"))
+            await _answer(loop, conn, response(exc.status, exc.refusal.message))
         except (TimeoutError, ConnectionError, OSError):
             pass  # a box that hung up or never finished its request
         except Exception:
@@ -431,8 +437,7 @@ class Door:
                                    chunk_payload(body_start, chunked), creds)
             if refusal is not None:
                 await self._deny(grant, name, port, refusal)
-                box_w.write(response(403, REASONS[403], f"Sophon network door: "
-                                                         f"{refusal.message}"))
+                box_w.write(response(403, refusal.message))
                 await box_w.drain()
                 return
             headers = rewrite_headers(head.headers, creds)
