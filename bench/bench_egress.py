@@ -18,6 +18,8 @@ certificate from a CA this benchmark makes, opened to the box by
   host, alternately (each first in turn). The server sends plain HTTP with ``sendfile``
   and HTTPS from memory in 4 MiB writes, so it is not what limits the figure (the
   direct download shows what it can give). Figure: MB/s (10^6 bytes); goal: ≥ 80 % of direct.
+  For scale, the same download on the host through a bare relay (``--relay``: two
+  threads per connection, no box, no door) in the same rotation.
 * ``/small`` again, from a second session with an ``http`` connector for the test host:
   the door ends the box's TLS with Sophon's CA, puts the connector's header in and opens
   its own TLS to the host. Figure: p50 per request, against the same direct baseline;
@@ -232,23 +234,69 @@ def serve(where: Path, size: int) -> None:
     sys.stdin.read()
 
 
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    buf = memoryview(bytearray(2**20))
+    try:
+        while n := src.recv_into(buf):
+            dst.sendall(buf[:n])
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _relay_one(conn: socket.socket, target: int) -> None:
+    with conn, socket.create_connection((HOST, target)) as up:
+        back = threading.Thread(target=_pump, args=(up, conn), daemon=True)
+        back.start()
+        _pump(conn, up)
+        back.join()
+
+
+def _relay_accept(listener: socket.socket, target: int) -> None:
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=_relay_one, args=(conn, target), daemon=True).start()
+
+
+def bare_relay(targets: list[int]) -> None:
+    """A bare relay (``bench_egress.py --relay PORT...``): for each of the test server's
+    ports, a port on HOST whose connections it passes there, two threads each, blocking
+    ``recv_into``/``sendall`` of up to 1 MiB. What a relay costs on this machine with no
+    box, no door and no policy. Prints its ports as JSON, runs until its stdin closes."""
+    ports = []
+    for target in targets:
+        sock = socket.create_server((HOST, 0), backlog=128)
+        ports.append(sock.getsockname()[1])
+        threading.Thread(target=_relay_accept, args=(sock, target), daemon=True).start()
+    print(json.dumps(ports), flush=True)
+    sys.stdin.read()
+
+
+@contextlib.contextmanager
+def child(*args: str) -> Iterator[tuple[subprocess.Popen[str], object]]:
+    """This file run with ``args``: the process and the JSON line it prints once ready;
+    its stdin is closed at the end, which ends it."""
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{' '.join(args)}: did not start")
+        yield proc, json.loads(line)
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(10)
+
+
 @contextlib.contextmanager
 def origin_server(size: int) -> Iterator[tuple[subprocess.Popen[str], str, dict[str, int]]]:
     with tempfile.TemporaryDirectory(prefix="sophon-bench-egress-", dir="/dev/shm"
                                      if os.path.isdir("/dev/shm") else None) as tmp:
         ca = make_certs(Path(tmp))
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", tmp, str(size)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError("the test server did not start")
-            yield proc, ca, json.loads(line)
-        finally:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait(10)
+        with child("--serve", tmp, str(size)) as (proc, ports):
+            yield proc, ca, ports  # type: ignore[misc]
 
 
 # --- measuring --------------------------------------------------------------------------
@@ -268,7 +316,9 @@ def run(n: int = 200, rounds: int = 4, size_mb: int = 100, repeats: int = 9) -> 
                              # the door checks the origin behind a connector against it
                              "SOPHON_EGRESS_TRUST_CA": _write(Path(tmp) / "ca.pem", ca)}
                         ) as (srv, key), \
-            client(srv, key) as http:
+            client(srv, key) as http, \
+            child("--relay", str(ports["http"]), str(ports["https"])) as (_, relayed):
+        relay_ports = dict(zip(("http", "https"), relayed, strict=True))  # type: ignore[call-overload]
         script = CLIENT.replace("@CA@", ca)
         r = http.post("/v1/sessions", json={
             "name": "bench-egress", "base": "generic",
@@ -352,7 +402,7 @@ def run(n: int = 200, rounds: int = 4, size_mb: int = 100, repeats: int = 9) -> 
 
         # Throughput: each download in the box and from the host, alternately.
         rates: dict[str, list[float]] = {f"{s}-{w}": [] for s in ("http", "https")
-                                         for w in ("box", "host")}
+                                         for w in ("box", "host", "relay")}
         cpus: dict[str, list[float]] = {k: [] for k in
                                         ("http-door", "https-door", "http-server",
                                          "https-server", "http-box", "https-box",
@@ -370,10 +420,15 @@ def run(n: int = 200, rounds: int = 4, size_mb: int = 100, repeats: int = 9) -> 
             cpus[f"{scheme}-host"].append(float(got["cpu"]))  # type: ignore[arg-type]
             rates[f"{scheme}-host"].append(size / MB / float(got["seconds"]))  # type: ignore[arg-type]
 
+        def relay_download(scheme: str) -> None:
+            got = on_host("download", scheme, HOST, relay_ports[scheme], size)
+            rates[f"{scheme}-relay"].append(size / MB / float(got["seconds"]))  # type: ignore[arg-type]
+
         for i in range(repeats):
             for scheme in ("http", "https"):
                 _in_turn(i, functools.partial(box_download, scheme),
-                         functools.partial(host_download, scheme))
+                         functools.partial(host_download, scheme),
+                         functools.partial(relay_download, scheme))
 
     added = box.p50 - direct.p50
     p95_added = _p95(box) - _p95(direct)
@@ -422,6 +477,11 @@ def run(n: int = 200, rounds: int = 4, size_mb: int = 100, repeats: int = 9) -> 
                 f"direct, alternately: {_list(rates[f'{scheme}-host'])} MB/s",
                 f"each run's ratio to the direct one beside it (each first in turn): median "
                 f"{_median(_pair_ratios(rates[f'{scheme}-box'], rates[f'{scheme}-host'])):.2f}×",
+                f"for scale, a bare relay on the host in the same rotation (two threads of "
+                f"blocking recv_into/sendall; no box, no door, no policy): "
+                f"{_median(rates[f'{scheme}-relay']):.0f} MB/s, median "
+                f"{_median(_pair_ratios(rates[f'{scheme}-relay'], rates[f'{scheme}-host'])):.2f}× "
+                "of direct",
                 f"CPU seconds per download, median: the server process (the door) "
                 f"{_median(cpus[f'{scheme}-door']):.2f}, the test server "
                 f"{_median(cpus[f'{scheme}-server']):.2f}, the client in the box "
@@ -431,10 +491,11 @@ def run(n: int = 200, rounds: int = 4, size_mb: int = 100, repeats: int = 9) -> 
     return figures
 
 
-def _in_turn(i: int, box: Callable[[], None], host: Callable[[], None]) -> None:
-    """The box's run and the host's, each first in turn: on this machine the first of
-    two identical downloads back to back was faster by a median 9 % (an A/A probe)."""
-    for step in ((box, host) if i % 2 == 0 else (host, box)):
+def _in_turn(i: int, *steps: Callable[[], None]) -> None:
+    """The steps, each first in turn: on this machine the first of two identical
+    downloads back to back was faster by a median 9 % (an A/A probe)."""
+    k = i % len(steps)
+    for step in steps[k:] + steps[:k]:
         step()
 
 
@@ -464,6 +525,8 @@ def _list(values: list[float]) -> str:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--serve":
         serve(Path(sys.argv[2]), int(sys.argv[3]))
+    elif len(sys.argv) > 2 and sys.argv[1] == "--relay":
+        bare_relay([int(p) for p in sys.argv[2:]])
     else:
         for fig in run():
             print(f"{fig.title}: {fig.value} {fig.unit} vs {fig.baseline} {fig.unit}",
