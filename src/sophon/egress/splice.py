@@ -313,8 +313,8 @@ class BulkRelay(_Relay):
     connector value to mask), each way through a large read buffer: few wake-ups per
     megabyte, and the box's side sent in full segments. (A ``splice(2)`` through a pipe
     copied nothing into Python, but the segments it built from the host's pieces cost the
-    box's reader more than the copy saved: measured, 0.67-0.73x of a direct download
-    against 0.76-0.92x.) Same flow control (a side that cannot take more pauses the
+    box's reader more than the copy saved; docs/BENCHMARKS.md, "A copy instead of the
+    splice".) Same flow control (a side that cannot take more pauses the
     other), idle timeout and meter as ``Splice``. The sockets stay the caller's to close."""
 
     def __init__(self, tally: Tally, idle: float, box: socket.socket,
