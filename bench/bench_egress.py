@@ -400,7 +400,8 @@ def run(n: int = 200, rounds: int = 4, size_mb: int = 100, repeats: int = 9) -> 
                     "latency", "https", HOST, ports["https"], per)["ms"]))
         icpt, idirect = Samples(icpt_ms), Samples(ihost_ms)
 
-        # Throughput: each download in the box and from the host, alternately.
+        # Throughput: each download in the box, from the host, and through the bare
+        # relay, in turn.
         rates: dict[str, list[float]] = {f"{s}-{w}": [] for s in ("http", "https")
                                          for w in ("box", "host", "relay")}
         cpus: dict[str, list[float]] = {k: [] for k in

@@ -1,5 +1,6 @@
 """Where a placeholder becomes a credential, a push is checked, and values are masked:
-the pure parts of the door's TLS interception, its splice and its upstream proxy."""
+the pure parts of the door's TLS interception, its splice, its upstream proxy and its own
+answers."""
 
 from __future__ import annotations
 

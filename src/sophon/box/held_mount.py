@@ -31,7 +31,6 @@ FSCONFIG_CMD_CREATE = 6
 MOUNT_ATTR_LOCKED_DOWN = 0x1 | 0x2 | 0x4 | 0x8  # RDONLY, NOSUID, NODEV, NOEXEC
 
 
-
 def _call(what: str, number: int, *args: object) -> int:
     return checked(LIBC.syscall(number, *args), what)
 

@@ -249,7 +249,7 @@ class Door:
                 log.exception("box %s: accepting from its door failed", box_id)
                 return
             conn.setblocking(False)
-            # Each write the splice makes is a flight of the box's protocol (a TLS
+            # Each write the relay makes is a flight of the box's protocol (a TLS
             # handshake's): sent at once, not held back for the previous one's ACK.
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = asyncio.get_running_loop().create_task(self._serve(box_id, conn))
@@ -364,7 +364,7 @@ class Door:
                 tally.bytes_out += len(first)
             idle = self.settings.egress_idle_timeout_seconds
             if name == GATEWAY_HOST or not secrets:
-                # Nothing to mask in what comes back: the kernel moves the bytes.
+                # Nothing to mask in what comes back: bytes go on as they are.
                 relay = BulkRelay(tally, idle, conn, upstream)
                 relay.start()
             else:
